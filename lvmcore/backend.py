@@ -1,0 +1,129 @@
+"""Backends: which implementation runs an op, decided by the array type and the user.
+
+The array type decides the device (NumPy arrays run on the CPU, CuPy arrays on a
+GPU); the backend decides the implementation of the hot loops:
+
+- ``"numpy"``: the plain reference, always available;
+- ``"numba"``: JIT-compiled CPU kernels, the default for NumPy arrays when Numba imports;
+- ``"cupy"``: CUDA kernels for CuPy arrays.
+
+Precedence: the ``backend=`` keyword of a call, then ``with use_backend(...)``, then
+the ``LVMCORE_BACKEND`` environment variable, then automatic selection. Glue code is
+written once against ``backend.xp``; only hot loops dispatch into ``kernels``.
+"""
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import _array_library
+from .exceptions import BackendUnavailableError, InvalidParameterError
+
+BACKEND_NAMES = ("numpy", "numba", "cupy")
+_DEVICE_OF = {"numpy": "cpu", "numba": "cpu", "cupy": "cuda"}
+_requested = contextvars.ContextVar("lvmcore_backend", default=None)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An implementation choice: ``name``, its array module ``xp`` and ``device``."""
+
+    name: str
+    xp: object
+    device: str
+
+    def kernel(self, op):
+        """The implementation of kernel ``op`` (e.g. "bernoulli_loglik") for this backend."""
+        import kernels
+        return kernels.get(op, self.name)
+
+
+@functools.lru_cache(maxsize=None)
+def _availability(name):
+    """Return (available, reason) for one backend; cached because probing CUDA is slow."""
+    if name == "numpy":
+        return True, "always available"
+    if name == "numba":
+        if importlib.util.find_spec("numba") is None:
+            return False, "numba: not installed (pip install numba)"
+        return True, "available"
+    if name == "cupy":
+        if importlib.util.find_spec("cupy") is None:
+            return False, "cupy: not installed (pip install 'lvmcore[cuda]')"
+        try:
+            import cupy
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDA driver or runtime missing
+            return False, f"cupy: no usable CUDA runtime ({exc})"
+        if n == 0:
+            return False, "cupy: no CUDA device found"
+        return True, "available"
+    raise InvalidParameterError(
+        f"The 'backend' parameter must be one of {', '.join(map(repr, BACKEND_NAMES))}. "
+        f"Got {name!r} instead.")
+
+
+def available_backends():
+    """Map every backend name to ``"available"`` or the reason it is not."""
+    return {name: _availability(name)[1] for name in BACKEND_NAMES}
+
+
+def _make(name):
+    ok, reason = _availability(name)
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
+    if name == "cupy":
+        import cupy
+        return Backend(name, cupy, "cuda")
+    return Backend(name, np, "cpu")
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the block with backend ``name`` unless a call passes ``backend=`` itself."""
+    _availability(name)  # validate the name early
+    token = _requested.set(name)
+    try:
+        yield _make(name)
+    finally:
+        _requested.reset(token)
+
+
+def get_backend(*arrays, backend=None):
+    """The backend that runs an op on ``arrays``.
+
+    Raises TypeError when the requested backend cannot take the arrays' device
+    (e.g. ``"numba"`` for CuPy arrays) and BackendUnavailableError when it cannot run here.
+    """
+    device = "cuda" if any(_array_library(a) == "cupy" for a in arrays) else "cpu"
+    name = backend or _requested.get() or os.environ.get("LVMCORE_BACKEND") or None
+    if name is not None and name not in BACKEND_NAMES:
+        raise InvalidParameterError(
+            f"The 'backend' parameter must be one of {', '.join(map(repr, BACKEND_NAMES))}. "
+            f"Got {name!r} instead.")
+    if name is None or (_DEVICE_OF[name] != device and backend is None):
+        # An ambient choice for the other device does not apply to these arrays.
+        if device == "cuda":
+            name = "cupy"
+        else:
+            name = "numba" if _availability("numba")[0] else "numpy"
+    if _DEVICE_OF[name] != device:
+        raise TypeError(
+            f"get_backend: expected arrays on {_DEVICE_OF[name]} for backend {name!r}, got "
+            f"{'CuPy' if device == 'cuda' else 'NumPy'} arrays. Pass backend="
+            f"{'cupy' if device == 'cuda' else 'numba'!r} or move the arrays.")
+    return _make(name)
+
+
+def array_module(name_or_device):
+    """The array module for a device name ("cpu" or "cuda")."""
+    if name_or_device in ("cpu", "numpy", "numba"):
+        return np
+    if name_or_device in ("cuda", "cupy", "gpu"):
+        return _make("cupy").xp
+    raise InvalidParameterError(
+        f"The 'device' parameter must be one of 'cpu', 'cuda'. Got {name_or_device!r} instead.")

@@ -1,0 +1,49 @@
+"""The KL term of the ELBO with an optional free-bits floor per latent dimension."""
+from typing import NamedTuple
+
+from .._validation import get_xp
+
+
+class KLTermCache(NamedTuple):
+    """``active`` (Z,): 1 where the dimension's batch-mean KL is above the floor, else 0;
+    ``n``: the number of rows averaged over."""
+
+    active: object
+    n: int
+
+
+def kl_term_forward(kl_per_dim, free_bits=0.0):
+    """:math:`\\sum_j \\max(\\lambda, \\tfrac1N \\sum_n \\mathrm{KL}_{nj})`.
+
+    Parameters
+    ----------
+    kl_per_dim : ndarray of shape (N, Z)
+        KL (analytic or sampled) of each row and latent dimension.
+    free_bits : float
+        The floor :math:`\\lambda` in nats per dimension (0 disables it).
+
+    Returns
+    -------
+    term : float
+    cache : KLTermCache
+
+    Notes
+    -----
+    Free bits (Kingma et al. 2016, "Improved variational inference with inverse
+    autoregressive flow", eq. 15): a dimension whose minibatch-average KL is below
+    :math:`\\lambda` contributes the constant :math:`\\lambda` and so no gradient.
+    """
+    xp = get_xp(kl_per_dim)
+    mean_kl = kl_per_dim.mean(axis=0)  # (Z,)
+    if free_bits > 0:
+        active = (mean_kl > free_bits).astype(kl_per_dim.dtype)
+        term = xp.maximum(mean_kl, kl_per_dim.dtype.type(free_bits)).sum()
+    else:
+        active = xp.ones_like(mean_kl)
+        term = mean_kl.sum()
+    return float(term), KLTermCache(active, kl_per_dim.shape[0])
+
+
+def kl_term_backward(dterm, cache):
+    """Gradient with respect to kl_per_dim: dterm * active_j / N for every row; (1, Z)."""
+    return (dterm / cache.n) * cache.active[None, :]

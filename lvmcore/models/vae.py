@@ -1,0 +1,320 @@
+"""Variational autoencoder with a diagonal-Gaussian encoder and a hand-written backward.
+
+Shapes: B batch, D data, H hidden, Z latent, L samples per data point.
+
+Forward (one step):
+    h = encoder(x)                                   (B, 2Z)
+    mu, logvar = h[:, :Z], h[:, Z:]                  (B, Z) each
+    z = mu + exp(logvar / 2) * eps                   (L, B, Z)
+    out = decoder(z.reshape(L*B, Z))                 (L*B, D) logits or means
+    log p(x|z)                                       (L, B)
+    KL per dimension (analytic or sampled)           (B, Z)
+    loss = -mean_B mean_L log p(x|z) + w * sum_j max(lambda, mean_B KL_j)
+
+The backward walks the same steps in reverse; every piece has a finite-difference test.
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validation import check_array, check_binary, check_param, get_xp
+from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
+                      gaussian_nll_forward, kl_term_backward, kl_term_forward)
+from ..nn import MLP
+from ..ops import reparam_backward, reparam_forward, sigmoid
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def kl_std_normal_per_dim(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension: 0.5 (e^v + mu^2 - 1 - v)."""
+    xp = get_xp(mu)
+    return 0.5 * (xp.exp(logvar) + mu * mu - 1 - logvar)
+
+
+class VAECache(NamedTuple):
+    """Everything backward needs, each field with its shape."""
+
+    x: object            # (B, D) data
+    enc: object          # encoder MLPCache
+    mu: object           # (B, Z)
+    logvar: object       # (B, Z)
+    reparam: object      # ReparamCache, eps (L, B, Z)
+    z: object            # (L, B, Z)
+    dec: object          # decoder MLPCache
+    lik: object          # likelihood cache over (L*B, D)
+    kl_term: object      # KLTermCache
+    kl_weight: float
+    stats: dict          # per-example quantities, for reporting
+
+
+class VAE:
+    """Gaussian-encoder VAE with a Bernoulli or Gaussian decoder.
+
+    Parameters
+    ----------
+    data_dim : int
+        D, the width of a data row.
+    latent_dim : int
+        Z.
+    hidden : sequence of int
+        Hidden widths of the encoder; the decoder mirrors them.
+    activation : {"tanh", "relu", "softplus"}
+    likelihood : {"bernoulli", "gaussian"}
+        Bernoulli for binary data (logits out), Gaussian for real-valued data.
+    decoder_variance : "learned" or float
+        Gaussian decoder only: a learned per-dimension log-variance vector
+        (``decoder.logvar``, initialised at 0) or a fixed variance.
+    kl : {"analytic", "sampled"}
+        The closed-form KL to N(0, I), or the single-sample estimate log q(z|x) - log p(z).
+    n_samples : int
+        L, samples of z per data point.
+    beta : float
+        Weight of the KL term (beta-VAE); the trainer may anneal it.
+    free_bits : float
+        Floor, in nats per latent dimension, on the batch-mean KL (0 disables).
+    seed : int
+        Seeds the Glorot initialisation (an explicit generator, never global state).
+    dtype : float32 or float64
+
+    Notes
+    -----
+    Parameters are named ``encoder.W0 ... encoder.b<n>``, ``decoder.W0 ... decoder.b<n>``
+    and, for a learned Gaussian variance, ``decoder.logvar`` (D,). The encoder's last
+    layer outputs 2Z values: the first Z are mu, the last Z are log-variances.
+    """
+
+    def __init__(self, data_dim, latent_dim=50, hidden=(200, 200), activation="tanh",
+                 likelihood="bernoulli", decoder_variance="learned", kl="analytic",
+                 n_samples=1, beta=1.0, free_bits=0.0, seed=0, dtype=np.float32):
+        f = "VAE"
+        self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
+        self.latent_dim = check_param(latent_dim, "latent_dim", f, kind="int", low=1,
+                                      low_inclusive=True)
+        self.hidden = tuple(check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True)
+                            for h in hidden)
+        self.activation = check_param(activation, "activation", f, kind="choice",
+                                      choices=("tanh", "relu", "softplus"))
+        self.likelihood = check_param(likelihood, "likelihood", f, kind="choice",
+                                      choices=("bernoulli", "gaussian"))
+        if decoder_variance != "learned":
+            decoder_variance = check_param(decoder_variance, "decoder_variance", f, low=0)
+        self.decoder_variance = decoder_variance
+        self.kl = check_param(kl, "kl", f, kind="choice", choices=("analytic", "sampled"))
+        self.n_samples = check_param(n_samples, "n_samples", f, kind="int", low=1,
+                                     low_inclusive=True)
+        self.beta = check_param(beta, "beta", f, low=0, low_inclusive=True)
+        self.free_bits = check_param(free_bits, "free_bits", f, low=0, low_inclusive=True)
+        self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"VAE: expected dtype float32 or float64, got {self.dtype}.")
+        rng = np.random.default_rng(self.seed)
+        Z, D, H = self.latent_dim, self.data_dim, self.hidden
+        self.encoder = MLP((D, *H, 2 * Z), self.activation, rng, self.dtype)
+        self.decoder = MLP((Z, *H[::-1], D), self.activation, rng, self.dtype)
+        if self.likelihood == "gaussian" and self.decoder_variance == "learned":
+            self.decoder._add_param("logvar", np.zeros(D, dtype=self.dtype))
+
+    # ------------------------------------------------------------------ parameters
+    def config(self):
+        """The constructor arguments, JSON-serialisable (written into checkpoints)."""
+        return dict(model="vae", data_dim=self.data_dim, latent_dim=self.latent_dim,
+                    hidden=list(self.hidden), activation=self.activation,
+                    likelihood=self.likelihood, decoder_variance=self.decoder_variance,
+                    kl=self.kl, n_samples=self.n_samples, beta=self.beta,
+                    free_bits=self.free_bits, seed=self.seed, dtype=self.dtype.name)
+
+    def modules(self):
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
+    def parameters(self):
+        """Dict ``"<module>.<name>" -> array``; the arrays are the live parameters."""
+        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.params.items()}
+
+    def gradients(self):
+        """Dict with the same keys as ``parameters()``: the accumulated gradients."""
+        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.grads.items()}
+
+    def zero_grad(self):
+        for mod in self.modules().values():
+            mod.zero_grad()
+
+    def load_parameters(self, arrays):
+        """Copy arrays (e.g. from a checkpoint) into the parameters, checking shapes."""
+        params = self.parameters()
+        missing = sorted(set(params) - set(arrays))
+        if missing:
+            raise ValueError(f"load_parameters: expected arrays for every parameter, missing "
+                             f"{missing}.")
+        for k, p in params.items():
+            a = arrays[k]
+            if tuple(a.shape) != tuple(p.shape):
+                raise ValueError(f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
+                                 f"got {tuple(a.shape)}.")
+            p[...] = get_xp(p).asarray(a, dtype=p.dtype)
+
+    def init_output_bias(self, x_train):
+        """Set the decoder's output bias to the data mean: the logit of the pixel means
+        (Bernoulli; clipped to [1e-3, 1 - 1e-3] because a constant pixel has an infinite
+        logit) or the mean itself (Gaussian), as in Burda et al. (2016)."""
+        xp = get_xp(x_train)
+        mean = x_train.mean(axis=0).astype(np.float64)
+        if self.likelihood == "bernoulli":
+            p = xp.clip(mean, 1e-3, 1 - 1e-3)
+            mean = xp.log(p) - xp.log1p(-p)
+        last = f"b{self.decoder.n_layers - 1}"
+        self.decoder.params[last][...] = mean.astype(self.dtype)
+
+    # ------------------------------------------------------------------ validation
+    def _check_x(self, x, func):
+        check_array(x, "x", func, ndim=2, shape=(None, self.data_dim))
+        if x.dtype != self.dtype:
+            raise TypeError(f"{func}: expected x to have the model's dtype {self.dtype}, got "
+                            f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype}).")
+        if self.likelihood == "bernoulli":
+            check_binary(x, "x", func)
+        return x
+
+    # ------------------------------------------------------------------ pieces
+    def encode(self, x):
+        """Posterior parameters (mu, logvar), each (B, Z)."""
+        h, _ = self.encoder.forward(x)
+        Z = self.latent_dim
+        return h[:, :Z], h[:, Z:]
+
+    def decode(self, z):
+        """Decoder output for z (N, Z): Bernoulli probabilities or Gaussian means (N, D)."""
+        out, _ = self.decoder.forward(z)
+        return sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def sample(self, rng, n):
+        """n samples from the model: z ~ N(0, I), then the decoder's mean (n, D)."""
+        z = rng.standard_normal((n, self.latent_dim)).astype(self.dtype)
+        return self.decode(z)
+
+    def reconstruct(self, x):
+        """Decoder mean at the posterior mean: (B, D)."""
+        mu, _ = self.encode(self._check_x(x, "VAE.reconstruct"))
+        return self.decode(mu)
+
+    def _decoder_logvar(self, xp):
+        if self.decoder_variance == "learned":
+            return self.decoder.params["logvar"]
+        return xp.full(self.data_dim, math.log(self.decoder_variance), dtype=self.dtype)
+
+    # ------------------------------------------------------------------ objective
+    def draw_noise(self, rng, batch_size):
+        """eps (L, B, Z) for one step, from the explicit generator ``rng``."""
+        return rng.standard_normal((self.n_samples, batch_size, self.latent_dim),
+                                   dtype=self.dtype)
+
+    def forward(self, x, eps, kl_weight=None):
+        """Negative ELBO averaged over the batch, for fixed noise.
+
+        Parameters
+        ----------
+        x : ndarray of shape (B, D)
+        eps : ndarray of shape (L, B, Z)
+        kl_weight : float, optional
+            Weight of the KL term; ``beta`` when None.
+
+        Returns
+        -------
+        loss : float
+            :math:`-\\tfrac1B\\sum_b \\tfrac1L\\sum_l \\log p(x_b|z_{lb}) + w\\,\\mathrm{KLterm}`.
+        cache : VAECache
+        """
+        w = self.beta if kl_weight is None else float(kl_weight)
+        xp = get_xp(x)
+        L, B, Z = eps.shape
+        h, enc = self.encoder.forward(x)                     # (B, 2Z)
+        mu, logvar = h[:, :Z], h[:, Z:]                      # (B, Z)
+        z, rep = reparam_forward(mu, logvar, eps)            # (L, B, Z)
+        out, dec = self.decoder.forward(z.reshape(L * B, Z))  # (L*B, D)
+        if self.likelihood == "bernoulli":
+            nll, lik = bernoulli_nll_forward(out, x if L == 1 else xp.tile(x, (L, 1)))
+        else:
+            nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp),
+                                            x if L == 1 else xp.tile(x, (L, 1)))
+        log_px_z = -nll.reshape(L, B)                        # (L, B)
+        if self.kl == "analytic":
+            kl_dim = kl_std_normal_per_dim(mu, logvar)       # (B, Z)
+        else:
+            # log q(z|x) - log p(z) per dimension, in terms of eps: (z - mu) / std = eps
+            kl_dim = (0.5 * (z * z - eps * eps) - 0.5 * logvar).mean(axis=0)  # (B, Z)
+        kl_value, klc = kl_term_forward(kl_dim, self.free_bits)
+        recon = float(log_px_z.mean())
+        loss = -recon + w * kl_value
+        stats = dict(log_px_z=log_px_z.mean(axis=0), kl=kl_dim.sum(axis=1))
+        cache = VAECache(x, enc, mu, logvar, rep, z, dec, lik, klc, w, stats)
+        return loss, cache
+
+    def backward(self, cache, dloss=1.0):
+        """Accumulate the gradient of ``dloss * loss`` into every parameter's ``grads``.
+
+        Notes
+        -----
+        Reconstruction: each of the L*B rows of log p(x|z) has weight -1/(L B).
+        Analytic KL: :math:`\\partial/\\partial\\mu = \\mu`,
+        :math:`\\partial/\\partial v = \\tfrac12(e^v - 1)` per unit of KL term.
+        Sampled KL with z = mu + e^{v/2} eps: :math:`\\partial/\\partial z = z`
+        (from -log p(z)) and a direct :math:`-\\tfrac12` on v (from log q; the
+        dependence of log q on z cancels that on mu, sigma along eps).
+        """
+        xp = get_xp(cache.mu)
+        eps = cache.reparam.eps
+        L, B, Z = eps.shape
+        dt = self.dtype.type
+        dnll = xp.full(L * B, dt(dloss / (L * B)), dtype=self.dtype)
+        if self.likelihood == "bernoulli":
+            dout = bernoulli_nll_backward(dnll, cache.lik)
+        else:
+            dout, dlv = gaussian_nll_backward(dnll, cache.lik)
+            if self.decoder_variance == "learned":
+                self.decoder.grads["logvar"] += dlv
+        dz = self.decoder.backward(dout, cache.dec).reshape(L, B, Z)  # (L, B, Z)
+        dkl = kl_term_backward(dt(dloss * cache.kl_weight), cache.kl_term)  # (1, Z)
+        if self.kl == "analytic":
+            dmu, dlogvar = reparam_backward(dz, cache.reparam)
+            dmu = dmu + dkl * cache.mu
+            dlogvar = dlogvar + dkl * 0.5 * (xp.exp(cache.logvar) - 1)
+        else:
+            dz = dz + (dkl / L) * cache.z
+            dmu, dlogvar = reparam_backward(dz, cache.reparam)
+            dlogvar = dlogvar - 0.5 * dkl
+        self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), cache.enc, need_dx=False)
+
+    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
+        """One training evaluation: zero the gradients, draw noise, forward, backward.
+
+        Returns
+        -------
+        loss : float
+        stats : dict
+            ``elbo`` (mean over the batch, with beta = 1), ``recon`` and ``kl`` (means).
+        """
+        if validate:
+            self._check_x(x, "VAE.loss_and_grads")
+        self.zero_grad()
+        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight)
+        self.backward(cache)
+        return loss, self._summary(cache)
+
+    @staticmethod
+    def _summary(cache):
+        recon = float(cache.stats["log_px_z"].mean())
+        kl = float(cache.stats["kl"].mean())
+        return dict(elbo=recon - kl, recon=recon, kl=kl)
+
+    def elbo(self, x, rng, batch_size=1000):
+        """Per-example ELBO (B,) with beta = 1, no free bits, and the model's L."""
+        self._check_x(x, "VAE.elbo")
+        xp = get_xp(x)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            _, c = self.forward(xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
+            out.append(c.stats["log_px_z"] - c.stats["kl"])
+        return xp.concatenate(out)
