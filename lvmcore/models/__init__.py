@@ -1,2 +1,13 @@
 """Models: each owns its modules and writes its whole backward by hand."""
 from .vae import VAE, VAECache, kl_std_normal_per_dim
+
+MODELS = {"vae": VAE}
+
+
+def build_model(config):
+    """Rebuild a model from its ``config()`` dict (the ``"model"`` key picks the class)."""
+    name = config.get("model")
+    if name not in MODELS:
+        raise ValueError(f"build_model: expected config['model'] to be one of {sorted(MODELS)}, "
+                         f"got {name!r}.")
+    return MODELS[name].from_config(config)

@@ -118,6 +118,13 @@ class VAE:
             self.decoder._add_param("logvar", np.zeros(D, dtype=self.dtype))
 
     # ------------------------------------------------------------------ parameters
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild a model from ``config()`` (parameters are then loaded separately)."""
+        config = dict(config)
+        config.pop("model", None)
+        return cls(**config)
+
     def config(self):
         """The constructor arguments, JSON-serialisable (written into checkpoints)."""
         return dict(model="vae", data_dim=self.data_dim, latent_dim=self.latent_dim,
@@ -307,6 +314,10 @@ class VAE:
         recon = float(cache.stats["log_px_z"].mean())
         kl = float(cache.stats["kl"].mean())
         return dict(elbo=recon - kl, recon=recon, kl=kl)
+
+    def bound(self, x, rng, batch_size=1000):
+        """The per-example bound the model trains (here the ELBO), shape (B,)."""
+        return self.elbo(x, rng, batch_size)
 
     def elbo(self, x, rng, batch_size=1000):
         """Per-example ELBO (B,) with beta = 1, no free bits, and the model's L."""
