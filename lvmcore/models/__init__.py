@@ -1,7 +1,8 @@
 """Models: each owns its modules and writes its whole backward by hand."""
+from .iwae import ESTIMATORS, IWAE
 from .vae import VAE, VAECache, kl_std_normal_per_dim
 
-MODELS = {"vae": VAE}
+MODELS = {"vae": VAE, "iwae": IWAE}
 
 
 def build_model(config):

@@ -33,6 +33,19 @@ def kl_std_normal_per_dim(mu, logvar):
     return 0.5 * (xp.exp(logvar) + mu * mu - 1 - logvar)
 
 
+class SampleForward(NamedTuple):
+    """Caches and values of the shared sample path, for S samples per data point."""
+
+    enc: object          # encoder MLPCache
+    mu: object           # (B, Z)
+    logvar: object       # (B, Z)
+    z: object            # (S, B, Z)
+    reparam: object      # ReparamCache, eps (S, B, Z)
+    dec: object          # decoder MLPCache
+    lik: object          # likelihood cache over (S*B, D)
+    log_px_z: object     # (S, B)
+
+
 class VAECache(NamedTuple):
     """Everything backward needs, each field with its shape."""
 
@@ -212,6 +225,58 @@ class VAE:
         return xp.full(self.data_dim, math.log(self.decoder_variance), dtype=self.dtype)
 
     # ------------------------------------------------------------------ objective
+    def _forward_samples(self, x, eps):
+        """Encoder, reparameterization, decoder and likelihood for S samples per row."""
+        xp = get_xp(x)
+        S, B, Z = eps.shape
+        h, enc = self.encoder.forward(x)                      # (B, 2Z)
+        mu, logvar = h[:, :Z], h[:, Z:]                       # (B, Z)
+        z, rep = reparam_forward(mu, logvar, eps)             # (S, B, Z)
+        out, dec = self.decoder.forward(z.reshape(S * B, Z))  # (S*B, D)
+        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+        if self.likelihood == "bernoulli":
+            nll, lik = bernoulli_nll_forward(out, xs)
+        else:
+            nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp), xs)
+        return SampleForward(enc, mu, logvar, z, rep, dec, lik, -nll.reshape(S, B))
+
+    def log_weights(self, x, eps):
+        """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (S, B, Z); (S, B)."""
+        p = self._forward_samples(x, eps)
+        # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
+        return p.log_px_z + 0.5 * ((p.reparam.eps ** 2 - p.z ** 2).sum(axis=-1)
+                                   + p.logvar.sum(axis=-1))
+
+    def log_likelihood(self, x, rng, k=5000, batch_size=100, chunk_size=None):
+        r"""Importance-sampled estimate of log p(x) per row with k samples, shape (B,).
+
+        :math:`\log \tfrac1k \sum_{s=1}^k p(x, z_s) / q(z_s|x)`, z_s ~ q(z|x), computed
+        chunk by chunk over k with a running log-sum-exp, so peak memory depends on
+        ``chunk_size`` and ``batch_size`` but not on k.
+        """
+        self._check_x(x, "log_likelihood")
+        k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
+        xp = get_xp(x)
+        if chunk_size is None:  # about 2**15 decoder rows per chunk
+            chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            run_max = xp.full(xb.shape[0], -xp.inf, dtype=self.dtype)
+            run_sum = xp.zeros(xb.shape[0], dtype=self.dtype)
+            for s in range(0, k, chunk_size):
+                n = min(chunk_size, k - s)
+                eps = rng.standard_normal((n, xb.shape[0], self.latent_dim), dtype=self.dtype)
+                lw = self.log_weights(xb, eps)                     # (n, B)
+                new_max = xp.maximum(run_max, lw.max(axis=0))
+                safe = xp.where(xp.isfinite(new_max), new_max, self.dtype.type(0))
+                run_sum = run_sum * xp.exp(run_max - safe) + xp.exp(lw - safe).sum(axis=0)
+                run_max = new_max
+            with np.errstate(divide="ignore"):
+                safe = xp.where(xp.isfinite(run_max), run_max, self.dtype.type(0))
+                out.append(xp.log(run_sum) + safe - self.dtype.type(math.log(k)))
+        return xp.concatenate(out)
+
     def draw_noise(self, rng, batch_size):
         """eps (L, B, Z) for one step, from the explicit generator ``rng``."""
         return rng.standard_normal((self.n_samples, batch_size, self.latent_dim),
@@ -234,18 +299,9 @@ class VAE:
         cache : VAECache
         """
         w = self.beta if kl_weight is None else float(kl_weight)
-        xp = get_xp(x)
-        L, B, Z = eps.shape
-        h, enc = self.encoder.forward(x)                     # (B, 2Z)
-        mu, logvar = h[:, :Z], h[:, Z:]                      # (B, Z)
-        z, rep = reparam_forward(mu, logvar, eps)            # (L, B, Z)
-        out, dec = self.decoder.forward(z.reshape(L * B, Z))  # (L*B, D)
-        if self.likelihood == "bernoulli":
-            nll, lik = bernoulli_nll_forward(out, x if L == 1 else xp.tile(x, (L, 1)))
-        else:
-            nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp),
-                                            x if L == 1 else xp.tile(x, (L, 1)))
-        log_px_z = -nll.reshape(L, B)                        # (L, B)
+        p = self._forward_samples(x, eps)
+        mu, logvar, z, eps = p.mu, p.logvar, p.z, p.reparam.eps
+        log_px_z = p.log_px_z
         if self.kl == "analytic":
             kl_dim = kl_std_normal_per_dim(mu, logvar)       # (B, Z)
         else:
@@ -255,7 +311,7 @@ class VAE:
         recon = float(log_px_z.mean())
         loss = -recon + w * kl_value
         stats = dict(log_px_z=log_px_z.mean(axis=0), kl=kl_dim.sum(axis=1))
-        cache = VAECache(x, enc, mu, logvar, rep, z, dec, lik, klc, w, stats)
+        cache = VAECache(x, p.enc, mu, logvar, p.reparam, z, p.dec, p.lik, klc, w, stats)
         return loss, cache
 
     def backward(self, cache, dloss=1.0):

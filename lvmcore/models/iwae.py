@@ -1,0 +1,145 @@
+"""Importance-weighted autoencoder with plain, STL and DReG gradient estimators.
+
+Shapes: B batch, D data, Z latent, S samples per data point (K, or M groups of K).
+
+Forward, for fixed noise eps (S, B, Z):
+    mu, logvar = encoder(x)                                      (B, Z) each
+    z = mu + exp(logvar / 2) * eps                               (S, B, Z)
+    log w = log p(x|z) + log p(z) - log q(z|x)                   (S, B)
+    bound = objective(log w)  (IWAE, MIWAE, CIWAE or PIWAE)      (B,)
+    loss = -mean_B bound
+
+Backward. With a_s = d bound / d log w_s (normalized weights) and
+g_s = d log w_s / d z_s taken with q's parameters held fixed
+    = d log p(x|z_s)/dz - z_s + eps_s / std,
+the three estimators of the encoder gradient are (Tucker et al. 2019, eqs. 3-7)
+
+    plain:  sum_s a_s [ (g_s - eps_s/std) dz_s/dphi + d(-log q)/dphi (total) ]
+    STL:    sum_s a_s   g_s dz_s/dphi               (the score term dropped)
+    DReG:   sum_s b_s   g_s dz_s/dphi               (b_s: w~ replaced by w~^2)
+
+The decoder gradient is the plain one in all three. The plain estimator is the exact
+gradient of the fixed-noise bound (finite-difference tested). DReG is unbiased for it
+for every K (tested statistically). STL is unbiased only for K = 1: for K > 1 the
+score term it drops has non-zero mean under the normalized weights (Tucker et al.
+2019, sec. 3), so IWAE-STL trades a bias for lower variance; a test measures it.
+"""
+import numpy as np
+
+from .._validation import check_param, get_xp
+from ..losses import bernoulli_nll_backward, gaussian_nll_backward
+from ..losses.iwae import OBJECTIVES, bound_forward
+from ..ops import reparam_backward
+from .vae import VAE
+
+ESTIMATORS = ("iwae", "stl", "dreg")
+
+
+class IWAE(VAE):
+    """Importance-weighted autoencoder (Burda et al. 2016).
+
+    Parameters
+    ----------
+    k : int
+        K, importance samples per data point (per group for MIWAE and PIWAE).
+    estimator : {"iwae", "stl", "dreg"}
+        Gradient estimator for the inference network.
+    objective : {"iwae", "miwae", "ciwae", "piwae"}
+    groups : int
+        M for MIWAE and PIWAE; S = M K samples per data point.
+    ciwae_beta : float
+        The ELBO's weight in CIWAE.
+
+    The remaining parameters are those of :class:`VAE` (``kl``, ``beta`` and
+    ``free_bits`` do not apply: the bound is sampled as a whole).
+    """
+
+    def __init__(self, data_dim, latent_dim=50, hidden=(200, 200), activation="tanh",
+                 likelihood="bernoulli", decoder_variance="learned", k=50, estimator="iwae",
+                 objective="iwae", groups=1, ciwae_beta=0.5, seed=0, dtype=np.float32):
+        f = "IWAE"
+        self.k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
+        self.estimator = check_param(estimator, "estimator", f, kind="choice",
+                                     choices=ESTIMATORS)
+        self.objective = check_param(objective, "objective", f, kind="choice",
+                                     choices=OBJECTIVES)
+        self.groups = check_param(groups, "groups", f, kind="int", low=1, low_inclusive=True)
+        if self.objective in ("iwae", "ciwae"):
+            self.groups = 1
+        self.ciwae_beta = check_param(ciwae_beta, "ciwae_beta", f, low=0, low_inclusive=True,
+                                      high=1)
+        super().__init__(data_dim, latent_dim, hidden, activation, likelihood,
+                         decoder_variance, kl="sampled", n_samples=self.k * self.groups,
+                         seed=seed, dtype=dtype)
+
+    def config(self):
+        c = super().config()
+        for key in ("kl", "n_samples", "beta", "free_bits"):
+            c.pop(key)
+        c.update(model="iwae", k=self.k, estimator=self.estimator, objective=self.objective,
+                 groups=self.groups, ciwae_beta=self.ciwae_beta)
+        return c
+
+    def forward(self, x, eps, kl_weight=None):
+        """Negative bound averaged over the batch, for fixed noise eps (S, B, Z).
+
+        ``kl_weight`` is accepted for the trainer's sake and must be None or 1.
+        """
+        if kl_weight not in (None, 1, 1.0):
+            raise ValueError(f"IWAE.forward: expected kl_weight None or 1 (KL annealing does "
+                             f"not apply to an importance-weighted bound), got {kl_weight}.")
+        p = self._forward_samples(x, eps)
+        log_w = p.log_px_z + 0.5 * ((p.reparam.eps ** 2 - p.z ** 2).sum(axis=-1)
+                                    + p.logvar.sum(axis=-1))  # (S, B)
+        bound, weights = bound_forward(log_w, self.objective, self.groups, self.ciwae_beta)
+        loss = -float(bound.mean())
+        stats = dict(bound=bound, log_w=log_w)
+        return loss, (p, weights, stats)
+
+    def backward(self, cache, dloss=1.0):
+        """Accumulate the gradient of ``dloss * loss`` with the chosen estimator."""
+        p, bw, _ = cache
+        xp = get_xp(p.mu)
+        eps, std = p.reparam
+        S, B, Z = eps.shape
+        dt = self.dtype.type
+        c = dt(-dloss)  # loss = -mean bound; the weights are for the bound
+        dnll = (dt(dloss) * bw.decoder).reshape(S * B)
+        if self.likelihood == "bernoulli":
+            dout = bernoulli_nll_backward(dnll, p.lik)
+        else:
+            dout, dlv = gaussian_nll_backward(dnll, p.lik)
+            if self.decoder_variance == "learned":
+                self.decoder.grads["logvar"] += dlv
+        dz_dec = self.decoder.backward(dout, p.dec).reshape(S, B, Z)  # = -dloss a dlogp/dz
+        if self.estimator == "dreg":
+            s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
+        else:
+            s, ratio = bw.encoder, bw.encoder_over_decoder
+        cs = (c * s)[..., None]                                        # (S, B, 1)
+        dz = ratio[..., None] * dz_dec - cs * p.z                     # log p(z) term
+        if self.estimator != "iwae":
+            dz += cs * (eps / std)                                     # -log q through z only
+        dmu, dlogvar = reparam_backward(dz, p.reparam)
+        if self.estimator == "iwae":
+            dlogvar += dt(0.5) * cs.sum(axis=0)                        # total d(-log q)/dlogvar
+        self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), p.enc, need_dx=False)
+
+    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
+        if validate:
+            self._check_x(x, "IWAE.loss_and_grads")
+        self.zero_grad()
+        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]))
+        self.backward(cache)
+        return loss, dict(bound=-loss)
+
+    def bound(self, x, rng, batch_size=100):
+        """The model's training bound per example (B,), for fixed fresh noise."""
+        self._check_x(x, "IWAE.bound")
+        xp = get_xp(x)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            _, (_, _, stats) = self.forward(xb, self.draw_noise(rng, xb.shape[0]))
+            out.append(stats["bound"])
+        return xp.concatenate(out)
