@@ -1,0 +1,25 @@
+"""Probability distributions with hand-derived gradients (torch.distributions names).
+
+Each distribution exposes ``batch_shape``, ``event_shape``, ``params``,
+``sample(rng, shape)``, ``log_prob(value)`` and ``entropy()``; each forward method
+has a ``*_backward`` returning a dict of gradients keyed like ``params``.
+Reparameterizable ones add ``rsample(rng, shape) -> (z, noise)`` and
+``rsample_backward(dz, noise)``. ``kl_divergence(p, q)`` dispatches through
+``@register_kl(P, Q)``; ``kl_divergence_backward(p, q, dkl)`` through
+``@register_kl_backward(P, Q)``.
+
+Randomness enters only through an explicit ``numpy.random.Generator`` argument.
+"""
+from .bernoulli import Bernoulli
+from .categorical import Categorical, UniformCategorical
+from .kl import (KLNormalStdCache, kl_divergence, kl_divergence_backward, kl_normal_std_per_dim,
+                 kl_normal_std_per_dim_backward, kl_normal_std_per_dim_forward, register_kl,
+                 register_kl_backward)
+from .normal import DiagNormal, Distribution, StandardNormal
+
+__all__ = [
+    "Distribution", "DiagNormal", "StandardNormal", "Bernoulli", "Categorical",
+    "UniformCategorical", "register_kl", "register_kl_backward", "kl_divergence",
+    "kl_divergence_backward", "KLNormalStdCache", "kl_normal_std_per_dim",
+    "kl_normal_std_per_dim_forward", "kl_normal_std_per_dim_backward",
+]
