@@ -3,7 +3,7 @@ variance and signal-to-noise ratio of gradient estimators."""
 import numpy as np
 
 from ._validation import check_param, get_xp
-from .models.vae import kl_std_normal_per_dim
+from .distributions.kl import kl_normal_std_per_dim
 
 
 def posterior_means(model, x, batch_size=1000):
@@ -37,7 +37,7 @@ def kl_per_dimension(model, x, batch_size=1000):
     total = xp.zeros(model.latent_dim, dtype=np.float64)
     for i in range(0, x.shape[0], batch_size):
         mu, logvar = model.encode(x[i:i + batch_size])
-        total += kl_std_normal_per_dim(mu, logvar).astype(np.float64).sum(axis=0)
+        total += kl_normal_std_per_dim(mu, logvar).astype(np.float64).sum(axis=0)
     return total / x.shape[0]
 
 

@@ -1,6 +1,6 @@
 """Models: each owns its modules and writes its whole backward by hand."""
 from .iwae import ESTIMATORS, IWAE
-from .vae import VAE, VAECache, kl_std_normal_per_dim
+from .vae import VAE, VAECache
 
 MODELS = {"vae": VAE, "iwae": IWAE}
 

@@ -19,18 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validation import check_array, check_binary, check_param, get_xp
+from ..distributions.kl import (KLNormalStdCache, kl_normal_std_per_dim,
+                                kl_normal_std_per_dim_backward)
 from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
                       gaussian_nll_forward, kl_term_backward, kl_term_forward)
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def kl_std_normal_per_dim(mu, logvar):
-    """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension: 0.5 (e^v + mu^2 - 1 - v)."""
-    xp = get_xp(mu)
-    return 0.5 * (xp.exp(logvar) + mu * mu - 1 - logvar)
 
 
 class SampleForward(NamedTuple):
@@ -303,7 +299,7 @@ class VAE:
         mu, logvar, z, eps = p.mu, p.logvar, p.z, p.reparam.eps
         log_px_z = p.log_px_z
         if self.kl == "analytic":
-            kl_dim = kl_std_normal_per_dim(mu, logvar)       # (B, Z)
+            kl_dim = kl_normal_std_per_dim(mu, logvar)       # (B, Z)
         else:
             # log q(z|x) - log p(z) per dimension, in terms of eps: (z - mu) / std = eps
             kl_dim = (0.5 * (z * z - eps * eps) - 0.5 * logvar).mean(axis=0)  # (B, Z)
@@ -341,8 +337,10 @@ class VAE:
         dkl = kl_term_backward(dt(dloss * cache.kl_weight), cache.kl_term)  # (1, Z)
         if self.kl == "analytic":
             dmu, dlogvar = reparam_backward(dz, cache.reparam)
-            dmu = dmu + dkl * cache.mu
-            dlogvar = dlogvar + dkl * 0.5 * (xp.exp(cache.logvar) - 1)
+            dmu_kl, dlogvar_kl = kl_normal_std_per_dim_backward(
+                xp.broadcast_to(dkl, cache.mu.shape), KLNormalStdCache(cache.mu, cache.logvar))
+            dmu += dmu_kl
+            dlogvar += dlogvar_kl
         else:
             dz = dz + (dkl / L) * cache.z
             dmu, dlogvar = reparam_backward(dz, cache.reparam)
