@@ -147,7 +147,7 @@ def check_param(value, name, func, *, kind="float", low=None, high=None,
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidParameterError(msg)
         value = float(value)
-        if not np.isfinite(value) and not (value == np.inf and high is None):
+        if not np.isfinite(value):
             raise InvalidParameterError(msg)
     if low is not None and (value < low or (value == low and not low_inclusive)):
         raise InvalidParameterError(msg)
