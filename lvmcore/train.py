@@ -1,0 +1,410 @@
+"""The training loop: minibatch optimisation with checkpoints, metrics and exact resumption.
+
+Randomness. Nothing here reads or sets global random state. Every draw comes from a fresh
+``np.random.default_rng([seed, epoch, step, stream])`` keyed by counters, so any step can be
+replayed on its own and a resumed run continues bit for bit as an uninterrupted one:
+
+    stream 1  noise of the step ``step`` (0-based within the epoch) of ``epoch`` (1-based)
+    stream 2  validation noise, ``[seed, 0, 0, 2]``: the same every epoch, so the validation
+              curve moves only with the parameters (common random numbers)
+    stream 3  the shuffle of ``epoch``, ``[seed, epoch, 0, 3]``
+    stream 4  the samples drawn for ``samples.png``, ``[seed, 0, 0, 4]``
+
+The stream tag is last and never zero because ``SeedSequence`` pads its entropy with zeros:
+``[s, e]`` and ``[s, e, 0]`` seed the same generator.
+
+Files written into ``out_dir``:
+
+    checkpoint.npz    model, optimizer and training state after the last finished epoch
+                      (see :mod:`lvmcore.checkpoint`), replaced atomically each epoch
+    metrics.jsonl     one JSON record per epoch (the same records ``fit`` returns)
+    samples.png, reconstructions.png, bounds.png    at the end (:mod:`lvmcore.plots`)
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._validation import check_array, check_binary, check_param
+from .checkpoint import create_temp, load_checkpoint, save_checkpoint
+from .exceptions import InvalidParameterError, TrainingDivergedError
+from .optim import SGD, Adam
+
+__all__ = ["fit", "kl_warmup_weight", "step_rng", "write_pictures", "CHECKPOINT", "METRICS",
+           "RUN_FILES"]
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+PICTURES = ("samples.png", "reconstructions.png", "bounds.png")
+RUN_FILES = (CHECKPOINT, METRICS, "eval.json") + PICTURES
+
+_NOISE, _VALID, _SHUFFLE, _SAMPLES = 1, 2, 3, 4
+# Hyper-parameters that fix the data order, the noise and the optimizer state layout: a resumed
+# run must keep them. lr, clip_norm, adam_eps and momentum may change (e.g. after a divergence).
+_FIXED_ON_RESUME = ("batch_size", "seed", "optimizer", "kl_warmup_epochs")
+
+
+def step_rng(seed, epoch, step):
+    """The generator of one training step's noise: ``default_rng([seed, epoch, step, 1])``.
+
+    ``epoch`` counts from 1, ``step`` from 0 within the epoch.
+    """
+    return np.random.default_rng([seed, epoch, step, _NOISE])
+
+
+def kl_warmup_weight(step, beta, warmup_steps):
+    """The KL weight of global step ``step`` (counted from 1) under linear warm-up.
+
+    Parameters
+    ----------
+    step : int
+        1 for the first optimizer step of the run, and so on across epochs.
+    beta : float
+        The weight reached at the end of the warm-up (the model's ``beta``).
+    warmup_steps : int
+        Length of the warm-up; 0 disables it.
+
+    Returns
+    -------
+    float
+        :math:`\\beta \\min(1, t / T)`: ``beta / T`` at the first step, ``beta`` from step T on.
+    """
+    if warmup_steps <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, step / warmup_steps)
+
+
+def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", adam_eps=1e-8,
+        momentum=0.0, clip_norm=None, seed=0, kl_warmup_epochs=0, out_dir=None, resume=False,
+        overwrite=False, progress=True, eval_batch_size=1000, data_source=None):
+    """Train ``model`` on ``dataset.train`` and track its bound on ``dataset.valid``.
+
+    Parameters
+    ----------
+    model : VAE or another lvmcore model
+        Needs ``parameters()``, ``gradients()``, ``loss_and_grads(x, rng, kl_weight=,
+        validate=)``, ``bound(x, rng, batch_size)`` and ``config()``; ``init_output_bias``,
+        ``sample`` and ``reconstruct`` are used when present.
+    dataset : lvmcore.data.Dataset
+        ``train`` and ``valid`` arrays of shape (N, D); ``shape`` (image shape) for pictures.
+        Arrays whose dtype differs from the model's are cast once, up front.
+    epochs : int
+        Total number of epochs of the run; with ``resume`` the count includes finished ones.
+    batch_size : int
+        Rows per step; the last step of an epoch takes the remainder.
+    lr : float
+        Learning rate.
+    optimizer : {"adam", "sgd"}
+    adam_eps : float
+        Adam's epsilon (the IWAE paper uses 1e-4).
+    momentum : float in [0, 1)
+        SGD momentum; must stay 0 with Adam.
+    clip_norm : float, optional
+        Clip the global gradient norm to this value.
+    seed : int
+        Keys every random draw of the run (see the module docstring). The model's own
+        initialisation is seeded by the model.
+    kl_warmup_epochs : int
+        Epochs over which the KL weight rises linearly from 0 to ``model.beta`` (per step).
+    out_dir : str or os.PathLike, optional
+        Run folder for the checkpoint, metrics and pictures; nothing is written when None.
+    resume : bool
+        Continue the run in ``out_dir`` from its checkpoint: parameters, optimizer state,
+        epoch counter and history are loaded; training goes on at the next epoch.
+    overwrite : bool
+        Start afresh in an ``out_dir`` that holds an earlier run, deleting its files.
+    progress : bool
+        Show a tqdm progress bar (on stderr) with the running training bound.
+    eval_batch_size : int
+        Rows per chunk when evaluating the validation bound.
+    data_source : str, optional
+        How to load the data again (``"digits"``, ``"mnist"`` or a path), recorded in the
+        checkpoint for ``lvmcore eval``; defaults to ``dataset.name`` for the embedded digits.
+
+    Returns
+    -------
+    list of dict
+        One record per epoch of the whole run: ``epoch``, ``step`` (global), ``train_bound``
+        (mean over the epoch's examples of the bound each step saw, before its update),
+        ``valid_bound`` (None without validation data), ``kl_weight`` (of the epoch's last
+        step), ``train_loss``, ``train_<stat>`` for each of the model's step statistics, and
+        ``seconds`` (wall time of the epoch, the only entry that is not reproducible).
+
+    Raises
+    ------
+    InvalidParameterError
+        For a hyper-parameter out of range (the message names it).
+    ValueError, TypeError
+        For data the model cannot take, or a checkpoint that does not match on ``resume``.
+    FileExistsError
+        When ``out_dir`` holds an earlier run and neither ``resume`` nor ``overwrite`` is set.
+    TrainingDivergedError
+        When a step's loss or gradient is NaN or infinite. That step is not applied, and the
+        checkpoint in ``out_dir`` stays the one of the last finished epoch (named in the
+        message and in the exception's ``checkpoint`` attribute).
+
+    Notes
+    -----
+    A fresh run (not ``resume``) first calls ``model.init_output_bias(dataset.train)``. Each
+    epoch shuffles the training set once into a preallocated buffer, so a step's batch is a
+    view and the loop allocates nothing beyond what the model does. The data are validated
+    once here, and ``loss_and_grads`` is called with ``validate=False``.
+    """
+    f = "fit"
+    epochs = check_param(epochs, "epochs", f, kind="int", low=1, low_inclusive=True)
+    batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
+    lr = check_param(lr, "lr", f, low=0)
+    optimizer = check_param(optimizer, "optimizer", f, kind="choice", choices=("adam", "sgd"))
+    adam_eps = check_param(adam_eps, "adam_eps", f, low=0)
+    momentum = check_param(momentum, "momentum", f, low=0, low_inclusive=True, high=1,
+                           high_inclusive=False)
+    if optimizer == "adam" and momentum != 0:
+        raise InvalidParameterError(
+            f"The 'momentum' parameter of {f} applies to optimizer='sgd' only. Got "
+            f"momentum={momentum!r} with optimizer='adam' instead.")
+    if clip_norm is not None:
+        clip_norm = check_param(clip_norm, "clip_norm", f, low=0)
+    seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
+    kl_warmup_epochs = check_param(kl_warmup_epochs, "kl_warmup_epochs", f, kind="int", low=0,
+                                   low_inclusive=True)
+    eval_batch_size = check_param(eval_batch_size, "eval_batch_size", f, kind="int", low=1,
+                                  low_inclusive=True)
+    if resume and out_dir is None:
+        raise ValueError(f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
+                         f"folder of the run to continue.")
+    hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                 adam_eps=adam_eps, momentum=momentum, clip_norm=clip_norm, seed=seed,
+                 kl_warmup_epochs=kl_warmup_epochs, eval_batch_size=eval_batch_size)
+
+    train, valid = _check_dataset(model, dataset, f)
+    n = train.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    warmup_steps = kl_warmup_epochs * steps_per_epoch
+    beta = float(getattr(model, "beta", 1.0))
+    params, grads = model.parameters(), model.gradients()
+    if optimizer == "adam":
+        opt = Adam(params, grads, lr=lr, eps=adam_eps, clip_norm=clip_norm)
+    else:
+        opt = SGD(params, grads, lr=lr, momentum=momentum, clip_norm=clip_norm)
+    name = getattr(dataset, "name", None)
+    shape = getattr(dataset, "shape", None)
+    data_info = dict(name=name, source=data_source if data_source is not None else
+                     (name if name == "digits" else None),
+                     shape=None if shape is None else [int(s) for s in shape],
+                     n_train=int(n), n_valid=int(valid.shape[0]), data_dim=int(train.shape[1]))
+
+    out = None if out_dir is None else Path(os.fspath(out_dir))
+    ckpt_path = None if out is None else out / CHECKPOINT
+    history, start_epoch, step, last_good = [], 1, 0, None
+    if resume:
+        history, start_epoch, step = _resume(ckpt_path, model, opt, hyper, data_info, f)
+        _write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        last_good = ckpt_path
+    else:
+        if out is not None:
+            _start_fresh(out, overwrite, f)
+        if hasattr(model, "init_output_bias"):
+            model.init_output_bias(train)
+
+    grad_list = list(grads.values())
+    loss_and_grads = model.loss_and_grads
+    valid_rng_key = [seed, 0, 0, _VALID]
+    xbuf = np.empty_like(train)                                       # (N, D), reused per epoch
+    valid_note = ""                                                   # progress-bar suffix
+    from tqdm.auto import tqdm
+
+    with tqdm(total=epochs * steps_per_epoch, initial=step, disable=not progress, unit="step",
+              dynamic_ncols=True, leave=True) as bar:
+        for epoch in range(start_epoch, epochs + 1):
+            t0 = time.perf_counter()
+            perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
+            np.take(train, perm, axis=0, out=xbuf)
+            bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+            sums, loss_sum, seen, w = {}, 0.0, 0, None
+            for s in range(steps_per_epoch):
+                xb = xbuf[s * batch_size:(s + 1) * batch_size]        # (B, D) view
+                step += 1
+                w = None if warmup_steps == 0 else kl_warmup_weight(step, beta, warmup_steps)
+                loss, stats = loss_and_grads(xb, step_rng(seed, epoch, s), kl_weight=w,
+                                             validate=False)
+                ok, norm = _finite_loss_and_grads(loss, grad_list)
+                if not ok:
+                    what = (f"loss {loss}" if not math.isfinite(loss) else
+                            f"gradient norm {norm} (loss {loss:.6g})")
+                    raise _diverged(f, what, epoch, s + 1, steps_per_epoch, step, last_good)
+                opt.step()
+                m = xb.shape[0]
+                seen += m
+                loss_sum += m * float(loss)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + m * float(v)
+                bar.update(1)
+                bar.set_postfix_str(f"bound {_bound_of(sums) / seen:.3f}{valid_note}",
+                                    refresh=False)
+
+            record = dict(epoch=epoch, step=step, train_bound=_bound_of(sums) / seen,
+                          valid_bound=None, kl_weight=beta if w is None else w,
+                          train_loss=loss_sum / seen)
+            record.update({f"train_{k}": v / seen for k, v in sums.items()})
+            if valid.shape[0]:
+                vb = float(model.bound(valid, np.random.default_rng(valid_rng_key),
+                                       batch_size=eval_batch_size).mean())
+                if not math.isfinite(vb):
+                    raise _diverged(f, f"validation bound {vb}", epoch, steps_per_epoch,
+                                    steps_per_epoch, step, last_good)
+                record["valid_bound"] = vb
+                valid_note = f", valid {vb:.3f}"
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            if out is not None:
+                state = dict(epoch=epoch, step=step, seed=seed, hyper=hyper, dataset=data_info,
+                             history=history, lvmcore_version=__version__)
+                save_checkpoint(ckpt_path, model, opt, state)
+                last_good = ckpt_path
+                with open(out / METRICS, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+
+    if out is not None:
+        write_pictures(model, valid, shape, history, out, seed)
+    return [dict(r) for r in history]
+
+
+def _bound_of(sums):
+    # The bound the model trains: its own "bound" statistic when it reports one (IWAE), else
+    # the ELBO.
+    return sums.get("bound", sums.get("elbo", math.nan))
+
+
+def _finite_loss_and_grads(loss, grad_list):
+    """(ok, global gradient norm; NaN when the loss already failed). One dot per array; an
+    exact element check only when the sum of squares overflows."""
+    if not math.isfinite(loss):
+        return False, math.nan
+    sq = 0.0
+    for g in grad_list:
+        v = g.ravel()                                                 # a view: g is contiguous
+        sq += float(np.dot(v, v))
+    if math.isfinite(sq):
+        return True, math.sqrt(sq)
+    # The float32 sum of squares overflows for finite gradients above ~1e19: look closer.
+    if all(bool(np.isfinite(g).all()) for g in grad_list):
+        return True, math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64),
+                                                g.ravel().astype(np.float64)))
+                                   for g in grad_list))
+    return False, math.nan if any(bool(np.isnan(g).any()) for g in grad_list) else math.inf
+
+
+def _diverged(f, what, epoch, step_in_epoch, steps_per_epoch, step, last_good):
+    if last_good is not None:
+        where = (f"The checkpoint of the last finished epoch, {last_good}, is untouched; "
+                 f"continue from it with resume=True (lvmcore train --resume) and a lower lr or "
+                 f"a clip_norm.")
+    else:
+        where = ("No checkpoint was written yet (no finished epoch, or out_dir=None). "
+                 "Lower lr or set clip_norm.")
+    return TrainingDivergedError(
+        f"{f}: expected a finite loss and gradients, got {what} at epoch {epoch}, step "
+        f"{step_in_epoch} of {steps_per_epoch} (global step {step}); the update was not "
+        f"applied. {where}", checkpoint=None if last_good is None else str(last_good))
+
+
+def _check_dataset(model, dataset, f):
+    """Validate the splits once, cast them to the model's dtype; returns (train, valid)."""
+    if not (hasattr(dataset, "train") and hasattr(dataset, "valid")):
+        raise TypeError(f"{f}: expected dataset to have 'train' and 'valid' arrays (an "
+                        f"lvmcore.data.Dataset), got {type(dataset).__name__}. Load one with "
+                        f"lvmcore.data.load_dataset('digits').")
+    D = getattr(model, "data_dim", None)
+    dtype = getattr(model, "dtype", None)
+    out = []
+    for split in ("train", "valid"):
+        x = getattr(dataset, split)
+        check_array(x, f"dataset.{split}", f, ndim=2, shape=(None, D))
+        if dtype is not None and x.dtype != dtype:
+            x = x.astype(dtype)
+        if getattr(model, "likelihood", None) == "bernoulli":
+            check_binary(x, f"dataset.{split}", f)
+        out.append(x)
+    if out[0].shape[0] == 0:
+        raise ValueError(f"{f}: expected dataset.train to hold at least one row, got shape "
+                         f"{out[0].shape}.")
+    return out
+
+
+def _start_fresh(out, overwrite, f):
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CHECKPOINT).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{f}: expected out_dir to hold no earlier run, got {out / CHECKPOINT}. Pass "
+                f"resume=True (--resume) to continue it, overwrite=True (--overwrite) to replace "
+                f"it, or choose another out_dir.")
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    _write_text_atomic(out / METRICS, "")
+
+
+def _resume(path, model, opt, hyper, data_info, f):
+    """Load a checkpoint into model and optimizer; returns (history, next epoch, step)."""
+    config, params, optim, state = load_checkpoint(path)
+    mine = json.loads(json.dumps(model.config()))
+    if config != mine:
+        diff = sorted(k for k in set(config) | set(mine) if config.get(k) != mine.get(k))
+        shown = ", ".join(f"{k} {config.get(k)!r} vs {mine.get(k)!r}" for k in diff)
+        raise ValueError(f"{f}: expected the model to match the one in {path}, got different "
+                         f"{shown} (checkpoint vs model). Rebuild it with "
+                         f"lvmcore.checkpoint.load_model or build_model(config).")
+    saved = state.get("hyper", {})
+    for k in _FIXED_ON_RESUME:
+        if k in saved and saved[k] != hyper[k]:
+            raise ValueError(f"{f}: expected {k}={saved[k]!r} as in the run being resumed "
+                             f"({path}), got {hyper[k]!r}. Keep it, or start a new run.")
+    old = state.get("dataset", {})
+    for k in ("n_train", "data_dim"):
+        if k in old and old[k] != data_info[k]:
+            raise ValueError(f"{f}: expected the data of the run being resumed ({path}), with "
+                             f"{k}={old[k]}, got {k}={data_info[k]}. Pass the same data set.")
+    model.load_parameters(params)
+    try:
+        opt.load_state_dict(optim)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{f}: expected {path} to hold {hyper['optimizer']} state for every "
+                         f"parameter, got: {err!r}.") from None
+    return list(state.get("history", [])), int(state["epoch"]) + 1, int(state["step"])
+
+
+def _write_text_atomic(path, text):
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12):
+    """Write ``samples.png``, ``reconstructions.png`` (of the first rows of ``x``) and
+    ``bounds.png`` into ``out``; the image pictures need ``shape`` and the model's ``sample``
+    and ``reconstruct``."""
+    from . import plots
+
+    out = Path(os.fspath(out))
+    written = [plots.plot_bounds(history, out / "bounds.png")]
+    if shape is None:
+        return written
+    if hasattr(model, "sample"):
+        rng = np.random.default_rng([seed, 0, 0, _SAMPLES])
+        written.append(plots.plot_samples(model.sample(rng, n_samples), shape,
+                                          out / "samples.png"))
+    if hasattr(model, "reconstruct") and x.shape[0]:
+        xr = x[:n_rec]
+        written.append(plots.plot_reconstructions(xr, model.reconstruct(xr), shape,
+                                                  out / "reconstructions.png"))
+    return written
