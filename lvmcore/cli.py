@@ -268,6 +268,13 @@ def build_parser():
                    help="examples per evaluation chunk (default: 1000)")
     e.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
                    help="seed of the evaluation noise (default: 0)")
+    e.add_argument("--k", type=_nonneg_int, default=5000, metavar="K",
+                   help="importance samples for the log-likelihood (default: 5000; 0 skips it)")
+    e.add_argument("--subset", type=_nonneg_int, default=0, metavar="N",
+                   help="estimate the NLL on a seeded random subset of N examples "
+                        "(default: the whole split)")
+    e.add_argument("--nll-batch-size", type=_pos_int, default=100, metavar="B",
+                   help="examples per importance-sampling chunk (default: 100)")
     e.add_argument("--threads", type=_pos_int, default=None, metavar="N",
                    help="BLAS threads (default: the BLAS library's choice)")
     e.set_defaults(func=_cmd_eval)
@@ -376,6 +383,7 @@ def _cmd_eval(args):
 
     from .checkpoint import load_checkpoint, load_model
     from .data import load_dataset
+    from .diagnostics import active_units, kl_per_dimension
     from .train import CHECKPOINT
 
     run = Path(args.run)
@@ -393,18 +401,48 @@ def _cmd_eval(args):
     rng = np.random.default_rng([args.seed, 0, 0, 5])
     # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
     bound = np.asarray(model.bound(x, rng, batch_size=args.batch_size), dtype=np.float64)  # (N,)
+    elbo = np.asarray(model.elbo(x, np.random.default_rng([args.seed, 0, 0, 6]),
+                                 batch_size=args.batch_size), dtype=np.float64)
     n = int(bound.shape[0])
-    mean = float(bound.mean())
-    sem = float(bound.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     name = _bound_name(model)
+    n_active, unit_var = active_units(model, x)
+    kl_dims = kl_per_dimension(model, x)
     result = dict(checkpoint=str(path), epoch=state.get("epoch"), data=str(data),
-                  split=args.split, n=n, bound_name=name, bound=mean, bound_sem=sem,
-                  seed=args.seed, seconds=time.perf_counter() - t0)
+                  split=args.split, n=n, bound_name=name, bound=float(bound.mean()),
+                  bound_sem=_sem(bound), elbo=float(elbo.mean()), elbo_sem=_sem(elbo),
+                  active_units=n_active, latent_dim=int(unit_var.size),
+                  posterior_mean_variance=unit_var.tolist(), kl_per_dim=kl_dims.tolist(),
+                  seed=args.seed)
+    lines = [f"{args.split} ELBO {result['elbo']:.3f} +- {result['elbo_sem']:.3f} nats (n={n})"]
+    if name != "ELBO":
+        lines.append(f"{args.split} {name} {result['bound']:.3f} +- {result['bound_sem']:.3f}")
+    if args.k > 0:
+        xs = x
+        if args.subset and args.subset < n:
+            pick = np.sort(np.random.default_rng([args.seed, 7]).choice(n, args.subset,
+                                                                        replace=False))
+            xs = x[pick]
+        ll = np.asarray(model.log_likelihood(xs, np.random.default_rng([args.seed, 0, 0, 8]),
+                                             k=args.k, batch_size=args.nll_batch_size),
+                        dtype=np.float64)
+        result.update(nll=float(-ll.mean()), nll_sem=_sem(ll), nll_k=args.k, nll_n=int(ll.size))
+        lines.append(f"{args.split} NLL (K={args.k}, n={ll.size}) {result['nll']:.3f} +- "
+                     f"{result['nll_sem']:.3f} nats")
+    lines.append(f"active units {n_active} of {unit_var.size}; KL per dimension (nats): "
+                 + " ".join(f"{v:.2f}" for v in kl_dims))
+    result["seconds"] = time.perf_counter() - t0
     out = path.parent / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"{PROG}: {args.split} {name} {mean:.3f} +- {sem:.3f} nats (n={n}) for {path} "
-          f"(epoch {state.get('epoch')}); wrote {out}")
+    print(f"{PROG}: {path} (epoch {state.get('epoch')}), {result['seconds']:.1f} s")
+    for line in lines:
+        print(f"  {line}")
+    print(f"  wrote {out}")
     return 0
+
+
+def _sem(values):
+    import numpy as np
+    return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
 
 
 def _bound_name(model):

@@ -43,6 +43,13 @@ def test_train_iwae_then_eval(tmp_path, capsys):
     result = json.loads((out / "eval.json").read_text())
     assert result["bound_name"] == "IWAE bound (K=3)" and result["n"] == 180
     assert math.isfinite(result["bound"])
+    assert main(["eval", str(out), "--k", "200", "--subset", "40"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    # K-sample NLL <= -bound(K=3) <= -ELBO up to noise; diagnostics are reported
+    assert result["nll_k"] == 200 and result["nll_n"] == 40 and math.isfinite(result["nll"])
+    assert result["elbo"] < result["bound"]
+    assert 0 <= result["active_units"] <= 2 and len(result["kl_per_dim"]) == 2
+    assert "NLL (K=200, n=40)" in capsys.readouterr().out
     for argv, flag in ((["--model", "iwae", "--beta", "2"], "--beta"),
                        (["--model", "vae", "--k", "5"], "--k")):
         with pytest.raises(SystemExit) as info:

@@ -133,6 +133,15 @@ class IWAE(VAE):
         self.backward(cache)
         return loss, dict(bound=-loss)
 
+    def elbo(self, x, rng, batch_size=100):
+        """Per-example ELBO (B,): the mean of log w over the model's S samples."""
+        self._check_x(x, "IWAE.elbo")
+        xp = get_xp(x)
+        return xp.concatenate([
+            self.log_weights(x[i:i + batch_size],
+                             self.draw_noise(rng, x[i:i + batch_size].shape[0])).mean(axis=0)
+            for i in range(0, x.shape[0], batch_size)])
+
     def bound(self, x, rng, batch_size=100):
         """The model's training bound per example (B,), for fixed fresh noise."""
         self._check_x(x, "IWAE.bound")
