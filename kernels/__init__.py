@@ -22,3 +22,6 @@ def get(op, backend):
         raise NotImplementedError(
             f"kernels.get: kernel {op!r} has no {backend!r} implementation; has {sorted(impls)}")
     return impls[backend]
+
+
+register("adam_update", "kernels.adam_update")

@@ -8,6 +8,7 @@ sees the new values without copying. Their state is a flat dict of arrays
 import math
 
 from ._validation import check_param, get_xp
+from .backend import get_backend
 
 
 def clip_grad_norm(grads, max_norm):
@@ -95,8 +96,10 @@ class Adam(Optimizer):
     :math:`\\hat m, \\hat v`. The IWAE paper uses epsilon = 1e-4.
     """
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, clip_norm=None):
+    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, clip_norm=None,
+                 backend=None):
         super().__init__(params, grads, lr, clip_norm)
+        self.backend = backend
         self.beta1 = check_param(betas[0], "betas[0]", "Adam", low=0, low_inclusive=True,
                                  high=1, high_inclusive=False)
         self.beta2 = check_param(betas[1], "betas[1]", "Adam", low=0, low_inclusive=True,
@@ -108,15 +111,15 @@ class Adam(Optimizer):
     def _buffers(self):
         return {"m": self.m, "v": self.v}
 
-    def _update(self, k, p, g):
-        xp = get_xp(p)
-        t = p.dtype.type
-        m, v = self.m[k], self.v[k]
-        m *= t(self.beta1)
-        m += t(1 - self.beta1) * g
-        v *= t(self.beta2)
-        v += t(1 - self.beta2) * (g * g)
+    def step(self):
+        norm = clip_grad_norm(self.grads, self.clip_norm) if self.clip_norm else None
+        self.t += 1
+        # bias corrections folded into the step size and epsilon:
+        # lr m_hat / (sqrt(v_hat) + eps) == step_size m / (sqrt(v) + eps_hat)
         step_size = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
-        # eps scaled into the bias-corrected frame: sqrt(v_hat) + eps
         eps_hat = self.eps * math.sqrt(1 - self.beta2 ** self.t)
-        p -= t(step_size) * m / (xp.sqrt(v) + t(eps_hat))
+        update = get_backend(*self.params.values(), backend=self.backend).kernel("adam_update")
+        for k, p in self.params.items():
+            update(p, self.grads[k], self.m[k], self.v[k], step_size, self.beta1, self.beta2,
+                   eps_hat)
+        return norm
