@@ -25,3 +25,4 @@ def get(op, backend):
 
 
 register("adam_update", "kernels.adam_update")
+register("nearest_code", "kernels.nearest_code")
