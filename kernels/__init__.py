@@ -13,16 +13,32 @@ def register(op, module):
     _MODULES[op] = module
 
 
+# A kernel's companion entry points live in the same module under their own tables.
+_TABLES = {"_backward": "BACKWARD_IMPLEMENTATIONS", "_max": "MAX_IMPLEMENTATIONS"}
+
+
 def get(op, backend):
-    if op not in _MODULES:
+    """The implementation of ``op`` for ``backend``; ``<op>_backward`` (and ``gumbel_max``)
+    come from the module's BACKWARD_IMPLEMENTATIONS (MAX_IMPLEMENTATIONS) table."""
+    base, table = op, "IMPLEMENTATIONS"
+    for suffix, name in _TABLES.items():
+        if op.endswith(suffix) and op[:-len(suffix)] in _MODULES:
+            base, table = op[:-len(suffix)], name
+    if op == "gumbel_max":
+        base, table = "gumbel_softmax", "MAX_IMPLEMENTATIONS"
+    if base not in _MODULES:
         raise NotImplementedError(f"kernels.get: no kernel named {op!r}; known: {sorted(_MODULES)}")
-    module = importlib.import_module(_MODULES[op])
-    impls = module.IMPLEMENTATIONS
+    module = importlib.import_module(_MODULES[base])
+    impls = getattr(module, table)
     if backend not in impls:
         raise NotImplementedError(
             f"kernels.get: kernel {op!r} has no {backend!r} implementation; has {sorted(impls)}")
     return impls[backend]
 
 
-register("adam_update", "kernels.adam_update")
 register("nearest_code", "kernels.nearest_code")
+register("bernoulli_loglik", "kernels.bernoulli_loglik")
+register("importance_weights", "kernels.importance_weights")
+register("adam_update", "kernels.adam_update")
+register("reparam_sample", "kernels.reparam_sample")
+register("gumbel_softmax", "kernels.gumbel_softmax")

@@ -1,0 +1,407 @@
+"""Fused Bernoulli log-likelihood from logits, with its gradient, in one pass.
+
+Math
+----
+For logits l (N, D) and binary data x (B, D), with N = S * B and row r of the logits scored
+against x[r % B] (S samples per data point, sample-major: r = s * B + b)::
+
+    loglik[r]  = sum_d  x l - softplus(l),     softplus(l) = max(l, 0) + log1p(exp(-|l|))
+    grad[r, d] = d loglik[r] / d l[r, d] = x - sigmoid(l)
+
+with sigmoid(l) = 1 / (1 + t) for l >= 0 and t / (1 + t) for l < 0, where t = exp(-|l|) is
+shared with the softplus, and so is 1 / (1 + t). Backward of a loss L: dlogits = dL/dloglik[:, None]
+* grad, which ``bernoulli_loglik_backward`` computes (in place allowed).
+
+Shapes: logits (N, D) and x (B, D), both C-contiguous and of one dtype (float32 or float64);
+loglik (N,); grad_out (N, D), preallocated by the caller, either ``logits`` itself (the gradient
+overwrites the logits in place) or memory that overlaps neither input.
+
+Numerics
+--------
+- Exact for any finite logit: t = exp(-|l|) is in [0, 1], so nothing overflows; for x = 1 and
+  l = -1e4 the term is exactly -1e4, for x = 0 and l = -1e4 exactly 0 (tested).
+- log1p(t) = log(w) + c / w with w = fl(1 + t) and c = t - (w - 1) its exact rounding error
+  (Fast2Sum, |t| <= 1); 1 / w is the one division and serves sigmoid too.
+- exp / log are the vectorizable ``kernels.fastmath`` versions (<= 1 ulp); for l below -87.3
+  (float32) / -708.4 (float64) t is flushed to 0 instead of becoming subnormal, so sigmoid(l) is
+  returned as 0 rather than a subnormal (error below the smallest normal; no subnormal gradients
+  reach the backward GEMMs, PERF-NOTES "Denormals").
+- Row sums (``fastmath={"reassoc"}`` on the row loop only, so LLVM may split the sum into vector
+  partial sums; the element math keeps strict flags, see kernels.fastmath):
+  v1 accumulates in float64 for both dtypes (float32 terms widened before the add): measured max
+  relative error of float32 loglik 6e-8 at D = 784, i.e. the final rounding only; but the
+  widening halves the vector width of the whole loop.
+  v2 accumulates in the data dtype: 16 lanes x 4 interleaved partial sums of about D / 64 terms
+  each, then a tree: <= (D/64 + 6) ulp in the worst case since every term is <= 0 (no
+  cancellation), measured max relative error 2.9e-7 at D = 784 (PARITY_TOLERANCES allow 2e-5).
+  For float64 data both variants are the same code. ``logits`` must be finite: 0 * inf is NaN,
+  and an infinite logit is a model that has already diverged (the public wrapper checks with
+  ``check_values=True``).
+
+Variants
+--------
+- ``bernoulli_loglik_ref``: NumPy, computed in float64 and cast back; the oracle.
+- ``bernoulli_loglik_numba_v1``: rows are independent (each writes its own loglik[r] and
+  gradient row); a serial loop over a row range, run directly below 2^18 elements and from a
+  ``prange`` over chunks of 8 rows above; the inner loop over D is vectorized. float64
+  accumulator. In place (``grad_out is logits``) is a compile-time case of the same kernel (the
+  gradient argument is None), so the loop reads and writes one array and still vectorizes.
+- ``bernoulli_loglik_numba_v2``: the same kernels with the accumulator in the data dtype.
+  BENCH_PLACEHOLDER
+"""
+import numpy as np
+from numba import njit, prange
+
+from .fastmath import exp, log
+
+__all__ = ["bernoulli_loglik", "bernoulli_loglik_backward", "bernoulli_loglik_ref",
+           "bernoulli_loglik_numba_v1", "bernoulli_loglik_numba_v2",
+           "bernoulli_loglik_backward_ref", "bernoulli_loglik_backward_numba", "VARIANTS",
+           "IMPLEMENTATIONS", "BACKWARD_IMPLEMENTATIONS", "DEFAULT"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Inputs with fewer elements run on the calling thread (see the comment above _rows_grad).
+_PARALLEL_MIN = 1 << 18
+# Rows per parallel task.
+_ROWS_PER_TASK = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (the oracle)
+# --------------------------------------------------------------------------------------------
+
+def bernoulli_loglik_ref(logits, x, grad_out=None):
+    """Plain NumPy, in float64 whatever the input dtype; results cast to the input dtype.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (N, D)
+    x : ndarray of shape (B, D), entries 0 or 1, N = S * B; row r of logits uses x[r % B]
+    grad_out : ndarray of shape (N, D), optional
+        Receives x - sigmoid(logits); may be ``logits`` itself.
+
+    Returns
+    -------
+    loglik : ndarray of shape (N,)
+    grad_out : ndarray of shape (N, D) or None
+    """
+    N, D = logits.shape
+    B = x.shape[0]
+    l = logits.astype(np.float64).reshape(N // B, B, D)  # (S, B, D)
+    xx = x.astype(np.float64)[None]  # (1, B, D)
+    t = np.exp(-np.abs(l))  # (S, B, D), in [0, 1]
+    softplus = np.maximum(l, 0.0) + np.log1p(t)
+    loglik = (xx * l - softplus).sum(axis=-1).reshape(N).astype(logits.dtype)  # (N,)
+    if grad_out is not None:
+        sig = np.where(l >= 0, 1.0, t) / (1.0 + t)
+        grad_out[...] = (xx - sig).reshape(N, D)  # cast on assignment; logits already read
+    return loglik, grad_out
+
+
+def bernoulli_loglik_backward_ref(dloglik, grad, out=None):
+    """dlogits (N, D) = dloglik[:, None] * grad; ``out`` may be ``grad`` itself."""
+    return np.multiply(dloglik[:, None], grad, out=out)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def _term_grad(l, xv, zero, one):
+    """(x l - softplus(l), x - sigmoid(l)) for one element; constants typed like l.
+
+    Compiled on its own with strict flags and inlined by LLVM, so the caller's ``reassoc`` cannot
+    fold the Fast2Sum correction c = t - (w - 1) to 0.
+    """
+    t = exp(-abs(l))
+    w = one + t
+    inv = one / w
+    c = t - (w - one)
+    softplus = (l if l > zero else zero) + (log(w) + c * inv)
+    sig = (one if l >= zero else t) * inv
+    return xv * l - softplus, xv - sig
+
+
+# Each kernel is a serial loop over a row range, called directly for small inputs and from a
+# ``prange`` wrapper over chunks of rows for large ones: a parallel region costs 2-17 us on a warm
+# pool and, on a loaded machine, a scheduler tick (4 ms) whenever the worker is not running, so
+# below _PARALLEL_MIN elements one thread is faster.
+#
+# fastmath={"reassoc"} lets LLVM split the row sum into vector partial sums; nothing else in these
+# loops reassociates (the element math lives in _term_grad / kernels.fastmath with strict flags).
+# No nnan/ninf: NaN logits must propagate to the loglik. ``acc0`` is the accumulator's zero: its
+# type (float64, or the data dtype) picks the accumulation precision, i.e. the variant.
+
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one):
+    """loglik[r] and the gradient row for rows r0..r1, written to ``grad``, or over ``logits``
+    when ``grad`` is None. None is resolved at compile time, so in place the loop reads and
+    writes one array, a distance-0 dependence that vectorizes; two arguments aliasing one buffer
+    would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured)."""
+    if grad is None:
+        out = logits
+    else:
+        out = grad
+    D = logits.shape[1]
+    B = x.shape[0]
+    for r in range(r0, r1):
+        b = r % B
+        acc = acc0
+        for d in range(D):
+            term, g = _term_grad(logits[r, d], x[b, d], zero, one)
+            out[r, d] = g
+            acc += term
+        loglik[r] = acc
+
+
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one):
+    """loglik[r] only, rows r0..r1 (the sigmoid is dead code and disappears)."""
+    D = logits.shape[1]
+    B = x.shape[0]
+    for r in range(r0, r1):
+        b = r % B
+        acc = acc0
+        for d in range(D):
+            term, _ = _term_grad(logits[r, d], x[b, d], zero, one)
+            acc += term
+        loglik[r] = acc
+
+
+# Rows are independent: each chunk writes its own loglik[r] and gradient rows, no shared slots.
+@njit(cache=True, parallel=True)
+def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one):
+    N = logits.shape[0]
+    for c in prange((N + rows - 1) // rows):
+        _rows_grad(logits, x, grad, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one)
+
+
+@njit(cache=True, parallel=True)
+def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one):
+    N = logits.shape[0]
+    for c in prange((N + rows - 1) // rows):
+        _rows_loglik(logits, x, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one)
+
+
+def _same_buffer(a, b):
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+def _run(logits, x, grad_out, acc0):
+    N, D = logits.shape
+    dt = logits.dtype.type
+    loglik = np.empty(N, dtype=logits.dtype)  # (N,)
+    parallel = N * D >= _PARALLEL_MIN and N > _ROWS_PER_TASK
+    if grad_out is None:
+        if parallel:
+            _rows_loglik_par(logits, x, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1))
+        else:
+            _rows_loglik(logits, x, loglik, 0, N, acc0, dt(0), dt(1))
+        return loglik, None
+    grad = None if _same_buffer(grad_out, logits) else grad_out  # None: in place
+    if parallel:
+        _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1))
+    else:
+        _rows_grad(logits, x, grad, loglik, 0, N, acc0, dt(0), dt(1))
+    return loglik, grad_out
+
+
+def bernoulli_loglik_numba_v1(logits, x, grad_out=None):
+    """Numba, float64 row accumulator; same contract as ``bernoulli_loglik_ref`` (input
+    assumed valid)."""
+    return _run(logits, x, grad_out, np.float64(0.0))
+
+
+def bernoulli_loglik_numba_v2(logits, x, grad_out=None):
+    """Numba, row accumulator in the data dtype (vector partial sums); input assumed valid."""
+    return _run(logits, x, grad_out, logits.dtype.type(0))
+
+
+@njit(cache=True)
+def _scale_rows(dloglik, grad, out, r0, r1):
+    """out[r] = dloglik[r] * grad[r] for rows r0..r1; over ``grad`` when ``out`` is None."""
+    if out is None:
+        dst = grad
+    else:
+        dst = out
+    for r in range(r0, r1):
+        s = dloglik[r]
+        for d in range(grad.shape[1]):
+            dst[r, d] = s * grad[r, d]
+
+
+@njit(cache=True, parallel=True)
+def _scale_rows_par(dloglik, grad, out, rows):
+    N = grad.shape[0]
+    for c in prange((N + rows - 1) // rows):
+        _scale_rows(dloglik, grad, out, c * rows, min(c * rows + rows, N))
+
+
+def bernoulli_loglik_backward_numba(dloglik, grad, out=None):
+    """Numba version of ``bernoulli_loglik_backward_ref`` (input assumed valid)."""
+    if out is None:
+        out = np.empty_like(grad)  # (N, D)
+    dst = None if _same_buffer(out, grad) else out  # None: in place
+    N, D = grad.shape
+    if N * D >= _PARALLEL_MIN and N > _ROWS_PER_TASK:
+        _scale_rows_par(dloglik, grad, dst, _ROWS_PER_TASK)
+    else:
+        _scale_rows(dloglik, grad, dst, 0, N)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "ref": bernoulli_loglik_ref,
+    "numba_v1": bernoulli_loglik_numba_v1,
+    "numba_v2": bernoulli_loglik_numba_v2,
+}
+
+# DEFAULT: numba_v1 (the only Numba variant left). Evidence, 2 vCPU AMD EPYC (Zen 5, AVX-512),
+# 2 Numba threads, medians of 20 runs, float32 with grad_out preallocated:
+# see the report in the commit message / benchmarks/bench_kernels.py numbers quoted there.
+DEFAULT = "numba_v1"
+
+IMPLEMENTATIONS = {"numpy": bernoulli_loglik_ref, "numba": bernoulli_loglik_numba_v1}
+BACKWARD_IMPLEMENTATIONS = {"numpy": bernoulli_loglik_backward_ref,
+                            "numba": bernoulli_loglik_backward_numba}
+
+
+# --------------------------------------------------------------------------------------------
+# Public wrappers: validate once, then dispatch (kernels assume valid input)
+# --------------------------------------------------------------------------------------------
+
+def _check_float_array(a, name, func, ndim):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
+                        f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
+                        f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+    if a.ndim != ndim:
+        raise ValueError(f"{func}: expected {name} to have {ndim} dimensions, got an array of "
+                         f"shape {a.shape}.")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{func}: expected {name} to be C-contiguous, got strides {a.strides} "
+                         f"for shape {a.shape}. Pass numpy.ascontiguousarray({name}).")
+
+
+def _check_dtype_match(a, name, ref, ref_name, func):
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{func}: expected {name} to have the dtype of {ref_name} "
+                        f"({ref.dtype}), got {a.dtype}. Cast them to one dtype.")
+
+
+def _check_out(out, name, src, src_name, inputs, func):
+    """``out`` must match ``src`` in shape and dtype, and be ``src`` itself or overlap none of
+    ``inputs`` (a dict name -> array, ``src`` included)."""
+    _check_float_array(out, name, func, src.ndim)
+    _check_dtype_match(out, name, src, src_name, func)
+    if out.shape != src.shape:
+        raise ValueError(f"{func}: expected {name} to have the shape of {src_name} "
+                         f"{src.shape}, got {out.shape}. Allocate it with "
+                         f"numpy.empty_like({src_name}).")
+    in_place = _same_buffer(out, src)
+    for other, a in inputs.items():
+        if (other == src_name and in_place) or not np.may_share_memory(out, a):
+            continue
+        raise ValueError(f"{func}: expected {name} to be {src_name} itself or to overlap no "
+                         f"input, got an array overlapping {other}. Pass {name}={src_name} to "
+                         f"overwrite it in place, or a fresh buffer.")
+
+
+def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=False):
+    """Per-row Bernoulli log-likelihood from logits, and optionally its gradient in place.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (N, D), float32 or float64, C-contiguous, finite
+    x : ndarray of shape (B, D), same dtype, C-contiguous, entries 0 or 1
+        N must be a multiple S * B; row r of ``logits`` is scored against ``x[r % B]``, so S
+        samples per data point (sample-major order) need no tiled copy of x.
+    grad_out : ndarray of shape (N, D), optional
+        Receives d loglik / d logits = x - sigmoid(logits). May be ``logits`` itself (the logits
+        are overwritten); otherwise it must overlap neither input.
+    backend : {"numba", "numpy"}
+    check_values : bool
+        Also check that logits are finite and x is binary (one extra pass over each).
+
+    Returns
+    -------
+    loglik : ndarray of shape (N,)
+    grad_out : ndarray of shape (N, D) or None
+        The array passed in, filled.
+
+    Raises
+    ------
+    TypeError
+        Not NumPy arrays, or dtypes not float32/float64 or not matching.
+    ValueError
+        Wrong dimensions or shapes, non-contiguous arrays, overlapping output, and with
+        ``check_values`` non-finite logits or non-binary x.
+    """
+    func = "bernoulli_loglik"
+    _check_float_array(logits, "logits", func, 2)
+    _check_float_array(x, "x", func, 2)
+    _check_dtype_match(x, "x", logits, "logits", func)
+    N, D = logits.shape
+    B = x.shape[0]
+    if x.shape[1] != D:
+        raise ValueError(f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape "
+                         f"{x.shape}.")
+    if B == 0 or N % B != 0:
+        raise ValueError(f"{func}: expected logits.shape[0] to be a multiple S * B of "
+                         f"x.shape[0] ({B}), got logits of shape {logits.shape}. Order the "
+                         f"logits sample-major, (S, B, D) reshaped to (S * B, D).")
+    if grad_out is not None:
+        _check_out(grad_out, "grad_out", logits, "logits", {"logits": logits, "x": x}, func)
+    if check_values:
+        bad = ~np.isfinite(logits)
+        if bad.any():
+            raise ValueError(f"{func}: expected logits to contain no NaN or Inf values, got "
+                             f"{int(bad.sum())} of {logits.size}. Check the decoder output.")
+        nonbin = (x != 0) & (x != 1)
+        if nonbin.any():
+            raise ValueError(f"{func}: expected x to be binary (every entry 0 or 1), got "
+                             f"{int(nonbin.sum())} other values, e.g. "
+                             f"{float(x[nonbin][0])!r}. Binarize the data (x > 0.5).")
+    if backend not in IMPLEMENTATIONS:
+        raise ValueError(f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, "
+                         f"got {backend!r}.")
+    return IMPLEMENTATIONS[backend](logits, x, grad_out)
+
+
+def bernoulli_loglik_backward(dloglik, grad, out=None, *, backend="numba"):
+    """dlogits = dloglik[:, None] * grad.
+
+    Parameters
+    ----------
+    dloglik : ndarray of shape (N,)
+        Gradient of the loss with respect to ``loglik``.
+    grad : ndarray of shape (N, D)
+        ``grad_out`` of the forward pass, x - sigmoid(logits).
+    out : ndarray of shape (N, D), optional
+        May be ``grad`` itself; otherwise it must overlap neither input.
+
+    Returns
+    -------
+    dlogits : ndarray of shape (N, D)
+    """
+    func = "bernoulli_loglik_backward"
+    _check_float_array(grad, "grad", func, 2)
+    _check_float_array(dloglik, "dloglik", func, 1)
+    _check_dtype_match(dloglik, "dloglik", grad, "grad", func)
+    if dloglik.shape[0] != grad.shape[0]:
+        raise ValueError(f"{func}: expected dloglik of shape ({grad.shape[0]},) to match "
+                         f"grad.shape[0], got {dloglik.shape}.")
+    if out is not None:
+        _check_out(out, "out", grad, "grad", {"grad": grad, "dloglik": dloglik}, func)
+    if backend not in BACKWARD_IMPLEMENTATIONS:
+        raise ValueError(f"{func}: expected backend to be one of "
+                         f"{sorted(BACKWARD_IMPLEMENTATIONS)}, got {backend!r}.")
+    return BACKWARD_IMPLEMENTATIONS[backend](dloglik, grad, out)

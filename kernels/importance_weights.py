@@ -1,0 +1,437 @@
+"""Importance weights: log-mean-exp over K and the normalized weights, per column, fused.
+
+Math
+----
+For log-weights lw (K, B), column b, with m_b = max_k lw[k, b]::
+
+    bound[b]      = log (1/K) sum_k exp(lw[k, b]) = m_b + log sum_k exp(lw[k, b] - m_b) - log K
+    weights[k, b] = exp(lw[k, b] - m_b) / sum_j exp(lw[j, b] - m_b)        (softmax over K)
+
+Backward: d bound[b] / d lw[k, b] = weights[k, b], so the weights are the cache of the bound.
+
+Shapes: log_w (K, B), C-contiguous (B is the contiguous axis, as the engine lays out log w);
+bound (B,); weights (K, B), preallocated by the caller or allocated here; it may be ``log_w``
+itself (overwritten in place) or must not overlap it.
+
+Special values
+--------------
+- A column of all -inf (every sample rejected): bound -inf, weights all 0; no NaN, no warning.
+  (The shift m is replaced by 0 when it is not finite, so exp(-inf - 0) = 0 and the sum is 0;
+  the reciprocal of a zero sum is taken as 0.)
+- -inf entries in a column with finite ones get weight exactly 0.
+- +inf in a column (an overflowed log-weight): bound +inf; weights NaN at the +inf entries and 0
+  elsewhere, as ``lvmcore.losses.iwae.importance_weights_forward`` gives (inf / inf); the NaN
+  flags the overflow rather than hiding it.
+- NaN in a column: bound NaN and all weights of that column NaN.
+
+Numerics
+--------
+- exp / log are ``kernels.fastmath`` (<= 1 ulp, no subnormals: exp of a shifted log-weight below
+  -87.3 (float32) / -708.4 (float64) is 0, relative to a weight of 1 at the maximum; the weights
+  are then 0 rather than subnormal, which keeps subnormals out of the backward GEMMs).
+- Column sums: float32 terms are summed in float32 over runs of 16 rows (<= 15 ulp = 9e-7
+  relative, all terms being positive), and the run sums in float64; a float64 add per element
+  would halve the vector width of the exp loop (measured 2x slower), while one float32 sum over
+  K = 5000 rows could lose up to K * 2^-24 = 3e-4. The bound is formed in float64 and rounded
+  once. Measured against the float64 reference at (5000, 1000), lw ~ N(0, 25): bound within
+  1e-6 absolute, weights within 2e-7 absolute (float32); 1e-14 (float64).
+- Results do not depend on the number of threads (the order of every sum is fixed by the data
+  shape alone; tested).
+
+Layout and loops
+----------------
+B is contiguous, so every loop runs k outer / b inner, vectorized over b (16 float32 lanes on
+AVX-512), with per-column maxima and sums in (B,)-shaped buffers. Indexing uses row slices or a
+plain ``range`` index: ``src[k, b0 + j]`` gets NumPy wraparound handling and vectorizes only as
+gathers (10x slower, measured).
+
+Variants
+--------
+- ``importance_weights_ref``: NumPy, computed in float64, cast back; the oracle.
+- ``importance_weights_numba_v1``: ``prange`` over column chunks (B split evenly over the
+  threads; each thread owns its columns, no shared accumulation), three passes over its chunk:
+  max; e = exp(lw - m) stored and summed; scale by 1 / sum. Kept as the structurally different
+  second implementation (a global max, no merge step) that the tests hold v4 against.
+- ``importance_weights_numba_v4``: ``prange`` over blocks of whole rows (about 512 KiB of log_w
+  each). Per block: its column maxima (the block is read from DRAM once and stays in L2), then
+  e = exp(lw - block max) stored and the block's column sums. A merge over columns combines the
+  block maxima and sums (sum_b s_b exp(m_b - m)) into the bound and a per-block factor
+  exp(m_b - m) / sum, and a last pass multiplies each block by it. Every pass streams whole
+  rows, two passes over memory instead of three, and each block owns its row of the (nblocks, B)
+  tables, so again no shared accumulation. DEFAULT.
+- Tried and deleted: two exps per element so the weights are written once and never re-read
+  (v2), and an online running max per column chunk (v3); with column chunks the rows are read in
+  pieces of 64 B to 2 KiB at a stride of B * 4 bytes, and on one thread v1 at full width ran in
+  4.0 ms where any split into chunks of 16 to 512 columns took 5-12 ms; v2/v3 were no faster
+  than v1 at equal chunking.
+- Not written: a (B, K) transposed-input variant. PERF-NOTES measured log-sum-exp/softmax with
+  K contiguous at about 2x, but the engine lays log w out as (K, B) (sample-major, as the decoder
+  rows), and a transpose is itself a full read and write of the array, about the cost of v4. It
+  would pay only if the engine produced log w batch-major in the first place.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .fastmath import exp, log
+
+__all__ = ["importance_weights", "importance_weights_ref", "importance_weights_numba_v1",
+           "importance_weights_numba_v4", "VARIANTS", "IMPLEMENTATIONS", "DEFAULT"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# v4: bytes of log_w per row block; the block is read once from DRAM by the max loop and again
+# from L2 (1-2 MB per core on the target machines) by the exp loop.
+_BLOCK_BYTES = 512 * 1024
+# v4: columns per task of the merge loop.
+_COMBINE_COLS = 256
+# v4: inputs with fewer elements run on the calling thread: a parallel region costs 2-17 us on a
+# warm pool and, on a loaded machine, a scheduler tick (4 ms) whenever the worker is not running.
+_PARALLEL_MIN = 1 << 18
+# Rows summed in the dtype before the partial sum is added into a float64 column sum: float32
+# sums of 16 positive terms are good to 15 ulp (9e-7) in the worst case, and a float64 add per
+# element would halve the vector width of the exp loop (measured 2x slower pass).
+_SUM_BLOCK = 16
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (the oracle)
+# --------------------------------------------------------------------------------------------
+
+def importance_weights_ref(log_w, weights_out=None):
+    """Plain NumPy in float64; results cast to the input dtype.
+
+    Parameters
+    ----------
+    log_w : ndarray of shape (K, B)
+    weights_out : ndarray of shape (K, B), optional; may be ``log_w`` itself
+
+    Returns
+    -------
+    bound : ndarray of shape (B,)
+    weights : ndarray of shape (K, B)
+    """
+    K = log_w.shape[0]
+    lw = log_w.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        m = lw.max(axis=0)  # (B,)
+        m = np.where(np.isfinite(m), m, 0.0)
+        e = np.exp(lw - m)  # (K, B)
+        s = e.sum(axis=0)  # (B,)
+        bound = (np.log(s) + m - math.log(K)).astype(log_w.dtype)
+        w = e * np.where(s != 0, 1.0 / s, 0.0)
+    if weights_out is None:
+        weights_out = np.empty_like(log_w)
+    weights_out[...] = w
+    return bound, weights_out
+
+
+# --------------------------------------------------------------------------------------------
+# Numba
+# --------------------------------------------------------------------------------------------
+
+# Loops index row slices (src[k, b0:b1]) or src[k, j] with j from range(n): an index like
+# src[k, b0 + j], not provably >= 0, gets NumPy-style wraparound (a select per element), which
+# LLVM can only vectorize as gathers (measured 10x slower).
+
+@njit(cache=True, error_model="numpy")
+def _finite_or(v, zero, inf):
+    return v if (v > -inf) & (v < inf) else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _column_max(src, b0, b1, m, zero, inf):
+    """m[j] = max_k src[k, b0 + j], made finite (0 for all -inf or +inf columns)."""
+    n = b1 - b0
+    for j in range(n):
+        m[j] = -inf
+    for k in range(src.shape[0]):
+        row = src[k, b0:b1]
+        for j in range(n):
+            v = row[j]
+            m[j] = v if v > m[j] else m[j]  # NaN never wins: it reaches the sum through exp
+    for j in range(n):
+        m[j] = _finite_or(m[j], zero, inf)
+
+
+@njit(cache=True, error_model="numpy")
+def _finish(s, m, bound, inv, b0, log_k, one, zero):
+    """bound = log(s) + m - log K, in float64; inv = 1 / s, 0 for an empty (all -inf) column."""
+    for j in range(s.shape[0]):
+        sj = s[j]
+        bound[b0 + j] = log(sj) + np.float64(m[j]) - log_k
+        inv[j] = one / sj if sj != 0.0 else zero
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _chunk_v1(src, dst, b0, b1, bound, log_k, zero, one, inf, sub):
+    """Columns b0..b1, all K rows: max pass, exp-store-sum pass, scale pass."""
+    n = b1 - b0
+    K = src.shape[0]
+    m = np.empty(n, dtype=src.dtype)
+    s32 = np.zeros(n, dtype=src.dtype)
+    s64 = np.zeros(n, dtype=np.float64)
+    inv = np.empty(n, dtype=src.dtype)
+    _column_max(src, b0, b1, m, zero, inf)
+    for k0 in range(0, K, sub):  # e = exp(lw - m), stored and summed
+        for k in range(k0, min(k0 + sub, K)):
+            row, out = src[k, b0:b1], dst[k, b0:b1]
+            for j in range(n):
+                e = exp(row[j] - m[j])
+                out[j] = e
+                s32[j] += e
+        for j in range(n):  # sums of `sub` terms in the dtype, then in float64
+            s64[j] += s32[j]
+            s32[j] = zero
+    _finish(s64, m, bound, inv, b0, log_k, one, zero)
+    for k in range(K):
+        out = dst[k, b0:b1]
+        for j in range(n):
+            out[j] *= inv[j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block_exp(src, dst, k0, k1, bmax, bsum, zero, inf, sub):
+    """Rows k0..k1, all columns: bmax = the block's column maxima (raw), dst = exp(lw - shift)
+    with shift = bmax made finite, bsum = the block's column sums of dst (float64)."""
+    B = src.shape[1]
+    for j in range(B):
+        bmax[j] = -inf
+        bsum[j] = 0.0
+    for k in range(k0, k1):  # the block is read from DRAM here and stays in L2 for the next loop
+        for j in range(B):
+            v = src[k, j]
+            bmax[j] = v if v > bmax[j] else bmax[j]
+    shift = np.empty(B, dtype=src.dtype)
+    s32 = np.zeros(B, dtype=src.dtype)
+    for j in range(B):
+        shift[j] = _finite_or(bmax[j], zero, inf)
+    for r0 in range(k0, k1, sub):
+        for k in range(r0, min(r0 + sub, k1)):
+            for j in range(B):
+                e = exp(src[k, j] - shift[j])
+                dst[k, j] = e
+                s32[j] += e
+        for j in range(B):  # sums of `sub` terms in the dtype, then in float64
+            bsum[j] += s32[j]
+            s32[j] = zero
+
+
+@njit(cache=True, error_model="numpy")
+def _combine(bmax, bsum, bound, b0, b1, log_k, zero, one, inf):
+    """Columns b0..b1: merge the block maxima and sums into the bound, and overwrite bmax with
+    the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by."""
+    n = b1 - b0
+    nb = bmax.shape[0]
+    m = np.empty(n, dtype=bmax.dtype)
+    s = np.zeros(n, dtype=np.float64)
+    inv = np.empty(n, dtype=bmax.dtype)
+    for j in range(n):
+        m[j] = -inf
+    for ib in range(nb):
+        row = bmax[ib, b0:b1]
+        for j in range(n):
+            v = row[j]
+            m[j] = v if v > m[j] else m[j]
+    for j in range(n):
+        m[j] = _finite_or(m[j], zero, inf)
+    for ib in range(nb):
+        row, srow = bmax[ib, b0:b1], bsum[ib, b0:b1]
+        for j in range(n):
+            f = exp(_finite_or(row[j], zero, inf) - m[j])
+            row[j] = f
+            s[j] += srow[j] * f
+    _finish(s, m, bound, inv, b0, log_k, one, zero)
+    for ib in range(nb):
+        row = bmax[ib, b0:b1]
+        for j in range(n):  # inv == 0 (empty or +inf column): factor 0, never inf * 0
+            row[j] = row[j] * inv[j] if inv[j] != zero else zero
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _scale_block(dst, k0, k1, factor):
+    for k in range(k0, k1):
+        for j in range(dst.shape[1]):
+            dst[k, j] *= factor[j]
+
+
+# ``weights`` None means in place (over ``log_w``), resolved at compile time: then src and dst
+# below are one array, and since the helpers that write are inlined by Numba (inline="always"),
+# LLVM sees one pointer and a distance-0 dependence, which vectorizes. Two arguments aliasing one
+# buffer would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured).
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _kernel_v1(log_w, weights, bound, chunk, log_k, zero, one, inf, sub):
+    if weights is None:
+        dst = log_w
+    else:
+        dst = weights
+    B = log_w.shape[1]
+    for c in prange((B + chunk - 1) // chunk):  # each chunk owns its columns: no races
+        _chunk_v1(log_w, dst, c * chunk, min(c * chunk + chunk, B), bound, log_k, zero, one, inf,
+                  sub)
+
+
+# v4 splits the rows among threads: every pass streams whole rows. Block ib owns row ib of the
+# (nblocks, B) tables bmax and bsum, so no two iterations write one slot; the merge is its own
+# loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
+# inputs take the serial kernel (see _PARALLEL_MIN).
+@njit(cache=True, parallel=True, error_model="numpy")
+def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf):
+    if weights is None:
+        dst = log_w
+    else:
+        dst = weights
+    K, B = log_w.shape
+    nb = bmax.shape[0]
+    for ib in prange(nb):
+        _block_exp(log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf,
+                   sub)
+    for c in prange((B + cols - 1) // cols):
+        _combine(bmax, bsum, bound, c * cols, min(c * cols + cols, B), log_k, zero, one, inf)
+    for ib in prange(nb):
+        _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib])
+
+
+@njit(cache=True, error_model="numpy")
+def _kernel_v4_serial(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf):
+    if weights is None:
+        dst = log_w
+    else:
+        dst = weights
+    K, B = log_w.shape
+    for ib in range(bmax.shape[0]):
+        _block_exp(log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf,
+                   sub)
+    _combine(bmax, bsum, bound, 0, B, log_k, zero, one, inf)
+    for ib in range(bmax.shape[0]):
+        _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib])
+
+
+def _same_buffer(a, b):
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+def importance_weights_numba_v1(log_w, weights_out=None, *, chunk=None):
+    """Numba, column chunks, three passes (input assumed valid; see ``importance_weights``).
+
+    ``chunk``: columns per parallel task; default B split evenly over the Numba threads (the
+    result does not depend on it: every column is computed the same way).
+    """
+    K, B = log_w.shape
+    dt = log_w.dtype.type
+    if chunk is None:
+        chunk = max(16, -(-B // (numba.get_num_threads() * 16)) * 16)
+    bound = np.empty(B, dtype=log_w.dtype)  # (B,)
+    if weights_out is None:
+        weights_out = np.empty_like(log_w)  # (K, B)
+    dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
+    _kernel_v1(log_w, dst, bound, chunk, np.float64(math.log(K)), dt(0), dt(1), dt(np.inf),
+               _SUM_BLOCK)
+    return bound, weights_out
+
+
+def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
+    """Numba, row blocks, block-wise max and sum merged per column (input assumed valid).
+
+    ``rows``: rows per block; default about _BLOCK_BYTES of log_w per block. It fixes the order
+    of the sums, so results do not depend on the number of threads.
+    """
+    K, B = log_w.shape
+    dt = log_w.dtype.type
+    if rows is None:
+        rows = max(_SUM_BLOCK, _BLOCK_BYTES // (B * log_w.itemsize) // _SUM_BLOCK * _SUM_BLOCK)
+    nb = -(-K // rows)
+    bound = np.empty(B, dtype=log_w.dtype)  # (B,)
+    bmax = np.empty((nb, B), dtype=log_w.dtype)  # (nblocks, B): block maxima, then factors
+    bsum = np.empty((nb, B), dtype=np.float64)  # (nblocks, B): block sums
+    if weights_out is None:
+        weights_out = np.empty_like(log_w)  # (K, B)
+    dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
+    kernel = _kernel_v4 if K * B >= _PARALLEL_MIN else _kernel_v4_serial
+    kernel(log_w, dst, bound, bmax, bsum, rows, _SUM_BLOCK, _COMBINE_COLS,
+           np.float64(math.log(K)), dt(0), dt(1), dt(np.inf))
+    return bound, weights_out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "ref": importance_weights_ref,
+    "numba_v1": importance_weights_numba_v1,
+    "numba_v4": importance_weights_numba_v4,
+}
+
+# DEFAULT: numba_v4. EVIDENCE_PLACEHOLDER
+DEFAULT = "numba_v4"
+
+IMPLEMENTATIONS = {"numpy": importance_weights_ref, "numba": importance_weights_numba_v4}
+
+
+# --------------------------------------------------------------------------------------------
+# Public wrapper: validate once, then dispatch (kernels assume valid input)
+# --------------------------------------------------------------------------------------------
+
+def importance_weights(log_w, weights_out=None, *, backend="numba"):
+    """Per-column log-mean-exp over K and the normalized importance weights.
+
+    Parameters
+    ----------
+    log_w : ndarray of shape (K, B), float32 or float64, C-contiguous
+        Log importance weights; -inf entries are allowed (zero weight).
+    weights_out : ndarray of shape (K, B), optional
+        Receives the weights; may be ``log_w`` itself (overwritten in place), otherwise it must
+        not overlap it.
+    backend : {"numba", "numpy"}
+
+    Returns
+    -------
+    bound : ndarray of shape (B,)
+        log (1/K) sum_k exp(log_w[k]); -inf for an all -inf column.
+    weights : ndarray of shape (K, B)
+        softmax over K; all 0 for an all -inf column.
+
+    Raises
+    ------
+    TypeError
+        Not a NumPy array, dtype not float32/float64, or weights_out of another dtype.
+    ValueError
+        Not 2-D, K == 0, non-contiguous, or a weights_out of the wrong shape or overlapping.
+    """
+    func = "importance_weights"
+    for name, a in (("log_w", log_w),) + ((("weights_out", weights_out),)
+                                          if weights_out is not None else ()):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
+                            f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+        if a.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
+                            f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+        if a.ndim != 2:
+            raise ValueError(f"{func}: expected {name} to have 2 dimensions (K, B), got an "
+                             f"array of shape {a.shape}.")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{func}: expected {name} to be C-contiguous, got strides "
+                             f"{a.strides} for shape {a.shape}. Pass "
+                             f"numpy.ascontiguousarray({name}).")
+    if log_w.shape[0] == 0:
+        raise ValueError(f"{func}: expected log_w to have K >= 1 rows, got shape {log_w.shape}.")
+    if weights_out is not None:
+        if weights_out.dtype != log_w.dtype:
+            raise TypeError(f"{func}: expected weights_out to have the dtype of log_w "
+                            f"({log_w.dtype}), got {weights_out.dtype}.")
+        if weights_out.shape != log_w.shape:
+            raise ValueError(f"{func}: expected weights_out to have shape {log_w.shape}, got "
+                             f"{weights_out.shape}. Allocate it with numpy.empty_like(log_w).")
+        if not _same_buffer(weights_out, log_w) and np.may_share_memory(weights_out, log_w):
+            raise ValueError(f"{func}: expected weights_out to be log_w itself or not to "
+                             f"overlap it, got a partially overlapping array. Pass "
+                             f"weights_out=log_w to overwrite it, or a fresh buffer.")
+    if backend not in IMPLEMENTATIONS:
+        raise ValueError(f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, "
+                         f"got {backend!r}.")
+    return IMPLEMENTATIONS[backend](log_w, weights_out)
