@@ -46,6 +46,7 @@ def test_backward_scales_with_dloss(rng):
     model.zero_grad()
     model.backward(cache, dloss=1.0)
     g1 = {k: v.copy() for k, v in model.gradients().items()}
+    _, cache = model.forward(x, eps)  # a cache serves one backward (it is overwritten)
     model.zero_grad()
     model.backward(cache, dloss=-2.5)
     for k, v in model.gradients().items():

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validation import get_xp
+from ..backend import get_backend
 
 
 def _quiet(xp):
@@ -34,13 +35,15 @@ class ImportanceWeightsCache(NamedTuple):
     weights: object
 
 
-def importance_weights_forward(log_w):
+def importance_weights_forward(log_w, backend=None):
     """Log-mean-exp over K and the normalized weights, per column.
 
     Parameters
     ----------
     log_w : ndarray of shape (K, B)
         Log importance weights; -inf entries are allowed (zero weight).
+    backend : str, optional
+        Kernel backend (``kernels.importance_weights``); by default from the array type.
 
     Returns
     -------
@@ -49,15 +52,8 @@ def importance_weights_forward(log_w):
     cache : ImportanceWeightsCache
         w~ = softmax over K; all zeros for an all -inf column (never NaN).
     """
-    xp = get_xp(log_w)
-    K = log_w.shape[0]
-    m = log_w.max(axis=0)  # (B,)
-    m = xp.where(xp.isfinite(m), m, log_w.dtype.type(0))
-    e = xp.exp(log_w - m)  # (K, B)
-    s = e.sum(axis=0)  # (B,)
-    with _quiet(xp):
-        bound = xp.log(s) + m - log_w.dtype.type(math.log(K))
-    weights = e / xp.where(s > 0, s, log_w.dtype.type(1))
+    be = get_backend(log_w, backend=backend)
+    bound, weights = be.kernel("importance_weights")(be.xp.ascontiguousarray(log_w))
     return bound, ImportanceWeightsCache(weights)
 
 

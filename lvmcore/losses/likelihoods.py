@@ -7,23 +7,33 @@ import math
 from typing import NamedTuple
 
 from .._validation import get_xp
-from ..ops.activations import sigmoid
+from ..backend import get_backend
 
 
 class BernoulliNLLCache(NamedTuple):
-    """``logits`` (N, D) and ``x`` (N, D) from the forward pass."""
+    """``grad`` (N, D): x - sigmoid(logits), the derivative of the log-likelihood (None when
+    forward was asked for no gradient); ``backend``: the backend that computed it."""
 
-    logits: object
-    x: object
+    grad: object
+    backend: object
 
 
-def bernoulli_nll_forward(logits, x):
+def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, backend=None):
     """:math:`-\\log p(x \\mid l) = \\sum_d \\mathrm{softplus}(l_d) - x_d l_d` per row.
 
     Parameters
     ----------
     logits : ndarray of shape (N, D)
-    x : ndarray of shape (N, D) or (D,)... broadcastable to logits, entries in {0, 1}
+        N = S B rows: row r is scored against ``x[r % B]`` (S samples per data point,
+        sample-major), so x is never tiled.
+    x : ndarray of shape (B, D), entries in {0, 1}
+    need_grad : bool
+        Also compute what backward needs (in the same pass).
+    overwrite_logits : bool
+        Store that gradient in ``logits``' memory instead of a new (N, D) array; for a
+        caller whose logits are a temporary.
+    backend : str, optional
+        Kernel backend; by default chosen from the array type (see lvmcore.backend).
 
     Returns
     -------
@@ -32,18 +42,29 @@ def bernoulli_nll_forward(logits, x):
 
     Notes
     -----
-    softplus(l) = max(l, 0) + log1p(exp(-|l|)) is exact for any logit, so the NLL of a
-    confidently wrong pixel with logit -1e4 is exactly 1e4, never inf.
+    One fused kernel (``kernels.bernoulli_loglik``) computes softplus(l) = max(l, 0) +
+    log1p(exp(-|l|)) and sigmoid(l) from the same exp(-|l|): exact for any finite logit,
+    so the NLL of a confidently wrong pixel with logit -1e4 is exactly 1e4, never inf.
     """
-    xp = get_xp(logits)
-    nll = (xp.logaddexp(logits.dtype.type(0), logits) - x * logits).sum(axis=-1)  # (N,)
-    return nll, BernoulliNLLCache(logits, x)
+    be = get_backend(logits, x, backend=backend)
+    xp = be.xp
+    logits = xp.ascontiguousarray(logits)
+    x = xp.ascontiguousarray(x, dtype=logits.dtype)
+    grad = None
+    if need_grad:
+        grad = logits if overwrite_logits else xp.empty_like(logits)
+    loglik, grad = be.kernel("bernoulli_loglik")(logits, x, grad)
+    return -loglik, BernoulliNLLCache(grad, be)
 
 
 def bernoulli_nll_backward(dnll, cache):
-    """:math:`\\partial/\\partial l_d = dnll \\cdot (\\sigma(l_d) - x_d)`; returns dlogits (N, D)."""
-    logits, x = cache
-    return dnll[..., None] * (sigmoid(logits) - x)
+    """:math:`\\partial/\\partial l_d = dnll \\cdot (\\sigma(l_d) - x_d)`; returns dlogits (N, D).
+
+    Overwrites the cached gradient in place (a cache serves one backward).
+    """
+    grad, be = cache
+    dloglik = be.xp.ascontiguousarray(-dnll, dtype=grad.dtype)
+    return be.kernel("bernoulli_loglik_backward")(dloglik, grad, grad)
 
 
 class GaussianNLLCache(NamedTuple):

@@ -23,6 +23,7 @@ from ..distributions.kl import (KLNormalStdCache, kl_normal_std_per_dim,
                                 kl_normal_std_per_dim_backward)
 from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
                       gaussian_nll_forward, kl_term_backward, kl_term_forward)
+from ..backend import get_backend
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
 
@@ -221,7 +222,7 @@ class VAE:
         return xp.full(self.data_dim, math.log(self.decoder_variance), dtype=self.dtype)
 
     # ------------------------------------------------------------------ objective
-    def _forward_samples(self, x, eps):
+    def _forward_samples(self, x, eps, need_grad=True):
         """Encoder, reparameterization, decoder and likelihood for S samples per row."""
         xp = get_xp(x)
         S, B, Z = eps.shape
@@ -229,16 +230,18 @@ class VAE:
         mu, logvar = h[:, :Z], h[:, Z:]                       # (B, Z)
         z, rep = reparam_forward(mu, logvar, eps)             # (S, B, Z)
         out, dec = self.decoder.forward(z.reshape(S * B, Z))  # (S*B, D)
-        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
         if self.likelihood == "bernoulli":
-            nll, lik = bernoulli_nll_forward(out, xs)
+            # row r of out is scored against x[r % B]; the logits are a temporary, so the
+            # fused kernel writes the gradient over them
+            nll, lik = bernoulli_nll_forward(out, x, need_grad=need_grad, overwrite_logits=True)
         else:
+            xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
             nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp), xs)
         return SampleForward(enc, mu, logvar, z, rep, dec, lik, -nll.reshape(S, B))
 
     def log_weights(self, x, eps):
         """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (S, B, Z); (S, B)."""
-        p = self._forward_samples(x, eps)
+        p = self._forward_samples(x, eps, need_grad=False)
         # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
         return p.log_px_z + 0.5 * ((p.reparam.eps ** 2 - p.z ** 2).sum(axis=-1)
                                    + p.logvar.sum(axis=-1))
@@ -249,28 +252,45 @@ class VAE:
         :math:`\log \tfrac1k \sum_{s=1}^k p(x, z_s) / q(z_s|x)`, z_s ~ q(z|x), computed
         chunk by chunk over k with a running log-sum-exp, so peak memory depends on
         ``chunk_size`` and ``batch_size`` but not on k.
+
+        Notes
+        -----
+        The noise comes from the counter-based Philox stream (``kernels.reparam_sample``),
+        keyed by a seed drawn once per batch from ``rng`` and indexed by element:
+        z, log q(z|x) and log p(z) are produced in one pass without storing eps. Each
+        chunk's log-weights go through the fused log-mean-exp kernel.
         """
         self._check_x(x, "log_likelihood")
         k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
-        xp = get_xp(x)
+        be = get_backend(x)
+        xp = be.xp
         if chunk_size is None:  # about 2**15 decoder rows per chunk
             chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
+        sample = be.kernel("reparam_sample")
+        weights = be.kernel("importance_weights")
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
-            run_max = xp.full(xb.shape[0], -xp.inf, dtype=self.dtype)
-            run_sum = xp.zeros(xb.shape[0], dtype=self.dtype)
+            xb = xp.ascontiguousarray(x[i:i + batch_size])
+            B = xb.shape[0]
+            seed = int(rng.integers(0, 2 ** 63))
+            mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(xb))
+            lse = xp.full(B, -xp.inf, dtype=np.float64)
             for s in range(0, k, chunk_size):
                 n = min(chunk_size, k - s)
-                eps = rng.standard_normal((n, xb.shape[0], self.latent_dim), dtype=self.dtype)
-                lw = self.log_weights(xb, eps)                     # (n, B)
-                new_max = xp.maximum(run_max, lw.max(axis=0))
-                safe = xp.where(xp.isfinite(new_max), new_max, self.dtype.type(0))
-                run_sum = run_sum * xp.exp(run_max - safe) + xp.exp(lw - safe).sum(axis=0)
-                run_max = new_max
-            with np.errstate(divide="ignore"):
-                safe = xp.where(xp.isfinite(run_max), run_max, self.dtype.type(0))
-                out.append(xp.log(run_sum) + safe - self.dtype.type(math.log(k)))
+                # sample s' of row b draws the Philox elements from s'*B*Z + b*Z on, so the
+                # estimate does not depend on the chunking
+                z, log_q, log_p = sample(mu, logvar, n, seed, 0, s * B * self.latent_dim)
+                logits, _ = self.decoder.forward(z.reshape(n * B, -1))  # (n*B, D)
+                if self.likelihood == "bernoulli":
+                    nll, _ = bernoulli_nll_forward(logits, xb, need_grad=False)
+                else:
+                    xs = xp.broadcast_to(xb, (n,) + xb.shape).reshape(n * B, -1)
+                    nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
+                lw = xp.ascontiguousarray(log_p - log_q - nll.reshape(n, B))
+                chunk_lme, _ = weights(lw, lw)                          # in place
+                # running log-sum-exp over chunks, in float64
+                lse = xp.logaddexp(lse, chunk_lme.astype(np.float64) + math.log(n))
+            out.append((lse - math.log(k)).astype(self.dtype))
         return xp.concatenate(out)
 
     def draw_noise(self, rng, batch_size):
@@ -312,6 +332,8 @@ class VAE:
 
     def backward(self, cache, dloss=1.0):
         """Accumulate the gradient of ``dloss * loss`` into every parameter's ``grads``.
+
+        A cache serves one backward: the likelihood's gradient is formed in its memory.
 
         Notes
         -----
