@@ -1,0 +1,161 @@
+"""Every kernel over a grid of sizes and dtypes, each variant beside its NumPy reference.
+
+Inputs are built and each kernel is called once in ``setup``, so Numba compilation stays
+out of the timings. ``track_gbps`` reports the bytes the kernel must move per second.
+"""
+import timeit
+
+import numpy as np
+
+from kernels import (adam_update, bernoulli_loglik, gumbel_softmax, importance_weights,
+                     nearest_code, reparam_sample)
+
+from .common import Benchmark, binary, grid, normal, variants
+
+DTYPES = ["float32", "float64"]
+
+
+def _gbps(fn, nbytes):
+    t = min(timeit.repeat(fn, number=1, repeat=5))
+    return nbytes / t / 1e9
+
+
+class BernoulliLoglik(Benchmark):
+    params = [variants(bernoulli_loglik), grid([(100, 784), (5000, 784)],
+                                               [(100, 784), (5000, 784), (50000, 784)]), DTYPES]
+    param_names = ["variant", "shape", "dtype"]
+
+    def setup(self, variant, shape, dtype):
+        super().setup()
+        self.fn = bernoulli_loglik.VARIANTS[variant]
+        self.logits = normal(shape, dtype) * 3
+        self.x = binary((min(shape[0], 100), shape[1]), dtype)
+        self.grad = np.empty_like(self.logits)
+        self.fn(self.logits, self.x, self.grad)
+
+    def time_forward_with_grad(self, variant, shape, dtype):
+        self.fn(self.logits, self.x, self.grad)
+
+    def time_forward(self, variant, shape, dtype):
+        self.fn(self.logits, self.x)
+
+    def track_gbps(self, variant, shape, dtype):
+        # reads logits, writes the gradient (x stays in cache)
+        return _gbps(lambda: self.fn(self.logits, self.x, self.grad), 2 * self.logits.nbytes)
+    track_gbps.unit = "GB/s"
+
+
+class ImportanceWeights(Benchmark):
+    params = [variants(importance_weights), grid([(50, 100), (5000, 1000)],
+                                                 [(50, 100), (5000, 100), (5000, 1000)]), DTYPES]
+    param_names = ["variant", "shape", "dtype"]
+
+    def setup(self, variant, shape, dtype):
+        super().setup()
+        self.fn = importance_weights.VARIANTS[variant]
+        self.log_w = normal(shape, dtype) * 5
+        self.out = np.empty_like(self.log_w)
+        self.fn(self.log_w, self.out)
+
+    def time_bound_and_weights(self, variant, shape, dtype):
+        self.fn(self.log_w, self.out)
+
+    def track_gbps(self, variant, shape, dtype):
+        return _gbps(lambda: self.fn(self.log_w, self.out), 2 * self.log_w.nbytes)
+    track_gbps.unit = "GB/s"
+
+
+class ReparamSample(Benchmark):
+    params = [variants(reparam_sample), grid([(50, 20, 50), (5000, 100, 50)],
+                                             [(1, 100, 50), (50, 20, 50), (5000, 100, 50)]),
+              DTYPES]
+    param_names = ["variant", "kbz", "dtype"]
+
+    def setup(self, variant, kbz, dtype):
+        super().setup()
+        k, b, z = kbz
+        if variant == "ref" and k * b * z > 10 ** 6:
+            raise NotImplementedError("the NumPy reference is too slow at this size")
+        self.fn = reparam_sample.VARIANTS[variant]
+        self.bwd = reparam_sample.BACKWARD_VARIANTS[
+            "ref" if variant == "ref" else reparam_sample.BACKWARD_DEFAULT]
+        self.k = k
+        self.mu, self.logvar = normal((b, z), dtype), normal((b, z), dtype, seed=1) * 0.3
+        self.z = np.empty((k, b, z), dtype=dtype)
+        self.dz = normal((k, b, z), dtype, seed=2)
+        self.dl = normal((k, b), dtype, seed=3)
+        self.fn(self.mu, self.logvar, k, 7, 0, 0, self.z)
+        self.bwd(self.dz, self.dl, self.dl, self.mu, self.logvar, 7)
+
+    def time_forward(self, variant, kbz, dtype):
+        self.fn(self.mu, self.logvar, self.k, 7, 0, 0, self.z)
+
+    def time_backward(self, variant, kbz, dtype):
+        self.bwd(self.dz, self.dl, self.dl, self.mu, self.logvar, 7)
+
+
+class GumbelSoftmax(Benchmark):
+    params = [variants(gumbel_softmax), grid([(100000, 10), (10000, 512)],
+                                             [(1000, 10), (100000, 10), (10000, 512)]), DTYPES]
+    param_names = ["variant", "shape", "dtype"]
+
+    def setup(self, variant, shape, dtype):
+        super().setup()
+        self.fn = gumbel_softmax.VARIANTS[variant]
+        self.bwd = gumbel_softmax.BACKWARD_VARIANTS[variant]
+        self.logits = normal(shape, dtype)
+        self.y = np.empty_like(self.logits)
+        self.dy = normal(shape, dtype, seed=4)
+        self.fn(self.logits, 0.5, 3, 0, 0, False, self.y)
+        self.bwd(self.dy, self.y, 0.5)
+
+    def time_forward(self, variant, shape, dtype):
+        self.fn(self.logits, 0.5, 3, 0, 0, False, self.y)
+
+    def time_backward(self, variant, shape, dtype):
+        self.bwd(self.dy, self.y, 0.5)
+
+
+class NearestCode(Benchmark):
+    params = [variants(nearest_code), grid([(65536, 64, 512)],
+                                           [(65536, 64, 512), (65536, 64, 8192),
+                                            (1048576, 64, 512), (65536, 16, 512),
+                                            (65536, 256, 512)]), ["float32"]]
+    param_names = ["variant", "nem", "dtype"]
+    timeout = 300
+
+    def setup(self, variant, nem, dtype):
+        super().setup()
+        n, e, m = nem
+        if variant == "ref" and n * m > 65536 * 512:
+            raise NotImplementedError("the NumPy reference is too slow at this size")
+        self.fn = nearest_code.VARIANTS[variant]
+        self.x, self.codebook = normal((n, e), dtype), normal((m, e), dtype, seed=5)
+        self.fn(self.x[:100], self.codebook)
+
+    def time_search(self, variant, nem, dtype):
+        self.fn(self.x, self.codebook)
+
+    def peakmem_search(self, variant, nem, dtype):
+        self.fn(self.x, self.codebook)
+
+    def track_gflops(self, variant, nem, dtype):
+        n, e, m = nem
+        t = min(timeit.repeat(lambda: self.fn(self.x, self.codebook), number=1, repeat=3))
+        return 2 * n * m * e / t / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+
+class AdamUpdate(Benchmark):
+    params = [variants(adam_update), [156800, 1 << 22], DTYPES]
+    param_names = ["variant", "size", "dtype"]
+
+    def setup(self, variant, size, dtype):
+        super().setup()
+        self.fn = adam_update.VARIANTS[variant]
+        self.p, self.g = normal((size,), dtype).copy(), normal((size,), dtype, seed=6)
+        self.m, self.v = np.zeros_like(self.p), np.ones_like(self.p)
+        self.fn(self.p, self.g, self.m, self.v, 1e-3, 0.9, 0.999, 1e-8)
+
+    def time_step(self, variant, size, dtype):
+        self.fn(self.p, self.g, self.m, self.v, 1e-3, 0.9, 0.999, 1e-8)
