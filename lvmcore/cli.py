@@ -489,6 +489,11 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "eval"):
+        from ._blas import blas_advice
+        advice = blas_advice()
+        if advice:
+            print(f"{PROG}: {advice}")
     try:
         with _blas_threads(getattr(args, "threads", None)):
             return args.func(args)
