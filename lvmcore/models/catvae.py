@@ -1,0 +1,597 @@
+"""Categorical VAE: N discrete latents of C classes each, five gradient estimators.
+
+Shapes: B batch, D data, H hidden, N latent variables, C categories, S samples per data point
+(1, or K for VIMCO).
+
+Forward, for fixed standard-Gumbel noise g (S, B, N, C):
+    logits = encoder(x).reshape(B, N, C)                       q(z_n|x) = softmax(logits[:, n])
+    y = softmax((logits + g)/tau)        estimator "gumbel"    (S, B, N, C), relaxed
+    y = one_hot(argmax(logits + g))      every other one       (S, B, N, C), exact z ~ q
+    out = decoder(y.reshape(S*B, N*C))                          (S*B, D) Bernoulli logits
+    log p(x|z)                                                  (S, B)
+    KL(q(z|x) || uniform) = sum_n (log C - H(q_n))              (B,) analytic
+    loss = -mean_{S,B} log p(x|y) + w mean_B KL
+    VIMCO: loss = -mean_B log (1/K) sum_k w_kb, log w = log p(x|z) + log p(z) - log q(z|x)
+
+Estimators of the encoder gradient (the decoder gradient is the exact one of the fixed-noise
+loss for all five):
+
+- ``gumbel``: the pathwise gradient of the relaxed objective (Jang et al. 2017; Maddison et
+  al. 2017). The loss is a smooth function of every parameter for fixed g, and backward is its
+  exact gradient (finite-difference tested); as an estimator of the ELBO gradient it is biased.
+- ``st-gumbel``: straight-through Gumbel (Jang et al. 2017, sec. 2.2). The decoder sees the
+  exact sample one_hot(argmax); the gradient with respect to y is passed to the soft sample
+  (see :class:`lvmcore.distributions.RelaxedCategorical`, "Gradient flow"). Biased.
+- ``reinforce``: the score function with a moving-average baseline c,
+  :math:`(\\log p(x|z) - c)\\,\\nabla \\log q(z|x)`, plus the analytic KL gradient.
+- ``nvil``: the same with an input-dependent baseline b(x) (an MLP trained by regression of
+  the learning signal) and optional variance normalisation (Mnih & Gregor 2014).
+- ``vimco``: K samples, the K-sample bound, and a leave-one-out baseline per sample
+  (Mnih & Rezende 2016).
+
+The score-function estimators use the analytic KL, so their learning signal is
+log p(x|z) alone: E_q[log p(x|z)] is the only term of the ELBO whose gradient needs the score
+function (the KL's gradient is exact). All of them are unbiased for the gradient of the ELBO
+(VIMCO: of the K-sample bound); ``tests/test_models_catvae.py`` checks that against exact
+enumeration over a small latent space.
+
+Gradient flow
+-------------
+``backward`` accumulates the gradient of the *surrogate*
+
+    dloss * [ sum_{s,b} a_sb (-log p(x_b|y_sb))  -  sum_{s,b} c_sb log q(z_sb|x_b)
+              + w/B sum_b KL_b ] * (encoder part scaled by 1/sigma for NVIL)
+    + dloss * (1/2B) sum_b mean_s (l_sb - c - b(x_b))^2                           (NVIL only)
+
+with a_sb = 1/(SB) (VIMCO: the normalized weights / B) and c_sb the learning signals, which are
+constants (stop-gradient): A_sb/(SB) for REINFORCE and NVIL, (L - L_{-s} - w~_s)/B for VIMCO.
+The relaxed and straight-through estimators have c = 0 and get their encoder gradient through
+y instead. The decoder gradient is that of the loss, exactly.
+
+Running state
+-------------
+The moving-average statistics of the learning signal (``state.signal_mean``,
+``state.signal_var``) and the step counter of the temperature schedule (``state.step``) are
+arrays in ``parameters()`` whose gradients are always zero, so every optimizer leaves them
+alone, checkpoints save them, and a resumed run continues exactly. They are updated by
+``loss_and_grads`` only, *after* the step's backward: the baseline of a step never depends on
+that step's samples, which keeps the score-function estimators exactly unbiased.
+
+References
+----------
+Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+Maddison, Mnih & Teh, "The Concrete Distribution", ICLR 2017.
+Mnih & Gregor, "Neural Variational Inference and Learning in Belief Networks", ICML 2014
+(Algorithm 1: centring, variance normalisation, input-dependent baseline).
+Mnih & Rezende, "Variational Inference for Monte Carlo Objectives", ICML 2016 (eq. 8-10).
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validation import check_param, get_xp
+from ..distributions.categorical import Categorical, UniformCategorical
+from ..distributions.gumbel import standard_gumbel
+from ..distributions.kl import kl_divergence, kl_divergence_backward
+from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
+from ..exceptions import InvalidParameterError
+from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
+from ..nn import MLP, Module
+from ..ops import sigmoid
+from ..ops.softmax import log_softmax_forward, logsumexp_forward
+from ..schedules import temperature_schedule
+from .vae import VAE
+
+__all__ = ["CatVAE", "CatVAECache", "CATVAE_ESTIMATORS", "vimco_signals"]
+
+CATVAE_ESTIMATORS = ("gumbel", "st-gumbel", "reinforce", "nvil", "vimco")
+_SCORE = ("reinforce", "nvil", "vimco")
+
+
+class RunningState(Module):
+    """Arrays updated by the training step, not by the optimizer (their grads stay 0).
+
+    ``step`` (1,): steps taken; ``signal_mean`` (1,) and ``signal_var`` (1,): the moving
+    averages of the learning signal (c and v of Mnih & Gregor 2014).
+    """
+
+    def __init__(self, dtype):
+        super().__init__()
+        for name in ("step", "signal_mean", "signal_var"):
+            self._add_param(name, np.zeros(1, dtype=dtype))
+
+
+class CatVAECache(NamedTuple):
+    """What backward needs, each field with its shape."""
+
+    x: object            # (B, D)
+    enc: object          # encoder MLPCache
+    logits: object       # (B, N, C)
+    g: object            # (S, B, N, C) Gumbel noise
+    tau: float
+    y: object            # (S, B, N, C) decoder input: relaxed or one-hot
+    dec: object          # decoder MLPCache over (S*B, N*C)
+    lik: object          # BernoulliNLLCache over (S*B, D)
+    w_rec: object        # (S, B) weight of -log p(x|y_sb) in the loss
+    w_score: object      # (S, B) coefficient c_sb of -log q(z_sb|x) in the surrogate, or None
+    kl_weight: float     # w (0 for VIMCO: its KL is inside the bound)
+    enc_scale: float     # 1/sigma (NVIL normalisation) or 1
+    base: object         # NVIL: (baseline MLPCache, residual (S, B)); else None
+    stats: dict          # per-example quantities for reporting
+
+
+def vimco_signals(log_w):
+    """VIMCO's per-sample learning signals :math:`\\hat L - \\hat L_{-k}`, shape (K, B).
+
+    Parameters
+    ----------
+    log_w : ndarray of shape (K, B), K >= 2
+        Log importance weights log p(x, z_k) - log q(z_k|x).
+
+    Returns
+    -------
+    ndarray of shape (K, B)
+        :math:`\\hat L - \\log\\tfrac1K\\big(\\sum_{i \\ne k} w_i + \\hat w_{-k}\\big)`, with
+        :math:`\\hat L = \\log\\tfrac1K\\sum_i w_i` and :math:`\\hat w_{-k}` the geometric
+        mean of the other K-1 weights (Mnih & Rezende 2016, eq. 9-10), all in log space.
+    """
+    xp = get_xp(log_w)
+    K = log_w.shape[0]
+    lse, _ = logsumexp_forward(log_w, axis=0)                        # (B,)
+    loo_mean = (log_w.sum(axis=0) - log_w) / (K - 1)                  # (K, B)
+    # row k of M: log_w with entry k replaced by the mean of the others
+    M = xp.broadcast_to(log_w, (K,) + log_w.shape).copy()             # (K, K, B)
+    idx = xp.arange(K)
+    M[idx, idx] = loo_mean
+    lse_loo, _ = logsumexp_forward(M, axis=1)                         # (K, B)
+    return lse[None] - lse_loo
+
+
+class CatVAE:
+    """Categorical VAE with a uniform prior and a Bernoulli decoder.
+
+    Parameters
+    ----------
+    data_dim : int
+        D.
+    n_latents : int
+        N, categorical latent variables.
+    n_categories : int
+        C, classes of each (C >= 2).
+    hidden : sequence of int
+        Encoder hidden widths (D -> H... -> N*C); the decoder mirrors them (N*C -> ... -> D).
+    activation : {"tanh", "relu", "softplus"}
+    estimator : {"gumbel", "st-gumbel", "reinforce", "nvil", "vimco"}
+    tau, tau_min, tau_decay, tau_every
+        Temperature schedule of "gumbel" and "st-gumbel"
+        (:func:`lvmcore.schedules.temperature_schedule`): constant ``tau`` when
+        ``tau_decay`` is 0, else :math:`\\max(\\tau_{min}, \\tau e^{-r t})`, updated every
+        ``tau_every`` steps.
+    k : int
+        K, samples per data point for "vimco" (>= 2); 1 for the other estimators.
+    baseline_decay : float in [0, 1)
+        :math:`\\alpha` of the moving averages (reinforce, nvil).
+    normalize_signal : bool
+        NVIL's variance normalisation: divide the encoder gradient by
+        :math:`\\max(1, \\sqrt v)`.
+    baseline_hidden : int
+        Hidden width of NVIL's baseline network b(x) (D -> H -> 1).
+    seed : int
+    dtype : float32 or float64
+
+    Notes
+    -----
+    Parameters: ``encoder.*``, ``decoder.*``, ``baseline.*`` (NVIL only, trained by regression,
+    not part of the ELBO) and ``state.*`` (running statistics; see "Running state" in the
+    module docstring).
+    """
+
+    likelihood = "bernoulli"
+    _check_x = VAE._check_x
+    load_parameters = VAE.load_parameters
+    init_output_bias = VAE.init_output_bias
+
+    def __init__(self, data_dim, n_latents=20, n_categories=10, hidden=(512, 256),
+                 activation="tanh", estimator="gumbel", tau=1.0, tau_min=None, tau_decay=0.0,
+                 tau_every=1, k=1, baseline_decay=0.9, normalize_signal=True,
+                 baseline_hidden=100, seed=0, dtype=np.float32):
+        f = "CatVAE"
+        self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
+        self.n_latents = check_param(n_latents, "n_latents", f, kind="int", low=1,
+                                     low_inclusive=True)
+        self.n_categories = check_param(n_categories, "n_categories", f, kind="int", low=2,
+                                        low_inclusive=True)
+        self.hidden = tuple(check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True)
+                            for h in hidden)
+        self.activation = check_param(activation, "activation", f, kind="choice",
+                                      choices=("tanh", "relu", "softplus"))
+        self.estimator = check_param(estimator, "estimator", f, kind="choice",
+                                     choices=CATVAE_ESTIMATORS)
+        self.schedule = temperature_schedule(tau, tau_min, tau_decay, tau_every)
+        self.tau, self.tau_min, self.tau_decay = float(tau), tau_min, float(tau_decay)
+        self.tau_every = int(tau_every)
+        self.k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
+        if self.estimator == "vimco" and self.k < 2:
+            raise InvalidParameterError(
+                f"The 'k' parameter of {f} must be an int in [2, inf) with estimator='vimco' "
+                f"(its baseline leaves one of K samples out). Got {k!r} instead.")
+        if self.estimator != "vimco" and self.k != 1:
+            raise InvalidParameterError(
+                f"The 'k' parameter of {f} applies to estimator='vimco' only and must be 1 "
+                f"with estimator={self.estimator!r}. Got {k!r} instead.")
+        self.baseline_decay = check_param(baseline_decay, "baseline_decay", f, low=0,
+                                          low_inclusive=True, high=1, high_inclusive=False)
+        self.normalize_signal = bool(normalize_signal)
+        self.baseline_hidden = check_param(baseline_hidden, "baseline_hidden", f, kind="int",
+                                           low=1, low_inclusive=True)
+        self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"CatVAE: expected dtype float32 or float64, got {self.dtype}.")
+        rng = np.random.default_rng(self.seed)
+        N, C, D, H = self.n_latents, self.n_categories, self.data_dim, self.hidden
+        self.encoder = MLP((D, *H, N * C), self.activation, rng, self.dtype)
+        self.decoder = MLP((N * C, *H[::-1], D), self.activation, rng, self.dtype)
+        self.baseline = (MLP((D, self.baseline_hidden, 1), "tanh", rng, self.dtype)
+                         if self.estimator == "nvil" else None)
+        self.state = RunningState(self.dtype)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def n_samples(self):
+        """S, samples of z per data point in a training step."""
+        return self.k
+
+    @property
+    def bound_name(self):
+        """What ``bound`` computes, for reports."""
+        return f"VIMCO bound (K={self.k})" if self.estimator == "vimco" else "ELBO"
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild a model from ``config()`` (parameters are then loaded separately)."""
+        config = dict(config)
+        config.pop("model", None)
+        return cls(**config)
+
+    def config(self):
+        """The constructor arguments, JSON-serialisable."""
+        return dict(model="catvae", data_dim=self.data_dim, n_latents=self.n_latents,
+                    n_categories=self.n_categories, hidden=list(self.hidden),
+                    activation=self.activation, estimator=self.estimator, tau=self.tau,
+                    tau_min=self.tau_min, tau_decay=self.tau_decay, tau_every=self.tau_every,
+                    k=self.k, baseline_decay=self.baseline_decay,
+                    normalize_signal=self.normalize_signal,
+                    baseline_hidden=self.baseline_hidden, seed=self.seed,
+                    dtype=self.dtype.name)
+
+    def modules(self):
+        mods = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.baseline is not None:
+            mods["baseline"] = self.baseline
+        mods["state"] = self.state
+        return mods
+
+    def parameters(self):
+        """Dict ``"<module>.<name>" -> array``; the arrays are the live parameters."""
+        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.params.items()}
+
+    def gradients(self):
+        """Dict with the same keys as ``parameters()``: the accumulated gradients."""
+        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.grads.items()}
+
+    def zero_grad(self):
+        for mod in self.modules().values():
+            mod.zero_grad()
+
+    @property
+    def step(self):
+        """Training steps taken so far (``state.step``)."""
+        return int(self.state.params["step"][0])
+
+    def temperature(self, step=None):
+        """The temperature of the schedule at ``step`` (default: the current step)."""
+        return float(self.schedule(self.step if step is None else step))
+
+    # ------------------------------------------------------------------ pieces
+    def posterior_logits(self, x):
+        """Logits of q(z|x), shape (B, N, C)."""
+        h, _ = self.encoder.forward(x)
+        return h.reshape(x.shape[0], self.n_latents, self.n_categories)
+
+    def _one_hot(self, idx):
+        xp = get_xp(idx)
+        return (xp.arange(self.n_categories) == idx[..., None]).astype(self.dtype)
+
+    def decode(self, y):
+        """Bernoulli means for decoder inputs y (M, N, C) or (M, N*C): (M, D)."""
+        out, _ = self.decoder.forward(y.reshape(y.shape[0], -1))
+        return sigmoid(out)
+
+    def sample(self, rng, n):
+        """n samples from the model: z uniform, then the decoder's mean (n, D)."""
+        idx = rng.integers(0, self.n_categories, size=(n, self.n_latents))
+        return self.decode(self._one_hot(idx))
+
+    def reconstruct(self, x):
+        """Decoder mean at the posterior mode one_hot(argmax logits): (B, D)."""
+        logits = self.posterior_logits(self._check_x(x, "CatVAE.reconstruct"))
+        return self.decode(self._one_hot(get_xp(x).argmax(logits, axis=-1)))
+
+    def draw_noise(self, rng, batch_size, n_samples=None):
+        """Standard Gumbel noise g (S, B, N, C) from the explicit generator ``rng``."""
+        S = self.n_samples if n_samples is None else n_samples
+        return standard_gumbel(rng, (S, batch_size, self.n_latents, self.n_categories),
+                               self.dtype)
+
+    def _kl(self, logits):
+        """Analytic KL(q(z|x) || uniform) per latent variable, (B, N)."""
+        return kl_divergence(Categorical(logits),
+                             UniformCategorical(self.n_categories, self.dtype))
+
+    def latent_diagnostics(self, x, batch_size=1000, threshold=0.01):
+        """Active latents and KL per latent, the categorical analogue of ``active_units``.
+
+        Returns
+        -------
+        count : int
+            Latents n whose posterior probabilities vary over the data:
+            :math:`\\sum_c \\mathrm{Var}_x\\, q(z_n = c|x) > 0.01`.
+        variances : ndarray of shape (N,)
+        kl : ndarray of shape (N,)
+            Mean over the data of KL(q(z_n|x) || uniform), nats.
+        """
+        threshold = check_param(threshold, "threshold", "CatVAE.latent_diagnostics", low=0,
+                                low_inclusive=True)
+        probs, kls = [], []
+        for i in range(0, x.shape[0], batch_size):
+            logits = self.posterior_logits(x[i:i + batch_size])
+            probs.append(log_softmax_forward(logits, axis=-1)[1][0].astype(np.float64))
+            kls.append(self._kl(logits).astype(np.float64))
+        xp = get_xp(x)
+        var = xp.concatenate(probs).var(axis=0).sum(axis=-1)              # (N,)
+        kl = xp.concatenate(kls).mean(axis=0)                             # (N,)
+        return int((var > threshold).sum()), var, kl
+
+    def eval_report(self, x, batch_size=1000):
+        """What ``lvmcore eval`` adds for this model: (JSON-able dict, printable lines)."""
+        count, var, kl = self.latent_diagnostics(x, batch_size)
+        info = dict(active_latents=count, n_latents=self.n_latents,
+                    n_categories=self.n_categories, posterior_prob_variance=var.tolist(),
+                    kl_per_latent=kl.tolist())
+        lines = [f"active latents {count} of {self.n_latents} (C={self.n_categories}); KL per "
+                 f"latent (nats, max log C = {math.log(self.n_categories):.2f}): "
+                 + " ".join(f"{v:.2f}" for v in kl)]
+        return info, lines
+
+    # ------------------------------------------------------------------ objective
+    def _hard_terms(self, x, g):
+        """log p(x|z) (S, B), log q(z|x) (S, B) and KL (B,) for z = argmax(logits + g)."""
+        xp = get_xp(x)
+        S, B = g.shape[:2]
+        logits = self.posterior_logits(x)                                 # (B, N, C)
+        y = self._one_hot(xp.argmax(logits + g, axis=-1))                # (S, B, N, C)
+        out, _ = self.decoder.forward(y.reshape(S * B, -1))               # (S*B, D)
+        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+        nll, _ = bernoulli_nll_forward(out, xs)
+        logp, _ = log_softmax_forward(logits, axis=-1)                    # (B, N, C)
+        log_q = (y * logp).sum(axis=(-2, -1))                             # (S, B)
+        return -nll.reshape(S, B), log_q, self._kl(logits).sum(axis=-1)
+
+    def log_weights(self, x, g):
+        """log w = log p(x|z) + log p(z) - log q(z|x) for z = argmax(logits + g); (S, B)."""
+        log_px_z, log_q, _ = self._hard_terms(x, g)
+        return log_px_z - self.dtype.type(self.n_latents * math.log(self.n_categories)) - log_q
+
+    def forward(self, x, g, kl_weight=None, tau=None):
+        """The loss for fixed noise, and the cache for backward.
+
+        Parameters
+        ----------
+        x : ndarray of shape (B, D)
+        g : ndarray of shape (S, B, N, C)
+            Standard Gumbel noise (``draw_noise``); S = K for VIMCO.
+        kl_weight : float, optional
+            Weight w of the KL term (1 when None); must be None or 1 for VIMCO.
+        tau : float, optional
+            Temperature for "gumbel"/"st-gumbel"; the schedule's current value when None.
+
+        Returns
+        -------
+        loss : float
+            :math:`-\\tfrac{1}{SB}\\sum \\log p(x|y) + \\tfrac{w}{B}\\sum_b KL_b`, or for
+            VIMCO :math:`-\\tfrac1B\\sum_b \\log\\tfrac1K\\sum_k w_{kb}`. For REINFORCE and
+            NVIL the value is the (negative) single-sample ELBO; the learning signals for
+            backward use the running state as it is now.
+        cache : CatVAECache
+        """
+        xp = get_xp(x)
+        est = self.estimator
+        if est == "vimco" and kl_weight not in (None, 1, 1.0):
+            raise ValueError(f"CatVAE.forward: expected kl_weight None or 1 with estimator "
+                             f"'vimco' (KL annealing does not apply to a K-sample bound), got "
+                             f"{kl_weight}.")
+        w = 1.0 if kl_weight is None else float(kl_weight)
+        tau = self.temperature() if tau is None else check_param(tau, "tau", "CatVAE.forward",
+                                                                 low=0)
+        dt = self.dtype.type
+        S, B, N, C = g.shape
+        h, enc = self.encoder.forward(x)                                  # (B, N*C)
+        logits = h.reshape(B, N, C)                                       # (B, N, C)
+        if est == "gumbel":
+            y = relaxed_softmax(logits, tau, g)                           # (S, B, N, C)
+        else:
+            y = self._one_hot(xp.argmax(logits + g, axis=-1))             # (S, B, N, C)
+        out, dec = self.decoder.forward(y.reshape(S * B, N * C))          # (S*B, D)
+        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+        nll, lik = bernoulli_nll_forward(out, xs)
+        log_px_z = -nll.reshape(S, B)                                     # (S, B)
+        kl = self._kl(logits).sum(axis=-1)                                # (B,)
+        stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
+        w_score, enc_scale, base = None, 1.0, None
+        if est == "vimco":
+            logp, _ = log_softmax_forward(logits, axis=-1)
+            log_q = (y * logp).sum(axis=(-2, -1))                         # (S, B)
+            log_w = log_px_z - dt(N * math.log(C)) - log_q                # (S, B)
+            lse, lsec = logsumexp_forward(log_w, axis=0)                  # (B,)
+            bound = lse - dt(math.log(S))
+            wt = lsec.weights                                             # (S, B) normalized
+            w_rec = wt / B
+            w_score = (vimco_signals(log_w) - wt) / B
+            loss = -float(bound.mean())
+            stats.update(bound=bound, elbo=log_w.mean(axis=0))
+            w = 0.0
+        else:
+            w_rec = xp.full((S, B), dt(1.0 / (S * B)), dtype=self.dtype)
+            loss = -float(log_px_z.mean()) + w * float(kl.mean())
+            if est == "gumbel":
+                stats["bound"] = stats["recon"] - kl                      # the relaxed objective
+            else:
+                stats["elbo"] = stats["recon"] - kl
+            c = self.state.params["signal_mean"][0]
+            if est == "reinforce":
+                resid = log_px_z - c                                      # (S, B)
+                w_score = resid / (S * B)
+                base = (None, resid)
+            elif est == "nvil":
+                b, bcache = self.baseline.forward(x)                      # (B, 1)
+                resid = log_px_z - c - b[:, 0]                            # (S, B)
+                if self.normalize_signal:
+                    v = float(self.state.params["signal_var"][0])
+                    enc_scale = 1.0 / max(1.0, math.sqrt(v))
+                w_score = resid / (S * B)
+                base = (bcache, resid)
+        cache = CatVAECache(x, enc, logits, g, float(tau), y, dec, lik, w_rec, w_score, w,
+                            enc_scale, base, stats)
+        return loss, cache
+
+    def backward(self, cache, dloss=1.0):
+        """Accumulate ``dloss`` times the gradient of the surrogate (module docstring).
+
+        A cache serves one backward (the likelihood's cached gradient is overwritten in place).
+
+        Notes
+        -----
+        Decoder: each row of -log p(x|y) has weight ``w_rec``; its VJP gives dy (S, B, N, C).
+        Encoder, by estimator: "gumbel"/"st-gumbel" send dy through the soft sample
+        (``relaxed_softmax_backward``: :math:`v = y_s(dy - \\sum dy\\,y_s)`,
+        :math:`dl = v/\\tau`); the score estimators add
+        :math:`-c_{sb}(\\mathrm{onehot}(z_{sb}) - \\mathrm{softmax}(l_b))`
+        (:math:`\\partial\\log q/\\partial l`); all but VIMCO add the analytic KL's
+        :math:`\\tfrac{w}{B}\\,p(\\log p + \\log C - KL_n)`. NVIL scales the encoder gradient
+        by 1/sigma and regresses b(x): :math:`db_b = -\\tfrac1B \\mathrm{mean}_s(l_{sb} - c - b_b)`.
+        """
+        xp = get_xp(cache.logits)
+        est = self.estimator
+        S, B, N, C = cache.g.shape
+        dt = self.dtype.type
+        dnll = (dt(dloss) * cache.w_rec).reshape(S * B)
+        dout = bernoulli_nll_backward(dnll, cache.lik)                    # (S*B, D)
+        relaxed = est in ("gumbel", "st-gumbel")
+        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)      # (S*B, N*C) or None
+        if relaxed:
+            dlogits, _ = relaxed_softmax_backward(dy.reshape(S, B, N, C), cache.logits,
+                                                  cache.tau, cache.g)     # (B, N, C)
+        else:
+            p = log_softmax_forward(cache.logits, axis=-1)[1][0]          # (B, N, C)
+            dlogq = -dt(dloss) * cache.w_score                            # (S, B)
+            dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)
+        if cache.kl_weight != 0:
+            dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
+            dlogits += kl_divergence_backward(
+                Categorical(cache.logits), UniformCategorical(C, self.dtype), dkl)[0]["logits"]
+        if cache.enc_scale != 1.0:
+            dlogits *= dt(cache.enc_scale)
+        self.encoder.backward(dlogits.reshape(B, N * C), cache.enc, need_dx=False)
+        if est == "nvil":
+            bcache, resid = cache.base
+            db = -dt(dloss / B) * resid.mean(axis=0)                      # (B,)
+            self.baseline.backward(db[:, None], bcache, need_dx=False)
+
+    def _update_state(self, cache):
+        """After a training step: count it, move the signal's moving averages."""
+        st = self.state.params
+        st["step"] += 1
+        if cache.base is None:
+            return
+        resid = cache.base[1].astype(np.float64)         # l - c (- b(x)), (S, B)
+        c = float(st["signal_mean"][0])
+        a = self.baseline_decay
+        centred = resid + c                              # l - b(x): the signal c tracks
+        st["signal_mean"][0] = a * c + (1 - a) * float(centred.mean())
+        st["signal_var"][0] = a * float(st["signal_var"][0]) + (1 - a) * float(centred.var())
+
+    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
+        """One training step's evaluation: zero the gradients, draw noise, forward, backward,
+        then advance the running state (step counter and baselines).
+
+        Returns
+        -------
+        loss : float
+        stats : dict
+            ``elbo`` (or ``bound``: the relaxed objective for "gumbel", the K-sample bound for
+            "vimco"), ``recon``, ``kl`` (means over the batch) and ``tau``.
+        """
+        if validate:
+            self._check_x(x, "CatVAE.loss_and_grads")
+        self.zero_grad()
+        tau = self.temperature()
+        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight, tau)
+        self.backward(cache)
+        self._update_state(cache)
+        out = {k: float(v.mean()) for k, v in cache.stats.items()}
+        out["tau"] = tau
+        return loss, out
+
+    # ------------------------------------------------------------------ evaluation
+    def elbo(self, x, rng, batch_size=1000):
+        """Per-example ELBO (B,) of the discrete model: one exact sample z ~ q, analytic KL."""
+        self._check_x(x, "CatVAE.elbo")
+        xp = get_xp(x)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            log_px_z, _, kl = self._hard_terms(xb, self.draw_noise(rng, xb.shape[0], 1))
+            out.append(log_px_z[0] - kl)
+        return xp.concatenate(out)
+
+    def bound(self, x, rng, batch_size=1000):
+        """The bound the model trains, per example (B,): the ELBO, or for VIMCO the K-sample
+        bound :math:`\\log\\tfrac1K\\sum_k w_k` (the relaxed objective of "gumbel" is not a
+        bound of the discrete model; its ELBO is reported)."""
+        if self.estimator != "vimco":
+            return self.elbo(x, rng, batch_size)
+        self._check_x(x, "CatVAE.bound")
+        xp = get_xp(x)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))   # (K, B)
+            out.append(logsumexp_forward(lw, axis=0)[0] - self.dtype.type(math.log(self.k)))
+        return xp.concatenate(out)
+
+    def log_likelihood(self, x, rng, k=5000, batch_size=100, chunk_size=None):
+        r"""Importance-sampled log p(x) per row with q(z|x) as the proposal, shape (B,).
+
+        :math:`\log \tfrac1k \sum_{s=1}^k p(x|z_s) p(z_s) / q(z_s|x)`, z_s ~ q(z|x) exactly
+        (Gumbel-max), computed chunk by chunk over k with a running log-sum-exp.
+        """
+        self._check_x(x, "log_likelihood")
+        k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
+        xp = get_xp(x)
+        if chunk_size is None:  # about 2**15 decoder rows per chunk
+            chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            run_max = xp.full(xb.shape[0], -xp.inf, dtype=self.dtype)
+            run_sum = xp.zeros(xb.shape[0], dtype=self.dtype)
+            for s in range(0, k, chunk_size):
+                n = min(chunk_size, k - s)
+                lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0], n))   # (n, B)
+                new_max = xp.maximum(run_max, lw.max(axis=0))
+                run_sum = run_sum * xp.exp(run_max - new_max) + xp.exp(lw - new_max).sum(axis=0)
+                run_max = new_max
+            out.append(xp.log(run_sum) + run_max - self.dtype.type(math.log(k)))
+        return xp.concatenate(out)
