@@ -8,3 +8,4 @@ from .reparam import ReparamCache, reparam_backward, reparam_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .softmax import (log_softmax_backward, log_softmax_forward, logsumexp, logsumexp_backward,
                       logsumexp_forward, softmax, softmax_backward, softmax_forward)
+from .vq import VQCache, VQFrozen, VQLosses, vq_backward, vq_forward
