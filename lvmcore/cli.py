@@ -6,6 +6,7 @@ Examples
     lvmcore train --data ~/mnist --latent 50 --hidden 200,200 --epochs 100
     lvmcore train --out runs/vae-digits --resume --epochs 600
     lvmcore eval runs/vae-digits
+    lvmcore train --model vqvae --codes 512 --slots 8 --codebook-update ema --kmeans-init
     lvmcore download-mnist ~/mnist
 
 Models are built through ``MODEL_BUILDERS``: a new model registers a builder (and, if it needs
@@ -131,6 +132,44 @@ def _build_iwae(args, data_dim):
                 ciwae_beta=args.ciwae_beta, seed=args.seed, dtype=args.dtype)
 
 
+def _vqvae_arguments(group):
+    group.add_argument("--codes", type=_pos_int, metavar="M",
+                       help="codebook size (default: 512)")
+    group.add_argument("--slots", type=_pos_int, metavar="S",
+                       help="code slots per example (default: 8)")
+    group.add_argument("--code-dim", type=_pos_int, metavar="E",
+                       help="dimension of a code (default: 16)")
+    group.add_argument("--commitment-beta", type=_nonneg_float, metavar="BETA",
+                       help="weight of the commitment loss (default: 0.25)")
+    group.add_argument("--codebook-update", choices=("loss", "ema"),
+                       help="move the codebook by the codebook loss or by EMA (default: loss)")
+    group.add_argument("--ema-decay", type=_unit_float, metavar="G",
+                       help="decay of the EMA codebook update (default: 0.99)")
+    group.add_argument("--dead-code-steps", type=_pos_int, metavar="N",
+                       help="a code unused for N training steps is dead (default: 100)")
+    group.add_argument("--reset-dead-codes", action="store_const", const=True,
+                       help="re-seed dead codes from encoder outputs of the current batch")
+    group.add_argument("--kmeans-init", action="store_const", const=True,
+                       help="initialise the codebook by k-means on the first encoder outputs")
+
+
+def _build_vqvae(args, data_dim):
+    from .models import VQVAE
+
+    _refuse(args, "vqvae", dict(latent=None, kl=None, samples=None, beta=None, free_bits=None))
+    if args.likelihood != "bernoulli":
+        raise ValueError(f"expected --likelihood bernoulli with --model vqvae (its decoder is "
+                         f"Bernoulli), got {args.likelihood}.")
+    if args.kl_warmup_epochs:
+        raise ValueError(f"expected --kl-warmup-epochs 0 with --model vqvae (it has no KL term "
+                         f"to anneal), got {args.kl_warmup_epochs}.")
+    return VQVAE(data_dim, codes=args.codes, slots=args.slots, code_dim=args.code_dim,
+                 hidden=args.hidden, activation=args.activation, beta=args.commitment_beta,
+                 codebook_update=args.codebook_update, ema_decay=args.ema_decay,
+                 dead_code_steps=args.dead_code_steps, reset_dead_codes=args.reset_dead_codes,
+                 kmeans_init=args.kmeans_init, seed=args.seed, dtype=args.dtype)
+
+
 def _refuse(args, model, flags):
     """Flags that do not apply to ``model`` are an error, never silently ignored."""
     given = [k for k in flags if k in args.given]
@@ -145,6 +184,11 @@ MODEL_BUILDERS = {
     "iwae": ModelEntry(_build_iwae, _iwae_arguments, "importance-weighted autoencoder",
                        dict(k=50, estimator="iwae", objective="iwae", groups=1,
                             ciwae_beta=0.5)),
+    "vqvae": ModelEntry(_build_vqvae, _vqvae_arguments,
+                        "VQ-VAE: nearest-codebook quantization, straight-through gradient",
+                        dict(codes=512, slots=8, code_dim=16, commitment_beta=0.25,
+                             codebook_update="loss", ema_decay=0.99, dead_code_steps=100,
+                             reset_dead_codes=False, kmeans_init=False)),
 }
 
 
@@ -157,6 +201,77 @@ def register_model(name, build, add_arguments=None, help="", defaults=None):
     builder may read.
     """
     MODEL_BUILDERS[name] = ModelEntry(build, add_arguments, help, dict(defaults or {}))
+
+
+def _shared_argument(group, flag, *, choices=None, help="", **kwargs):
+    """Add ``flag``, or widen it when another model declared it first (``--estimator``, ``--k``).
+
+    Argument groups share their parser's option table, so a second ``add_argument`` of the same
+    flag would clash; instead its choices grow and its help gains this model's part. Each
+    builder then checks that the value applies to its own model.
+    """
+    action = group._option_string_actions.get(flag)
+    if action is None:
+        group.add_argument(flag, choices=choices, help=help, **kwargs)
+        return
+    if choices is not None and action.choices is not None:
+        action.choices = tuple(action.choices) + tuple(c for c in choices
+                                                       if c not in action.choices)
+    if help:
+        action.help = f"{action.help}; {help}" if action.help else help
+
+
+_CATVAE_ESTIMATORS = ("gumbel", "st-gumbel", "reinforce", "nvil", "vimco")
+
+
+def _catvae_arguments(group):
+    group.add_argument("--latents", type=_pos_int, metavar="N",
+                       help="categorical latent variables (default: 20)")
+    group.add_argument("--categories", type=_pos_int, metavar="C",
+                       help="classes per latent variable (default: 10)")
+    group.add_argument("--tau", type=_pos_float, metavar="T",
+                       help="Gumbel-Softmax temperature, gumbel and st-gumbel (default: 1.0)")
+    group.add_argument("--tau-min", type=_pos_float, metavar="T",
+                       help="floor of the decaying temperature (needs --tau-decay)")
+    group.add_argument("--tau-decay", type=_nonneg_float, metavar="R",
+                       help="tau = max(tau-min, tau exp(-R step)) (default: 0, constant)")
+    group.add_argument("--tau-every", type=_pos_int, metavar="N",
+                       help="update the decaying temperature every N steps (default: 1)")
+    _shared_argument(group, "--estimator", choices=_CATVAE_ESTIMATORS,
+                     help="catvae: gradient estimator (default: gumbel)")
+    _shared_argument(group, "--k", type=_pos_int, metavar="K",
+                     help="catvae: samples per example for vimco (default: 5)")
+
+
+def _build_catvae(args, data_dim):
+    from .models import CatVAE
+
+    _refuse(args, "catvae", dict(latent=None, kl=None, samples=None, beta=None, free_bits=None))
+    if args.likelihood != "bernoulli":
+        raise ValueError(f"expected --likelihood bernoulli with --model catvae (its decoder is "
+                         f"Bernoulli), got {args.likelihood}.")
+    est = args.estimator
+    if est not in _CATVAE_ESTIMATORS:
+        raise ValueError(f"expected --estimator to be one of {', '.join(_CATVAE_ESTIMATORS)} "
+                         f"with --model catvae, got {est}.")
+    if est not in ("gumbel", "st-gumbel"):
+        _refuse(args, f"catvae --estimator {est}",
+                dict(tau=None, tau_min=None, tau_decay=None, tau_every=None))
+    if est != "vimco":
+        _refuse(args, f"catvae --estimator {est}", dict(k=None))
+    elif args.kl_warmup_epochs:
+        raise ValueError(f"expected --kl-warmup-epochs 0 with --estimator vimco (KL annealing "
+                         f"does not apply to a K-sample bound), got {args.kl_warmup_epochs}.")
+    return CatVAE(data_dim, n_latents=args.latents, n_categories=args.categories,
+                  hidden=args.hidden, activation=args.activation, estimator=est, tau=args.tau,
+                  tau_min=args.tau_min, tau_decay=args.tau_decay, tau_every=args.tau_every,
+                  k=args.k if est == "vimco" else 1, seed=args.seed, dtype=args.dtype)
+
+
+register_model("catvae", _build_catvae, _catvae_arguments,
+               "categorical VAE (N x C latents): gumbel, st-gumbel, reinforce, nvil, vimco",
+               dict(latents=20, categories=10, estimator="gumbel", k=5, tau=1.0, tau_min=None,
+                    tau_decay=0.0, tau_every=1))
 
 
 def _model_flag_defaults():
@@ -341,19 +456,26 @@ def _cmd_train(args):
         dataset = load_dataset(data)
         model = build_model(config)
     else:
-        for table in (TRAIN_DEFAULTS, model_defaults):
+        # The chosen model's own defaults first: models may share a flag (--k, --estimator)
+        # with different defaults, and a shared flag is not foreign to the chosen model.
+        own = MODEL_BUILDERS[args.model].defaults
+        for table in (TRAIN_DEFAULTS, own, model_defaults):
             for k, default in table.items():
                 if getattr(args, k) is None:
                     setattr(args, k, default)
         for name, entry in MODEL_BUILDERS.items():
             if name != args.model:
-                _refuse(args, args.model, entry.defaults)
+                _refuse(args, args.model, {k: v for k, v in entry.defaults.items()
+                                           if k not in own})
         data = args.data or "digits"
         dataset = load_dataset(data)
         model = MODEL_BUILDERS[args.model].build(args, dataset.train.shape[1])
         config = model.config()
 
-    desc = ", ".join(f"{k}={config[k]}" for k in ("latent_dim", "hidden", "likelihood", "kl")
+    desc = ", ".join(f"{k}={config[k]}" for k in ("latent_dim", "hidden", "likelihood", "kl",
+                                                   "codes", "slots", "code_dim",
+                                                   "codebook_update", "n_latents",
+                                                   "n_categories", "estimator")
                      if k in config)
     print(f"{PROG}: {'resuming' if args.resume else 'training'} {config.get('model')} "
           f"({desc}) on {_data_label(data)} ({dataset.train.shape[0]} train, "
@@ -405,18 +527,28 @@ def _cmd_eval(args):
                                  batch_size=args.batch_size), dtype=np.float64)
     n = int(bound.shape[0])
     name = _bound_name(model)
-    n_active, unit_var = active_units(model, x)
-    kl_dims = kl_per_dimension(model, x)
     result = dict(checkpoint=str(path), epoch=state.get("epoch"), data=str(data),
                   split=args.split, n=n, bound_name=name, bound=float(bound.mean()),
                   bound_sem=_sem(bound), elbo=float(elbo.mean()), elbo_sem=_sem(elbo),
-                  active_units=n_active, latent_dim=int(unit_var.size),
-                  posterior_mean_variance=unit_var.tolist(), kl_per_dim=kl_dims.tolist(),
                   seed=args.seed)
+    # Active units and KL per dimension need a Gaussian encoder (encode -> mu, logvar).
+    gaussian = hasattr(model, "encode") and hasattr(model, "latent_dim")
+    if gaussian:
+        n_active, unit_var = active_units(model, x)
+        kl_dims = kl_per_dimension(model, x)
+        result.update(active_units=n_active, latent_dim=int(unit_var.size),
+                      posterior_mean_variance=unit_var.tolist(), kl_per_dim=kl_dims.tolist())
     lines = [f"{args.split} ELBO {result['elbo']:.3f} +- {result['elbo_sem']:.3f} nats (n={n})"]
     if name != "ELBO":
         lines.append(f"{args.split} {name} {result['bound']:.3f} +- {result['bound_sem']:.3f}")
-    if args.k > 0:
+    if hasattr(model, "eval_report"):  # model-specific summaries (VQ-VAE: code usage)
+        info, extra = model.eval_report(x, batch_size=args.batch_size)
+        result.update(info)
+        lines.extend(f"{args.split} {line}" for line in extra)
+    if args.k > 0 and not hasattr(model, "log_likelihood"):
+        lines.append(f"no K-sample NLL: {_config_name(model)} has no importance-sampled "
+                     f"log-likelihood")
+    elif args.k > 0:
         xs = x
         if args.subset and args.subset < n:
             pick = np.sort(np.random.default_rng([args.seed, 7]).choice(n, args.subset,
@@ -428,8 +560,9 @@ def _cmd_eval(args):
         result.update(nll=float(-ll.mean()), nll_sem=_sem(ll), nll_k=args.k, nll_n=int(ll.size))
         lines.append(f"{args.split} NLL (K={args.k}, n={ll.size}) {result['nll']:.3f} +- "
                      f"{result['nll_sem']:.3f} nats")
-    lines.append(f"active units {n_active} of {unit_var.size}; KL per dimension (nats): "
-                 + " ".join(f"{v:.2f}" for v in kl_dims))
+    if gaussian:
+        lines.append(f"active units {n_active} of {unit_var.size}; KL per dimension (nats): "
+                     + " ".join(f"{v:.2f}" for v in kl_dims))
     result["seconds"] = time.perf_counter() - t0
     out = path.parent / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -445,7 +578,13 @@ def _sem(values):
     return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
 
 
+def _config_name(model):
+    return model.config().get("model", type(model).__name__)
+
+
 def _bound_name(model):
+    if hasattr(model, "bound_name"):
+        return model.bound_name
     config = model.config()
     if config.get("model") == "vae":
         return "ELBO"

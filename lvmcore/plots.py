@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-__all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds"]
+__all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds",
+           "plot_code_usage"]
 
 
 def image_grid(images, shape, ncols=None, pad=1, pad_value=np.nan):
@@ -155,4 +156,44 @@ def plot_bounds(history, path, title="Bound per epoch"):
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_code_usage(counts, path, title="Codebook usage"):
+    r"""Save a bar chart of how many slots each code takes, codes sorted by usage.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (M,)
+        Rows assigned to each code, e.g. ``VQVAE.code_usage(x)``.
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Notes
+    -----
+    Codes are drawn in decreasing order of use (a rank plot), so a collapsed codebook shows as
+    a short head and a long flat zero tail; the title gives the perplexity
+    :math:`\exp(-\sum_m p_m \log p_m)` and the number of unused (dead) codes.
+    """
+    c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"plot_code_usage: expected counts of shape (M,) with M >= 1, got "
+                         f"shape {c.shape}.")
+    total = c.sum()
+    p = c[c > 0] / total if total > 0 else np.ones(1)
+    ppl = float(np.exp(-(p * np.log(p)).sum()))
+    dead = int((c == 0).sum())
+    order = np.sort(c)[::-1]
+    fig = _figure((7.0, 3.5))
+    ax = fig.add_subplot()
+    ax.bar(np.arange(c.size), order, width=1.0, color="#4c72b0", linewidth=0)
+    ax.set_xlim(-0.5, c.size - 0.5)
+    ax.set_xlabel("code (sorted by use)")
+    ax.set_ylabel("slots assigned")
+    ax.set_title(f"{title}: perplexity {ppl:.1f} of {c.size}, {dead} unused")
+    ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)

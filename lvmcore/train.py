@@ -19,6 +19,7 @@ Files written into ``out_dir``:
                       (see :mod:`lvmcore.checkpoint`), replaced atomically each epoch
     metrics.jsonl     one JSON record per epoch (the same records ``fit`` returns)
     samples.png, reconstructions.png, bounds.png    at the end (:mod:`lvmcore.plots`)
+    code_usage.png    at the end, for models with discrete codes (VQ-VAE)
 """
 import json
 import math
@@ -39,7 +40,7 @@ __all__ = ["fit", "kl_warmup_weight", "step_rng", "write_pictures", "CHECKPOINT"
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
-PICTURES = ("samples.png", "reconstructions.png", "bounds.png")
+PICTURES = ("samples.png", "reconstructions.png", "bounds.png", "code_usage.png")
 RUN_FILES = (CHECKPOINT, METRICS, "eval.json") + PICTURES
 
 _NOISE, _VALID, _SHUFFLE, _SAMPLES = 1, 2, 3, 4
@@ -392,11 +393,15 @@ def _write_text_atomic(path, text):
 def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12):
     """Write ``samples.png``, ``reconstructions.png`` (of the first rows of ``x``) and
     ``bounds.png`` into ``out``; the image pictures need ``shape`` and the model's ``sample``
-    and ``reconstruct``."""
+    and ``reconstruct``. A model with ``code_usage(x)`` (VQ-VAE) also gets ``code_usage.png``,
+    its codebook usage on ``x``."""
     from . import plots
 
     out = Path(os.fspath(out))
     written = [plots.plot_bounds(history, out / "bounds.png")]
+    if hasattr(model, "code_usage") and x.shape[0]:
+        # Discrete-code models (VQ-VAE): how often each code is used on the validation split.
+        written.append(plots.plot_code_usage(model.code_usage(x), out / "code_usage.png"))
     if shape is None:
         return written
     if hasattr(model, "sample"):

@@ -1,8 +1,10 @@
 """Models: each owns its modules and writes its whole backward by hand."""
+from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
 from .iwae import ESTIMATORS, IWAE
 from .vae import VAE, VAECache
+from .vqvae import VQVAE
 
-MODELS = {"vae": VAE, "iwae": IWAE}
+MODELS = {"vae": VAE, "iwae": IWAE, "vqvae": VQVAE, "catvae": CatVAE}
 
 
 def build_model(config):
