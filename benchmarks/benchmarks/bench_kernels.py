@@ -118,7 +118,7 @@ class GumbelSoftmax(Benchmark):
 
 class NearestCode(Benchmark):
     params = [variants(nearest_code), grid([(65536, 64, 512)],
-                                           [(65536, 64, 512), (65536, 64, 8192),
+                                           [(65536, 64, 64), (65536, 64, 512), (65536, 64, 8192),
                                             (1048576, 64, 512), (65536, 16, 512),
                                             (65536, 256, 512)]), ["float32"]]
     param_names = ["variant", "nem", "dtype"]
