@@ -57,11 +57,12 @@ Special values (tested exactly)
 HI is the largest float whose exp rounds to a finite value (float32 88.72283172607422,
 float64 709.782712893384). **Denormals are never produced**: LO is the smallest float >= ln of the
 smallest normal (float32 -87.33654022216797, float64 -708.3964185322641), and for x < LO, where
-the true result is subnormal, exp returns exactly 0 instead of a subnormal (correct to within one
-subnormal step of 2^-149 / 2^-1074, i.e. to the absolute accuracy of the smallest normal). Inputs
+the true result is subnormal (or rounds to 0 anyway), exp returns exactly 0: an absolute error
+below the smallest normal, 2^-126 / 2^-1022, which is what flush-to-zero hardware would give. Inputs
 below LO are clamped before the arithmetic, so no subnormal is produced even in an intermediate:
-subnormal arithmetic runs up to 100x slower on some x86 cores (PERF-NOTES, "Denormals"), and the
-importance-weight kernel feeds -inf masks and very negative log-weights through exp all the time.
+subnormal operands and results take microcode assists on Intel cores (PERF-NOTES, "Denormals":
+4x slower GEMMs), and the importance-weight kernel feeds -inf masks and very negative log-weights
+through exp all the time.
 
 Accuracy (measured; tests/test_kernels_fastmath.py asserts the bounds in ``ULP_BOUNDS``)
 -----------------------------------------------------------------------------------------

@@ -69,6 +69,11 @@ Variants
 - ``gumbel_softmax_backward_numba_v1``: ``prange`` over chunks of rows; per row the dot
   sum(dy y), dlogits, and dlogits * log y summed into a float64 per-chunk partial of dtau. DEFAULT.
 - ``gumbel_max_numba_v1``: the forward's first pass only. DEFAULT.
+- ``gumbel_softmax_cupy_v1``, ``gumbel_softmax_backward_cupy_v1``, ``gumbel_max_cupy_v1``
+  (kernels/cuda/gumbel_softmax.cu, noise from kernels/cuda/philox.cuh): a group of lanes per
+  row; Gumbels from whole Philox blocks, (max, first argmax) and the sums by warp shuffles;
+  dtau's row terms in float64 summed in row order. The ``"cupy"`` backend; not yet run on a
+  device.
 """
 import numpy as np
 from numba import njit, prange, types
@@ -84,6 +89,7 @@ from .reparam_sample import _check_noise_args, _philox_words, _u01_f32, _u01_f64
 __all__ = ["gumbel_softmax", "gumbel_softmax_backward", "gumbel_max",
            "gumbel_softmax_ref", "gumbel_softmax_backward_ref", "gumbel_max_ref",
            "gumbel_softmax_numba_v1", "gumbel_softmax_backward_numba_v1", "gumbel_max_numba_v1",
+           "gumbel_softmax_cupy_v1", "gumbel_softmax_backward_cupy_v1", "gumbel_max_cupy_v1",
            "VARIANTS", "BACKWARD_VARIANTS", "MAX_VARIANTS", "IMPLEMENTATIONS",
            "BACKWARD_IMPLEMENTATIONS", "MAX_IMPLEMENTATIONS", "DEFAULT"]
 
@@ -477,13 +483,118 @@ def gumbel_max_numba_v1(logits, seed, stream=0, offset=0):
 
 
 # --------------------------------------------------------------------------------------------
+# CuPy (kernels/cuda/gumbel_softmax.cu; CuPy is imported only when these run)
+# --------------------------------------------------------------------------------------------
+
+_CUPY_NAMES = ("lvm_gumbel_softmax_v1<float>", "lvm_gumbel_softmax_v1<double>",
+               "lvm_gumbel_max_v1<float>", "lvm_gumbel_max_v1<double>",
+               "lvm_gumbel_softmax_backward_v1<float>", "lvm_gumbel_softmax_backward_v1<double>")
+
+
+def _cupy_kernel(which, dtype):
+    """which: 0 forward, 1 gumbel_max, 2 backward."""
+    from . import _cupy
+    name = _CUPY_NAMES[2 * which + (dtype == np.float64)]
+    return _cupy.raw_module("gumbel_softmax.cu", _CUPY_NAMES).get_function(name)
+
+
+def _cupy_logits(logits, func):
+    from . import _cupy
+    _cupy.check_array(logits, "logits", func, 2)
+    if logits.shape[1] < 1:
+        raise ValueError(f"{func}: expected logits to have at least one category (C >= 1), got "
+                         f"shape {tuple(logits.shape)}.")
+    n, c = logits.shape
+    # lanes per row: one per Philox block the row can touch, up to a warp
+    return n, c, _cupy.group_width(-(-(c - 1) // _per_block(logits.dtype)) + 1)
+
+
+def gumbel_softmax_cupy_v1(logits, tau, seed, stream=0, offset=0, hard=False, y_out=None,
+                           y_soft_out=None):
+    """CuPy: a group of lanes per row; Gumbels from whole Philox blocks, (max, first argmax) and
+    the softmax sums by warp shuffles. Contract of ``gumbel_softmax_ref`` on cupy arrays
+    (arguments checked, logit values not)."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "gumbel_softmax_cupy_v1"
+    n, c, W = _cupy_logits(logits, func)
+    tau_d = _check_tau(tau, func, logits.dtype)
+    seed, stream, offset = _check_noise_args(func, seed, stream, offset, n * c, "N*C")
+    if y_out is None:
+        y_out = cupy.empty((n, c), dtype=logits.dtype)                             # (N, C)
+    else:
+        _cupy.check_out(y_out, "y_out", func, (n, c), logits.dtype)
+    if y_soft_out is not None:
+        if not hard:
+            raise ValueError(f"{func}: expected y_soft_out=None when hard=False (y itself is the "
+                             f"soft sample), got an array. Drop y_soft_out or pass hard=True.")
+        _cupy.check_out(y_soft_out, "y_soft_out", func, (n, c), logits.dtype)
+    if n == 0:
+        return y_out
+    soft = (not hard) or (y_soft_out is not None)
+    soft_out = y_soft_out if (hard and soft) else y_out     # not written unless soft
+    _cupy_kernel(0, logits.dtype)(
+        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
+        (logits, y_out, soft_out, np.int64(n), np.int64(c), np.int64(offset),
+         *key_words(seed, stream), tau_d, np.int32(bool(hard)), np.int32(soft), np.int32(W)))
+    return y_out
+
+
+def gumbel_softmax_backward_cupy_v1(dy, y_soft, tau, logits_plus_g_over_tau=None):
+    """CuPy: a group of lanes per row; dtau's row terms in float64, summed over rows in order.
+    Contract of ``gumbel_softmax_backward_ref`` on cupy arrays."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "gumbel_softmax_backward_cupy_v1"
+    _cupy.check_array(y_soft, "y_soft", func, 2)
+    _cupy.check_array(dy, "dy", func, 2)
+    _cupy.check_same(dy, "dy", y_soft, "y_soft", func)
+    a = logits_plus_g_over_tau
+    if a is not None:
+        _cupy.check_array(a, "logits_plus_g_over_tau", func, 2)
+        _cupy.check_same(a, "logits_plus_g_over_tau", y_soft, "y_soft", func)
+    n, c = y_soft.shape
+    tau_d = _check_tau(tau, func, y_soft.dtype)
+    dlogits = cupy.empty((n, c), dtype=y_soft.dtype)                               # (N, C)
+    if n == 0 or c == 0:
+        return dlogits, 0.0
+    partial = cupy.empty(n, dtype=np.float64)                                      # (N,)
+    W = _cupy.group_width(c)
+    _cupy_kernel(2, y_soft.dtype)(
+        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
+        (dy, y_soft, y_soft if a is None else a, dlogits, partial, np.int64(n), np.int64(c),
+         tau_d, np.int32(a is not None), np.int32(W)))
+    return dlogits, -float(partial.sum())
+
+
+def gumbel_max_cupy_v1(logits, seed, stream=0, offset=0):
+    """CuPy: the forward's first pass only. Contract of ``gumbel_max_ref`` on cupy arrays."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "gumbel_max_cupy_v1"
+    n, c, W = _cupy_logits(logits, func)
+    seed, stream, offset = _check_noise_args(func, seed, stream, offset, n * c, "N*C")
+    index = cupy.empty(n, dtype=np.int64)                                          # (N,)
+    if n == 0:
+        return index
+    _cupy_kernel(1, logits.dtype)(
+        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
+        (logits, index, np.int64(n), np.int64(c), np.int64(offset), *key_words(seed, stream),
+         np.int32(W)))
+    return index
+
+
+# --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
 
-VARIANTS = {"ref": gumbel_softmax_ref, "numba_v1": gumbel_softmax_numba_v1}
+VARIANTS = {"ref": gumbel_softmax_ref, "numba_v1": gumbel_softmax_numba_v1,
+            "cupy_v1": gumbel_softmax_cupy_v1}
 BACKWARD_VARIANTS = {"ref": gumbel_softmax_backward_ref,
-                     "numba_v1": gumbel_softmax_backward_numba_v1}
-MAX_VARIANTS = {"ref": gumbel_max_ref, "numba_v1": gumbel_max_numba_v1}
+                     "numba_v1": gumbel_softmax_backward_numba_v1,
+                     "cupy_v1": gumbel_softmax_backward_cupy_v1}
+MAX_VARIANTS = {"ref": gumbel_max_ref, "numba_v1": gumbel_max_numba_v1,
+                "cupy_v1": gumbel_max_cupy_v1}
 
 # DEFAULT: numba_v1 for all three (the only Numba variants). Evidence, 2026-11-21, project VM
 # (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4), float32, 2 Numba / 2
@@ -497,10 +608,13 @@ MAX_VARIANTS = {"ref": gumbel_max_ref, "numba_v1": gumbel_max_numba_v1}
 # own cost. On a quiet moment (load ~2): forward 1.9 / 7.3 ms vs torch 24 / 117 ms (12-16x).
 DEFAULT = "numba_v1"
 
-IMPLEMENTATIONS = {"numpy": gumbel_softmax_ref, "numba": gumbel_softmax_numba_v1}
+IMPLEMENTATIONS = {"numpy": gumbel_softmax_ref, "numba": gumbel_softmax_numba_v1,
+                   "cupy": gumbel_softmax_cupy_v1}
 BACKWARD_IMPLEMENTATIONS = {"numpy": gumbel_softmax_backward_ref,
-                            "numba": gumbel_softmax_backward_numba_v1}
-MAX_IMPLEMENTATIONS = {"numpy": gumbel_max_ref, "numba": gumbel_max_numba_v1}
+                            "numba": gumbel_softmax_backward_numba_v1,
+                            "cupy": gumbel_softmax_backward_cupy_v1}
+MAX_IMPLEMENTATIONS = {"numpy": gumbel_max_ref, "numba": gumbel_max_numba_v1,
+                       "cupy": gumbel_max_cupy_v1}
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,6 +97,11 @@ Variants
   run at once and each GEMM runs at one-core speed with no fork/join. DEFAULT. The limit is
   process-wide while the call runs: BLAS work started meanwhile by another Python thread also
   runs on one thread.
+- ``nearest_code_cupy_v1`` (kernels/cuda/nearest_code.cu): per tile of queries one cuBLAS GEMM
+  (``cupy.matmul(out=)``) into a reused (tile, M) block of at most 64 MiB, then a kernel with a
+  group of lanes per query: argmin by warp shuffles (lower index on equal scores), dist2 in
+  float64 against the chosen code. Duplicate codes are collapsed on the host as above. The
+  ``"cupy"`` backend; not yet run on a device.
 
 Performance (N = 65536, E = 64, float32, 2 threads; numbers in the DEFAULT comment)
 -----------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ from numba import njit, prange
 from lvmcore._validation import check_array, check_same_dtype, check_same_device
 
 __all__ = ["nearest_code_ref", "nearest_code_numba_v1", "nearest_code_numba_v2",
-           "VARIANTS", "IMPLEMENTATIONS"]
+           "nearest_code_cupy_v1", "VARIANTS", "IMPLEMENTATIONS"]
 
 _FUNC = "nearest_code"
 
@@ -357,10 +362,91 @@ def nearest_code_numba_v2(x, codebook, codebook_sqnorm=None):
     return _finish(x, keep, index, dist2)
 
 
+# --------------------------------------------------------------------------------------------
+# CuPy (kernels/cuda/nearest_code.cu; CuPy is imported only when this runs)
+# --------------------------------------------------------------------------------------------
+
+_CUPY_NAMES = ("lvm_nearest_code_v1<float>", "lvm_nearest_code_v1<double>")
+# Bytes of the (tile, M) score block on the GPU: large enough that each cuBLAS GEMM is big
+# (2048 queries at M = 8192 in float32), small next to device memory, independent of N.
+_CUPY_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
+    """Nearest code on the GPU: per tile of queries one cuBLAS GEMM (``cupy.matmul``) into a
+    reused (tile, M) buffer, then a kernel with a group of lanes per query for the argmin (lowest
+    index on equal scores) and the float64 distance to the chosen code. Contract of
+    ``nearest_code_ref`` on cupy arrays (validation included: finiteness costs one device
+    reduction and a sync, duplicate detection one M x E copy to the host)."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "nearest_code_cupy_v1"
+    for name, a in (("x", x), ("codebook", codebook), ("codebook_sqnorm", codebook_sqnorm)):
+        if a is not None and not isinstance(a, cupy.ndarray):
+            raise TypeError(f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), "
+                            f"got {type(a).__module__}.{type(a).__name__}. Move it with "
+                            f"cupy.asarray(...) or call the numpy/numba backend.")
+    check_array(x, "x", _FUNC, ndim=2)
+    check_array(codebook, "codebook", _FUNC, ndim=2)
+    check_same_dtype([x, codebook], ["x", "codebook"], _FUNC)
+    n, e = x.shape
+    m = codebook.shape[0]
+    if e < 1:
+        raise ValueError(f"{_FUNC}: expected x to have at least one column (E >= 1), got x of "
+                         f"shape {tuple(x.shape)}.")
+    if codebook.shape[1] != e:
+        raise ValueError(f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
+                         f"of shape {tuple(codebook.shape)}.")
+    if m < 1:
+        raise ValueError(f"{_FUNC}: expected codebook to have at least one row, got codebook of "
+                         f"shape {tuple(codebook.shape)}.")
+    x = cupy.ascontiguousarray(x)
+    codebook = cupy.ascontiguousarray(codebook)
+    if codebook_sqnorm is not None:
+        check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, shape=(m,))
+        check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
+    keep = _first_of_duplicates(cupy.asnumpy(codebook))   # the tie rule, decided on the host
+    if keep is not None:
+        keep = cupy.asarray(keep)                                                  # (M',)
+        codebook = codebook[keep]                                                  # (M', E)
+        if codebook_sqnorm is not None:
+            codebook_sqnorm = codebook_sqnorm[keep]
+    if codebook_sqnorm is None:
+        codebook_sqnorm = (codebook * codebook).sum(axis=1)                        # (M',)
+    cn = cupy.ascontiguousarray(codebook_sqnorm)
+    index = cupy.empty(n, dtype=np.int64)                                          # (N,)
+    dist2 = cupy.empty(n, dtype=x.dtype)                                           # (N,)
+    if n == 0:
+        return index, dist2
+    m = codebook.shape[0]
+    tile = max(1, min(n, _CUPY_BLOCK_BYTES // (m * x.itemsize)))
+    buf = cupy.empty((tile, m), dtype=x.dtype)                                     # (tile, M')
+    cb_t = codebook.T                                                              # (E, M')
+    W = _cupy.group_width(max(m, e))
+    kernel = _cupy.raw_module("nearest_code.cu", _CUPY_NAMES).get_function(
+        _CUPY_NAMES[x.dtype == np.float64])
+    for n0 in range(0, n, tile):
+        n1 = min(n0 + tile, n)
+        s = buf[:n1 - n0]
+        cupy.matmul(x[n0:n1], cb_t, out=s)                                         # cuBLAS
+        kernel((_cupy.grid((n1 - n0) * W, _cupy.THREADS),), (_cupy.THREADS,),
+               (s, cn, x[n0:n1], codebook, index[n0:n1], dist2[n0:n1], np.int64(n1 - n0),
+                np.int64(m), np.int64(e), np.int32(W)))
+    bad = ~cupy.isfinite(dist2)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{_FUNC}: expected the squared distances to fit in {x.dtype}, got {int(bad.sum())} "
+            f"rows whose squared distance overflows. Rescale x and codebook, or use float64.")
+    if keep is not None:
+        index = keep[index]
+    return index, dist2
+
+
 VARIANTS = {
     "ref": nearest_code_ref,
     "numba_v1": nearest_code_numba_v1,
     "numba_v2": nearest_code_numba_v2,
+    "cupy_v1": nearest_code_cupy_v1,
 }
 
 # DEFAULT: numba_v2 ("numba" below). Evidence, 2026-11-21, development VM (AMD EPYC Zen 4, 2 vCPUs
@@ -378,4 +464,5 @@ VARIANTS = {
 IMPLEMENTATIONS = {
     "numpy": nearest_code_ref,
     "numba": nearest_code_numba_v2,
+    "cupy": nearest_code_cupy_v1,
 }

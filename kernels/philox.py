@@ -88,7 +88,10 @@ Variants
 - ``*_ref``: NumPy, vectorized over blocks with uint64 arithmetic. The oracle.
 - ``*_numba``: ``@njit(parallel=True)``, ``prange`` over blocks; each block writes its own E
   outputs, so there is no shared accumulation and no race.
-- CUDA: not written yet; it must follow the mapping above.
+- ``*_cupy`` (``kernels/cuda/philox.cuh``, fills in ``philox.cu``): the same mapping with
+  ``__umulhi``, the exact conversions written with non-contracting ``__fadd_rn``/``__fmul_rn``,
+  Box-Muller with ``logf``/``sincosf`` (float32) and ``log``/``sincos`` (float64); one thread per
+  block. Unverified on a device so far: run tests/test_kernels_cupy.py on a GPU.
 
 Cost (Nov 2026 dev VM, shared and loaded): 25M float32 normals take about 0.28 s of CPU time
 (one thread), i.e. about 0.14 s on 2 threads when the cores are free; uniforms about 0.08 s of
@@ -110,6 +113,7 @@ from numba import njit, prange
 __all__ = [
     "philox4x32_10_ref", "philox4x32_10", "key_words",
     "uniform_ref", "uniform_numba", "normal_ref", "normal_numba", "gumbel_ref", "gumbel_numba",
+    "uniform_cupy", "normal_cupy", "gumbel_cupy",
 ]
 
 # Philox4x32 constants (Random123 philox.h). Numba freezes these module-level uint64 scalars into
@@ -588,3 +592,44 @@ def normal_numba(seed, stream, n, dtype, offset=0, *, out=None):
 def gumbel_numba(seed, stream, n, dtype, offset=0, *, out=None):
     """Standard Gumbels, Numba. Signature of ``gumbel_ref``; values agree to a few ulp."""
     return _fill_numba(_GUMBEL, "gumbel_numba", seed, stream, n, dtype, offset, out)
+
+
+# --------------------------------------------------------------------------------------------
+# CuPy: the fills on a GPU (kernels/cuda/philox.cu); CuPy is imported only when they are called
+# --------------------------------------------------------------------------------------------
+
+_CUPY_NAMES = ("lvm_philox_fill_v1<float>", "lvm_philox_fill_v1<double>")
+
+
+def _fill_cupy(kind, func, seed, stream, n, dtype, offset, out):
+    from . import _cupy
+    cupy = _cupy.cupy
+    seed, stream, n, dtype, offset = _check_fill_args(func, seed, stream, n, dtype, offset, None)
+    if out is None:
+        out = cupy.empty(n, dtype=dtype)                                          # (n,)
+    else:
+        _cupy.check_out(out, "out", func, (n,), dtype)
+    if n == 0:
+        return out
+    per = _PER_BLOCK[dtype]
+    nblocks = (offset + n - 1) // per - offset // per + 1
+    name = _CUPY_NAMES[dtype == np.float64]
+    kernel = _cupy.raw_module("philox.cu", _CUPY_NAMES).get_function(name)
+    kernel((_cupy.grid(nblocks, _cupy.THREADS),), (_cupy.THREADS,),
+           (out, np.int64(n), np.int64(offset), *key_words(seed, stream), np.int32(kind)))
+    return out
+
+
+def uniform_cupy(seed, stream, n, dtype, offset=0, *, out=None):
+    """Uniforms in (0, 1) on the GPU, a cupy.ndarray; the bits of ``uniform_ref``."""
+    return _fill_cupy(_UNIFORM, "uniform_cupy", seed, stream, n, dtype, offset, out)
+
+
+def normal_cupy(seed, stream, n, dtype, offset=0, *, out=None):
+    """Standard normals on the GPU; ``normal_ref``'s to a few ulp."""
+    return _fill_cupy(_NORMAL, "normal_cupy", seed, stream, n, dtype, offset, out)
+
+
+def gumbel_cupy(seed, stream, n, dtype, offset=0, *, out=None):
+    """Standard Gumbels on the GPU; ``gumbel_ref``'s to a few ulp."""
+    return _fill_cupy(_GUMBEL, "gumbel_cupy", seed, stream, n, dtype, offset, out)

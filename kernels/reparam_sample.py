@@ -91,6 +91,11 @@ Variants
   fill, too short for the 8/16-lane vector loop (it runs the scalar remainder), so the noise
   cost several times more: 2.6-3.2x slower than v2 at (5000, 100, 50), 2.0-2.5x at (50, 100, 50)
   (float32, 2 threads, medians, see DEFAULT below).
+- ``reparam_sample_cupy_v1`` / ``reparam_sample_backward_cupy_v1`` (kernels/cuda/
+  reparam_sample.cu, noise from kernels/cuda/philox.cuh): forward, a group of lanes per (k, b)
+  row converting whole Philox blocks, row sums by warp shuffles; backward, a thread per
+  (K-chunk, b, j) with float64 partials summed in chunk order, eps regenerated bit for bit as
+  the forward drew it. The ``"cupy"`` backend; not yet run on a device.
 """
 import math
 
@@ -109,6 +114,7 @@ from .philox import key_words, normal_ref
 __all__ = ["reparam_sample", "reparam_sample_backward",
            "reparam_sample_ref", "reparam_sample_backward_ref",
            "reparam_sample_numba_v1", "reparam_sample_backward_numba_v2",
+           "reparam_sample_cupy_v1", "reparam_sample_backward_cupy_v1",
            "VARIANTS", "BACKWARD_VARIANTS", "IMPLEMENTATIONS", "BACKWARD_IMPLEMENTATIONS",
            "DEFAULT", "BACKWARD_DEFAULT"]
 
@@ -623,16 +629,110 @@ def reparam_sample_backward_numba_v2(dz, dlog_q, dlog_p, mu, logvar, seed, strea
 
 
 # --------------------------------------------------------------------------------------------
+# CuPy (kernels/cuda/reparam_sample.cu; CuPy is imported only when these run)
+# --------------------------------------------------------------------------------------------
+
+_CUPY_NAMES = ("lvm_reparam_sample_v1<float>", "lvm_reparam_sample_v1<double>",
+               "lvm_reparam_sample_backward_v1<float>", "lvm_reparam_sample_backward_v1<double>")
+# Backward: K is cut into chunks until about this many threads per SM have a (chunk, b, j).
+_CUPY_BWD_THREADS_PER_SM = 2048
+
+
+def _check_cupy_inputs(func, mu, logvar):
+    from . import _cupy
+    _cupy.check_array(mu, "mu", func, 2)
+    _cupy.check_array(logvar, "logvar", func, 2)
+    _cupy.check_same(logvar, "logvar", mu, "mu", func)
+
+
+def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
+    """CuPy: a group of lanes per (k, b) row converts the Philox blocks overlapping the row into
+    normals, writes z and reduces log_q, log_p by warp shuffles. Contract of
+    ``reparam_sample_ref`` on cupy arrays (noise to a few ulp; arguments checked, values not)."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "reparam_sample_cupy_v1"
+    _check_cupy_inputs(func, mu, logvar)
+    k = check_param(k, "k", func, kind="int", low=1, low_inclusive=True)
+    seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
+    b, zd = mu.shape
+    dtype = mu.dtype.type
+    if z_out is None:
+        z_out = cupy.empty((k, b, zd), dtype=mu.dtype)                             # (K, B, Z)
+    else:
+        _cupy.check_out(z_out, "z_out", func, (k, b, zd), mu.dtype)
+    log_q = cupy.empty((k, b), dtype=mu.dtype)                                     # (K, B)
+    log_p = cupy.empty((k, b), dtype=mu.dtype)                                     # (K, B)
+    if b == 0:
+        return z_out, log_q, log_p
+    if zd == 0:
+        log_q.fill(0)
+        log_p.fill(0)
+        return z_out, log_q, log_p
+    per = _per_block(mu.dtype)
+    W = _cupy.group_width(-(-(zd - 1) // per) + 1)     # Philox blocks a row can touch
+    rows = k * b
+    name = _CUPY_NAMES[mu.dtype == np.float64]
+    kernel = _cupy.raw_module("reparam_sample.cu", _CUPY_NAMES).get_function(name)
+    kernel((_cupy.grid(rows * W, _cupy.THREADS),), (_cupy.THREADS,),
+           (mu, logvar, z_out, log_q, log_p, np.int64(rows), np.int64(b), np.int64(zd),
+            np.int64(offset), *key_words(seed, stream), dtype(-0.5 * zd * _LOG_2PI),
+            np.int32(W)))
+    return z_out, log_q, log_p
+
+
+def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, offset=0):
+    """CuPy: a thread per (K-chunk, b, j) regenerates its normals and accumulates in float64;
+    the chunks are summed in order. Contract of ``reparam_sample_backward_ref`` on cupy arrays
+    (a None upstream gradient reads as zeros)."""
+    from . import _cupy
+    cupy = _cupy.cupy
+    func = "reparam_sample_backward_cupy_v1"
+    _check_cupy_inputs(func, mu, logvar)
+    b, zd = mu.shape
+    k = next((a.shape[0] for a in (dz, dlog_q, dlog_p) if a is not None), None)
+    if k is None:
+        raise ValueError(f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None.")
+    for name, a, shape in (("dz", dz, (k, b, zd)), ("dlog_q", dlog_q, (k, b)),
+                           ("dlog_p", dlog_p, (k, b))):
+        if a is not None:
+            _cupy.check_array(a, name, func, len(shape))
+            _cupy.check_same(a, name, mu, "mu", func, shape=shape)
+    seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
+    dz = cupy.zeros((k, b, zd), mu.dtype) if dz is None else dz
+    dlog_q = cupy.zeros((k, b), mu.dtype) if dlog_q is None else dlog_q
+    dlog_p = cupy.zeros((k, b), mu.dtype) if dlog_p is None else dlog_p
+    plane = b * zd
+    if plane == 0 or k == 0:
+        acc_mu = acc_lv = cupy.zeros((1, b, zd), np.float64)
+    else:
+        want = _cupy.sm_count() * _CUPY_BWD_THREADS_PER_SM
+        nkc = max(1, min(k, -(-want // plane)))
+        acc_mu = cupy.empty((nkc, b, zd), np.float64)      # (K-chunks, B, Z), every slot written
+        acc_lv = cupy.empty((nkc, b, zd), np.float64)
+        name = _CUPY_NAMES[2 + (mu.dtype == np.float64)]
+        kernel = _cupy.raw_module("reparam_sample.cu", _CUPY_NAMES).get_function(name)
+        kernel((_cupy.grid(nkc * plane, _cupy.THREADS),), (_cupy.THREADS,),
+               (dz, dlog_p, mu, logvar, acc_mu, acc_lv, np.int64(k), np.int64(b), np.int64(zd),
+                np.int64(nkc), np.int64(offset), *key_words(seed, stream)))
+    dmu = acc_mu.sum(axis=0)                                                       # (B, Z)
+    dlogvar = 0.5 * acc_lv.sum(axis=0) - 0.5 * dlog_q.sum(axis=0, dtype=np.float64)[:, None]
+    return dmu.astype(mu.dtype), dlogvar.astype(mu.dtype)
+
+
+# --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
 
 VARIANTS = {
     "ref": reparam_sample_ref,
     "numba_v1": reparam_sample_numba_v1,
+    "cupy_v1": reparam_sample_cupy_v1,
 }
 BACKWARD_VARIANTS = {
     "ref": reparam_sample_backward_ref,
     "numba_v2": reparam_sample_backward_numba_v2,
+    "cupy_v1": reparam_sample_backward_cupy_v1,
 }
 
 # DEFAULT: numba_v1 (forward, the only variant) and numba_v2 (backward). Evidence, 2026-11-21,
@@ -647,9 +747,11 @@ BACKWARD_VARIANTS = {
 DEFAULT = "numba_v1"
 BACKWARD_DEFAULT = "numba_v2"
 
-IMPLEMENTATIONS = {"numpy": reparam_sample_ref, "numba": reparam_sample_numba_v1}
+IMPLEMENTATIONS = {"numpy": reparam_sample_ref, "numba": reparam_sample_numba_v1,
+                   "cupy": reparam_sample_cupy_v1}
 BACKWARD_IMPLEMENTATIONS = {"numpy": reparam_sample_backward_ref,
-                            "numba": reparam_sample_backward_numba_v2}
+                            "numba": reparam_sample_backward_numba_v2,
+                            "cupy": reparam_sample_backward_cupy_v1}
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from lvmcore.losses.likelihoods import bernoulli_nll_backward, bernoulli_nll_for
 from lvmcore.testing import PARITY_TOLERANCES, check_vjp
 
 DTYPES = [np.float32, np.float64]
-VARIANTS = sorted(BL.VARIANTS)
+# CPU variants (the "cupy_*" ones have their own tests and need a device)
+VARIANTS = sorted(v for v in BL.VARIANTS if not v.startswith("cupy"))
+CPU_BACKENDS = ["numba", "numpy"]
 # (S, B, D): N = S * B rows of logits scored against B rows of x
 SHAPES = [(1, 1, 1), (1, 1, 7), (3, 5, 7), (1, 1, 784), (2, 3, 784), (3, 7, 784), (4, 1, 33),
           (1, 17, 64)]
@@ -165,7 +167,7 @@ def test_reference_gradient_by_finite_differences(rng):
     check_vjp(forward, backward, [logits], names=["logits"])
 
 
-@pytest.mark.parametrize("backend", sorted(BL.BACKWARD_IMPLEMENTATIONS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_backward_matches_reference_and_runs_in_place(backend, dtype, rng, path):
     logits, x = _data(rng, 3, 5, 7, dtype)
@@ -248,7 +250,7 @@ def test_bad_grad_out_is_rejected():
     with pytest.raises(ValueError, match="overlapping logits"):
         BL.bernoulli_loglik(big[:6], x, big[3:])
     with pytest.raises(ValueError, match="backend"):
-        BL.bernoulli_loglik(logits, x, backend="cuda")
+        BL.bernoulli_loglik(logits, x, backend="fortran")
 
 
 def test_check_values():

@@ -30,6 +30,11 @@ STREAM = 0xFEDCBA9876543210
 NOISE_ULP = 8
 
 
+def _cpu(table):
+    """The CPU variants of a table (the "cupy_*" ones run in test_kernels_cupy.py, on a GPU)."""
+    return sorted(v for v in table if not v.startswith("cupy"))
+
+
 def _g_ref(n, c, dtype, offset=0):
     return P.gumbel_ref(SEED, STREAM, n * c, dtype, offset).reshape(n, c)
 
@@ -76,7 +81,7 @@ def _softmax_tol(dtype, logits, g, tau, y_ref):
     return rel * y_ref + 1e-36
 
 
-@pytest.mark.parametrize("variant", sorted(G.VARIANTS))
+@pytest.mark.parametrize("variant", _cpu(G.VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("offset", [0, 3])
@@ -95,7 +100,7 @@ def test_forward_variants_match_reference(variant, dtype, shape, offset, tau, rn
                                atol=(c + 4) * EPS[np.dtype(dtype)])
 
 
-@pytest.mark.parametrize("variant", sorted(G.MAX_VARIANTS))
+@pytest.mark.parametrize("variant", _cpu(G.MAX_VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("offset", [0, 3])
@@ -220,7 +225,7 @@ def test_reference_backward_matches_finite_differences(use_argument, rng):
               {"logits": dlogits, "tau": np.array([dtau])})
 
 
-@pytest.mark.parametrize("variant", sorted(G.BACKWARD_VARIANTS))
+@pytest.mark.parametrize("variant", _cpu(G.BACKWARD_VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("use_argument", [False, True])
@@ -397,7 +402,7 @@ LOGITS = np.zeros((4, 3), np.float32)
      r"no NaN or \+inf"),
     (dict(logits=np.full((4, 3), -np.inf, np.float32), check_values=True), ValueError,
      "rows of -inf only"),
-    (dict(backend="cupy"), ValueError, "expected backend to be one of"),
+    (dict(backend="fortran"), ValueError, "expected backend to be one of"),
 ])
 def test_forward_validation(kwargs, exc, match):
     args = dict(logits=LOGITS, tau=0.5, seed=1)
