@@ -145,7 +145,7 @@ def bench_nearest(P, R, repeat):
     for m in (512, 8192):
         cb = rng.standard_normal((m, 64)).astype(np.float32)
         rep = repeat if m == 512 else max(3, repeat // 3)
-        ours = median_ms(lambda: nc.nearest_code(x, cb), rep)
+        ours = median_ms(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), rep)
         out = np.empty((4096, m), np.float32)
 
         def sgemm():
@@ -229,21 +229,9 @@ def bench_training(P, R, repeat):
         ours = median_ms(ours_step, repeat * 2)
         peers = {}
         if P.torch:
-            torch = P.torch
-            torch.manual_seed(0)
             for ftz in (False, True):
-                torch.set_flush_denormal(ftz)
-                tstep, _ = _torch_model(torch, k)
-                TX = torch.from_numpy(X)
-                it2 = iter(range(10 ** 9))
-
-                def tstep_next():
-                    i = next(it2) * batch % 2000
-                    tstep(TX[i:i + batch])
-                for _ in range(20):
-                    tstep_next()
-                peers["torch" + (" FTZ" if ftz else "")] = median_ms(tstep_next, repeat * 2)
-            torch.set_flush_denormal(False)
+                peers["torch" + (" FTZ" if ftz else "")] = _torch_worker(
+                    P.threads, "train", batch, k, repeat * 2, ftz)
         flops = 6 * batch * k * (784 * 200 + 200 * 200 + 200 * 50 + 50 * 200 + 200 * 200
                                  + 200 * 784) + 6 * batch * 200 * 50
         gf = flops / (ours / 1e3) / 1e9
@@ -261,14 +249,45 @@ def bench_eval(P, R, repeat):
                      max(3, repeat // 5), warmup=1)
     peers = {}
     if P.torch:
-        _, tev = _torch_model(P.torch, 1)
-        TX = P.torch.from_numpy(X[:n])
-        peers["torch no_grad"] = median_ms(lambda: tev(TX, 5000), max(3, repeat // 5), warmup=1)
+        peers["torch no_grad"] = _torch_worker(P.threads, "eval", n, 5000, max(3, repeat // 5))
     rows = n * 5000
     flops = 2 * rows * (50 * 200 + 200 * 200 + 200 * 784)
     gf = flops / (ours / 1e3) / 1e9
     row(f"K=5000 log-likelihood, {n} images", ours, peers,
         f"{n / (ours / 1e3):.1f} images/s; {gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM")
+
+
+def _torch_worker(threads, kind, batch, k, repeat, ftz=False):
+    """Median ms of a PyTorch training step or evaluation, timed in a fresh process so that
+    no other library's thread pool is spinning beside it."""
+    import subprocess
+    out = subprocess.run([sys.executable, __file__, "--torch-worker",
+                          f"{threads},{kind},{batch},{k},{repeat},{int(ftz)}"],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def torch_worker_main(spec):
+    threads, kind, batch, k, repeat, ftz = spec.split(",")
+    threads, batch, k, repeat = int(threads), int(batch), int(k), int(repeat)
+    import torch
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(bool(int(ftz)))
+    torch.manual_seed(0)
+    X = torch.from_numpy((np.random.default_rng(0).random((2000, 784)) < 0.13)
+                         .astype(np.float32))
+    step, evaluate = _torch_model(torch, k if kind == "train" else 1)
+    if kind == "train":
+        it = iter(range(10 ** 9))
+
+        def fn():
+            i = next(it) * batch % 2000
+            step(X[i:i + batch])
+        for _ in range(20):
+            fn()
+        print(median_ms(fn, repeat))
+    else:
+        print(median_ms(lambda: evaluate(X[:batch], k), repeat, warmup=1))
 
 
 BENCHES = {"importance": bench_importance_weights, "bernoulli": bench_bernoulli,
@@ -282,7 +301,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--only", default=",".join(BENCHES))
+    p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.torch_worker:
+        torch_worker_main(a.torch_worker)
+        return 0
     P = Peers(a.threads)
     R = machine_rates(a.repeat)
     print(f"threads {a.threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "

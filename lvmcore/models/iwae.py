@@ -27,6 +27,7 @@ score term it drops has non-zero mean under the normalized weights (Tucker et al
 import numpy as np
 
 from .._validation import check_param, get_xp
+from ..backend import engine_kernel_threads
 from ..losses import bernoulli_nll_backward, gaussian_nll_backward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from ..ops import reparam_backward
@@ -129,8 +130,9 @@ class IWAE(VAE):
         if validate:
             self._check_x(x, "IWAE.loss_and_grads")
         self.zero_grad()
-        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]))
-        self.backward(cache)
+        with engine_kernel_threads():
+            loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]))
+            self.backward(cache)
         return loss, dict(bound=-loss)
 
     def elbo(self, x, rng, batch_size=100):

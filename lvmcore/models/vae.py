@@ -23,7 +23,7 @@ from ..distributions.kl import (KLNormalStdCache, kl_normal_std_per_dim,
                                 kl_normal_std_per_dim_backward)
 from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
                       gaussian_nll_forward, kl_term_backward, kl_term_forward)
-from ..backend import get_backend
+from ..backend import engine_kernel_threads, get_backend
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
 
@@ -266,6 +266,11 @@ class VAE:
         xp = be.xp
         if chunk_size is None:  # about 2**15 decoder rows per chunk
             chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
+        with engine_kernel_threads():
+            return self._log_likelihood(x, rng, k, batch_size, chunk_size, be)
+
+    def _log_likelihood(self, x, rng, k, batch_size, chunk_size, be):
+        xp = be.xp
         sample = be.kernel("reparam_sample")
         weights = be.kernel("importance_weights")
         out = []
@@ -381,8 +386,9 @@ class VAE:
         if validate:
             self._check_x(x, "VAE.loss_and_grads")
         self.zero_grad()
-        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight)
-        self.backward(cache)
+        with engine_kernel_threads():
+            loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight)
+            self.backward(cache)
         return loss, self._summary(cache)
 
     @staticmethod
