@@ -264,8 +264,9 @@ class VAE:
         k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
         be = get_backend(x)
         xp = be.xp
-        if chunk_size is None:  # about 2**15 decoder rows per chunk
-            chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
+        if chunk_size is None:  # about 2**13 decoder rows per chunk: GEMMs stay large,
+            # and peak memory stays the same for every k above a few hundred
+            chunk_size = max(1, min(k, (1 << 13) // max(1, min(batch_size, x.shape[0]))))
         with engine_kernel_threads():
             return self._log_likelihood(x, rng, k, batch_size, chunk_size, be)
 
