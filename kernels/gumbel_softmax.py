@@ -83,8 +83,11 @@ from lvmcore._validation import check_param
 from lvmcore.exceptions import InvalidParameterError
 
 from .fastmath import exp, log, log_f32, log_f64
+from .philox import _uniform01_f32 as _u01_f32
+from .philox import _uniform01_f64 as _u01_f64
 from .philox import gumbel_ref, key_words
-from .reparam_sample import _check_noise_args, _philox_words, _u01_f32, _u01_f64
+from .philox import philox_words as _philox_words
+from .reparam_sample import _check_noise_args
 
 __all__ = ["gumbel_softmax", "gumbel_softmax_backward", "gumbel_max",
            "gumbel_softmax_ref", "gumbel_softmax_backward_ref", "gumbel_max_ref",

@@ -345,17 +345,13 @@ def gumbel_ref(seed, stream, n, dtype, offset=0, *, out=None):
 # Numba: scalar helpers (callable from other @njit kernels), then the fill kernels
 # --------------------------------------------------------------------------------------------
 
-@njit(cache=True)
-def philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 of one counter (c0, c1, c2, c3) under key (k0, k1) -> 4 uint32 words."""
-    # Everything in uint64: the products of two 32-bit values are exact, and masks bring sums
-    # back to 32 bits. Never mix in a signed integer (uint64 op int64 -> float64 in Numba).
-    c0 = np.uint64(c0)
-    c1 = np.uint64(c1)
-    c2 = np.uint64(c2)
-    c3 = np.uint64(c3)
-    k0 = np.uint64(k0)
-    k1 = np.uint64(k1)
+@njit(cache=True, inline="always")
+def _rounds(c0, c1, c2, c3, k0, k1):
+    """The ten Philox4x32 rounds on uint64 words holding 32-bit values.
+
+    Everything stays in uint64: the products of two 32-bit values are exact, and masks bring
+    sums back to 32 bits. Never mix in a signed integer (uint64 op int64 -> float64 in Numba).
+    Inlined into its callers so that their loops over blocks vectorize."""
     for r in range(_ROUNDS):
         if r > 0:
             k0 = (k0 + _W0) & _MASK32
@@ -368,7 +364,22 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
         c3 = p0 & _MASK32
         c0 = n0
         c2 = n2
-    return np.uint32(c0), np.uint32(c1), np.uint32(c2), np.uint32(c3)
+    return c0, c1, c2, c3
+
+
+@njit(cache=True)
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of one counter (c0, c1, c2, c3) under key (k0, k1) -> 4 uint32 words."""
+    w0, w1, w2, w3 = _rounds(np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3),
+                             np.uint64(k0), np.uint64(k1))
+    return np.uint32(w0), np.uint32(w1), np.uint32(w2), np.uint32(w3)
+
+
+@njit(cache=True, inline="always")
+def philox_words(b, s0, s1, k0, k1):
+    """Words of block ``b`` as uint64 (counter (b mod 2^32, b >> 32, s0, s1), key (k0, k1), all
+    uint64 holding 32-bit values): the form for kernels whose loops over blocks vectorize."""
+    return _rounds(b & _MASK32, b >> _SHIFT32, s0, s1, k0, k1)
 
 
 @njit(cache=True)
@@ -378,13 +389,13 @@ def _block(k0, k1, s0, s1, b):
     return philox4x32_10(ub & _MASK32, ub >> _SHIFT32, s0, s1, k0, k1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _uniform01_f32(w):
     """uint32 word -> float32 in [2**-24, 1 - 2**-24]: (float32(w >> 9) + 0.5) * 2**-23, exact."""
     return (np.float32(np.uint64(w) >> _SHIFT9) + _HALF_F32) * _TWO_M23
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _uniform01_f64(a, b):
     """Two uint32 words -> float64 in [2**-53, 1 - 2**-53], exact (a supplies the high bits)."""
     x = ((np.uint64(a) << _SHIFT32) | np.uint64(b)) >> _SHIFT12

@@ -109,7 +109,10 @@ from lvmcore._validation import check_param
 from lvmcore.exceptions import InvalidParameterError
 
 from .fastmath import log_f32, log_f64
+from .philox import _uniform01_f32 as _u01_f32
+from .philox import _uniform01_f64 as _u01_f64
 from .philox import key_words, normal_ref
+from .philox import philox_words as _philox_words
 
 __all__ = ["reparam_sample", "reparam_sample_backward",
            "reparam_sample_ref", "reparam_sample_backward_ref",
@@ -132,7 +135,7 @@ _MIN_TASKS = 16
 
 
 # --------------------------------------------------------------------------------------------
-# Vectorizable Philox4x32-10 and Box-Muller (the mapping of kernels.philox, bit for bit in the
+# Box-Muller on the vectorizable Philox words of kernels.philox (its mapping, bit for bit in the
 # uniforms). Straight-line helpers, inlined at Numba IR level into the fill loops below. The
 # fills say fastmath=False *explicitly*: Numba compiles a callee that leaves fastmath unset with
 # its caller's flags (flag inheritance), so without it the fills, called from the reassoc
@@ -140,20 +143,9 @@ _MIN_TASKS = 16
 # LLVM to rewrite the magic-number rounding and the exact conversions.
 # --------------------------------------------------------------------------------------------
 
-_M0 = np.uint64(0xD2511F53)
-_M1 = np.uint64(0xCD9E8D57)
-_W0 = np.uint64(0x9E3779B9)
-_W1 = np.uint64(0xBB67AE85)
-_MASK32 = np.uint64(0xFFFFFFFF)
-_SHIFT32 = np.uint64(32)
-_SHIFT9 = np.uint64(9)
-_SHIFT12 = np.uint64(12)
-_HALF_F32 = np.float32(0.5)
-_TWO_M23 = np.float32(2.0 ** -23)
 _MINUS_TWO_F32 = np.float32(-2.0)
 _TWO_PI_F32 = np.float32(2.0 * math.pi)
 _HALF_F64 = np.float64(0.5)
-_TWO_M52 = np.float64(2.0 ** -52)
 _MINUS_TWO_F64 = np.float64(-2.0)
 _TWO_PI_F64 = np.float64(2.0 * math.pi)
 
@@ -194,41 +186,6 @@ def _sqrt(typingctx, x):
         return builder.call(fn, args)
 
     return x(x), codegen
-
-
-@njit(cache=True, inline="always")
-def _philox_words(b, s0, s1, k0, k1):
-    """Philox4x32-10 of counter (b mod 2^32, b >> 32, s0, s1) under key (k0, k1); all uint64
-    holding 32-bit values. Same rounds as ``philox.philox4x32_10``, written for vector loops."""
-    c0 = b & _MASK32
-    c1 = b >> _SHIFT32
-    c2 = s0
-    c3 = s1
-    for r in range(10):
-        if r > 0:
-            k0 = (k0 + _W0) & _MASK32
-            k1 = (k1 + _W1) & _MASK32
-        p0 = _M0 * c0
-        p1 = _M1 * c2
-        n0 = (p1 >> _SHIFT32) ^ c1 ^ k0
-        n2 = (p0 >> _SHIFT32) ^ c3 ^ k1
-        c1 = p1 & _MASK32
-        c3 = p0 & _MASK32
-        c0 = n0
-        c2 = n2
-    return c0, c1, c2, c3
-
-
-@njit(cache=True, inline="always")
-def _u01_f32(w):
-    """U32 of philox.py: (float32(w >> 9) + 0.5) * 2^-23, exact."""
-    return (np.float32(w >> _SHIFT9) + _HALF_F32) * _TWO_M23
-
-
-@njit(cache=True, inline="always")
-def _u01_f64(a, b):
-    """U64 of philox.py: (float64(((a << 32) | b) >> 12) + 0.5) * 2^-52, exact."""
-    return (np.float64(((a << _SHIFT32) | b) >> _SHIFT12) + _HALF_F64) * _TWO_M52
 
 
 @njit(cache=True, inline="always")
