@@ -76,8 +76,7 @@ Variants
   device.
 """
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from lvmcore._validation import check_param
 from lvmcore.exceptions import InvalidParameterError
@@ -85,7 +84,7 @@ from lvmcore.exceptions import InvalidParameterError
 from .fastmath import exp, log, log_f32, log_f64
 from .philox import _uniform01_f32 as _u01_f32
 from .philox import _uniform01_f64 as _u01_f64
-from .philox import gumbel_ref, key_words
+from .philox import fill_by_dtype, gumbel_ref, key_words, per_block
 from .philox import philox_words as _philox_words
 from .reparam_sample import _check_noise_args
 
@@ -135,24 +134,11 @@ def _gumbels_f64(buf, k0, k1, s0, s1, first):
         buf[2 * i + 1] = -log_f64(-log_f64(_u01_f64(w2, w3)))
 
 
-def _gumbels(buf, k0, k1, s0, s1, first):
-    """Fill ``buf`` with the Gumbels of whole blocks from ``first`` on (4 float32 or 2 float64
-    per block). For @njit code; from Python it runs the compiled fill."""
-    fill = _gumbels_f32 if buf.dtype == np.float32 else _gumbels_f64
-    fill(buf, k0, k1, s0, s1, first)
-
-
-@overload(_gumbels)
-def _gumbels_overload(buf, k0, k1, s0, s1, first):
-    if buf.dtype == types.float32:
-        return lambda buf, k0, k1, s0, s1, first: _gumbels_f32(buf, k0, k1, s0, s1, first)
-    if buf.dtype == types.float64:
-        return lambda buf, k0, k1, s0, s1, first: _gumbels_f64(buf, k0, k1, s0, s1, first)
-    return None
-
-
-def _per_block(dtype):
-    return 4 if np.dtype(dtype) == np.float32 else 2
+_gumbels = fill_by_dtype(
+    _gumbels_f32, _gumbels_f64,
+    "Fill ``buf`` with the Gumbels of whole blocks from ``first`` on (4 float32 or 2 float64 "
+    "per block).")
+_per_block = per_block
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ import math
 import numbers
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 __all__ = [
     "philox4x32_10_ref", "philox4x32_10", "key_words",
@@ -380,6 +381,30 @@ def philox_words(b, s0, s1, k0, k1):
     """Words of block ``b`` as uint64 (counter (b mod 2^32, b >> 32, s0, s1), key (k0, k1), all
     uint64 holding 32-bit values): the form for kernels whose loops over blocks vectorize."""
     return _rounds(b & _MASK32, b >> _SHIFT32, s0, s1, k0, k1)
+
+
+def per_block(dtype):
+    """Elements one Philox block yields: 4 float32 or 2 float64."""
+    return 4 if np.dtype(dtype) == np.float32 else 2
+
+
+def fill_by_dtype(fill_f32, fill_f64, doc):
+    """One fill ``f(buf, k0, k1, s0, s1, first)`` that picks the float32 or float64 block
+    fill from ``buf``'s dtype: at typing time inside @njit code (an overload), at run time
+    from Python."""
+    def fill(buf, k0, k1, s0, s1, first):
+        (fill_f32 if buf.dtype == np.float32 else fill_f64)(buf, k0, k1, s0, s1, first)
+
+    @overload(fill)
+    def _fill_overload(buf, k0, k1, s0, s1, first):
+        if buf.dtype == types.float32:
+            return lambda buf, k0, k1, s0, s1, first: fill_f32(buf, k0, k1, s0, s1, first)
+        if buf.dtype == types.float64:
+            return lambda buf, k0, k1, s0, s1, first: fill_f64(buf, k0, k1, s0, s1, first)
+        return None
+
+    fill.__doc__ = doc
+    return fill
 
 
 @njit(cache=True)

@@ -103,7 +103,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from lvmcore._validation import check_param
 from lvmcore.exceptions import InvalidParameterError
@@ -111,7 +111,7 @@ from lvmcore.exceptions import InvalidParameterError
 from .fastmath import log_f32, log_f64
 from .philox import _uniform01_f32 as _u01_f32
 from .philox import _uniform01_f64 as _u01_f64
-from .philox import key_words, normal_ref
+from .philox import fill_by_dtype, key_words, normal_ref, per_block
 from .philox import philox_words as _philox_words
 
 __all__ = ["reparam_sample", "reparam_sample_backward",
@@ -240,24 +240,11 @@ def _normals_f64(buf, k0, k1, s0, s1, first):
         buf[2 * i + 1] = r * s
 
 
-def _normals(buf, k0, k1, s0, s1, first):
-    """Fill ``buf`` with the normals of whole blocks from ``first`` on (dtype picks the mapping:
-    4 float32 or 2 float64 per block). For @njit code; from Python it runs the compiled fill."""
-    fill = _normals_f32 if buf.dtype == np.float32 else _normals_f64
-    fill(buf, k0, k1, s0, s1, first)
-
-
-@overload(_normals)
-def _normals_overload(buf, k0, k1, s0, s1, first):
-    if buf.dtype == types.float32:
-        return lambda buf, k0, k1, s0, s1, first: _normals_f32(buf, k0, k1, s0, s1, first)
-    if buf.dtype == types.float64:
-        return lambda buf, k0, k1, s0, s1, first: _normals_f64(buf, k0, k1, s0, s1, first)
-    return None
-
-
-def _per_block(dtype):
-    return 4 if np.dtype(dtype) == np.float32 else 2
+_normals = fill_by_dtype(
+    _normals_f32, _normals_f64,
+    "Fill ``buf`` with the normals of whole blocks from ``first`` on (dtype picks the mapping: "
+    "4 float32 or 2 float64 per block).")
+_per_block = per_block
 
 
 # --------------------------------------------------------------------------------------------
