@@ -12,8 +12,9 @@ reason otherwise. CuPy is imported only inside the ``cp`` fixture, never at coll
 module collects (and skips) where CuPy is not installed.
 
 test_kernels_cuda_emulated.py runs these same bodies on the CPU through a stand-in for CuPy that
-executes the CUDA sources in an emulator (tests/cuda_emu); only the tests that need real CuPy
-arrays (``real_cp``) are skipped there.
+executes the CUDA sources in an emulator (tests/cuda_emu), on device arrays that behave as
+CuPy's (no implicit host conversion, no NumPy operands), so the engine's dispatch by array type
+is exercised there too.
 """
 import numpy as np
 import pytest
@@ -42,15 +43,6 @@ UINT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 def cp():
     import cupy
     return cupy
-
-
-@pytest.fixture
-def real_cp(cp):
-    """CuPy itself (not the emulator's stand-in): for the engine, which picks the backend from
-    the array type."""
-    if getattr(cp, "is_fake", False):
-        pytest.skip("needs real CuPy arrays: the engine picks its backend from the array type")
-    return cp
 
 
 def _both(cp, body):
@@ -488,7 +480,7 @@ def test_adam_update(cp, dtype, shape, rng):
 
     def body(xp, get):
         update = get("adam_update")
-        p, m, v = (xp.asarray(a) for a in host)
+        p, m, v = (xp.array(a) for a in host)   # copies: the update is in place
         v = abs(v)
         for t, g in enumerate(grads, start=1):      # three steps, bias corrections folded in
             step = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
@@ -515,7 +507,7 @@ def test_every_op_has_a_cupy_variant(op):
     assert kernels.get(op, "cupy").__name__ == f"{op}_cupy_v1"
 
 
-def test_engine_dispatches_cupy_arrays_to_the_cupy_kernels(real_cp, rng):
+def test_engine_dispatches_cupy_arrays_to_the_cupy_kernels(cp, rng):
     from lvmcore.backend import get_backend
     from lvmcore.losses.iwae import importance_weights_forward
     from lvmcore.losses.likelihoods import bernoulli_nll_backward, bernoulli_nll_forward
@@ -526,13 +518,13 @@ def test_engine_dispatches_cupy_arrays_to_the_cupy_kernels(real_cp, rng):
     dnll = rng.standard_normal(12).astype(np.float32)
 
     def body(xp):
-        assert get_backend(xp.asarray(log_w)).name == ("cupy" if xp is real_cp else "numba")
+        assert get_backend(xp.asarray(log_w)).name == ("cupy" if xp is cp else "numba")
         bound, cache = importance_weights_forward(xp.asarray(log_w))
         nll, lcache = bernoulli_nll_forward(xp.asarray(logits), xp.asarray(x))
         dlogits = bernoulli_nll_backward(xp.asarray(dnll), lcache)
         return [_host(xp, a) for a in (bound, cache.weights, nll, dlogits)]
 
-    for g, w in zip(body(real_cp), body(np)):
+    for g, w in zip(body(cp), body(np)):
         _assert_parity(g, w, np.float32)
 
 
@@ -541,15 +533,15 @@ def test_engine_dispatches_cupy_arrays_to_the_cupy_kernels(real_cp, rng):
     ("importance_weights", lambda: (np.zeros((2, 3), np.float32),)),
     ("adam_update", lambda: tuple(np.zeros(3, np.float32) for _ in range(4)) + (1, .9, .9, 1)),
 ])
-def test_cupy_variants_reject_numpy_arrays(real_cp, op, args):
+def test_cupy_variants_reject_numpy_arrays(cp, op, args):
     with pytest.raises(TypeError, match="cupy.ndarray"):
         kernels.get(op, "cupy")(*args())
 
 
-def test_cupy_variants_check_dtype_and_contiguity(real_cp):
-    logits = real_cp.zeros((4, 6), real_cp.float32)
+def test_cupy_variants_check_dtype_and_contiguity(cp):
+    logits = cp.zeros((4, 6), cp.float32)
     with pytest.raises(TypeError, match="dtype of logits"):
-        kernels.get("bernoulli_loglik", "cupy")(logits, real_cp.zeros((4, 6), real_cp.float64))
+        kernels.get("bernoulli_loglik", "cupy")(logits, cp.zeros((4, 6), cp.float64))
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels.get("bernoulli_loglik", "cupy")(logits[:, ::2], logits[:, ::2].copy())
     with pytest.raises(ValueError, match="C-contiguous"):

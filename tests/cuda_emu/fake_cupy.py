@@ -1,7 +1,9 @@
 """A stand-in for CuPy that runs lvmcore's CUDA kernels on the CPU, for tests without a GPU.
 
-Arrays are NumPy arrays (``ndarray`` is ``numpy.ndarray``; everything not defined here is
-NumPy's). ``RawModule`` compiles the kernel source with the host C++ compiler against
+Arrays are device arrays (``ndarray`` below): NumPy arrays behind a wall that only explicit
+transfers cross, as CuPy's are, so engine code that mixes host and device arrays or converts
+implicitly fails here as it would on a GPU; ``cupy.*`` functions are NumPy's, limited to the
+names CuPy 14 has (cupy_names.py). ``RawModule`` compiles the kernel source with the host C++ compiler against
 ``cuda_emu.h`` (each CUDA thread a std::thread, see there) and launches the instantiations named
 in ``name_expressions``; a launch checks every argument against the kernel's parameter types
 (array dtype for a pointer, exact scalar type otherwise), so a wrapper that passes a Python int
@@ -14,8 +16,10 @@ What this does not check: device memory bounds, races between threads that a bar
 have ordered, CUDA's own math library (glibc's logf, sincosf, ... are used instead), and CuPy
 itself.
 """
+import contextlib
 import ctypes
 import functools
+import importlib.machinery
 import hashlib
 import os
 import re
@@ -26,6 +30,9 @@ import tempfile
 import types
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+from . import cupy_names
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
@@ -128,9 +135,10 @@ class _Function:
         keep, ptrs = [], []
         for i, (a, code) in enumerate(zip(args, self._codes)):
             if code.startswith("p"):
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"fake cupy: {self.name} argument {i} must be an array "
-                                    f"(parameter {code}), got {type(a).__name__}")
+                if not isinstance(a, ndarray):
+                    raise TypeError(f"fake cupy: {self.name} argument {i} must be a device "
+                                    f"array (parameter {code}), got {type(a).__name__}")
+                a = a._a
                 want = np.dtype(_SCALAR_CODES[code[1:]])
                 if a.dtype != want:
                     raise TypeError(f"fake cupy: {self.name} argument {i} must have dtype "
@@ -182,6 +190,11 @@ class ElementwiseKernel:
         self.name = name
 
     def __call__(self, *args, size=None):
+        if any(isinstance(a, np.ndarray) for a in args):
+            raise TypeError(f"fake cupy: {self.name}: a numpy.ndarray was passed to a device "
+                            f"kernel; move it with cupy.asarray")
+        wrapped = [a for a in args if isinstance(a, ndarray)]
+        args = tuple(a._a if isinstance(a, ndarray) else a for a in args)
         n_in, n_out = len(self.inp), len(self.outp)
         if len(args) not in (n_in, n_in + n_out):
             raise TypeError(f"fake cupy: {self.name} takes {n_in} or {n_in + n_out} arguments")
@@ -237,7 +250,206 @@ class ElementwiseKernel:
             lib.ew(n, argv)
         for o, work in writeback:
             o[...] = work
+        outs = [_wrap(o, wrapped) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# Device arrays
+# --------------------------------------------------------------------------------------------
+
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+             "construct a NumPy array explicitly.")
+
+
+class ndarray(NDArrayOperatorsMixin):
+    """A "device" array: a NumPy array behind a wall that only explicit transfers cross.
+
+    As with CuPy: ``numpy.asarray(a)`` raises TypeError (``a.get()`` / ``cupy.asnumpy(a)``
+    copy to the host); a NumPy array met in an operation, a ``cupy.*`` function or an
+    assignment raises TypeError (``cupy.asarray`` copies to the device); NumPy functions called
+    on device arrays dispatch to the ``cupy`` ones (``__array_function__``); reductions and
+    element indexing give 0-d device arrays; ``float(a)``/``bool(a)`` synchronize and work on
+    one-element arrays. Only names CuPy has (cupy_names.py) are offered.
+    """
+
+    __slots__ = ("_a", "__weakref__")
+    __array_priority__ = 100
+
+    def __init__(self, a):
+        if not isinstance(a, np.ndarray) or isinstance(a, ndarray):
+            raise TypeError("fake cupy: construct device arrays with cupy.asarray/empty/...")
+        self._a = a
+
+    # -- attributes ---------------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: _wrap(self._a.T))
+    device = property(lambda self: _Device())
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in cupy_names.NDARRAY:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return _wrap(attr)
+
+        def method(*args, **kwargs):
+            return _call(attr, args, kwargs, name)
+        return method
+
+    def get(self, stream=None, order="C", out=None):
+        """Copy to the host (the explicit way)."""
+        return np.array(self._a, order=order, copy=True)
+
+    def set(self, arr):
+        """Copy a host array into this one (the explicit way)."""
+        if not isinstance(arr, np.ndarray) or isinstance(arr, ndarray):
+            raise TypeError("fake cupy: ndarray.set takes a numpy.ndarray")
+        self._a[...] = arr
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(_IMPLICIT)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (_wrap(self._a[i]) for i in range(len(self._a)))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return repr(self._a).replace("array(", "cupy.ndarray(", 1)
+
+    # Python scalars synchronize, as in CuPy (one-element arrays only).
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __complex__(self):
+        return complex(self._a)
+
+    def __index__(self):
+        raise TypeError("fake cupy: a device array is not an index; use int(a)")
+
+    def __copy__(self):
+        return _wrap(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return _wrap(self._a.copy())
+
+    def __reduce__(self):
+        raise TypeError("fake cupy: pickling a device array is a host copy; use .get()")
+
+    # -- indexing -----------------------------------------------------------------------------
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key, "indexing")])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
+
+    # -- NumPy protocols ----------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc.__name__ not in cupy_names.MODULE:
+            return NotImplemented
+        return _call(getattr(ufunc, method), inputs, kwargs, ufunc.__name__)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ not in cupy_names.MODULE:
+            raise TypeError(f"fake cupy: CuPy has no {func.__name__!r} (numpy.{func.__name__} "
+                            f"called on a cupy.ndarray)")
+        return _call(func, args, kwargs, func.__name__)
+
+
+ndarray.__module__ = "cupy"
+
+
+def _unwrap(x, where):
+    """The NumPy object behind ``x``; host arrays are refused as CuPy refuses them."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"fake cupy: a numpy.ndarray was passed to a device operation "
+                        f"({where}); CuPy raises TypeError here. Move it with cupy.asarray.")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v, where) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v, where) for k, v in x.items()}
+    return x
+
+
+def _wrap(x, inputs=()):
+    """Device arrays for NumPy results (scalars become 0-d arrays, as CuPy's reductions give);
+    a result that is an input's own buffer comes back as that input's device array."""
+    if isinstance(x, np.ndarray):
+        for w in inputs:
+            if x is w._a:
+                return w
+        return ndarray(x)
+    if isinstance(x, np.generic):
+        return ndarray(np.asarray(x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_wrap(v, inputs) for v in x)
+    return x
+
+
+def _inputs(args, kwargs):
+    found = []
+
+    def visit(x):
+        if isinstance(x, ndarray):
+            found.append(x)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+    visit(args)
+    visit(kwargs)
+    return found
+
+
+def _call(func, args, kwargs, name):
+    inputs = _inputs(args, kwargs)
+    return _wrap(func(*_unwrap(args, name), **_unwrap(kwargs, name)), inputs)
+
+
+def _device_function(name, func):
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        return _call(func, args, kwargs, name)
+    return call
+
+
+def asarray(a, dtype=None, order=None, **kwargs):
+    """Device array of ``a``: a host array or list is copied to the device (the explicit way)."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
+    return ndarray(np.array(a, dtype=dtype, order=order or "K", copy=True))
+
+
+def array(a, dtype=None, copy=True, order="K", ndmin=0, **kwargs):
+    if isinstance(a, ndarray):
+        return _wrap(np.array(a._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin), (a,))
+    return ndarray(np.array(a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def asnumpy(a, stream=None, order="C", out=None, **kwargs):
+    """Host copy of a device array (a host array is returned as NumPy would)."""
+    return a.get(order=order) if isinstance(a, ndarray) else np.asarray(a, order=order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,21 +477,71 @@ def _make_cuda():
     return cuda
 
 
-class _FakeCupy(types.ModuleType):
+class _DeviceNamespace(types.ModuleType):
+    """``cupy`` (or ``cupy.linalg``): NumPy's functions of the names CuPy has, on device
+    arrays; types and constants as NumPy's (``cupy.float32 is numpy.float32``, as in CuPy)."""
+
+    def __init__(self, name, host, names):
+        super().__init__(name)
+        self._host = host
+        self._names = names
+
     def __getattr__(self, name):
-        return getattr(np, name)
+        if name.startswith("_") or name not in self._names or not hasattr(self._host, name):
+            raise AttributeError(f"fake cupy: module {self.__name__!r} has no attribute "
+                                 f"{name!r}")
+        attr = getattr(self._host, name)
+        if isinstance(attr, type) or not callable(attr):
+            return attr
+        fn = _device_function(name, attr)
+        setattr(self, name, fn)
+        return fn
 
 
 def make():
     """A fresh fake ``cupy`` module object (install it in sys.modules yourself)."""
-    m = _FakeCupy("cupy")
+    m = _DeviceNamespace("cupy", np, cupy_names.MODULE)
     m.__file__ = __file__
-    m.ndarray = np.ndarray
+    m.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    m.ndarray = ndarray
     m.RawModule = RawModule
     m.ElementwiseKernel = ElementwiseKernel
     m.memoize = memoize
     m.cuda = _make_cuda()
-    m.asnumpy = lambda a, *args, **kw: np.asarray(a)
-    m.asarray = np.asarray
+    m.linalg = _DeviceNamespace("cupy.linalg", np.linalg, cupy_names.LINALG)
+    m.asarray = asarray
+    m.array = array
+    m.asnumpy = asnumpy
     m.is_fake = True
     return m
+
+
+@contextlib.contextmanager
+def installed(blocks_per_sm=2):
+    """Run the block with a fresh stand-in installed as ``cupy``: lvmcore's backend probe sees
+    a CUDA device and kernels._cupy is imported afresh against the stand-in; everything (a real
+    CuPy included) is put back afterwards. ``blocks_per_sm`` caps the emulated grids (each
+    emulated block starts up to 1024 threads). Yields the module."""
+    import kernels
+    from lvmcore import backend
+
+    fake = make()
+    saved = {name: sys.modules.get(name) for name in ("cupy", "kernels._cupy")}
+    saved_attr = kernels.__dict__.pop("_cupy", None)
+    sys.modules.pop("kernels._cupy", None)
+    sys.modules["cupy"] = fake
+    backend._availability.cache_clear()
+    try:
+        from kernels import _cupy
+        _cupy.BLOCKS_PER_SM = blocks_per_sm
+        yield fake
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+        kernels.__dict__.pop("_cupy", None)
+        if saved_attr is not None:
+            kernels._cupy = saved_attr
+        backend._availability.cache_clear()
