@@ -17,18 +17,29 @@ def register(op, module):
 _TABLES = {"_backward": "BACKWARD_IMPLEMENTATIONS", "_max": "MAX_IMPLEMENTATIONS"}
 
 
+# The noise fills of kernels.philox: (seed, stream, n, dtype, offset=0, *, out=None) -> (n,).
+_PHILOX = {"philox_uniform": "UNIFORM_IMPLEMENTATIONS", "philox_normal": "NORMAL_IMPLEMENTATIONS",
+           "philox_gumbel": "GUMBEL_IMPLEMENTATIONS"}
+
+
 def get(op, backend):
     """The implementation of ``op`` for ``backend``; ``<op>_backward`` (and ``gumbel_max``)
-    come from the module's BACKWARD_IMPLEMENTATIONS (MAX_IMPLEMENTATIONS) table."""
+    come from the module's BACKWARD_IMPLEMENTATIONS (MAX_IMPLEMENTATIONS) table, and
+    ``philox_uniform``, ``philox_normal``, ``philox_gumbel`` are the noise fills."""
     base, table = op, "IMPLEMENTATIONS"
     for suffix, name in _TABLES.items():
         if op.endswith(suffix) and op[:-len(suffix)] in _MODULES:
             base, table = op[:-len(suffix)], name
     if op == "gumbel_max":
         base, table = "gumbel_softmax", "MAX_IMPLEMENTATIONS"
-    if base not in _MODULES:
-        raise NotImplementedError(f"kernels.get: no kernel named {op!r}; known: {sorted(_MODULES)}")
-    module = importlib.import_module(_MODULES[base])
+    if op in _PHILOX:
+        module = importlib.import_module("kernels.philox")
+        table = _PHILOX[op]
+    elif base in _MODULES:
+        module = importlib.import_module(_MODULES[base])
+    else:
+        raise NotImplementedError(f"kernels.get: no kernel named {op!r}; known: "
+                                  f"{sorted([*_MODULES, *_PHILOX])}")
     impls = getattr(module, table)
     if backend not in impls:
         raise NotImplementedError(

@@ -669,3 +669,9 @@ def normal_cupy(seed, stream, n, dtype, offset=0, *, out=None):
 def gumbel_cupy(seed, stream, n, dtype, offset=0, *, out=None):
     """Standard Gumbels on the GPU; ``gumbel_ref``'s to a few ulp."""
     return _fill_cupy(_GUMBEL, "gumbel_cupy", seed, stream, n, dtype, offset, out)
+
+
+# The fills as kernels of the registry: "philox_uniform", "philox_normal", "philox_gumbel".
+UNIFORM_IMPLEMENTATIONS = {"numpy": uniform_ref, "numba": uniform_numba, "cupy": uniform_cupy}
+NORMAL_IMPLEMENTATIONS = {"numpy": normal_ref, "numba": normal_numba, "cupy": normal_cupy}
+GUMBEL_IMPLEMENTATIONS = {"numpy": gumbel_ref, "numba": gumbel_numba, "cupy": gumbel_cupy}

@@ -163,3 +163,11 @@ def get_xp(*arrays):
             import cupy
             return cupy
     return np
+
+
+def to_numpy(a, dtype=None):
+    """A host (NumPy) array of ``a``: CuPy arrays are copied from the device (the explicit
+    transfer; ``numpy.asarray`` refuses them), anything else goes through ``numpy.asarray``."""
+    if _array_library(a) == "cupy":
+        a = a.get()
+    return np.asarray(a, dtype=dtype)

@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._validation import to_numpy
+
 __all__ = ["FORMAT_VERSION", "Checkpoint", "save_checkpoint", "load_checkpoint", "load_model",
            "optimizer_settings"]
 
@@ -62,11 +64,6 @@ def optimizer_settings(optimizer):
         if hasattr(optimizer, attr):
             settings[attr] = getattr(optimizer, attr)
     return settings
-
-
-def _to_numpy(a):
-    """Host copy of a NumPy or CuPy array (CuPy arrays have ``.get()``)."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def save_checkpoint(path, model, optimizer=None, state=None):
@@ -118,10 +115,10 @@ def save_checkpoint(path, model, optimizer=None, state=None):
               "config_json": np.array(config_json),
               "state_json": np.array(state_json)}
     for k, v in model.parameters().items():
-        arrays[_PARAM + k] = _to_numpy(v)
+        arrays[_PARAM + k] = to_numpy(v)
     if optimizer is not None:
         for k, v in optimizer.state_dict().items():
-            arrays[_OPTIM + k] = _to_numpy(v)
+            arrays[_OPTIM + k] = to_numpy(v)
 
     fd, tmp = create_temp(path)
     try:

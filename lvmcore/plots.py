@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from ._validation import to_numpy
+
 __all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds",
            "plot_code_usage"]
 
@@ -32,7 +34,7 @@ def image_grid(images, shape, ncols=None, pad=1, pad_value=np.nan):
     -------
     ndarray of shape (rows * (h + pad) - pad, ncols * (w + pad) - pad)
     """
-    images = np.asarray(images.get() if hasattr(images, "get") else images, dtype=np.float64)
+    images = to_numpy(images, np.float64)
     h, w = (int(s) for s in shape)
     if images.ndim != 2 or images.shape[1] != h * w:
         raise ValueError(f"image_grid: expected images of shape (N, {h * w}) for images of "
@@ -120,7 +122,7 @@ def plot_reconstructions(x, x_rec, shape, path, title="Data (top) and reconstruc
         raise ValueError(f"plot_reconstructions: expected x and x_rec to have the same shape, "
                          f"got {np.shape(x)} and {np.shape(x_rec)}.")
     n = np.shape(x)[0]
-    both = np.concatenate([np.asarray(x, dtype=np.float64), np.asarray(x_rec, dtype=np.float64)])
+    both = np.concatenate([to_numpy(x, np.float64), to_numpy(x_rec, np.float64)])
     grid = image_grid(both, shape, ncols=n)
     width = max(3.0, min(12.0, n * 0.8))
     fig = _figure((width, width * grid.shape[0] / grid.shape[1] + 0.4))
@@ -179,7 +181,7 @@ def plot_code_usage(counts, path, title="Codebook usage"):
     a short head and a long flat zero tail; the title gives the perplexity
     :math:`\exp(-\sum_m p_m \log p_m)` and the number of unused (dead) codes.
     """
-    c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.float64)
+    c = to_numpy(counts, np.float64)
     if c.ndim != 1 or c.size == 0:
         raise ValueError(f"plot_code_usage: expected counts of shape (M,) with M >= 1, got "
                          f"shape {c.shape}.")

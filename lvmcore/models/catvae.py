@@ -70,9 +70,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import noise
 from .._validation import check_param, get_xp
 from ..distributions.categorical import Categorical, UniformCategorical
-from ..distributions.gumbel import standard_gumbel
 from ..distributions.kl import kl_divergence, kl_divergence_backward
 from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
 from ..exceptions import InvalidParameterError
@@ -81,6 +81,7 @@ from ..nn import MLP, Module
 from ..ops import sigmoid
 from ..ops.softmax import log_softmax_forward, logsumexp_forward
 from ..schedules import temperature_schedule
+from .base import Model
 from .vae import VAE
 
 __all__ = ["CatVAE", "CatVAECache", "CATVAE_ESTIMATORS", "vimco_signals"]
@@ -148,7 +149,7 @@ def vimco_signals(log_w):
     return lse[None] - lse_loo
 
 
-class CatVAE:
+class CatVAE(Model):
     """Categorical VAE with a uniform prior and a Bernoulli decoder.
 
     Parameters
@@ -188,7 +189,6 @@ class CatVAE:
     """
 
     likelihood = "bernoulli"
-    _check_x = VAE._check_x
     load_parameters = VAE.load_parameters
     init_output_bias = VAE.init_output_bias
 
@@ -273,18 +273,6 @@ class CatVAE:
         mods["state"] = self.state
         return mods
 
-    def parameters(self):
-        """Dict ``"<module>.<name>" -> array``; the arrays are the live parameters."""
-        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.params.items()}
-
-    def gradients(self):
-        """Dict with the same keys as ``parameters()``: the accumulated gradients."""
-        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.grads.items()}
-
-    def zero_grad(self):
-        for mod in self.modules().values():
-            mod.zero_grad()
-
     @property
     def step(self):
         """Training steps taken so far (``state.step``)."""
@@ -311,7 +299,7 @@ class CatVAE:
 
     def sample(self, rng, n):
         """n samples from the model: z uniform, then the decoder's mean (n, D)."""
-        idx = rng.integers(0, self.n_categories, size=(n, self.n_latents))
+        idx = self.xp.asarray(rng.integers(0, self.n_categories, size=(n, self.n_latents)))
         return self.decode(self._one_hot(idx))
 
     def reconstruct(self, x):
@@ -320,15 +308,16 @@ class CatVAE:
         return self.decode(self._one_hot(get_xp(x).argmax(logits, axis=-1)))
 
     def draw_noise(self, rng, batch_size, n_samples=None):
-        """Standard Gumbel noise g (S, B, N, C) from the explicit generator ``rng``."""
+        """Standard Gumbel noise g (S, B, N, C) on the model's device, keyed by the explicit
+        generator ``rng`` (see lvmcore.noise)."""
         S = self.n_samples if n_samples is None else n_samples
-        return standard_gumbel(rng, (S, batch_size, self.n_latents, self.n_categories),
-                               self.dtype)
+        return noise.standard_gumbel(rng, (S, batch_size, self.n_latents, self.n_categories),
+                                     self.dtype, self.encoder.params["W0"])
 
     def _kl(self, logits):
         """Analytic KL(q(z|x) || uniform) per latent variable, (B, N)."""
-        return kl_divergence(Categorical(logits),
-                             UniformCategorical(self.n_categories, self.dtype))
+        prior = UniformCategorical(self.n_categories, self.dtype, xp=get_xp(logits))
+        return kl_divergence(Categorical(logits), prior)
 
     def latent_diagnostics(self, x, batch_size=1000, threshold=0.01):
         """Active latents and KL per latent, the categorical analogue of ``active_units``.
@@ -499,8 +488,8 @@ class CatVAE:
             dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)
         if cache.kl_weight != 0:
             dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
-            dlogits += kl_divergence_backward(
-                Categorical(cache.logits), UniformCategorical(C, self.dtype), dkl)[0]["logits"]
+            prior = UniformCategorical(C, self.dtype, xp=xp)
+            dlogits += kl_divergence_backward(Categorical(cache.logits), prior, dkl)[0]["logits"]
         if cache.enc_scale != 1.0:
             dlogits *= dt(cache.enc_scale)
         self.encoder.backward(dlogits.reshape(B, N * C), cache.enc, need_dx=False)

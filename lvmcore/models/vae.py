@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_binary, check_param, get_xp
+from .. import noise
+from .._validation import check_param, get_xp
 from ..distributions.kl import (KLNormalStdCache, kl_normal_std_per_dim,
                                 kl_normal_std_per_dim_backward)
 from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
@@ -26,6 +27,7 @@ from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nl
 from ..backend import engine_kernel_threads, get_backend
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
+from .base import Model
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -59,7 +61,7 @@ class VAECache(NamedTuple):
     stats: dict          # per-example quantities, for reporting
 
 
-class VAE:
+class VAE(Model):
     """Gaussian-encoder VAE with a Bernoulli or Gaussian decoder.
 
     Parameters
@@ -146,18 +148,6 @@ class VAE:
     def modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def parameters(self):
-        """Dict ``"<module>.<name>" -> array``; the arrays are the live parameters."""
-        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.params.items()}
-
-    def gradients(self):
-        """Dict with the same keys as ``parameters()``: the accumulated gradients."""
-        return {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.grads.items()}
-
-    def zero_grad(self):
-        for mod in self.modules().values():
-            mod.zero_grad()
-
     def load_parameters(self, arrays):
         """Copy arrays (e.g. from a checkpoint) into the parameters, checking shapes."""
         params = self.parameters()
@@ -185,15 +175,6 @@ class VAE:
         self.decoder.params[last][...] = mean.astype(self.dtype)
 
     # ------------------------------------------------------------------ validation
-    def _check_x(self, x, func):
-        check_array(x, "x", func, ndim=2, shape=(None, self.data_dim))
-        if x.dtype != self.dtype:
-            raise TypeError(f"{func}: expected x to have the model's dtype {self.dtype}, got "
-                            f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype}).")
-        if self.likelihood == "bernoulli":
-            check_binary(x, "x", func)
-        return x
-
     # ------------------------------------------------------------------ pieces
     def encode(self, x):
         """Posterior parameters (mu, logvar), each (B, Z)."""
@@ -208,7 +189,7 @@ class VAE:
 
     def sample(self, rng, n):
         """n samples from the model: z ~ N(0, I), then the decoder's mean (n, D)."""
-        z = rng.standard_normal((n, self.latent_dim)).astype(self.dtype)
+        z = noise.standard_normal(rng, (n, self.latent_dim), self.dtype, self._like())
         return self.decode(z)
 
     def reconstruct(self, x):
@@ -263,7 +244,6 @@ class VAE:
         self._check_x(x, "log_likelihood")
         k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
         be = get_backend(x)
-        xp = be.xp
         if chunk_size is None:  # about 2**13 decoder rows per chunk: GEMMs stay large,
             # and peak memory stays the same for every k above a few hundred
             chunk_size = max(1, min(k, (1 << 13) // max(1, min(batch_size, x.shape[0]))))
@@ -300,9 +280,14 @@ class VAE:
         return xp.concatenate(out)
 
     def draw_noise(self, rng, batch_size):
-        """eps (L, B, Z) for one step, from the explicit generator ``rng``."""
-        return rng.standard_normal((self.n_samples, batch_size, self.latent_dim),
-                                   dtype=self.dtype)
+        """eps (L, B, Z) for one step on the model's device, keyed by the explicit generator
+        ``rng`` (see lvmcore.noise)."""
+        return noise.standard_normal(rng, (self.n_samples, batch_size, self.latent_dim),
+                                     self.dtype, self._like())
+
+    def _like(self):
+        """An array on the model's device, to dispatch noise and kernels by."""
+        return self.encoder.params["W0"]
 
     def forward(self, x, eps, kl_weight=None):
         """Negative ELBO averaged over the batch, for fixed noise.

@@ -44,12 +44,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_binary, check_param, get_xp
+from .._validation import check_param, get_xp, to_numpy
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
-from ..nn import MLP
+from ..nn import MLP, Module
 from ..ops import sigmoid
 from ..ops.codebook import ema_codebook_update, kmeans_codebook, reseed_codes
 from ..ops.vq import VQFrozen, code_counts, perplexity, vq_backward, vq_forward
+from .base import Model
 
 __all__ = ["VQVAE", "VQVAECache", "VQFrozen"]
 
@@ -69,7 +70,7 @@ class VQVAECache(NamedTuple):
     losses: object       # VQLosses (codebook, commitment)
 
 
-class VQVAE:
+class VQVAE(Model):
     """Vector-quantized autoencoder with a Bernoulli decoder.
 
     Parameters
@@ -207,10 +208,14 @@ class VQVAE:
         return out
 
     def zero_grad(self):
-        for mod in self.modules().values():
-            mod.zero_grad()
+        super().zero_grad()
         for g in self.grads.values():
             g[...] = 0
+
+    def to(self, xp):
+        super().to(xp)
+        Module.to(self, xp)       # the codebook and its state: plain params/grads dicts
+        return self
 
     def load_parameters(self, arrays):
         """Copy arrays (e.g. from a checkpoint) into the parameters, checking shapes."""
@@ -267,14 +272,6 @@ class VQVAE:
             self.params["ema_code_sum"][which] = self.params["codebook"][which]
 
     # ------------------------------------------------------------------ validation
-    def _check_x(self, x, func):
-        check_array(x, "x", func, ndim=2, shape=(None, self.data_dim))
-        if x.dtype != self.dtype:
-            raise TypeError(f"{func}: expected x to have the model's dtype {self.dtype}, got "
-                            f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype}).")
-        check_binary(x, "x", func)
-        return x
-
     # ------------------------------------------------------------------ pieces
     def quantize(self, x):
         """Codes of every slot, (B, S) int64 (the nearest code to each encoder output)."""
@@ -295,7 +292,8 @@ class VQVAE:
         """n samples under the uniform prior over codes: each slot's code drawn uniformly,
         then the decoder's mean (n, D). (A VQ-VAE is usually sampled through a learned prior
         over codes; this shows what the uniform prior of the bound gives.)"""
-        return self.decode_codes(rng.integers(0, self.codes, size=(n, self.slots)))
+        return self.decode_codes(self.xp.asarray(rng.integers(0, self.codes,
+                                                              size=(n, self.slots))))
 
     def reconstruct(self, x):
         """Decoder mean at the quantized encoding of x: (B, D)."""
@@ -487,9 +485,9 @@ class VQVAE:
         nll, counts = [], np.zeros(self.codes, dtype=np.int64)
         for i in range(0, x.shape[0], batch_size):
             _, c = self.forward(x[i:i + batch_size], need_grad=False)
-            nll.append(np.asarray(c.nll.get() if hasattr(c.nll, "get") else c.nll, np.float64))
+            nll.append(to_numpy(c.nll, np.float64))
             k = code_counts(c.vq.index, self.codes)
-            counts += k.get() if hasattr(k, "get") else k
+            counts += to_numpy(k)
         nll = np.concatenate(nll) if nll else np.zeros(0)
         sem = float(nll.std(ddof=1) / math.sqrt(nll.size)) if nll.size > 1 else math.nan
         ppl = perplexity(counts)

@@ -3,7 +3,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param
+from .._validation import check_param, to_numpy
 from ..ops import ACTIVATIONS, linear_backward, linear_forward
 from .init import glorot_uniform
 
@@ -30,7 +30,7 @@ class Module:
 
     def to(self, xp):
         """Move parameters and gradients to the array module ``xp`` (numpy or cupy)."""
-        asarray = xp.asarray if xp is not np else (lambda a: a.get() if hasattr(a, "get") else a)
+        asarray = xp.asarray if xp is not np else to_numpy
         self.params = {k: asarray(v) for k, v in self.params.items()}
         self.grads = {k: asarray(v) for k, v in self.grads.items()}
         return self

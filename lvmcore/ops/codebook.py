@@ -10,7 +10,7 @@ gradient steps (k-means, dead-code reset). All per-code sums go through
 """
 import numpy as np
 
-from .._validation import check_array, check_param, check_same_dtype, get_xp
+from .._validation import check_array, check_param, check_same_dtype, get_xp, to_numpy
 from ..backend import get_backend
 from .vq import code_counts, code_sums
 
@@ -142,14 +142,10 @@ def _kmeans_plus_plus(z, M, rng):
     for m in range(1, M):
         total = float(d2.sum())
         # every row already sits on a centre (duplicated data): any row will do
-        pick = int(rng.integers(N)) if total <= 0 else int(rng.choice(N, p=_host(d2 / total)))
+        pick = int(rng.integers(N)) if total <= 0 else int(rng.choice(N, p=to_numpy(d2 / total)))
         centres[m] = z[pick]
         d2 = xp.minimum(d2, ((z64 - z64[pick]) ** 2).sum(axis=1))
     return centres
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else a
 
 
 def reseed_codes(codebook, dead, z, rng):

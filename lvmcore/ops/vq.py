@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validation import (check_array, check_param, check_same_device, check_same_dtype,
-                           get_xp)
+                           get_xp, to_numpy)
 from ..backend import get_backend
 
 __all__ = ["VQCache", "VQFrozen", "VQLosses", "vq_forward", "vq_backward", "code_counts",
@@ -222,25 +222,23 @@ def code_counts(index, n_codes):
 def code_sums(index, rows, n_codes):
     """Per-code sum of rows: ``out[m] = sum_{n: index[n]=m} rows[n]``, shape (M, E).
 
-    Serial and race-free. NumPy: a stable sort of the N indices and ``np.add.reduceat`` over the
-    sorted rows, so each code's rows are added in their original order and the result is the same
-    bit for bit on every run (``np.add.at`` gives the same sums but is ~4x slower for rows; a
-    ``prange`` scatter into shared rows would race). Cost O(N log N + N E). CuPy:
-    ``cupyx.scatter_add`` (atomics: the order of additions, hence the last bits, may vary).
+    Race-free on both devices: a stable sort of the N indices and ``add.reduceat`` over the
+    sorted rows, so each code's rows are added in one fixed order and the result is the same bit
+    for bit on every run (``np.add.at`` gives the same sums but is ~4x slower for rows; a
+    ``prange`` scatter, or ``cupyx.scatter_add``'s atomics, would add in a varying order). Cost
+    O(N log N + N E).
     """
     xp = get_xp(rows)
     M, E = n_codes, rows.shape[1]
     out = xp.zeros((M, E), dtype=rows.dtype)                                     # (M, E)
     if index.size == 0:
         return out
-    if xp is not np:
-        import cupyx
-        cupyx.scatter_add(out, index, rows)
-        return out
-    order = np.argsort(index, kind="stable")                                     # (N,)
+    # CuPy's argsort is always stable and takes no other kind
+    order = np.argsort(index, kind="stable") if xp is np else xp.argsort(index)  # (N,)
     sorted_index = index[order]
-    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])  # (U,)
-    out[sorted_index[starts]] = np.add.reduceat(rows[order], starts, axis=0)     # (U, E)
+    new = xp.concatenate([xp.ones(1, dtype=bool), sorted_index[1:] != sorted_index[:-1]])
+    starts = xp.flatnonzero(new)                                                 # (U,)
+    out[sorted_index[starts]] = xp.add.reduceat(rows[order], starts, axis=0)     # (U, E)
     return out
 
 
@@ -250,7 +248,7 @@ def perplexity(counts):
     1 when one code takes every row, M when all M codes are used equally; 0 log 0 = 0. An empty
     histogram (no rows) has perplexity 1 by this convention (entropy 0).
     """
-    c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.float64)
+    c = to_numpy(counts, np.float64)
     total = c.sum()
     if total <= 0:
         return 1.0

@@ -3,9 +3,9 @@
 Arrays are device arrays (``ndarray`` below): NumPy arrays behind a wall that only explicit
 transfers cross, as CuPy's are, so engine code that mixes host and device arrays or converts
 implicitly fails here as it would on a GPU; ``cupy.*`` functions are NumPy's, limited to the
-names CuPy 14 has (cupy_names.py). ``RawModule`` compiles the kernel source with the host C++ compiler against
-``cuda_emu.h`` (each CUDA thread a std::thread, see there) and launches the instantiations named
-in ``name_expressions``; a launch checks every argument against the kernel's parameter types
+names CuPy 14 has (cupy_names.py); ``cupyx.scatter_add`` is there too. ``RawModule``
+compiles the kernel source with the host C++ compiler against ``cuda_emu.h`` (each CUDA thread a
+std::thread, see there) and launches the instantiations named in ``name_expressions``; a launch checks every argument against the kernel's parameter types
 (array dtype for a pointer, exact scalar type otherwise), so a wrapper that passes a Python int
 or the wrong dtype fails here as it would misbehave on a GPU. ``ElementwiseKernel`` compiles its
 operation into a C++ loop over the broadcast arguments. ``memoize`` caches by arguments;
@@ -341,6 +341,9 @@ class ndarray(NDArrayOperatorsMixin):
     def __complex__(self):
         return complex(self._a)
 
+    def __format__(self, spec):
+        return format(self._a, spec)
+
     def __index__(self):
         raise TypeError("fake cupy: a device array is not an index; use int(a)")
 
@@ -434,6 +437,26 @@ def _device_function(name, func):
     return call
 
 
+class _DeviceUfunc:
+    """A NumPy ufunc on device arrays, with the methods CuPy's ufuncs have."""
+
+    def __init__(self, ufunc):
+        self._ufunc = ufunc
+        self.__name__ = ufunc.__name__
+
+    def __call__(self, *args, **kwargs):
+        return _call(self._ufunc, args, kwargs, self.__name__)
+
+    def __getattr__(self, name):
+        if name not in ("reduce", "reduceat", "accumulate", "at", "outer", "nin", "nout",
+                        "nargs", "types"):
+            raise AttributeError(f"fake cupy: ufunc has no attribute {name!r}")
+        attr = getattr(self._ufunc, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: _call(attr, args, kwargs, f"{self.__name__}.{name}")
+
+
 def asarray(a, dtype=None, order=None, **kwargs):
     """Device array of ``a``: a host array or list is copied to the device (the explicit way)."""
     if isinstance(a, ndarray):
@@ -493,7 +516,7 @@ class _DeviceNamespace(types.ModuleType):
         attr = getattr(self._host, name)
         if isinstance(attr, type) or not callable(attr):
             return attr
-        fn = _device_function(name, attr)
+        fn = _DeviceUfunc(attr) if isinstance(attr, np.ufunc) else _device_function(name, attr)
         setattr(self, name, fn)
         return fn
 
