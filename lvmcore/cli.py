@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from . import __version__
-from .exceptions import TrainingDivergedError
+from .exceptions import BackendUnavailableError, TrainingDivergedError
 
 __all__ = ["main", "build_parser", "register_model", "MODEL_BUILDERS", "TRAIN_DEFAULTS",
            "MODEL_DEFAULTS"]
@@ -294,6 +294,24 @@ def _d(table, key):
     return f" (default: {table[key]})" if table[key] is not None else ""
 
 
+def _device_argument(parser):
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the arrays live: cpu (NumPy, Numba kernels) or cuda (CuPy "
+                             "arrays and CUDA kernels on the current GPU; needs "
+                             "'lvmcore[cuda]'). Checkpoints are the same either way "
+                             "(default: cpu)")
+
+
+def _to_device(model, device):
+    """Move ``model`` to ``device`` (before its optimizer exists). Raises
+    BackendUnavailableError, with the reason, when CUDA is asked for and cannot run."""
+    from .backend import array_module
+
+    if device != "cpu":
+        model.to(array_module(device))
+    return model
+
+
 def build_parser():
     """The ``lvmcore`` argument parser, with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -320,6 +338,7 @@ def build_parser():
                    help="replace an earlier run in --out instead of refusing")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    _device_argument(t)
     t.add_argument("--threads", type=_pos_int, default=None, metavar="N",
                    help="BLAS threads (default: the BLAS library's choice); 1 is often fastest "
                         "for small models and on a busy machine")
@@ -390,6 +409,7 @@ def build_parser():
                         "(default: the whole split)")
     e.add_argument("--nll-batch-size", type=_pos_int, default=100, metavar="B",
                    help="examples per importance-sampling chunk (default: 100)")
+    _device_argument(e)
     e.add_argument("--threads", type=_pos_int, default=None, metavar="N",
                    help="BLAS threads (default: the BLAS library's choice)")
     e.set_defaults(func=_cmd_eval)
@@ -472,6 +492,7 @@ def _cmd_train(args):
         model = MODEL_BUILDERS[args.model].build(args, dataset.train.shape[1])
         config = model.config()
 
+    _to_device(model, args.device)
     desc = ", ".join(f"{k}={config[k]}" for k in ("latent_dim", "hidden", "likelihood", "kl",
                                                    "codes", "slots", "code_dim",
                                                    "codebook_update", "n_latents",
@@ -479,7 +500,7 @@ def _cmd_train(args):
                      if k in config)
     print(f"{PROG}: {'resuming' if args.resume else 'training'} {config.get('model')} "
           f"({desc}) on {_data_label(data)} ({dataset.train.shape[0]} train, "
-          f"{dataset.valid.shape[0]} valid, D={dataset.train.shape[1]}) for "
+          f"{dataset.valid.shape[0]} valid, D={dataset.train.shape[1]}) on {args.device} for "
           f"{_plural(args.epochs, 'epoch')} -> {out}", flush=True)
     t0 = time.perf_counter()
     history = fit(model, dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -503,6 +524,7 @@ def _cmd_train(args):
 def _cmd_eval(args):
     import numpy as np
 
+    from ._validation import to_numpy
     from .checkpoint import load_checkpoint, load_model
     from .data import load_dataset
     from .diagnostics import active_units, kl_per_dimension
@@ -510,7 +532,7 @@ def _cmd_eval(args):
 
     run = Path(args.run)
     path = run / CHECKPOINT if run.is_dir() else run
-    model = load_model(path)
+    model = _to_device(load_model(path), args.device)
     _, _, _, state = load_checkpoint(path)
     data = args.data or state.get("dataset", {}).get("source")
     if data is None:
@@ -519,12 +541,13 @@ def _cmd_eval(args):
     x = getattr(load_dataset(data), args.split)
     dtype = getattr(model, "dtype", x.dtype)
     x = x.astype(dtype) if x.dtype != dtype else x
+    x = model.xp.asarray(x)                             # the one copy to the model's device
     t0 = time.perf_counter()
     rng = np.random.default_rng([args.seed, 0, 0, 5])
     # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
-    bound = np.asarray(model.bound(x, rng, batch_size=args.batch_size), dtype=np.float64)  # (N,)
-    elbo = np.asarray(model.elbo(x, np.random.default_rng([args.seed, 0, 0, 6]),
-                                 batch_size=args.batch_size), dtype=np.float64)
+    bound = to_numpy(model.bound(x, rng, batch_size=args.batch_size), np.float64)    # (N,)
+    elbo = to_numpy(model.elbo(x, np.random.default_rng([args.seed, 0, 0, 6]),
+                               batch_size=args.batch_size), np.float64)
     n = int(bound.shape[0])
     name = _bound_name(model)
     result = dict(checkpoint=str(path), epoch=state.get("epoch"), data=str(data),
@@ -553,10 +576,10 @@ def _cmd_eval(args):
         if args.subset and args.subset < n:
             pick = np.sort(np.random.default_rng([args.seed, 7]).choice(n, args.subset,
                                                                         replace=False))
-            xs = x[pick]
-        ll = np.asarray(model.log_likelihood(xs, np.random.default_rng([args.seed, 0, 0, 8]),
-                                             k=args.k, batch_size=args.nll_batch_size),
-                        dtype=np.float64)
+            xs = x[model.xp.asarray(pick)]
+        ll = to_numpy(model.log_likelihood(xs, np.random.default_rng([args.seed, 0, 0, 8]),
+                                           k=args.k, batch_size=args.nll_batch_size),
+                      np.float64)
         result.update(nll=float(-ll.mean()), nll_sem=_sem(ll), nll_k=args.k, nll_n=int(ll.size))
         lines.append(f"{args.split} NLL (K={args.k}, n={ll.size}) {result['nll']:.3f} +- "
                      f"{result['nll_sem']:.3f} nats")
@@ -642,7 +665,7 @@ def main(argv=None):
         hint = (" (the run folder keeps the checkpoint of the last finished epoch; continue "
                 "with --resume)" if args.command == "train" else "")
         parser.exit(130, f"{PROG}: interrupted{hint}\n")
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, BackendUnavailableError) as err:
         # User errors: invalid values (InvalidParameterError is a ValueError), missing or
         # corrupt files, network failures. Programming errors of other kinds keep their
         # traceback.

@@ -56,7 +56,7 @@ class Optimizer:
         self.t = int(state["t"])
         for name, buf in self._buffers().items():
             for k, v in buf.items():
-                v[...] = state[f"{name}.{k}"]
+                v[...] = get_xp(v).asarray(state[f"{name}.{k}"])  # host state onto the device
 
 
 class SGD(Optimizer):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._validation import check_array, check_binary, check_param
+from ._validation import check_array, check_binary, check_param, get_xp
 from .checkpoint import create_temp, load_checkpoint, save_checkpoint
 from .exceptions import InvalidParameterError, TrainingDivergedError
 from .optim import SGD, Adam
@@ -89,10 +89,13 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
     model : VAE or another lvmcore model
         Needs ``parameters()``, ``gradients()``, ``loss_and_grads(x, rng, kl_weight=,
         validate=)``, ``bound(x, rng, batch_size)`` and ``config()``; ``init_output_bias``,
-        ``sample`` and ``reconstruct`` are used when present.
+        ``sample`` and ``reconstruct`` are used when present. The run happens where the
+        parameters live: call ``model.to(cupy)`` first to train on a GPU.
     dataset : lvmcore.data.Dataset
         ``train`` and ``valid`` arrays of shape (N, D); ``shape`` (image shape) for pictures.
-        Arrays whose dtype differs from the model's are cast once, up front.
+        Arrays whose dtype differs from the model's are cast once, up front, and host arrays
+        are copied once to the model's device (device arrays for a CPU model are a
+        TypeError).
     epochs : int
         Total number of epochs of the run; with ``resume`` the count includes finished ones.
     batch_size : int
@@ -181,12 +184,13 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
                  adam_eps=adam_eps, momentum=momentum, clip_norm=clip_norm, seed=seed,
                  kl_warmup_epochs=kl_warmup_epochs, eval_batch_size=eval_batch_size)
 
-    train, valid = _check_dataset(model, dataset, f)
+    params, grads = model.parameters(), model.gradients()
+    xp = get_xp(*params.values())
+    train, valid = _check_dataset(model, dataset, xp, f)
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     warmup_steps = kl_warmup_epochs * steps_per_epoch
     beta = float(getattr(model, "beta", 1.0))
-    params, grads = model.parameters(), model.gradients()
     if optimizer == "adam":
         opt = Adam(params, grads, lr=lr, eps=adam_eps, clip_norm=clip_norm)
     else:
@@ -214,7 +218,7 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
     grad_list = list(grads.values())
     loss_and_grads = model.loss_and_grads
     valid_rng_key = [seed, 0, 0, _VALID]
-    xbuf = np.empty_like(train)                                       # (N, D), reused per epoch
+    xbuf = xp.empty_like(train)                                       # (N, D), reused per epoch
     valid_note = ""                                                   # progress-bar suffix
     from tqdm.auto import tqdm
 
@@ -223,7 +227,7 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
         for epoch in range(start_epoch, epochs + 1):
             t0 = time.perf_counter()
             perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
-            np.take(train, perm, axis=0, out=xbuf)
+            xp.take(train, xp.asarray(perm), axis=0, out=xbuf)
             bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
             sums, loss_sum, seen, w = {}, 0.0, 0, None
             for s in range(steps_per_epoch):
@@ -281,22 +285,23 @@ def _bound_of(sums):
 
 
 def _finite_loss_and_grads(loss, grad_list):
-    """(ok, global gradient norm; NaN when the loss already failed). One dot per array; an
-    exact element check only when the sum of squares overflows."""
+    """(ok, global gradient norm; NaN when the loss already failed). One dot per array and one
+    device-to-host read in all; an exact element check only when the sum of squares
+    overflows."""
     if not math.isfinite(loss):
         return False, math.nan
-    sq = 0.0
-    for g in grad_list:
-        v = g.ravel()                                                 # a view: g is contiguous
-        sq += float(np.dot(v, v))
+    xp = get_xp(*grad_list)
+    # ravel() is a view: the gradients are contiguous
+    sq = float(xp.stack([xp.dot(g.ravel(), g.ravel()) for g in grad_list])
+               .astype(np.float64).sum())
     if math.isfinite(sq):
         return True, math.sqrt(sq)
     # The float32 sum of squares overflows for finite gradients above ~1e19: look closer.
-    if all(bool(np.isfinite(g).all()) for g in grad_list):
-        return True, math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64),
+    if all(bool(xp.isfinite(g).all()) for g in grad_list):
+        return True, math.sqrt(sum(float(xp.dot(g.ravel().astype(np.float64),
                                                 g.ravel().astype(np.float64)))
                                    for g in grad_list))
-    return False, math.nan if any(bool(np.isnan(g).any()) for g in grad_list) else math.inf
+    return False, math.nan if any(bool(xp.isnan(g).any()) for g in grad_list) else math.inf
 
 
 def _diverged(f, what, epoch, step_in_epoch, steps_per_epoch, step, last_good):
@@ -313,8 +318,9 @@ def _diverged(f, what, epoch, step_in_epoch, steps_per_epoch, step, last_good):
         f"applied. {where}", checkpoint=None if last_good is None else str(last_good))
 
 
-def _check_dataset(model, dataset, f):
-    """Validate the splits once, cast them to the model's dtype; returns (train, valid)."""
+def _check_dataset(model, dataset, xp, f):
+    """Validate the splits once, cast them to the model's dtype and copy host data to the
+    model's device ``xp`` (once, for the whole run); returns (train, valid)."""
     if not (hasattr(dataset, "train") and hasattr(dataset, "valid")):
         raise TypeError(f"{f}: expected dataset to have 'train' and 'valid' arrays (an "
                         f"lvmcore.data.Dataset), got {type(dataset).__name__}. Load one with "
@@ -325,6 +331,12 @@ def _check_dataset(model, dataset, f):
     for split in ("train", "valid"):
         x = getattr(dataset, split)
         check_array(x, f"dataset.{split}", f, ndim=2, shape=(None, D))
+        if get_xp(x) is not xp:
+            if xp is np:
+                raise TypeError(f"{f}: expected dataset.{split} on the model's device (a "
+                                f"numpy.ndarray), got a cupy.ndarray. Move the model with "
+                                f"model.to(cupy) or the data with cupy.asnumpy(...).")
+            x = xp.asarray(x)
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
         if getattr(model, "likelihood", None) == "bernoulli":
