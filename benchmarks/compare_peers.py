@@ -170,7 +170,8 @@ def bench_nearest(P, R, repeat):
             f"{bare / ours:.0%} of bare x@E^T rate")
 
 
-def _torch_model(torch, k):
+def _torch_model(torch, k, device="cpu"):
+    """The IWAE-paper architecture in PyTorch eager on ``device``: (step, evaluate)."""
     nn = torch.nn
 
     def mlp(sizes):
@@ -180,7 +181,7 @@ def _torch_model(torch, k):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
             layers += [lin] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
-        return nn.Sequential(*layers)
+        return nn.Sequential(*layers).to(device)
     enc, dec = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, eps=1e-4)
@@ -188,7 +189,7 @@ def _torch_model(torch, k):
     def log_w(x, kk):
         h = enc(x)
         mu, lv = h[:, :50], h[:, 50:]
-        eps = torch.randn(kk, x.shape[0], 50)
+        eps = torch.randn(kk, x.shape[0], 50, device=device)
         z = mu + torch.exp(0.5 * lv) * eps
         logits = dec(z)
         ll = -nn.functional.binary_cross_entropy_with_logits(

@@ -496,7 +496,9 @@ class _Device:
 def _make_cuda():
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device = _Device
-    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    cuda.runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda i: {"name": b"CUDA emulator (tests/cuda_emu)"})
     return cuda
 
 
@@ -535,6 +537,7 @@ def make():
     m.asarray = asarray
     m.array = array
     m.asnumpy = asnumpy
+    m.__version__ = "emulated"
     m.is_fake = True
     return m
 
