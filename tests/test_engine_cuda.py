@@ -60,9 +60,14 @@ def _eval(run):
 
 MODELS = {
     "vae": ["--model", "vae"],
+    "vae-gaussian-sampled-kl": ["--model", "vae", "--likelihood", "gaussian", "--kl", "sampled",
+                                "--samples", "2", "--free-bits", "0.1"],
     "iwae-dreg": ["--model", "iwae", "--k", "5", "--estimator", "dreg"],
+    "iwae-piwae": ["--model", "iwae", "--k", "4", "--objective", "piwae", "--groups", "2"],
     "vqvae-ema": ["--model", "vqvae", "--codes", "32", "--slots", "4", "--code-dim", "8",
                   "--codebook-update", "ema"],
+    "vqvae-kmeans-reset": ["--model", "vqvae", "--codes", "64", "--slots", "2", "--code-dim",
+                           "4", "--kmeans-init", "--reset-dead-codes", "--dead-code-steps", "1"],
     "catvae-gumbel": ["--model", "catvae", "--estimator", "gumbel"],
     "catvae-nvil": ["--model", "catvae", "--estimator", "nvil"],
 }

@@ -262,7 +262,7 @@ class VQVAE(Model):
         z = h.reshape(-1, self.code_dim)                                         # (B*S, E)
         iters = self.kmeans_iters if iters is None else iters
         self.params["codebook"][...] = kmeans_codebook(z, self.codes, rng, iters)
-        self._restart_state(np.ones(self.codes, dtype=bool))
+        self._restart_state(self.xp.ones(self.codes, dtype=bool))
 
     def _restart_state(self, which):
         """Code age 0 and, with EMA, one row per code (size 1, sum = code) for codes ``which``."""
