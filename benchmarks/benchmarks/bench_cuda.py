@@ -132,3 +132,20 @@ class CudaTrainStep(CudaBenchmark):
         self.model.loss_and_grads(xb, self.rng, validate=False)
         self.opt.step()
         self.sync()
+
+
+class CudaPhiloxFill(CudaBenchmark):
+    """The models' noise on the GPU (lvmcore.noise)."""
+
+    params = [["uniform", "normal", "gumbel"], [250000, 1 << 26]]
+    param_names = ["kind", "n"]
+
+    def setup(self, kind, n):
+        super().setup()
+        self.fn = self.get(f"philox_{kind}")
+        self.out = self.cp.empty(n, np.float32)
+        self.fn(1, 0, n, np.dtype(np.float32), out=self.out)
+
+    def time_fill(self, kind, n):
+        self.fn(1, 0, n, np.dtype(np.float32), out=self.out)
+        self.sync()

@@ -159,3 +159,26 @@ class AdamUpdate(Benchmark):
 
     def time_step(self, variant, size, dtype):
         self.fn(self.p, self.g, self.m, self.v, 1e-3, 0.9, 0.999, 1e-8)
+
+
+class PhiloxFill(Benchmark):
+    """The models' noise (lvmcore.noise): Philox fills, the Numba kernel beside the NumPy
+    reference; the (50, 100, 50) size is one IWAE-paper step's eps at K=50."""
+
+    params = [["numba", "numpy"], ["uniform", "normal", "gumbel"],
+              grid([5000, 250000], [5000, 250000, 1 << 24]), DTYPES]
+    param_names = ["backend", "kind", "n", "dtype"]
+
+    def setup(self, backend, kind, n, dtype):
+        super().setup()
+        import kernels
+        self.fn = kernels.get(f"philox_{kind}", backend)
+        self.out = np.empty(n, dtype)
+        self.fn(1, 0, n, np.dtype(dtype), out=self.out)
+
+    def time_fill(self, backend, kind, n, dtype):
+        self.fn(1, 0, n, np.dtype(dtype), out=self.out)
+
+    def track_gbps(self, backend, kind, n, dtype):
+        return _gbps(lambda: self.fn(1, 0, n, np.dtype(dtype), out=self.out), self.out.nbytes)
+    track_gbps.unit = "GB/s"

@@ -29,12 +29,19 @@ class Model:
     @property
     def xp(self):
         """The array module of the parameters: ``numpy`` or ``cupy``."""
-        return get_xp(*self.parameters().values())
+        return get_xp(self._like())
+
+    def _like(self):
+        """One parameter array: on the model's device, to dispatch noise and kernels by."""
+        return next(iter(self.parameters().values()))
 
     def to(self, xp):
         """Move every parameter, gradient and state array to the array module ``xp`` (``numpy``
         or ``cupy``, see ``lvmcore.backend.array_module``); returns the model. Optimizers hold
         the arrays they were made with: make them after the move."""
+        if getattr(xp, "__name__", None) not in ("numpy", "cupy"):
+            raise TypeError(f"{type(self).__name__}.to: expected xp to be the numpy or cupy "
+                            f"module, got {xp!r}. Pass lvmcore.backend.array_module('cuda').")
         for mod in self.modules().values():
             mod.to(xp)
         return self
@@ -43,8 +50,7 @@ class Model:
         """Data ``x`` (B, D): the model's dtype, on its device, binary for a Bernoulli
         decoder (every model's but a VAE's with ``likelihood="gaussian"``)."""
         check_array(x, "x", func, ndim=2, shape=(None, self.data_dim))
-        check_same_device((x, next(iter(self.parameters().values()))),
-                          ("x", "the model's parameters"), func)
+        check_same_device((x, self._like()), ("x", "the model's parameters"), func)
         if x.dtype != self.dtype:
             raise TypeError(f"{func}: expected x to have the model's dtype {self.dtype}, got "
                             f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype}).")

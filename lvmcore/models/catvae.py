@@ -312,7 +312,7 @@ class CatVAE(Model):
         generator ``rng`` (see lvmcore.noise)."""
         S = self.n_samples if n_samples is None else n_samples
         return noise.standard_gumbel(rng, (S, batch_size, self.n_latents, self.n_categories),
-                                     self.dtype, self.encoder.params["W0"])
+                                     self.dtype, self._like())
 
     def _kl(self, logits):
         """Analytic KL(q(z|x) || uniform) per latent variable, (B, N)."""

@@ -285,9 +285,6 @@ class VAE(Model):
         return noise.standard_normal(rng, (self.n_samples, batch_size, self.latent_dim),
                                      self.dtype, self._like())
 
-    def _like(self):
-        """An array on the model's device, to dispatch noise and kernels by."""
-        return self.encoder.params["W0"]
 
     def forward(self, x, eps, kl_weight=None):
         """Negative ELBO averaged over the batch, for fixed noise.
