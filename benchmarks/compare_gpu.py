@@ -13,6 +13,7 @@ the IWAE-architecture training step (batch 100, K = 50) >= 1.5x and K = 5000 eva
 PyTorch eager. ``--small`` shrinks every size (a check that the script runs, not a
 measurement).
 """
+
 import argparse
 import os
 import statistics
@@ -29,10 +30,12 @@ class Device:
 
     def __init__(self):
         import cupy
+
         self.cp = cupy
         self.torch = None
         try:
             import torch
+
             if torch.cuda.is_available():
                 self.torch = torch
         except ImportError:
@@ -79,6 +82,7 @@ def _bandwidth_note(nbytes, ms, copy_gbs):
 
 def bench_importance_weights(D, S, copy_gbs, repeat):
     import kernels
+
     k, b = S["importance"]
     lw = D.cp.asarray((np.random.default_rng(0).standard_normal((k, b)) * 5).astype(np.float32))
     out = D.cp.empty_like(lw)
@@ -87,14 +91,20 @@ def bench_importance_weights(D, S, copy_gbs, repeat):
     peers = {}
     if D.torch:
         t = D.torch_tensor(D.cp.asnumpy(lw))
-        peers["torch"] = D.median_ms(lambda: (D.torch.logsumexp(t, 0), D.torch.softmax(t, 0)),
-                                     repeat)
-    row(f"importance weights {(k, b)} f32", ours, peers,
-        _bandwidth_note(2 * lw.nbytes, ours, copy_gbs))
+        peers["torch"] = D.median_ms(
+            lambda: (D.torch.logsumexp(t, 0), D.torch.softmax(t, 0)), repeat
+        )
+    row(
+        f"importance weights {(k, b)} f32",
+        ours,
+        peers,
+        _bandwidth_note(2 * lw.nbytes, ours, copy_gbs),
+    )
 
 
 def bench_bernoulli(D, S, copy_gbs, repeat):
     import kernels
+
     n, d = S["bernoulli"]
     rng = np.random.default_rng(0)
     logits_h = (rng.standard_normal((n, d)) * 3).astype(np.float32)
@@ -108,14 +118,23 @@ def bench_bernoulli(D, S, copy_gbs, repeat):
         F = D.torch.nn.functional
         tl, tx = D.torch_tensor(logits_h), D.torch_tensor(np.tile(x_h, (50, 1)))
         peers["torch"] = D.median_ms(
-            lambda: (-F.binary_cross_entropy_with_logits(tl, tx, reduction="none").sum(1),
-                     tx - D.torch.sigmoid(tl)), repeat)
-    row(f"bernoulli loglik+grad {(n, d)} f32", ours, peers,
-        _bandwidth_note(2 * logits.nbytes, ours, copy_gbs))
+            lambda: (
+                -F.binary_cross_entropy_with_logits(tl, tx, reduction="none").sum(1),
+                tx - D.torch.sigmoid(tl),
+            ),
+            repeat,
+        )
+    row(
+        f"bernoulli loglik+grad {(n, d)} f32",
+        ours,
+        peers,
+        _bandwidth_note(2 * logits.nbytes, ours, copy_gbs),
+    )
 
 
 def bench_reparam(D, S, copy_gbs, repeat):
     import kernels
+
     k, b, z = S["reparam"]
     rng = np.random.default_rng(0)
     mu = D.cp.asarray(rng.standard_normal((b, z)).astype(np.float32))
@@ -127,13 +146,19 @@ def bench_reparam(D, S, copy_gbs, repeat):
     if D.torch:
         tm, tl = D.torch_tensor(D.cp.asnumpy(mu)), D.torch_tensor(D.cp.asnumpy(lv))
         peers["torch (no densities)"] = D.median_ms(
-            lambda: tm + D.torch.exp(0.5 * tl) * D.torch.randn(k, b, z, device="cuda"), repeat)
-    row(f"reparam sample+densities {(k, b, z)}", ours, peers,
-        _bandwidth_note(out.nbytes + 2 * 4 * k * b, ours, copy_gbs))
+            lambda: tm + D.torch.exp(0.5 * tl) * D.torch.randn(k, b, z, device="cuda"), repeat
+        )
+    row(
+        f"reparam sample+densities {(k, b, z)}",
+        ours,
+        peers,
+        _bandwidth_note(out.nbytes + 2 * 4 * k * b, ours, copy_gbs),
+    )
 
 
 def bench_gumbel(D, S, copy_gbs, repeat):
     import kernels
+
     fn = kernels.get("gumbel_softmax", "cupy")
     for shape in S["gumbel"]:
         logits_h = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -144,13 +169,19 @@ def bench_gumbel(D, S, copy_gbs, repeat):
         if D.torch:
             tl = D.torch_tensor(logits_h)
             peers["torch"] = D.median_ms(
-                lambda: D.torch.nn.functional.gumbel_softmax(tl, tau=0.5), repeat)
-        row(f"gumbel-softmax tau 0.5 {shape}", ours, peers,
-            _bandwidth_note(2 * logits.nbytes, ours, copy_gbs))
+                lambda: D.torch.nn.functional.gumbel_softmax(tl, tau=0.5), repeat
+            )
+        row(
+            f"gumbel-softmax tau 0.5 {shape}",
+            ours,
+            peers,
+            _bandwidth_note(2 * logits.nbytes, ours, copy_gbs),
+        )
 
 
 def bench_nearest(D, S, copy_gbs, repeat):
     import kernels
+
     n, e = S["nearest"]
     rng = np.random.default_rng(0)
     x_h = rng.standard_normal((n, e)).astype(np.float32)
@@ -163,11 +194,12 @@ def bench_nearest(D, S, copy_gbs, repeat):
         peers = {}
         if D.torch:
             tx, tc = D.torch_tensor(x_h), D.torch_tensor(cb_h)
-            chunk = 1 << 17                                # the (chunk, M) distances fit
+            chunk = 1 << 17  # the (chunk, M) distances fit
 
             def cdist():
                 for i in range(0, n, chunk):
-                    D.torch.cdist(tx[i:i + chunk], tc).argmin(1)
+                    D.torch.cdist(tx[i : i + chunk], tc).argmin(1)
+
             peers["torch cdist+argmin"] = D.median_ms(cdist, max(3, repeat // 4))
         tflops = 2 * n * m * e / (ours / 1e3) / 1e12
         row(f"nearest code N={n} E={e} M={m}", ours, peers, f"{tflops:.1f} TFLOP/s")
@@ -175,8 +207,10 @@ def bench_nearest(D, S, copy_gbs, repeat):
 
 def bench_training(D, S, copy_gbs, repeat):
     from compare_peers import _torch_model
+
     from lvmcore.models import IWAE
     from lvmcore.optim import Adam
+
     batch, k = S["train"]
     X_h = (np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32)
     X = D.cp.asarray(X_h)
@@ -184,69 +218,94 @@ def bench_training(D, S, copy_gbs, repeat):
     m.init_output_bias(X)
     opt = Adam(m.parameters(), m.gradients(), lr=1e-3, eps=1e-4)
     rng = np.random.default_rng(0)
-    it = iter(range(10 ** 9))
+    it = iter(range(10**9))
 
     def ours_step():
         i = next(it) * batch % 2000
-        m.loss_and_grads(X[i:i + batch], rng, validate=False)
+        m.loss_and_grads(X[i : i + batch], rng, validate=False)
         opt.step()
+
     ours = D.median_ms(ours_step, repeat * 2, warmup=20)
     peers = {}
     if D.torch:
         D.torch.manual_seed(0)
         step, _ = _torch_model(D.torch, k, device="cuda")
         TX = D.torch_tensor(X_h)
-        jt = iter(range(10 ** 9))
+        jt = iter(range(10**9))
 
         def torch_step():
             i = next(jt) * batch % 2000
-            step(TX[i:i + batch])
+            step(TX[i : i + batch])
+
         peers["torch eager"] = D.median_ms(torch_step, repeat * 2, warmup=20)
     row(f"IWAE-paper train step B={batch} K={k}", ours, peers)
 
 
 def bench_eval(D, S, copy_gbs, repeat):
     from compare_peers import _torch_model
+
     from lvmcore.models import VAE
+
     n, k = S["eval"]
     X_h = (np.random.default_rng(0).random((n, 784)) < 0.13).astype(np.float32)
     X = D.cp.asarray(X_h)
     m = VAE(784, 50, (200, 200)).to(D.cp)
     m.init_output_bias(X)
-    ours = D.median_ms(lambda: m.log_likelihood(X, np.random.default_rng(0), k=k),
-                       max(3, repeat // 4), warmup=1)
+    ours = D.median_ms(
+        lambda: m.log_likelihood(X, np.random.default_rng(0), k=k), max(3, repeat // 4), warmup=1
+    )
     peers = {}
     if D.torch:
         D.torch.manual_seed(0)
         _, evaluate = _torch_model(D.torch, 1, device="cuda")
         TX = D.torch_tensor(X_h)
-        peers["torch no_grad"] = D.median_ms(lambda: evaluate(TX, k), max(3, repeat // 4),
-                                             warmup=1)
-    row(f"K={k} log-likelihood, {n} images", ours, peers,
-        f"{n / (ours / 1e3):.0f} images/s")
+        peers["torch no_grad"] = D.median_ms(lambda: evaluate(TX, k), max(3, repeat // 4), warmup=1)
+    row(f"K={k} log-likelihood, {n} images", ours, peers, f"{n / (ours / 1e3):.0f} images/s")
 
 
 SIZES = {
-    "full": dict(copy=1 << 28, importance=(5000, 50000), bernoulli=(320000, 784),
-                 reparam=(5000, 1000, 50), gumbel=[(10 ** 7, 10), (500000, 512)],
-                 nearest=(1 << 20, 64), train=(100, 50), eval=(100, 5000)),
-    "small": dict(copy=1 << 16, importance=(50, 33), bernoulli=(100, 37),
-                  reparam=(7, 5, 3), gumbel=[(33, 5)], nearest=(300, 8), train=(10, 3),
-                  eval=(3, 20)),
+    "full": dict(
+        copy=1 << 28,
+        importance=(5000, 50000),
+        bernoulli=(320000, 784),
+        reparam=(5000, 1000, 50),
+        gumbel=[(10**7, 10), (500000, 512)],
+        nearest=(1 << 20, 64),
+        train=(100, 50),
+        eval=(100, 5000),
+    ),
+    "small": dict(
+        copy=1 << 16,
+        importance=(50, 33),
+        bernoulli=(100, 37),
+        reparam=(7, 5, 3),
+        gumbel=[(33, 5)],
+        nearest=(300, 8),
+        train=(10, 3),
+        eval=(3, 20),
+    ),
 }
-BENCHES = {"importance": bench_importance_weights, "bernoulli": bench_bernoulli,
-           "reparam": bench_reparam, "gumbel": bench_gumbel, "nearest": bench_nearest,
-           "train": bench_training, "eval": bench_eval}
+BENCHES = {
+    "importance": bench_importance_weights,
+    "bernoulli": bench_bernoulli,
+    "reparam": bench_reparam,
+    "gumbel": bench_gumbel,
+    "nearest": bench_nearest,
+    "train": bench_training,
+    "eval": bench_eval,
+}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--only", default=",".join(BENCHES))
     p.add_argument("--small", action="store_true", help="tiny sizes: check that it runs")
     a = p.parse_args(argv)
     from lvmcore.backend import available_backends
+
     why = available_backends()["cupy"]
     if why != "available":
         print(f"compare_gpu: needs a CUDA device through CuPy: {why}", file=sys.stderr)
@@ -256,9 +315,12 @@ def main(argv=None):
     copy_gbs = copy_bandwidth(D, S, a.repeat)
     name = D.cp.cuda.runtime.getDeviceProperties(0)["name"]
     name = name.decode() if isinstance(name, bytes) else name
-    print(f"device {name}; cupy {D.cp.__version__}; torch "
-          f"{D.torch.__version__ if D.torch else 'absent (or no CUDA)'}; copy bandwidth "
-          f"{copy_gbs:.0f} GB/s (ratios below are peer time / lvmcore time)", flush=True)
+    print(
+        f"device {name}; cupy {D.cp.__version__}; torch "
+        f"{D.torch.__version__ if D.torch else 'absent (or no CUDA)'}; copy bandwidth "
+        f"{copy_gbs:.0f} GB/s (ratios below are peer time / lvmcore time)",
+        flush=True,
+    )
     for bench in a.only.split(","):
         BENCHES[bench](D, S, copy_gbs, a.repeat)
     return 0

@@ -9,6 +9,7 @@ ratio peer / lvmcore, and the fraction of this machine's memory bandwidth (memor
 kernels, against a read-only stream and a copy measured in the same run) or SGEMM rate
 (search, training steps) that lvmcore reaches.
 """
+
 import argparse
 import importlib.util
 import os
@@ -16,8 +17,9 @@ import statistics
 import sys
 import time
 
-import lvmcore  # noqa: F401  (first: it may choose OpenBLAS's kernels before NumPy loads)
 import numpy as np
+
+import lvmcore  # noqa: F401  (first: it may choose OpenBLAS's kernels before NumPy loads)
 
 
 def median_ms(fn, repeat, warmup=2):
@@ -36,16 +38,19 @@ class Peers:
         self.threads = threads
         import numba
         from threadpoolctl import threadpool_limits
+
         numba.set_num_threads(threads)
         threadpool_limits(threads)
         self.torch = None
         if importlib.util.find_spec("torch"):
             import torch
+
             torch.set_num_threads(threads)
             self.torch = torch
         self.faiss = None
         if importlib.util.find_spec("faiss"):
             import faiss
+
             faiss.omp_set_num_threads(threads)
             self.faiss = faiss
 
@@ -70,21 +75,26 @@ def row(name, ours_ms, peers, extra=""):
 
 def bench_importance_weights(P, R, repeat):
     from kernels import importance_weights as iw
+
     lw = (np.random.default_rng(0).standard_normal((5000, 1000)) * 5).astype(np.float32)
     out = np.empty_like(lw)
     ours = median_ms(lambda: iw.importance_weights(lw, out), repeat)
     peers = {"numpy": median_ms(lambda: iw.importance_weights_ref(lw, out), max(3, repeat // 3))}
     if P.torch:
         t = P.torch.from_numpy(lw)
-        peers["torch"] = median_ms(lambda: (P.torch.logsumexp(t, 0), P.torch.softmax(t, 0)),
-                                   repeat)
+        peers["torch"] = median_ms(lambda: (P.torch.logsumexp(t, 0), P.torch.softmax(t, 0)), repeat)
     gbs = lw.nbytes / (ours / 1e3) / 1e9
-    row("importance weights (5000,1000) f32", ours, peers,
-        f"{gbs:.1f} GB/s read = {gbs / R[0]:.0%} of read bandwidth")
+    row(
+        "importance weights (5000,1000) f32",
+        ours,
+        peers,
+        f"{gbs:.1f} GB/s read = {gbs / R[0]:.0%} of read bandwidth",
+    )
 
 
 def bench_bernoulli(P, R, repeat):
     from kernels import bernoulli_loglik as bl
+
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((50000, 784)) * 3).astype(np.float32)
     x = (rng.random((1000, 784)) < 0.13).astype(np.float32)
@@ -96,34 +106,52 @@ def bench_bernoulli(P, R, repeat):
         F = P.torch.nn.functional
         tl, tx = P.torch.from_numpy(logits), P.torch.from_numpy(xt)
         peers["torch"] = median_ms(
-            lambda: (-F.binary_cross_entropy_with_logits(tl, tx, reduction="none").sum(1),
-                     tx - P.torch.sigmoid(tl)), repeat)
+            lambda: (
+                -F.binary_cross_entropy_with_logits(tl, tx, reduction="none").sum(1),
+                tx - P.torch.sigmoid(tl),
+            ),
+            repeat,
+        )
     gbs = 2 * logits.nbytes / (ours / 1e3) / 1e9
-    row("bernoulli loglik+grad (50000,784) f32", ours, peers,
-        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth")
+    row(
+        "bernoulli loglik+grad (50000,784) f32",
+        ours,
+        peers,
+        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
 
 
 def bench_reparam(P, R, repeat):
     from kernels import reparam_sample as rs
+
     rng = np.random.default_rng(0)
     mu = rng.standard_normal((100, 50)).astype(np.float32)
     lv = (0.3 * rng.standard_normal((100, 50))).astype(np.float32)
     z = np.empty((5000, 100, 50), np.float32)
     ours = median_ms(lambda: rs.reparam_sample(mu, lv, 5000, 1, 0, 0, z), repeat)
     g = np.random.default_rng(1)
-    peers = {"numpy": median_ms(lambda: mu + np.exp(0.5 * lv) * g.standard_normal(
-        (5000, 100, 50), dtype=np.float32), 3)}
+    peers = {
+        "numpy": median_ms(
+            lambda: mu + np.exp(0.5 * lv) * g.standard_normal((5000, 100, 50), dtype=np.float32), 3
+        )
+    }
     if P.torch:
         tm, tl = P.torch.from_numpy(mu), P.torch.from_numpy(lv)
-        peers["torch"] = median_ms(lambda: tm + P.torch.exp(0.5 * tl) * P.torch.randn(
-            5000, 100, 50), repeat)
+        peers["torch"] = median_ms(
+            lambda: tm + P.torch.exp(0.5 * tl) * P.torch.randn(5000, 100, 50), repeat
+        )
     gbs = z.nbytes / (ours / 1e3) / 1e9
-    row("reparam sample+densities (5000,100,50)", ours, peers,
-        f"{gbs:.1f} GB/s written = {gbs / R[1]:.0%} of copy bandwidth")
+    row(
+        "reparam sample+densities (5000,100,50)",
+        ours,
+        peers,
+        f"{gbs:.1f} GB/s written = {gbs / R[1]:.0%} of copy bandwidth",
+    )
 
 
 def bench_gumbel(P, R, repeat):
     from kernels import gumbel_softmax as gs
+
     for shape in [(100000, 10), (10000, 512)]:
         logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         y = np.empty_like(logits)
@@ -132,14 +160,20 @@ def bench_gumbel(P, R, repeat):
         if P.torch:
             tl = P.torch.from_numpy(logits)
             peers["torch"] = median_ms(
-                lambda: P.torch.nn.functional.gumbel_softmax(tl, tau=0.5), repeat)
+                lambda: P.torch.nn.functional.gumbel_softmax(tl, tau=0.5), repeat
+            )
         gbs = 2 * logits.nbytes / (ours / 1e3) / 1e9
-        row(f"gumbel-softmax tau 0.5 {shape}", ours, peers,
-            f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth")
+        row(
+            f"gumbel-softmax tau 0.5 {shape}",
+            ours,
+            peers,
+            f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+        )
 
 
 def bench_nearest(P, R, repeat):
     from kernels import nearest_code as nc
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((65536, 64)).astype(np.float32)
     for m in (512, 8192):
@@ -150,7 +184,8 @@ def bench_nearest(P, R, repeat):
 
         def sgemm():
             for i in range(0, 65536, 4096):
-                np.matmul(x[i:i + 4096], cb.T, out=out)
+                np.matmul(x[i : i + 4096], cb.T, out=out)
+
         bare = median_ms(sgemm, rep)
         peers = {"sgemm x@E^T": bare}
         if P.faiss:
@@ -162,12 +197,17 @@ def bench_nearest(P, R, repeat):
 
             def cdist():
                 for i in range(0, 65536, 8192):
-                    P.torch.cdist(tx[i:i + 8192], tc).argmin(1)
+                    P.torch.cdist(tx[i : i + 8192], tc).argmin(1)
+
             peers["torch cdist"] = median_ms(cdist, max(3, rep // 3))
         gflops = 2 * 65536 * m * 64 / (ours / 1e3) / 1e9
-        row(f"nearest code N=65536 E=64 M={m}", ours, peers,
+        row(
+            f"nearest code N=65536 E=64 M={m}",
+            ours,
+            peers,
             f"{gflops:.0f} GFLOP/s = {gflops / R[2]:.0%} of SGEMM, "
-            f"{bare / ours:.0%} of bare x@E^T rate")
+            f"{bare / ours:.0%} of bare x@E^T rate",
+        )
 
 
 def _torch_model(torch, k, device="cpu"):
@@ -182,6 +222,7 @@ def _torch_model(torch, k, device="cpu"):
             nn.init.zeros_(lin.bias)
             layers += [lin] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
         return nn.Sequential(*layers).to(device)
+
     enc, dec = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, eps=1e-4)
@@ -193,7 +234,8 @@ def _torch_model(torch, k, device="cpu"):
         z = mu + torch.exp(0.5 * lv) * eps
         logits = dec(z)
         ll = -nn.functional.binary_cross_entropy_with_logits(
-            logits, x.expand(kk, -1, -1), reduction="none").sum(-1)
+            logits, x.expand(kk, -1, -1), reduction="none"
+        ).sum(-1)
         return ll - 0.5 * (z * z).sum(-1) + 0.5 * (eps * eps).sum(-1) + 0.5 * lv.sum(-1)
 
     def step(x):
@@ -207,24 +249,27 @@ def _torch_model(torch, k, device="cpu"):
         with torch.no_grad():
             parts = [log_w(x, chunk) for _ in range(kk // chunk)]
             return torch.logsumexp(torch.cat(parts), 0) - np.log(kk)
+
     return step, evaluate
 
 
 def bench_training(P, R, repeat):
     from lvmcore.models import IWAE, VAE
     from lvmcore.optim import Adam
+
     X = (np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32)
     for batch, k in [(100, 1), (20, 50), (100, 50)]:
         m = VAE(784, 50, (200, 200)) if k == 1 else IWAE(784, 50, (200, 200), k=k)
         m.init_output_bias(X)
         opt = Adam(m.parameters(), m.gradients(), lr=1e-3, eps=1e-4)
         rng = np.random.default_rng(0)
-        it = iter(range(10 ** 9))
+        it = iter(range(10**9))
 
         def ours_step():
             i = next(it) * batch % 2000
-            m.loss_and_grads(X[i:i + batch], rng, validate=False)
+            m.loss_and_grads(X[i : i + batch], rng, validate=False)
             opt.step()
+
         for _ in range(20):
             ours_step()
         ours = median_ms(ours_step, repeat * 2)
@@ -232,42 +277,64 @@ def bench_training(P, R, repeat):
         if P.torch:
             for ftz in (False, True):
                 peers["torch" + (" FTZ" if ftz else "")] = _torch_worker(
-                    P.threads, "train", batch, k, repeat * 2, ftz)
+                    P.threads, "train", batch, k, repeat * 2, ftz
+                )
         # GEMM work: decoder on B*K rows (forward, dW and dx), encoder on B rows (no dx for
         # its first layer)
         dec = 50 * 200 + 200 * 200 + 200 * 784
         enc = 784 * 200 + 200 * 200 + 200 * 100
         flops = 6 * batch * k * dec + 6 * batch * enc - 2 * batch * 784 * 200
         gf = flops / (ours / 1e3) / 1e9
-        row(f"IWAE-paper train step B={batch} K={k}", ours, peers,
-            f"{gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM")
+        row(
+            f"IWAE-paper train step B={batch} K={k}",
+            ours,
+            peers,
+            f"{gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM",
+        )
 
 
 def bench_eval(P, R, repeat):
     from lvmcore.models import VAE
+
     X = (np.random.default_rng(0).random((20, 784)) < 0.13).astype(np.float32)
     m = VAE(784, 50, (200, 200))
     m.init_output_bias(X)
     n = 20
-    ours = median_ms(lambda: m.log_likelihood(X[:n], np.random.default_rng(0), k=5000),
-                     max(3, repeat // 5), warmup=1)
+    ours = median_ms(
+        lambda: m.log_likelihood(X[:n], np.random.default_rng(0), k=5000),
+        max(3, repeat // 5),
+        warmup=1,
+    )
     peers = {}
     if P.torch:
         peers["torch no_grad"] = _torch_worker(P.threads, "eval", n, 5000, max(3, repeat // 5))
     rows = n * 5000
     flops = 2 * rows * (50 * 200 + 200 * 200 + 200 * 784)
     gf = flops / (ours / 1e3) / 1e9
-    row(f"K=5000 log-likelihood, {n} images", ours, peers,
-        f"{n / (ours / 1e3):.1f} images/s; {gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM")
+    row(
+        f"K=5000 log-likelihood, {n} images",
+        ours,
+        peers,
+        f"{n / (ours / 1e3):.1f} images/s; {gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM",
+    )
 
 
 def _torch_worker(threads, kind, batch, k, repeat, ftz=False):
     """Median ms of a PyTorch training step or evaluation, timed in a fresh process so that
     no other library's thread pool is spinning beside it."""
     import subprocess
-    out = subprocess.run([sys.executable, __file__, "--torch-worker",
-                          f"{threads},{kind},{batch},{k},{repeat},{int(ftz)}"],
-                         capture_output=True, text=True, check=True).stdout
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--torch-worker",
+            f"{threads},{kind},{batch},{k},{repeat},{int(ftz)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -275,18 +342,19 @@ def torch_worker_main(spec):
     threads, kind, batch, k, repeat, ftz = spec.split(",")
     threads, batch, k, repeat = int(threads), int(batch), int(k), int(repeat)
     import torch
+
     torch.set_num_threads(threads)
     torch.set_flush_denormal(bool(int(ftz)))
     torch.manual_seed(0)
-    X = torch.from_numpy((np.random.default_rng(0).random((2000, 784)) < 0.13)
-                         .astype(np.float32))
+    X = torch.from_numpy((np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32))
     step, evaluate = _torch_model(torch, k if kind == "train" else 1)
     if kind == "train":
-        it = iter(range(10 ** 9))
+        it = iter(range(10**9))
 
         def fn():
             i = next(it) * batch % 2000
-            step(X[i:i + batch])
+            step(X[i : i + batch])
+
         for _ in range(20):
             fn()
         print(median_ms(fn, repeat))
@@ -294,14 +362,21 @@ def torch_worker_main(spec):
         print(median_ms(lambda: evaluate(X[:batch], k), repeat, warmup=1))
 
 
-BENCHES = {"importance": bench_importance_weights, "bernoulli": bench_bernoulli,
-           "reparam": bench_reparam, "gumbel": bench_gumbel, "nearest": bench_nearest,
-           "train": bench_training, "eval": bench_eval}
+BENCHES = {
+    "importance": bench_importance_weights,
+    "bernoulli": bench_bernoulli,
+    "reparam": bench_reparam,
+    "gumbel": bench_gumbel,
+    "nearest": bench_nearest,
+    "train": bench_training,
+    "eval": bench_eval,
+}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--only", default=",".join(BENCHES))
@@ -312,11 +387,15 @@ def main(argv=None):
         return 0
     P = Peers(a.threads)
     R = machine_rates(a.repeat)
-    print(f"threads {a.threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
-          f"torch {P.torch.__version__ if P.torch else 'absent'}; "
-          f"faiss {'present' if P.faiss else 'absent'}")
-    print(f"machine: read {R[0]:.1f} GB/s, copy {R[1]:.1f} GB/s, SGEMM {R[2]:.0f} GFLOP/s "
-          f"(ratios below are peer time / lvmcore time)")
+    print(
+        f"threads {a.threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
+        f"torch {P.torch.__version__ if P.torch else 'absent'}; "
+        f"faiss {'present' if P.faiss else 'absent'}"
+    )
+    print(
+        f"machine: read {R[0]:.1f} GB/s, copy {R[1]:.1f} GB/s, SGEMM {R[2]:.0f} GFLOP/s "
+        f"(ratios below are peer time / lvmcore time)"
+    )
     for name in a.only.split(","):
         BENCHES[name](P, R, a.repeat)
     return 0

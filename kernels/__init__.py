@@ -3,6 +3,7 @@
 ``get(op, backend)`` returns the implementation of ``op`` for a backend name. Only
 ``lvmcore.backend`` imports this package.
 """
+
 import importlib
 
 # op name -> module holding VARIANTS (a dict backend name -> callable)
@@ -18,8 +19,11 @@ _TABLES = {"_backward": "BACKWARD_IMPLEMENTATIONS", "_max": "MAX_IMPLEMENTATIONS
 
 
 # The noise fills of kernels.philox: (seed, stream, n, dtype, offset=0, *, out=None) -> (n,).
-_PHILOX = {"philox_uniform": "UNIFORM_IMPLEMENTATIONS", "philox_normal": "NORMAL_IMPLEMENTATIONS",
-           "philox_gumbel": "GUMBEL_IMPLEMENTATIONS"}
+_PHILOX = {
+    "philox_uniform": "UNIFORM_IMPLEMENTATIONS",
+    "philox_normal": "NORMAL_IMPLEMENTATIONS",
+    "philox_gumbel": "GUMBEL_IMPLEMENTATIONS",
+}
 
 
 def get(op, backend):
@@ -28,8 +32,8 @@ def get(op, backend):
     ``philox_uniform``, ``philox_normal``, ``philox_gumbel`` are the noise fills."""
     base, table = op, "IMPLEMENTATIONS"
     for suffix, name in _TABLES.items():
-        if op.endswith(suffix) and op[:-len(suffix)] in _MODULES:
-            base, table = op[:-len(suffix)], name
+        if op.endswith(suffix) and op[: -len(suffix)] in _MODULES:
+            base, table = op[: -len(suffix)], name
     if op == "gumbel_max":
         base, table = "gumbel_softmax", "MAX_IMPLEMENTATIONS"
     if op in _PHILOX:
@@ -38,12 +42,14 @@ def get(op, backend):
     elif base in _MODULES:
         module = importlib.import_module(_MODULES[base])
     else:
-        raise NotImplementedError(f"kernels.get: no kernel named {op!r}; known: "
-                                  f"{sorted([*_MODULES, *_PHILOX])}")
+        raise NotImplementedError(
+            f"kernels.get: no kernel named {op!r}; known: {sorted([*_MODULES, *_PHILOX])}"
+        )
     impls = getattr(module, table)
     if backend not in impls:
         raise NotImplementedError(
-            f"kernels.get: kernel {op!r} has no {backend!r} implementation; has {sorted(impls)}")
+            f"kernels.get: kernel {op!r} has no {backend!r} implementation; has {sorted(impls)}"
+        )
     return impls[backend]
 
 

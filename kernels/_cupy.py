@@ -12,6 +12,7 @@ kernel modules import it only inside their CuPy functions (``from . import _cupy
 - launch sizes (``grid``, ``group_width``) and the argument checks a raw kernel needs (it
   ignores strides and validates nothing).
 """
+
 import functools
 import importlib.resources
 import re
@@ -23,11 +24,23 @@ try:
 except ImportError as exc:  # a "cupy" variant called on a machine without CuPy
     from lvmcore.backend import available_backends
     from lvmcore.exceptions import BackendUnavailableError
-    raise BackendUnavailableError(
-        f"backend 'cupy' is unavailable: {available_backends()['cupy']}") from exc
 
-__all__ = ["raw_module", "elementwise", "source", "grid", "group_width", "sm_count",
-           "check_array", "check_same", "check_out", "THREADS"]
+    raise BackendUnavailableError(
+        f"backend 'cupy' is unavailable: {available_backends()['cupy']}"
+    ) from exc
+
+__all__ = [
+    "raw_module",
+    "elementwise",
+    "source",
+    "grid",
+    "group_width",
+    "sm_count",
+    "check_array",
+    "check_same",
+    "check_out",
+    "THREADS",
+]
 
 # Threads per block of the row kernels (a multiple of 32: groups of lanes never straddle warps).
 THREADS = 256
@@ -41,12 +54,12 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(name):
     return importlib.resources.files("kernels").joinpath("cuda", name).read_text()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source(name):
     """Text of ``kernels/cuda/<name>`` with its quoted includes inlined, each header once."""
     seen = set()
@@ -58,6 +71,7 @@ def source(name):
                 return ""
             seen.add(header)
             return expand(_read(header))
+
         return _INCLUDE.sub(repl, text)
 
     return expand(_read(name))
@@ -67,8 +81,9 @@ def source(name):
 def raw_module(name, name_expressions):
     """The RawModule of ``kernels/cuda/<name>``; ``name_expressions`` a tuple of template
     instantiations such as ``"lvm_op_v1<float>"`` (fetch them with ``get_function``)."""
-    return cupy.RawModule(code=source(name), options=OPTIONS,
-                          name_expressions=list(name_expressions))
+    return cupy.RawModule(
+        code=source(name), options=OPTIONS, name_expressions=list(name_expressions)
+    )
 
 
 @cupy.memoize(for_each_device=True)
@@ -101,35 +116,43 @@ def check_array(a, name, func, ndim, dtype=None):
     """``a`` must be a C-contiguous cupy.ndarray with ``ndim`` dimensions and a float dtype (or
     ``dtype``). Raw kernels read memory linearly, so strides are rejected, not ignored."""
     if not isinstance(a, cupy.ndarray):
-        raise TypeError(f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
-                        f"{type(a).__module__}.{type(a).__name__}. Move it with "
-                        f"cupy.asarray(...) or call the numpy/numba backend.")
+        raise TypeError(
+            f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
+            f"{type(a).__module__}.{type(a).__name__}. Move it with "
+            f"cupy.asarray(...) or call the numpy/numba backend."
+        )
     if dtype is None:
         if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
-                            f"{a.dtype}. Cast it with {name}.astype(cupy.float32).")
+            raise TypeError(
+                f"{func}: expected {name} to have dtype float32 or float64, got "
+                f"{a.dtype}. Cast it with {name}.astype(cupy.float32)."
+            )
     elif a.dtype != np.dtype(dtype):
-        raise TypeError(f"{func}: expected {name} to have dtype {np.dtype(dtype)}, got "
-                        f"{a.dtype}.")
+        raise TypeError(f"{func}: expected {name} to have dtype {np.dtype(dtype)}, got {a.dtype}.")
     if a.ndim != ndim:
-        raise ValueError(f"{func}: expected {name} to have {ndim} dimensions, got an array of "
-                         f"shape {tuple(a.shape)}.")
+        raise ValueError(
+            f"{func}: expected {name} to have {ndim} dimensions, got an array of "
+            f"shape {tuple(a.shape)}."
+        )
     if not a.flags.c_contiguous:
-        raise ValueError(f"{func}: expected {name} to be C-contiguous, got strides "
-                         f"{tuple(a.strides)} for shape {tuple(a.shape)}. Pass "
-                         f"cupy.ascontiguousarray({name}).")
+        raise ValueError(
+            f"{func}: expected {name} to be C-contiguous, got strides "
+            f"{tuple(a.strides)} for shape {tuple(a.shape)}. Pass "
+            f"cupy.ascontiguousarray({name})."
+        )
     return a
 
 
 def check_same(a, name, ref, ref_name, func, shape=None):
     """``a`` has ``ref``'s dtype and the given shape (``ref``'s when None)."""
     if a.dtype != ref.dtype:
-        raise TypeError(f"{func}: expected {name} to have the dtype of {ref_name} "
-                        f"({ref.dtype}), got {a.dtype}. Cast them to one dtype.")
+        raise TypeError(
+            f"{func}: expected {name} to have the dtype of {ref_name} "
+            f"({ref.dtype}), got {a.dtype}. Cast them to one dtype."
+        )
     shape = tuple(ref.shape) if shape is None else tuple(shape)
     if tuple(a.shape) != shape:
-        raise ValueError(f"{func}: expected {name} to have shape {shape}, got "
-                         f"{tuple(a.shape)}.")
+        raise ValueError(f"{func}: expected {name} to have shape {shape}, got {tuple(a.shape)}.")
 
 
 def check_out(out, name, func, shape, dtype):
@@ -140,6 +163,8 @@ def check_out(out, name, func, shape, dtype):
     it."""
     check_array(out, name, func, len(shape), dtype)
     if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{func}: expected {name} to have shape {tuple(shape)}, got "
-                         f"{tuple(out.shape)}. Allocate it with cupy.empty(...).")
+        raise ValueError(
+            f"{func}: expected {name} to have shape {tuple(shape)}, got "
+            f"{tuple(out.shape)}. Allocate it with cupy.empty(...)."
+        )
     return out

@@ -21,6 +21,7 @@ Variants:
     adam_update_cupy_v1    CuPy ElementwiseKernel, one fused pass on the GPU (not yet run on
                            a device)
 """
+
 import numpy as np
 from numba import njit, prange
 
@@ -78,30 +79,47 @@ def adam_update_numba_v2(p, g, m, v, step_size, beta1, beta2, eps_hat):
 # CuPy: one ElementwiseKernel (the least powerful kernel type that does it), built on first use.
 # The scalars are cast to the dtype on the host, as the Numba variants do, so float32 stays
 # float32; (1 - beta) is formed in float64 and rounded once, as in adam_update_ref.
-_CUPY_ADAM = ("T g, T step_size, T b1, T omb1, T b2, T omb2, T eps_hat", "T p, T m, T v",
-              "T mi = b1 * m + omb1 * g; T vi = b2 * v + omb2 * g * g; m = mi; v = vi; "
-              "p -= step_size * mi / (sqrt(vi) + eps_hat)", "lvm_adam_update_v1")
+_CUPY_ADAM = (
+    "T g, T step_size, T b1, T omb1, T b2, T omb2, T eps_hat",
+    "T p, T m, T v",
+    "T mi = b1 * m + omb1 * g; T vi = b2 * v + omb2 * g * g; m = mi; v = vi; "
+    "p -= step_size * mi / (sqrt(vi) + eps_hat)",
+    "lvm_adam_update_v1",
+)
 
 
 def adam_update_cupy_v1(p, g, m, v, step_size, beta1, beta2, eps_hat):
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "adam_update_cupy_v1"
     for name, a in (("p", p), ("g", g), ("m", m), ("v", v)):
         if not isinstance(a, cupy.ndarray):
-            raise TypeError(f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
-                            f"{type(a).__module__}.{type(a).__name__}.")
+            raise TypeError(
+                f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
+                f"{type(a).__module__}.{type(a).__name__}."
+            )
         if a.dtype != p.dtype or a.shape != p.shape:
-            raise ValueError(f"{func}: expected {name} to match p ({p.dtype} {tuple(p.shape)}), "
-                             f"got {a.dtype} {tuple(a.shape)}.")
+            raise ValueError(
+                f"{func}: expected {name} to match p ({p.dtype} {tuple(p.shape)}), "
+                f"got {a.dtype} {tuple(a.shape)}."
+            )
     t = p.dtype.type
-    _cupy.elementwise(*_CUPY_ADAM)(g, t(step_size), t(beta1), t(1 - beta1), t(beta2),
-                                   t(1 - beta2), t(eps_hat), p, m, v)
+    _cupy.elementwise(*_CUPY_ADAM)(
+        g, t(step_size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps_hat), p, m, v
+    )
 
 
-VARIANTS = {"ref": adam_update_ref, "numba_v1": adam_update_numba_v1,
-            "numba_v2": adam_update_numba_v2, "cupy_v1": adam_update_cupy_v1}
+VARIANTS = {
+    "ref": adam_update_ref,
+    "numba_v1": adam_update_numba_v1,
+    "numba_v2": adam_update_numba_v2,
+    "cupy_v1": adam_update_cupy_v1,
+}
 # DEFAULT numba_v2: on the IWAE-paper model (12 arrays, 0.42 M parameters, float32) one Adam
 # step takes about 0.25 ms against about 1.8 ms for the eight-pass NumPy update (2 threads).
-IMPLEMENTATIONS = {"numpy": adam_update_ref, "numba": adam_update_numba_v2,
-                   "cupy": adam_update_cupy_v1}
+IMPLEMENTATIONS = {
+    "numpy": adam_update_ref,
+    "numba": adam_update_numba_v2,
+    "cupy": adam_update_cupy_v1,
+}

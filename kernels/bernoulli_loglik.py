@@ -53,16 +53,27 @@ Variants
   row, per-lane partial sums in the dtype added by warp shuffles, gradient in the same pass; the
   backward is an ElementwiseKernel. The ``"cupy"`` backend; not yet run on a device.
 """
+
 import numpy as np
 from numba import njit, prange
 
 from .fastmath import exp, log
 
-__all__ = ["bernoulli_loglik", "bernoulli_loglik_backward", "bernoulli_loglik_ref",
-           "bernoulli_loglik_numba_v1", "bernoulli_loglik_numba_v2",
-           "bernoulli_loglik_backward_ref", "bernoulli_loglik_backward_numba",
-           "bernoulli_loglik_cupy_v1", "bernoulli_loglik_backward_cupy_v1", "VARIANTS",
-           "IMPLEMENTATIONS", "BACKWARD_IMPLEMENTATIONS", "DEFAULT"]
+__all__ = [
+    "bernoulli_loglik",
+    "bernoulli_loglik_backward",
+    "bernoulli_loglik_ref",
+    "bernoulli_loglik_numba_v1",
+    "bernoulli_loglik_numba_v2",
+    "bernoulli_loglik_backward_ref",
+    "bernoulli_loglik_backward_numba",
+    "bernoulli_loglik_cupy_v1",
+    "bernoulli_loglik_backward_cupy_v1",
+    "VARIANTS",
+    "IMPLEMENTATIONS",
+    "BACKWARD_IMPLEMENTATIONS",
+    "DEFAULT",
+]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -75,6 +86,7 @@ _ROWS_PER_TASK = 8
 # --------------------------------------------------------------------------------------------
 # Reference (the oracle)
 # --------------------------------------------------------------------------------------------
+
 
 def bernoulli_loglik_ref(logits, x, grad_out=None):
     """Plain NumPy, in float64 whatever the input dtype; results cast to the input dtype.
@@ -113,6 +125,7 @@ def bernoulli_loglik_backward_ref(dloglik, grad, out=None):
 # Numba
 # --------------------------------------------------------------------------------------------
 
+
 @njit(cache=True, error_model="numpy")
 def _term_grad(l, xv, zero, one):
     """(x l - softplus(l), x - sigmoid(l)) for one element; constants typed like l.
@@ -138,6 +151,7 @@ def _term_grad(l, xv, zero, one):
 # loops reassociates (the element math lives in _term_grad / kernels.fastmath with strict flags).
 # No nnan/ninf: NaN logits must propagate to the loglik. ``acc0`` is the accumulator's zero: its
 # type (float64, or the data dtype) picks the accumulation precision, i.e. the variant.
+
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one):
@@ -261,8 +275,9 @@ def bernoulli_loglik_backward_numba(dloglik, grad, out=None):
 # CuPy (kernels/cuda/bernoulli_loglik.cu; CuPy is imported only when these run)
 # --------------------------------------------------------------------------------------------
 
-_CUPY_NAMES = tuple(f"lvm_bernoulli_loglik_v1<{t}, {g}>"
-                    for t in ("float", "double") for g in ("true", "false"))
+_CUPY_NAMES = tuple(
+    f"lvm_bernoulli_loglik_v1<{t}, {g}>" for t in ("float", "double") for g in ("true", "false")
+)
 
 
 def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
@@ -270,6 +285,7 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
     shuffles, the gradient written in the same pass. Contract of ``bernoulli_loglik_ref`` on
     cupy arrays; checks types, dtypes, shapes and contiguity (not values)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "bernoulli_loglik_cupy_v1"
     _cupy.check_array(logits, "logits", func, 2)
@@ -278,36 +294,51 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
     B = x.shape[0]
     _cupy.check_same(x, "x", logits, "logits", func, shape=(B, D))
     if B == 0 or N % B != 0:
-        raise ValueError(f"{func}: expected logits.shape[0] to be a multiple S * B of "
-                         f"x.shape[0] ({B}), got logits of shape {tuple(logits.shape)}.")
+        raise ValueError(
+            f"{func}: expected logits.shape[0] to be a multiple S * B of "
+            f"x.shape[0] ({B}), got logits of shape {tuple(logits.shape)}."
+        )
     if grad_out is not None:
         _cupy.check_out(grad_out, "grad_out", func, (N, D), logits.dtype)
-    loglik = cupy.empty(N, dtype=logits.dtype)                                     # (N,)
+    loglik = cupy.empty(N, dtype=logits.dtype)  # (N,)
     if N == 0:
         return loglik, grad_out
     W = _cupy.group_width(D)
     name = _CUPY_NAMES[2 * (logits.dtype == np.float64) + (grad_out is None)]
     kernel = _cupy.raw_module("bernoulli_loglik.cu", _CUPY_NAMES).get_function(name)
-    kernel((_cupy.grid(N * W, _cupy.THREADS),), (_cupy.THREADS,),
-           (logits, x, loglik if grad_out is None else grad_out, loglik, np.int64(N),
-            np.int64(D), np.int64(B), np.int32(W)))
+    kernel(
+        (_cupy.grid(N * W, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (
+            logits,
+            x,
+            loglik if grad_out is None else grad_out,
+            loglik,
+            np.int64(N),
+            np.int64(D),
+            np.int64(B),
+            np.int32(W),
+        ),
+    )
     return loglik, grad_out
 
 
 def bernoulli_loglik_backward_cupy_v1(dloglik, grad, out=None):
     """CuPy ElementwiseKernel ``out = dloglik[:, None] * grad``; ``out`` may be ``grad``."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "bernoulli_loglik_backward_cupy_v1"
     _cupy.check_array(grad, "grad", func, 2)
     _cupy.check_array(dloglik, "dloglik", func, 1)
     _cupy.check_same(dloglik, "dloglik", grad, "grad", func, shape=(grad.shape[0],))
     if out is None:
-        out = cupy.empty_like(grad)                                                # (N, D)
+        out = cupy.empty_like(grad)  # (N, D)
     else:
         _cupy.check_out(out, "out", func, grad.shape, grad.dtype)
-    scale = _cupy.elementwise("T s, T g", "T out", "out = s * g",
-                              "lvm_bernoulli_loglik_backward_v1")
+    scale = _cupy.elementwise(
+        "T s, T g", "T out", "out = s * g", "lvm_bernoulli_loglik_backward_v1"
+    )
     scale(dloglik[:, None], grad, out)
     return out
 
@@ -333,8 +364,10 @@ VARIANTS = {
 DEFAULT = "numba_v2"
 
 IMPLEMENTATIONS = {"numpy": bernoulli_loglik_ref, "numba": bernoulli_loglik_numba_v2}
-BACKWARD_IMPLEMENTATIONS = {"numpy": bernoulli_loglik_backward_ref,
-                            "numba": bernoulli_loglik_backward_numba}
+BACKWARD_IMPLEMENTATIONS = {
+    "numpy": bernoulli_loglik_backward_ref,
+    "numba": bernoulli_loglik_backward_numba,
+}
 # GPU: CuPy arrays in and out (kernels/cuda/bernoulli_loglik.cu).
 VARIANTS["cupy_v1"] = bernoulli_loglik_cupy_v1
 IMPLEMENTATIONS["cupy"] = bernoulli_loglik_cupy_v1
@@ -345,25 +378,35 @@ BACKWARD_IMPLEMENTATIONS["cupy"] = bernoulli_loglik_backward_cupy_v1
 # Public wrappers: validate once, then dispatch (kernels assume valid input)
 # --------------------------------------------------------------------------------------------
 
+
 def _check_float_array(a, name, func, ndim):
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
-                        f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+        raise TypeError(
+            f"{func}: expected {name} to be a numpy.ndarray, got "
+            f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
+        )
     if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
-                        f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+        raise TypeError(
+            f"{func}: expected {name} to have dtype float32 or float64, got "
+            f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
+        )
     if a.ndim != ndim:
-        raise ValueError(f"{func}: expected {name} to have {ndim} dimensions, got an array of "
-                         f"shape {a.shape}.")
+        raise ValueError(
+            f"{func}: expected {name} to have {ndim} dimensions, got an array of shape {a.shape}."
+        )
     if not a.flags.c_contiguous:
-        raise ValueError(f"{func}: expected {name} to be C-contiguous, got strides {a.strides} "
-                         f"for shape {a.shape}. Pass numpy.ascontiguousarray({name}).")
+        raise ValueError(
+            f"{func}: expected {name} to be C-contiguous, got strides {a.strides} "
+            f"for shape {a.shape}. Pass numpy.ascontiguousarray({name})."
+        )
 
 
 def _check_dtype_match(a, name, ref, ref_name, func):
     if a.dtype != ref.dtype:
-        raise TypeError(f"{func}: expected {name} to have the dtype of {ref_name} "
-                        f"({ref.dtype}), got {a.dtype}. Cast them to one dtype.")
+        raise TypeError(
+            f"{func}: expected {name} to have the dtype of {ref_name} "
+            f"({ref.dtype}), got {a.dtype}. Cast them to one dtype."
+        )
 
 
 def _check_out(out, name, src, src_name, inputs, func):
@@ -372,16 +415,20 @@ def _check_out(out, name, src, src_name, inputs, func):
     _check_float_array(out, name, func, src.ndim)
     _check_dtype_match(out, name, src, src_name, func)
     if out.shape != src.shape:
-        raise ValueError(f"{func}: expected {name} to have the shape of {src_name} "
-                         f"{src.shape}, got {out.shape}. Allocate it with "
-                         f"numpy.empty_like({src_name}).")
+        raise ValueError(
+            f"{func}: expected {name} to have the shape of {src_name} "
+            f"{src.shape}, got {out.shape}. Allocate it with "
+            f"numpy.empty_like({src_name})."
+        )
     in_place = _same_buffer(out, src)
     for other, a in inputs.items():
         if (other == src_name and in_place) or not np.may_share_memory(out, a):
             continue
-        raise ValueError(f"{func}: expected {name} to be {src_name} itself or to overlap no "
-                         f"input, got an array overlapping {other}. Pass {name}={src_name} to "
-                         f"overwrite it in place, or a fresh buffer.")
+        raise ValueError(
+            f"{func}: expected {name} to be {src_name} itself or to overlap no "
+            f"input, got an array overlapping {other}. Pass {name}={src_name} to "
+            f"overwrite it in place, or a fresh buffer."
+        )
 
 
 def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=False):
@@ -421,27 +468,35 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
     N, D = logits.shape
     B = x.shape[0]
     if x.shape[1] != D:
-        raise ValueError(f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape "
-                         f"{x.shape}.")
+        raise ValueError(
+            f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape {x.shape}."
+        )
     if B == 0 or N % B != 0:
-        raise ValueError(f"{func}: expected logits.shape[0] to be a multiple S * B of "
-                         f"x.shape[0] ({B}), got logits of shape {logits.shape}. Order the "
-                         f"logits sample-major, (S, B, D) reshaped to (S * B, D).")
+        raise ValueError(
+            f"{func}: expected logits.shape[0] to be a multiple S * B of "
+            f"x.shape[0] ({B}), got logits of shape {logits.shape}. Order the "
+            f"logits sample-major, (S, B, D) reshaped to (S * B, D)."
+        )
     if grad_out is not None:
         _check_out(grad_out, "grad_out", logits, "logits", {"logits": logits, "x": x}, func)
     if check_values:
         bad = ~np.isfinite(logits)
         if bad.any():
-            raise ValueError(f"{func}: expected logits to contain no NaN or Inf values, got "
-                             f"{int(bad.sum())} of {logits.size}. Check the decoder output.")
+            raise ValueError(
+                f"{func}: expected logits to contain no NaN or Inf values, got "
+                f"{int(bad.sum())} of {logits.size}. Check the decoder output."
+            )
         nonbin = (x != 0) & (x != 1)
         if nonbin.any():
-            raise ValueError(f"{func}: expected x to be binary (every entry 0 or 1), got "
-                             f"{int(nonbin.sum())} other values, e.g. "
-                             f"{float(x[nonbin][0])!r}. Binarize the data (x > 0.5).")
+            raise ValueError(
+                f"{func}: expected x to be binary (every entry 0 or 1), got "
+                f"{int(nonbin.sum())} other values, e.g. "
+                f"{float(x[nonbin][0])!r}. Binarize the data (x > 0.5)."
+            )
     if backend not in IMPLEMENTATIONS:
-        raise ValueError(f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, "
-                         f"got {backend!r}.")
+        raise ValueError(
+            f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, got {backend!r}."
+        )
     return IMPLEMENTATIONS[backend](logits, x, grad_out)
 
 
@@ -466,11 +521,15 @@ def bernoulli_loglik_backward(dloglik, grad, out=None, *, backend="numba"):
     _check_float_array(dloglik, "dloglik", func, 1)
     _check_dtype_match(dloglik, "dloglik", grad, "grad", func)
     if dloglik.shape[0] != grad.shape[0]:
-        raise ValueError(f"{func}: expected dloglik of shape ({grad.shape[0]},) to match "
-                         f"grad.shape[0], got {dloglik.shape}.")
+        raise ValueError(
+            f"{func}: expected dloglik of shape ({grad.shape[0]},) to match "
+            f"grad.shape[0], got {dloglik.shape}."
+        )
     if out is not None:
         _check_out(out, "out", grad, "grad", {"grad": grad, "dloglik": dloglik}, func)
     if backend not in BACKWARD_IMPLEMENTATIONS:
-        raise ValueError(f"{func}: expected backend to be one of "
-                         f"{sorted(BACKWARD_IMPLEMENTATIONS)}, got {backend!r}.")
+        raise ValueError(
+            f"{func}: expected backend to be one of "
+            f"{sorted(BACKWARD_IMPLEMENTATIONS)}, got {backend!r}."
+        )
     return BACKWARD_IMPLEMENTATIONS[backend](dloglik, grad, out)

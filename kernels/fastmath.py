@@ -105,6 +105,7 @@ Variants
 - ``*_f32``, ``*_f64``: the only versions; scalar functions, so there is no reference/variant
   table. The tests compare them against NumPy (float64 / long double), which is the reference.
 """
+
 import math
 
 import numpy as np
@@ -113,8 +114,19 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp_f32", "exp_f64", "log_f32", "log_f64", "log1p_f32", "log1p_f64",
-           "exp", "log", "log1p", "EXP_LIMITS", "ULP_BOUNDS"]
+__all__ = [
+    "exp_f32",
+    "exp_f64",
+    "log_f32",
+    "log_f64",
+    "log1p_f32",
+    "log1p_f64",
+    "exp",
+    "log",
+    "log1p",
+    "EXP_LIMITS",
+    "ULP_BOUNDS",
+]
 
 # --------------------------------------------------------------------------------------------
 # Intrinsics: bit-level work at the float's own width, and fused multiply-add
@@ -206,15 +218,25 @@ def _exponent(typingctx, x):
 # exp limits: LO = smallest float >= ln(smallest normal); HI = largest float whose exp rounds to a
 # finite value. Computed with mpmath at 200 bits; the tests check both sides of each.
 EXP_LIMITS = {
-    np.dtype(np.float32): (np.float32(float.fromhex("-0x1.5d589ep+6")),      # -87.33654022216797
-                           np.float32(float.fromhex("0x1.62e42ep+6"))),      # 88.72283172607422
-    np.dtype(np.float64): (np.float64(float.fromhex("-0x1.6232bdd7abcd2p+9")),  # -708.3964185322641
-                           np.float64(float.fromhex("0x1.62e42fefa39efp+9"))),  # 709.782712893384
+    np.dtype(np.float32): (
+        np.float32(float.fromhex("-0x1.5d589ep+6")),  # -87.33654022216797
+        np.float32(float.fromhex("0x1.62e42ep+6")),
+    ),  # 88.72283172607422
+    np.dtype(np.float64): (
+        np.float64(float.fromhex("-0x1.6232bdd7abcd2p+9")),  # -708.3964185322641
+        np.float64(float.fromhex("0x1.62e42fefa39efp+9")),
+    ),  # 709.782712893384
 }
 
 # Max ulp error asserted by the tests (see the table in the module docstring).
-ULP_BOUNDS = {"exp_f32": 1, "log_f32": 1, "log1p_f32": 2,
-              "exp_f64": 1, "log_f64": 1, "log1p_f64": 2}
+ULP_BOUNDS = {
+    "exp_f32": 1,
+    "log_f32": 1,
+    "log1p_f32": 2,
+    "exp_f64": 1,
+    "log_f64": 1,
+    "log1p_f64": 2,
+}
 
 _F32 = np.float32
 _ZERO32, _ONE32, _HALF32 = _F32(0.0), _F32(1.0), _F32(0.5)
@@ -222,8 +244,8 @@ _INF32, _NAN32 = _F32(np.inf), _F32(np.nan)
 _TINY32 = _F32(np.finfo(np.float32).tiny)
 _LO32, _HI32 = EXP_LIMITS[np.dtype(np.float32)]
 _LOG2E32 = _F32(1.0 / math.log(2.0))
-_MAGIC32 = _F32(1.5 * 2.0 ** 23)          # x + M rounds x to an integer for |x| < 2^22
-_C1_32 = _F32(0.693359375)                # ln2 split for Cody-Waite (Cephes)
+_MAGIC32 = _F32(1.5 * 2.0**23)  # x + M rounds x to an integer for |x| < 2^22
+_C1_32 = _F32(0.693359375)  # ln2 split for Cody-Waite (Cephes)
 _C2_32 = _F32(-2.12194440e-4)
 # Cephes expf: exp(r) = 1 + r + r^2 (((((E0 r + E1) r + E2) r + E3) r + E4) r + E5)
 _E0_32, _E1_32, _E2_32 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
@@ -232,7 +254,7 @@ _E3_32, _E4_32, _E5_32 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.00
 _L0_32, _L1_32, _L2_32 = _F32(7.0376836292e-2), _F32(-1.1514610310e-1), _F32(1.1676998740e-1)
 _L3_32, _L4_32, _L5_32 = _F32(-1.2420140846e-1), _F32(1.4249322787e-1), _F32(-1.6668057665e-1)
 _L6_32, _L7_32, _L8_32 = _F32(2.0000714765e-1), _F32(-2.4999993993e-1), _F32(3.3333331174e-1)
-_SUB_SCALE32, _SUB_K32 = _F32(2.0 ** 23), _F32(23.0)
+_SUB_SCALE32, _SUB_K32 = _F32(2.0**23), _F32(23.0)
 
 _F64 = np.float64
 _ZERO64, _ONE64, _HALF64, _TWO64 = _F64(0.0), _F64(1.0), _F64(0.5), _F64(2.0)
@@ -240,35 +262,36 @@ _INF64, _NAN64 = _F64(np.inf), _F64(np.nan)
 _TINY64 = _F64(np.finfo(np.float64).tiny)
 _LO64, _HI64 = EXP_LIMITS[np.dtype(np.float64)]
 _LOG2E64 = _F64(float.fromhex("0x1.71547652b82fep+0"))
-_MAGIC64 = _F64(1.5 * 2.0 ** 52)
+_MAGIC64 = _F64(1.5 * 2.0**52)
 # fdlibm e_exp.c / e_log.c constants, from their hex forms
-_LN2HI64 = _F64(float.fromhex("0x1.62e42fee00000p-1"))   # 6.93147180369123816490e-01
+_LN2HI64 = _F64(float.fromhex("0x1.62e42fee00000p-1"))  # 6.93147180369123816490e-01
 _LN2LO64 = _F64(float.fromhex("0x1.a39ef35793c76p-33"))  # 1.90821492927058770002e-10
-_P1_64 = _F64(float.fromhex("0x1.555555555553ep-3"))     # 1.66666666666666019037e-01
-_P2_64 = _F64(float.fromhex("-0x1.6c16c16bebd93p-9"))    # -2.77777777770155933842e-03
-_P3_64 = _F64(float.fromhex("0x1.1566aaf25de2cp-14"))    # 6.61375632143793436117e-05
-_P4_64 = _F64(float.fromhex("-0x1.bbd41c5d26bf1p-20"))   # -1.65339022054652515390e-06
-_P5_64 = _F64(float.fromhex("0x1.6376972bea4d0p-25"))    # 4.13813679705723846039e-08
-_LG1_64 = _F64(float.fromhex("0x1.5555555555593p-1"))    # 6.666666666666735130e-01
-_LG2_64 = _F64(float.fromhex("0x1.999999997fa04p-2"))    # 3.999999999940941908e-01
-_LG3_64 = _F64(float.fromhex("0x1.2492494229359p-2"))    # 2.857142874366239149e-01
-_LG4_64 = _F64(float.fromhex("0x1.c71c51d8e78afp-3"))    # 2.222219843214978396e-01
-_LG5_64 = _F64(float.fromhex("0x1.7466496cb03dep-3"))    # 1.818357216161805012e-01
-_LG6_64 = _F64(float.fromhex("0x1.39a09d078c69fp-3"))    # 1.531383769920937332e-01
-_LG7_64 = _F64(float.fromhex("0x1.2f112df3e5244p-3"))    # 1.479819860511658591e-01
-_SUB_SCALE64, _SUB_K64 = _F64(2.0 ** 52), _F64(52.0)
+_P1_64 = _F64(float.fromhex("0x1.555555555553ep-3"))  # 1.66666666666666019037e-01
+_P2_64 = _F64(float.fromhex("-0x1.6c16c16bebd93p-9"))  # -2.77777777770155933842e-03
+_P3_64 = _F64(float.fromhex("0x1.1566aaf25de2cp-14"))  # 6.61375632143793436117e-05
+_P4_64 = _F64(float.fromhex("-0x1.bbd41c5d26bf1p-20"))  # -1.65339022054652515390e-06
+_P5_64 = _F64(float.fromhex("0x1.6376972bea4d0p-25"))  # 4.13813679705723846039e-08
+_LG1_64 = _F64(float.fromhex("0x1.5555555555593p-1"))  # 6.666666666666735130e-01
+_LG2_64 = _F64(float.fromhex("0x1.999999997fa04p-2"))  # 3.999999999940941908e-01
+_LG3_64 = _F64(float.fromhex("0x1.2492494229359p-2"))  # 2.857142874366239149e-01
+_LG4_64 = _F64(float.fromhex("0x1.c71c51d8e78afp-3"))  # 2.222219843214978396e-01
+_LG5_64 = _F64(float.fromhex("0x1.7466496cb03dep-3"))  # 1.818357216161805012e-01
+_LG6_64 = _F64(float.fromhex("0x1.39a09d078c69fp-3"))  # 1.531383769920937332e-01
+_LG7_64 = _F64(float.fromhex("0x1.2f112df3e5244p-3"))  # 1.479819860511658591e-01
+_SUB_SCALE64, _SUB_K64 = _F64(2.0**52), _F64(52.0)
 
 
 # --------------------------------------------------------------------------------------------
 # float32
 # --------------------------------------------------------------------------------------------
 
+
 @njit(cache=True, error_model="numpy")
 def exp_f32(x):
     """exp(x) for float32 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
-    xc = x if x >= _LO32 else _LO32            # NaN -> LO: keeps the arithmetic finite
+    xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
     xc = xc if xc <= _HI32 else _HI32
-    n = (xc * _LOG2E32 + _MAGIC32) - _MAGIC32   # rint(x / ln2), |n| <= 128
+    n = (xc * _LOG2E32 + _MAGIC32) - _MAGIC32  # rint(x / ln2), |n| <= 128
     r = _fma(n, -_C1_32, xc)
     r = _fma(n, -_C2_32, r)
     p = _fma(_E0_32, r, _E1_32)
@@ -287,9 +310,9 @@ def exp_f32(x):
 def log_f32(x):
     """log(x) for float32 x; <= 1 ulp; log(0) = -inf, log(inf) = inf, log(<0) = NaN."""
     sub = x < _TINY32
-    xs = x * _SUB_SCALE32 if sub else x         # subnormals: scale into the normal range
+    xs = x * _SUB_SCALE32 if sub else x  # subnormals: scale into the normal range
     k = _exponent(xs) - (_SUB_K32 if sub else _ZERO32)
-    f = _mantissa(xs) - _ONE32                  # exact, in [sqrt(1/2) - 1, sqrt(2) - 1)
+    f = _mantissa(xs) - _ONE32  # exact, in [sqrt(1/2) - 1, sqrt(2) - 1)
     z = f * f
     p = _fma(_L0_32, f, _L1_32)
     p = _fma(p, f, _L2_32)
@@ -306,7 +329,7 @@ def log_f32(x):
     y = _fma(k, _C1_32, y)
     y = y if x < _INF32 else _INF32
     y = y if x != _ZERO32 else -_INF32
-    y = y if x >= _ZERO32 else _NAN32           # negative and NaN inputs
+    y = y if x >= _ZERO32 else _NAN32  # negative and NaN inputs
     return y
 
 
@@ -325,13 +348,14 @@ def log1p_f32(x):
 # float64
 # --------------------------------------------------------------------------------------------
 
+
 @njit(cache=True, error_model="numpy")
 def exp_f64(x):
     """exp(x) for float64 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
     xc = x if x >= _LO64 else _LO64
     xc = xc if xc <= _HI64 else _HI64
-    n = (xc * _LOG2E64 + _MAGIC64) - _MAGIC64   # |n| <= 1024
-    hi = _fma(n, -_LN2HI64, xc)                  # exact: LN2HI has 32 trailing zero bits
+    n = (xc * _LOG2E64 + _MAGIC64) - _MAGIC64  # |n| <= 1024
+    hi = _fma(n, -_LN2HI64, xc)  # exact: LN2HI has 32 trailing zero bits
     lo = n * _LN2LO64
     r = hi - lo
     t = r * r
@@ -382,6 +406,7 @@ def log1p_f64(x):
 # --------------------------------------------------------------------------------------------
 # dtype-generic names for kernels written once for both precisions
 # --------------------------------------------------------------------------------------------
+
 
 def _generic(f32, f64, name):
     def scalar(x):

@@ -75,6 +75,7 @@ Variants
   dtau's row terms in float64 summed in row order. The ``"cupy"`` backend; not yet run on a
   device.
 """
+
 import numpy as np
 from numba import njit, prange
 
@@ -88,12 +89,27 @@ from .philox import fill_by_dtype, gumbel_ref, key_words, per_block
 from .philox import philox_words as _philox_words
 from .reparam_sample import _check_noise_args
 
-__all__ = ["gumbel_softmax", "gumbel_softmax_backward", "gumbel_max",
-           "gumbel_softmax_ref", "gumbel_softmax_backward_ref", "gumbel_max_ref",
-           "gumbel_softmax_numba_v1", "gumbel_softmax_backward_numba_v1", "gumbel_max_numba_v1",
-           "gumbel_softmax_cupy_v1", "gumbel_softmax_backward_cupy_v1", "gumbel_max_cupy_v1",
-           "VARIANTS", "BACKWARD_VARIANTS", "MAX_VARIANTS", "IMPLEMENTATIONS",
-           "BACKWARD_IMPLEMENTATIONS", "MAX_IMPLEMENTATIONS", "DEFAULT"]
+__all__ = [
+    "gumbel_softmax",
+    "gumbel_softmax_backward",
+    "gumbel_max",
+    "gumbel_softmax_ref",
+    "gumbel_softmax_backward_ref",
+    "gumbel_max_ref",
+    "gumbel_softmax_numba_v1",
+    "gumbel_softmax_backward_numba_v1",
+    "gumbel_max_numba_v1",
+    "gumbel_softmax_cupy_v1",
+    "gumbel_softmax_backward_cupy_v1",
+    "gumbel_max_cupy_v1",
+    "VARIANTS",
+    "BACKWARD_VARIANTS",
+    "MAX_VARIANTS",
+    "IMPLEMENTATIONS",
+    "BACKWARD_IMPLEMENTATIONS",
+    "MAX_IMPLEMENTATIONS",
+    "DEFAULT",
+]
 
 _FUNC = "gumbel_softmax"
 _FUNC_BWD = "gumbel_softmax_backward"
@@ -107,6 +123,7 @@ _CHUNK = 4096
 # Vectorized Gumbel noise (philox.py's mapping; uniforms bit-identical). fastmath=False is
 # explicit so that Numba's flag inheritance cannot give these loops a caller's fastmath flags.
 # --------------------------------------------------------------------------------------------
+
 
 @njit(cache=True, error_model="numpy", fastmath=False)
 def _gumbels_f32(buf, k0, k1, s0, s1, first):
@@ -135,9 +152,11 @@ def _gumbels_f64(buf, k0, k1, s0, s1, first):
 
 
 _gumbels = fill_by_dtype(
-    _gumbels_f32, _gumbels_f64,
+    _gumbels_f32,
+    _gumbels_f64,
     "Fill ``buf`` with the Gumbels of whole blocks from ``first`` on (4 float32 or 2 float64 "
-    "per block).")
+    "per block).",
+)
 _per_block = per_block
 
 
@@ -145,34 +164,46 @@ _per_block = per_block
 # Validation (public boundary; the variants below assume valid, C-contiguous input)
 # --------------------------------------------------------------------------------------------
 
+
 def _check_float(a, name, func, ndim=2):
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
-                        f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+        raise TypeError(
+            f"{func}: expected {name} to be a numpy.ndarray, got "
+            f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
+        )
     if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
-                        f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+        raise TypeError(
+            f"{func}: expected {name} to have dtype float32 or float64, got "
+            f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
+        )
     if a.ndim != ndim:
-        raise ValueError(f"{func}: expected {name} to have {ndim} dimensions, got an array of "
-                         f"shape {a.shape}.")
+        raise ValueError(
+            f"{func}: expected {name} to have {ndim} dimensions, got an array of shape {a.shape}."
+        )
 
 
 def _check_logits(logits, func, check_values):
     _check_float(logits, "logits", func)
     if logits.shape[1] < 1:
-        raise ValueError(f"{func}: expected logits to have at least one category (C >= 1), got "
-                         f"shape {logits.shape}.")
+        raise ValueError(
+            f"{func}: expected logits to have at least one category (C >= 1), got "
+            f"shape {logits.shape}."
+        )
     if check_values and logits.size:
         bad = np.isnan(logits) | np.isposinf(logits)
         if bad.any():
-            raise ValueError(f"{func}: expected logits to contain no NaN or +inf values, got "
-                             f"{int(bad.sum())} of {logits.size}. Check the encoder output.")
+            raise ValueError(
+                f"{func}: expected logits to contain no NaN or +inf values, got "
+                f"{int(bad.sum())} of {logits.size}. Check the encoder output."
+            )
         dead = ~np.isfinite(logits).any(axis=1)
         if dead.any():
-            raise ValueError(f"{func}: expected every row of logits to have a finite entry, got "
-                             f"{int(dead.sum())} rows of -inf only (first: row "
-                             f"{int(np.flatnonzero(dead)[0])}). A row needs one category it "
-                             f"can sample.")
+            raise ValueError(
+                f"{func}: expected every row of logits to have a finite entry, got "
+                f"{int(dead.sum())} rows of -inf only (first: row "
+                f"{int(np.flatnonzero(dead)[0])}). A row needs one category it "
+                f"can sample."
+            )
     return np.ascontiguousarray(logits)
 
 
@@ -182,20 +213,25 @@ def _check_tau(tau, func, dtype):
     if tau_d == 0:
         raise InvalidParameterError(
             f"The 'tau' parameter of {func} must be a float that is positive in {dtype} "
-            f"(>= {np.finfo(dtype).smallest_subnormal}). Got {tau!r} instead.")
+            f"(>= {np.finfo(dtype).smallest_subnormal}). Got {tau!r} instead."
+        )
     return tau_d
 
 
 def _check_out(out, name, func, shape, dtype, inputs):
     _check_float(out, name, func, len(shape))
     if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"{func}: expected {name} to be a C-contiguous {dtype} array of shape "
-                         f"{shape}, got {out.dtype} of shape {out.shape} (contiguous: "
-                         f"{out.flags.c_contiguous}). Allocate it with numpy.empty_like(...).")
+        raise ValueError(
+            f"{func}: expected {name} to be a C-contiguous {dtype} array of shape "
+            f"{shape}, got {out.dtype} of shape {out.shape} (contiguous: "
+            f"{out.flags.c_contiguous}). Allocate it with numpy.empty_like(...)."
+        )
     for other, a in inputs.items():
         if a is not None and np.may_share_memory(out, a):
-            raise ValueError(f"{func}: expected {name} to overlap no input, got an array "
-                             f"overlapping {other}. Pass a fresh buffer.")
+            raise ValueError(
+                f"{func}: expected {name} to overlap no input, got an array "
+                f"overlapping {other}. Pass a fresh buffer."
+            )
 
 
 def _prepare(logits, tau, seed, stream, offset, hard, y_out, y_soft_out, check_values):
@@ -208,11 +244,19 @@ def _prepare(logits, tau, seed, stream, offset, hard, y_out, y_soft_out, check_v
         _check_out(y_out, "y_out", _FUNC, logits.shape, logits.dtype, {"logits": logits})
     if y_soft_out is not None:
         if not hard:
-            raise ValueError(f"{_FUNC}: expected y_soft_out=None when hard=False (y itself is "
-                             f"the soft sample), got an array. Drop y_soft_out or pass "
-                             f"hard=True.")
-        _check_out(y_soft_out, "y_soft_out", _FUNC, logits.shape, logits.dtype,
-                   {"logits": logits, "y_out": y_out})
+            raise ValueError(
+                f"{_FUNC}: expected y_soft_out=None when hard=False (y itself is "
+                f"the soft sample), got an array. Drop y_soft_out or pass "
+                f"hard=True."
+            )
+        _check_out(
+            y_soft_out,
+            "y_soft_out",
+            _FUNC,
+            logits.shape,
+            logits.dtype,
+            {"logits": logits, "y_out": y_out},
+        )
     return logits, tau_d, seed, stream, offset, hard, y_out, y_soft_out
 
 
@@ -220,8 +264,10 @@ def _prepare(logits, tau, seed, stream, offset, hard, y_out, y_soft_out, check_v
 # Reference (plain NumPy, the oracle)
 # --------------------------------------------------------------------------------------------
 
-def gumbel_softmax_ref(logits, tau, seed, stream=0, offset=0, hard=False, y_out=None,
-                       y_soft_out=None):
+
+def gumbel_softmax_ref(
+    logits, tau, seed, stream=0, offset=0, hard=False, y_out=None, y_soft_out=None
+):
     """Gumbel-Softmax sample, NumPy reference.
 
     Parameters
@@ -245,19 +291,19 @@ def gumbel_softmax_ref(logits, tau, seed, stream=0, offset=0, hard=False, y_out=
     n, c = logits.shape
     dtype = logits.dtype.type
     tau = dtype(tau)
-    g = gumbel_ref(seed, stream, n * c, logits.dtype, offset).reshape(n, c)        # (N, C)
-    s = logits + g                                                                 # (N, C)
+    g = gumbel_ref(seed, stream, n * c, logits.dtype, offset).reshape(n, c)  # (N, C)
+    s = logits + g  # (N, C)
     y = np.empty((n, c), logits.dtype) if y_out is None else y_out
     if n == 0:
         return y
     if not hard or y_soft_out is not None:
         with np.errstate(under="ignore"):
-            e = np.exp((s - s.max(axis=1, keepdims=True)) / tau)                   # (N, C)
+            e = np.exp((s - s.max(axis=1, keepdims=True)) / tau)  # (N, C)
         soft = y if not hard else y_soft_out
         np.divide(e, e.sum(axis=1, keepdims=True), out=soft)
     if hard:
         y[...] = 0
-        y[np.arange(n), np.argmax(s, axis=1)] = 1                                  # first max
+        y[np.arange(n), np.argmax(s, axis=1)] = 1  # first max
     return y
 
 
@@ -284,12 +330,12 @@ def gumbel_softmax_backward_ref(dy, y_soft, tau, logits_plus_g_over_tau=None):
     """
     dtype = y_soft.dtype.type
     tau = dtype(tau)
-    v = y_soft * (dy - np.sum(dy * y_soft, axis=1, keepdims=True))               # (N, C)
-    dlogits = v / tau                                                              # (N, C)
+    v = y_soft * (dy - np.sum(dy * y_soft, axis=1, keepdims=True))  # (N, C)
+    dlogits = v / tau  # (N, C)
     if logits_plus_g_over_tau is None:
         pos = y_soft > 0
         a = np.zeros_like(y_soft)
-        a[pos] = np.log(y_soft[pos])                                               # (N, C)
+        a[pos] = np.log(y_soft[pos])  # (N, C)
     else:
         a = logits_plus_g_over_tau
     dtau = -float(np.sum(dlogits.astype(np.float64) * a))
@@ -299,13 +345,14 @@ def gumbel_softmax_backward_ref(dy, y_soft, tau, logits_plus_g_over_tau=None):
 def gumbel_max_ref(logits, seed, stream=0, offset=0):
     """argmax_c (logits + g) per row (lowest index on ties), NumPy reference -> (N,) int64."""
     n, c = logits.shape
-    g = gumbel_ref(seed, stream, n * c, logits.dtype, offset).reshape(n, c)        # (N, C)
-    return np.argmax(logits + g, axis=1).astype(np.int64)                          # (N,)
+    g = gumbel_ref(seed, stream, n * c, logits.dtype, offset).reshape(n, c)  # (N, C)
+    return np.argmax(logits + g, axis=1).astype(np.int64)  # (N,)
 
 
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
+
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _row_sum(x):
@@ -334,15 +381,14 @@ def _scan_row(lr, sr):
     for j in range(1, sr.size):
         v = lr[j] + sr[j]
         sr[j] = v
-        if v > m:          # strict: the lowest index wins ties
+        if v > m:  # strict: the lowest index wins ties
             m = v
             am = j
     return m, am
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
-def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard, soft, y,
-                y_soft):
+def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard, soft, y, y_soft):
     # logits, y, y_soft (N, C); tau, zero, one: scalars of logits' dtype (a literal 1 would make
     # float64). Chunks of `rows` rows (fixed by the wrapper); each chunk writes only its own
     # rows. hard: y <- one-hot; soft: y_soft (hard) or y (not hard) <- softmax.
@@ -358,7 +404,7 @@ def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard,
         _gumbels(buf, k0, k1, s0, s1, first)
         e0 = g0 - first * per
         for r in range(r0, r1):
-            sr = buf[e0 + (r - r0) * c:e0 + (r - r0 + 1) * c]
+            sr = buf[e0 + (r - r0) * c : e0 + (r - r0 + 1) * c]
             m, am = _scan_row(logits[r], sr)
             if hard:
                 yr = y[r]
@@ -367,16 +413,16 @@ def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard,
                 yr[am] = one
             if soft:
                 for j in range(c):
-                    sr[j] = (sr[j] - m) / tau        # <= 0; -inf for masked entries
+                    sr[j] = (sr[j] - m) / tau  # <= 0; -inf for masked entries
         if soft:
             out = y_soft if hard else y
             flat = out[r0:r1].reshape(-1)
-            d = buf[e0:e0 + (r1 - r0) * c]
-            for i in range(flat.size):             # one vector loop per chunk, whatever C is
+            d = buf[e0 : e0 + (r1 - r0) * c]
+            for i in range(flat.size):  # one vector loop per chunk, whatever C is
                 flat[i] = exp(d[i])
             for r in range(r0, r1):
                 yr = out[r]
-                tot = _row_sum(yr)                 # >= 1: the argmax term is exp(0) = 1
+                tot = _row_sum(yr)  # >= 1: the argmax term is exp(0) = 1
                 for j in range(c):
                     yr[j] = yr[j] / tot
 
@@ -423,31 +469,47 @@ def _max_v1(logits, k0, k1, s0, s1, offset, per, rows, out):
         _gumbels(buf, k0, k1, s0, s1, first)
         e0 = g0 - first * per
         for r in range(r0, r1):
-            _, am = _scan_row(logits[r], buf[e0 + (r - r0) * c:e0 + (r - r0 + 1) * c])
+            _, am = _scan_row(logits[r], buf[e0 + (r - r0) * c : e0 + (r - r0 + 1) * c])
             out[r] = am
 
 
-def gumbel_softmax_numba_v1(logits, tau, seed, stream=0, offset=0, hard=False, y_out=None,
-                            y_soft_out=None):
+def gumbel_softmax_numba_v1(
+    logits, tau, seed, stream=0, offset=0, hard=False, y_out=None, y_soft_out=None
+):
     """Numba, fused noise + softmax, parallel over chunks of rows. Contract of
     ``gumbel_softmax_ref``."""
     n, c = logits.shape
     dtype = logits.dtype.type
-    y = np.empty((n, c), logits.dtype) if y_out is None else y_out                 # (N, C)
+    y = np.empty((n, c), logits.dtype) if y_out is None else y_out  # (N, C)
     if n == 0:
         return y
     soft = (not hard) or (y_soft_out is not None)
-    y_soft = y if y_soft_out is None else y_soft_out                               # (N, C)
+    y_soft = y if y_soft_out is None else y_soft_out  # (N, C)
     k0, k1, s0, s1 = key_words(seed, stream)
-    _forward_v1(logits, dtype(tau), dtype(0), dtype(1), k0, k1, s0, s1, np.int64(offset),
-                _per_block(logits.dtype), max(1, _CHUNK // c), bool(hard), soft, y, y_soft)
+    _forward_v1(
+        logits,
+        dtype(tau),
+        dtype(0),
+        dtype(1),
+        k0,
+        k1,
+        s0,
+        s1,
+        np.int64(offset),
+        _per_block(logits.dtype),
+        max(1, _CHUNK // c),
+        bool(hard),
+        soft,
+        y,
+        y_soft,
+    )
     return y
 
 
 def gumbel_softmax_backward_numba_v1(dy, y_soft, tau, logits_plus_g_over_tau=None):
     """Numba, parallel over chunks of rows. Contract of ``gumbel_softmax_backward_ref``."""
     n, c = y_soft.shape
-    dlogits = np.empty((n, c), y_soft.dtype)                                       # (N, C)
+    dlogits = np.empty((n, c), y_soft.dtype)  # (N, C)
     if n == 0:
         return dlogits, 0.0
     rows = max(1, _CHUNK // c)
@@ -462,12 +524,13 @@ def gumbel_softmax_backward_numba_v1(dy, y_soft, tau, logits_plus_g_over_tau=Non
 def gumbel_max_numba_v1(logits, seed, stream=0, offset=0):
     """Numba, the forward's noise and argmax pass only. Contract of ``gumbel_max_ref``."""
     n, c = logits.shape
-    out = np.empty(n, np.int64)                                                    # (N,)
+    out = np.empty(n, np.int64)  # (N,)
     if n == 0:
         return out
     k0, k1, s0, s1 = key_words(seed, stream)
-    _max_v1(logits, k0, k1, s0, s1, np.int64(offset), _per_block(logits.dtype),
-            max(1, _CHUNK // c), out)
+    _max_v1(
+        logits, k0, k1, s0, s1, np.int64(offset), _per_block(logits.dtype), max(1, _CHUNK // c), out
+    )
     return out
 
 
@@ -475,57 +538,83 @@ def gumbel_max_numba_v1(logits, seed, stream=0, offset=0):
 # CuPy (kernels/cuda/gumbel_softmax.cu; CuPy is imported only when these run)
 # --------------------------------------------------------------------------------------------
 
-_CUPY_NAMES = ("lvm_gumbel_softmax_v1<float>", "lvm_gumbel_softmax_v1<double>",
-               "lvm_gumbel_max_v1<float>", "lvm_gumbel_max_v1<double>",
-               "lvm_gumbel_softmax_backward_v1<float>", "lvm_gumbel_softmax_backward_v1<double>")
+_CUPY_NAMES = (
+    "lvm_gumbel_softmax_v1<float>",
+    "lvm_gumbel_softmax_v1<double>",
+    "lvm_gumbel_max_v1<float>",
+    "lvm_gumbel_max_v1<double>",
+    "lvm_gumbel_softmax_backward_v1<float>",
+    "lvm_gumbel_softmax_backward_v1<double>",
+)
 
 
 def _cupy_kernel(which, dtype):
     """which: 0 forward, 1 gumbel_max, 2 backward."""
     from . import _cupy
+
     name = _CUPY_NAMES[2 * which + (dtype == np.float64)]
     return _cupy.raw_module("gumbel_softmax.cu", _CUPY_NAMES).get_function(name)
 
 
 def _cupy_logits(logits, func):
     from . import _cupy
+
     _cupy.check_array(logits, "logits", func, 2)
     if logits.shape[1] < 1:
-        raise ValueError(f"{func}: expected logits to have at least one category (C >= 1), got "
-                         f"shape {tuple(logits.shape)}.")
+        raise ValueError(
+            f"{func}: expected logits to have at least one category (C >= 1), got "
+            f"shape {tuple(logits.shape)}."
+        )
     n, c = logits.shape
     # lanes per row: one per Philox block the row can touch, up to a warp
     return n, c, _cupy.group_width(-(-(c - 1) // _per_block(logits.dtype)) + 1)
 
 
-def gumbel_softmax_cupy_v1(logits, tau, seed, stream=0, offset=0, hard=False, y_out=None,
-                           y_soft_out=None):
+def gumbel_softmax_cupy_v1(
+    logits, tau, seed, stream=0, offset=0, hard=False, y_out=None, y_soft_out=None
+):
     """CuPy: a group of lanes per row; Gumbels from whole Philox blocks, (max, first argmax) and
     the softmax sums by warp shuffles. Contract of ``gumbel_softmax_ref`` on cupy arrays
     (arguments checked, logit values not)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "gumbel_softmax_cupy_v1"
     n, c, W = _cupy_logits(logits, func)
     tau_d = _check_tau(tau, func, logits.dtype)
     seed, stream, offset = _check_noise_args(func, seed, stream, offset, n * c, "N*C")
     if y_out is None:
-        y_out = cupy.empty((n, c), dtype=logits.dtype)                             # (N, C)
+        y_out = cupy.empty((n, c), dtype=logits.dtype)  # (N, C)
     else:
         _cupy.check_out(y_out, "y_out", func, (n, c), logits.dtype)
     if y_soft_out is not None:
         if not hard:
-            raise ValueError(f"{func}: expected y_soft_out=None when hard=False (y itself is the "
-                             f"soft sample), got an array. Drop y_soft_out or pass hard=True.")
+            raise ValueError(
+                f"{func}: expected y_soft_out=None when hard=False (y itself is the "
+                f"soft sample), got an array. Drop y_soft_out or pass hard=True."
+            )
         _cupy.check_out(y_soft_out, "y_soft_out", func, (n, c), logits.dtype)
     if n == 0:
         return y_out
     soft = (not hard) or (y_soft_out is not None)
-    soft_out = y_soft_out if (hard and soft) else y_out     # not written unless soft
+    soft_out = y_soft_out if (hard and soft) else y_out  # not written unless soft
     _cupy_kernel(0, logits.dtype)(
-        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
-        (logits, y_out, soft_out, np.int64(n), np.int64(c), np.int64(offset),
-         *key_words(seed, stream), tau_d, np.int32(bool(hard)), np.int32(soft), np.int32(W)))
+        (_cupy.grid(n * W, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (
+            logits,
+            y_out,
+            soft_out,
+            np.int64(n),
+            np.int64(c),
+            np.int64(offset),
+            *key_words(seed, stream),
+            tau_d,
+            np.int32(bool(hard)),
+            np.int32(soft),
+            np.int32(W),
+        ),
+    )
     return y_out
 
 
@@ -533,6 +622,7 @@ def gumbel_softmax_backward_cupy_v1(dy, y_soft, tau, logits_plus_g_over_tau=None
     """CuPy: a group of lanes per row; dtau's row terms in float64, summed over rows in order.
     Contract of ``gumbel_softmax_backward_ref`` on cupy arrays."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "gumbel_softmax_backward_cupy_v1"
     _cupy.check_array(y_soft, "y_soft", func, 2)
@@ -544,32 +634,54 @@ def gumbel_softmax_backward_cupy_v1(dy, y_soft, tau, logits_plus_g_over_tau=None
         _cupy.check_same(a, "logits_plus_g_over_tau", y_soft, "y_soft", func)
     n, c = y_soft.shape
     tau_d = _check_tau(tau, func, y_soft.dtype)
-    dlogits = cupy.empty((n, c), dtype=y_soft.dtype)                               # (N, C)
+    dlogits = cupy.empty((n, c), dtype=y_soft.dtype)  # (N, C)
     if n == 0 or c == 0:
         return dlogits, 0.0
-    partial = cupy.empty(n, dtype=np.float64)                                      # (N,)
+    partial = cupy.empty(n, dtype=np.float64)  # (N,)
     W = _cupy.group_width(c)
     _cupy_kernel(2, y_soft.dtype)(
-        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
-        (dy, y_soft, y_soft if a is None else a, dlogits, partial, np.int64(n), np.int64(c),
-         tau_d, np.int32(a is not None), np.int32(W)))
+        (_cupy.grid(n * W, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (
+            dy,
+            y_soft,
+            y_soft if a is None else a,
+            dlogits,
+            partial,
+            np.int64(n),
+            np.int64(c),
+            tau_d,
+            np.int32(a is not None),
+            np.int32(W),
+        ),
+    )
     return dlogits, -float(partial.sum())
 
 
 def gumbel_max_cupy_v1(logits, seed, stream=0, offset=0):
     """CuPy: the forward's first pass only. Contract of ``gumbel_max_ref`` on cupy arrays."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "gumbel_max_cupy_v1"
     n, c, W = _cupy_logits(logits, func)
     seed, stream, offset = _check_noise_args(func, seed, stream, offset, n * c, "N*C")
-    index = cupy.empty(n, dtype=np.int64)                                          # (N,)
+    index = cupy.empty(n, dtype=np.int64)  # (N,)
     if n == 0:
         return index
     _cupy_kernel(1, logits.dtype)(
-        (_cupy.grid(n * W, _cupy.THREADS),), (_cupy.THREADS,),
-        (logits, index, np.int64(n), np.int64(c), np.int64(offset), *key_words(seed, stream),
-         np.int32(W)))
+        (_cupy.grid(n * W, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (
+            logits,
+            index,
+            np.int64(n),
+            np.int64(c),
+            np.int64(offset),
+            *key_words(seed, stream),
+            np.int32(W),
+        ),
+    )
     return index
 
 
@@ -577,13 +689,21 @@ def gumbel_max_cupy_v1(logits, seed, stream=0, offset=0):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-VARIANTS = {"ref": gumbel_softmax_ref, "numba_v1": gumbel_softmax_numba_v1,
-            "cupy_v1": gumbel_softmax_cupy_v1}
-BACKWARD_VARIANTS = {"ref": gumbel_softmax_backward_ref,
-                     "numba_v1": gumbel_softmax_backward_numba_v1,
-                     "cupy_v1": gumbel_softmax_backward_cupy_v1}
-MAX_VARIANTS = {"ref": gumbel_max_ref, "numba_v1": gumbel_max_numba_v1,
-                "cupy_v1": gumbel_max_cupy_v1}
+VARIANTS = {
+    "ref": gumbel_softmax_ref,
+    "numba_v1": gumbel_softmax_numba_v1,
+    "cupy_v1": gumbel_softmax_cupy_v1,
+}
+BACKWARD_VARIANTS = {
+    "ref": gumbel_softmax_backward_ref,
+    "numba_v1": gumbel_softmax_backward_numba_v1,
+    "cupy_v1": gumbel_softmax_backward_cupy_v1,
+}
+MAX_VARIANTS = {
+    "ref": gumbel_max_ref,
+    "numba_v1": gumbel_max_numba_v1,
+    "cupy_v1": gumbel_max_cupy_v1,
+}
 
 # DEFAULT: numba_v1 for all three (the only Numba variants). Evidence, 2026-11-21, project VM
 # (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4), float32, 2 Numba / 2
@@ -597,28 +717,47 @@ MAX_VARIANTS = {"ref": gumbel_max_ref, "numba_v1": gumbel_max_numba_v1,
 # own cost. On a quiet moment (load ~2): forward 1.9 / 7.3 ms vs torch 24 / 117 ms (12-16x).
 DEFAULT = "numba_v1"
 
-IMPLEMENTATIONS = {"numpy": gumbel_softmax_ref, "numba": gumbel_softmax_numba_v1,
-                   "cupy": gumbel_softmax_cupy_v1}
-BACKWARD_IMPLEMENTATIONS = {"numpy": gumbel_softmax_backward_ref,
-                            "numba": gumbel_softmax_backward_numba_v1,
-                            "cupy": gumbel_softmax_backward_cupy_v1}
-MAX_IMPLEMENTATIONS = {"numpy": gumbel_max_ref, "numba": gumbel_max_numba_v1,
-                       "cupy": gumbel_max_cupy_v1}
+IMPLEMENTATIONS = {
+    "numpy": gumbel_softmax_ref,
+    "numba": gumbel_softmax_numba_v1,
+    "cupy": gumbel_softmax_cupy_v1,
+}
+BACKWARD_IMPLEMENTATIONS = {
+    "numpy": gumbel_softmax_backward_ref,
+    "numba": gumbel_softmax_backward_numba_v1,
+    "cupy": gumbel_softmax_backward_cupy_v1,
+}
+MAX_IMPLEMENTATIONS = {
+    "numpy": gumbel_max_ref,
+    "numba": gumbel_max_numba_v1,
+    "cupy": gumbel_max_cupy_v1,
+}
 
 
 # --------------------------------------------------------------------------------------------
 # Public wrappers: validate once, then dispatch
 # --------------------------------------------------------------------------------------------
 
+
 def _impl(backend, table, func):
     if backend not in table:
-        raise ValueError(f"{func}: expected backend to be one of {sorted(table)}, got "
-                         f"{backend!r}.")
+        raise ValueError(f"{func}: expected backend to be one of {sorted(table)}, got {backend!r}.")
     return table[backend]
 
 
-def gumbel_softmax(logits, tau, seed, stream=0, offset=0, hard=False, y_out=None, *,
-                   y_soft_out=None, backend="numba", check_values=False):
+def gumbel_softmax(
+    logits,
+    tau,
+    seed,
+    stream=0,
+    offset=0,
+    hard=False,
+    y_out=None,
+    *,
+    y_soft_out=None,
+    backend="numba",
+    check_values=False,
+):
     """Gumbel-Softmax sample y = softmax((logits + g) / tau), noise from the Philox stream.
 
     Parameters
@@ -689,21 +828,27 @@ def gumbel_softmax_backward(dy, y_soft, tau, logits_plus_g_over_tau=None, *, bac
     _check_float(dy, "dy", func)
     _check_float(y_soft, "y_soft", func)
     if dy.shape != y_soft.shape or dy.dtype != y_soft.dtype:
-        raise ValueError(f"{func}: expected dy and y_soft to have one shape and dtype, got "
-                         f"{dy.dtype} {dy.shape} and {y_soft.dtype} {y_soft.shape}.")
+        raise ValueError(
+            f"{func}: expected dy and y_soft to have one shape and dtype, got "
+            f"{dy.dtype} {dy.shape} and {y_soft.dtype} {y_soft.shape}."
+        )
     if y_soft.shape[1] < 1:
-        raise ValueError(f"{func}: expected at least one category (C >= 1), got shape "
-                         f"{y_soft.shape}.")
+        raise ValueError(
+            f"{func}: expected at least one category (C >= 1), got shape {y_soft.shape}."
+        )
     tau_d = _check_tau(tau, func, y_soft.dtype)
     a = logits_plus_g_over_tau
     if a is not None:
         _check_float(a, "logits_plus_g_over_tau", func)
         if a.shape != y_soft.shape or a.dtype != y_soft.dtype:
-            raise ValueError(f"{func}: expected logits_plus_g_over_tau to match y_soft "
-                             f"({y_soft.dtype} {y_soft.shape}), got {a.dtype} {a.shape}.")
+            raise ValueError(
+                f"{func}: expected logits_plus_g_over_tau to match y_soft "
+                f"({y_soft.dtype} {y_soft.shape}), got {a.dtype} {a.shape}."
+            )
         a = np.ascontiguousarray(a)
     return _impl(backend, BACKWARD_IMPLEMENTATIONS, func)(
-        np.ascontiguousarray(dy), np.ascontiguousarray(y_soft), tau_d, a)
+        np.ascontiguousarray(dy), np.ascontiguousarray(y_soft), tau_d, a
+    )
 
 
 def gumbel_max(logits, seed, stream=0, offset=0, *, backend="numba", check_values=False):
@@ -722,6 +867,5 @@ def gumbel_max(logits, seed, stream=0, offset=0, *, backend="numba", check_value
     index : ndarray of shape (N,), int64
     """
     logits = _check_logits(logits, _FUNC_MAX, check_values)
-    seed, stream, offset = _check_noise_args(_FUNC_MAX, seed, stream, offset, logits.size,
-                                             "N*C")
+    seed, stream, offset = _check_noise_args(_FUNC_MAX, seed, stream, offset, logits.size, "N*C")
     return _impl(backend, MAX_IMPLEMENTATIONS, _FUNC_MAX)(logits, seed, stream, offset)

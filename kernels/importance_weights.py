@@ -74,6 +74,7 @@ Variants
   row-slices (coalesced 32-column row segments), slice maxima and float64 sums merged in shared
   memory; max, sum and weight passes. The ``"cupy"`` backend; not yet run on a device.
 """
+
 import math
 
 import numba
@@ -82,9 +83,16 @@ from numba import njit, prange
 
 from .fastmath import exp, log
 
-__all__ = ["importance_weights", "importance_weights_ref", "importance_weights_numba_v1",
-           "importance_weights_numba_v4", "importance_weights_cupy_v1", "VARIANTS",
-           "IMPLEMENTATIONS", "DEFAULT"]
+__all__ = [
+    "importance_weights",
+    "importance_weights_ref",
+    "importance_weights_numba_v1",
+    "importance_weights_numba_v4",
+    "importance_weights_cupy_v1",
+    "VARIANTS",
+    "IMPLEMENTATIONS",
+    "DEFAULT",
+]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -105,6 +113,7 @@ _SUM_BLOCK = 16
 # --------------------------------------------------------------------------------------------
 # Reference (the oracle)
 # --------------------------------------------------------------------------------------------
+
 
 def importance_weights_ref(log_w, weights_out=None):
     """Plain NumPy in float64; results cast to the input dtype.
@@ -141,6 +150,7 @@ def importance_weights_ref(log_w, weights_out=None):
 # Loops index row slices (src[k, b0:b1]) or src[k, j] with j from range(n): an index like
 # src[k, b0 + j], not provably >= 0, gets NumPy-style wraparound (a select per element), which
 # LLVM can only vectorize as gathers (measured 10x slower).
+
 
 @njit(cache=True, error_model="numpy")
 def _finite_or(v, zero, inf):
@@ -270,6 +280,7 @@ def _scale_block(dst, k0, k1, factor, zero, tiny):
 # LLVM sees one pointer and a distance-0 dependence, which vectorizes. Two arguments aliasing one
 # buffer would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured).
 
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def _kernel_v1(log_w, weights, bound, chunk, log_k, zero, one, inf, tiny, sub):
     if weights is None:
@@ -278,8 +289,19 @@ def _kernel_v1(log_w, weights, bound, chunk, log_k, zero, one, inf, tiny, sub):
         dst = weights
     B = log_w.shape[1]
     for c in prange((B + chunk - 1) // chunk):  # each chunk owns its columns: no races
-        _chunk_v1(log_w, dst, c * chunk, min(c * chunk + chunk, B), bound, log_k, zero, one, inf,
-                  tiny, sub)
+        _chunk_v1(
+            log_w,
+            dst,
+            c * chunk,
+            min(c * chunk + chunk, B),
+            bound,
+            log_k,
+            zero,
+            one,
+            inf,
+            tiny,
+            sub,
+        )
 
 
 # v4 splits the rows among threads: every pass streams whole rows. Block ib owns row ib of the
@@ -287,8 +309,7 @@ def _kernel_v1(log_w, weights, bound, chunk, log_k, zero, one, inf, tiny, sub):
 # loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
 # inputs take the serial kernel (see _PARALLEL_MIN).
 @njit(cache=True, parallel=True, error_model="numpy")
-def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf,
-               tiny):
+def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny):
     if weights is None:
         dst = log_w
     else:
@@ -296,8 +317,9 @@ def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, 
     K, B = log_w.shape
     nb = bmax.shape[0]
     for ib in prange(nb):
-        _block_exp(log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf,
-                   sub)
+        _block_exp(
+            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
+        )
     for c in prange((B + cols - 1) // cols):
         _combine(bmax, bsum, bound, c * cols, min(c * cols + cols, B), log_k, zero, one, inf)
     for ib in prange(nb):
@@ -305,16 +327,18 @@ def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, 
 
 
 @njit(cache=True, error_model="numpy")
-def _kernel_v4_serial(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one,
-                      inf, tiny):
+def _kernel_v4_serial(
+    log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
+):
     if weights is None:
         dst = log_w
     else:
         dst = weights
     K, B = log_w.shape
     for ib in range(bmax.shape[0]):
-        _block_exp(log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf,
-                   sub)
+        _block_exp(
+            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
+        )
     _combine(bmax, bsum, bound, 0, B, log_k, zero, one, inf)
     for ib in range(bmax.shape[0]):
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
@@ -338,8 +362,18 @@ def importance_weights_numba_v1(log_w, weights_out=None, *, chunk=None):
     if weights_out is None:
         weights_out = np.empty_like(log_w)  # (K, B)
     dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
-    _kernel_v1(log_w, dst, bound, chunk, np.float64(math.log(K)), dt(0), dt(1), dt(np.inf),
-               dt(np.finfo(dt).tiny), _SUM_BLOCK)
+    _kernel_v1(
+        log_w,
+        dst,
+        bound,
+        chunk,
+        np.float64(math.log(K)),
+        dt(0),
+        dt(1),
+        dt(np.inf),
+        dt(np.finfo(dt).tiny),
+        _SUM_BLOCK,
+    )
     return bound, weights_out
 
 
@@ -361,8 +395,21 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
         weights_out = np.empty_like(log_w)  # (K, B)
     dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
     kernel = _kernel_v4 if K * B >= _PARALLEL_MIN else _kernel_v4_serial
-    kernel(log_w, dst, bound, bmax, bsum, rows, _SUM_BLOCK, _COMBINE_COLS,
-           np.float64(math.log(K)), dt(0), dt(1), dt(np.inf), dt(np.finfo(dt).tiny))
+    kernel(
+        log_w,
+        dst,
+        bound,
+        bmax,
+        bsum,
+        rows,
+        _SUM_BLOCK,
+        _COMBINE_COLS,
+        np.float64(math.log(K)),
+        dt(0),
+        dt(1),
+        dt(np.inf),
+        dt(np.finfo(dt).tiny),
+    )
     return bound, weights_out
 
 
@@ -381,27 +428,32 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
     float64 sums combined in shared memory in a fixed order. Contract of
     ``importance_weights_ref`` on cupy arrays (types, dtypes, shapes, contiguity checked)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "importance_weights_cupy_v1"
     _cupy.check_array(log_w, "log_w", func, 2)
     K, B = log_w.shape
     if K == 0:
-        raise ValueError(f"{func}: expected log_w to have K >= 1 rows, got shape "
-                         f"{tuple(log_w.shape)}.")
+        raise ValueError(
+            f"{func}: expected log_w to have K >= 1 rows, got shape {tuple(log_w.shape)}."
+        )
     if weights_out is None:
-        weights_out = cupy.empty_like(log_w)                                       # (K, B)
+        weights_out = cupy.empty_like(log_w)  # (K, B)
     else:
         _cupy.check_out(weights_out, "weights_out", func, (K, B), log_w.dtype)
-    bound = cupy.empty(B, dtype=log_w.dtype)                                       # (B,)
+    bound = cupy.empty(B, dtype=log_w.dtype)  # (B,)
     if B == 0:
         return bound, weights_out
     groups = -(-B // _CUPY_COLS)
     ty = 32 if groups < 4 * _cupy.sm_count() else 8
-    ty = min(ty, _cupy.group_width(K))        # no idle row-slices when K is small
+    ty = min(ty, _cupy.group_width(K))  # no idle row-slices when K is small
     name = _CUPY_NAMES[log_w.dtype == np.float64]
     kernel = _cupy.raw_module("importance_weights.cu", _CUPY_NAMES).get_function(name)
-    kernel((_cupy.grid(groups, 1),), (_CUPY_COLS, ty),
-           (log_w, weights_out, bound, np.int64(K), np.int64(B), np.float64(math.log(K))))
+    kernel(
+        (_cupy.grid(groups, 1),),
+        (_CUPY_COLS, ty),
+        (log_w, weights_out, bound, np.int64(K), np.int64(B), np.float64(math.log(K))),
+    )
     return bound, weights_out
 
 
@@ -423,13 +475,17 @@ VARIANTS = {
 #   PyTorch 7.3 ms (4.0x); v1 3.2 ms (its two column halves stream at half the rate).
 DEFAULT = "numba_v4"
 
-IMPLEMENTATIONS = {"numpy": importance_weights_ref, "numba": importance_weights_numba_v4,
-                   "cupy": importance_weights_cupy_v1}
+IMPLEMENTATIONS = {
+    "numpy": importance_weights_ref,
+    "numba": importance_weights_numba_v4,
+    "cupy": importance_weights_cupy_v1,
+}
 
 
 # --------------------------------------------------------------------------------------------
 # Public wrapper: validate once, then dispatch (kernels assume valid input)
 # --------------------------------------------------------------------------------------------
+
 
 def importance_weights(log_w, weights_out=None, *, backend="numba"):
     """Per-column log-mean-exp over K and the normalized importance weights.
@@ -458,35 +514,51 @@ def importance_weights(log_w, weights_out=None, *, backend="numba"):
         Not 2-D, K == 0, non-contiguous, or a weights_out of the wrong shape or overlapping.
     """
     func = "importance_weights"
-    for name, a in (("log_w", log_w),) + ((("weights_out", weights_out),)
-                                          if weights_out is not None else ()):
+    for name, a in (("log_w", log_w),) + (
+        (("weights_out", weights_out),) if weights_out is not None else ()
+    ):
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
-                            f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+            raise TypeError(
+                f"{func}: expected {name} to be a numpy.ndarray, got "
+                f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
+            )
         if a.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
-                            f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+            raise TypeError(
+                f"{func}: expected {name} to have dtype float32 or float64, got "
+                f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
+            )
         if a.ndim != 2:
-            raise ValueError(f"{func}: expected {name} to have 2 dimensions (K, B), got an "
-                             f"array of shape {a.shape}.")
+            raise ValueError(
+                f"{func}: expected {name} to have 2 dimensions (K, B), got an "
+                f"array of shape {a.shape}."
+            )
         if not a.flags.c_contiguous:
-            raise ValueError(f"{func}: expected {name} to be C-contiguous, got strides "
-                             f"{a.strides} for shape {a.shape}. Pass "
-                             f"numpy.ascontiguousarray({name}).")
+            raise ValueError(
+                f"{func}: expected {name} to be C-contiguous, got strides "
+                f"{a.strides} for shape {a.shape}. Pass "
+                f"numpy.ascontiguousarray({name})."
+            )
     if log_w.shape[0] == 0:
         raise ValueError(f"{func}: expected log_w to have K >= 1 rows, got shape {log_w.shape}.")
     if weights_out is not None:
         if weights_out.dtype != log_w.dtype:
-            raise TypeError(f"{func}: expected weights_out to have the dtype of log_w "
-                            f"({log_w.dtype}), got {weights_out.dtype}.")
+            raise TypeError(
+                f"{func}: expected weights_out to have the dtype of log_w "
+                f"({log_w.dtype}), got {weights_out.dtype}."
+            )
         if weights_out.shape != log_w.shape:
-            raise ValueError(f"{func}: expected weights_out to have shape {log_w.shape}, got "
-                             f"{weights_out.shape}. Allocate it with numpy.empty_like(log_w).")
+            raise ValueError(
+                f"{func}: expected weights_out to have shape {log_w.shape}, got "
+                f"{weights_out.shape}. Allocate it with numpy.empty_like(log_w)."
+            )
         if not _same_buffer(weights_out, log_w) and np.may_share_memory(weights_out, log_w):
-            raise ValueError(f"{func}: expected weights_out to be log_w itself or not to "
-                             f"overlap it, got a partially overlapping array. Pass "
-                             f"weights_out=log_w to overwrite it, or a fresh buffer.")
+            raise ValueError(
+                f"{func}: expected weights_out to be log_w itself or not to "
+                f"overlap it, got a partially overlapping array. Pass "
+                f"weights_out=log_w to overwrite it, or a fresh buffer."
+            )
     if backend not in IMPLEMENTATIONS:
-        raise ValueError(f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, "
-                         f"got {backend!r}.")
+        raise ValueError(
+            f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, got {backend!r}."
+        )
     return IMPLEMENTATIONS[backend](log_w, weights_out)

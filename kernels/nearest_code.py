@@ -110,16 +110,23 @@ dist2 cost the rest), 96-124 % of NumPy's chunked SGEMM ``x @ e.T``, 4.4-5.2x to
 and 1.3-1.6x FAISS 1.15.1 IndexFlatL2 (k = 1). That FAISS already runs at 64-92 % of the SGEMM
 rate (not the 141 ms / 2 s of PERF-NOTES), so no GEMM-based kernel can be 3x faster than it here.
 """
+
 import functools
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from lvmcore._validation import check_array, check_same_dtype, check_same_device
+from lvmcore._validation import check_array, check_same_device, check_same_dtype
 
-__all__ = ["nearest_code_ref", "nearest_code_numba_v1", "nearest_code_numba_v2",
-           "nearest_code_cupy_v1", "VARIANTS", "IMPLEMENTATIONS"]
+__all__ = [
+    "nearest_code_ref",
+    "nearest_code_numba_v1",
+    "nearest_code_numba_v2",
+    "nearest_code_cupy_v1",
+    "VARIANTS",
+    "IMPLEMENTATIONS",
+]
 
 _FUNC = "nearest_code"
 
@@ -135,6 +142,7 @@ _REF_BLOCK_BYTES = 4 * 1024 * 1024
 # Validation (public boundary; the kernels below assume valid, C-contiguous input)
 # --------------------------------------------------------------------------------------------
 
+
 def _prepare(x, codebook, codebook_sqnorm):
     """Validate the arguments; return C-contiguous x, codebook, the (M,) norms and the outputs."""
     check_array(x, "x", _FUNC, ndim=2)
@@ -144,30 +152,35 @@ def _prepare(x, codebook, codebook_sqnorm):
     n, e = x.shape
     m = codebook.shape[0]
     if e < 1:
-        raise ValueError(f"{_FUNC}: expected x to have at least one column (E >= 1), got x of "
-                         f"shape {x.shape}.")
+        raise ValueError(
+            f"{_FUNC}: expected x to have at least one column (E >= 1), got x of shape {x.shape}."
+        )
     if codebook.shape[1] != e:
-        raise ValueError(f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
-                         f"of shape {codebook.shape}.")
+        raise ValueError(
+            f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
+            f"of shape {codebook.shape}."
+        )
     if m < 1:
-        raise ValueError(f"{_FUNC}: expected codebook to have at least one row, got codebook of "
-                         f"shape {codebook.shape}.")
+        raise ValueError(
+            f"{_FUNC}: expected codebook to have at least one row, got codebook of "
+            f"shape {codebook.shape}."
+        )
     x = np.ascontiguousarray(x)
     codebook = np.ascontiguousarray(codebook)
     if codebook_sqnorm is not None:
         check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, shape=(m,))
         check_same_device([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
         check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
-    keep = _first_of_duplicates(codebook)                                         # (M',) or None
+    keep = _first_of_duplicates(codebook)  # (M',) or None
     if keep is not None:
-        codebook = codebook[keep]                                                 # (M', E)
+        codebook = codebook[keep]  # (M', E)
         if codebook_sqnorm is not None:
             codebook_sqnorm = codebook_sqnorm[keep]
     if codebook_sqnorm is None:
-        codebook_sqnorm = np.einsum("me,me->m", codebook, codebook)               # (M',)
+        codebook_sqnorm = np.einsum("me,me->m", codebook, codebook)  # (M',)
     codebook_sqnorm = np.ascontiguousarray(codebook_sqnorm)
-    index = np.empty(n, dtype=np.int64)                                           # (N,)
-    dist2 = np.empty(n, dtype=x.dtype)                                            # (N,)
+    index = np.empty(n, dtype=np.int64)  # (N,)
+    dist2 = np.empty(n, dtype=x.dtype)  # (N,)
     return x, codebook, codebook_sqnorm, keep, index, dist2
 
 
@@ -180,7 +193,7 @@ def _first_of_duplicates(codebook):
     """
     m, e = codebook.shape
     key = (codebook + codebook.dtype.type(0)).view(np.dtype((np.void, e * codebook.itemsize)))
-    _, first = np.unique(key.ravel(), return_index=True)   # stable: first occurrences
+    _, first = np.unique(key.ravel(), return_index=True)  # stable: first occurrences
     if first.size == m:
         return None
     return np.sort(first)
@@ -193,7 +206,8 @@ def _finish(x, keep, index, dist2):
     if bad.any():
         raise ValueError(
             f"{_FUNC}: expected the squared distances to fit in {x.dtype}, got {int(bad.sum())} "
-            f"rows whose squared distance overflows. Rescale x and codebook, or use float64.")
+            f"rows whose squared distance overflows. Rescale x and codebook, or use float64."
+        )
     if keep is not None:
         index[...] = keep[index]
     return index, dist2
@@ -210,6 +224,7 @@ def _tiles(n, m, itemsize, workers):
 # --------------------------------------------------------------------------------------------
 # Reference (plain NumPy)
 # --------------------------------------------------------------------------------------------
+
 
 def nearest_code_ref(x, codebook, codebook_sqnorm=None):
     """Nearest codebook row for every row of ``x``, in plain NumPy (the oracle).
@@ -248,19 +263,19 @@ def nearest_code_ref(x, codebook, codebook_sqnorm=None):
     if n == 0:
         return index, dist2
     tile = max(1, min(n, _REF_BLOCK_BYTES // (m * x.itemsize)))
-    buf = np.empty((tile, m), dtype=x.dtype)                                      # (tile, M)
-    cbT = codebook.T                                                              # (E, M)
+    buf = np.empty((tile, m), dtype=x.dtype)  # (tile, M)
+    cbT = codebook.T  # (E, M)
     minus_two = x.dtype.type(-2)
     for n0 in range(0, n, tile):
         n1 = min(n0 + tile, n)
-        s = buf[:n1 - n0]
-        np.matmul(x[n0:n1], cbT, out=s)                                           # (tile, M)
-        s *= minus_two                                                            # exact
+        s = buf[: n1 - n0]
+        np.matmul(x[n0:n1], cbT, out=s)  # (tile, M)
+        s *= minus_two  # exact
         s += cn
-        k = np.argmin(s, axis=1)                                                  # first minimum
-        diff = x[n0:n1].astype(np.float64) - codebook[k].astype(np.float64)      # (tile, E)
+        k = np.argmin(s, axis=1)  # first minimum
+        diff = x[n0:n1].astype(np.float64) - codebook[k].astype(np.float64)  # (tile, E)
         index[n0:n1] = k
-        with np.errstate(over="ignore"):     # an overflow to inf is reported by _finish
+        with np.errstate(over="ignore"):  # an overflow to inf is reported by _finish
             dist2[n0:n1] = np.einsum("ne,ne->n", diff, diff)
     return _finish(x, keep, index, dist2)
 
@@ -268,6 +283,7 @@ def nearest_code_ref(x, codebook, codebook_sqnorm=None):
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
+
 
 @njit(cache=True, inline="always")
 def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
@@ -278,11 +294,11 @@ def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
     for r in range(nb):
         best[r] = big
         bidx[r] = 0
-    xt = x[n0:n1]                                                                 # (nb, E)
+    xt = x[n0:n1]  # (nb, E)
     for m0 in range(0, m, tile_m):
         m1 = min(m0 + tile_m, m)
-        s = buf[:(m1 - m0) * nb].reshape(m1 - m0, nb)                             # (mb, nb)
-        np.dot(cb[m0:m1], xt.T, s)                                                # BLAS GEMM
+        s = buf[: (m1 - m0) * nb].reshape(m1 - m0, nb)  # (mb, nb)
+        np.dot(cb[m0:m1], xt.T, s)  # BLAS GEMM
         for j in range(m1 - m0):
             c = cn[m0 + j]
             jj = np.int32(m0 + j)
@@ -296,7 +312,7 @@ def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
                 bidx[r] = jj if lt else bidx[r]
     for r in range(nb):
         k = bidx[r]
-        acc = 0.0    # float64 on purpose: E flops per row, buys a once-rounded dist2
+        acc = 0.0  # float64 on purpose: E flops per row, buys a once-rounded dist2
         for i in range(e_dim):
             d = np.float64(x[n0 + r, i]) - np.float64(cb[k, i])
             acc += d * d
@@ -326,16 +342,29 @@ def _nearest_code_v2(x, cb, cn, tile_n, tile_m, big, workers, index, dist2):
     for w in prange(workers):
         for t in range(w * ntiles // workers, (w + 1) * ntiles // workers):
             n0 = t * tile_n
-            _tile(x, cb, cn, n0, min(n0 + tile_n, n), tile_m, big,
-                  bufs[w], bests[w], bidxs[w], index, dist2)
+            _tile(
+                x,
+                cb,
+                cn,
+                n0,
+                min(n0 + tile_n, n),
+                tile_m,
+                big,
+                bufs[w],
+                bests[w],
+                bidxs[w],
+                index,
+                dist2,
+            )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _blas_controller():
     """threadpoolctl controller over the loaded BLAS libraries (built once: ~10 ms; a limit()
     on it then costs ~20 us). Numba's np.dot calls SciPy's BLAS, so load it first."""
     import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import ThreadpoolController
+
     return ThreadpoolController()
 
 
@@ -357,8 +386,9 @@ def nearest_code_numba_v2(x, codebook, codebook_sqnorm=None):
     workers = numba.get_num_threads()
     tile_n, tile_m = _tiles(x.shape[0], codebook.shape[0], x.itemsize, workers)
     with _blas_controller().limit(limits=1, user_api="blas"):
-        _nearest_code_v2(x, codebook, cn, tile_n, tile_m, x.dtype.type(np.inf), workers,
-                         index, dist2)
+        _nearest_code_v2(
+            x, codebook, cn, tile_n, tile_m, x.dtype.type(np.inf), workers, index, dist2
+        )
     return _finish(x, keep, index, dist2)
 
 
@@ -379,64 +409,88 @@ def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
     ``nearest_code_ref`` on cupy arrays (validation included: finiteness costs one device
     reduction and a sync, duplicate detection one M x E copy to the host)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "nearest_code_cupy_v1"
     for name, a in (("x", x), ("codebook", codebook), ("codebook_sqnorm", codebook_sqnorm)):
         if a is not None and not isinstance(a, cupy.ndarray):
-            raise TypeError(f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), "
-                            f"got {type(a).__module__}.{type(a).__name__}. Move it with "
-                            f"cupy.asarray(...) or call the numpy/numba backend.")
+            raise TypeError(
+                f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), "
+                f"got {type(a).__module__}.{type(a).__name__}. Move it with "
+                f"cupy.asarray(...) or call the numpy/numba backend."
+            )
     check_array(x, "x", _FUNC, ndim=2)
     check_array(codebook, "codebook", _FUNC, ndim=2)
     check_same_dtype([x, codebook], ["x", "codebook"], _FUNC)
     n, e = x.shape
     m = codebook.shape[0]
     if e < 1:
-        raise ValueError(f"{_FUNC}: expected x to have at least one column (E >= 1), got x of "
-                         f"shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"{_FUNC}: expected x to have at least one column (E >= 1), got x of "
+            f"shape {tuple(x.shape)}."
+        )
     if codebook.shape[1] != e:
-        raise ValueError(f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
-                         f"of shape {tuple(codebook.shape)}.")
+        raise ValueError(
+            f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
+            f"of shape {tuple(codebook.shape)}."
+        )
     if m < 1:
-        raise ValueError(f"{_FUNC}: expected codebook to have at least one row, got codebook of "
-                         f"shape {tuple(codebook.shape)}.")
+        raise ValueError(
+            f"{_FUNC}: expected codebook to have at least one row, got codebook of "
+            f"shape {tuple(codebook.shape)}."
+        )
     x = cupy.ascontiguousarray(x)
     codebook = cupy.ascontiguousarray(codebook)
     if codebook_sqnorm is not None:
         check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, shape=(m,))
         check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
-    keep = _first_of_duplicates(cupy.asnumpy(codebook))   # the tie rule, decided on the host
+    keep = _first_of_duplicates(cupy.asnumpy(codebook))  # the tie rule, decided on the host
     if keep is not None:
-        keep = cupy.asarray(keep)                                                  # (M',)
-        codebook = codebook[keep]                                                  # (M', E)
+        keep = cupy.asarray(keep)  # (M',)
+        codebook = codebook[keep]  # (M', E)
         if codebook_sqnorm is not None:
             codebook_sqnorm = codebook_sqnorm[keep]
     if codebook_sqnorm is None:
-        codebook_sqnorm = (codebook * codebook).sum(axis=1)                        # (M',)
+        codebook_sqnorm = (codebook * codebook).sum(axis=1)  # (M',)
     cn = cupy.ascontiguousarray(codebook_sqnorm)
-    index = cupy.empty(n, dtype=np.int64)                                          # (N,)
-    dist2 = cupy.empty(n, dtype=x.dtype)                                           # (N,)
+    index = cupy.empty(n, dtype=np.int64)  # (N,)
+    dist2 = cupy.empty(n, dtype=x.dtype)  # (N,)
     if n == 0:
         return index, dist2
     m = codebook.shape[0]
     tile = max(1, min(n, _CUPY_BLOCK_BYTES // (m * x.itemsize)))
-    buf = cupy.empty((tile, m), dtype=x.dtype)                                     # (tile, M')
-    cb_t = codebook.T                                                              # (E, M')
+    buf = cupy.empty((tile, m), dtype=x.dtype)  # (tile, M')
+    cb_t = codebook.T  # (E, M')
     W = _cupy.group_width(max(m, e))
     kernel = _cupy.raw_module("nearest_code.cu", _CUPY_NAMES).get_function(
-        _CUPY_NAMES[x.dtype == np.float64])
+        _CUPY_NAMES[x.dtype == np.float64]
+    )
     for n0 in range(0, n, tile):
         n1 = min(n0 + tile, n)
-        s = buf[:n1 - n0]
-        cupy.matmul(x[n0:n1], cb_t, out=s)                                         # cuBLAS
-        kernel((_cupy.grid((n1 - n0) * W, _cupy.THREADS),), (_cupy.THREADS,),
-               (s, cn, x[n0:n1], codebook, index[n0:n1], dist2[n0:n1], np.int64(n1 - n0),
-                np.int64(m), np.int64(e), np.int32(W)))
+        s = buf[: n1 - n0]
+        cupy.matmul(x[n0:n1], cb_t, out=s)  # cuBLAS
+        kernel(
+            (_cupy.grid((n1 - n0) * W, _cupy.THREADS),),
+            (_cupy.THREADS,),
+            (
+                s,
+                cn,
+                x[n0:n1],
+                codebook,
+                index[n0:n1],
+                dist2[n0:n1],
+                np.int64(n1 - n0),
+                np.int64(m),
+                np.int64(e),
+                np.int32(W),
+            ),
+        )
     bad = ~cupy.isfinite(dist2)
     if bool(bad.any()):
         raise ValueError(
             f"{_FUNC}: expected the squared distances to fit in {x.dtype}, got {int(bad.sum())} "
-            f"rows whose squared distance overflows. Rescale x and codebook, or use float64.")
+            f"rows whose squared distance overflows. Rescale x and codebook, or use float64."
+        )
     if keep is not None:
         index = keep[index]
     return index, dist2

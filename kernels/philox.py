@@ -104,6 +104,7 @@ SC '11 (Philox, Sec. 3.2; constants in Random123's philox.h, known answers in te
 G. E. P. Box, M. E. Muller, "A note on the generation of random normal deviates", Ann. Math.
 Statist. 29 (1958).
 """
+
 import math
 import numbers
 
@@ -112,9 +113,18 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 __all__ = [
-    "philox4x32_10_ref", "philox4x32_10", "key_words",
-    "uniform_ref", "uniform_numba", "normal_ref", "normal_numba", "gumbel_ref", "gumbel_numba",
-    "uniform_cupy", "normal_cupy", "gumbel_cupy",
+    "philox4x32_10_ref",
+    "philox4x32_10",
+    "key_words",
+    "uniform_ref",
+    "uniform_numba",
+    "normal_ref",
+    "normal_numba",
+    "gumbel_ref",
+    "gumbel_numba",
+    "uniform_cupy",
+    "normal_cupy",
+    "gumbel_cupy",
 ]
 
 # Philox4x32 constants (Random123 philox.h). Numba freezes these module-level uint64 scalars into
@@ -134,11 +144,11 @@ _ELEMENT_LIMIT = 1 << 62
 
 # Conversion constants, cast to their dtype so float32 code never promotes to float64.
 _HALF_F32 = np.float32(0.5)
-_TWO_M23 = np.float32(2.0 ** -23)
+_TWO_M23 = np.float32(2.0**-23)
 _MINUS_TWO_F32 = np.float32(-2.0)
 _TWO_PI_F32 = np.float32(2.0 * math.pi)
 _HALF_F64 = np.float64(0.5)
-_TWO_M52 = np.float64(2.0 ** -52)
+_TWO_M52 = np.float64(2.0**-52)
 _MINUS_TWO_F64 = np.float64(-2.0)
 _TWO_PI_F64 = np.float64(2.0 * math.pi)
 _SHIFT9 = np.uint64(9)
@@ -152,14 +162,18 @@ _PER_BLOCK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}
 # Validation (public boundary only; kernels assume valid input)
 # --------------------------------------------------------------------------------------------
 
+
 def _check_u64(value, name, func):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{func}: expected {name} to be an integer, got {type(value).__name__}. "
-                        f"Pass a Python int or a NumPy integer.")
+        raise TypeError(
+            f"{func}: expected {name} to be an integer, got {type(value).__name__}. "
+            f"Pass a Python int or a NumPy integer."
+        )
     value = int(value)
     if not 0 <= value < _U64_LIMIT:
-        raise ValueError(f"{func}: expected {name} to be in [0, 2**64), got {value}. "
-                         f"Reduce it modulo 2**64.")
+        raise ValueError(
+            f"{func}: expected {name} to be in [0, 2**64), got {value}. Reduce it modulo 2**64."
+        )
     return value
 
 
@@ -168,30 +182,39 @@ def _check_fill_args(func, seed, stream, n, dtype, offset, out):
     stream = _check_u64(stream, "stream", func)
     for name, value in (("n", n), ("offset", offset)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{func}: expected {name} to be an integer, got "
-                            f"{type(value).__name__}. Pass a Python int.")
+            raise TypeError(
+                f"{func}: expected {name} to be an integer, got "
+                f"{type(value).__name__}. Pass a Python int."
+            )
         if value < 0:
             raise ValueError(f"{func}: expected {name} to be >= 0, got {value}.")
     n, offset = int(n), int(offset)
     if offset + n > _ELEMENT_LIMIT:
-        raise ValueError(f"{func}: expected offset + n <= 2**62, got offset={offset}, n={n}. "
-                         f"Use another stream instead of a larger offset.")
+        raise ValueError(
+            f"{func}: expected offset + n <= 2**62, got offset={offset}, n={n}. "
+            f"Use another stream instead of a larger offset."
+        )
     try:
-        got = "None" if dtype is None else np.dtype(dtype)   # np.dtype(None) would be float64
+        got = "None" if dtype is None else np.dtype(dtype)  # np.dtype(None) would be float64
     except TypeError:
         got = repr(dtype)
     if got not in _PER_BLOCK:
-        raise TypeError(f"{func}: expected dtype to be float32 or float64, got {got}. "
-                        f"Pass numpy.float32 or numpy.float64.")
+        raise TypeError(
+            f"{func}: expected dtype to be float32 or float64, got {got}. "
+            f"Pass numpy.float32 or numpy.float64."
+        )
     dtype = got
     if out is not None:
         if not isinstance(out, np.ndarray):
-            raise TypeError(f"{func}: expected out to be a numpy.ndarray, got "
-                            f"{type(out).__name__}.")
+            raise TypeError(
+                f"{func}: expected out to be a numpy.ndarray, got {type(out).__name__}."
+            )
         if out.dtype != dtype or out.shape != (n,) or not out.flags.c_contiguous:
-            raise ValueError(f"{func}: expected out to be a contiguous {dtype} array of shape "
-                             f"({n},), got {out.dtype} of shape {out.shape} (contiguous: "
-                             f"{out.flags.c_contiguous}). Allocate it with numpy.empty(n, dtype).")
+            raise ValueError(
+                f"{func}: expected out to be a contiguous {dtype} array of shape "
+                f"({n},), got {out.dtype} of shape {out.shape} (contiguous: "
+                f"{out.flags.c_contiguous}). Allocate it with numpy.empty(n, dtype)."
+            )
     return seed, stream, n, dtype, offset
 
 
@@ -210,13 +233,18 @@ def key_words(seed, stream):
     """
     seed = _check_u64(seed, "seed", "key_words")
     stream = _check_u64(stream, "stream", "key_words")
-    return (np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32),
-            np.uint32(stream & 0xFFFFFFFF), np.uint32(stream >> 32))
+    return (
+        np.uint32(seed & 0xFFFFFFFF),
+        np.uint32(seed >> 32),
+        np.uint32(stream & 0xFFFFFFFF),
+        np.uint32(stream >> 32),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # NumPy reference
 # --------------------------------------------------------------------------------------------
+
 
 def philox4x32_10_ref(counter, key):
     """Philox4x32-10 on many counters at once (NumPy, uint64 arithmetic).
@@ -233,28 +261,36 @@ def philox4x32_10_ref(counter, key):
     counter = np.asarray(counter)
     key = np.asarray(key)
     if counter.dtype != np.uint32 or counter.ndim != 2 or counter.shape[1] != 4:
-        raise ValueError(f"philox4x32_10_ref: expected counter to be a uint32 array of shape "
-                         f"(N, 4), got {counter.dtype} of shape {counter.shape}.")
+        raise ValueError(
+            f"philox4x32_10_ref: expected counter to be a uint32 array of shape "
+            f"(N, 4), got {counter.dtype} of shape {counter.shape}."
+        )
     if key.dtype != np.uint32 or key.shape not in ((2,), (counter.shape[0], 2)):
-        raise ValueError(f"philox4x32_10_ref: expected key to be a uint32 array of shape (2,) or "
-                         f"({counter.shape[0]}, 2), got {key.dtype} of shape {key.shape}.")
-    c0, c1, c2, c3 = (counter[:, j].astype(np.uint64) for j in range(4))   # (N,) each
-    k0 = key[..., 0].astype(np.uint64)                                       # () or (N,)
+        raise ValueError(
+            f"philox4x32_10_ref: expected key to be a uint32 array of shape (2,) or "
+            f"({counter.shape[0]}, 2), got {key.dtype} of shape {key.shape}."
+        )
+    c0, c1, c2, c3 = (counter[:, j].astype(np.uint64) for j in range(4))  # (N,) each
+    k0 = key[..., 0].astype(np.uint64)  # () or (N,)
     k1 = key[..., 1].astype(np.uint64)
     for r in range(_ROUNDS):
         if r > 0:
             k0 = (k0 + _W0) & _MASK32
             k1 = (k1 + _W1) & _MASK32
-        p0 = _M0 * c0            # < 2**64: exact 32 x 32 -> 64 product
+        p0 = _M0 * c0  # < 2**64: exact 32 x 32 -> 64 product
         p1 = _M1 * c2
-        c0, c1, c2, c3 = ((p1 >> _SHIFT32) ^ c1 ^ k0, p1 & _MASK32,
-                          (p0 >> _SHIFT32) ^ c3 ^ k1, p0 & _MASK32)
-    return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)          # (N, 4)
+        c0, c1, c2, c3 = (
+            (p1 >> _SHIFT32) ^ c1 ^ k0,
+            p1 & _MASK32,
+            (p0 >> _SHIFT32) ^ c3 ^ k1,
+            p0 & _MASK32,
+        )
+    return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)  # (N, 4)
 
 
 def _words_ref(seed, stream, first_block, nblocks):
     """Output words of blocks first_block .. first_block + nblocks - 1, shape (nblocks, 4)."""
-    b = np.arange(nblocks, dtype=np.uint64) + np.uint64(first_block)       # (nblocks,)
+    b = np.arange(nblocks, dtype=np.uint64) + np.uint64(first_block)  # (nblocks,)
     counter = np.empty((nblocks, 4), dtype=np.uint32)
     counter[:, 0] = b & _MASK32
     counter[:, 1] = b >> _SHIFT32
@@ -276,9 +312,11 @@ def _uniform_f64_ref(a, b):
 def _uniforms_per_block_ref(words, dtype):
     """(nblocks, 4) words -> (nblocks, E) uniforms in the slot order of the module docstring."""
     if dtype == np.float32:
-        return _uniform_f32_ref(words)                                      # (nblocks, 4)
-    return np.stack([_uniform_f64_ref(words[:, 0], words[:, 1]),
-                     _uniform_f64_ref(words[:, 2], words[:, 3])], axis=1)   # (nblocks, 2)
+        return _uniform_f32_ref(words)  # (nblocks, 4)
+    return np.stack(
+        [_uniform_f64_ref(words[:, 0], words[:, 1]), _uniform_f64_ref(words[:, 2], words[:, 3])],
+        axis=1,
+    )  # (nblocks, 2)
 
 
 def _fill_ref(kind, func, seed, stream, n, dtype, offset, out):
@@ -296,16 +334,17 @@ def _fill_ref(kind, func, seed, stream, n, dtype, offset, out):
     elif kind == "gumbel":
         values = -np.log(-np.log(u))
     else:
-        minus_two, two_pi = ((_MINUS_TWO_F32, _TWO_PI_F32) if dtype == np.float32
-                             else (_MINUS_TWO_F64, _TWO_PI_F64))
-        u1, u2 = u[:, 0::2], u[:, 1::2]                                     # (nblocks, E / 2)
+        minus_two, two_pi = (
+            (_MINUS_TWO_F32, _TWO_PI_F32) if dtype == np.float32 else (_MINUS_TWO_F64, _TWO_PI_F64)
+        )
+        u1, u2 = u[:, 0::2], u[:, 1::2]  # (nblocks, E / 2)
         r = np.sqrt(minus_two * np.log(u1))
         t = two_pi * u2
         values = np.empty_like(u)
         values[:, 0::2] = r * np.cos(t)
         values[:, 1::2] = r * np.sin(t)
     start = offset - first * per
-    out[:] = values.reshape(-1)[start:start + n]
+    out[:] = values.reshape(-1)[start : start + n]
     return out
 
 
@@ -346,6 +385,7 @@ def gumbel_ref(seed, stream, n, dtype, offset=0, *, out=None):
 # Numba: scalar helpers (callable from other @njit kernels), then the fill kernels
 # --------------------------------------------------------------------------------------------
 
+
 @njit(cache=True, inline="always")
 def _rounds(c0, c1, c2, c3, k0, k1):
     """The ten Philox4x32 rounds on uint64 words holding 32-bit values.
@@ -371,8 +411,9 @@ def _rounds(c0, c1, c2, c3, k0, k1):
 @njit(cache=True)
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of one counter (c0, c1, c2, c3) under key (k0, k1) -> 4 uint32 words."""
-    w0, w1, w2, w3 = _rounds(np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3),
-                             np.uint64(k0), np.uint64(k1))
+    w0, w1, w2, w3 = _rounds(
+        np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3), np.uint64(k0), np.uint64(k1)
+    )
     return np.uint32(w0), np.uint32(w1), np.uint32(w2), np.uint32(w3)
 
 
@@ -392,6 +433,7 @@ def fill_by_dtype(fill_f32, fill_f64, doc):
     """One fill ``f(buf, k0, k1, s0, s1, first)`` that picks the float32 or float64 block
     fill from ``buf``'s dtype: at typing time inside @njit code (an overload), at run time
     from Python."""
+
     def fill(buf, k0, k1, s0, s1, first):
         (fill_f32 if buf.dtype == np.float32 else fill_f64)(buf, k0, k1, s0, s1, first)
 
@@ -567,7 +609,7 @@ def _fill_f32(out, k0, k1, s0, s1, offset, kind):
     # its own 4 slots: no races, and the result is independent of the thread count. (Compiling
     # `kind` as a literal, or inlining the helpers at IR level, measured no faster.)
     n = out.size
-    head = min((-offset) % 4, n)                 # elements before the first whole block
+    head = min((-offset) % 4, n)  # elements before the first whole block
     nfull = (n - head) // 4
     for j in range(head):
         out[j] = _value_f32_at(kind, k0, k1, s0, s1, offset + j)
@@ -639,10 +681,11 @@ _CUPY_NAMES = ("lvm_philox_fill_v1<float>", "lvm_philox_fill_v1<double>")
 
 def _fill_cupy(kind, func, seed, stream, n, dtype, offset, out):
     from . import _cupy
+
     cupy = _cupy.cupy
     seed, stream, n, dtype, offset = _check_fill_args(func, seed, stream, n, dtype, offset, None)
     if out is None:
-        out = cupy.empty(n, dtype=dtype)                                          # (n,)
+        out = cupy.empty(n, dtype=dtype)  # (n,)
     else:
         _cupy.check_out(out, "out", func, (n,), dtype)
     if n == 0:
@@ -651,8 +694,11 @@ def _fill_cupy(kind, func, seed, stream, n, dtype, offset, out):
     nblocks = (offset + n - 1) // per - offset // per + 1
     name = _CUPY_NAMES[dtype == np.float64]
     kernel = _cupy.raw_module("philox.cu", _CUPY_NAMES).get_function(name)
-    kernel((_cupy.grid(nblocks, _cupy.THREADS),), (_cupy.THREADS,),
-           (out, np.int64(n), np.int64(offset), *key_words(seed, stream), np.int32(kind)))
+    kernel(
+        (_cupy.grid(nblocks, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (out, np.int64(n), np.int64(offset), *key_words(seed, stream), np.int32(kind)),
+    )
     return out
 
 

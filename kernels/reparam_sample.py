@@ -97,6 +97,7 @@ Variants
   (K-chunk, b, j) with float64 partials summed in chunk order, eps regenerated bit for bit as
   the forward drew it. The ``"cupy"`` backend; not yet run on a device.
 """
+
 import math
 
 import numpy as np
@@ -114,18 +115,28 @@ from .philox import _uniform01_f64 as _u01_f64
 from .philox import fill_by_dtype, key_words, normal_ref, per_block
 from .philox import philox_words as _philox_words
 
-__all__ = ["reparam_sample", "reparam_sample_backward",
-           "reparam_sample_ref", "reparam_sample_backward_ref",
-           "reparam_sample_numba_v1", "reparam_sample_backward_numba_v2",
-           "reparam_sample_cupy_v1", "reparam_sample_backward_cupy_v1",
-           "VARIANTS", "BACKWARD_VARIANTS", "IMPLEMENTATIONS", "BACKWARD_IMPLEMENTATIONS",
-           "DEFAULT", "BACKWARD_DEFAULT"]
+__all__ = [
+    "reparam_sample",
+    "reparam_sample_backward",
+    "reparam_sample_ref",
+    "reparam_sample_backward_ref",
+    "reparam_sample_numba_v1",
+    "reparam_sample_backward_numba_v2",
+    "reparam_sample_cupy_v1",
+    "reparam_sample_backward_cupy_v1",
+    "VARIANTS",
+    "BACKWARD_VARIANTS",
+    "IMPLEMENTATIONS",
+    "BACKWARD_IMPLEMENTATIONS",
+    "DEFAULT",
+    "BACKWARD_DEFAULT",
+]
 
 _FUNC = "reparam_sample"
 _FUNC_BWD = "reparam_sample_backward"
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_U64_MAX = 2 ** 64 - 1
-_ELEMENT_LIMIT = 1 << 62          # philox.py: offset + n must stay below 2**62
+_U64_MAX = 2**64 - 1
+_ELEMENT_LIMIT = 1 << 62  # philox.py: offset + n must stay below 2**62
 _LOG_2PI = math.log(2.0 * math.pi)
 # Elements per chunk of the Numba kernels: a 16 KiB float32 noise buffer stays in L1 (32 KiB)
 # next to the rows it feeds; large enough that the vector loop's scalar remainder is negligible.
@@ -152,9 +163,9 @@ _TWO_PI_F64 = np.float64(2.0 * math.pi)
 # fdlibm k_sin.c / k_cos.c (|r| <= pi/4) and e_rem_pio2.c (pi/2 = PIO2_1 + PIO2_1T, PIO2_1 with
 # 33 significant bits, so n * PIO2_1 is exact for the n <= 4 that occur here).
 _INVPIO2 = np.float64(6.36619772367581382433e-01)
-_PIO2_1 = np.float64(1.57079632673412561417e+00)
+_PIO2_1 = np.float64(1.57079632673412561417e00)
 _PIO2_1T = np.float64(6.07710050650619224932e-11)
-_RINT_MAGIC = np.float64(1.5 * 2.0 ** 52)
+_RINT_MAGIC = np.float64(1.5 * 2.0**52)
 _S1 = np.float64(-1.66666666666666324348e-01)
 _S2 = np.float64(8.33333333332248946124e-03)
 _S3 = np.float64(-1.98412698298579493134e-04)
@@ -191,20 +202,22 @@ def _sqrt(typingctx, x):
 @njit(cache=True, inline="always")
 def _sincos(t):
     """(sin t, cos t) for float64 t in [0, 2 pi], branch-free; error ~1 ulp (fdlibm kernels)."""
-    n = (t * _INVPIO2 + _RINT_MAGIC) - _RINT_MAGIC          # rint(t / (pi/2)), 0..4
-    r = (t - n * _PIO2_1) - n * _PIO2_1T                     # |r| <= pi/4
+    n = (t * _INVPIO2 + _RINT_MAGIC) - _RINT_MAGIC  # rint(t / (pi/2)), 0..4
+    r = (t - n * _PIO2_1) - n * _PIO2_1T  # |r| <= pi/4
     z = r * r
     s = r + (z * r) * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
     hz = _HALF_F64 * z
     w = _ONE_F64 - hz
-    c = w + (((_ONE_F64 - w) - hz) +
-             z * (z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))))
+    c = w + (
+        ((_ONE_F64 - w) - hz)
+        + z * (z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6))))))
+    )
     q = np.int64(n)
     odd = (q & _ONE_I64) == _ONE_I64
     sn = c if odd else s
     cs = s if odd else c
-    sn = -sn if (q & _TWO_I64) == _TWO_I64 else sn                    # quadrants 2, 3
-    cs = -cs if ((q + _ONE_I64) & _TWO_I64) == _TWO_I64 else cs       # quadrants 1, 2
+    sn = -sn if (q & _TWO_I64) == _TWO_I64 else sn  # quadrants 2, 3
+    cs = -cs if ((q + _ONE_I64) & _TWO_I64) == _TWO_I64 else cs  # quadrants 1, 2
     return sn, cs
 
 
@@ -218,7 +231,7 @@ def _normals_f32(buf, k0, k1, s0, s1, first):
         w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
         ra = _sqrt(_MINUS_TWO_F32 * log_f32(_u01_f32(w0)))
         rb = _sqrt(_MINUS_TWO_F32 * log_f32(_u01_f32(w2)))
-        sa, ca = _sincos(np.float64(_TWO_PI_F32 * _u01_f32(w1)))   # angle rounded as philox.py
+        sa, ca = _sincos(np.float64(_TWO_PI_F32 * _u01_f32(w1)))  # angle rounded as philox.py
         sb, cb = _sincos(np.float64(_TWO_PI_F32 * _u01_f32(w3)))
         buf[4 * i] = ra * np.float32(ca)
         buf[4 * i + 1] = ra * np.float32(sa)
@@ -241,9 +254,11 @@ def _normals_f64(buf, k0, k1, s0, s1, first):
 
 
 _normals = fill_by_dtype(
-    _normals_f32, _normals_f64,
+    _normals_f32,
+    _normals_f64,
     "Fill ``buf`` with the normals of whole blocks from ``first`` on (dtype picks the mapping: "
-    "4 float32 or 2 float64 per block).")
+    "4 float32 or 2 float64 per block).",
+)
 _per_block = per_block
 
 
@@ -251,46 +266,61 @@ _per_block = per_block
 # Validation (public boundary; the variants below assume valid, C-contiguous input)
 # --------------------------------------------------------------------------------------------
 
+
 def _check_float(a, name, func, ndim):
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{func}: expected {name} to be a numpy.ndarray, got "
-                        f"{type(a).__name__}. Convert it with numpy.asarray(...) first.")
+        raise TypeError(
+            f"{func}: expected {name} to be a numpy.ndarray, got "
+            f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
+        )
     if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{func}: expected {name} to have dtype float32 or float64, got "
-                        f"{a.dtype}. Cast it with {name}.astype(numpy.float32).")
+        raise TypeError(
+            f"{func}: expected {name} to have dtype float32 or float64, got "
+            f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
+        )
     if a.ndim != ndim:
-        raise ValueError(f"{func}: expected {name} to have {ndim} dimensions, got an array of "
-                         f"shape {a.shape}.")
+        raise ValueError(
+            f"{func}: expected {name} to have {ndim} dimensions, got an array of shape {a.shape}."
+        )
 
 
 def _check_inputs(func, mu, logvar):
     _check_float(mu, "mu", func, 2)
     _check_float(logvar, "logvar", func, 2)
     if logvar.shape != mu.shape:
-        raise ValueError(f"{func}: expected mu and logvar to have the same shape (B, Z), got "
-                         f"{mu.shape} and {logvar.shape}.")
+        raise ValueError(
+            f"{func}: expected mu and logvar to have the same shape (B, Z), got "
+            f"{mu.shape} and {logvar.shape}."
+        )
     if logvar.dtype != mu.dtype:
-        raise TypeError(f"{func}: expected mu and logvar to share one dtype, got mu: {mu.dtype},"
-                        f" logvar: {logvar.dtype}. Cast them to one dtype.")
+        raise TypeError(
+            f"{func}: expected mu and logvar to share one dtype, got mu: {mu.dtype},"
+            f" logvar: {logvar.dtype}. Cast them to one dtype."
+        )
     for name, a in (("mu", mu), ("logvar", logvar)):
         bad = ~np.isfinite(a)
         if bad.any():
-            raise ValueError(f"{func}: expected {name} to contain no NaN or Inf values, got "
-                             f"{int(bad.sum())} of {a.size}. Check the encoder output.")
+            raise ValueError(
+                f"{func}: expected {name} to contain no NaN or Inf values, got "
+                f"{int(bad.sum())} of {a.size}. Check the encoder output."
+            )
 
 
 def _check_noise_args(func, seed, stream, offset, n, what="K*B*Z"):
     """seed, stream in [0, 2**64), offset >= 0 and offset + n <= 2**62 (philox.py's limits);
     ``what`` names n in the message."""
     seed = check_param(seed, "seed", func, kind="int", low=0, low_inclusive=True, high=_U64_MAX)
-    stream = check_param(stream, "stream", func, kind="int", low=0, low_inclusive=True,
-                         high=_U64_MAX)
-    offset = check_param(offset, "offset", func, kind="int", low=0, low_inclusive=True,
-                         high=_ELEMENT_LIMIT)
+    stream = check_param(
+        stream, "stream", func, kind="int", low=0, low_inclusive=True, high=_U64_MAX
+    )
+    offset = check_param(
+        offset, "offset", func, kind="int", low=0, low_inclusive=True, high=_ELEMENT_LIMIT
+    )
     if offset + n > _ELEMENT_LIMIT:
         raise InvalidParameterError(
             f"{func}: expected offset + {what} <= 2**62, got offset={offset}, {what}={n}. Use "
-            f"another stream instead of a larger offset.")
+            f"another stream instead of a larger offset."
+        )
     return seed, stream, offset
 
 
@@ -302,15 +332,18 @@ def _prepare(mu, logvar, k, seed, stream, offset, z_out):
     if z_out is not None:
         _check_float(z_out, "z_out", _FUNC, 3)
         if z_out.shape != (k, b, zd) or z_out.dtype != mu.dtype or not z_out.flags.c_contiguous:
-            raise ValueError(f"{_FUNC}: expected z_out to be a C-contiguous {mu.dtype} array of "
-                             f"shape {(k, b, zd)}, got {z_out.dtype} of shape {z_out.shape} "
-                             f"(contiguous: {z_out.flags.c_contiguous}). Allocate it with "
-                             f"numpy.empty((k,) + mu.shape, mu.dtype).")
+            raise ValueError(
+                f"{_FUNC}: expected z_out to be a C-contiguous {mu.dtype} array of "
+                f"shape {(k, b, zd)}, got {z_out.dtype} of shape {z_out.shape} "
+                f"(contiguous: {z_out.flags.c_contiguous}). Allocate it with "
+                f"numpy.empty((k,) + mu.shape, mu.dtype)."
+            )
         if np.may_share_memory(z_out, mu) or np.may_share_memory(z_out, logvar):
-            raise ValueError(f"{_FUNC}: expected z_out to overlap neither mu nor logvar, got an "
-                             f"overlapping array. Pass a fresh buffer.")
-    return (np.ascontiguousarray(mu), np.ascontiguousarray(logvar), k, seed, stream, offset,
-            z_out)
+            raise ValueError(
+                f"{_FUNC}: expected z_out to overlap neither mu nor logvar, got an "
+                f"overlapping array. Pass a fresh buffer."
+            )
+    return (np.ascontiguousarray(mu), np.ascontiguousarray(logvar), k, seed, stream, offset, z_out)
 
 
 def _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
@@ -323,35 +356,50 @@ def _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
             continue
         _check_float(a, name, func, nd)
         if a.dtype != mu.dtype:
-            raise TypeError(f"{func}: expected {name} to have the dtype of mu ({mu.dtype}), got "
-                            f"{a.dtype}. Cast them to one dtype.")
-        if a.shape[1:] != (b, zd)[:nd - 1]:
+            raise TypeError(
+                f"{func}: expected {name} to have the dtype of mu ({mu.dtype}), got "
+                f"{a.dtype}. Cast them to one dtype."
+            )
+        if a.shape[1:] != (b, zd)[: nd - 1]:
             want = f"(K, {b}, {zd})" if nd == 3 else f"(K, {b})"
-            raise ValueError(f"{func}: expected {name} to have shape {want} (B, Z from mu), got "
-                             f"{a.shape}.")
+            raise ValueError(
+                f"{func}: expected {name} to have shape {want} (B, Z from mu), got {a.shape}."
+            )
         if k is not None and a.shape[0] != k:
-            raise ValueError(f"{func}: expected {name}.shape[0] == K = {k} (from {k_from}), got "
-                             f"{name} of shape {a.shape}. All upstream gradients come from one "
-                             f"forward call.")
+            raise ValueError(
+                f"{func}: expected {name}.shape[0] == K = {k} (from {k_from}), got "
+                f"{name} of shape {a.shape}. All upstream gradients come from one "
+                f"forward call."
+            )
         k, k_from = a.shape[0], name
     if k is None:
-        raise ValueError(f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None. "
-                         f"With no upstream gradient dmu = dlogvar = 0.")
+        raise ValueError(
+            f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None. "
+            f"With no upstream gradient dmu = dlogvar = 0."
+        )
     if k < 1:
-        raise ValueError(f"{func}: expected K >= 1 samples in the upstream gradients, got K = "
-                         f"{k}.")
+        raise ValueError(f"{func}: expected K >= 1 samples in the upstream gradients, got K = {k}.")
     seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
     dtype = mu.dtype
     dz = np.zeros((k, b, zd), dtype) if dz is None else np.ascontiguousarray(dz)
     dlog_q = np.zeros((k, b), dtype) if dlog_q is None else np.ascontiguousarray(dlog_q)
     dlog_p = np.zeros((k, b), dtype) if dlog_p is None else np.ascontiguousarray(dlog_p)
-    return (dz, dlog_q, dlog_p, np.ascontiguousarray(mu), np.ascontiguousarray(logvar), seed,
-            stream, offset)
+    return (
+        dz,
+        dlog_q,
+        dlog_p,
+        np.ascontiguousarray(mu),
+        np.ascontiguousarray(logvar),
+        seed,
+        stream,
+        offset,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Reference (plain NumPy, the oracle)
 # --------------------------------------------------------------------------------------------
+
 
 def reparam_sample_ref(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     """Reparameterized samples and their log-densities, NumPy reference.
@@ -381,12 +429,12 @@ def reparam_sample_ref(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     b, zd = mu.shape
     dtype = mu.dtype.type
     eps = normal_ref(seed, stream, k * b * zd, mu.dtype, offset).reshape(k, b, zd)  # (K, B, Z)
-    sigma = np.exp(logvar / dtype(2))                                              # (B, Z)
+    sigma = np.exp(logvar / dtype(2))  # (B, Z)
     z = np.empty((k, b, zd), mu.dtype) if z_out is None else z_out
-    np.add(mu, sigma * eps, out=z)                                                 # (K, B, Z)
+    np.add(mu, sigma * eps, out=z)  # (K, B, Z)
     half, half_log_2pi = dtype(0.5), dtype(0.5 * _LOG_2PI)
-    log_q = np.sum(-half_log_2pi - half * logvar - half * eps * eps, axis=-1)      # (K, B)
-    log_p = np.sum(-half_log_2pi - half * z * z, axis=-1)                          # (K, B)
+    log_q = np.sum(-half_log_2pi - half * logvar - half * eps * eps, axis=-1)  # (K, B)
+    log_p = np.sum(-half_log_2pi - half * z * z, axis=-1)  # (K, B)
     return z, log_q.astype(mu.dtype, copy=False), log_p.astype(mu.dtype, copy=False)
 
 
@@ -414,11 +462,11 @@ def reparam_sample_backward_ref(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, 
     k, b, zd = dz.shape
     dtype = mu.dtype.type
     eps = normal_ref(seed, stream, k * b * zd, mu.dtype, offset).reshape(k, b, zd)  # (K, B, Z)
-    sigma = np.exp(logvar / dtype(2))                                              # (B, Z)
-    z = mu + sigma * eps                                                           # (K, B, Z)
-    g = dz - dlog_p[:, :, None] * z                                                # (K, B, Z)
+    sigma = np.exp(logvar / dtype(2))  # (B, Z)
+    z = mu + sigma * eps  # (K, B, Z)
+    g = dz - dlog_p[:, :, None] * z  # (K, B, Z)
     half = dtype(0.5)
-    dmu = g.sum(axis=0)                                                            # (B, Z)
+    dmu = g.sum(axis=0)  # (B, Z)
     dlogvar = half * (g * sigma * eps).sum(axis=0) - half * dlog_q.sum(axis=0)[:, None]
     return dmu.astype(mu.dtype, copy=False), dlogvar.astype(mu.dtype, copy=False)
 
@@ -426,6 +474,7 @@ def reparam_sample_backward_ref(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, 
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
+
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath={"reassoc"})
 def _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, offset, per, rows, z, log_q, log_p):
@@ -447,11 +496,11 @@ def _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, offset, per, rows, z,
         e0 = g0 - first * per
         for r in range(r0, r1):
             b = r % bsz
-            eps = buf[e0 + (r - r0) * zd:e0 + (r - r0 + 1) * zd]
+            eps = buf[e0 + (r - r0) * zd : e0 + (r - r0 + 1) * zd]
             mur = mu[b]
             sgr = sigma[b]
             zr = z[r]
-            aq = half - half          # typed zero
+            aq = half - half  # typed zero
             ap = half - half
             for j in range(zd):
                 e = eps[j]
@@ -464,8 +513,9 @@ def _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, offset, per, rows, z,
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _backward_v2(dz, dlog_p, mu, sigma, k0, k1, s0, s1, offset, per, nkc, bt, kstep,
-                 acc_mu, acc_lv):
+def _backward_v2(
+    dz, dlog_p, mu, sigma, k0, k1, s0, s1, offset, per, nkc, bt, kstep, acc_mu, acc_lv
+):
     # Task t = (K-chunk kc, B-tile bc), a grid fixed by the wrapper. Task (kc, bc) owns
     # acc_mu[kc, b0:b1], acc_lv[kc, b0:b1] (float64, zeroed): no two tasks write one slot, and
     # the wrapper sums acc over kc in order, so the result is the same for any thread count.
@@ -490,7 +540,7 @@ def _backward_v2(dz, dlog_p, mu, sigma, k0, k1, s0, s1, offset, per, nkc, bt, ks
             g0 = offset + (k * bsz + b0) * zd
             first = g0 // per
             nblk = (offset + ((k2 - 1) * bsz + b1) * zd - 1) // per - first + 1
-            _normals(buf[:nblk * per], k0, k1, s0, s1, first)
+            _normals(buf[: nblk * per], k0, k1, s0, s1, first)
             e0 = g0 - first * per
             for kq in range(k, k2):
                 for b in range(b0, b1):
@@ -515,9 +565,9 @@ def reparam_sample_numba_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None)
     ``reparam_sample_ref`` (noise to <= 3 ulp, sums reordered)."""
     b, zd = mu.shape
     dtype = mu.dtype.type
-    z = np.empty((k, b, zd), mu.dtype) if z_out is None else z_out                 # (K, B, Z)
-    log_q = np.empty((k, b), mu.dtype)                                             # (K, B)
-    log_p = np.empty((k, b), mu.dtype)                                             # (K, B)
+    z = np.empty((k, b, zd), mu.dtype) if z_out is None else z_out  # (K, B, Z)
+    log_q = np.empty((k, b), mu.dtype)  # (K, B)
+    log_p = np.empty((k, b), mu.dtype)  # (K, B)
     if b == 0:
         return z, log_q, log_p
     if zd == 0:
@@ -525,21 +575,35 @@ def reparam_sample_numba_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None)
         log_p[...] = 0
         return z, log_q, log_p
     half = dtype(0.5)
-    sigma = np.exp(logvar / dtype(2))                          # (B, Z), the reference's values
+    sigma = np.exp(logvar / dtype(2))  # (B, Z), the reference's values
     c_p = dtype(-0.5 * zd * _LOG_2PI)
-    c_q = (c_p - half * logvar.sum(axis=1)).astype(mu.dtype)                       # (B,)
+    c_q = (c_p - half * logvar.sum(axis=1)).astype(mu.dtype)  # (B,)
     k0, k1, s0, s1 = key_words(seed, stream)
     rows = max(1, _CHUNK // zd)
-    _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, np.int64(offset),
-                _per_block(mu.dtype), rows, z.reshape(k * b, zd), log_q.reshape(-1),
-                log_p.reshape(-1))
+    _forward_v1(
+        mu,
+        sigma,
+        c_q,
+        c_p,
+        half,
+        k0,
+        k1,
+        s0,
+        s1,
+        np.int64(offset),
+        _per_block(mu.dtype),
+        rows,
+        z.reshape(k * b, zd),
+        log_q.reshape(-1),
+        log_p.reshape(-1),
+    )
     return z, log_q, log_p
 
 
 def _finish_backward(acc_mu, acc_lv, dlog_q, dtype):
     """Sum the float64 partials in order and round once: dmu, dlogvar (B, Z)."""
-    dmu = acc_mu.sum(axis=0) if acc_mu.ndim == 3 else acc_mu                       # (B, Z)
-    lv = acc_lv.sum(axis=0) if acc_lv.ndim == 3 else acc_lv                        # (B, Z)
+    dmu = acc_mu.sum(axis=0) if acc_mu.ndim == 3 else acc_mu  # (B, Z)
+    lv = acc_lv.sum(axis=0) if acc_lv.ndim == 3 else acc_lv  # (B, Z)
     dlogvar = 0.5 * lv - 0.5 * dlog_q.sum(axis=0, dtype=np.float64)[:, None]
     return dmu.astype(dtype), dlogvar.astype(dtype)
 
@@ -565,10 +629,25 @@ def reparam_sample_backward_numba_v2(dz, dlog_q, dlog_p, mu, logvar, seed, strea
     nkc, bt, kstep = _backward_grid(k, b, zd)
     acc_mu = np.zeros((nkc, b, zd), np.float64)
     acc_lv = np.zeros((nkc, b, zd), np.float64)
-    sigma = np.exp(logvar / mu.dtype.type(2))                                      # (B, Z)
+    sigma = np.exp(logvar / mu.dtype.type(2))  # (B, Z)
     k0, k1, s0, s1 = key_words(seed, stream)
-    _backward_v2(dz.reshape(k * b, zd), dlog_p.reshape(-1), mu, sigma, k0, k1, s0, s1,
-                 np.int64(offset), _per_block(mu.dtype), nkc, bt, kstep, acc_mu, acc_lv)
+    _backward_v2(
+        dz.reshape(k * b, zd),
+        dlog_p.reshape(-1),
+        mu,
+        sigma,
+        k0,
+        k1,
+        s0,
+        s1,
+        np.int64(offset),
+        _per_block(mu.dtype),
+        nkc,
+        bt,
+        kstep,
+        acc_mu,
+        acc_lv,
+    )
     return _finish_backward(acc_mu, acc_lv, dlog_q, mu.dtype)
 
 
@@ -576,14 +655,19 @@ def reparam_sample_backward_numba_v2(dz, dlog_q, dlog_p, mu, logvar, seed, strea
 # CuPy (kernels/cuda/reparam_sample.cu; CuPy is imported only when these run)
 # --------------------------------------------------------------------------------------------
 
-_CUPY_NAMES = ("lvm_reparam_sample_v1<float>", "lvm_reparam_sample_v1<double>",
-               "lvm_reparam_sample_backward_v1<float>", "lvm_reparam_sample_backward_v1<double>")
+_CUPY_NAMES = (
+    "lvm_reparam_sample_v1<float>",
+    "lvm_reparam_sample_v1<double>",
+    "lvm_reparam_sample_backward_v1<float>",
+    "lvm_reparam_sample_backward_v1<double>",
+)
 # Backward: K is cut into chunks until about this many threads per SM have a (chunk, b, j).
 _CUPY_BWD_THREADS_PER_SM = 2048
 
 
 def _check_cupy_inputs(func, mu, logvar):
     from . import _cupy
+
     _cupy.check_array(mu, "mu", func, 2)
     _cupy.check_array(logvar, "logvar", func, 2)
     _cupy.check_same(logvar, "logvar", mu, "mu", func)
@@ -594,6 +678,7 @@ def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     normals, writes z and reduces log_q, log_p by warp shuffles. Contract of
     ``reparam_sample_ref`` on cupy arrays (noise to a few ulp; arguments checked, values not)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "reparam_sample_cupy_v1"
     _check_cupy_inputs(func, mu, logvar)
@@ -602,11 +687,11 @@ def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     b, zd = mu.shape
     dtype = mu.dtype.type
     if z_out is None:
-        z_out = cupy.empty((k, b, zd), dtype=mu.dtype)                             # (K, B, Z)
+        z_out = cupy.empty((k, b, zd), dtype=mu.dtype)  # (K, B, Z)
     else:
         _cupy.check_out(z_out, "z_out", func, (k, b, zd), mu.dtype)
-    log_q = cupy.empty((k, b), dtype=mu.dtype)                                     # (K, B)
-    log_p = cupy.empty((k, b), dtype=mu.dtype)                                     # (K, B)
+    log_q = cupy.empty((k, b), dtype=mu.dtype)  # (K, B)
+    log_p = cupy.empty((k, b), dtype=mu.dtype)  # (K, B)
     if b == 0:
         return z_out, log_q, log_p
     if zd == 0:
@@ -614,14 +699,28 @@ def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
         log_p.fill(0)
         return z_out, log_q, log_p
     per = _per_block(mu.dtype)
-    W = _cupy.group_width(-(-(zd - 1) // per) + 1)     # Philox blocks a row can touch
+    W = _cupy.group_width(-(-(zd - 1) // per) + 1)  # Philox blocks a row can touch
     rows = k * b
     name = _CUPY_NAMES[mu.dtype == np.float64]
     kernel = _cupy.raw_module("reparam_sample.cu", _CUPY_NAMES).get_function(name)
-    kernel((_cupy.grid(rows * W, _cupy.THREADS),), (_cupy.THREADS,),
-           (mu, logvar, z_out, log_q, log_p, np.int64(rows), np.int64(b), np.int64(zd),
-            np.int64(offset), *key_words(seed, stream), dtype(-0.5 * zd * _LOG_2PI),
-            np.int32(W)))
+    kernel(
+        (_cupy.grid(rows * W, _cupy.THREADS),),
+        (_cupy.THREADS,),
+        (
+            mu,
+            logvar,
+            z_out,
+            log_q,
+            log_p,
+            np.int64(rows),
+            np.int64(b),
+            np.int64(zd),
+            np.int64(offset),
+            *key_words(seed, stream),
+            dtype(-0.5 * zd * _LOG_2PI),
+            np.int32(W),
+        ),
+    )
     return z_out, log_q, log_p
 
 
@@ -630,6 +729,7 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
     the chunks are summed in order. Contract of ``reparam_sample_backward_ref`` on cupy arrays
     (a None upstream gradient reads as zeros)."""
     from . import _cupy
+
     cupy = _cupy.cupy
     func = "reparam_sample_backward_cupy_v1"
     _check_cupy_inputs(func, mu, logvar)
@@ -637,8 +737,11 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
     k = next((a.shape[0] for a in (dz, dlog_q, dlog_p) if a is not None), None)
     if k is None:
         raise ValueError(f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None.")
-    for name, a, shape in (("dz", dz, (k, b, zd)), ("dlog_q", dlog_q, (k, b)),
-                           ("dlog_p", dlog_p, (k, b))):
+    for name, a, shape in (
+        ("dz", dz, (k, b, zd)),
+        ("dlog_q", dlog_q, (k, b)),
+        ("dlog_p", dlog_p, (k, b)),
+    ):
         if a is not None:
             _cupy.check_array(a, name, func, len(shape))
             _cupy.check_same(a, name, mu, "mu", func, shape=shape)
@@ -652,14 +755,29 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
     else:
         want = _cupy.sm_count() * _CUPY_BWD_THREADS_PER_SM
         nkc = max(1, min(k, -(-want // plane)))
-        acc_mu = cupy.empty((nkc, b, zd), np.float64)      # (K-chunks, B, Z), every slot written
+        acc_mu = cupy.empty((nkc, b, zd), np.float64)  # (K-chunks, B, Z), every slot written
         acc_lv = cupy.empty((nkc, b, zd), np.float64)
         name = _CUPY_NAMES[2 + (mu.dtype == np.float64)]
         kernel = _cupy.raw_module("reparam_sample.cu", _CUPY_NAMES).get_function(name)
-        kernel((_cupy.grid(nkc * plane, _cupy.THREADS),), (_cupy.THREADS,),
-               (dz, dlog_p, mu, logvar, acc_mu, acc_lv, np.int64(k), np.int64(b), np.int64(zd),
-                np.int64(nkc), np.int64(offset), *key_words(seed, stream)))
-    dmu = acc_mu.sum(axis=0)                                                       # (B, Z)
+        kernel(
+            (_cupy.grid(nkc * plane, _cupy.THREADS),),
+            (_cupy.THREADS,),
+            (
+                dz,
+                dlog_p,
+                mu,
+                logvar,
+                acc_mu,
+                acc_lv,
+                np.int64(k),
+                np.int64(b),
+                np.int64(zd),
+                np.int64(nkc),
+                np.int64(offset),
+                *key_words(seed, stream),
+            ),
+        )
+    dmu = acc_mu.sum(axis=0)  # (B, Z)
     dlogvar = 0.5 * acc_lv.sum(axis=0) - 0.5 * dlog_q.sum(axis=0, dtype=np.float64)[:, None]
     return dmu.astype(mu.dtype), dlogvar.astype(mu.dtype)
 
@@ -691,21 +809,26 @@ BACKWARD_VARIANTS = {
 DEFAULT = "numba_v1"
 BACKWARD_DEFAULT = "numba_v2"
 
-IMPLEMENTATIONS = {"numpy": reparam_sample_ref, "numba": reparam_sample_numba_v1,
-                   "cupy": reparam_sample_cupy_v1}
-BACKWARD_IMPLEMENTATIONS = {"numpy": reparam_sample_backward_ref,
-                            "numba": reparam_sample_backward_numba_v2,
-                            "cupy": reparam_sample_backward_cupy_v1}
+IMPLEMENTATIONS = {
+    "numpy": reparam_sample_ref,
+    "numba": reparam_sample_numba_v1,
+    "cupy": reparam_sample_cupy_v1,
+}
+BACKWARD_IMPLEMENTATIONS = {
+    "numpy": reparam_sample_backward_ref,
+    "numba": reparam_sample_backward_numba_v2,
+    "cupy": reparam_sample_backward_cupy_v1,
+}
 
 
 # --------------------------------------------------------------------------------------------
 # Public wrappers: validate once, then dispatch
 # --------------------------------------------------------------------------------------------
 
+
 def _check_backend(backend, table, func):
     if backend not in table:
-        raise ValueError(f"{func}: expected backend to be one of {sorted(table)}, got "
-                         f"{backend!r}.")
+        raise ValueError(f"{func}: expected backend to be one of {sorted(table)}, got {backend!r}.")
     return table[backend]
 
 
@@ -752,8 +875,9 @@ def reparam_sample(mu, logvar, k, seed, stream=0, offset=0, z_out=None, *, backe
     return _check_backend(backend, IMPLEMENTATIONS, _FUNC)(*args)
 
 
-def reparam_sample_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, offset=0, *,
-                            backend="numba"):
+def reparam_sample_backward(
+    dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, offset=0, *, backend="numba"
+):
     """Gradients of reparam_sample's outputs with respect to mu and logvar, eps regenerated.
 
     Parameters

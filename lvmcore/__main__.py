@@ -1,4 +1,5 @@
 """``python -m lvmcore``: the same as the ``lvmcore`` command."""
+
 import sys
 
 from .cli import main

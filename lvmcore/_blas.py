@@ -7,6 +7,7 @@ machine (as this project's machines do) holds SGEMM to the AVX2 kernels: measure
 thread, for the decoder-shaped GEMMs that dominate training and evaluation. lvmcore never
 overrides the setting; the command line prints this advice once so the user can choose.
 """
+
 import os
 
 _AVX512 = {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"}
@@ -33,6 +34,8 @@ def blas_advice(environ=None, cpu_flags=None):
         return None
     if not _AVX512 <= (_cpu_flags() if cpu_flags is None else cpu_flags):
         return None
-    return (f"note: OPENBLAS_CORETYPE={core} holds NumPy's OpenBLAS to AVX2 kernels on this "
-            f"AVX-512 CPU; its SGEMM runs about 2x faster with OPENBLAS_CORETYPE=SkylakeX "
-            f"(or with the variable unset).")
+    return (
+        f"note: OPENBLAS_CORETYPE={core} holds NumPy's OpenBLAS to AVX2 kernels on this "
+        f"AVX-512 CPU; its SGEMM runs about 2x faster with OPENBLAS_CORETYPE=SkylakeX "
+        f"(or with the variable unset)."
+    )

@@ -8,6 +8,7 @@ assumes valid input. Messages follow one template:
 ValueError is raised for values and shapes, TypeError for types and array-library
 mismatches, InvalidParameterError for hyper-parameters.
 """
+
 import numbers
 
 import numpy as np
@@ -22,8 +23,9 @@ def _array_library(x):
     return "cupy" if module == "cupy" else ("numpy" if isinstance(x, np.ndarray) else module)
 
 
-def check_array(x, name, func, *, ndim=None, shape=None, dtype="float", finite=True,
-                allow_inf=False):
+def check_array(
+    x, name, func, *, ndim=None, shape=None, dtype="float", finite=True, allow_inf=False
+):
     """Check one array argument and return it unchanged.
 
     Parameters
@@ -47,12 +49,14 @@ def check_array(x, name, func, *, ndim=None, shape=None, dtype="float", finite=T
     if lib not in ("numpy", "cupy"):
         raise TypeError(
             f"{func}: expected {name} to be a numpy.ndarray or cupy.ndarray, got "
-            f"{type(x).__name__}. Convert it with numpy.asarray(...) first.")
+            f"{type(x).__name__}. Convert it with numpy.asarray(...) first."
+        )
     if dtype == "float":
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"{func}: expected {name} to have dtype float32 or float64, got {x.dtype}. "
-                f"Cast it with {name}.astype(numpy.float32).")
+                f"Cast it with {name}.astype(numpy.float32)."
+            )
     elif dtype != "any" and x.dtype != np.dtype(dtype):
         raise TypeError(f"{func}: expected {name} to have dtype {np.dtype(dtype)}, got {x.dtype}.")
     if ndim is not None:
@@ -61,13 +65,13 @@ def check_array(x, name, func, *, ndim=None, shape=None, dtype="float", finite=T
             want = " or ".join(str(a) for a in allowed)
             raise ValueError(
                 f"{func}: expected {name} to have {want} dimensions, got an array of shape "
-                f"{tuple(x.shape)}.")
+                f"{tuple(x.shape)}."
+            )
     if shape is not None:
         ok = len(shape) == x.ndim and all(s is None or s == t for s, t in zip(shape, x.shape))
         if not ok:
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(
-                f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.")
+            raise ValueError(f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.")
     if finite and x.dtype.kind == "f":
         xp = get_xp(x)
         bad = xp.isnan(x) if allow_inf else ~xp.isfinite(x)
@@ -75,7 +79,8 @@ def check_array(x, name, func, *, ndim=None, shape=None, dtype="float", finite=T
             what = "NaN" if allow_inf else "NaN or Inf"
             raise ValueError(
                 f"{func}: expected {name} to contain no {what} values, got "
-                f"{int(bad.sum())} of {x.size}. Check the data or the step that produced it.")
+                f"{int(bad.sum())} of {x.size}. Check the data or the step that produced it."
+            )
     return x
 
 
@@ -88,7 +93,8 @@ def check_binary(x, name, func):
         raise ValueError(
             f"{func}: expected {name} to be binary (every entry 0 or 1), got "
             f"{int(bad.sum())} other values, e.g. {example!r}. Binarize the data "
-            f"(x > 0.5) or use a Gaussian decoder for real-valued data.")
+            f"(x > 0.5) or use a Gaussian decoder for real-valued data."
+        )
     del xp
     return x
 
@@ -97,7 +103,8 @@ def check_same_shape(a, b, name_a, name_b, func):
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{func}: expected {name_a} and {name_b} to have the same shape, got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}.")
+            f"{tuple(a.shape)} and {tuple(b.shape)}."
+        )
 
 
 def check_same_dtype(arrays, names, func):
@@ -106,7 +113,8 @@ def check_same_dtype(arrays, names, func):
         got = ", ".join(f"{n}: {a.dtype}" for n, a in zip(names, arrays))
         raise TypeError(
             f"{func}: expected {', '.join(names)} to share one dtype, got {got}. "
-            f"Cast them to one dtype (float32 for speed, float64 for checks).")
+            f"Cast them to one dtype (float32 for speed, float64 for checks)."
+        )
 
 
 def check_same_device(arrays, names, func):
@@ -116,11 +124,22 @@ def check_same_device(arrays, names, func):
         got = ", ".join(f"{n} is {lib}" for n, lib in zip(names, libs))
         raise TypeError(
             f"{func}: expected all arrays on one device, got {got}. Move them explicitly "
-            f"with cupy.asarray(...) or cupy.asnumpy(...); lvmcore never copies implicitly.")
+            f"with cupy.asarray(...) or cupy.asnumpy(...); lvmcore never copies implicitly."
+        )
 
 
-def check_param(value, name, func, *, kind="float", low=None, high=None,
-                low_inclusive=False, high_inclusive=True, choices=None):
+def check_param(
+    value,
+    name,
+    func,
+    *,
+    kind="float",
+    low=None,
+    high=None,
+    low_inclusive=False,
+    high_inclusive=True,
+    choices=None,
+):
     """Check a hyper-parameter and return it converted to ``int`` or ``float``.
 
     ``kind`` is "int", "float" or "choice". Bounds give the open or closed interval
@@ -131,12 +150,16 @@ def check_param(value, name, func, *, kind="float", low=None, high=None,
         if value not in choices:
             raise InvalidParameterError(
                 f"The {name!r} parameter of {func} must be one of "
-                f"{', '.join(repr(c) for c in choices)}. Got {value!r} instead.")
+                f"{', '.join(repr(c) for c in choices)}. Got {value!r} instead."
+            )
         return value
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
-    interval = (("[" if low_inclusive else "(") + f"{lo}, {hi}" +
-                ("]" if high_inclusive and high is not None else ")"))
+    interval = (
+        ("[" if low_inclusive else "(")
+        + f"{lo}, {hi}"
+        + ("]" if high_inclusive and high is not None else ")")
+    )
     noun = "an int" if kind == "int" else "a float"
     msg = f"The {name!r} parameter of {func} must be {noun} in {interval}. Got {value!r} instead."
     if kind == "int":
@@ -161,6 +184,7 @@ def get_xp(*arrays):
     for a in arrays:
         if _array_library(a) == "cupy":
             import cupy
+
             return cupy
     return np
 

@@ -11,6 +11,7 @@ Precedence: the ``backend=`` keyword of a call, then ``with use_backend(...)``, 
 the ``LVMCORE_BACKEND`` environment variable, then automatic selection. Glue code is
 written once against ``backend.xp``; only hot loops dispatch into ``kernels``.
 """
+
 import contextlib
 import contextvars
 import functools
@@ -39,10 +40,11 @@ class Backend:
     def kernel(self, op):
         """The implementation of kernel ``op`` (e.g. "bernoulli_loglik") for this backend."""
         import kernels
+
         return kernels.get(op, self.name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _availability(name):
     """Return (available, reason) for one backend; cached because probing CUDA is slow."""
     if name == "numpy":
@@ -56,6 +58,7 @@ def _availability(name):
             return False, "cupy: not installed (pip install 'lvmcore[cuda]')"
         try:
             import cupy
+
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDA driver or runtime missing
             return False, f"cupy: no usable CUDA runtime ({exc})"
@@ -64,7 +67,8 @@ def _availability(name):
         return True, "available"
     raise InvalidParameterError(
         f"The 'backend' parameter must be one of {', '.join(map(repr, BACKEND_NAMES))}. "
-        f"Got {name!r} instead.")
+        f"Got {name!r} instead."
+    )
 
 
 def available_backends():
@@ -78,6 +82,7 @@ def _make(name):
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
     if name == "cupy":
         import cupy
+
         return Backend(name, cupy, "cuda")
     return Backend(name, np, "cpu")
 
@@ -104,7 +109,8 @@ def get_backend(*arrays, backend=None):
     if name is not None and name not in BACKEND_NAMES:
         raise InvalidParameterError(
             f"The 'backend' parameter must be one of {', '.join(map(repr, BACKEND_NAMES))}. "
-            f"Got {name!r} instead.")
+            f"Got {name!r} instead."
+        )
     if name is None or (_DEVICE_OF[name] != device and backend is None):
         # An ambient choice for the other device does not apply to these arrays.
         if device == "cuda":
@@ -115,7 +121,8 @@ def get_backend(*arrays, backend=None):
         raise TypeError(
             f"get_backend: expected arrays on {_DEVICE_OF[name]} for backend {name!r}, got "
             f"{'CuPy' if device == 'cuda' else 'NumPy'} arrays. Pass backend="
-            f"{'cupy' if device == 'cuda' else 'numba'!r} or move the arrays.")
+            f"{'cupy' if device == 'cuda' else 'numba'!r} or move the arrays."
+        )
     return _make(name)
 
 
@@ -151,4 +158,5 @@ def array_module(name_or_device):
     if name_or_device in ("cuda", "cupy", "gpu"):
         return _make("cupy").xp
     raise InvalidParameterError(
-        f"The 'device' parameter must be one of 'cpu', 'cuda'. Got {name_or_device!r} instead.")
+        f"The 'device' parameter must be one of 'cpu', 'cuda'. Got {name_or_device!r} instead."
+    )

@@ -14,6 +14,7 @@ Layout (``format_version`` 1):
 and moves it into place with ``os.replace``, so the file under the final name is always a
 complete checkpoint: either the previous one or the new one, never a half-written mix.
 """
+
 import json
 import os
 import secrets
@@ -26,8 +27,14 @@ import numpy as np
 
 from ._validation import to_numpy
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "save_checkpoint", "load_checkpoint", "load_model",
-           "optimizer_settings"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "optimizer_settings",
+]
 
 FORMAT_VERSION = 1
 _PARAM = "param/"
@@ -58,8 +65,9 @@ class Checkpoint(NamedTuple):
 
 def optimizer_settings(optimizer):
     """Name and hyper-parameters of an ``lvmcore.optim`` optimizer, JSON-serialisable."""
-    settings = dict(name=type(optimizer).__name__.lower(), lr=optimizer.lr,
-                    clip_norm=optimizer.clip_norm)
+    settings = dict(
+        name=type(optimizer).__name__.lower(), lr=optimizer.lr, clip_norm=optimizer.clip_norm
+    )
     for attr in ("beta1", "beta2", "eps", "momentum", "nesterov"):
         if hasattr(optimizer, attr):
             settings[attr] = getattr(optimizer, attr)
@@ -109,11 +117,15 @@ def save_checkpoint(path, model, optimizer=None, state=None):
         config_json = json.dumps(model.config())
         state_json = json.dumps(state)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{func}: expected the model config and state to be JSON-serialisable, "
-                        f"got {err}. Store plain ints, floats, strings, lists and dicts.") from None
-    arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-              "config_json": np.array(config_json),
-              "state_json": np.array(state_json)}
+        raise TypeError(
+            f"{func}: expected the model config and state to be JSON-serialisable, "
+            f"got {err}. Store plain ints, floats, strings, lists and dicts."
+        ) from None
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "config_json": np.array(config_json),
+        "state_json": np.array(state_json),
+    }
     for k, v in model.parameters().items():
         arrays[_PARAM + k] = to_numpy(v)
     if optimizer is not None:
@@ -144,12 +156,14 @@ def create_temp(path):
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                           0o666), tmp
+            return os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+            ), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(f"create_temp: expected a free temporary name beside {path}, got "
-                          f"none in 100 tries.")
+    raise FileExistsError(
+        f"create_temp: expected a free temporary name beside {path}, got none in 100 tries."
+    )
 
 
 def _fsync_dir(directory):
@@ -193,7 +207,8 @@ def load_checkpoint(path):
         raise FileNotFoundError(
             f"{func}: expected a checkpoint file at {path}, got "
             f"{'a directory' if path.is_dir() else 'nothing'}. Train first (lvmcore train "
-            f"--out DIR) and pass DIR/checkpoint.npz.")
+            f"--out DIR) and pass DIR/checkpoint.npz."
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -203,43 +218,56 @@ def load_checkpoint(path):
         raise ValueError(
             f"{func}: expected {path} to be a readable .npz checkpoint, got "
             f"{type(err).__name__}: {err}. The file is corrupt or not a checkpoint; use an "
-            f"earlier copy or train again.") from None
+            f"earlier copy or train again."
+        ) from None
     missing = [k for k in ("format_version", "config_json", "state_json") if k not in arrays]
     if missing:
         raise ValueError(
             f"{func}: expected {path} to hold format_version, config_json and state_json, got "
             f"no {', '.join(missing)} (it holds {sorted(arrays)[:8]}). It is not an lvmcore "
-            f"checkpoint.")
+            f"checkpoint."
+        )
     version = arrays.pop("format_version")
     if version.shape != () or version.dtype.kind not in "iu":
-        raise ValueError(f"{func}: expected format_version in {path} to be a 0-d integer, got "
-                         f"{version.dtype} of shape {version.shape}.")
+        raise ValueError(
+            f"{func}: expected format_version in {path} to be a 0-d integer, got "
+            f"{version.dtype} of shape {version.shape}."
+        )
     if int(version) > FORMAT_VERSION:
         raise ValueError(
             f"{func}: expected a checkpoint of format version <= {FORMAT_VERSION}, got version "
-            f"{int(version)} in {path}. Upgrade lvmcore to read it.")
+            f"{int(version)} in {path}. Upgrade lvmcore to read it."
+        )
     config = _json_field(arrays.pop("config_json"), "config_json", path, func)
     state = _json_field(arrays.pop("state_json"), "state_json", path, func)
     if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"{func}: expected config_json in {path} to be a model config with a "
-                         f"'model' key, got {str(config)[:80]!r}.")
-    params = {k[len(_PARAM):]: v for k, v in arrays.items() if k.startswith(_PARAM)}
-    optim = {k[len(_OPTIM):]: v for k, v in arrays.items() if k.startswith(_OPTIM)}
+        raise ValueError(
+            f"{func}: expected config_json in {path} to be a model config with a "
+            f"'model' key, got {str(config)[:80]!r}."
+        )
+    params = {k[len(_PARAM) :]: v for k, v in arrays.items() if k.startswith(_PARAM)}
+    optim = {k[len(_OPTIM) :]: v for k, v in arrays.items() if k.startswith(_OPTIM)}
     if not params:
-        raise ValueError(f"{func}: expected {path} to hold model parameters (param/...), got "
-                         f"none. The file is incomplete; use an earlier copy or train again.")
+        raise ValueError(
+            f"{func}: expected {path} to hold model parameters (param/...), got "
+            f"none. The file is incomplete; use an earlier copy or train again."
+        )
     return Checkpoint(config, params, optim, state)
 
 
 def _json_field(a, name, path, func):
     if a.shape != () or a.dtype.kind != "U":
-        raise ValueError(f"{func}: expected {name} in {path} to be a 0-d unicode array, got "
-                         f"{a.dtype} of shape {a.shape}.")
+        raise ValueError(
+            f"{func}: expected {name} in {path} to be a 0-d unicode array, got "
+            f"{a.dtype} of shape {a.shape}."
+        )
     try:
         return json.loads(a[()])
     except ValueError as err:
-        raise ValueError(f"{func}: expected {name} in {path} to hold JSON, got text that does "
-                         f"not parse ({err}). The file is corrupt.") from None
+        raise ValueError(
+            f"{func}: expected {name} in {path} to hold JSON, got text that does "
+            f"not parse ({err}). The file is corrupt."
+        ) from None
 
 
 def load_model(path):
@@ -271,6 +299,7 @@ def load_model(path):
         model = build_model(config)
         model.load_parameters(params)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"load_model: expected {path} to hold a model matching its own "
-                         f"config, got: {err}") from None
+        raise ValueError(
+            f"load_model: expected {path} to hold a model matching its own config, got: {err}"
+        ) from None
     return model

@@ -14,6 +14,7 @@ Two sources, one return type (:class:`Dataset`):
 Every array is float32 of shape (N, D) with entries exactly 0.0 or 1.0, ready for
 ``bernoulli_nll``; ``Dataset.shape`` gives the image shape for plotting.
 """
+
 import hashlib
 import os
 import tempfile
@@ -41,7 +42,7 @@ __all__ = [
 SPLITS = ("train", "valid", "test")
 MNIST_FILES = {split: f"binarized_mnist_{split}.amat" for split in SPLITS}
 MNIST_IMAGE_SHAPE = (28, 28)
-MNIST_D = 784                       # 28 * 28 pixels
+MNIST_D = 784  # 28 * 28 pixels
 MNIST_PACKED_D = (MNIST_D + 7) // 8  # 98 bytes per row after np.packbits(X, axis=1)
 
 DEFAULT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
@@ -51,19 +52,17 @@ DEFAULT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mni
 # re-serialising /work/shared/data/binarized_mnist.npz as "0 1 0 ... 0\n" rows reproduces all three
 # digests byte for byte.
 CHECKSUMS = {
-    "binarized_mnist_train.amat":
-        "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
-    "binarized_mnist_valid.amat":
-        "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
-    "binarized_mnist_test.amat":
-        "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+    "binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
 }
 
 _DIGITS_N_VALID = 180
 _DIGITS_N_TEST = 180
 _CHUNK = 1 << 20  # download and hashing block, bytes
-_DOWNLOAD_HINT = ("Run `lvmcore download-mnist DIR` or "
-                  "lvmcore.data.download_binarized_mnist(DIR), then pass DIR.")
+_DOWNLOAD_HINT = (
+    "Run `lvmcore download-mnist DIR` or lvmcore.data.download_binarized_mnist(DIR), then pass DIR."
+)
 
 
 class Dataset(NamedTuple):
@@ -90,6 +89,7 @@ class Dataset(NamedTuple):
 # Embedded digits
 # --------------------------------------------------------------------------------------------
 
+
 def load_digits_binarized(seed=0):
     """Scikit-learn's 8x8 digits, binarized at half intensity and split three ways.
 
@@ -115,12 +115,11 @@ def load_digits_binarized(seed=0):
     The 1797 images have 4-bit intensities 0..16; a pixel is on when :math:`x \\ge 8`.
     The data ship inside scikit-learn, so nothing is downloaded.
     """
-    seed = check_param(seed, "seed", "load_digits_binarized", kind="int", low=0,
-                       low_inclusive=True)
+    seed = check_param(seed, "seed", "load_digits_binarized", kind="int", low=0, low_inclusive=True)
     # Imported here: scikit-learn takes about a second to import and only this loader needs it.
     from sklearn.datasets import load_digits
 
-    x = (load_digits().data >= 8).astype(np.float32)                 # (1797, 64)
+    x = (load_digits().data >= 8).astype(np.float32)  # (1797, 64)
     perm = np.random.default_rng(seed).permutation(x.shape[0])
     n_train = x.shape[0] - _DIGITS_N_VALID - _DIGITS_N_TEST
     train, valid, test = np.split(x[perm], [n_train, n_train + _DIGITS_N_VALID])
@@ -130,6 +129,7 @@ def load_digits_binarized(seed=0):
 # --------------------------------------------------------------------------------------------
 # Binarized MNIST
 # --------------------------------------------------------------------------------------------
+
 
 def load_binarized_mnist(path):
     """Statically binarized MNIST (Larochelle & Murray, 2011) from ``.amat`` files or an ``.npz``.
@@ -180,12 +180,14 @@ def load_binarized_mnist(path):
         if path.suffix == ".amat":
             raise ValueError(
                 f"{func}: expected a directory holding {_file_list()} or an .npz file, got the "
-                f"single file {path}. Pass its directory, {path.parent}.")
+                f"single file {path}. Pass its directory, {path.parent}."
+            )
         splits = _read_npz(path, func)
     else:
         raise FileNotFoundError(
             f"{func}: expected a directory holding {_file_list()} or an .npz file with arrays "
-            f"'train', 'valid', 'test', got {path}, which does not exist. {_DOWNLOAD_HINT}")
+            f"'train', 'valid', 'test', got {path}, which does not exist. {_DOWNLOAD_HINT}"
+        )
     return Dataset(*splits, "binarized_mnist", MNIST_IMAGE_SHAPE)
 
 
@@ -198,7 +200,8 @@ def _read_amat_dir(directory, func):
     if missing:
         raise FileNotFoundError(
             f"{func}: expected {directory} to hold {_file_list()}, got no "
-            f"{', '.join(missing)}. {_DOWNLOAD_HINT}")
+            f"{', '.join(missing)}. {_DOWNLOAD_HINT}"
+        )
     return [_read_amat(directory / MNIST_FILES[split], func) for split in SPLITS]
 
 
@@ -212,7 +215,8 @@ def _read_amat(path, func):
     if not is_value.any():
         raise ValueError(
             f"{func}: expected {path} to hold rows of {MNIST_D} values 0/1, got an empty file. "
-            f"Download it again.")
+            f"Download it again."
+        )
     if (is_value[1:] & is_value[:-1]).any():
         # Some value is longer than one character ("1.0", "255"): take the general path.
         return _read_amat_tokens(raw, path, func)
@@ -222,16 +226,17 @@ def _read_amat(path, func):
     line_starts = line_starts[line_starts < buf.size]
     # reduceat over the uint8 view: on a bool array with dtype=int64 it is ~15x slower.
     widths = np.add.reduceat(is_value.view(np.uint8), line_starts, dtype=np.int64)  # per line
-    widths = widths[widths > 0]                                        # blank lines carry nothing
+    widths = widths[widths > 0]  # blank lines carry nothing
     _check_widths(widths, path, func)
-    chars = np.compress(is_value, buf)    # (N * 784,); ~3x faster than buf[is_value] here
+    chars = np.compress(is_value, buf)  # (N * 784,); ~3x faster than buf[is_value] here
     bad = (chars != ord("0")) & (chars != ord("1"))
     if bad.any():
         first = int(np.argmax(bad))
         raise ValueError(
             f"{func}: expected {path} to hold only the values 0 and 1, got {int(bad.sum())} "
             f"other values, the first {chr(chars[first])!r} in row {first // MNIST_D + 1}. Use the "
-            f"statically binarized files; re-download them if they are corrupt.")
+            f"statically binarized files; re-download them if they are corrupt."
+        )
     return (chars == ord("1")).astype(np.float32).reshape(-1, MNIST_D)
 
 
@@ -240,11 +245,12 @@ def _read_amat_tokens(raw, path, func):
     rows = [line.split() for line in raw.splitlines() if line.strip()]
     _check_widths(np.array([len(r) for r in rows]), path, func)
     try:
-        x = np.array(rows, dtype=np.float64)                           # (N, 784)
+        x = np.array(rows, dtype=np.float64)  # (N, 784)
     except ValueError as err:
         raise ValueError(
             f"{func}: expected {path} to hold numbers 0 and 1, got text that does not parse "
-            f"as numbers ({err}). Re-download the file.") from None
+            f"as numbers ({err}). Re-download the file."
+        ) from None
     check_binary(x, str(path), func)
     return x.astype(np.float32)
 
@@ -256,18 +262,21 @@ def _check_widths(widths, path, func):
         raise ValueError(
             f"{func}: expected every row of {path} to have the same number of values, got "
             f"{widths[0]} in row 1 but {widths[row]} in row {row + 1}. The file is truncated "
-            f"or corrupt; download it again.")
+            f"or corrupt; download it again."
+        )
     if widths.size and widths[0] != MNIST_D:
         raise ValueError(
             f"{func}: expected {MNIST_D} values (28x28 pixels) per row of {path}, got "
-            f"{widths[0]}. Pass binarized MNIST; other data sets have their own loaders.")
+            f"{widths[0]}. Pass binarized MNIST; other data sets have their own loaders."
+        )
 
 
 def _read_npz(path, func):
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{func}: expected {path} to be an .npz archive (a zip file), got a file that is not "
-            f"one. Save the splits with np.savez(path, train=..., valid=..., test=...).")
+            f"one. Save the splits with np.savez(path, train=..., valid=..., test=...)."
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = archive.files
@@ -277,13 +286,15 @@ def _read_npz(path, func):
         # mean the same to the user.
         raise ValueError(
             f"{func}: expected {path} to be a readable .npz archive, got "
-            f"{type(err).__name__}: {err}. Re-create the file with np.savez.") from None
+            f"{type(err).__name__}: {err}. Re-create the file with np.savez."
+        ) from None
     missing = [split for split in SPLITS if split not in arrays]
     if missing:
         raise ValueError(
             f"{func}: expected {path} to hold arrays 'train', 'valid' and 'test', got no "
             f"{', '.join(repr(m) for m in missing)} (it holds {sorted(files)}). Save the splits "
-            f"with np.savez(path, train=..., valid=..., test=...).")
+            f"with np.savez(path, train=..., valid=..., test=...)."
+        )
     return [_unpack_split(arrays[split], f"'{split}' in {path}", func) for split in SPLITS]
 
 
@@ -295,11 +306,13 @@ def _unpack_split(a, name, func):
         raise ValueError(
             f"{func}: expected {name} to have shape (N, {MNIST_D}) with values 0/1, or to be "
             f"uint8 of shape (N, {MNIST_PACKED_D}) from np.packbits(X, axis=1), got "
-            f"{a.dtype} of shape {a.shape}. Flatten images to rows with X.reshape(len(X), -1).")
+            f"{a.dtype} of shape {a.shape}. Flatten images to rows with X.reshape(len(X), -1)."
+        )
     if a.dtype.kind not in "biuf":
         raise ValueError(
             f"{func}: expected {name} to hold numbers 0 and 1, got dtype {a.dtype}. "
-            f"Save it as uint8 or float32.")
+            f"Save it as uint8 or float32."
+        )
     check_binary(a, name, func)
     return a.astype(np.float32)
 
@@ -307,6 +320,7 @@ def _unpack_split(a, name, func):
 # --------------------------------------------------------------------------------------------
 # Choosing a data set
 # --------------------------------------------------------------------------------------------
+
 
 def load_dataset(name_or_path, *, seed=0):
     """Load a data set by name or path.
@@ -338,7 +352,8 @@ def load_dataset(name_or_path, *, seed=0):
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(
             f"{func}: expected name_or_path to be 'digits', 'mnist' or a path, got "
-            f"{type(name_or_path).__name__}.")
+            f"{type(name_or_path).__name__}."
+        )
     if name_or_path == "digits":
         return load_digits_binarized(seed=seed)
     if name_or_path == "mnist":
@@ -348,14 +363,16 @@ def load_dataset(name_or_path, *, seed=0):
                 f"{func}: expected the LVMCORE_MNIST environment variable to name a directory "
                 f"holding {_file_list()} or an .npz file, got it unset. Pass the path "
                 f"instead of 'mnist', or run `lvmcore download-mnist DIR` and set "
-                f"LVMCORE_MNIST=DIR.")
+                f"LVMCORE_MNIST=DIR."
+            )
         return load_binarized_mnist(env)
     path = Path(os.fspath(name_or_path))
     if not path.exists():
         raise FileNotFoundError(
             f"{func}: expected 'digits', 'mnist', or the path of a directory of "
             f"binarized_mnist_*.amat files or an .npz file, got {str(name_or_path)!r}, which is "
-            f"neither a known name nor an existing path. {_DOWNLOAD_HINT}")
+            f"neither a known name nor an existing path. {_DOWNLOAD_HINT}"
+        )
     return load_binarized_mnist(path)
 
 
@@ -363,8 +380,10 @@ def load_dataset(name_or_path, *, seed=0):
 # Download
 # --------------------------------------------------------------------------------------------
 
-def download_binarized_mnist(dest_dir, base_url=DEFAULT_URL, checksums=CHECKSUMS, progress=True,
-                             *, timeout=60.0):
+
+def download_binarized_mnist(
+    dest_dir, base_url=DEFAULT_URL, checksums=CHECKSUMS, progress=True, *, timeout=60.0
+):
     """Download the three binarized MNIST ``.amat`` files and verify their SHA-256.
 
     Parameters
@@ -405,7 +424,8 @@ def download_binarized_mnist(dest_dir, base_url=DEFAULT_URL, checksums=CHECKSUMS
     if missing:
         raise ValueError(
             f"{func}: expected checksums to give a SHA-256 for {_file_list()}, got none for "
-            f"{', '.join(missing)}. Add them, or use the default CHECKSUMS.")
+            f"{', '.join(missing)}. Add them, or use the default CHECKSUMS."
+        )
     dest = Path(os.fspath(dest_dir))
     dest.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES.values():
@@ -413,8 +433,7 @@ def download_binarized_mnist(dest_dir, base_url=DEFAULT_URL, checksums=CHECKSUMS
         expected = checksums[name].lower()
         if target.is_file() and _sha256_file(target) == expected:
             continue
-        _download_one(f"{base_url.rstrip('/')}/{name}", target, expected, progress, timeout,
-                      func)
+        _download_one(f"{base_url.rstrip('/')}/{name}", target, expected, progress, timeout, func)
     return dest
 
 
@@ -440,10 +459,19 @@ def _download_one(url, target, expected, progress, timeout, func):
             except OSError as err:  # URLError and HTTPError are OSErrors
                 raise OSError(
                     f"{func}: expected to fetch {url}, got {err}. Check the network or pass "
-                    f"base_url= a mirror; or place the files in {target.parent} yourself.") from err
+                    f"base_url= a mirror; or place the files in {target.parent} yourself."
+                ) from err
             size = response.headers.get("Content-Length")
-            with response, tqdm(total=int(size) if size else None, unit="B", unit_scale=True,
-                                desc=target.name, disable=not progress) as bar:
+            with (
+                response,
+                tqdm(
+                    total=int(size) if size else None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=target.name,
+                    disable=not progress,
+                ) as bar,
+            ):
                 for block in iter(lambda: response.read(_CHUNK), b""):
                     out.write(block)
                     digest.update(block)
@@ -453,7 +481,8 @@ def _download_one(url, target, expected, progress, timeout, func):
             raise ValueError(
                 f"{func}: expected {target.name} from {url} to have SHA-256 {expected}, got "
                 f"{actual}. The download is corrupt or the server holds a different file; "
-                f"retry, or pass base_url= a trusted mirror.")
+                f"retry, or pass base_url= a trusted mirror."
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

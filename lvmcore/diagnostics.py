@@ -1,5 +1,6 @@
 """Diagnostics of a trained model: active units, KL per latent dimension, and the
 variance and signal-to-noise ratio of gradient estimators."""
+
 import numpy as np
 
 from ._validation import check_param, get_xp
@@ -9,8 +10,9 @@ from .distributions.kl import kl_normal_std_per_dim
 def posterior_means(model, x, batch_size=1000):
     """mu(x) for every row, shape (N, Z)."""
     xp = get_xp(x)
-    return xp.concatenate([model.encode(x[i:i + batch_size])[0]
-                           for i in range(0, x.shape[0], batch_size)])
+    return xp.concatenate(
+        [model.encode(x[i : i + batch_size])[0] for i in range(0, x.shape[0], batch_size)]
+    )
 
 
 def active_units(model, x, threshold=0.01, batch_size=1000):
@@ -36,7 +38,7 @@ def kl_per_dimension(model, x, batch_size=1000):
     xp = get_xp(x)
     total = xp.zeros(model.latent_dim, dtype=np.float64)
     for i in range(0, x.shape[0], batch_size):
-        mu, logvar = model.encode(x[i:i + batch_size])
+        mu, logvar = model.encode(x[i : i + batch_size])
         total += kl_normal_std_per_dim(mu, logvar).astype(np.float64).sum(axis=0)
     return total / x.shape[0]
 
@@ -54,8 +56,9 @@ def gradient_statistics(model, x, rng, n_draws=100):
         ``median_snr``, ``mean_variance`` (mean over coordinates of the variance) and
         ``snr`` (the per-coordinate array).
     """
-    n_draws = check_param(n_draws, "n_draws", "gradient_statistics", kind="int", low=2,
-                          low_inclusive=True)
+    n_draws = check_param(
+        n_draws, "n_draws", "gradient_statistics", kind="int", low=2, low_inclusive=True
+    )
     names = sorted(model.gradients())
     draws = []
     for _ in range(n_draws):
@@ -70,6 +73,10 @@ def gradient_statistics(model, x, rng, n_draws=100):
     out = {}
     for part in ("encoder", "decoder"):
         sel = owner == part
-        out[part] = dict(mean_snr=float(snr[sel].mean()), median_snr=float(np.median(snr[sel])),
-                         mean_variance=float((std[sel] ** 2).mean()), snr=snr[sel])
+        out[part] = dict(
+            mean_snr=float(snr[sel].mean()),
+            median_snr=float(np.median(snr[sel])),
+            mean_variance=float((std[sel] ** 2).mean()),
+            snr=snr[sel],
+        )
     return out

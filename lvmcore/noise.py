@@ -11,6 +11,7 @@ Values follow the Philox conversions (``kernels/philox.py``): uniforms in (0, 1)
 2**-23 (float32) or 2**-52 (float64), never 0 or 1; normals by Box-Muller, cut at |z| <= 5.77
 (float32) and 8.57 (float64); Gumbels ``-log(-log u)``.
 """
+
 import math
 import numbers
 
@@ -27,17 +28,20 @@ _STREAM = 0
 def _fill(kind, rng, shape, dtype, like):
     func = f"noise.{'uniform' if kind == 'uniform' else 'standard_' + kind}"
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{func}: expected rng to be a numpy.random.Generator, got "
-                        f"{type(rng).__name__}. Make one with numpy.random.default_rng(seed).")
+        raise TypeError(
+            f"{func}: expected rng to be a numpy.random.Generator, got "
+            f"{type(rng).__name__}. Make one with numpy.random.default_rng(seed)."
+        )
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0
-               for s in shape):
+    if not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
         raise ValueError(f"{func}: expected shape to be non-negative integers, got {shape!r}.")
     if np.dtype(dtype) not in FLOAT_DTYPES:
         raise TypeError(f"{func}: expected dtype float32 or float64, got {np.dtype(dtype)}.")
     check_array(like, "like", func, dtype="any", finite=False)
     shape = tuple(int(s) for s in shape)
-    seed = int(rng.integers(0, 2 ** 64, dtype=np.uint64))
+    seed = int(rng.integers(0, 2**64, dtype=np.uint64))
     fill = get_backend(like).kernel(f"philox_{kind}")
     return fill(seed, _STREAM, math.prod(shape), np.dtype(dtype)).reshape(shape)
 

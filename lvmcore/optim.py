@@ -5,6 +5,7 @@ Both take ``params`` and ``grads`` as dicts with the same keys (a model's
 sees the new values without copying. Their state is a flat dict of arrays
 (``state_dict``/``load_state_dict``) so checkpoints can hold it without pickling.
 """
+
 import math
 
 from ._validation import check_param, get_xp
@@ -29,12 +30,17 @@ def clip_grad_norm(grads, max_norm):
 class Optimizer:
     def __init__(self, params, grads, lr, clip_norm=None):
         if set(params) != set(grads):
-            raise ValueError(f"{type(self).__name__}: expected params and grads with the same "
-                             f"keys, got {sorted(set(params) ^ set(grads))} in only one.")
+            raise ValueError(
+                f"{type(self).__name__}: expected params and grads with the same "
+                f"keys, got {sorted(set(params) ^ set(grads))} in only one."
+            )
         self.params, self.grads = params, grads
         self.lr = check_param(lr, "lr", type(self).__name__, low=0)
-        self.clip_norm = None if clip_norm is None else check_param(
-            clip_norm, "clip_norm", type(self).__name__, low=0)
+        self.clip_norm = (
+            None
+            if clip_norm is None
+            else check_param(clip_norm, "clip_norm", type(self).__name__, low=0)
+        )
         self.t = 0
 
     def step(self):
@@ -68,8 +74,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, grads, lr=0.01, momentum=0.0, nesterov=False, clip_norm=None):
         super().__init__(params, grads, lr, clip_norm)
-        self.momentum = check_param(momentum, "momentum", "SGD", low=0, low_inclusive=True,
-                                    high=1, high_inclusive=False)
+        self.momentum = check_param(
+            momentum, "momentum", "SGD", low=0, low_inclusive=True, high=1, high_inclusive=False
+        )
         self.nesterov = bool(nesterov)
         self.velocity = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
 
@@ -96,14 +103,17 @@ class Adam(Optimizer):
     :math:`\\hat m, \\hat v`. The IWAE paper uses epsilon = 1e-4.
     """
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, clip_norm=None,
-                 backend=None):
+    def __init__(
+        self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, clip_norm=None, backend=None
+    ):
         super().__init__(params, grads, lr, clip_norm)
         self.backend = backend
-        self.beta1 = check_param(betas[0], "betas[0]", "Adam", low=0, low_inclusive=True,
-                                 high=1, high_inclusive=False)
-        self.beta2 = check_param(betas[1], "betas[1]", "Adam", low=0, low_inclusive=True,
-                                 high=1, high_inclusive=False)
+        self.beta1 = check_param(
+            betas[0], "betas[0]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
+        )
+        self.beta2 = check_param(
+            betas[1], "betas[1]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
+        )
         self.eps = check_param(eps, "eps", "Adam", low=0)
         self.m = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
@@ -116,10 +126,11 @@ class Adam(Optimizer):
         self.t += 1
         # bias corrections folded into the step size and epsilon:
         # lr m_hat / (sqrt(v_hat) + eps) == step_size m / (sqrt(v) + eps_hat)
-        step_size = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
-        eps_hat = self.eps * math.sqrt(1 - self.beta2 ** self.t)
+        step_size = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
+        eps_hat = self.eps * math.sqrt(1 - self.beta2**self.t)
         update = get_backend(*self.params.values(), backend=self.backend).kernel("adam_update")
         for k, p in self.params.items():
-            update(p, self.grads[k], self.m[k], self.v[k], step_size, self.beta1, self.beta2,
-                   eps_hat)
+            update(
+                p, self.grads[k], self.m[k], self.v[k], step_size, self.beta1, self.beta2, eps_hat
+            )
         return norm

@@ -3,6 +3,7 @@
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas directly: nothing is
 displayed, and neither pyplot's global figure list nor the session's backend is touched.
 """
+
 import math
 import os
 
@@ -10,8 +11,7 @@ import numpy as np
 
 from ._validation import to_numpy
 
-__all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds",
-           "plot_code_usage"]
+__all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds", "plot_code_usage"]
 
 
 def image_grid(images, shape, ncols=None, pad=1, pad_value=np.nan):
@@ -37,16 +37,19 @@ def image_grid(images, shape, ncols=None, pad=1, pad_value=np.nan):
     images = to_numpy(images, np.float64)
     h, w = (int(s) for s in shape)
     if images.ndim != 2 or images.shape[1] != h * w:
-        raise ValueError(f"image_grid: expected images of shape (N, {h * w}) for images of "
-                         f"shape {tuple(shape)}, got {images.shape}.")
+        raise ValueError(
+            f"image_grid: expected images of shape (N, {h * w}) for images of "
+            f"shape {tuple(shape)}, got {images.shape}."
+        )
     n = images.shape[0]
     ncols = max(1, min(n, ncols or math.ceil(math.sqrt(n))))
     nrows = max(1, math.ceil(n / ncols))
     grid = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), pad_value)
     for i in range(n):
         r, c = divmod(i, ncols)
-        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = \
-            images[i].reshape(h, w)
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = images[
+            i
+        ].reshape(h, w)
     return grid
 
 
@@ -119,8 +122,10 @@ def plot_reconstructions(x, x_rec, shape, path, title="Data (top) and reconstruc
         ``path``.
     """
     if np.shape(x) != np.shape(x_rec):
-        raise ValueError(f"plot_reconstructions: expected x and x_rec to have the same shape, "
-                         f"got {np.shape(x)} and {np.shape(x_rec)}.")
+        raise ValueError(
+            f"plot_reconstructions: expected x and x_rec to have the same shape, "
+            f"got {np.shape(x)} and {np.shape(x_rec)}."
+        )
     n = np.shape(x)[0]
     both = np.concatenate([to_numpy(x, np.float64), to_numpy(x_rec, np.float64)])
     grid = image_grid(both, shape, ncols=n)
@@ -183,8 +188,9 @@ def plot_code_usage(counts, path, title="Codebook usage"):
     """
     c = to_numpy(counts, np.float64)
     if c.ndim != 1 or c.size == 0:
-        raise ValueError(f"plot_code_usage: expected counts of shape (M,) with M >= 1, got "
-                         f"shape {c.shape}.")
+        raise ValueError(
+            f"plot_code_usage: expected counts of shape (M,) with M >= 1, got shape {c.shape}."
+        )
     total = c.sum()
     p = c[c > 0] / total if total > 0 else np.ones(1)
     ppl = float(np.exp(-(p * np.log(p)).sum()))

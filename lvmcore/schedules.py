@@ -17,6 +17,7 @@ References
 ----------
 Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
 """
+
 import math
 
 from ._validation import check_param
@@ -73,21 +74,24 @@ class ExponentialDecay:
         if self.floor > self.start:
             raise InvalidParameterError(
                 f"The '{name}_min' parameter of {f} must be a float in (0, {self.start}] (at "
-                f"most the starting value {name}={self.start}). Got {self.floor!r} instead.")
-        self.every = check_param(every, f"{name}_every", f, kind="int", low=1,
-                                 low_inclusive=True)
+                f"most the starting value {name}={self.start}). Got {self.floor!r} instead."
+            )
+        self.every = check_param(every, f"{name}_every", f, kind="int", low=1, low_inclusive=True)
 
     def __call__(self, step):
         t = self.every * (int(step) // self.every)
         return max(self.floor, self.start * math.exp(-self.rate * t))
 
     def config(self):
-        return dict(kind="exponential", start=self.start, rate=self.rate, floor=self.floor,
-                    every=self.every)
+        return dict(
+            kind="exponential", start=self.start, rate=self.rate, floor=self.floor, every=self.every
+        )
 
     def __repr__(self):
-        return (f"ExponentialDecay(start={self.start}, rate={self.rate}, floor={self.floor}, "
-                f"every={self.every})")
+        return (
+            f"ExponentialDecay(start={self.start}, rate={self.rate}, floor={self.floor}, "
+            f"every={self.every})"
+        )
 
 
 def temperature_schedule(tau=1.0, tau_min=None, tau_decay=0.0, every=1):
@@ -109,12 +113,14 @@ def temperature_schedule(tau=1.0, tau_min=None, tau_decay=0.0, every=1):
         if tau_min is not None and check_param(tau_min, "tau_min", f, low=0) != tau:
             raise InvalidParameterError(
                 f"The 'tau_min' parameter of {f} applies to a decaying temperature only. Got "
-                f"tau_min={tau_min!r} with tau_decay=0 instead; pass tau_decay > 0 too.")
+                f"tau_min={tau_min!r} with tau_decay=0 instead; pass tau_decay > 0 too."
+            )
         return ConstantSchedule(tau)
     if tau_min is None:
         raise InvalidParameterError(
             f"The 'tau_min' parameter of {f} must be a float in (0, {tau}] when tau_decay > 0 "
-            f"(the floor of the decay). Got None instead.")
+            f"(the floor of the decay). Got None instead."
+        )
     return ExponentialDecay(tau, tau_decay, tau_min, every)
 
 
@@ -124,7 +130,9 @@ def make_schedule(config):
     if kind == "constant":
         return ConstantSchedule(config["value"])
     if kind == "exponential":
-        return ExponentialDecay(config["start"], config["rate"], config["floor"],
-                                config.get("every", 1))
-    raise ValueError(f"make_schedule: expected config['kind'] to be 'constant' or "
-                     f"'exponential', got {kind!r}.")
+        return ExponentialDecay(
+            config["start"], config["rate"], config["floor"], config.get("every", 1)
+        )
+    raise ValueError(
+        f"make_schedule: expected config['kind'] to be 'constant' or 'exponential', got {kind!r}."
+    )

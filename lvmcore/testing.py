@@ -7,6 +7,7 @@ is perturbed in place by +-eps and dL/dx_i is estimated as
 error is O(eps^2) and the rounding error O(1e-16 / eps), both far below the rtol of
 1e-5 used here on O(1) inputs; torch.autograd.gradcheck uses a looser 1e-3.
 """
+
 import numpy as np
 
 __all__ = ["gradcheck", "check_vjp", "numerical_gradient", "PARITY_TOLERANCES"]
@@ -26,14 +27,17 @@ def numerical_gradient(loss, x, *, eps=1e-6, coords=None):
     every call. ``coords``: flat indices to probe (all when None); other entries are NaN.
     """
     if x.dtype != np.float64:
-        raise TypeError(f"numerical_gradient: expected x to be float64, got {x.dtype}. "
-                        "Finite differences in float32 are too noisy to check gradients.")
+        raise TypeError(
+            f"numerical_gradient: expected x to be float64, got {x.dtype}. "
+            "Finite differences in float32 are too noisy to check gradients."
+        )
     grad = np.full(x.shape, np.nan)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
-        raise ValueError("numerical_gradient: expected x to be contiguous so it can be "
-                         "perturbed in place.")
-    for i in (range(x.size) if coords is None else coords):
+        raise ValueError(
+            "numerical_gradient: expected x to be contiguous so it can be perturbed in place."
+        )
+    for i in range(x.size) if coords is None else coords:
         old = flat[i]
         flat[i] = old + eps
         lp = float(loss())
@@ -44,8 +48,7 @@ def numerical_gradient(loss, x, *, eps=1e-6, coords=None):
     return grad
 
 
-def gradcheck(loss, inputs, analytic, *, eps=1e-6, rtol=1e-5, atol=1e-7, max_coords=None,
-              seed=0):
+def gradcheck(loss, inputs, analytic, *, eps=1e-6, rtol=1e-5, atol=1e-7, max_coords=None, seed=0):
     """Assert that analytic gradients match central differences of ``loss``.
 
     Parameters
@@ -73,8 +76,9 @@ def gradcheck(loss, inputs, analytic, *, eps=1e-6, rtol=1e-5, atol=1e-7, max_coo
     for name, x in inputs.items():
         g = np.asarray(analytic[name], dtype=np.float64)
         if g.shape != x.shape:
-            raise AssertionError(f"gradcheck: gradient of {name!r} has shape {g.shape}, "
-                                 f"expected {x.shape}")
+            raise AssertionError(
+                f"gradcheck: gradient of {name!r} has shape {g.shape}, expected {x.shape}"
+            )
         if max_coords is not None and x.size > max_coords:
             coords = rng.choice(x.size, size=max_coords, replace=False)
             num = numerical_gradient(loss, x, eps=eps, coords=coords)
@@ -91,8 +95,9 @@ def gradcheck(loss, inputs, analytic, *, eps=1e-6, rtol=1e-5, atol=1e-7, max_coo
             want = np.append(want, (lp - lm) / (2 * eps))
         else:
             got, want = g.reshape(-1), numerical_gradient(loss, x, eps=eps).reshape(-1)
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol,
-                                   err_msg=f"gradcheck: gradient of {name!r}")
+        np.testing.assert_allclose(
+            got, want, rtol=rtol, atol=atol, err_msg=f"gradcheck: gradient of {name!r}"
+        )
         denom = np.maximum(np.abs(want), atol / rtol)
         report[name] = float(np.max(np.abs(got - want) / denom)) if got.size else 0.0
     return report
@@ -121,7 +126,9 @@ def check_vjp(forward, backward, args, *, names=None, wrt=None, seed=0, **kwargs
     grads = backward(probes if isinstance(out, tuple) else probes[0], cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
     if len(grads) != len(wrt):
-        raise AssertionError(f"check_vjp: backward returned {len(grads)} gradients, "
-                             f"expected {len(wrt)}")
-    return gradcheck(loss, {n: args[i] for n, i in zip(names, wrt)},
-                     dict(zip(names, grads)), seed=seed, **kwargs)
+        raise AssertionError(
+            f"check_vjp: backward returned {len(grads)} gradients, expected {len(wrt)}"
+        )
+    return gradcheck(
+        loss, {n: args[i] for n, i in zip(names, wrt)}, dict(zip(names, grads)), seed=seed, **kwargs
+    )

@@ -21,6 +21,7 @@ Files written into ``out_dir``:
     samples.png, reconstructions.png, bounds.png    at the end (:mod:`lvmcore.plots`)
     code_usage.png    at the end, for models with discrete codes (VQ-VAE)
 """
+
 import json
 import math
 import os
@@ -35,8 +36,15 @@ from .checkpoint import create_temp, load_checkpoint, save_checkpoint
 from .exceptions import InvalidParameterError, TrainingDivergedError
 from .optim import SGD, Adam
 
-__all__ = ["fit", "kl_warmup_weight", "step_rng", "write_pictures", "CHECKPOINT", "METRICS",
-           "RUN_FILES"]
+__all__ = [
+    "fit",
+    "kl_warmup_weight",
+    "step_rng",
+    "write_pictures",
+    "CHECKPOINT",
+    "METRICS",
+    "RUN_FILES",
+]
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -79,9 +87,26 @@ def kl_warmup_weight(step, beta, warmup_steps):
     return float(beta) * min(1.0, step / warmup_steps)
 
 
-def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", adam_eps=1e-8,
-        momentum=0.0, clip_norm=None, seed=0, kl_warmup_epochs=0, out_dir=None, resume=False,
-        overwrite=False, progress=True, eval_batch_size=1000, data_source=None):
+def fit(
+    model,
+    dataset,
+    *,
+    epochs,
+    batch_size=100,
+    lr=1e-3,
+    optimizer="adam",
+    adam_eps=1e-8,
+    momentum=0.0,
+    clip_norm=None,
+    seed=0,
+    kl_warmup_epochs=0,
+    out_dir=None,
+    resume=False,
+    overwrite=False,
+    progress=True,
+    eval_batch_size=1000,
+    data_source=None,
+):
     """Train ``model`` on ``dataset.train`` and track its bound on ``dataset.valid``.
 
     Parameters
@@ -164,25 +189,40 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
     lr = check_param(lr, "lr", f, low=0)
     optimizer = check_param(optimizer, "optimizer", f, kind="choice", choices=("adam", "sgd"))
     adam_eps = check_param(adam_eps, "adam_eps", f, low=0)
-    momentum = check_param(momentum, "momentum", f, low=0, low_inclusive=True, high=1,
-                           high_inclusive=False)
+    momentum = check_param(
+        momentum, "momentum", f, low=0, low_inclusive=True, high=1, high_inclusive=False
+    )
     if optimizer == "adam" and momentum != 0:
         raise InvalidParameterError(
             f"The 'momentum' parameter of {f} applies to optimizer='sgd' only. Got "
-            f"momentum={momentum!r} with optimizer='adam' instead.")
+            f"momentum={momentum!r} with optimizer='adam' instead."
+        )
     if clip_norm is not None:
         clip_norm = check_param(clip_norm, "clip_norm", f, low=0)
     seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-    kl_warmup_epochs = check_param(kl_warmup_epochs, "kl_warmup_epochs", f, kind="int", low=0,
-                                   low_inclusive=True)
-    eval_batch_size = check_param(eval_batch_size, "eval_batch_size", f, kind="int", low=1,
-                                  low_inclusive=True)
+    kl_warmup_epochs = check_param(
+        kl_warmup_epochs, "kl_warmup_epochs", f, kind="int", low=0, low_inclusive=True
+    )
+    eval_batch_size = check_param(
+        eval_batch_size, "eval_batch_size", f, kind="int", low=1, low_inclusive=True
+    )
     if resume and out_dir is None:
-        raise ValueError(f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
-                         f"folder of the run to continue.")
-    hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                 adam_eps=adam_eps, momentum=momentum, clip_norm=clip_norm, seed=seed,
-                 kl_warmup_epochs=kl_warmup_epochs, eval_batch_size=eval_batch_size)
+        raise ValueError(
+            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
+            f"folder of the run to continue."
+        )
+    hyper = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        adam_eps=adam_eps,
+        momentum=momentum,
+        clip_norm=clip_norm,
+        seed=seed,
+        kl_warmup_epochs=kl_warmup_epochs,
+        eval_batch_size=eval_batch_size,
+    )
 
     params, grads = model.parameters(), model.gradients()
     xp = get_xp(*params.values())
@@ -197,10 +237,14 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
         opt = SGD(params, grads, lr=lr, momentum=momentum, clip_norm=clip_norm)
     name = getattr(dataset, "name", None)
     shape = getattr(dataset, "shape", None)
-    data_info = dict(name=name, source=data_source if data_source is not None else
-                     (name if name == "digits" else None),
-                     shape=None if shape is None else [int(s) for s in shape],
-                     n_train=int(n), n_valid=int(valid.shape[0]), data_dim=int(train.shape[1]))
+    data_info = dict(
+        name=name,
+        source=data_source if data_source is not None else (name if name == "digits" else None),
+        shape=None if shape is None else [int(s) for s in shape],
+        n_train=int(n),
+        n_valid=int(valid.shape[0]),
+        data_dim=int(train.shape[1]),
+    )
 
     out = None if out_dir is None else Path(os.fspath(out_dir))
     ckpt_path = None if out is None else out / CHECKPOINT
@@ -218,12 +262,18 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
     grad_list = list(grads.values())
     loss_and_grads = model.loss_and_grads
     valid_rng_key = [seed, 0, 0, _VALID]
-    xbuf = xp.empty_like(train)                                       # (N, D), reused per epoch
-    valid_note = ""                                                   # progress-bar suffix
+    xbuf = xp.empty_like(train)  # (N, D), reused per epoch
+    valid_note = ""  # progress-bar suffix
     from tqdm.auto import tqdm
 
-    with tqdm(total=epochs * steps_per_epoch, initial=step, disable=not progress, unit="step",
-              dynamic_ncols=True, leave=True) as bar:
+    with tqdm(
+        total=epochs * steps_per_epoch,
+        initial=step,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        leave=True,
+    ) as bar:
         for epoch in range(start_epoch, epochs + 1):
             t0 = time.perf_counter()
             perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
@@ -231,15 +281,19 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
             bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
             sums, loss_sum, seen, w = {}, 0.0, 0, None
             for s in range(steps_per_epoch):
-                xb = xbuf[s * batch_size:(s + 1) * batch_size]        # (B, D) view
+                xb = xbuf[s * batch_size : (s + 1) * batch_size]  # (B, D) view
                 step += 1
                 w = None if warmup_steps == 0 else kl_warmup_weight(step, beta, warmup_steps)
-                loss, stats = loss_and_grads(xb, step_rng(seed, epoch, s), kl_weight=w,
-                                             validate=False)
+                loss, stats = loss_and_grads(
+                    xb, step_rng(seed, epoch, s), kl_weight=w, validate=False
+                )
                 ok, norm = _finite_loss_and_grads(loss, grad_list)
                 if not ok:
-                    what = (f"loss {loss}" if not math.isfinite(loss) else
-                            f"gradient norm {norm} (loss {loss:.6g})")
+                    what = (
+                        f"loss {loss}"
+                        if not math.isfinite(loss)
+                        else f"gradient norm {norm} (loss {loss:.6g})"
+                    )
                     raise _diverged(f, what, epoch, s + 1, steps_per_epoch, step, last_good)
                 opt.step()
                 m = xb.shape[0]
@@ -248,26 +302,49 @@ def fit(model, dataset, *, epochs, batch_size=100, lr=1e-3, optimizer="adam", ad
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + m * float(v)
                 bar.update(1)
-                bar.set_postfix_str(f"bound {_bound_of(sums) / seen:.3f}{valid_note}",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"bound {_bound_of(sums) / seen:.3f}{valid_note}", refresh=False
+                )
 
-            record = dict(epoch=epoch, step=step, train_bound=_bound_of(sums) / seen,
-                          valid_bound=None, kl_weight=beta if w is None else w,
-                          train_loss=loss_sum / seen)
+            record = dict(
+                epoch=epoch,
+                step=step,
+                train_bound=_bound_of(sums) / seen,
+                valid_bound=None,
+                kl_weight=beta if w is None else w,
+                train_loss=loss_sum / seen,
+            )
             record.update({f"train_{k}": v / seen for k, v in sums.items()})
             if valid.shape[0]:
-                vb = float(model.bound(valid, np.random.default_rng(valid_rng_key),
-                                       batch_size=eval_batch_size).mean())
+                vb = float(
+                    model.bound(
+                        valid, np.random.default_rng(valid_rng_key), batch_size=eval_batch_size
+                    ).mean()
+                )
                 if not math.isfinite(vb):
-                    raise _diverged(f, f"validation bound {vb}", epoch, steps_per_epoch,
-                                    steps_per_epoch, step, last_good)
+                    raise _diverged(
+                        f,
+                        f"validation bound {vb}",
+                        epoch,
+                        steps_per_epoch,
+                        steps_per_epoch,
+                        step,
+                        last_good,
+                    )
                 record["valid_bound"] = vb
                 valid_note = f", valid {vb:.3f}"
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             if out is not None:
-                state = dict(epoch=epoch, step=step, seed=seed, hyper=hyper, dataset=data_info,
-                             history=history, lvmcore_version=__version__)
+                state = dict(
+                    epoch=epoch,
+                    step=step,
+                    seed=seed,
+                    hyper=hyper,
+                    dataset=data_info,
+                    history=history,
+                    lvmcore_version=__version__,
+                )
                 save_checkpoint(ckpt_path, model, opt, state)
                 last_good = ckpt_path
                 with open(out / METRICS, "a", encoding="utf-8") as fh:
@@ -292,39 +369,49 @@ def _finite_loss_and_grads(loss, grad_list):
         return False, math.nan
     xp = get_xp(*grad_list)
     # ravel() is a view: the gradients are contiguous
-    sq = float(xp.stack([xp.dot(g.ravel(), g.ravel()) for g in grad_list])
-               .astype(np.float64).sum())
+    sq = float(xp.stack([xp.dot(g.ravel(), g.ravel()) for g in grad_list]).astype(np.float64).sum())
     if math.isfinite(sq):
         return True, math.sqrt(sq)
     # The float32 sum of squares overflows for finite gradients above ~1e19: look closer.
     if all(bool(xp.isfinite(g).all()) for g in grad_list):
-        return True, math.sqrt(sum(float(xp.dot(g.ravel().astype(np.float64),
-                                                g.ravel().astype(np.float64)))
-                                   for g in grad_list))
+        return True, math.sqrt(
+            sum(
+                float(xp.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
+                for g in grad_list
+            )
+        )
     return False, math.nan if any(bool(xp.isnan(g).any()) for g in grad_list) else math.inf
 
 
 def _diverged(f, what, epoch, step_in_epoch, steps_per_epoch, step, last_good):
     if last_good is not None:
-        where = (f"The checkpoint of the last finished epoch, {last_good}, is untouched; "
-                 f"continue from it with resume=True (lvmcore train --resume) and a lower lr or "
-                 f"a clip_norm.")
+        where = (
+            f"The checkpoint of the last finished epoch, {last_good}, is untouched; "
+            f"continue from it with resume=True (lvmcore train --resume) and a lower lr or "
+            f"a clip_norm."
+        )
     else:
-        where = ("No checkpoint was written yet (no finished epoch, or out_dir=None). "
-                 "Lower lr or set clip_norm.")
+        where = (
+            "No checkpoint was written yet (no finished epoch, or out_dir=None). "
+            "Lower lr or set clip_norm."
+        )
     return TrainingDivergedError(
         f"{f}: expected a finite loss and gradients, got {what} at epoch {epoch}, step "
         f"{step_in_epoch} of {steps_per_epoch} (global step {step}); the update was not "
-        f"applied. {where}", checkpoint=None if last_good is None else str(last_good))
+        f"applied. {where}",
+        checkpoint=None if last_good is None else str(last_good),
+    )
 
 
 def _check_dataset(model, dataset, xp, f):
     """Validate the splits once, cast them to the model's dtype and copy host data to the
     model's device ``xp`` (once, for the whole run); returns (train, valid)."""
     if not (hasattr(dataset, "train") and hasattr(dataset, "valid")):
-        raise TypeError(f"{f}: expected dataset to have 'train' and 'valid' arrays (an "
-                        f"lvmcore.data.Dataset), got {type(dataset).__name__}. Load one with "
-                        f"lvmcore.data.load_dataset('digits').")
+        raise TypeError(
+            f"{f}: expected dataset to have 'train' and 'valid' arrays (an "
+            f"lvmcore.data.Dataset), got {type(dataset).__name__}. Load one with "
+            f"lvmcore.data.load_dataset('digits')."
+        )
     D = getattr(model, "data_dim", None)
     dtype = getattr(model, "dtype", None)
     out = []
@@ -333,9 +420,11 @@ def _check_dataset(model, dataset, xp, f):
         check_array(x, f"dataset.{split}", f, ndim=2, shape=(None, D))
         if get_xp(x) is not xp:
             if xp is np:
-                raise TypeError(f"{f}: expected dataset.{split} on the model's device (a "
-                                f"numpy.ndarray), got a cupy.ndarray. Move the model with "
-                                f"model.to(cupy) or the data with cupy.asnumpy(...).")
+                raise TypeError(
+                    f"{f}: expected dataset.{split} on the model's device (a "
+                    f"numpy.ndarray), got a cupy.ndarray. Move the model with "
+                    f"model.to(cupy) or the data with cupy.asnumpy(...)."
+                )
             x = xp.asarray(x)
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
@@ -343,8 +432,9 @@ def _check_dataset(model, dataset, xp, f):
             check_binary(x, f"dataset.{split}", f)
         out.append(x)
     if out[0].shape[0] == 0:
-        raise ValueError(f"{f}: expected dataset.train to hold at least one row, got shape "
-                         f"{out[0].shape}.")
+        raise ValueError(
+            f"{f}: expected dataset.train to hold at least one row, got shape {out[0].shape}."
+        )
     return out
 
 
@@ -355,7 +445,8 @@ def _start_fresh(out, overwrite, f):
             raise FileExistsError(
                 f"{f}: expected out_dir to hold no earlier run, got {out / CHECKPOINT}. Pass "
                 f"resume=True (--resume) to continue it, overwrite=True (--overwrite) to replace "
-                f"it, or choose another out_dir.")
+                f"it, or choose another out_dir."
+            )
     if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -369,25 +460,33 @@ def _resume(path, model, opt, hyper, data_info, f):
     if config != mine:
         diff = sorted(k for k in set(config) | set(mine) if config.get(k) != mine.get(k))
         shown = ", ".join(f"{k} {config.get(k)!r} vs {mine.get(k)!r}" for k in diff)
-        raise ValueError(f"{f}: expected the model to match the one in {path}, got different "
-                         f"{shown} (checkpoint vs model). Rebuild it with "
-                         f"lvmcore.checkpoint.load_model or build_model(config).")
+        raise ValueError(
+            f"{f}: expected the model to match the one in {path}, got different "
+            f"{shown} (checkpoint vs model). Rebuild it with "
+            f"lvmcore.checkpoint.load_model or build_model(config)."
+        )
     saved = state.get("hyper", {})
     for k in _FIXED_ON_RESUME:
         if k in saved and saved[k] != hyper[k]:
-            raise ValueError(f"{f}: expected {k}={saved[k]!r} as in the run being resumed "
-                             f"({path}), got {hyper[k]!r}. Keep it, or start a new run.")
+            raise ValueError(
+                f"{f}: expected {k}={saved[k]!r} as in the run being resumed "
+                f"({path}), got {hyper[k]!r}. Keep it, or start a new run."
+            )
     old = state.get("dataset", {})
     for k in ("n_train", "data_dim"):
         if k in old and old[k] != data_info[k]:
-            raise ValueError(f"{f}: expected the data of the run being resumed ({path}), with "
-                             f"{k}={old[k]}, got {k}={data_info[k]}. Pass the same data set.")
+            raise ValueError(
+                f"{f}: expected the data of the run being resumed ({path}), with "
+                f"{k}={old[k]}, got {k}={data_info[k]}. Pass the same data set."
+            )
     model.load_parameters(params)
     try:
         opt.load_state_dict(optim)
     except (KeyError, ValueError) as err:
-        raise ValueError(f"{f}: expected {path} to hold {hyper['optimizer']} state for every "
-                         f"parameter, got: {err!r}.") from None
+        raise ValueError(
+            f"{f}: expected {path} to hold {hyper['optimizer']} state for every "
+            f"parameter, got: {err!r}."
+        ) from None
     return list(state.get("history", [])), int(state["epoch"]) + 1, int(state["step"])
 
 
@@ -418,10 +517,12 @@ def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12
         return written
     if hasattr(model, "sample"):
         rng = np.random.default_rng([seed, 0, 0, _SAMPLES])
-        written.append(plots.plot_samples(model.sample(rng, n_samples), shape,
-                                          out / "samples.png"))
+        written.append(plots.plot_samples(model.sample(rng, n_samples), shape, out / "samples.png"))
     if hasattr(model, "reconstruct") and x.shape[0]:
         xr = x[:n_rec]
-        written.append(plots.plot_reconstructions(xr, model.reconstruct(xr), shape,
-                                                  out / "reconstructions.png"))
+        written.append(
+            plots.plot_reconstructions(
+                xr, model.reconstruct(xr), shape, out / "reconstructions.png"
+            )
+        )
     return written

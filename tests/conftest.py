@@ -10,6 +10,7 @@ def rng():
 def pytest_collection_modifyitems(config, items):
     try:
         import torch  # noqa: F401
+
         have_torch = True
     except ImportError:
         have_torch = False

@@ -38,13 +38,17 @@ def test_unknown_and_unavailable_backends():
 def test_numba_backend_refuses_gpu_arrays_message():
     class FakeCupy:
         __module__ = "cupy._core.core"
+
     with pytest.raises(TypeError, match="on one device"):
         check_same_device([np.zeros(1), FakeCupy()], ["x", "W"], "linear_forward")
 
 
 def test_check_array_messages():
-    with pytest.raises(ValueError, match=r"f: expected x to have 2 dimensions, got an array of "
-                                         r"shape \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"f: expected x to have 2 dimensions, got an array of "
+        r"shape \(3,\)",
+    ):
         check_array(np.zeros(3), "x", "f", ndim=2)
     with pytest.raises(TypeError, match="dtype float32 or float64, got int32"):
         check_array(np.zeros(3, np.int32), "x", "f")

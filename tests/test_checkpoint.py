@@ -1,4 +1,5 @@
 """Checkpoints: exact round trips, plain-NumPy readability, atomic writes, clear errors."""
+
 import json
 import os
 
@@ -91,7 +92,7 @@ def test_write_is_atomic_and_failure_keeps_old_checkpoint(tmp_path, vae_adam, mo
     model, opt = vae_adam
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, model, opt, dict(epoch=1))
-    assert os.listdir(tmp_path) == ["checkpoint.npz"]            # no temporary left behind
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # no temporary left behind
     before = path.read_bytes()
 
     def broken_savez(file, **arrays):
@@ -112,7 +113,7 @@ def test_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.npz"):
         load_checkpoint(tmp_path / "nothing.npz")
     with pytest.raises(FileNotFoundError, match="checkpoint.npz"):
-        load_model(tmp_path)                                      # a run folder without one
+        load_model(tmp_path)  # a run folder without one
 
 
 def test_corrupt_files_give_clear_errors(tmp_path, vae_adam):

@@ -1,4 +1,5 @@
 """The ``lvmcore`` command line: train, eval, resume, and one-line errors."""
+
 import json
 import math
 import subprocess
@@ -13,8 +14,7 @@ from lvmcore.checkpoint import load_checkpoint
 from lvmcore.cli import main
 
 TINY = ["--latent", "2", "--hidden", "16", "--batch-size", "200", "--no-progress"]
-RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "samples.png", "reconstructions.png",
-             "bounds.png")
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "samples.png", "reconstructions.png", "bounds.png")
 
 
 def test_train_then_eval(tmp_path, capsys):
@@ -37,8 +37,22 @@ def test_train_then_eval(tmp_path, capsys):
 
 def test_train_iwae_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    main(["train", "--model", "iwae", "--k", "3", "--estimator", "dreg", "--epochs", "1",
-          "--out", str(out), *TINY])
+    main(
+        [
+            "train",
+            "--model",
+            "iwae",
+            "--k",
+            "3",
+            "--estimator",
+            "dreg",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
     assert main(["eval", str(out), "--split", "valid"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["bound_name"] == "IWAE bound (K=3)" and result["n"] == 180
@@ -50,8 +64,10 @@ def test_train_iwae_then_eval(tmp_path, capsys):
     assert result["elbo"] < result["bound"]
     assert 0 <= result["active_units"] <= 2 and len(result["kl_per_dim"]) == 2
     assert "NLL (K=200, n=40)" in capsys.readouterr().out
-    for argv, flag in ((["--model", "iwae", "--beta", "2"], "--beta"),
-                       (["--model", "vae", "--k", "5"], "--k")):
+    for argv, flag in (
+        (["--model", "iwae", "--beta", "2"], "--beta"),
+        (["--model", "vae", "--k", "5"], "--k"),
+    ):
         with pytest.raises(SystemExit) as info:
             main(["train", "--out", str(tmp_path / "x"), *argv, *TINY])
         assert info.value.code == 2
@@ -67,27 +83,33 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1, 2]
     state = load_checkpoint(tmp_path / "run" / "checkpoint.npz").state
     assert state["hyper"]["lr"] == 0.01 and state["hyper"]["batch_size"] == 200
-    assert main(["train", "--out", out, "--resume"]) == 0           # already at 2 of 2 epochs
+    assert main(["train", "--out", out, "--resume"]) == 0  # already at 2 of 2 epochs
     assert "pass --epochs N with N > 2" in capsys.readouterr().out
 
 
 def test_download_mnist_calls_the_data_module(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(lvmcore.data, "download_binarized_mnist",
-                        lambda dest, progress=True: calls.append((dest, progress)) or dest)
+    monkeypatch.setattr(
+        lvmcore.data,
+        "download_binarized_mnist",
+        lambda dest, progress=True: calls.append((dest, progress)) or dest,
+    )
     assert main(["download-mnist", str(tmp_path), "--no-progress"]) == 0
     assert calls == [(str(tmp_path), False)]
     assert f"train --data {tmp_path}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
-    (["train", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
-    (["train", "--hidden", "a,b"], "argument --hidden: expected comma-separated positive"),
-    (["train", "--likelihood", "poisson"], "argument --likelihood: invalid choice"),
-    (["train", "--momentum", "1.5"], "argument --momentum: expected a number in [0, 1)"),
-    ([], "the following arguments are required: COMMAND"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+        (["train", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+        (["train", "--hidden", "a,b"], "argument --hidden: expected comma-separated positive"),
+        (["train", "--likelihood", "poisson"], "argument --likelihood: invalid choice"),
+        (["train", "--momentum", "1.5"], "argument --momentum: expected a number in [0, 1)"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
 def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -107,7 +129,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     main(["train", "--epochs", "1", "--out", out, *TINY])
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(["train", "--epochs", "1", "--out", out, *TINY])     # would overwrite the run
+        main(["train", "--epochs", "1", "--out", out, *TINY])  # would overwrite the run
     assert info.value.code == 2
     assert "--resume" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
@@ -134,13 +156,32 @@ def test_divergence_exits_1(tmp_path, monkeypatch, capsys):
 
 def test_python_m_lvmcore(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "lvmcore", "train", "--epochs", "1", "--out",
-                           str(out), "--threads", "1", *TINY],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmcore",
+            "train",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 epoch (8 steps)" in proc.stdout
     assert (out / "checkpoint.npz").is_file()
-    proc = subprocess.run([sys.executable, "-m", "lvmcore", "eval", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lvmcore", "eval", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert math.isfinite(json.loads((out / "eval.json").read_text())["bound"])

@@ -1,4 +1,5 @@
 """Tests for lvmcore.data: loaders, their error messages, and the checked download."""
+
 import hashlib
 import http.server
 import threading
@@ -7,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmcore.data import (CHECKSUMS, MNIST_FILES, Dataset, download_binarized_mnist,
-                          load_binarized_mnist, load_dataset, load_digits_binarized)
+from lvmcore.data import (
+    CHECKSUMS,
+    MNIST_FILES,
+    Dataset,
+    download_binarized_mnist,
+    load_binarized_mnist,
+    load_dataset,
+    load_digits_binarized,
+)
 from lvmcore.exceptions import InvalidParameterError
 
 SHARED_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
@@ -52,6 +60,7 @@ def _sorted_rows(x):
 # Digits
 # --------------------------------------------------------------------------------------------
 
+
 def test_digits_shapes_binary_and_a_partition():
     from sklearn.datasets import load_digits
 
@@ -82,12 +91,17 @@ def test_digits_rejects_bad_seed(seed):
 # .amat directories
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", [
-    {},                                  # the published format: "0 1 ... 0\n"
-    {"newline": "\r\n"},
-    {"sep": "\t"},
-    {"sep": "  ", "newline": "\n\n"},    # runs of spaces and blank lines
-], ids=["standard", "crlf", "tabs", "blank-lines"])
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        {},  # the published format: "0 1 ... 0\n"
+        {"newline": "\r\n"},
+        {"sep": "\t"},
+        {"sep": "  ", "newline": "\n\n"},  # runs of spaces and blank lines
+    ],
+    ids=["standard", "crlf", "tabs", "blank-lines"],
+)
 def test_amat_round_trip(tmp_path, rng, fmt):
     splits = _random_splits(rng)
     _assert_same(load_binarized_mnist(_write_amat_dir(tmp_path / "d", splits, **fmt)), splits)
@@ -112,9 +126,11 @@ def test_amat_missing_directory(tmp_path):
 def test_amat_missing_file_named(tmp_path, rng):
     d = _write_amat_dir(tmp_path / "d", _random_splits(rng))
     (d / "binarized_mnist_valid.amat").unlink()
-    with pytest.raises(FileNotFoundError,
-                       match=r"load_binarized_mnist: expected .*d to hold .* got no "
-                             r"binarized_mnist_valid\.amat\. Run `lvmcore download-mnist"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"load_binarized_mnist: expected .*d to hold .* got no "
+        r"binarized_mnist_valid\.amat\. Run `lvmcore download-mnist",
+    ):
         load_binarized_mnist(d)
 
 
@@ -130,23 +146,43 @@ def _corrupt_train(tmp_path, rng, text):
     return d
 
 
-@pytest.mark.parametrize("text, match", [
-    (_amat_text(np.zeros((4, 783), np.uint8)),
-     r"expected 784 values \(28x28 pixels\) per row of .*binarized_mnist_train\.amat, got 783"),
-    (_amat_text(np.zeros((4, 784), np.uint8)).replace("0", "2", 1),
-     r"expected .*train\.amat to hold only the values 0 and 1, got 1 other values, the first "
-     r"'2' in row 1"),
-    (_amat_text(np.zeros((4, 784), np.uint8)) + "1 0 1\n",
-     r"expected every row of .*train\.amat to have the same number of values, got 784 in row 1 "
-     r"but 3 in row 5\. The file is truncated"),
-    ("", r"expected .*train\.amat to hold rows of 784 values 0/1, got an empty file"),
-    (" \n\n", r"got an empty file"),
-    (_amat_text(np.full((2, 784), 0.5)), r"expected .*train\.amat to be binary"),
-    (_amat_text(np.zeros((2, 784), np.uint8)).replace("0", "xy", 1),
-     r"expected .*train\.amat to hold numbers 0 and 1, got text that does not parse"),
-    (_amat_text(np.zeros((2, 783))), r"expected 784 values .* got 783"),  # multi-char path
-], ids=["width", "non-binary", "ragged", "empty", "whitespace-only", "non-binary-float",
-        "not-a-number", "width-float"])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            _amat_text(np.zeros((4, 783), np.uint8)),
+            r"expected 784 values \(28x28 pixels\) per row of .*binarized_mnist_train\.amat, got 783",
+        ),
+        (
+            _amat_text(np.zeros((4, 784), np.uint8)).replace("0", "2", 1),
+            r"expected .*train\.amat to hold only the values 0 and 1, got 1 other values, the first "
+            r"'2' in row 1",
+        ),
+        (
+            _amat_text(np.zeros((4, 784), np.uint8)) + "1 0 1\n",
+            r"expected every row of .*train\.amat to have the same number of values, got 784 in row 1 "
+            r"but 3 in row 5\. The file is truncated",
+        ),
+        ("", r"expected .*train\.amat to hold rows of 784 values 0/1, got an empty file"),
+        (" \n\n", r"got an empty file"),
+        (_amat_text(np.full((2, 784), 0.5)), r"expected .*train\.amat to be binary"),
+        (
+            _amat_text(np.zeros((2, 784), np.uint8)).replace("0", "xy", 1),
+            r"expected .*train\.amat to hold numbers 0 and 1, got text that does not parse",
+        ),
+        (_amat_text(np.zeros((2, 783))), r"expected 784 values .* got 783"),  # multi-char path
+    ],
+    ids=[
+        "width",
+        "non-binary",
+        "ragged",
+        "empty",
+        "whitespace-only",
+        "non-binary-float",
+        "not-a-number",
+        "width-float",
+    ],
+)
 def test_amat_errors(tmp_path, rng, text, match):
     d = _corrupt_train(tmp_path, rng, text)
     with pytest.raises(ValueError, match="load_binarized_mnist: .*" + match):
@@ -157,12 +193,17 @@ def test_amat_errors(tmp_path, rng, text, match):
 # .npz files
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encode", [
-    lambda x: np.packbits(x, axis=1),
-    lambda x: x,
-    lambda x: x.astype(np.float32),
-    lambda x: x.astype(bool),
-], ids=["packed", "uint8", "float32", "bool"])
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda x: np.packbits(x, axis=1),
+        lambda x: x,
+        lambda x: x.astype(np.float32),
+        lambda x: x.astype(bool),
+    ],
+    ids=["packed", "uint8", "float32", "bool"],
+)
 def test_npz_round_trip(tmp_path, rng, encode):
     splits = _random_splits(rng)
     path = tmp_path / "m.npz"
@@ -180,8 +221,9 @@ def test_npz_compressed_round_trip(tmp_path, rng):
 def test_npz_not_a_zip(tmp_path):
     path = tmp_path / "m.npz"
     path.write_bytes(b"this is not an archive")
-    with pytest.raises(ValueError,
-                       match=r"expected .*m\.npz to be an \.npz archive \(a zip file\)"):
+    with pytest.raises(
+        ValueError, match=r"expected .*m\.npz to be an \.npz archive \(a zip file\)"
+    ):
         load_binarized_mnist(path)
 
 
@@ -189,7 +231,7 @@ def test_npz_truncated(tmp_path, rng):
     path = tmp_path / "m.npz"
     np.savez(path, **_random_splits(rng))
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2] + data[-200:])  # keeps a readable-looking zip tail
+    path.write_bytes(data[: len(data) // 2] + data[-200:])  # keeps a readable-looking zip tail
     with pytest.raises(ValueError, match=r"load_binarized_mnist: expected .*m\.npz to be"):
         load_binarized_mnist(path)
 
@@ -198,20 +240,30 @@ def test_npz_missing_split(tmp_path, rng):
     splits = _random_splits(rng)
     path = tmp_path / "m.npz"
     np.savez(path, train=splits["train"], validation=splits["valid"], test=splits["test"])
-    with pytest.raises(ValueError, match=r"to hold arrays 'train', 'valid' and 'test', got no "
-                                         r"'valid' \(it holds \['test', 'train', 'validation'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"to hold arrays 'train', 'valid' and 'test', got no "
+        r"'valid' \(it holds \['test', 'train', 'validation'\]\)",
+    ):
         load_binarized_mnist(path)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((3, 700), np.float32), r"expected 'train' in .*m\.npz to have shape \(N, 784\) .* "
-                                     r"got float32 of shape \(3, 700\)"),
-    (np.zeros((3, 97), np.uint8), r"uint8 of shape \(N, 98\) .* got uint8 of shape \(3, 97\)"),
-    (np.zeros((3, 28, 28), np.uint8), r"got uint8 of shape \(3, 28, 28\)\. Flatten"),
-    (np.full((3, 784), 0.5, np.float32), r"expected 'train' in .*m\.npz to be binary"),
-    (np.full((3, 784), 255, np.uint8), r"to be binary .* e\.g\. 255\.0"),
-    (np.full((3, 784), "1"), r"to hold numbers 0 and 1, got dtype <U1"),
-], ids=["width", "packed-width", "3d", "non-binary", "uint8-255", "strings"])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (
+            np.zeros((3, 700), np.float32),
+            r"expected 'train' in .*m\.npz to have shape \(N, 784\) .* "
+            r"got float32 of shape \(3, 700\)",
+        ),
+        (np.zeros((3, 97), np.uint8), r"uint8 of shape \(N, 98\) .* got uint8 of shape \(3, 97\)"),
+        (np.zeros((3, 28, 28), np.uint8), r"got uint8 of shape \(3, 28, 28\)\. Flatten"),
+        (np.full((3, 784), 0.5, np.float32), r"expected 'train' in .*m\.npz to be binary"),
+        (np.full((3, 784), 255, np.uint8), r"to be binary .* e\.g\. 255\.0"),
+        (np.full((3, 784), "1"), r"to hold numbers 0 and 1, got dtype <U1"),
+    ],
+    ids=["width", "packed-width", "3d", "non-binary", "uint8-255", "strings"],
+)
 def test_npz_bad_split(tmp_path, rng, bad, match):
     splits = _random_splits(rng)
     path = tmp_path / "m.npz"
@@ -223,6 +275,7 @@ def test_npz_bad_split(tmp_path, rng, bad, match):
 # --------------------------------------------------------------------------------------------
 # load_dataset
 # --------------------------------------------------------------------------------------------
+
 
 def test_load_dataset_digits():
     ds, ref = load_dataset("digits", seed=2), load_digits_binarized(seed=2)
@@ -239,9 +292,12 @@ def test_load_dataset_mnist_from_env(tmp_path, rng, monkeypatch):
 
 def test_load_dataset_mnist_without_env(monkeypatch):
     monkeypatch.delenv("LVMCORE_MNIST", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"load_dataset: expected the LVMCORE_MNIST "
-                                                r"environment variable .* got it unset\. Pass the "
-                                                r"path .* `lvmcore download-mnist DIR`"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"load_dataset: expected the LVMCORE_MNIST "
+        r"environment variable .* got it unset\. Pass the "
+        r"path .* `lvmcore download-mnist DIR`",
+    ):
         load_dataset("mnist")
 
 
@@ -253,8 +309,11 @@ def test_load_dataset_path(tmp_path, rng, as_str):
 
 
 def test_load_dataset_unknown_name():
-    with pytest.raises(FileNotFoundError, match=r"expected 'digits', 'mnist', or the path .* got "
-                                                r"'digts', which is neither a known name"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"expected 'digits', 'mnist', or the path .* got "
+        r"'digts', which is neither a known name",
+    ):
         load_dataset("digts")
 
 
@@ -266,6 +325,7 @@ def test_load_dataset_type_error():
 # --------------------------------------------------------------------------------------------
 # Download, against a loopback HTTP server
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def server(tmp_path, rng, monkeypatch):
@@ -301,8 +361,9 @@ def server(tmp_path, rng, monkeypatch):
 
 def test_download_writes_verified_files(tmp_path, server):
     base_url, checksums, splits, requests = server
-    dest = download_binarized_mnist(tmp_path / "dest" / "nested", base_url, checksums,
-                                    progress=True)
+    dest = download_binarized_mnist(
+        tmp_path / "dest" / "nested", base_url, checksums, progress=True
+    )
     assert sorted(p.name for p in dest.iterdir()) == sorted(MNIST_FILES.values())
     assert sorted(requests) == sorted("/" + name for name in MNIST_FILES.values())
     _assert_same(load_binarized_mnist(dest), splits)
@@ -325,9 +386,12 @@ def test_download_checksum_mismatch_leaves_no_file(tmp_path, server):
     actual = checksums["binarized_mnist_valid.amat"]
     wrong = dict(checksums, **{"binarized_mnist_valid.amat": "0" * 64})
     dest = tmp_path / "dest"
-    with pytest.raises(ValueError, match=rf"download_binarized_mnist: expected "
-                                         rf"binarized_mnist_valid\.amat from .* to have SHA-256 "
-                                         rf"{'0' * 64}, got {actual}\. The download is corrupt"):
+    with pytest.raises(
+        ValueError,
+        match=rf"download_binarized_mnist: expected "
+        rf"binarized_mnist_valid\.amat from .* to have SHA-256 "
+        rf"{'0' * 64}, got {actual}\. The download is corrupt",
+    ):
         download_binarized_mnist(dest, base_url, wrong, progress=False)
     # train came before valid and stays; no valid, no temporary file
     assert [p.name for p in dest.iterdir()] == ["binarized_mnist_train.amat"]
@@ -336,18 +400,29 @@ def test_download_checksum_mismatch_leaves_no_file(tmp_path, server):
 def test_download_http_error_leaves_no_file(tmp_path, server):
     base_url, checksums, _, _ = server
     dest = tmp_path / "dest"
-    with pytest.raises(OSError, match=r"download_binarized_mnist: expected to fetch "
-                                      r"http://127\.0\.0\.1:\d+/missing/binarized_mnist_train\.amat"
-                                      r", got HTTP Error 404"):
+    with pytest.raises(
+        OSError,
+        match=r"download_binarized_mnist: expected to fetch "
+        r"http://127\.0\.0\.1:\d+/missing/binarized_mnist_train\.amat"
+        r", got HTTP Error 404",
+    ):
         download_binarized_mnist(dest, base_url + "missing", checksums, progress=False)
     assert list(dest.iterdir()) == []
 
 
 def test_download_requires_every_checksum(tmp_path):
-    with pytest.raises(ValueError, match=r"expected checksums to give a SHA-256 for .* got none "
-                                         r"for binarized_mnist_test\.amat"):
-        download_binarized_mnist(tmp_path, checksums={
-            "binarized_mnist_train.amat": "0" * 64, "binarized_mnist_valid.amat": "0" * 64})
+    with pytest.raises(
+        ValueError,
+        match=r"expected checksums to give a SHA-256 for .* got none "
+        r"for binarized_mnist_test\.amat",
+    ):
+        download_binarized_mnist(
+            tmp_path,
+            checksums={
+                "binarized_mnist_train.amat": "0" * 64,
+                "binarized_mnist_valid.amat": "0" * 64,
+            },
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -360,6 +435,7 @@ def test_default_checksums_cover_the_files():
 # --------------------------------------------------------------------------------------------
 # The shared copy of the real data
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def shared_mnist():
@@ -380,7 +456,7 @@ def test_shared_npz_shapes_and_means(shared_mnist):
 
 def _published_amat_bytes(x):
     """(N, 784) 0/1 -> the published .amat layout, "0 1 ... 0\n" per row (1568 bytes)."""
-    chars = np.full((x.shape[0], 2 * 784), ord(" "), np.uint8)         # (N, 1568)
+    chars = np.full((x.shape[0], 2 * 784), ord(" "), np.uint8)  # (N, 1568)
     chars[:, 0::2] = x.astype(np.uint8) + ord("0")
     chars[:, -1] = ord("\n")
     return chars.tobytes()

@@ -3,6 +3,7 @@
 Oracles: central differences in float64 (lvmcore.testing.gradcheck) for every
 backward, scipy.stats for log_prob and entropy, sample statistics for samplers.
 """
+
 import importlib.util
 import warnings
 
@@ -10,8 +11,13 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from lvmcore.distributions import (Bernoulli, Categorical, DiagNormal, StandardNormal,
-                                   UniformCategorical)
+from lvmcore.distributions import (
+    Bernoulli,
+    Categorical,
+    DiagNormal,
+    StandardNormal,
+    UniformCategorical,
+)
 from lvmcore.exceptions import InvalidParameterError
 from lvmcore.testing import gradcheck
 
@@ -29,6 +35,7 @@ def _cupy_or_skip():
     if importlib.util.find_spec("cupy") is None:
         pytest.skip("cupy is not installed")
     import cupy
+
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             pytest.skip("no CUDA device found")
@@ -54,9 +61,12 @@ def _probe(rng, shape):
 
 # --- DiagNormal ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("param_shape,sample_shape", [((4,), ()), ((3, 4), ()), ((3, 4), (5,)),
-                                                      ((1, 2), (2, 3)), ((2, 1), (1,))])
+@pytest.mark.parametrize(
+    "param_shape,sample_shape",
+    [((4,), ()), ((3, 4), ()), ((3, 4), (5,)), ((1, 2), (2, 3)), ((2, 1), (1,))],
+)
 def test_diagnormal_rsample_shapes_and_reparameterize(rng, dtype, param_shape, sample_shape):
     loc = rng.standard_normal(param_shape).astype(dtype)
     logvar = rng.standard_normal(param_shape).astype(dtype)
@@ -89,8 +99,9 @@ def test_diagnormal_sample_moments(rng):
     np.testing.assert_array_less(np.abs(z.var(0) - sd**2), 5 * sd**2 * np.sqrt(2 / n))
 
 
-@pytest.mark.parametrize("param_shape,sample_shape", [((4,), ()), ((3, 4), ()), ((3, 4), (2,)),
-                                                      ((2, 1, 3), (2, 1))])
+@pytest.mark.parametrize(
+    "param_shape,sample_shape", [((4,), ()), ((3, 4), ()), ((3, 4), (2,)), ((2, 1, 3), (2, 1))]
+)
 def test_diagnormal_rsample_backward_gradcheck(rng, param_shape, sample_shape):
     loc = rng.standard_normal(param_shape)
     logvar = 0.5 * rng.standard_normal(param_shape)
@@ -117,9 +128,10 @@ def test_diagnormal_log_prob_matches_scipy(rng, dtype):
     np.testing.assert_allclose(got, want, **tol)
 
 
-@pytest.mark.parametrize("param_shape,value_shape", [((4,), (4,)), ((3, 4), (3, 4)),
-                                                     ((3, 4), (2, 3, 4)), ((3, 4), (4,)),
-                                                     ((1, 4), (2, 3, 4))])
+@pytest.mark.parametrize(
+    "param_shape,value_shape",
+    [((4,), (4,)), ((3, 4), (3, 4)), ((3, 4), (2, 3, 4)), ((3, 4), (4,)), ((1, 4), (2, 3, 4))],
+)
 def test_diagnormal_log_prob_backward_gradcheck(rng, param_shape, value_shape):
     loc = rng.standard_normal(param_shape)
     logvar = 0.5 * rng.standard_normal(param_shape)
@@ -159,9 +171,11 @@ def test_diagnormal_float32_gradients_keep_dtype(rng):
     loc = rng.standard_normal((3, 4)).astype(np.float32)
     p = DiagNormal(loc, loc.copy())
     z, eps = p.rsample(rng, (2,))
-    for grads in (p.rsample_backward(np.ones_like(z), eps),
-                  p.log_prob_backward(np.ones((2, 3), np.float32), z),
-                  p.entropy_backward(1.0)):
+    for grads in (
+        p.rsample_backward(np.ones_like(z), eps),
+        p.log_prob_backward(np.ones((2, 3), np.float32), z),
+        p.entropy_backward(1.0),
+    ):
         assert all(g.dtype == np.float32 for g in grads.values())
 
 
@@ -170,18 +184,19 @@ def test_diagnormal_parity_across_array_modules(xp, rng):
     z = rng.standard_normal((2, 3, 4))
     ref = DiagNormal(loc, logvar)
     dev = DiagNormal(xp.asarray(loc), xp.asarray(logvar))
-    np.testing.assert_allclose(_to_numpy(dev.log_prob(xp.asarray(z))), ref.log_prob(z),
-                               rtol=1e-12)
+    np.testing.assert_allclose(_to_numpy(dev.log_prob(xp.asarray(z))), ref.log_prob(z), rtol=1e-12)
     np.testing.assert_allclose(_to_numpy(dev.entropy()), ref.entropy(), rtol=1e-12)
     got = dev.log_prob_backward(xp.ones((2, 3)), xp.asarray(z))
     for k, v in ref.log_prob_backward(np.ones((2, 3)), z).items():
         np.testing.assert_allclose(_to_numpy(got[k]), v, rtol=1e-12, atol=1e-14)
     zd, epsd = dev.rsample(np.random.default_rng(3), (2,))
-    np.testing.assert_allclose(_to_numpy(zd), ref.rsample(np.random.default_rng(3), (2,))[0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        _to_numpy(zd), ref.rsample(np.random.default_rng(3), (2,))[0], rtol=1e-12
+    )
 
 
 # --- StandardNormal -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_standard_normal_log_prob_entropy_sample(rng, dtype):
@@ -215,6 +230,7 @@ def test_standard_normal_log_prob_backward_gradcheck(rng):
 
 # --- Bernoulli ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("event_ndim", [0, 1])
 def test_bernoulli_log_prob_and_entropy_match_scipy(rng, dtype, event_ndim):
@@ -235,13 +251,14 @@ def test_bernoulli_log_prob_and_entropy_match_scipy(rng, dtype, event_ndim):
 
 
 @pytest.mark.parametrize("event_ndim", [0, 1])
-@pytest.mark.parametrize("logit_shape,value_shape", [((6,), (6,)), ((3, 6), (3, 6)),
-                                                     ((3, 6), (2, 3, 6)), ((3, 6), (6,))])
+@pytest.mark.parametrize(
+    "logit_shape,value_shape", [((6,), (6,)), ((3, 6), (3, 6)), ((3, 6), (2, 3, 6)), ((3, 6), (6,))]
+)
 def test_bernoulli_log_prob_backward_gradcheck(rng, event_ndim, logit_shape, value_shape):
     logits = 3 * rng.standard_normal(logit_shape)
     value = (rng.random(value_shape) < 0.5).astype(np.float64)
     full = np.broadcast_shapes(logit_shape, value_shape)
-    G = _probe(rng, full[:len(full) - event_ndim])
+    G = _probe(rng, full[: len(full) - event_ndim])
 
     def loss():
         return np.sum(Bernoulli(logits, event_ndim=event_ndim).log_prob(value) * G)
@@ -254,13 +271,14 @@ def test_bernoulli_log_prob_backward_gradcheck(rng, event_ndim, logit_shape, val
 @pytest.mark.parametrize("event_ndim", [0, 1, 2])
 def test_bernoulli_entropy_backward_gradcheck(rng, event_ndim):
     logits = 3 * rng.standard_normal((2, 3, 4))
-    G = _probe(rng, logits.shape[:3 - event_ndim])
+    G = _probe(rng, logits.shape[: 3 - event_ndim])
 
     def loss():
         return np.sum(Bernoulli(logits, event_ndim=event_ndim).entropy() * G)
 
-    gradcheck(loss, {"logits": logits},
-              Bernoulli(logits, event_ndim=event_ndim).entropy_backward(G))
+    gradcheck(
+        loss, {"logits": logits}, Bernoulli(logits, event_ndim=event_ndim).entropy_backward(G)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -312,6 +330,7 @@ def test_bernoulli_sample_frequencies(rng):
 
 # --- Categorical --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_categorical_log_prob_and_entropy_match_scipy(rng, dtype):
     logits = 2 * rng.standard_normal((4, 6))
@@ -320,8 +339,9 @@ def test_categorical_log_prob_and_entropy_match_scipy(rng, dtype):
     assert d.batch_shape == (4,) and d.event_shape == () and d.num_categories == 6
     p = special.softmax(logits, axis=-1)
     onehot = np.eye(6, dtype=int)[idx]  # (3, 4, 6)
-    want = np.array([[stats.multinomial(1, p[b]).logpmf(onehot[s, b]) for b in range(4)]
-                     for s in range(3)])
+    want = np.array(
+        [[stats.multinomial(1, p[b]).logpmf(onehot[s, b]) for b in range(4)] for s in range(3)]
+    )
     got = d.log_prob(idx)
     assert got.shape == (3, 4) and got.dtype == dtype
     tol = F32_TOL if dtype == np.float32 else dict(rtol=1e-12)
@@ -331,8 +351,9 @@ def test_categorical_log_prob_and_entropy_match_scipy(rng, dtype):
     np.testing.assert_allclose(d.log_probs, special.log_softmax(logits, axis=-1), **tol)
 
 
-@pytest.mark.parametrize("logit_shape,index_shape", [((5,), ()), ((3, 5), (3,)),
-                                                     ((3, 5), (2, 3)), ((1, 5), (2, 3))])
+@pytest.mark.parametrize(
+    "logit_shape,index_shape", [((5,), ()), ((3, 5), (3,)), ((3, 5), (2, 3)), ((1, 5), (2, 3))]
+)
 def test_categorical_log_prob_backward_gradcheck(rng, logit_shape, index_shape):
     logits = rng.standard_normal(logit_shape)
     logits[..., 1] = -np.inf  # a masked category, never indexed
@@ -368,8 +389,9 @@ def test_categorical_entropy_backward_gradcheck(rng, masked):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_categorical_neg_inf_logits_are_safe(dtype):
     inf = np.inf
-    logits = np.array([[0.0, -inf, 1.0, -inf], [-inf, -inf, 3.0, -inf],
-                       [-1e4, 0.0, -inf, 2.0]], dtype=dtype)
+    logits = np.array(
+        [[0.0, -inf, 1.0, -inf], [-inf, -inf, 3.0, -inf], [-1e4, 0.0, -inf, 2.0]], dtype=dtype
+    )
     d = Categorical(logits, validate=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning from 0 * -inf or log(0)
@@ -397,8 +419,9 @@ def test_categorical_sample_frequencies(rng):
     p = d.probs
     for b in range(2):
         freq = np.bincount(s[:, b], minlength=4) / n
-        np.testing.assert_array_less(np.abs(freq - p[b]), 5 * np.sqrt(p[b] * (1 - p[b]) / n)
-                                     + 1e-12)
+        np.testing.assert_array_less(
+            np.abs(freq - p[b]), 5 * np.sqrt(p[b] * (1 - p[b]) / n) + 1e-12
+        )
 
 
 def test_categorical_sample_is_reproducible():
@@ -431,15 +454,22 @@ def test_uniform_categorical(rng, dtype):
 
 # --- validation ---------------------------------------------------------------------------
 
+
 def test_diagnormal_rejects_bad_inputs(rng):
     good = np.zeros((3, 4))
-    with pytest.raises(TypeError, match=r"DiagNormal: expected loc to have dtype float32 or "
-                                        r"float64, got int64"):
+    with pytest.raises(
+        TypeError,
+        match=r"DiagNormal: expected loc to have dtype float32 or "
+        r"float64, got int64",
+    ):
         DiagNormal(np.zeros((3, 4), dtype=np.int64), good)
     with pytest.raises(TypeError, match=r"DiagNormal: expected loc to be a numpy.ndarray"):
         DiagNormal([[0.0]], good)
-    with pytest.raises(ValueError, match=r"DiagNormal: expected loc and logvar to have the same "
-                                         r"shape, got \(3, 4\) and \(3, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DiagNormal: expected loc and logvar to have the same "
+        r"shape, got \(3, 4\) and \(3, 5\)",
+    ):
         DiagNormal(good, np.zeros((3, 5)))
     with pytest.raises(TypeError, match=r"DiagNormal: expected loc, logvar to share one dtype"):
         DiagNormal(good, good.astype(np.float32))
@@ -448,87 +478,147 @@ def test_diagnormal_rejects_bad_inputs(rng):
     nan = good.copy()
     nan[1, 2] = np.nan
     DiagNormal(nan, good)  # the default checks are shape and dtype only (cheap)
-    with pytest.raises(ValueError, match=r"DiagNormal: expected loc to contain no NaN or Inf "
-                                         r"values, got 1 of 12"):
+    with pytest.raises(
+        ValueError,
+        match=r"DiagNormal: expected loc to contain no NaN or Inf "
+        r"values, got 1 of 12",
+    ):
         DiagNormal(nan, good, validate=True)
     with pytest.raises(ValueError, match=r"expected logvar to contain no NaN"):
         DiagNormal(good, nan, validate=True)
     p = DiagNormal(good, good)
-    with pytest.raises(TypeError, match=r"DiagNormal.rsample: expected rng to be a "
-                                        r"numpy.random.Generator, got int"):
+    with pytest.raises(
+        TypeError,
+        match=r"DiagNormal.rsample: expected rng to be a "
+        r"numpy.random.Generator, got int",
+    ):
         p.rsample(0)
-    with pytest.raises(TypeError, match=r"expected rng to be a numpy.random.Generator, got "
-                                        r"NoneType"):
+    with pytest.raises(
+        TypeError,
+        match=r"expected rng to be a numpy.random.Generator, got "
+        r"NoneType",
+    ):
         p.sample(None)
-    with pytest.raises(InvalidParameterError, match=r"The 'shape' parameter of DiagNormal.rsample "
-                                                    r"must be a tuple of non-negative ints"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'shape' parameter of DiagNormal.rsample "
+        r"must be a tuple of non-negative ints",
+    ):
         p.rsample(rng, (2, -1))
-    with pytest.raises(ValueError, match=r"DiagNormal.log_prob: expected value to broadcast "
-                                         r"against the parameters' shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DiagNormal.log_prob: expected value to broadcast "
+        r"against the parameters' shape \(3, 4\)",
+    ):
         p.log_prob(np.zeros((3, 5)))
-    with pytest.raises(TypeError, match=r"DiagNormal.log_prob: expected value to have dtype "
-                                        r"float64 \(the distribution's\), got float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"DiagNormal.log_prob: expected value to have dtype "
+        r"float64 \(the distribution's\), got float32",
+    ):
         p.log_prob(np.zeros((3, 4), np.float32))
-    with pytest.raises(ValueError, match=r"DiagNormal.log_prob_backward: expected dout to have "
-                                         r"the forward output's shape \(3,\), got \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DiagNormal.log_prob_backward: expected dout to have "
+        r"the forward output's shape \(3,\), got \(4,\)",
+    ):
         p.log_prob_backward(np.ones(4), good)
     with pytest.raises(ValueError, match=r"DiagNormal.rsample_backward: expected dz to have"):
         p.rsample_backward(np.ones((2, 3, 4)), good)
 
 
 def test_standard_normal_rejects_bad_inputs():
-    with pytest.raises(InvalidParameterError, match=r"The 'event_size' parameter of "
-                                                    r"StandardNormal must be an int in \[1, inf\)"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'event_size' parameter of "
+        r"StandardNormal must be an int in \[1, inf\)",
+    ):
         StandardNormal(0, np.float32)
-    with pytest.raises(TypeError, match=r"StandardNormal: expected dtype to be float32 or "
-                                        r"float64, got int32"):
+    with pytest.raises(
+        TypeError,
+        match=r"StandardNormal: expected dtype to be float32 or "
+        r"float64, got int32",
+    ):
         StandardNormal(3, np.int32)
     with pytest.raises(ValueError, match=r"StandardNormal.log_prob: expected value to broadcast"):
         StandardNormal(3, np.float64).log_prob(np.zeros((2, 4)))
 
 
 def test_bernoulli_rejects_bad_inputs():
-    with pytest.raises(TypeError, match=r"Bernoulli: expected logits to have dtype float32 or "
-                                        r"float64, got bool"):
+    with pytest.raises(
+        TypeError,
+        match=r"Bernoulli: expected logits to have dtype float32 or "
+        r"float64, got bool",
+    ):
         Bernoulli(np.zeros(3, dtype=bool))
-    with pytest.raises(InvalidParameterError, match=r"The 'event_ndim' parameter of Bernoulli "
-                                                    r"must be an int in \[0, 2\]"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'event_ndim' parameter of Bernoulli "
+        r"must be an int in \[0, 2\]",
+    ):
         Bernoulli(np.zeros((2, 3)), event_ndim=3)
     with pytest.raises(ValueError, match=r"Bernoulli: expected logits to contain no NaN or Inf"):
         Bernoulli(np.array([0.0, np.inf]), validate=True)
     d = Bernoulli(np.zeros((2, 3)), event_ndim=1, validate=True)
-    with pytest.raises(ValueError, match=r"Bernoulli.log_prob: expected value to lie in \[0, 1\]"
-                                         r".*got 1 entries outside, e.g. 2.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"Bernoulli.log_prob: expected value to lie in \[0, 1\]"
+        r".*got 1 entries outside, e.g. 2.0",
+    ):
         d.log_prob(np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=r"Bernoulli.log_prob: expected value to broadcast"):
         d.log_prob(np.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"Bernoulli.entropy_backward: expected dout to have the "
-                                         r"forward output's shape \(2,\), got \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Bernoulli.entropy_backward: expected dout to have the "
+        r"forward output's shape \(2,\), got \(2, 3\)",
+    ):
         d.entropy_backward(np.ones((2, 3)))
 
 
 def test_categorical_rejects_bad_inputs():
-    with pytest.raises(ValueError, match=r"Categorical: expected logits to have shape \(\.\.\., C\)"
-                                         r" with C >= 1, got \(\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Categorical: expected logits to have shape \(\.\.\., C\)"
+        r" with C >= 1, got \(\)",
+    ):
         Categorical(np.zeros(()))
-    with pytest.raises(ValueError, match=r"Categorical: expected logits to contain no NaN "
-                                         r"values, got 1 of 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"Categorical: expected logits to contain no NaN "
+        r"values, got 1 of 2",
+    ):
         Categorical(np.array([0.0, np.nan]), validate=True)
     with pytest.raises(ValueError, match=r"Categorical: expected logits to contain no \+inf"):
         Categorical(np.array([0.0, np.inf]), validate=True)
-    with pytest.raises(ValueError, match=r"Categorical: expected every row of logits to have a "
-                                         r"finite entry, got 1 rows that are all -inf"):
+    with pytest.raises(
+        ValueError,
+        match=r"Categorical: expected every row of logits to have a "
+        r"finite entry, got 1 rows that are all -inf",
+    ):
         Categorical(np.array([[0.0, 1.0], [-np.inf, -np.inf]]), validate=True)
     d = Categorical(np.zeros((2, 3)), validate=True)
-    with pytest.raises(TypeError, match=r"Categorical.log_prob: expected value to be an integer "
-                                        r"array of category indices, got dtype float64"):
+    with pytest.raises(
+        TypeError,
+        match=r"Categorical.log_prob: expected value to be an integer "
+        r"array of category indices, got dtype float64",
+    ):
         d.log_prob(np.zeros(2))
-    with pytest.raises(ValueError, match=r"Categorical.log_prob: expected value to lie in "
-                                         r"\[0, 3\), got 1 indices outside, e.g. 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"Categorical.log_prob: expected value to lie in "
+        r"\[0, 3\), got 1 indices outside, e.g. 3",
+    ):
         d.log_prob(np.array([0, 3]))
-    with pytest.raises(ValueError, match=r"Categorical.log_prob: expected value to broadcast "
-                                         r"against batch_shape \(2,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Categorical.log_prob: expected value to broadcast "
+        r"against batch_shape \(2,\)",
+    ):
         d.log_prob(np.array([0, 1, 2]))
-    with pytest.raises(InvalidParameterError, match=r"The 'num_categories' parameter of "
-                                                    r"UniformCategorical"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'num_categories' parameter of "
+        r"UniformCategorical",
+    ):
         UniformCategorical(0, np.float64)

@@ -4,19 +4,30 @@ Oracles: scipy.stats (Gumbel density, CDF, entropy; chi-square and KS goodness o
 the closed-form binary Concrete (C = 2: y_1 = sigmoid((l_1 - l_2 + logistic)/tau)),
 numerical integration of the density, and central differences in float64 for every backward.
 """
+
 import math
 
 import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from lvmcore.distributions import (Categorical, ExpRelaxedCategorical, Gumbel,
-                                   RelaxedCategorical, gumbel_max, gumbel_max_sample,
-                                   standard_gumbel)
+from lvmcore.distributions import (
+    Categorical,
+    ExpRelaxedCategorical,
+    Gumbel,
+    RelaxedCategorical,
+    gumbel_max,
+    gumbel_max_sample,
+    standard_gumbel,
+)
 from lvmcore.distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
 from lvmcore.exceptions import InvalidParameterError
-from lvmcore.schedules import (ConstantSchedule, ExponentialDecay, make_schedule,
-                               temperature_schedule)
+from lvmcore.schedules import (
+    ConstantSchedule,
+    ExponentialDecay,
+    make_schedule,
+    temperature_schedule,
+)
 from lvmcore.testing import gradcheck
 
 
@@ -30,6 +41,7 @@ def _probe(rng, shape):
 
 
 # --- Gumbel -------------------------------------------------------------------------------
+
 
 def test_gumbel_density_cdf_entropy_match_scipy(rng):
     loc = rng.standard_normal(5)
@@ -60,16 +72,23 @@ def test_gumbel_backwards_match_finite_differences(rng):
     x = rng.standard_normal((3, 4))
     G = _probe(rng, (3, 4))
     grads = Gumbel(loc, scale).log_prob_backward(G, x)
-    gradcheck(lambda: np.sum(Gumbel(loc, scale).log_prob(x) * G),
-              {"loc": loc, "scale": scale, "value": x}, grads)
+    gradcheck(
+        lambda: np.sum(Gumbel(loc, scale).log_prob(x) * G),
+        {"loc": loc, "scale": scale, "value": x},
+        grads,
+    )
     g = standard_gumbel(rng, (3, 4))
     grads = Gumbel(loc, scale).rsample_backward(G, g)
-    gradcheck(lambda: np.sum(Gumbel(loc, scale).reparameterize(g) * G),
-              {"loc": loc, "scale": scale}, grads)
+    gradcheck(
+        lambda: np.sum(Gumbel(loc, scale).reparameterize(g) * G),
+        {"loc": loc, "scale": scale},
+        grads,
+    )
     Ge = _probe(rng, (4,))
     grads = Gumbel(loc, scale).entropy_backward(Ge)
-    gradcheck(lambda: np.sum(Gumbel(loc, scale).entropy() * Ge),
-              {"loc": loc, "scale": scale}, grads)
+    gradcheck(
+        lambda: np.sum(Gumbel(loc, scale).entropy() * Ge), {"loc": loc, "scale": scale}, grads
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -85,6 +104,7 @@ def test_gumbel_validates_scale():
 
 
 # --- Gumbel-max ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_gumbel_max_is_exactly_categorical(masked):
@@ -117,6 +137,7 @@ def test_gumbel_max_ties_and_batch_shapes(rng):
 
 # --- RelaxedCategorical: sampling and its backward ---------------------------------------
 
+
 @pytest.mark.parametrize("cls", [RelaxedCategorical, ExpRelaxedCategorical])
 @pytest.mark.parametrize("shape,sample", [((3, 4), (2,)), ((4,), ()), ((1, 2, 5), (1, 3))])
 def test_rsample_backward_logits_and_temperature(rng, cls, shape, sample):
@@ -127,9 +148,11 @@ def test_rsample_backward_logits_and_temperature(rng, cls, shape, sample):
     G = _probe(rng, y.shape)
     grads = cls(logits, 0.7).rsample_backward(G, g)
     assert grads["temperature"].shape == ()
-    gradcheck(lambda: np.sum(cls(logits, float(tau[0])).reparameterize(g) * G),
-              {"logits": logits, "tau": tau},
-              {"logits": grads["logits"], "tau": grads["temperature"].reshape(1)})
+    gradcheck(
+        lambda: np.sum(cls(logits, float(tau[0])).reparameterize(g) * G),
+        {"logits": logits, "tau": tau},
+        {"logits": grads["logits"], "tau": grads["temperature"].reshape(1)},
+    )
 
 
 def test_soft_sample_is_softmax_on_the_simplex(rng):
@@ -165,8 +188,11 @@ def test_straight_through_forward_is_hard_and_backward_is_soft(rng):
         ys = RelaxedCategorical(logits, float(tau[0])).reparameterize(g)
         return f(y_hard + ys - y_soft0)
 
-    gradcheck(surrogate, {"logits": logits, "tau": tau},
-              {"logits": grads["logits"], "tau": grads["temperature"].reshape(1)})
+    gradcheck(
+        surrogate,
+        {"logits": logits, "tau": tau},
+        {"logits": grads["logits"], "tau": grads["temperature"].reshape(1)},
+    )
 
 
 def test_argmax_limit_as_temperature_goes_to_zero(rng):
@@ -186,6 +212,7 @@ def test_argmax_limit_as_temperature_goes_to_zero(rng):
 
 # --- densities ----------------------------------------------------------------------------
 
+
 def test_binary_concrete_density_matches_closed_form():
     """C = 2: y_1 = sigmoid((a + L)/tau), L ~ Logistic, a = l_1 - l_2, so
     P(y_1 <= v) = sigmoid(tau logit(v) - a) and p(v) = tau s (1 - s) / (v (1 - v))."""
@@ -195,8 +222,7 @@ def test_binary_concrete_density_matches_closed_form():
     for tau in (0.3, 1.0, 2.5):
         s = special.expit(tau * special.logit(v) - (logits[0] - logits[1]))
         want = np.log(tau * s * (1 - s) / (v * (1 - v)))
-        np.testing.assert_allclose(RelaxedCategorical(logits, tau).log_prob(y), want,
-                                   rtol=1e-10)
+        np.testing.assert_allclose(RelaxedCategorical(logits, tau).log_prob(y), want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -205,8 +231,11 @@ def test_density_integrates_to_one_over_the_simplex(tau):
     d = RelaxedCategorical(logits, tau)
 
     def p(y2, y1):
-        return math.exp(d.log_prob(np.array([y1, y2, max(1 - y1 - y2, 1e-300)]))) \
-            if y1 + y2 < 1 else 0.0
+        return (
+            math.exp(d.log_prob(np.array([y1, y2, max(1 - y1 - y2, 1e-300)])))
+            if y1 + y2 < 1
+            else 0.0
+        )
 
     total, err = integrate.dblquad(p, 0, 1, 0, lambda y1: 1 - y1, epsabs=1e-6)
     assert total == pytest.approx(1, abs=2e-3)
@@ -226,11 +255,13 @@ def test_exp_and_plain_densities_differ_by_the_jacobian(rng):
     lp_exp = ExpRelaxedCategorical(logits, 0.8).log_prob(x)
     lp = RelaxedCategorical(logits, 0.8).log_prob(np.exp(x))
     np.testing.assert_allclose(lp, lp_exp - x.sum(-1), rtol=1e-12)
-    np.testing.assert_allclose(RelaxedCategorical(logits, 0.8).log_prob(x, log_space=True), lp,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        RelaxedCategorical(logits, 0.8).log_prob(x, log_space=True), lp, rtol=1e-12
+    )
     # invariant under x -> x + c (x lives on logsumexp(x) = 0), and unnormalized logits
-    np.testing.assert_allclose(ExpRelaxedCategorical(logits + 3.0, 0.8).log_prob(x + 2.0),
-                               lp_exp, rtol=1e-12)
+    np.testing.assert_allclose(
+        ExpRelaxedCategorical(logits + 3.0, 0.8).log_prob(x + 2.0), lp_exp, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("case", ["exp", "simplex", "log_space"])
@@ -246,13 +277,19 @@ def test_log_prob_backward_logits_temperature_value(rng, case):
         cls, value, kw = RelaxedCategorical, x, {"log_space": True}
     G = _probe(rng, (2, 3))
     grads = cls(logits, 0.8).log_prob_backward(G, value, **kw)
-    gradcheck(lambda: np.sum(cls(logits, float(tau[0])).log_prob(value, **kw) * G),
-              {"logits": logits, "tau": tau, "value": value},
-              {"logits": grads["logits"], "tau": grads["temperature"].reshape(1),
-               "value": grads["value"]})
+    gradcheck(
+        lambda: np.sum(cls(logits, float(tau[0])).log_prob(value, **kw) * G),
+        {"logits": logits, "tau": tau, "value": value},
+        {
+            "logits": grads["logits"],
+            "tau": grads["temperature"].reshape(1),
+            "value": grads["value"],
+        },
+    )
 
 
 # --- edges --------------------------------------------------------------------------------
+
 
 def test_tiny_temperature_and_huge_logits_float32_stay_finite(rng):
     """tau = 1e-3 and logits of +-1e4 in float32: finite samples, log-probs and gradients."""
@@ -268,10 +305,12 @@ def test_tiny_temperature_and_huge_logits_float32_stay_finite(rng):
     dy = rng.standard_normal(y.shape).astype(np.float32)
     lp = ExpRelaxedCategorical(logits, tau).log_prob(x)
     lp_y = soft.log_prob(x, log_space=True)
-    grads = [soft.rsample_backward(dy, g),
-             ExpRelaxedCategorical(logits, tau).rsample_backward(dy, g),
-             ExpRelaxedCategorical(logits, tau).log_prob_backward(np.ones((3, 2), np.float32), x),
-             soft.log_prob_backward(np.ones((3, 2), np.float32), x, log_space=True)]
+    grads = [
+        soft.rsample_backward(dy, g),
+        ExpRelaxedCategorical(logits, tau).rsample_backward(dy, g),
+        ExpRelaxedCategorical(logits, tau).log_prob_backward(np.ones((3, 2), np.float32), x),
+        soft.log_prob_backward(np.ones((3, 2), np.float32), x, log_space=True),
+    ]
     assert np.isfinite(lp).all() and np.isfinite(lp_y).all()
     assert lp.dtype == np.float32
     for gr in grads:
@@ -282,9 +321,11 @@ def test_tiny_temperature_and_huge_logits_float32_stay_finite(rng):
 @pytest.mark.parametrize("cls", [RelaxedCategorical, ExpRelaxedCategorical])
 @pytest.mark.parametrize("tau", [0.0, -1.0, float("nan"), float("inf"), "1"])
 def test_non_positive_temperature_is_rejected(cls, tau):
-    with pytest.raises(InvalidParameterError,
-                       match=rf"'temperature' parameter of {cls.__name__} must be a float in "
-                             r"\(0, inf\)"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=rf"'temperature' parameter of {cls.__name__} must be a float in "
+        r"\(0, inf\)",
+    ):
         cls(np.zeros(3), tau)
 
 
@@ -295,6 +336,7 @@ def test_simplex_log_prob_rejects_exact_zeros_with_a_hint():
 
 
 # --- temperature schedules ----------------------------------------------------------------
+
 
 def test_constant_and_exponential_schedules():
     assert ConstantSchedule(0.7)(0) == ConstantSchedule(0.7)(10**6) == 0.7
@@ -311,21 +353,25 @@ def test_constant_and_exponential_schedules():
     assert temperature_schedule(1.0, 0.5, 1e-4, 1000)(3000) == pytest.approx(math.exp(-0.3))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(tau=0.0), r"'tau' parameter of temperature_schedule must be a float in \(0, inf\)"),
-    (dict(tau=-1.0), r"'tau' parameter"),
-    (dict(tau=1.0, tau_decay=-1.0), r"'tau_decay' parameter"),
-    (dict(tau=1.0, tau_decay=1e-3), r"'tau_min' parameter .* when tau_decay > 0"),
-    (dict(tau=1.0, tau_decay=1e-3, tau_min=2.0), r"'tau_min' parameter of ExponentialDecay"),
-    (dict(tau=1.0, tau_decay=1e-3, tau_min=0.0), r"'tau_min' parameter"),
-    (dict(tau=1.0, tau_min=0.5), r"'tau_min' parameter .* decaying temperature only"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(tau=0.0), r"'tau' parameter of temperature_schedule must be a float in \(0, inf\)"),
+        (dict(tau=-1.0), r"'tau' parameter"),
+        (dict(tau=1.0, tau_decay=-1.0), r"'tau_decay' parameter"),
+        (dict(tau=1.0, tau_decay=1e-3), r"'tau_min' parameter .* when tau_decay > 0"),
+        (dict(tau=1.0, tau_decay=1e-3, tau_min=2.0), r"'tau_min' parameter of ExponentialDecay"),
+        (dict(tau=1.0, tau_decay=1e-3, tau_min=0.0), r"'tau_min' parameter"),
+        (dict(tau=1.0, tau_min=0.5), r"'tau_min' parameter .* decaying temperature only"),
+    ],
+)
 def test_schedule_validation(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match):
         temperature_schedule(**kwargs)
 
 
 # --- parity with the Philox Gumbel-Softmax kernel, when it is there -----------------------
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matches_the_gumbel_softmax_kernel_reference(rng, dtype):
@@ -336,8 +382,10 @@ def test_matches_the_gumbel_softmax_kernel_reference(rng, dtype):
     y = gs.gumbel_softmax_ref(logits, 0.4, 11, 3)
     tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(relaxed_softmax(logits, 0.4, g), y, **tol)
-    np.testing.assert_array_equal(relaxed_softmax(logits, 0.4, g, hard=True),
-                                  gs.gumbel_softmax_ref(logits, 0.4, 11, 3, hard=True))
+    np.testing.assert_array_equal(
+        relaxed_softmax(logits, 0.4, g, hard=True),
+        gs.gumbel_softmax_ref(logits, 0.4, 11, 3, hard=True),
+    )
     dy = rng.standard_normal(logits.shape).astype(dtype)
     dl, dtau = relaxed_softmax_backward(dy, logits, 0.4, g)
     dl_k, dtau_k = gs.gumbel_softmax_backward_ref(dy, y, 0.4)

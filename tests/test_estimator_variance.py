@@ -5,6 +5,7 @@ variance), a sample variance inside its chi-square acceptance interval at level 
 (exact chi-square for the Gaussian reparameterization gradient, a scaled chi-square matched to
 the exact fourth moment for the heavy-tailed REINFORCE one; its coverage is checked too).
 """
+
 import numpy as np
 import pytest
 from numpy.polynomial import polynomial as P
@@ -21,9 +22,9 @@ def rng():
 @pytest.mark.parametrize("theta", [0.0, 0.5, 2.0, -3.0])
 def test_closed_form_variances(theta):
     # E[x^4 (x - theta)^2] - (2 theta)^2 with x = theta + eps, from normal moments
-    x2eps = np.array([0.0, theta ** 2, 2 * theta, 1.0])                   # x^2 eps
+    x2eps = np.array([0.0, theta**2, 2 * theta, 1.0])  # x^2 eps
     second = ev._poly_expectation(P.polypow(x2eps, 2))
-    assert second - 4 * theta ** 2 == pytest.approx(ev.reinforce_variance(theta), rel=1e-12)
+    assert second - 4 * theta**2 == pytest.approx(ev.reinforce_variance(theta), rel=1e-12)
     assert ev.reinforce_variance(2.0) == 87
     assert ev.reparam_variance(theta) == 4
     assert ev.excess_kurtosis("reparam", theta) == pytest.approx(0, abs=1e-12)
@@ -68,8 +69,9 @@ def test_scaled_chi_square_interval_covers_the_reinforce_sample_variance(rng):
 
 
 def test_toy_2d_both_converge_reparameterization_faster():
-    rows = {r["estimator"]: r for r in ev.toy_2d_table(lr=0.01, samples=10, steps=1200,
-                                                       runs=50, seed=0)}
+    rows = {
+        r["estimator"]: r for r in ev.toy_2d_table(lr=0.01, samples=10, steps=1200, runs=50, seed=0)
+    }
     for r in rows.values():
         assert r["diverged"] == 0 and r["floor"] < 0.15
         assert all(v is not None for v in r["steps_to"].values())
@@ -79,6 +81,7 @@ def test_toy_2d_both_converge_reparameterization_faster():
 
 def test_toy_2d_rejects_unknown_estimator():
     from lvmcore.exceptions import InvalidParameterError
+
     with pytest.raises(InvalidParameterError, match="'estimator' parameter of toy_2d"):
         ev.toy_2d("rebar")
 

@@ -1,7 +1,7 @@
 """Importance-weighted bounds against exact likelihoods: a linear-Gaussian VAE set to
 a pPCA, and a Gaussian mixture."""
+
 import numpy as np
-import pytest
 
 from lvmcore.models import IWAE
 from lvmcore.oracles import ppca_log_marginal, ppca_posterior
@@ -18,8 +18,16 @@ def _ppca(rng):
 
 def _linear_model(W, b, k, objective="iwae"):
     """IWAE with linear encoder and decoder (no hidden layers) and the pPCA's decoder."""
-    m = IWAE(D, Z, hidden=(), likelihood="gaussian", decoder_variance=SIGMA2, k=k,
-             objective=objective, dtype=np.float64)
+    m = IWAE(
+        D,
+        Z,
+        hidden=(),
+        likelihood="gaussian",
+        decoder_variance=SIGMA2,
+        k=k,
+        objective=objective,
+        dtype=np.float64,
+    )
     m.decoder.params["W0"][...] = W.T
     m.decoder.params["b0"][...] = b
     return m
@@ -66,11 +74,15 @@ def test_bounds_are_ordered_and_approach_log_px(rng):
     for k in (1, 5, 50, 5000):
         mk = IWAE.from_config({**m.config(), "k": k})
         mk.load_parameters(m.parameters())
-        draws = np.array([mk.bound(x, np.random.default_rng([k, r])).mean()
-                          for r in range(reps if k < 5000 else 20)])
+        draws = np.array(
+            [
+                mk.bound(x, np.random.default_rng([k, r])).mean()
+                for r in range(reps if k < 5000 else 20)
+            ]
+        )
         est[k] = (draws.mean(), draws.std(ddof=1) / np.sqrt(draws.size))
     gaps = [exact - est[k][0] for k in (1, 5, 50, 5000)]
-    for (k1, k2) in [(1, 5), (5, 50), (50, 5000)]:
+    for k1, k2 in [(1, 5), (5, 50), (50, 5000)]:
         (a, sa), (c, sc) = est[k1], est[k2]
         assert c - a > 4 * np.hypot(sa, sc), (k1, k2, est)
     mean50, se50 = est[50]
@@ -88,8 +100,9 @@ def test_log_likelihood_converges_to_exact_marginal(rng):
     exact = ppca_log_marginal(x, W, b, SIGMA2)
     errs = []
     for k in (10, 100, 5000):
-        runs = np.array([m.log_likelihood(x, np.random.default_rng([k, r]), k=k)
-                         for r in range(10)])
+        runs = np.array(
+            [m.log_likelihood(x, np.random.default_rng([k, r]), k=k) for r in range(10)]
+        )
         errs.append(np.abs(runs.mean(axis=0) - exact).mean())
     assert errs[2] < errs[1] < errs[0]
     # at K = 5000 the estimate sits within 5 measured standard errors of log p(x)
@@ -100,12 +113,18 @@ def test_log_likelihood_converges_to_exact_marginal(rng):
 
 def test_gaussian_mixture_importance_estimate_converges():
     from lvmcore.oracles import GMM, gmm_importance_log_marginal, gmm_log_marginal
+
     rng = np.random.default_rng(5)
-    params = GMM(np.log(np.array([0.2, 0.5, 0.3])), rng.standard_normal((3, 4)) * 3,
-                 np.exp(rng.standard_normal((3, 4)) * 0.3))
+    params = GMM(
+        np.log(np.array([0.2, 0.5, 0.3])),
+        rng.standard_normal((3, 4)) * 3,
+        np.exp(rng.standard_normal((3, 4)) * 0.3),
+    )
     x = rng.standard_normal((6, 4)) * 3
     exact = gmm_log_marginal(x, *params)
     uniform = np.full(3, -np.log(3))
-    err = [np.abs(gmm_importance_log_marginal(x, params, uniform, k, rng) - exact).max()
-           for k in (10, 10000)]
+    err = [
+        np.abs(gmm_importance_log_marginal(x, params, uniform, k, rng) - exact).max()
+        for k in (10, 10000)
+    ]
     assert err[1] < err[0] and err[1] < 0.05

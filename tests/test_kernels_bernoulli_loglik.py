@@ -1,6 +1,7 @@
 """Tests of kernels.bernoulli_loglik: every variant against the reference, edge logits and exact
 values, in-place gradients, the backward, finite differences of the reference, agreement with
 lvmcore's Bernoulli NLL, bad input."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,16 @@ DTYPES = [np.float32, np.float64]
 VARIANTS = sorted(v for v in BL.VARIANTS if not v.startswith("cupy"))
 CPU_BACKENDS = ["numba", "numpy"]
 # (S, B, D): N = S * B rows of logits scored against B rows of x
-SHAPES = [(1, 1, 1), (1, 1, 7), (3, 5, 7), (1, 1, 784), (2, 3, 784), (3, 7, 784), (4, 1, 33),
-          (1, 17, 64)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 1, 7),
+    (3, 5, 7),
+    (1, 1, 784),
+    (2, 3, 784),
+    (3, 7, 784),
+    (4, 1, 33),
+    (1, 17, 64),
+]
 
 
 def _data(rng, S, B, D, dtype, scale=3.0):
@@ -26,8 +35,9 @@ def _data(rng, S, B, D, dtype, scale=3.0):
 
 def _oracle(logits, x):
     """The reference in float64 on float64 inputs (what every dtype is compared against)."""
-    return BL.bernoulli_loglik_ref(logits.astype(np.float64), x.astype(np.float64),
-                                   np.empty(logits.shape))
+    return BL.bernoulli_loglik_ref(
+        logits.astype(np.float64), x.astype(np.float64), np.empty(logits.shape)
+    )
 
 
 def _assert_close(got, want, dtype):
@@ -45,6 +55,7 @@ def path(request, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Variants against the reference
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -80,18 +91,51 @@ def test_rows_use_x_of_row_mod_b(dtype, rng):
     logits, x = _data(rng, 4, 3, 9, dtype)
     tiled = np.tile(x, (4, 1))
     for variant in VARIANTS:
-        np.testing.assert_array_equal(BL.VARIANTS[variant](logits, x)[0],
-                                      BL.VARIANTS[variant](logits, tiled)[0])
+        np.testing.assert_array_equal(
+            BL.VARIANTS[variant](logits, x)[0], BL.VARIANTS[variant](logits, tiled)[0]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Edge logits and exact values
 # ---------------------------------------------------------------------------------------------
 
-EDGE = {np.float32: [1e4, -1e4, 1e30, -1e30, 0.0, 88.0, -88.0, 87.5, -87.5, 100.0, -100.0,
-                     3e38, -3e38, 1e-30, -1e-30],
-        np.float64: [1e4, -1e4, 1e30, -1e30, 0.0, 88.0, -88.0, 745.0, -745.0, 709.0, -709.0,
-                     1e300, -1e300, 1e-300, -1e-300]}
+EDGE = {
+    np.float32: [
+        1e4,
+        -1e4,
+        1e30,
+        -1e30,
+        0.0,
+        88.0,
+        -88.0,
+        87.5,
+        -87.5,
+        100.0,
+        -100.0,
+        3e38,
+        -3e38,
+        1e-30,
+        -1e-30,
+    ],
+    np.float64: [
+        1e4,
+        -1e4,
+        1e30,
+        -1e30,
+        0.0,
+        88.0,
+        -88.0,
+        745.0,
+        -745.0,
+        709.0,
+        -709.0,
+        1e300,
+        -1e300,
+        1e-300,
+        -1e-300,
+    ],
+}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -123,12 +167,12 @@ def test_exact_values_for_saturated_logits(variant, dtype):
     loglik = np.empty(6, dtype)
     grad = np.empty_like(logits)
     for r in range(6):  # one row each (B = 1)
-        ll, _ = BL.VARIANTS[variant](logits[r:r + 1], x[r:r + 1], grad[r:r + 1])
+        ll, _ = BL.VARIANTS[variant](logits[r : r + 1], x[r : r + 1], grad[r : r + 1])
         loglik[r] = ll[0]
-    assert loglik[0] == -1e4                      # x = 1, l = -1e4: exactly l
-    assert loglik[1] == 0.0                       # x = 1, l = 1e4: log sigmoid(1e4) = -0
-    assert loglik[2] == 0.0                       # x = 0, l = -1e4: -softplus(-1e4) = -0
-    assert loglik[3] == -1e4                      # x = 0, l = 1e4: exactly -l
+    assert loglik[0] == -1e4  # x = 1, l = -1e4: exactly l
+    assert loglik[1] == 0.0  # x = 1, l = 1e4: log sigmoid(1e4) = -0
+    assert loglik[2] == 0.0  # x = 0, l = -1e4: -softplus(-1e4) = -0
+    assert loglik[3] == -1e4  # x = 0, l = 1e4: exactly -l
     np.testing.assert_allclose(loglik[4:], -np.log(2.0), rtol=2 * np.finfo(dtype).eps)
     np.testing.assert_array_equal(grad[:, 0], np.array([1, 0, 0, -1, 0.5, -0.5], dtype))
 
@@ -154,6 +198,7 @@ def test_nan_logit_propagates(variant):
 # ---------------------------------------------------------------------------------------------
 # Backward
 # ---------------------------------------------------------------------------------------------
+
 
 def test_reference_gradient_by_finite_differences(rng):
     logits, x = _data(rng, 2, 3, 5, np.float64, scale=2.0)
@@ -198,7 +243,8 @@ def test_torch_cross_check(rng):
     logits, x = _data(rng, 1, 8, 13, np.float64)
     lt = torch.from_numpy(logits).requires_grad_(True)
     ll_t = -torch.nn.functional.binary_cross_entropy_with_logits(
-        lt, torch.from_numpy(x), reduction="none").sum(1)
+        lt, torch.from_numpy(x), reduction="none"
+    ).sum(1)
     ll_t.sum().backward()
     ll, grad = BL.bernoulli_loglik(logits, x, np.empty_like(logits))
     np.testing.assert_allclose(ll, ll_t.detach().numpy(), rtol=1e-12, atol=1e-12)
@@ -208,6 +254,7 @@ def test_torch_cross_check(rng):
 # ---------------------------------------------------------------------------------------------
 # Registry and validation
 # ---------------------------------------------------------------------------------------------
+
 
 def test_registered():
     assert kernels.get("bernoulli_loglik", "numba") is BL.IMPLEMENTATIONS["numba"]
@@ -219,17 +266,20 @@ def _valid(dtype=np.float32):
     return np.zeros((6, 4), dtype), np.zeros((3, 4), dtype)
 
 
-@pytest.mark.parametrize("make, exc, match", [
-    (lambda: (np.zeros((6, 8), np.float32)[:, ::2], _valid()[1]), ValueError, "C-contiguous"),
-    (lambda: (_valid()[0], np.zeros((3, 8), np.float32)[:, ::2]), ValueError, "C-contiguous"),
-    (lambda: (_valid(np.float16)[0], _valid(np.float16)[1]), TypeError, "float32 or float64"),
-    (lambda: (_valid()[0].astype(np.int32), _valid()[1]), TypeError, "float32 or float64"),
-    (lambda: (_valid()[0], _valid(np.float64)[1]), TypeError, "dtype of logits"),
-    (lambda: (_valid()[0].tolist(), _valid()[1]), TypeError, "numpy.ndarray"),
-    (lambda: (np.zeros(6, np.float32), _valid()[1]), ValueError, "2 dimensions"),
-    (lambda: (_valid()[0], np.zeros((3, 5), np.float32)), ValueError, r"x.shape\[1\]"),
-    (lambda: (np.zeros((7, 4), np.float32), _valid()[1]), ValueError, "multiple"),
-])
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: (np.zeros((6, 8), np.float32)[:, ::2], _valid()[1]), ValueError, "C-contiguous"),
+        (lambda: (_valid()[0], np.zeros((3, 8), np.float32)[:, ::2]), ValueError, "C-contiguous"),
+        (lambda: (_valid(np.float16)[0], _valid(np.float16)[1]), TypeError, "float32 or float64"),
+        (lambda: (_valid()[0].astype(np.int32), _valid()[1]), TypeError, "float32 or float64"),
+        (lambda: (_valid()[0], _valid(np.float64)[1]), TypeError, "dtype of logits"),
+        (lambda: (_valid()[0].tolist(), _valid()[1]), TypeError, "numpy.ndarray"),
+        (lambda: (np.zeros(6, np.float32), _valid()[1]), ValueError, "2 dimensions"),
+        (lambda: (_valid()[0], np.zeros((3, 5), np.float32)), ValueError, r"x.shape\[1\]"),
+        (lambda: (np.zeros((7, 4), np.float32), _valid()[1]), ValueError, "multiple"),
+    ],
+)
 def test_bad_input_is_rejected(make, exc, match):
     logits, x = make()
     with pytest.raises(exc, match=match):

@@ -7,6 +7,7 @@ those instantiations are exactly the ``name_expressions`` the Python wrappers as
 kernel renamed on one side only fails here rather than on the first GPU run. Skipped when nvcc
 is not on PATH.
 """
+
 import importlib
 import importlib.resources
 import re
@@ -28,8 +29,10 @@ MODULES = {
     "reparam_sample.cu": "kernels.reparam_sample",
 }
 
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH (install the CUDA "
-                                                       "toolkit to compile-check the kernels)")
+needs_nvcc = pytest.mark.skipif(
+    NVCC is None,
+    reason="nvcc not found on PATH (install the CUDA toolkit to compile-check the kernels)",
+)
 
 
 def _mangle(expr):
@@ -61,8 +64,18 @@ def test_sources_need_no_standard_headers():
 def test_compiles_with_nvcc(source, tmp_path):
     src = CUDA_DIR.joinpath(source)
     ptx = tmp_path / (source[:-3] + ".ptx")
-    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-ftz=true", "--ptx", "-Werror", "all-warnings",
-           "-o", str(ptx), str(src)]
+    cmd = [
+        NVCC,
+        "-std=c++17",
+        "-arch=sm_90",
+        "-ftz=true",
+        "--ptx",
+        "-Werror",
+        "all-warnings",
+        "-o",
+        str(ptx),
+        str(src),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
@@ -70,5 +83,6 @@ def test_compiles_with_nvcc(source, tmp_path):
     wanted = {_mangle(n) for n in names}
     found = {w for w in wanted if any(e.startswith(w) for e in entries)}
     assert found == wanted, f"instantiations missing from {source}: {sorted(wanted - found)}"
-    assert len(entries) == len(names), f"{source} instantiates kernels no wrapper uses: " \
-                                       f"{sorted(entries)}"
+    assert len(entries) == len(names), (
+        f"{source} instantiates kernels no wrapper uses: {sorted(entries)}"
+    )

@@ -12,10 +12,10 @@ performance, and CuPy itself. Those need test_kernels_cupy.py on a device.
 
 Skipped when no C++20 compiler with <barrier> is available.
 """
-import pytest
 
+import pytest
 from cuda_emu import fake_cupy
-from test_kernels_cupy import *  # noqa: F401,F403  (the test bodies; `cp` is redefined below)
+from test_kernels_cupy import *  # noqa: F403  (the test bodies; `cp` is redefined below)
 
 _OK, _WHY = fake_cupy.available()
 pytestmark = [pytest.mark.skipif(not _OK, reason=_WHY)]

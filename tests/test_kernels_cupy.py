@@ -16,6 +16,7 @@ executes the CUDA sources in an emulator (tests/cuda_emu), on device arrays that
 CuPy's (no implicit host conversion, no NumPy operands), so the engine's dispatch by array type
 is exercised there too.
 """
+
 import numpy as np
 import pytest
 
@@ -29,27 +30,32 @@ _CUPY = lvmcore.available_backends()["cupy"]
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_CUPY != "available", reason=_CUPY)]
 
 DTYPES = [np.float32, np.float64]
-SEED = 0x0123456789ABCDEF      # both key words non-zero
-STREAM = 0xFEDCBA9876543210    # both stream words non-zero
+SEED = 0x0123456789ABCDEF  # both key words non-zero
+STREAM = 0xFEDCBA9876543210  # both stream words non-zero
 # Normals and Gumbels: CUDA's logf/sincosf (log/sincos) against NumPy's, chained through up to
 # three calls; philox.py measured 2.8 ulp of max(|x|, 1) between NumPy and glibc.
 NOISE_ULP = 8
-EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps),
-       np.dtype(np.float64): float(np.finfo(np.float64).eps)}
+EPS = {
+    np.dtype(np.float32): float(np.finfo(np.float32).eps),
+    np.dtype(np.float64): float(np.finfo(np.float64).eps),
+}
 UINT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
 @pytest.fixture
 def cp():
     import cupy
+
     return cupy
 
 
 def _both(cp, body):
     """(body(numpy, get), body(cupy, get)): ``get(op)`` is the op's "numpy" (reference) or
     "cupy" implementation; the body returns host (NumPy) results."""
+
     def getter(backend):
         return lambda op: kernels.get(op, backend)
+
     return body(np, getter("numpy")), body(cp, getter("cupy"))
 
 
@@ -64,11 +70,14 @@ def _assert_within(got, want, bound, what=""):
     err = np.where(same, 0.0, np.abs(got - want))
     bad = ~(err <= bound)
     if bad.any():
-        i = np.unravel_index(np.argmax(np.where(bad, err - np.where(bad, bound, 0), -1)),
-                             want.shape)
-        raise AssertionError(f"{what}: {int(bad.sum())} of {want.size} values outside the "
-                             f"bound; worst at {i}: got {got[i]!r}, want {want[i]!r}, bound "
-                             f"{bound[i]!r}")
+        i = np.unravel_index(
+            np.argmax(np.where(bad, err - np.where(bad, bound, 0), -1)), want.shape
+        )
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {want.size} values outside the "
+            f"bound; worst at {i}: got {got[i]!r}, want {want[i]!r}, bound "
+            f"{bound[i]!r}"
+        )
 
 
 def _assert_parity(got, want, dtype, what=""):
@@ -79,7 +88,7 @@ def _assert_parity(got, want, dtype, what=""):
 # Philox: the CUDA port of kernels/philox.py
 # ---------------------------------------------------------------------------------------------
 
-PHILOX_CASES = [(1, 0), (1, 3), (7, 1), (1001, 0), (1001, 5), (4099, 2 ** 35 + 1)]
+PHILOX_CASES = [(1, 0), (1, 3), (7, 1), (1001, 0), (1001, 5), (4099, 2**35 + 1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -96,13 +105,13 @@ def test_philox_uniforms_are_bit_identical(cp, dtype, n, offset):
 @pytest.mark.parametrize("n, offset", PHILOX_CASES)
 @pytest.mark.parametrize("kind", ["normal", "gumbel"])
 def test_philox_normals_and_gumbels_within_ulps(cp, dtype, n, offset, kind):
-    fill, ref = {"normal": (P.normal_cupy, P.normal_ref),
-                 "gumbel": (P.gumbel_cupy, P.gumbel_ref)}[kind]
+    fill, ref = {"normal": (P.normal_cupy, P.normal_ref), "gumbel": (P.gumbel_cupy, P.gumbel_ref)}[
+        kind
+    ]
     got = cp.asnumpy(fill(SEED, STREAM, n, dtype, offset))
     want = ref(SEED, STREAM, n, dtype, offset)
     assert got.dtype == want.dtype
-    _assert_within(got, want, NOISE_ULP * EPS[np.dtype(dtype)] * np.maximum(np.abs(want), 1),
-                   kind)
+    _assert_within(got, want, NOISE_ULP * EPS[np.dtype(dtype)] * np.maximum(np.abs(want), 1), kind)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -119,11 +128,12 @@ def test_philox_out_argument_and_empty_fill(cp, dtype):
 # bernoulli_loglik (+ backward)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("S, B, D", [(1, 1, 1), (1, 3, 7), (3, 5, 33), (2, 4, 784), (5, 1, 100)])
 def test_bernoulli_loglik(cp, dtype, S, B, D, rng):
     logits = (3.0 * rng.standard_normal((S * B, D))).astype(dtype)
-    logits.flat[::11] *= 30.0                              # a few large |logits|
+    logits.flat[::11] *= 30.0  # a few large |logits|
     x = (rng.random((B, D)) < 0.5).astype(dtype)
     dloglik = rng.standard_normal(S * B).astype(dtype)
 
@@ -133,17 +143,24 @@ def test_bernoulli_loglik(cp, dtype, S, B, D, rng):
         ll, grad = fwd(lg, xx, xp.empty_like(lg))
         ll_only, none = fwd(lg, xx)
         work = lg.copy()
-        ll_in, grad_in = fwd(work, xx, work)               # gradient over the logits
+        ll_in, grad_in = fwd(work, xx, work)  # gradient over the logits
         assert none is None and grad_in is work
         dlogits = bwd(dl, grad)
         work2 = grad.copy()
-        dlogits_in = bwd(dl, work2, work2)                 # in place
+        dlogits_in = bwd(dl, work2, work2)  # in place
         assert dlogits_in is work2
         return [_host(xp, a) for a in (ll, grad, ll_only, ll_in, grad_in, dlogits, dlogits_in)]
 
     want, got = _both(cp, body)
-    names = ["loglik", "grad", "loglik (no grad)", "loglik (in place)", "grad (in place)",
-             "dlogits", "dlogits (in place)"]
+    names = [
+        "loglik",
+        "grad",
+        "loglik (no grad)",
+        "loglik (in place)",
+        "grad (in place)",
+        "dlogits",
+        "dlogits (in place)",
+    ]
     for g, w, name in zip(got, want, names):
         assert g.dtype == np.dtype(dtype)
         _assert_parity(g, w, dtype, name)
@@ -163,9 +180,9 @@ def test_bernoulli_loglik_huge_logits_are_exact(cp, dtype):
 # importance_weights
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K, B", [(1, 1), (1, 7), (7, 1), (37, 5), (5001, 3), (50, 300),
-                                  (65, 33)])
+@pytest.mark.parametrize("K, B", [(1, 1), (1, 7), (7, 1), (37, 5), (5001, 3), (50, 300), (65, 33)])
 def test_importance_weights(cp, dtype, K, B, rng):
     log_w = (5.0 * rng.standard_normal((K, B)) - 100.0).astype(dtype)
 
@@ -179,8 +196,9 @@ def test_importance_weights(cp, dtype, K, B, rng):
         return [_host(xp, a) for a in (bound, weights, bound_in, weights_in)]
 
     want, got = _both(cp, body)
-    for g, w, name in zip(got, want, ["bound", "weights", "bound (in place)",
-                                      "weights (in place)"]):
+    for g, w, name in zip(
+        got, want, ["bound", "weights", "bound (in place)", "weights (in place)"]
+    ):
         assert g.dtype == np.dtype(dtype)
         _assert_parity(g, w, dtype, name)
 
@@ -188,10 +206,10 @@ def test_importance_weights(cp, dtype, K, B, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_importance_weights_special_columns(cp, dtype, rng):
     log_w = rng.standard_normal((9, 6)).astype(dtype)
-    log_w[:, 0] = -np.inf               # every sample rejected: bound -inf, weights 0
-    log_w[::2, 1] = -np.inf             # some rejected: weight exactly 0 there
-    log_w[3, 2] = np.inf                # overflowed: bound +inf, NaN at the +inf entry, 0 else
-    log_w[4, 3] = np.nan                # NaN: bound and the whole column NaN
+    log_w[:, 0] = -np.inf  # every sample rejected: bound -inf, weights 0
+    log_w[::2, 1] = -np.inf  # some rejected: weight exactly 0 there
+    log_w[3, 2] = np.inf  # overflowed: bound +inf, NaN at the +inf entry, 0 else
+    log_w[4, 3] = np.nan  # NaN: bound and the whole column NaN
     with np.errstate(invalid="ignore"):
         want_b, want_w = kernels.get("importance_weights", "numpy")(log_w)
     bound, weights = kernels.get("importance_weights", "cupy")(cp.asarray(log_w))
@@ -219,8 +237,14 @@ def test_importance_weights_are_never_subnormal(cp, dtype, spread, rng):
 # reparam_sample (+ backward)
 # ---------------------------------------------------------------------------------------------
 
-REPARAM_CASES = [(1, 1, 1, 0), (3, 5, 7, 1), (2, 3, 50, 3), (4, 7, 2, 5), (2, 2, 130, 2 ** 35 + 1),
-                 (50, 4, 5, 0)]
+REPARAM_CASES = [
+    (1, 1, 1, 0),
+    (3, 5, 7, 1),
+    (2, 3, 50, 3),
+    (4, 7, 2, 5),
+    (2, 2, 130, 2**35 + 1),
+    (50, 4, 5, 0),
+]
 
 
 def _reparam_data(rng, K, B, Z, dtype):
@@ -243,13 +267,14 @@ def test_reparam_sample(cp, dtype, K, B, Z, offset, rng):
         z_out = xp.empty((K, B, Z), dtype)
         z2, _, _ = get("reparam_sample")(m, lv, K, SEED, STREAM, offset, z_out)
         assert z2 is z_out
-        dmu, dlogvar = get("reparam_sample_backward")(xp.asarray(dz), xp.asarray(dlog_q),
-                                                      xp.asarray(dlog_p), m, lv, SEED,
-                                                      STREAM, offset)
+        dmu, dlogvar = get("reparam_sample_backward")(
+            xp.asarray(dz), xp.asarray(dlog_q), xp.asarray(dlog_p), m, lv, SEED, STREAM, offset
+        )
         # None upstream gradients read as zeros (the reference takes the zeros themselves)
         zeros = (lambda shape: np.zeros(shape, dtype)) if xp is np else (lambda shape: None)
-        dmu0, dlv0 = get("reparam_sample_backward")(zeros((K, B, Z)), xp.asarray(dlog_q),
-                                                    zeros((K, B)), m, lv, SEED, STREAM, offset)
+        dmu0, dlv0 = get("reparam_sample_backward")(
+            zeros((K, B, Z)), xp.asarray(dlog_q), zeros((K, B)), m, lv, SEED, STREAM, offset
+        )
         return [_host(xp, a) for a in (z, log_q, log_p, z2, dmu, dlogvar, dmu0, dlv0)]
 
     want, got = _both(cp, body)
@@ -266,9 +291,8 @@ def test_reparam_sample(cp, dtype, K, B, Z, offset, rng):
     _assert_within(z, want[0], c * e * (np.abs(mu) + sigma * big_e + np.abs(z_ref)), "z")
     np.testing.assert_array_equal(z2, z)
     # row sums of Z terms each good to c ulp: (c + Z) eps times the sum of |terms|
-    _assert_within(log_q, want[1],
-                   (c + Z) * e * (np.abs(logvar) + big_e ** 2 + 1).sum(-1), "log_q")
-    _assert_within(log_p, want[2], (c + Z) * e * (z_ref ** 2 + 1).sum(-1), "log_p")
+    _assert_within(log_q, want[1], (c + Z) * e * (np.abs(logvar) + big_e**2 + 1).sum(-1), "log_q")
+    _assert_within(log_p, want[2], (c + Z) * e * (z_ref**2 + 1).sum(-1), "log_p")
     # backward: K terms g = dz - dlog_p z, each with z good to c ulp
     g_mag = np.abs(dz) + np.abs(dlog_p)[..., None] * (np.abs(mu) + sigma * big_e)  # (K, B, Z)
     _assert_within(dmu, want[4], (c + K) * e * g_mag.sum(0) + 1e-300, "dmu")
@@ -286,7 +310,8 @@ def test_reparam_sample_empty_axes(cp, dtype, B, Z):
     assert z.shape == (4, B, Z) and log_q.shape == log_p.shape == (4, B)
     assert np.all(cp.asnumpy(log_q) == 0) and np.all(cp.asnumpy(log_p) == 0)
     dmu, dlogvar = kernels.get("reparam_sample_backward", "cupy")(
-        cp.ones((4, B, Z), dtype), cp.ones((4, B), dtype), cp.ones((4, B), dtype), mu, mu, SEED)
+        cp.ones((4, B, Z), dtype), cp.ones((4, B), dtype), cp.ones((4, B), dtype), mu, mu, SEED
+    )
     assert dmu.shape == dlogvar.shape == (B, Z)
 
 
@@ -294,8 +319,7 @@ def test_reparam_sample_empty_axes(cp, dtype, B, Z):
 # gumbel_softmax (+ backward) and gumbel_max
 # ---------------------------------------------------------------------------------------------
 
-GUMBEL_CASES = [(1, 1, 0), (3, 1, 1), (7, 2, 3), (33, 10, 5), (1001, 10, 0),
-                (9, 513, 2 ** 35 + 1)]
+GUMBEL_CASES = [(1, 1, 0), (3, 1, 1), (7, 2, 3), (33, 10, 5), (1001, 10, 0), (9, 513, 2**35 + 1)]
 
 
 def _softmax_bound(dtype, logits, g, tau, y_ref):
@@ -315,7 +339,7 @@ def _softmax_bound(dtype, logits, g, tau, y_ref):
 def test_gumbel_softmax(cp, dtype, N, C, offset, tau, rng):
     logits = (2.0 * rng.standard_normal((N, C))).astype(dtype)
     if C > 2:
-        logits[:, 1] = -np.inf                       # a masked category
+        logits[:, 1] = -np.inf  # a masked category
     dy = rng.standard_normal((N, C)).astype(dtype)
 
     def body(xp, get):
@@ -350,16 +374,16 @@ def test_gumbel_softmax(cp, dtype, N, C, offset, tau, rng):
     sd = np.abs((dy * y_ref).sum(1, keepdims=True))
     from_y = (bound * (np.abs(dy) + sd) + y_ref * (np.abs(dy) * bound).sum(1, keepdims=True)) / tau
     _assert_within(dlogits, want[5], (C + 8) * e * d_mag + 2 * from_y + 1e-36, "dlogits (own y)")
-    d2, t2 = kernels.get("gumbel_softmax_backward", "cupy")(cp.asarray(dy), cp.asarray(y_ref),
-                                                            tau)
+    d2, t2 = kernels.get("gumbel_softmax_backward", "cupy")(cp.asarray(dy), cp.asarray(y_ref), tau)
     d2w, t2w = kernels.get("gumbel_softmax_backward", "numpy")(dy, y_ref, tau)
     _assert_within(cp.asnumpy(d2), d2w, (C + 8) * e * d_mag + 1e-36, "dlogits")
     a = np.where(y_ref > 0, np.log(np.where(y_ref > 0, y_ref, 1)), 0)
     t_mag = float((np.abs(d2w) * (np.abs(a) + 1)).sum())
     assert abs(t2 - t2w) <= (C + 16) * e * t_mag + 1e-300, (t2, t2w)
     # with the softmax argument passed in
-    t3 = kernels.get("gumbel_softmax_backward", "cupy")(cp.asarray(dy), cp.asarray(y_ref), tau,
-                                                        cp.asarray(a.astype(dtype)))[1]
+    t3 = kernels.get("gumbel_softmax_backward", "cupy")(
+        cp.asarray(dy), cp.asarray(y_ref), tau, cp.asarray(a.astype(dtype))
+    )[1]
     t3w = kernels.get("gumbel_softmax_backward", "numpy")(dy, y_ref, tau, a.astype(dtype))[1]
     assert abs(t3 - t3w) <= (C + 16) * e * t_mag + 1e-300, (t3, t3w)
 
@@ -368,7 +392,7 @@ def test_gumbel_softmax(cp, dtype, N, C, offset, tau, rng):
 def test_gumbel_softmax_zero_temperature_and_huge_logits(cp, dtype, rng):
     # s - max s is taken before dividing by tau: no overflow, exactly one-hot rows, no NaN.
     logits = np.where(rng.random((200, 7)) < 0.5, -1e4, 1e4).astype(dtype)
-    logits[:, 0] = 1e4 + 50.0                          # a clear winner in float32 and float64
+    logits[:, 0] = 1e4 + 50.0  # a clear winner in float32 and float64
     lg = cp.asarray(logits)
     y = cp.asnumpy(kernels.get("gumbel_softmax", "cupy")(lg, 1e-8, 7))
     index = cp.asnumpy(kernels.get("gumbel_max", "cupy")(lg, 7))
@@ -381,12 +405,12 @@ def test_gumbel_softmax_zero_temperature_and_huge_logits(cp, dtype, rng):
 # nearest_code
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N, M, E", [(1, 1, 1), (5, 3, 2), (101, 37, 8), (257, 300, 5),
-                                     (0, 4, 3)])
+@pytest.mark.parametrize("N, M, E", [(1, 1, 1), (5, 3, 2), (101, 37, 8), (257, 300, 5), (0, 4, 3)])
 @pytest.mark.parametrize("tiles", ["one", "many"])
 def test_nearest_code(cp, dtype, N, M, E, tiles, rng, monkeypatch):
-    if tiles == "many":      # a score block of 3 query rows: several GEMM tiles and launches
+    if tiles == "many":  # a score block of 3 query rows: several GEMM tiles and launches
         monkeypatch.setattr(NC, "_CUPY_BLOCK_BYTES", 3 * M * np.dtype(dtype).itemsize)
     x = rng.standard_normal((N, E)).astype(dtype)
     codebook = rng.standard_normal((M, E)).astype(dtype)
@@ -403,7 +427,7 @@ def test_nearest_code(cp, dtype, N, M, E, tiles, rng, monkeypatch):
     assert index.dtype == np.int64 and dist2.dtype == np.dtype(dtype)
     # The argmin of computed scores may differ from the reference's (cuBLAS vs BLAS rounding)
     # only between codes whose distances differ by less than the scores' rounding error.
-    true = ((x.astype(float)[:, None] - codebook.astype(float)[None]) ** 2).sum(-1)   # (N, M)
+    true = ((x.astype(float)[:, None] - codebook.astype(float)[None]) ** 2).sum(-1)  # (N, M)
     rows = np.arange(N)
     e = EPS[np.dtype(dtype)]
     slack = 8 * E * e * ((x.astype(float) ** 2).sum(1) + (codebook.astype(float) ** 2).sum(1).max())
@@ -418,10 +442,10 @@ def test_nearest_code_separated_data_and_ties(cp, dtype, rng):
     # Codes on a grid (spacing 1) and queries within 0.1 of one: the nearest code is unambiguous,
     # so the index must equal the reference's. Exact duplicate codes return the first copy.
     grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 2)
-    codebook = np.concatenate([grid, grid[:5]]).astype(dtype)          # rows 36..40 = rows 0..4
+    codebook = np.concatenate([grid, grid[:5]]).astype(dtype)  # rows 36..40 = rows 0..4
     pick = rng.integers(0, 36, 500)
     x = (grid[pick] + rng.uniform(-0.1, 0.1, (500, 2))).astype(dtype)
-    x[:5] = codebook[36:41]                                            # exactly on duplicates
+    x[:5] = codebook[36:41]  # exactly on duplicates
     index, dist2 = kernels.get("nearest_code", "cupy")(cp.asarray(x), cp.asarray(codebook))
     index, dist2 = cp.asnumpy(index), cp.asnumpy(dist2)
     np.testing.assert_array_equal(index, kernels.get("nearest_code", "numpy")(x, codebook)[0])
@@ -441,12 +465,13 @@ def test_nearest_code_ties_go_to_the_lowest_index(cp, dtype):
     x = np.zeros((7, E), dtype)
     index, dist2 = kernels.get("nearest_code", "cupy")(cp.asarray(x), cp.asarray(codebook))
     np.testing.assert_array_equal(cp.asnumpy(index), np.full(7, 5))
-    np.testing.assert_array_equal(cp.asnumpy(index), kernels.get("nearest_code", "numpy")(
-        x, codebook)[0])
+    np.testing.assert_array_equal(
+        cp.asnumpy(index), kernels.get("nearest_code", "numpy")(x, codebook)[0]
+    )
     np.testing.assert_array_equal(cp.asnumpy(dist2), np.ones(7, dtype))
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")   # NumPy's, under the emulator
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # NumPy's, under the emulator
 def test_nearest_code_rejects_overflow_and_non_finite(cp):
     x = cp.asarray(np.full((3, 4), 1e19, np.float32))
     codebook = cp.asarray(np.full((2, 4), -1e19, np.float32))
@@ -455,22 +480,25 @@ def test_nearest_code_rejects_overflow_and_non_finite(cp):
     bad = np.zeros((3, 4), np.float32)
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        kernels.get("nearest_code", "cupy")(cp.asarray(bad), cp.asarray(np.zeros((2, 4),
-                                                                                 np.float32)))
+        kernels.get("nearest_code", "cupy")(
+            cp.asarray(bad), cp.asarray(np.zeros((2, 4), np.float32))
+        )
 
 
 def test_nearest_code_copies_non_contiguous_queries(cp, rng):
     x = rng.standard_normal((40, 6)).astype(np.float32)
     codebook = rng.standard_normal((9, 3)).astype(np.float32)
     got = kernels.get("nearest_code", "cupy")(cp.asarray(x)[:, ::2], cp.asarray(codebook))
-    want = kernels.get("nearest_code", "cupy")(cp.asarray(np.ascontiguousarray(x[:, ::2])),
-                                               cp.asarray(codebook))
+    want = kernels.get("nearest_code", "cupy")(
+        cp.asarray(np.ascontiguousarray(x[:, ::2])), cp.asarray(codebook)
+    )
     np.testing.assert_array_equal(cp.asnumpy(got[0]), cp.asnumpy(want[0]))
 
 
 # ---------------------------------------------------------------------------------------------
 # adam_update
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (7, 3), (1001,), (4, 5, 6)])
@@ -480,11 +508,11 @@ def test_adam_update(cp, dtype, shape, rng):
 
     def body(xp, get):
         update = get("adam_update")
-        p, m, v = (xp.array(a) for a in host)   # copies: the update is in place
+        p, m, v = (xp.array(a) for a in host)  # copies: the update is in place
         v = abs(v)
-        for t, g in enumerate(grads, start=1):      # three steps, bias corrections folded in
-            step = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
-            update(p, xp.asarray(g), m, v, step, 0.9, 0.999, 1e-8 * np.sqrt(1 - 0.999 ** t))
+        for t, g in enumerate(grads, start=1):  # three steps, bias corrections folded in
+            step = 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+            update(p, xp.asarray(g), m, v, step, 0.9, 0.999, 1e-8 * np.sqrt(1 - 0.999**t))
         return [_host(xp, a) for a in (p, m, v)]
 
     want, got = _both(cp, body)
@@ -497,9 +525,18 @@ def test_adam_update(cp, dtype, shape, rng):
 # Registration, dispatch from the engine, bad input
 # ---------------------------------------------------------------------------------------------
 
-OPS = ["bernoulli_loglik", "bernoulli_loglik_backward", "importance_weights", "reparam_sample",
-       "reparam_sample_backward", "gumbel_softmax", "gumbel_softmax_backward", "gumbel_max",
-       "nearest_code", "adam_update"]
+OPS = [
+    "bernoulli_loglik",
+    "bernoulli_loglik_backward",
+    "importance_weights",
+    "reparam_sample",
+    "reparam_sample_backward",
+    "gumbel_softmax",
+    "gumbel_softmax_backward",
+    "gumbel_max",
+    "nearest_code",
+    "adam_update",
+]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -528,11 +565,17 @@ def test_engine_dispatches_cupy_arrays_to_the_cupy_kernels(cp, rng):
         _assert_parity(g, w, np.float32)
 
 
-@pytest.mark.parametrize("op, args", [
-    ("bernoulli_loglik", lambda: (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))),
-    ("importance_weights", lambda: (np.zeros((2, 3), np.float32),)),
-    ("adam_update", lambda: tuple(np.zeros(3, np.float32) for _ in range(4)) + (1, .9, .9, 1)),
-])
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        ("bernoulli_loglik", lambda: (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))),
+        ("importance_weights", lambda: (np.zeros((2, 3), np.float32),)),
+        (
+            "adam_update",
+            lambda: tuple(np.zeros(3, np.float32) for _ in range(4)) + (1, 0.9, 0.9, 1),
+        ),
+    ],
+)
 def test_cupy_variants_reject_numpy_arrays(cp, op, args):
     with pytest.raises(TypeError, match="cupy.ndarray"):
         kernels.get(op, "cupy")(*args())

@@ -1,5 +1,6 @@
 """Tests of kernels.fastmath: ulp error over float32 sweeps and float64 samples, exact special
 values, dtype preservation, vectorization, and independence from the caller's fastmath flags."""
+
 import re
 
 import numpy as np
@@ -19,6 +20,7 @@ def _loop(f):
     def loop(x, out):
         for i in range(x.shape[0]):
             out[i] = f(x[i])
+
     return loop
 
 
@@ -34,8 +36,11 @@ def _apply(name, x):
 def _ordered(a):
     """Map float bits to integers that are monotonic in the float value (ulp steps)."""
     bits = a.view(np.int32 if a.dtype == np.float32 else np.int64).astype(np.int64)
-    return np.where(bits < 0, -(bits & np.int64(0x7FFFFFFFFFFFFFFF if a.dtype == np.float64
-                                                 else 0x7FFFFFFF)), bits)
+    return np.where(
+        bits < 0,
+        -(bits & np.int64(0x7FFFFFFFFFFFFFFF if a.dtype == np.float64 else 0x7FFFFFFF)),
+        bits,
+    )
 
 
 def _expected_f32(name, x):
@@ -69,6 +74,7 @@ def _sweep32(stride, start=0):
 # Accuracy
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(F32_FUNCS))
 def test_float32_sweep_of_whole_range(name):
     # 4.2 million bit patterns; the stride is odd so every mantissa residue class is visited.
@@ -86,8 +92,9 @@ def test_float32_dense_sweep(name):
         assert _max_steps(_apply(name, part), _expected_f32(name, part)) <= fm.ULP_BOUNDS[name]
 
 
-@pytest.mark.parametrize("name, lo, hi", [
-    ("exp_f32", -88.0, 89.0), ("log_f32", 0.5, 2.0), ("log1p_f32", -0.5, 1.0)])
+@pytest.mark.parametrize(
+    "name, lo, hi", [("exp_f32", -88.0, 89.0), ("log_f32", 0.5, 2.0), ("log1p_f32", -0.5, 1.0)]
+)
 def test_float32_every_value_where_it_matters(name, lo, hi):
     # about 20 million evenly spaced float32 (in bit order) where the range-reduction boundaries
     # (k ln2 for exp, sqrt(2) 2^k for log) lie; every value when the range has fewer
@@ -109,14 +116,24 @@ def test_float64_random_samples(name, rng):
     n = 1 << 20
     lo, hi = fm.EXP_LIMITS[np.dtype(np.float64)]
     if name == "exp_f64":
-        x = np.concatenate([rng.uniform(lo, hi, n),
-                            rng.uniform(-1, 1, n) * 10.0 ** rng.uniform(-20, 0, n)])
+        x = np.concatenate(
+            [rng.uniform(lo, hi, n), rng.uniform(-1, 1, n) * 10.0 ** rng.uniform(-20, 0, n)]
+        )
     elif name == "log_f64":
-        x = np.concatenate([rng.integers(1, 0x7FF0000000000000, n, dtype=np.int64)
-                            .view(np.float64), 1.0 + rng.uniform(-0.3, 0.5, n)])
+        x = np.concatenate(
+            [
+                rng.integers(1, 0x7FF0000000000000, n, dtype=np.int64).view(np.float64),
+                1.0 + rng.uniform(-0.3, 0.5, n),
+            ]
+        )
     else:
-        x = np.concatenate([rng.uniform(-1, 1, n) * 10.0 ** rng.uniform(-30, 0, n),
-                            10.0 ** rng.uniform(0, 300, n), -1.0 + 10.0 ** rng.uniform(-15, 0, n)])
+        x = np.concatenate(
+            [
+                rng.uniform(-1, 1, n) * 10.0 ** rng.uniform(-30, 0, n),
+                10.0 ** rng.uniform(0, 300, n),
+                -1.0 + 10.0 ** rng.uniform(-15, 0, n),
+            ]
+        )
     got = _apply(name, x)
     want = F64_FUNCS[name](x.astype(np.longdouble)).astype(np.float64)
     assert _max_steps(got, want) <= fm.ULP_BOUNDS[name]
@@ -126,21 +143,37 @@ def test_float64_random_samples(name, rng):
 # Special values
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exp_special_values(dtype):
     name = "exp_f32" if dtype == np.float32 else "exp_f64"
     lo, hi = fm.EXP_LIMITS[np.dtype(dtype)]
     inf = dtype(np.inf)
-    x = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, hi, np.nextafter(hi, inf), lo,
-                  np.nextafter(lo, -inf), -1e30, 1e30, 1.0], dtype=dtype)
+    x = np.array(
+        [
+            -np.inf,
+            np.inf,
+            np.nan,
+            0.0,
+            -0.0,
+            hi,
+            np.nextafter(hi, inf),
+            lo,
+            np.nextafter(lo, -inf),
+            -1e30,
+            1e30,
+            1.0,
+        ],
+        dtype=dtype,
+    )
     y = _apply(name, x)
     tiny = np.finfo(dtype).tiny
     assert y[0] == 0 and y[1] == np.inf and np.isnan(y[2])
     assert y[3] == 1 and y[4] == 1
-    assert np.isfinite(y[5]) and y[5] > np.finfo(dtype).max / 2     # largest finite result
-    assert y[6] == np.inf                                           # first overflowing input
-    assert y[7] >= tiny                                             # smallest normal result
-    assert y[8] == 0                                                # flushed, not subnormal
+    assert np.isfinite(y[5]) and y[5] > np.finfo(dtype).max / 2  # largest finite result
+    assert y[6] == np.inf  # first overflowing input
+    assert y[7] >= tiny  # smallest normal result
+    assert y[8] == 0  # flushed, not subnormal
     assert y[9] == 0 and y[10] == np.inf
     assert abs(float(y[11]) - np.e) <= np.spacing(dtype(np.e))
 
@@ -158,22 +191,23 @@ def test_exp_never_returns_subnormals():
 def test_log_and_log1p_special_values(dtype):
     sfx = "_f32" if dtype == np.float32 else "_f64"
     tiny = np.finfo(dtype).tiny
-    sub = dtype(tiny / 2 ** 10)
-    x = np.array([0.0, -0.0, np.inf, -np.inf, -1.0, np.nan, 1.0, sub, np.finfo(dtype).max],
-                 dtype=dtype)
+    sub = dtype(tiny / 2**10)
+    x = np.array(
+        [0.0, -0.0, np.inf, -np.inf, -1.0, np.nan, 1.0, sub, np.finfo(dtype).max], dtype=dtype
+    )
     y = _apply("log" + sfx, x)
     assert y[0] == -np.inf and y[1] == -np.inf and y[2] == np.inf
     assert np.isnan(y[3]) and np.isnan(y[4]) and np.isnan(y[5])
     assert y[6] == 0
     with np.errstate(all="ignore"):
         want = np.log(x[7:].astype(np.float64)).astype(dtype)
-    np.testing.assert_allclose(y[7:], want, rtol=2 * np.finfo(dtype).eps)   # subnormal, max
+    np.testing.assert_allclose(y[7:], want, rtol=2 * np.finfo(dtype).eps)  # subnormal, max
 
     x1 = np.array([-1.0, -2.0, -np.inf, np.inf, np.nan, 0.0, 1e-30, -1e-30, 1.0], dtype=dtype)
     y1 = _apply("log1p" + sfx, x1)
     assert y1[0] == -np.inf and np.isnan(y1[1]) and np.isnan(y1[2]) and y1[3] == np.inf
     assert np.isnan(y1[4]) and y1[5] == 0
-    assert y1[6] == x1[6] and y1[7] == x1[7]              # log1p(x) = x for tiny x, exactly
+    assert y1[6] == x1[6] and y1[7] == x1[7]  # log1p(x) = x for tiny x, exactly
     assert abs(float(y1[8]) - np.log(2.0)) <= np.spacing(dtype(np.log(2.0)))
 
 
@@ -183,16 +217,17 @@ def test_generic_names_pick_the_dtype():
         return fm.exp(a), fm.log(a), fm.log1p(a), fm.exp(b), fm.log(b), fm.log1p(b)
 
     out = both(np.float32(0.5), 0.5)
-    assert [type(v) for v in out] == [float] * 6    # boxed; check values for the precision
+    assert [type(v) for v in out] == [float] * 6  # boxed; check values for the precision
     assert out[0] == fm.exp_f32(np.float32(0.5)) and out[3] == fm.exp_f64(0.5)
-    assert out[0] != out[3]                         # the float32 result is rounded to float32
-    assert isinstance(fm.exp(np.float32(1.0)), np.float32)   # from Python
+    assert out[0] != out[3]  # the float32 result is rounded to float32
+    assert isinstance(fm.exp(np.float32(1.0)), np.float32)  # from Python
     assert fm.log(1.0) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
 # Code generation: float32 stays float32, and loops vectorize
 # ---------------------------------------------------------------------------------------------
+
 
 def test_float32_loop_stays_float32_and_vectorizes():
     @njit
@@ -230,8 +265,9 @@ def test_caller_fastmath_flags_do_not_change_results():
             for i in range(x.shape[0]):
                 a, b, c = fm.exp_f32(x[i]), fm.log_f32(x[i]), fm.log1p_f32(x[i])
                 o1[i], o2[i], o3[i] = a, b, c
-                s += a          # a reduction that needs reassoc to vectorize
+                s += a  # a reduction that needs reassoc to vectorize
             return s
+
         return loop
 
     x = np.concatenate([_sweep32(65537), np.array([-np.inf, np.inf, np.nan], np.float32)])

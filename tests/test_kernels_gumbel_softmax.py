@@ -3,6 +3,7 @@ variant against the reference (forward, backward, gumbel_max; float32 and float6
 reference's backward against central differences, the tau -> 0 and huge-logit limits, the
 straight-through rule, Gumbel-max frequencies, thread-count independence, the float32 IR, and
 bad input."""
+
 import math
 import re
 
@@ -19,8 +20,10 @@ from lvmcore.exceptions import InvalidParameterError
 from lvmcore.testing import gradcheck
 
 DTYPES = [np.float32, np.float64]
-EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps),
-       np.dtype(np.float64): float(np.finfo(np.float64).eps)}
+EPS = {
+    np.dtype(np.float32): float(np.finfo(np.float32).eps),
+    np.dtype(np.float64): float(np.finfo(np.float64).eps),
+}
 # (N, C): C = 1, 2, 10 and 513 (not a multiple of 4, so rows straddle Philox blocks), odd N;
 # (1001, 10) and (9, 513) span several 4096-element chunks.
 SHAPES = [(1, 1), (3, 1), (7, 2), (33, 10), (1001, 10), (9, 513)]
@@ -56,8 +59,9 @@ def threads():
 # The fused generator reproduces kernels.philox
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("first", [0, 5, 2 ** 35 + 1])
+@pytest.mark.parametrize("first", [0, 5, 2**35 + 1])
 def test_gumbels_match_philox_reference(dtype, first):
     per = 4 if dtype == np.float32 else 2
     buf = np.empty(per * 50001, dtype)
@@ -70,6 +74,7 @@ def test_gumbels_match_philox_reference(dtype, first):
 # ---------------------------------------------------------------------------------------------
 # Forward, gumbel_max: every variant vs the reference
 # ---------------------------------------------------------------------------------------------
+
 
 def _softmax_tol(dtype, logits, g, tau, y_ref):
     """|y - y_ref| bound: the noise's few ulp plus one rounding of s = logits + g, divided by
@@ -96,8 +101,9 @@ def test_forward_variants_match_reference(variant, dtype, shape, offset, tau, rn
     tol = _softmax_tol(dtype, logits.astype(np.float64), g, tau, y_ref.astype(np.float64))
     assert np.all(np.abs(y.astype(np.float64) - y_ref) <= tol)
     # rows sum to one
-    np.testing.assert_allclose(y.sum(axis=1, dtype=np.float64), 1, rtol=0,
-                               atol=(c + 4) * EPS[np.dtype(dtype)])
+    np.testing.assert_allclose(
+        y.sum(axis=1, dtype=np.float64), 1, rtol=0, atol=(c + 4) * EPS[np.dtype(dtype)]
+    )
 
 
 @pytest.mark.parametrize("variant", _cpu(G.MAX_VARIANTS))
@@ -147,6 +153,7 @@ def test_noise_continues_across_offsets(dtype, rng):
 # Limits: tau -> 0, huge logits, masked categories
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tau", [1e-3, 1e-8])
@@ -182,8 +189,9 @@ def test_huge_logits_float32_stay_finite(backend, tau, rng):
     top = logits == 1e4
     rows = top.any(axis=1)
     np.testing.assert_allclose((y * top).sum(axis=1)[rows], 1, atol=1e-5)
-    dlogits, dtau = G.gumbel_softmax_backward(rng.standard_normal(y.shape).astype(np.float32),
-                                              y, tau, backend=backend)
+    dlogits, dtau = G.gumbel_softmax_backward(
+        rng.standard_normal(y.shape).astype(np.float32), y, tau, backend=backend
+    )
     assert np.isfinite(dlogits).all() and math.isfinite(dtau)
 
 
@@ -192,13 +200,12 @@ def test_masked_categories_get_zero_probability_and_gradient(backend, rng):
     logits = rng.standard_normal((50, 6))
     logits[:, [1, 4]] = -np.inf
     logits[7, :] = -np.inf
-    logits[7, 2] = 0.0                                  # a row with one category left
+    logits[7, 2] = 0.0  # a row with one category left
     y = G.gumbel_softmax(logits, 0.5, 9, backend=backend)
     assert np.isfinite(y).all()
     np.testing.assert_array_equal(y[:, [1, 4]], 0)
     np.testing.assert_array_equal(y[7], [0, 0, 1, 0, 0, 0])
-    dlogits, dtau = G.gumbel_softmax_backward(rng.standard_normal(y.shape), y, 0.5,
-                                              backend=backend)
+    dlogits, dtau = G.gumbel_softmax_backward(rng.standard_normal(y.shape), y, 0.5, backend=backend)
     np.testing.assert_array_equal(dlogits[:, [1, 4]], 0)
     assert np.isfinite(dlogits).all() and math.isfinite(dtau)
 
@@ -206,6 +213,7 @@ def test_masked_categories_get_zero_probability_and_gradient(backend, rng):
 # ---------------------------------------------------------------------------------------------
 # Backward
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("use_argument", [False, True])
 def test_reference_backward_matches_finite_differences(use_argument, rng):
@@ -221,8 +229,7 @@ def test_reference_backward_matches_finite_differences(use_argument, rng):
     y = G.gumbel_softmax_ref(logits, float(tau[0]), SEED, STREAM, 2)
     a = (logits + g) / tau[0] if use_argument else None
     dlogits, dtau = G.gumbel_softmax_backward_ref(probe, y, float(tau[0]), a)
-    gradcheck(loss, {"logits": logits, "tau": tau},
-              {"logits": dlogits, "tau": np.array([dtau])})
+    gradcheck(loss, {"logits": logits, "tau": tau}, {"logits": dlogits, "tau": np.array([dtau])})
 
 
 @pytest.mark.parametrize("variant", _cpu(G.BACKWARD_VARIANTS))
@@ -272,8 +279,7 @@ def test_hard_forward_is_one_hot_and_its_backward_is_the_soft_one(dtype, rng):
     for backend in ("numpy", "numba"):
         soft = G.gumbel_softmax(logits, 0.5, 4, 5, 6, backend=backend)
         y_soft = np.empty_like(logits)
-        hard = G.gumbel_softmax(logits, 0.5, 4, 5, 6, hard=True, y_soft_out=y_soft,
-                                backend=backend)
+        hard = G.gumbel_softmax(logits, 0.5, 4, 5, 6, hard=True, y_soft_out=y_soft, backend=backend)
         np.testing.assert_array_equal(y_soft, soft)
         np.testing.assert_array_equal(hard.sum(axis=1), 1)
         np.testing.assert_array_equal(hard, _one_hot(np.argmax(soft, axis=1), 6, dtype))
@@ -287,6 +293,7 @@ def test_hard_forward_is_one_hot_and_its_backward_is_the_soft_one(dtype, rng):
 @pytest.mark.oracle
 def test_backward_matches_torch_autograd(rng):
     import torch
+
     n, c = 6, 5
     logits = rng.standard_normal((n, c))
     dy = rng.standard_normal((n, c))
@@ -295,8 +302,7 @@ def test_backward_matches_torch_autograd(rng):
     tt = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
     torch.softmax((tl + g) / tt, dim=1).backward(torch.from_numpy(dy))
     y = G.gumbel_softmax(logits, 0.8, SEED, STREAM, 3)
-    np.testing.assert_allclose(y, torch.softmax((tl + g) / tt, dim=1).detach().numpy(),
-                               rtol=1e-13)
+    np.testing.assert_allclose(y, torch.softmax((tl + g) / tt, dim=1).detach().numpy(), rtol=1e-13)
     for backend in ("numpy", "numba"):
         dlogits, dtau = G.gumbel_softmax_backward(dy, y, 0.8, backend=backend)
         np.testing.assert_allclose(dlogits, tl.grad.numpy(), rtol=1e-10, atol=1e-12)
@@ -307,8 +313,10 @@ def test_backward_matches_torch_autograd(rng):
 # Sampling distribution, determinism, IR
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend, dtype", [("numpy", np.float64), ("numba", np.float64),
-                                            ("numba", np.float32)])
+
+@pytest.mark.parametrize(
+    "backend, dtype", [("numpy", np.float64), ("numba", np.float64), ("numba", np.float32)]
+)
 def test_gumbel_max_frequencies_follow_softmax(backend, dtype):
     logits = np.array([0.3, -1.2, 2.0, 0.0, -0.5, 1.1])
     p = np.exp(logits - logits.max())
@@ -328,9 +336,12 @@ def test_results_do_not_depend_on_thread_count(threads, rng):
     for t in (1, threads):
         numba.set_num_threads(t)
         y = G.gumbel_softmax(logits, 0.5, SEED, STREAM, 7)
-        out[t] = (y, G.gumbel_softmax(logits, 0.5, SEED, STREAM, 7, hard=True),
-                  G.gumbel_max(logits, SEED, STREAM, 7),
-                  *G.gumbel_softmax_backward(dy, y, 0.5))
+        out[t] = (
+            y,
+            G.gumbel_softmax(logits, 0.5, SEED, STREAM, 7, hard=True),
+            G.gumbel_max(logits, SEED, STREAM, 7),
+            *G.gumbel_softmax_backward(dy, y, 0.5),
+        )
     for a, b in zip(out[1], out[threads]):
         np.testing.assert_array_equal(a, b)
 
@@ -342,13 +353,25 @@ def test_float32_kernels_do_no_float64_arithmetic():
     opts = dict(parallel=True, error_model="numpy", fastmath=False)
     fwd = njit(**opts)(G._forward_v1.py_func)
     y = np.empty_like(logits)
-    fwd(logits, np.float32(0.5), np.float32(0), np.float32(1), *P.key_words(1, 2), np.int64(0),
-        4, 2, True, True, y, y.copy())
+    fwd(
+        logits,
+        np.float32(0.5),
+        np.float32(0),
+        np.float32(1),
+        *P.key_words(1, 2),
+        np.int64(0),
+        4,
+        2,
+        True,
+        True,
+        y,
+        y.copy(),
+    )
     mx = njit(**opts)(G._max_v1.py_func)
     mx(logits, *P.key_words(1, 2), np.int64(0), 4, 2, np.empty(5, np.int64))
     for f in (fwd, mx):
         ir = f.inspect_llvm(f.signatures[0])
-        assert re.search(r"\bfadd( [a-z]+)* (<\d+ x )?float", ir)          # the check works
+        assert re.search(r"\bfadd( [a-z]+)* (<\d+ x )?float", ir)  # the check works
         assert not re.search(r"\bf(add|sub|mul|div)( [a-z]+)* (<\d+ x )?double", ir)
         assert not re.search(r"\bfpext\b", ir)
 
@@ -356,6 +379,7 @@ def test_float32_kernels_do_no_float64_arithmetic():
 # ---------------------------------------------------------------------------------------------
 # Registry and public wrappers
 # ---------------------------------------------------------------------------------------------
+
 
 def test_registry(rng):
     assert kernels.get("gumbel_softmax", "numpy") is G.gumbel_softmax_ref
@@ -371,39 +395,59 @@ def test_empty_and_non_contiguous_inputs(rng):
     d, t = G.gumbel_softmax_backward(np.zeros((0, 4)), np.zeros((0, 4)), 0.5)
     assert d.shape == (0, 4) and t == 0.0
     logits = rng.standard_normal((6, 8))
-    np.testing.assert_array_equal(G.gumbel_softmax(logits[::2, ::2], 0.5, 1),
-                                  G.gumbel_softmax(logits[::2, ::2].copy(), 0.5, 1))
+    np.testing.assert_array_equal(
+        G.gumbel_softmax(logits[::2, ::2], 0.5, 1),
+        G.gumbel_softmax(logits[::2, ::2].copy(), 0.5, 1),
+    )
 
 
 LOGITS = np.zeros((4, 3), np.float32)
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(tau=0.0), InvalidParameterError,
-     r"The 'tau' parameter of gumbel_softmax must be a float in \(0, inf\)\. Got 0\.0 instead\."),
-    (dict(tau=-1.0), InvalidParameterError, "'tau' parameter of gumbel_softmax"),
-    (dict(tau=float("nan")), InvalidParameterError, "'tau' parameter"),
-    (dict(tau="1"), InvalidParameterError, "'tau' parameter"),
-    (dict(tau=1e-50), InvalidParameterError, "'tau' parameter .* positive in float32"),
-    (dict(logits=[[0.0]]), TypeError, "expected logits to be a numpy.ndarray"),
-    (dict(logits=np.zeros((4, 3), np.int32)), TypeError, "dtype float32 or float64"),
-    (dict(logits=np.zeros(3)), ValueError, "logits to have 2 dimensions"),
-    (dict(logits=np.zeros((3, 0))), ValueError, r"at least one category \(C >= 1\)"),
-    (dict(seed=-1), InvalidParameterError, "'seed' parameter of gumbel_softmax"),
-    (dict(stream=2 ** 64), InvalidParameterError, "'stream' parameter"),
-    (dict(offset=2 ** 62), InvalidParameterError, r"offset \+ N\*C <= 2\*\*62"),
-    (dict(hard="yes"), InvalidParameterError, "'hard' parameter"),
-    (dict(y_out=np.empty((4, 3), np.float64)), ValueError,
-     r"y_out to be a C-contiguous float32 array of shape \(4, 3\)"),
-    (dict(y_out=LOGITS), ValueError, "y_out to overlap no input"),
-    (dict(y_soft_out=np.empty((4, 3), np.float32)), ValueError,
-     "expected y_soft_out=None when hard=False"),
-    (dict(logits=np.full((4, 3), np.nan, np.float32), check_values=True), ValueError,
-     r"no NaN or \+inf"),
-    (dict(logits=np.full((4, 3), -np.inf, np.float32), check_values=True), ValueError,
-     "rows of -inf only"),
-    (dict(backend="fortran"), ValueError, "expected backend to be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (
+            dict(tau=0.0),
+            InvalidParameterError,
+            r"The 'tau' parameter of gumbel_softmax must be a float in \(0, inf\)\. Got 0\.0 instead\.",
+        ),
+        (dict(tau=-1.0), InvalidParameterError, "'tau' parameter of gumbel_softmax"),
+        (dict(tau=float("nan")), InvalidParameterError, "'tau' parameter"),
+        (dict(tau="1"), InvalidParameterError, "'tau' parameter"),
+        (dict(tau=1e-50), InvalidParameterError, "'tau' parameter .* positive in float32"),
+        (dict(logits=[[0.0]]), TypeError, "expected logits to be a numpy.ndarray"),
+        (dict(logits=np.zeros((4, 3), np.int32)), TypeError, "dtype float32 or float64"),
+        (dict(logits=np.zeros(3)), ValueError, "logits to have 2 dimensions"),
+        (dict(logits=np.zeros((3, 0))), ValueError, r"at least one category \(C >= 1\)"),
+        (dict(seed=-1), InvalidParameterError, "'seed' parameter of gumbel_softmax"),
+        (dict(stream=2**64), InvalidParameterError, "'stream' parameter"),
+        (dict(offset=2**62), InvalidParameterError, r"offset \+ N\*C <= 2\*\*62"),
+        (dict(hard="yes"), InvalidParameterError, "'hard' parameter"),
+        (
+            dict(y_out=np.empty((4, 3), np.float64)),
+            ValueError,
+            r"y_out to be a C-contiguous float32 array of shape \(4, 3\)",
+        ),
+        (dict(y_out=LOGITS), ValueError, "y_out to overlap no input"),
+        (
+            dict(y_soft_out=np.empty((4, 3), np.float32)),
+            ValueError,
+            "expected y_soft_out=None when hard=False",
+        ),
+        (
+            dict(logits=np.full((4, 3), np.nan, np.float32), check_values=True),
+            ValueError,
+            r"no NaN or \+inf",
+        ),
+        (
+            dict(logits=np.full((4, 3), -np.inf, np.float32), check_values=True),
+            ValueError,
+            "rows of -inf only",
+        ),
+        (dict(backend="fortran"), ValueError, "expected backend to be one of"),
+    ],
+)
 def test_forward_validation(kwargs, exc, match):
     args = dict(logits=LOGITS, tau=0.5, seed=1)
     args.update(kwargs)
@@ -411,16 +455,21 @@ def test_forward_validation(kwargs, exc, match):
         G.gumbel_softmax(**args)
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(tau=0), InvalidParameterError, "'tau' parameter of gumbel_softmax_backward"),
-    (dict(dy=np.zeros((4, 2), np.float32)), ValueError, "dy and y_soft to have one shape"),
-    (dict(dy=np.zeros((4, 3))), ValueError, "one shape and dtype"),
-    (dict(logits_plus_g_over_tau=np.zeros((4, 4), np.float32)), ValueError,
-     "logits_plus_g_over_tau to match y_soft"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(tau=0), InvalidParameterError, "'tau' parameter of gumbel_softmax_backward"),
+        (dict(dy=np.zeros((4, 2), np.float32)), ValueError, "dy and y_soft to have one shape"),
+        (dict(dy=np.zeros((4, 3))), ValueError, "one shape and dtype"),
+        (
+            dict(logits_plus_g_over_tau=np.zeros((4, 4), np.float32)),
+            ValueError,
+            "logits_plus_g_over_tau to match y_soft",
+        ),
+    ],
+)
 def test_backward_validation(kwargs, exc, match):
-    args = dict(dy=np.zeros((4, 3), np.float32), y_soft=np.full((4, 3), 1 / 3, np.float32),
-                tau=0.5)
+    args = dict(dy=np.zeros((4, 3), np.float32), y_soft=np.full((4, 3), 1 / 3, np.float32), tau=0.5)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         G.gumbel_softmax_backward(**args)

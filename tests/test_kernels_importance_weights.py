@@ -1,6 +1,7 @@
 """Tests of kernels.importance_weights: every variant against the reference, -inf / +inf / NaN
 columns, huge values, normalization, in place, thread-count independence, agreement with
 lvmcore.losses.iwae, bad input."""
+
 import math
 import warnings
 
@@ -53,6 +54,7 @@ def path(request, monkeypatch):
 # Variants against the reference
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K, B", SHAPES)
@@ -86,8 +88,12 @@ def test_in_place(variant, dtype, rng, path):
 def test_weights_sum_to_one(variant, dtype, rng):
     log_w = _log_w(rng, 5001, 7, dtype, scale=30.0)
     _, weights = IW.VARIANTS[variant](log_w)
-    np.testing.assert_allclose(weights.sum(axis=0, dtype=np.float64), 1.0,
-                               rtol=0, atol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        weights.sum(axis=0, dtype=np.float64),
+        1.0,
+        rtol=0,
+        atol=1e-5 if dtype == np.float32 else 1e-12,
+    )
     assert np.all(weights >= 0)
 
 
@@ -121,6 +127,7 @@ def test_results_do_not_depend_on_the_thread_count(rng, path):
 # Special values
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_all_minus_inf_columns(variant, dtype, rng, path):
@@ -151,17 +158,20 @@ def test_mixed_minus_inf_entries_get_zero_weight(variant, dtype, rng):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("dtype, big", [(np.float64, 1e30), (np.float64, 1e300),
-                                        (np.float32, 3e38), (np.float32, 1e30)])
+@pytest.mark.parametrize(
+    "dtype, big", [(np.float64, 1e30), (np.float64, 1e300), (np.float32, 3e38), (np.float32, 1e30)]
+)
 def test_huge_values(variant, dtype, big, path):
-    log_w = np.array([[big, -big, -big, big, 0.0],
-                      [-big, -big, -big, 1.0, 0.0],
-                      [0.0, -big, -big, 2.0, -big]], dtype=dtype)
+    log_w = np.array(
+        [[big, -big, -big, big, 0.0], [-big, -big, -big, 1.0, 0.0], [0.0, -big, -big, 2.0, -big]],
+        dtype=dtype,
+    )
     bound, weights = IW.VARIANTS[variant](log_w)
     want_b, want_w = _oracle(log_w)
     assert not np.isnan(bound).any() and not np.isnan(weights).any()
-    np.testing.assert_allclose(bound, want_b.astype(dtype), rtol=PARITY_TOLERANCES[
-        np.dtype(dtype)]["rtol"])
+    np.testing.assert_allclose(
+        bound, want_b.astype(dtype), rtol=PARITY_TOLERANCES[np.dtype(dtype)]["rtol"]
+    )
     _assert_close(weights, want_w, dtype)
     np.testing.assert_array_equal(weights[:, 0], [1, 0, 0])  # the huge entry takes all weight
     assert bound[0] == dtype(big) - dtype(math.log(3))
@@ -170,9 +180,7 @@ def test_huge_values(variant, dtype, big, path):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_plus_inf_and_nan(variant, dtype, path):
-    log_w = np.array([[np.inf, np.nan, 0.0],
-                      [1.0, 1.0, 1.0],
-                      [-np.inf, 2.0, 2.0]], dtype=dtype)
+    log_w = np.array([[np.inf, np.nan, 0.0], [1.0, 1.0, 1.0], [-np.inf, 2.0, 2.0]], dtype=dtype)
     bound, weights = IW.VARIANTS[variant](log_w)
     # +inf: bound +inf; the weight of the +inf entry is NaN (inf / inf), the others 0
     assert bound[0] == np.inf
@@ -204,6 +212,7 @@ def test_weights_are_never_subnormal(variant, dtype, spread, rng, path):
 # Agreement with the engine and with PyTorch
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_equals_lvmcore_importance_weights_forward(variant, dtype, rng):
@@ -226,8 +235,9 @@ def test_torch_cross_check(rng):
     log_w = _log_w(rng, 500, 13, np.float64)
     t = torch.from_numpy(log_w)
     bound, weights = IW.importance_weights(log_w)
-    np.testing.assert_allclose(bound, (torch.logsumexp(t, 0) - math.log(500)).numpy(),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        bound, (torch.logsumexp(t, 0) - math.log(500)).numpy(), rtol=1e-12, atol=1e-12
+    )
     np.testing.assert_allclose(weights, torch.softmax(t, 0).numpy(), rtol=1e-12, atol=1e-13)
 
 
@@ -235,20 +245,24 @@ def test_torch_cross_check(rng):
 # Registry and validation
 # ---------------------------------------------------------------------------------------------
 
+
 def test_registered():
     assert kernels.get("importance_weights", "numba") is IW.IMPLEMENTATIONS["numba"]
     assert kernels.get("importance_weights", "numpy") is IW.importance_weights_ref
     assert IW.IMPLEMENTATIONS["numba"] is IW.VARIANTS[IW.DEFAULT]
 
 
-@pytest.mark.parametrize("log_w, exc, match", [
-    (np.zeros((4, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
-    (np.zeros((4, 3), np.float16), TypeError, "float32 or float64"),
-    (np.zeros((4, 3), np.int64), TypeError, "float32 or float64"),
-    ([[0.0, 1.0]], TypeError, "numpy.ndarray"),
-    (np.zeros(4, np.float32), ValueError, "2 dimensions"),
-    (np.zeros((0, 3), np.float32), ValueError, "K >= 1"),
-])
+@pytest.mark.parametrize(
+    "log_w, exc, match",
+    [
+        (np.zeros((4, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
+        (np.zeros((4, 3), np.float16), TypeError, "float32 or float64"),
+        (np.zeros((4, 3), np.int64), TypeError, "float32 or float64"),
+        ([[0.0, 1.0]], TypeError, "numpy.ndarray"),
+        (np.zeros(4, np.float32), ValueError, "2 dimensions"),
+        (np.zeros((0, 3), np.float32), ValueError, "K >= 1"),
+    ],
+)
 def test_bad_input_is_rejected(log_w, exc, match):
     with pytest.raises(exc, match=match):
         IW.importance_weights(log_w)

@@ -1,5 +1,6 @@
 """Tests of kernels.nearest_code: every variant vs the reference vs brute force, the tie rule,
 dist2 accuracy, memory that does not grow with N x M, thread-count independence, bad input."""
+
 import sys
 import tracemalloc
 
@@ -13,14 +14,25 @@ from kernels import nearest_code as K
 DTYPES = [np.float32, np.float64]
 # CPU variants (the "cupy_*" ones have their own tests and need a device)
 VARIANTS = sorted(v for v in K.VARIANTS if not v.startswith("cupy"))
-EPS = {np.dtype(np.float32): np.finfo(np.float32).eps,
-       np.dtype(np.float64): np.finfo(np.float64).eps}
+EPS = {
+    np.dtype(np.float32): np.finfo(np.float32).eps,
+    np.dtype(np.float64): np.finfo(np.float64).eps,
+}
 
 # (N, M, E). M = 600 and 1100 span several codebook chunks of the Numba kernels (512 codes per
 # chunk in float32, 256 in float64, once N >= 512 gives 256-query tiles); N = 1001 leaves a
 # short last tile.
-SHAPES = [(1, 1, 1), (1, 7, 3), (1001, 7, 3), (1001, 1, 64), (257, 7, 1), (1001, 40, 64),
-          (600, 600, 64), (1001, 1100, 3), (33, 5, 2)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 3),
+    (1001, 7, 3),
+    (1001, 1, 64),
+    (257, 7, 1),
+    (1001, 40, 64),
+    (600, 600, 64),
+    (1001, 1100, 3),
+    (33, 5, 2),
+]
 
 
 def _separated(rng, n, m, e, dtype):
@@ -39,11 +51,11 @@ def _separated(rng, n, m, e, dtype):
         if p not in seen:
             seen.add(p)
             codes.append(p)
-    codebook = np.array(codes, dtype=np.float64)                                  # (m, e)
-    true = rng.integers(0, m, size=n)                                             # (n,)
+    codebook = np.array(codes, dtype=np.float64)  # (m, e)
+    true = rng.integers(0, m, size=n)  # (n,)
     direction = rng.standard_normal((n, e))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    x = codebook[true] + direction * rng.uniform(0.0, 0.25, size=(n, 1))          # (n, e)
+    x = codebook[true] + direction * rng.uniform(0.0, 0.25, size=(n, 1))  # (n, e)
     return x.astype(dtype), codebook.astype(dtype), true
 
 
@@ -52,7 +64,7 @@ def _brute(x, codebook):
     x, c = x.astype(np.float64), codebook.astype(np.float64)
     out = np.empty(x.shape[0], dtype=np.int64)
     for n0 in range(0, x.shape[0], 64):
-        out[n0:n0 + 64] = ((x[n0:n0 + 64, None] - c[None]) ** 2).sum(-1).argmin(1)
+        out[n0 : n0 + 64] = ((x[n0 : n0 + 64, None] - c[None]) ** 2).sum(-1).argmin(1)
     return out
 
 
@@ -73,6 +85,7 @@ def _exact_dist2(x, codebook, index):
 # Correctness
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, m, e", SHAPES)
@@ -86,8 +99,9 @@ def test_variant_matches_ref_and_brute_force(rng, variant, dtype, n, m, e):
     np.testing.assert_array_equal(index, _brute(x, codebook))
     np.testing.assert_array_equal(index, ref_index)
     # dist2 is the float64 sum rounded once to the dtype (see test_dist2_is_exact_distance).
-    np.testing.assert_allclose(dist2, _exact_dist2(x, codebook, index),
-                               rtol=_dist2_rtol(dtype, e), atol=0)
+    np.testing.assert_allclose(
+        dist2, _exact_dist2(x, codebook, index), rtol=_dist2_rtol(dtype, e), atol=0
+    )
 
 
 @pytest.mark.parametrize("variant", ["numba_v1", "numba_v2"])
@@ -106,8 +120,9 @@ def test_small_tiles_and_chunks(rng, variant, dtype):
         else:
             K._nearest_code_v2(x, codebook, cn, tile_n, tile_m, big, 3, index, dist2)
         np.testing.assert_array_equal(index, true)
-        np.testing.assert_allclose(dist2, _exact_dist2(x, codebook, index),
-                                   rtol=_dist2_rtol(dtype, 5), atol=0)
+        np.testing.assert_allclose(
+            dist2, _exact_dist2(x, codebook, index), rtol=_dist2_rtol(dtype, 5), atol=0
+        )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -121,12 +136,12 @@ def test_duplicate_codes_give_lowest_index(rng, variant, dtype):
     groups = [(3, 7), (100, 700), (511, 512), (1090, 1099), (0, 600, 1098)]
     for g in groups:
         codebook[list(g[1:])] = codebook[g[0]]
-    picks = np.array([i for g in groups for i in g] * 50)                         # (550,)
+    picks = np.array([i for g in groups for i in g] * 50)  # (550,)
     x = codebook[picks] + dtype(1e-3) * rng.standard_normal((picks.size, e)).astype(dtype)
-    x[:12] = codebook[picks[:12]]                              # some queries exactly on a code
+    x[:12] = codebook[picks[:12]]  # some queries exactly on a code
     lowest = {i: g[0] for g in groups for i in g}
     expected = np.array([lowest[int(i)] for i in picks])
-    np.testing.assert_array_equal(_brute(x, codebook), expected)    # float64: exact ties too
+    np.testing.assert_array_equal(_brute(x, codebook), expected)  # float64: exact ties too
     index, dist2 = K.VARIANTS[variant](x, codebook)
     np.testing.assert_array_equal(index, expected)
     assert np.all(dist2[:12] == 0)
@@ -146,7 +161,7 @@ def test_signed_zero_duplicates_give_lowest_index(rng, variant):
     codebook = rng.standard_normal((40, 4)).astype(np.float32)
     codebook[:, 1] = 0.0
     codebook[30] = codebook[4]
-    codebook[30, 1] = -0.0                                     # equal as numbers to row 4
+    codebook[30, 1] = -0.0  # equal as numbers to row 4
     x = codebook[[4, 30, 4]] + np.float32(1e-4)
     index, _ = K.VARIANTS[variant](x, codebook)
     np.testing.assert_array_equal(index, [4, 4, 4])
@@ -161,7 +176,8 @@ def test_dist2_is_exact_distance(rng, variant, dtype):
     norm ~10, where float32's expansion error (~1e-5) exceeds the distance (~1e-5) itself."""
     codebook = (10 * rng.standard_normal((50, 16))).astype(dtype)
     x = codebook[rng.integers(0, 50, size=500)] + dtype(1e-3) * rng.standard_normal(
-        (500, 16)).astype(dtype)
+        (500, 16)
+    ).astype(dtype)
     index, dist2 = K.VARIANTS[variant](x, codebook)
     exact = _exact_dist2(x, codebook, index)
     np.testing.assert_array_equal(index, _brute(x, codebook))
@@ -196,7 +212,7 @@ def test_codebook_sqnorm_argument(rng, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_non_contiguous_inputs_are_copied(rng, variant):
     x, codebook, true = _separated(rng, 301, 9, 6, np.float64)
-    x_strided = np.repeat(x, 2, axis=1)[:, ::2]                                   # (301, 6) view
+    x_strided = np.repeat(x, 2, axis=1)[:, ::2]  # (301, 6) view
     codebook_f = np.asfortranarray(codebook)
     assert not x_strided.flags.c_contiguous and not codebook_f.flags.c_contiguous
     index, dist2 = K.VARIANTS[variant](x_strided, codebook_f)
@@ -223,7 +239,7 @@ def test_thread_count_does_not_change_the_result(rng):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one[0], many[0])
-    np.testing.assert_array_equal(one[1], many[1])   # recomputed per row: independent of tiles
+    np.testing.assert_array_equal(one[1], many[1])  # recomputed per row: independent of tiles
 
 
 def test_registry():
@@ -236,7 +252,7 @@ def test_registry():
 # Memory: never an N x M matrix
 # ---------------------------------------------------------------------------------------------
 
-N_BIG, M_BIG, E_BIG = 32768, 2048, 8          # N x M float32 would be 256 MiB
+N_BIG, M_BIG, E_BIG = 32768, 2048, 8  # N x M float32 would be 256 MiB
 NM_BYTES = N_BIG * M_BIG * 4
 
 
@@ -268,7 +284,7 @@ def test_numba_does_not_allocate_n_by_m(rng, variant):
     (/proc/self/clear_refs) and checks that the call raised it by far less than N x M floats."""
     x = rng.standard_normal((N_BIG, E_BIG)).astype(np.float32)
     codebook = rng.standard_normal((M_BIG, E_BIG)).astype(np.float32)
-    K.VARIANTS[variant](x[:600], codebook)                      # compile and warm up first
+    K.VARIANTS[variant](x[:600], codebook)  # compile and warm up first
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -284,14 +300,18 @@ def test_numba_does_not_allocate_n_by_m(rng, variant):
 # Bad input
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bad_inputs(variant):
     f = K.VARIANTS[variant]
     x = np.zeros((10, 64), np.float32)
     cb = np.zeros((512, 64), np.float32)
-    with pytest.raises(ValueError, match=r"^nearest_code: expected codebook\.shape\[1\] == "
-                                         r"x\.shape\[1\] \(64\), got codebook of shape "
-                                         r"\(512, 32\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^nearest_code: expected codebook\.shape\[1\] == "
+        r"x\.shape\[1\] \(64\), got codebook of shape "
+        r"\(512, 32\)\.$",
+    ):
         f(x, np.zeros((512, 32), np.float32))
     with pytest.raises(TypeError, match="expected x, codebook to share one dtype"):
         f(x, cb.astype(np.float64))
@@ -299,8 +319,11 @@ def test_bad_inputs(variant):
         f(np.zeros((10, 64), np.int64), cb)
     with pytest.raises(TypeError, match="expected codebook to be a numpy.ndarray"):
         f(x, cb.tolist())
-    with pytest.raises(ValueError, match="expected x to have 2 dimensions, got an array of "
-                                         r"shape \(64,\)"):
+    with pytest.raises(
+        ValueError,
+        match="expected x to have 2 dimensions, got an array of "
+        r"shape \(64,\)",
+    ):
         f(x[0], cb)
     with pytest.raises(ValueError, match="expected codebook to have at least one row"):
         f(x, cb[:0])
@@ -321,22 +344,29 @@ def test_bad_inputs(variant):
 def test_non_finite_x_is_rejected(rng, variant, value):
     x = rng.standard_normal((700, 8)).astype(np.float32)
     x[345, 3] = value
-    with pytest.raises(ValueError, match=r"^nearest_code: expected x to contain no NaN or Inf "
-                                         r"values, got 1 of 5600\."):
+    with pytest.raises(
+        ValueError,
+        match=r"^nearest_code: expected x to contain no NaN or Inf "
+        r"values, got 1 of 5600\.",
+    ):
         K.VARIANTS[variant](x, rng.standard_normal((30, 8)).astype(np.float32))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_overflowing_distance_is_rejected(variant):
     x = np.full((3, 4), 3e38, np.float32)
-    with pytest.raises(ValueError, match="expected the squared distances to fit in float32, got "
-                                         "3 rows whose squared distance overflows"):
+    with pytest.raises(
+        ValueError,
+        match="expected the squared distances to fit in float32, got "
+        "3 rows whose squared distance overflows",
+    ):
         K.VARIANTS[variant](x, np.zeros((2, 4), np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
 # Optional cross-check against PyTorch
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.oracle
 def test_matches_torch_cdist(rng):

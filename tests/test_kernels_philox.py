@@ -1,5 +1,6 @@
 """Tests of kernels.philox: known answers, the documented counter mapping, Numba vs reference,
 thread-count independence, the inline helpers, range and distribution checks, bad input."""
+
 import numba
 import numpy as np
 import pytest
@@ -17,26 +18,38 @@ FILLS = {
 # Normals and Gumbels go through log/cos/sin, which NumPy (own SIMD loops, SVML) and Numba
 # (glibc) round differently in the last bit; chained through up to three such calls the worst
 # difference seen over 6e6 draws was 2.8 ulp of max(|x|, 1). Uniforms must match exactly.
-ULP_TOL = {np.dtype(np.float32): 8 * np.finfo(np.float32).eps,
-           np.dtype(np.float64): 8 * np.finfo(np.float64).eps}
+ULP_TOL = {
+    np.dtype(np.float32): 8 * np.finfo(np.float32).eps,
+    np.dtype(np.float64): 8 * np.finfo(np.float64).eps,
+}
 
 # Random123 tests/kat_vectors, "philox4x32 10" lines: counter (4 words), key (2), expected (4).
 KAT = [
-    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
-     (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
-     (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x00000000, 0x00000000),
+        (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8),
+    ),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
-SEED = 0x0123456789ABCDEF     # both key words non-zero
-STREAM = 0xFEDCBA9876543210   # both stream words non-zero
+SEED = 0x0123456789ABCDEF  # both key words non-zero
+STREAM = 0xFEDCBA9876543210  # both stream words non-zero
 
 
 # ---------------------------------------------------------------------------------------------
 # The bijection
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("counter, key, expected", KAT)
 def test_known_answers_ref(counter, key, expected):
@@ -54,42 +67,53 @@ def test_known_answers_numba(counter, key, expected):
 def test_ref_is_vectorized_over_counters_and_keys(rng):
     counter = rng.integers(0, 2**32, size=(257, 4), dtype=np.uint32)
     keys = rng.integers(0, 2**32, size=(257, 2), dtype=np.uint32)
-    all_at_once = P.philox4x32_10_ref(counter, keys)                         # (257, 4)
-    kat_rows = P.philox4x32_10_ref(np.array([c for c, _, _ in KAT], dtype=np.uint32),
-                                   np.array([k for _, k, _ in KAT], dtype=np.uint32))
+    all_at_once = P.philox4x32_10_ref(counter, keys)  # (257, 4)
+    kat_rows = P.philox4x32_10_ref(
+        np.array([c for c, _, _ in KAT], dtype=np.uint32),
+        np.array([k for _, k, _ in KAT], dtype=np.uint32),
+    )
     np.testing.assert_array_equal(kat_rows, np.array([e for _, _, e in KAT], dtype=np.uint32))
     shared = P.philox4x32_10_ref(counter, keys[0])
     for i in range(counter.shape[0]):
         one = P.philox4x32_10(*counter[i], *keys[i])
         np.testing.assert_array_equal(all_at_once[i], np.array(one, dtype=np.uint32))
-        np.testing.assert_array_equal(shared[i], P.philox4x32_10_ref(counter[i:i + 1], keys[0])[0])
+        np.testing.assert_array_equal(
+            shared[i], P.philox4x32_10_ref(counter[i : i + 1], keys[0])[0]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # The documented element -> counter mapping
 # ---------------------------------------------------------------------------------------------
 
+
 def _words(seed, stream, blocks):
     blocks = np.asarray(blocks, dtype=np.uint64)
-    counter = np.stack([blocks & 0xFFFFFFFF, blocks >> 32,
-                        np.full_like(blocks, stream & 0xFFFFFFFF),
-                        np.full_like(blocks, stream >> 32)], axis=1).astype(np.uint32)
+    counter = np.stack(
+        [
+            blocks & 0xFFFFFFFF,
+            blocks >> 32,
+            np.full_like(blocks, stream & 0xFFFFFFFF),
+            np.full_like(blocks, stream >> 32),
+        ],
+        axis=1,
+    ).astype(np.uint32)
     key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
-    return P.philox4x32_10_ref(counter, key)                                 # (nblocks, 4)
+    return P.philox4x32_10_ref(counter, key)  # (nblocks, 4)
 
 
-def _u32(w):        # the docstring's U32, in exact Python arithmetic
+def _u32(w):  # the docstring's U32, in exact Python arithmetic
     return np.float32(((int(w) >> 9) + 0.5) * 2.0**-23)
 
 
-def _u64(a, b):     # the docstring's U64
+def _u64(a, b):  # the docstring's U64
     return np.float64(((((int(a) << 32) | int(b)) >> 12) + 0.5) * 2.0**-52)
 
 
 def _expected_uniforms(seed, stream, n, dtype, offset):
     per = 4 if dtype == np.float32 else 2
     g = np.arange(offset, offset + n)
-    words = _words(seed, stream, g // per)                                   # (n, 4)
+    words = _words(seed, stream, g // per)  # (n, 4)
     if dtype == np.float32:
         return np.array([_u32(w[s]) for w, s in zip(words, g % 4)], dtype=np.float32)
     return np.array([_u64(w[2 * s], w[2 * s + 1]) for w, s in zip(words, g % 2)])
@@ -110,39 +134,60 @@ def test_normal_and_gumbel_follow_documented_mapping():
     u32 = np.array([_u32(x) for x in w], dtype=np.float32)
     r = np.sqrt(np.float32(-2) * np.log(u32[[0, 2]]))
     t = np.float32(2 * np.pi) * u32[[1, 3]]
-    want32 = np.array([r[0] * np.cos(t[0]), r[0] * np.sin(t[0]),
-                       r[1] * np.cos(t[1]), r[1] * np.sin(t[1])], dtype=np.float32)
+    want32 = np.array(
+        [r[0] * np.cos(t[0]), r[0] * np.sin(t[0]), r[1] * np.cos(t[1]), r[1] * np.sin(t[1])],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(P.normal_ref(SEED, STREAM, 4, np.float32, offset=12), want32)
-    np.testing.assert_array_equal(P.gumbel_ref(SEED, STREAM, 4, np.float32, offset=12),
-                                  -np.log(-np.log(u32)))
+    np.testing.assert_array_equal(
+        P.gumbel_ref(SEED, STREAM, 4, np.float32, offset=12), -np.log(-np.log(u32))
+    )
     u64 = np.array([_u64(w[0], w[1]), _u64(w[2], w[3])])
     r, t = np.sqrt(-2 * np.log(u64[0])), 2 * np.pi * u64[1]
-    np.testing.assert_array_equal(P.normal_ref(SEED, STREAM, 2, np.float64, offset=6),
-                                  [r * np.cos(t), r * np.sin(t)])
-    np.testing.assert_array_equal(P.gumbel_ref(SEED, STREAM, 2, np.float64, offset=6),
-                                  -np.log(-np.log(u64)))
+    np.testing.assert_array_equal(
+        P.normal_ref(SEED, STREAM, 2, np.float64, offset=6), [r * np.cos(t), r * np.sin(t)]
+    )
+    np.testing.assert_array_equal(
+        P.gumbel_ref(SEED, STREAM, 2, np.float64, offset=6), -np.log(-np.log(u64))
+    )
 
 
 def test_frozen_uniforms_for_ports():
     # First values for seed 42, stream 0; a CUDA port must print exactly these.
     np.testing.assert_array_equal(
         P.uniform_numba(42, 0, 4, np.float32),
-        np.array([float.fromhex(h) for h in ("0x1.39d5e2p-1", "0x1.dfd524p-2",
-                                             "0x1.2bf51p-4", "0x1.5d0accp-2")], np.float32))
+        np.array(
+            [
+                float.fromhex(h)
+                for h in ("0x1.39d5e2p-1", "0x1.dfd524p-2", "0x1.2bf51p-4", "0x1.5d0accp-2")
+            ],
+            np.float32,
+        ),
+    )
     np.testing.assert_array_equal(
         P.uniform_numba(42, 0, 4, np.float64),
-        [float.fromhex(h) for h in ("0x1.39d5e0a6efea9p-1", "0x1.2bf50ad5742b8p-4",
-                                    "0x1.f9b6424ea774dp-1", "0x1.071eb4dce89c1p-1")])
+        [
+            float.fromhex(h)
+            for h in (
+                "0x1.39d5e0a6efea9p-1",
+                "0x1.2bf50ad5742b8p-4",
+                "0x1.f9b6424ea774dp-1",
+                "0x1.071eb4dce89c1p-1",
+            )
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Numba against the reference; offsets; threads; out=
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", sorted(FILLS))
-@pytest.mark.parametrize("n, offset", [(1, 0), (3, 0), (4, 0), (4097, 0), (1, 3), (3, 1),
-                                       (4097, 5), (4097, 2**34 + 1)])
+@pytest.mark.parametrize(
+    "n, offset", [(1, 0), (3, 0), (4, 0), (4097, 0), (1, 3), (3, 1), (4097, 5), (4097, 2**34 + 1)]
+)
 def test_numba_matches_ref(kind, dtype, n, offset):
     ref, fast = FILLS[kind]
     want = ref(SEED, STREAM, n, dtype, offset)
@@ -162,7 +207,7 @@ def test_offset_is_a_window_of_the_sequence(kind, dtype, impl):
     fill = FILLS[kind][impl]
     whole = fill(7, 3, 1000, dtype)
     for offset, n in [(0, 1000), (1, 998), (2, 5), (3, 500), (999, 1), (10, 0)]:
-        np.testing.assert_array_equal(fill(7, 3, n, dtype, offset), whole[offset:offset + n])
+        np.testing.assert_array_equal(fill(7, 3, n, dtype, offset), whole[offset : offset + n])
 
 
 @pytest.fixture
@@ -205,19 +250,24 @@ def test_zero_length():
 # The inline helpers other kernels call
 # ---------------------------------------------------------------------------------------------
 
+
 def _make_at_kernel(at):
     @njit
     def fill(out, k0, k1, s0, s1, offset):
         flat = out.reshape(-1)
         for i in range(flat.size):
             flat[i] = at(k0, k1, s0, s1, offset + i)
+
     return fill
 
 
 AT_HELPERS = {
-    ("uniform", np.float32): P._uniform_f32_at, ("uniform", np.float64): P._uniform_f64_at,
-    ("normal", np.float32): P._normal_f32_at, ("normal", np.float64): P._normal_f64_at,
-    ("gumbel", np.float32): P._gumbel_f32_at, ("gumbel", np.float64): P._gumbel_f64_at,
+    ("uniform", np.float32): P._uniform_f32_at,
+    ("uniform", np.float64): P._uniform_f64_at,
+    ("normal", np.float32): P._normal_f32_at,
+    ("normal", np.float64): P._normal_f64_at,
+    ("gumbel", np.float32): P._gumbel_f32_at,
+    ("gumbel", np.float64): P._gumbel_f64_at,
 }
 
 
@@ -227,8 +277,9 @@ def test_element_helpers_match_fills(kind, dtype):
     offset = 11
     eps = np.empty((K, B, Z), dtype=dtype)
     _make_at_kernel(AT_HELPERS[kind, dtype])(eps, *P.key_words(SEED, STREAM), offset)
-    np.testing.assert_array_equal(eps.reshape(-1), FILLS[kind][1](SEED, STREAM, K * B * Z, dtype,
-                                                                  offset))
+    np.testing.assert_array_equal(
+        eps.reshape(-1), FILLS[kind][1](SEED, STREAM, K * B * Z, dtype, offset)
+    )
 
 
 @njit
@@ -251,12 +302,15 @@ def test_key_words():
     assert all(type(w) is np.uint32 for w in P.key_words(SEED, STREAM))
 
 
-@pytest.mark.parametrize("helper, args", [
-    (P._uniform01_f32, (numba.uint32,)),
-    (P._gumbel_f32, (numba.uint32,)),
-    (P._normal_pair_f32, (numba.uint32, numba.uint32)),
-    (P._normal_f32_at, (numba.uint32,) * 4 + (numba.int64,)),
-])
+@pytest.mark.parametrize(
+    "helper, args",
+    [
+        (P._uniform01_f32, (numba.uint32,)),
+        (P._gumbel_f32, (numba.uint32,)),
+        (P._normal_pair_f32, (numba.uint32, numba.uint32)),
+        (P._normal_f32_at, (numba.uint32,) * 4 + (numba.int64,)),
+    ],
+)
 def test_float32_helpers_stay_float32(helper, args):
     # PERF-NOTES "Silent float64": a stray Python float constant would make these float64.
     helper.compile(args)
@@ -267,6 +321,7 @@ def test_float32_helpers_stay_float32(helper, args):
 # ---------------------------------------------------------------------------------------------
 # Range and distribution
 # ---------------------------------------------------------------------------------------------
+
 
 def test_conversions_never_reach_0_or_1():
     lo, hi = np.uint32(0), np.uint32(0xFFFFFFFF)
@@ -300,14 +355,14 @@ def test_kolmogorov_smirnov(kind, dtype):
 
 
 def test_normal_pairs_are_uncorrelated():
-    z = P.normal_numba(3, 4, 2 * 10**5, np.float64).reshape(-1, 2)          # (N, 2) = (cos, sin)
+    z = P.normal_numba(3, 4, 2 * 10**5, np.float64).reshape(-1, 2)  # (N, 2) = (cos, sin)
     r = np.corrcoef(z[:, 0], z[:, 1])[0, 1]
     assert abs(r) < 4 / np.sqrt(z.shape[0])
     assert abs(np.corrcoef(z[:, 0] ** 2, z[:, 1] ** 2)[0, 1]) < 4 / np.sqrt(z.shape[0])
 
 
 def test_byte_frequencies_chi_square():
-    words = _words(99, 1, np.arange(2**16))                                  # (65536, 4)
+    words = _words(99, 1, np.arange(2**16))  # (65536, 4)
     counts = np.bincount(words.view(np.uint8).reshape(-1), minlength=256)
     assert stats.chisquare(counts).pvalue > 1e-3
 
@@ -335,13 +390,15 @@ def test_counter_words_are_not_swapped():
     a = _words(5, 0, [1])
     b = _words(5, 1, [0])
     assert not np.array_equal(a, b)
-    assert not np.array_equal(P.uniform_ref(5, 1, 4, np.float32), P.uniform_ref(5, 0, 4,
-                                                                                 np.float32, 4))
+    assert not np.array_equal(
+        P.uniform_ref(5, 1, 4, np.float32), P.uniform_ref(5, 0, 4, np.float32, 4)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fill", [P.uniform_ref, P.normal_numba, P.gumbel_numba])
 def test_bad_arguments(fill):

@@ -2,6 +2,7 @@
 against the reference (forward and backward, float32 and float64), the reference's backward
 against central differences, densities against scipy, noise statistics, thread-count
 independence, the float32 IR, and bad input."""
+
 import math
 import re
 
@@ -18,12 +19,14 @@ from lvmcore.exceptions import InvalidParameterError
 from lvmcore.testing import gradcheck
 
 DTYPES = [np.float32, np.float64]
-EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps),
-       np.dtype(np.float64): float(np.finfo(np.float64).eps)}
+EPS = {
+    np.dtype(np.float32): float(np.finfo(np.float32).eps),
+    np.dtype(np.float64): float(np.finfo(np.float64).eps),
+}
 # (K, B, Z): K = 1, B = 1, Z = 1, odd sizes, and one shape of several 4096-element chunks
 # whose rows straddle Philox blocks (Z = 7, 50 are not multiples of 4).
 SHAPES = [(1, 1, 1), (1, 4, 3), (6, 1, 5), (4, 3, 1), (3, 5, 7), (50, 20, 50), (2, 3, 2100)]
-OFFSETS = [0, 3, 2 ** 40 + 5]
+OFFSETS = [0, 3, 2**40 + 5]
 SEED = 0x0123456789ABCDEF
 STREAM = 0xFEDCBA9876543210
 # Noise: within a few ulp of max(|x|, 1) of normal_ref (philox.py's tests measured 2.8 ulp
@@ -60,10 +63,16 @@ def threads():
 
 KAT = [  # Random123 kat_vectors, philox4x32 10: counter, key, expected
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
-     (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -76,19 +85,27 @@ def _words_many(blocks, s0, s1, k0, k1, out):
 @pytest.mark.parametrize("counter, key, expected", KAT)
 def test_philox_words_known_answers(counter, key, expected):
     b = np.uint64(counter[0] | (counter[1] << 32))
-    got = R._philox_words(b, np.uint64(counter[2]), np.uint64(counter[3]), np.uint64(key[0]),
-                          np.uint64(key[1]))
+    got = R._philox_words(
+        b, np.uint64(counter[2]), np.uint64(counter[3]), np.uint64(key[0]), np.uint64(key[1])
+    )
     assert tuple(int(w) for w in got) == expected
 
 
 def test_philox_words_match_reference(rng):
-    blocks = rng.integers(0, 2 ** 63, size=1000, dtype=np.uint64)
-    blocks[:3] = [0, 2 ** 32 - 1, 2 ** 32]
+    blocks = rng.integers(0, 2**63, size=1000, dtype=np.uint64)
+    blocks[:3] = [0, 2**32 - 1, 2**32]
     got = np.empty((blocks.size, 4), np.uint64)
     k0, k1, s0, s1 = (np.uint64(w) for w in P.key_words(SEED, STREAM))
     _words_many(blocks, s0, s1, k0, k1, got)
-    counter = np.stack([blocks & 0xFFFFFFFF, blocks >> 32, np.full_like(blocks, int(s0)),
-                        np.full_like(blocks, int(s1))], axis=1).astype(np.uint32)
+    counter = np.stack(
+        [
+            blocks & 0xFFFFFFFF,
+            blocks >> 32,
+            np.full_like(blocks, int(s0)),
+            np.full_like(blocks, int(s1)),
+        ],
+        axis=1,
+    ).astype(np.uint32)
     want = P.philox4x32_10_ref(counter, np.array([int(k0), int(k1)], np.uint32))
     np.testing.assert_array_equal(got, want.astype(np.uint64))
 
@@ -111,21 +128,21 @@ def _uniforms_f64(first, s0, s1, k0, k1, out):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_uniform_conversions_are_bit_identical_to_philox(dtype):
     per = 4 if dtype == np.float32 else 2
-    first = 2 ** 32 - 3                       # crosses the low counter word's wrap
+    first = 2**32 - 3  # crosses the low counter word's wrap
     out = np.empty((4099, per), dtype)
     k0, k1, s0, s1 = (np.uint64(w) for w in P.key_words(SEED, STREAM))
-    (_uniforms_f32 if dtype == np.float32 else _uniforms_f64)(np.uint64(first), s0, s1, k0, k1,
-                                                              out)
-    np.testing.assert_array_equal(out.ravel(),
-                                  P.uniform_ref(SEED, STREAM, out.size, dtype, per * first))
+    (_uniforms_f32 if dtype == np.float32 else _uniforms_f64)(np.uint64(first), s0, s1, k0, k1, out)
+    np.testing.assert_array_equal(
+        out.ravel(), P.uniform_ref(SEED, STREAM, out.size, dtype, per * first)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("offset", [0, 1, 3, 2 ** 33 + 2])
+@pytest.mark.parametrize("offset", [0, 1, 3, 2**33 + 2])
 def test_z_is_the_philox_normal_when_mu_0_logvar_0(dtype, offset):
     # z = 0 + 1 * eps exactly, so z exposes the generator: within NOISE_ULP of normal_ref, and
     # bit-identical between the forward and a second call that starts mid-stream.
-    k, b, zd = 97, 3, 343                   # 99 813 draws, rows straddle blocks and chunks
+    k, b, zd = 97, 3, 343  # 99 813 draws, rows straddle blocks and chunks
     zeros = np.zeros((b, zd), dtype)
     z, _, _ = R.reparam_sample(zeros, zeros, k, SEED, STREAM, offset)
     want = _eps_ref(k, b, zd, dtype, offset=offset)
@@ -141,13 +158,15 @@ def _sincos_many(t, s, c):
         s[i], c[i] = R._sincos(t[i])
 
 
-@pytest.mark.skipif(np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps,
-                    reason="needs an extended-precision long double as the reference")
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps,
+    reason="needs an extended-precision long double as the reference",
+)
 def test_sincos_on_every_float32_angle():
     # Every angle the float32 Box-Muller can produce: t = float32(2 pi) * U32 over the whole
     # 2^23-point grid. Measured: <= 1.43 ulp in float64, and the float32 rounding equals the
     # correctly rounded sin/cos everywhere.
-    u = ((np.arange(2 ** 23, dtype=np.float64) + 0.5) * 2.0 ** -23).astype(np.float32)
+    u = ((np.arange(2**23, dtype=np.float64) + 0.5) * 2.0**-23).astype(np.float32)
     t = (np.float32(2 * math.pi) * u).astype(np.float64)
     s, c = np.empty_like(t), np.empty_like(t)
     _sincos_many(t, s, c)
@@ -161,6 +180,7 @@ def test_sincos_on_every_float32_angle():
 # ---------------------------------------------------------------------------------------------
 # Forward: every variant vs the reference
 # ---------------------------------------------------------------------------------------------
+
 
 def _sum_tol(dtype, terms, values, dvalues):
     """Bound on a Z-term density sum computed two ways: reordering (gamma_Z times the sum of the
@@ -228,10 +248,10 @@ def test_noise_statistics(dtype):
     n = x.size
     mean, var = x.mean(), x.var()
     se_mean = math.sqrt(var / n)
-    se_var = math.sqrt(np.mean((x - mean) ** 4) - var ** 2) / math.sqrt(n)
+    se_var = math.sqrt(np.mean((x - mean) ** 4) - var**2) / math.sqrt(n)
     assert abs(mean) < 4 * se_mean
     assert abs(var - 1) < 4 * se_var
-    np.testing.assert_array_equal(log_q, log_p)   # with mu = 0, sigma = 1 the densities agree
+    np.testing.assert_array_equal(log_q, log_p)  # with mu = 0, sigma = 1 the densities agree
 
 
 def test_samples_do_not_depend_on_thread_count(threads, rng):
@@ -244,9 +264,11 @@ def test_samples_do_not_depend_on_thread_count(threads, rng):
     for t in (1, threads):
         numba.set_num_threads(t)
         fwd = R.reparam_sample(mu, logvar, 300, SEED, STREAM, 5)
-        bwd = tuple(f(dz, dq, dp, mu, logvar, SEED, STREAM, 5)
-                    for name, f in sorted(R.BACKWARD_VARIANTS.items())
-                    if name != "ref" and not name.startswith("cupy"))
+        bwd = tuple(
+            f(dz, dq, dp, mu, logvar, SEED, STREAM, 5)
+            for name, f in sorted(R.BACKWARD_VARIANTS.items())
+            if name != "ref" and not name.startswith("cupy")
+        )
         out[t] = fwd + sum(bwd, ())
     for a, b in zip(out[1], out[threads]):
         np.testing.assert_array_equal(a, b)
@@ -263,16 +285,16 @@ def test_forward_float32_kernel_does_no_float64_arithmetic(rng):
     c_q = (np.float32(-0.5 * 5 * math.log(2 * math.pi)) - half * logvar.sum(1)).astype(np.float32)
     z = np.empty((6, 5), np.float32)
     lq, lp = np.empty(6, np.float32), np.empty(6, np.float32)
-    fresh(mu, sigma, c_q, np.float32(-4.6), half, *P.key_words(1, 2), np.int64(0), 4, 2, z, lq,
-          lp)
+    fresh(mu, sigma, c_q, np.float32(-4.6), half, *P.key_words(1, 2), np.int64(0), 4, 2, z, lq, lp)
     ir = fresh.inspect_llvm(fresh.signatures[0])
-    assert re.search(r"f(add|sub|mul|div) reassoc (<\d+ x )?float", ir)     # the check works
+    assert re.search(r"f(add|sub|mul|div) reassoc (<\d+ x )?float", ir)  # the check works
     assert not re.search(r"f(add|sub|mul|div) reassoc (<\d+ x )?double", ir)
 
 
 # ---------------------------------------------------------------------------------------------
 # Backward
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["all", "dz", "dlog_q", "dlog_p"])
 def test_reference_backward_matches_finite_differences(which, rng):
@@ -282,8 +304,10 @@ def test_reference_backward_matches_finite_differences(which, rng):
     gq = rng.standard_normal((k, b)) / math.sqrt(k * b)
     gp = rng.standard_normal((k, b)) / math.sqrt(k * b)
     if which != "all":
-        gz, gq, gp = (g if name == which else np.zeros_like(g)
-                      for name, g in (("dz", gz), ("dlog_q", gq), ("dlog_p", gp)))
+        gz, gq, gp = (
+            g if name == which else np.zeros_like(g)
+            for name, g in (("dz", gz), ("dlog_q", gq), ("dlog_p", gp))
+        )
 
     def loss():
         z, lq, lp = R.reparam_sample_ref(mu, logvar, k, SEED, STREAM, 9)
@@ -297,8 +321,9 @@ def test_log_q_gradient_is_the_total_derivative(rng):
     # d log_q / d mu = 0 and d log_q / d logvar_j = -1/2 per sample, whatever eps is.
     mu, logvar = _inputs(rng, 3, 4, np.float64)
     dq = np.ones((5, 3))
-    dmu, dlogvar = R.reparam_sample_backward_ref(np.zeros((5, 3, 4)), dq,
-                                                 np.zeros((5, 3)), mu, logvar, 1)
+    dmu, dlogvar = R.reparam_sample_backward_ref(
+        np.zeros((5, 3, 4)), dq, np.zeros((5, 3)), mu, logvar, 1
+    )
     np.testing.assert_array_equal(dmu, 0)
     np.testing.assert_allclose(dlogvar, -2.5)
 
@@ -355,6 +380,7 @@ def test_backward_none_means_zero(rng):
 @pytest.mark.oracle
 def test_backward_matches_torch_autograd(rng):
     import torch
+
     k, b, zd = 4, 3, 5
     mu, logvar = _inputs(rng, b, zd, np.float64)
     dz = rng.standard_normal((k, b, zd))
@@ -364,14 +390,18 @@ def test_backward_matches_torch_autograd(rng):
     tlv = torch.tensor(logvar, requires_grad=True)
     sigma = torch.exp(tlv / 2)
     z = tmu + sigma * eps
-    log_q = torch.distributions.Normal(tmu, sigma).log_prob(z).sum(-1)   # total dependence
+    log_q = torch.distributions.Normal(tmu, sigma).log_prob(z).sum(-1)  # total dependence
     log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    loss = (z * torch.from_numpy(dz)).sum() + (log_q * torch.from_numpy(dq)).sum() + \
-        (log_p * torch.from_numpy(dp)).sum()
+    loss = (
+        (z * torch.from_numpy(dz)).sum()
+        + (log_q * torch.from_numpy(dq)).sum()
+        + (log_p * torch.from_numpy(dp)).sum()
+    )
     loss.backward()
     for backend in ("numpy", "numba"):
-        dmu, dlogvar = R.reparam_sample_backward(dz, dq, dp, mu, logvar, SEED, STREAM, 2,
-                                                 backend=backend)
+        dmu, dlogvar = R.reparam_sample_backward(
+            dz, dq, dp, mu, logvar, SEED, STREAM, 2, backend=backend
+        )
         np.testing.assert_allclose(dmu, tmu.grad.numpy(), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(dlogvar, tlv.grad.numpy(), rtol=1e-10, atol=1e-12)
 
@@ -379,6 +409,7 @@ def test_backward_matches_torch_autograd(rng):
 # ---------------------------------------------------------------------------------------------
 # Registry and public wrappers
 # ---------------------------------------------------------------------------------------------
+
 
 def test_registry_and_backends(rng):
     assert kernels.get("reparam_sample", "numpy") is R.reparam_sample_ref
@@ -412,28 +443,41 @@ def test_empty_sizes(rng):
 GOOD = dict(mu=np.zeros((2, 3), np.float32), logvar=np.zeros((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(mu=[[0.0]]), TypeError, "expected mu to be a numpy.ndarray, got list"),
-    (dict(mu=np.zeros((2, 3), np.int64)), TypeError, "expected mu to have dtype float32 or"),
-    (dict(mu=np.zeros(3, np.float32)), ValueError, "expected mu to have 2 dimensions"),
-    (dict(logvar=np.zeros((2, 4), np.float32)), ValueError,
-     r"expected mu and logvar to have the same shape \(B, Z\), got \(2, 3\) and \(2, 4\)"),
-    (dict(logvar=np.zeros((2, 3), np.float64)), TypeError, "share one dtype"),
-    (dict(mu=np.full((2, 3), np.nan, np.float32)), ValueError, "mu to contain no NaN"),
-    (dict(k=0), InvalidParameterError, r"The 'k' parameter of reparam_sample must be an int in "
-                                       r"\[1, inf\). Got 0 instead."),
-    (dict(k=2.0), InvalidParameterError, "'k' parameter"),
-    (dict(k=True), InvalidParameterError, "'k' parameter"),
-    (dict(seed=-1), InvalidParameterError, "'seed' parameter of reparam_sample must be an int"),
-    (dict(seed=1.5), InvalidParameterError, "'seed' parameter"),
-    (dict(stream=2 ** 64), InvalidParameterError, "'stream' parameter"),
-    (dict(offset=-3), InvalidParameterError, "'offset' parameter"),
-    (dict(offset=2 ** 62 - 5), InvalidParameterError, r"offset \+ K\*B\*Z <= 2\*\*62"),
-    (dict(z_out=np.empty((3, 2, 3), np.float64)), ValueError,
-     "expected z_out to be a C-contiguous float32 array of shape"),
-    (dict(z_out=np.empty((3, 2, 6), np.float32)[:, :, ::2]), ValueError, "contiguous: False"),
-    (dict(backend="torch"), ValueError, "expected backend to be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(mu=[[0.0]]), TypeError, "expected mu to be a numpy.ndarray, got list"),
+        (dict(mu=np.zeros((2, 3), np.int64)), TypeError, "expected mu to have dtype float32 or"),
+        (dict(mu=np.zeros(3, np.float32)), ValueError, "expected mu to have 2 dimensions"),
+        (
+            dict(logvar=np.zeros((2, 4), np.float32)),
+            ValueError,
+            r"expected mu and logvar to have the same shape \(B, Z\), got \(2, 3\) and \(2, 4\)",
+        ),
+        (dict(logvar=np.zeros((2, 3), np.float64)), TypeError, "share one dtype"),
+        (dict(mu=np.full((2, 3), np.nan, np.float32)), ValueError, "mu to contain no NaN"),
+        (
+            dict(k=0),
+            InvalidParameterError,
+            r"The 'k' parameter of reparam_sample must be an int in "
+            r"\[1, inf\). Got 0 instead.",
+        ),
+        (dict(k=2.0), InvalidParameterError, "'k' parameter"),
+        (dict(k=True), InvalidParameterError, "'k' parameter"),
+        (dict(seed=-1), InvalidParameterError, "'seed' parameter of reparam_sample must be an int"),
+        (dict(seed=1.5), InvalidParameterError, "'seed' parameter"),
+        (dict(stream=2**64), InvalidParameterError, "'stream' parameter"),
+        (dict(offset=-3), InvalidParameterError, "'offset' parameter"),
+        (dict(offset=2**62 - 5), InvalidParameterError, r"offset \+ K\*B\*Z <= 2\*\*62"),
+        (
+            dict(z_out=np.empty((3, 2, 3), np.float64)),
+            ValueError,
+            "expected z_out to be a C-contiguous float32 array of shape",
+        ),
+        (dict(z_out=np.empty((3, 2, 6), np.float32)[:, :, ::2]), ValueError, "contiguous: False"),
+        (dict(backend="torch"), ValueError, "expected backend to be one of"),
+    ],
+)
 def test_forward_validation(kwargs, exc, match):
     args = dict(GOOD, k=3, seed=1, stream=0, offset=0)
     args.update(kwargs)
@@ -444,24 +488,37 @@ def test_forward_validation(kwargs, exc, match):
 def test_z_out_overlapping_an_input_is_rejected():
     buf = np.zeros(2 * 3 * 3, np.float32)
     with pytest.raises(ValueError, match="z_out to overlap neither mu nor logvar"):
-        R.reparam_sample(buf[:6].reshape(2, 3), GOOD["logvar"], 3, 1,
-                         z_out=buf.reshape(3, 2, 3))
+        R.reparam_sample(buf[:6].reshape(2, 3), GOOD["logvar"], 3, 1, z_out=buf.reshape(3, 2, 3))
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(dz=None, dlog_q=None, dlog_p=None), ValueError, "at least one of dz, dlog_q, dlog_p"),
-    (dict(dz=np.zeros((4, 2, 3), np.float32)), ValueError,
-     r"expected dlog_q.shape\[0\] == K = 4 \(from dz\), got dlog_q of shape \(5, 2\)"),
-    (dict(dz=np.zeros((5, 3, 2), np.float32)), ValueError,
-     r"expected dz to have shape \(K, 2, 3\) \(B, Z from mu\), got \(5, 3, 2\)"),
-    (dict(dlog_q=np.zeros((5, 3), np.float32)), ValueError, r"dlog_q to have shape \(K, 2\)"),
-    (dict(dlog_p=np.zeros((5, 2), np.float64)), TypeError, "dlog_p to have the dtype of mu"),
-    (dict(logvar=np.zeros((2, 2), np.float32)), ValueError, "same shape"),
-    (dict(seed=-1), InvalidParameterError, "'seed' parameter of reparam_sample_backward"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(dz=None, dlog_q=None, dlog_p=None), ValueError, "at least one of dz, dlog_q, dlog_p"),
+        (
+            dict(dz=np.zeros((4, 2, 3), np.float32)),
+            ValueError,
+            r"expected dlog_q.shape\[0\] == K = 4 \(from dz\), got dlog_q of shape \(5, 2\)",
+        ),
+        (
+            dict(dz=np.zeros((5, 3, 2), np.float32)),
+            ValueError,
+            r"expected dz to have shape \(K, 2, 3\) \(B, Z from mu\), got \(5, 3, 2\)",
+        ),
+        (dict(dlog_q=np.zeros((5, 3), np.float32)), ValueError, r"dlog_q to have shape \(K, 2\)"),
+        (dict(dlog_p=np.zeros((5, 2), np.float64)), TypeError, "dlog_p to have the dtype of mu"),
+        (dict(logvar=np.zeros((2, 2), np.float32)), ValueError, "same shape"),
+        (dict(seed=-1), InvalidParameterError, "'seed' parameter of reparam_sample_backward"),
+    ],
+)
 def test_backward_validation(kwargs, exc, match):
-    args = dict(GOOD, dz=np.zeros((5, 2, 3), np.float32), dlog_q=np.zeros((5, 2), np.float32),
-                dlog_p=np.zeros((5, 2), np.float32), seed=1)
+    args = dict(
+        GOOD,
+        dz=np.zeros((5, 2, 3), np.float32),
+        dlog_q=np.zeros((5, 2), np.float32),
+        dlog_p=np.zeros((5, 2), np.float32),
+        seed=1,
+    )
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         R.reparam_sample_backward(**args)

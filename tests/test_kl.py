@@ -5,6 +5,7 @@ Monte-Carlo estimate within 4 measured standard errors for every closed form,
 scipy for the discrete ones, and the identities KL(p, p) = 0, KL >= 0,
 KL(p || Uniform) = log C - H(p).
 """
+
 import warnings
 
 import numpy as np
@@ -12,11 +13,20 @@ import pytest
 from scipy import special, stats
 
 import lvmcore.distributions.kl as kl_module
-from lvmcore.distributions import (Bernoulli, Categorical, DiagNormal, StandardNormal,
-                                   UniformCategorical, kl_divergence, kl_divergence_backward,
-                                   kl_normal_std_per_dim, kl_normal_std_per_dim_backward,
-                                   kl_normal_std_per_dim_forward, register_kl,
-                                   register_kl_backward)
+from lvmcore.distributions import (
+    Bernoulli,
+    Categorical,
+    DiagNormal,
+    StandardNormal,
+    UniformCategorical,
+    kl_divergence,
+    kl_divergence_backward,
+    kl_normal_std_per_dim,
+    kl_normal_std_per_dim_backward,
+    kl_normal_std_per_dim_forward,
+    register_kl,
+    register_kl_backward,
+)
 from lvmcore.testing import check_vjp, gradcheck
 
 DTYPES = [np.float32, np.float64]
@@ -50,6 +60,7 @@ def _assert_mc_agrees(analytic, p, q, rng, n=200_000):
 
 def _check_kl_backward(rng, make_p, p_params, make_q, q_params):
     """Gradcheck kl_divergence_backward for every parameter of p and of q."""
+
     def build():
         return make_p(**p_params), make_q(**q_params)
 
@@ -64,13 +75,16 @@ def _check_kl_backward(rng, make_p, p_params, make_q, q_params):
     for name, d in (("p", dp), ("q", dq)):
         src = p_params if name == "p" else q_params
         assert all(d[k].shape == src[k].shape for k in src)
-    inputs = {**{f"p.{k}": v for k, v in p_params.items()},
-              **{f"q.{k}": v for k, v in q_params.items()}}
+    inputs = {
+        **{f"p.{k}": v for k, v in p_params.items()},
+        **{f"q.{k}": v for k, v in q_params.items()},
+    }
     analytic = {**{f"p.{k}": v for k, v in dp.items()}, **{f"q.{k}": v for k, v in dq.items()}}
     gradcheck(loss, inputs, analytic)
 
 
 # --- DiagNormal || StandardNormal ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_normal_std_closed_form_and_monte_carlo(rng, dtype):
@@ -87,23 +101,32 @@ def test_kl_normal_std_closed_form_and_monte_carlo(rng, dtype):
 
 
 def test_kl_normal_std_backward_gradcheck(rng):
-    _check_kl_backward(rng, DiagNormal, {"loc": rng.standard_normal((3, 4)),
-                                         "logvar": rng.standard_normal((3, 4))},
-                       lambda: StandardNormal(4, np.float64), {})
+    _check_kl_backward(
+        rng,
+        DiagNormal,
+        {"loc": rng.standard_normal((3, 4)), "logvar": rng.standard_normal((3, 4))},
+        lambda: StandardNormal(4, np.float64),
+        {},
+    )
 
 
 @pytest.mark.parametrize("shape", [(4,), (3, 4), (2, 3, 4)])
 def test_kl_normal_std_per_dim_vjp_and_sum(rng, shape):
     loc, logvar = rng.standard_normal(shape), rng.standard_normal(shape)
-    check_vjp(kl_normal_std_per_dim_forward, kl_normal_std_per_dim_backward, [loc, logvar],
-              names=["loc", "logvar"])
+    check_vjp(
+        kl_normal_std_per_dim_forward,
+        kl_normal_std_per_dim_backward,
+        [loc, logvar],
+        names=["loc", "logvar"],
+    )
     per_dim = kl_normal_std_per_dim(loc, logvar)
     assert per_dim.shape == shape
     np.testing.assert_array_equal(per_dim, kl_normal_std_per_dim_forward(loc, logvar)[0])
-    np.testing.assert_allclose(per_dim.sum(-1),
-                               kl_divergence(DiagNormal(loc, logvar),
-                                             StandardNormal(shape[-1], np.float64)),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        per_dim.sum(-1),
+        kl_divergence(DiagNormal(loc, logvar), StandardNormal(shape[-1], np.float64)),
+        rtol=1e-14,
+    )
 
 
 def test_kl_normal_std_small_logvar_keeps_precision():
@@ -116,12 +139,17 @@ def test_kl_normal_std_small_logvar_keeps_precision():
 
 # --- DiagNormal || DiagNormal -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_normal_normal_closed_form_and_monte_carlo(rng, dtype):
-    p = DiagNormal(np.array([[0.5, -1.0, 0.0], [1.0, 0.3, -0.7]], dtype),
-                   np.array([[-1.0, 0.4, 0.8], [0.2, -0.5, -1.0]], dtype))
-    q = DiagNormal(np.array([[0.0, 0.5, -0.5], [0.2, 0.0, 0.3]], dtype),
-                   np.array([[0.3, -0.2, 0.5], [-0.4, 0.6, 0.1]], dtype))
+    p = DiagNormal(
+        np.array([[0.5, -1.0, 0.0], [1.0, 0.3, -0.7]], dtype),
+        np.array([[-1.0, 0.4, 0.8], [0.2, -0.5, -1.0]], dtype),
+    )
+    q = DiagNormal(
+        np.array([[0.0, 0.5, -0.5], [0.2, 0.0, 0.3]], dtype),
+        np.array([[0.3, -0.2, 0.5], [-0.4, 0.6, 0.1]], dtype),
+    )
     kl = kl_divergence(p, q)
     assert kl.shape == (2,) and kl.dtype == dtype
     v1, v2 = np.exp(p.logvar.astype(np.float64)), np.exp(q.logvar.astype(np.float64))
@@ -132,24 +160,28 @@ def test_kl_normal_normal_closed_form_and_monte_carlo(rng, dtype):
         _assert_mc_agrees(kl, p, q, rng)
 
 
-@pytest.mark.parametrize("p_shape,q_shape", [((3, 4), (3, 4)), ((3, 4), (4,)),
-                                             ((2, 1, 4), (3, 4))])
+@pytest.mark.parametrize("p_shape,q_shape", [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 4))])
 def test_kl_normal_normal_backward_gradcheck(rng, p_shape, q_shape):
-    _check_kl_backward(rng, DiagNormal, {"loc": rng.standard_normal(p_shape),
-                                         "logvar": rng.standard_normal(p_shape)},
-                       DiagNormal, {"loc": rng.standard_normal(q_shape),
-                                    "logvar": rng.standard_normal(q_shape)})
+    _check_kl_backward(
+        rng,
+        DiagNormal,
+        {"loc": rng.standard_normal(p_shape), "logvar": rng.standard_normal(p_shape)},
+        DiagNormal,
+        {"loc": rng.standard_normal(q_shape), "logvar": rng.standard_normal(q_shape)},
+    )
 
 
 def test_kl_normal_normal_to_standard_agrees_with_prior_rule(rng):
     loc, logvar = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
     p = DiagNormal(loc, logvar)
     zero = DiagNormal(np.zeros(4), np.zeros(4))
-    np.testing.assert_allclose(kl_divergence(p, zero),
-                               kl_divergence(p, StandardNormal(4, np.float64)), rtol=1e-14)
+    np.testing.assert_allclose(
+        kl_divergence(p, zero), kl_divergence(p, StandardNormal(4, np.float64)), rtol=1e-14
+    )
 
 
 # --- Bernoulli || Bernoulli ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_bernoulli_closed_form_and_monte_carlo(rng, dtype):
@@ -175,8 +207,13 @@ def test_kl_bernoulli_backward_gradcheck(rng, event_ndim, p_shape, q_shape):
     def make(logits):
         return Bernoulli(logits, event_ndim=event_ndim)
 
-    _check_kl_backward(rng, make, {"logits": 3 * rng.standard_normal(p_shape)},
-                       make, {"logits": 3 * rng.standard_normal(q_shape)})
+    _check_kl_backward(
+        rng,
+        make,
+        {"logits": 3 * rng.standard_normal(p_shape)},
+        make,
+        {"logits": 3 * rng.standard_normal(q_shape)},
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,6 +241,7 @@ def test_kl_bernoulli_extreme_logits_are_exact(dtype, big):
 
 # --- Categorical || Categorical, Categorical || UniformCategorical ------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_categorical_closed_form_and_monte_carlo(rng, dtype):
     a = np.array([[0.5, -np.inf, 1.0, -0.5, 0.0], [2.0, 0.0, -1.0, -np.inf, -np.inf]])
@@ -219,8 +257,7 @@ def test_kl_categorical_closed_form_and_monte_carlo(rng, dtype):
         _assert_mc_agrees(kl, p, q, rng)
 
 
-@pytest.mark.parametrize("p_shape,q_shape", [((3, 5), (3, 5)), ((3, 5), (5,)),
-                                             ((2, 1, 5), (3, 5))])
+@pytest.mark.parametrize("p_shape,q_shape", [((3, 5), (3, 5)), ((3, 5), (5,)), ((2, 1, 5), (3, 5))])
 def test_kl_categorical_backward_gradcheck(rng, p_shape, q_shape):
     a, b = rng.standard_normal(p_shape), rng.standard_normal(q_shape)
     a[..., 1] = -np.inf  # masked in p only: contributes nothing, gradient 0 for a
@@ -246,10 +283,14 @@ def test_kl_categorical_uniform_is_log_c_minus_entropy(rng, dtype):
     p, u = Categorical(a.astype(dtype)), UniformCategorical(6, dtype)
     kl = kl_divergence(p, u)
     assert kl.shape == (2,) and kl.dtype == dtype
-    np.testing.assert_allclose(kl, np.log(6) - p.entropy(), rtol=1e-5 if dtype == np.float32
-                               else 1e-12)
-    np.testing.assert_allclose(kl, kl_divergence(p, Categorical(np.zeros(6, dtype))),
-                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        kl, np.log(6) - p.entropy(), rtol=1e-5 if dtype == np.float32 else 1e-12
+    )
+    np.testing.assert_allclose(
+        kl,
+        kl_divergence(p, Categorical(np.zeros(6, dtype))),
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+    )
     assert kl_divergence(Categorical(np.zeros(6, dtype)), u) == 0
     if dtype == np.float64:
         _assert_mc_agrees(kl, p, u, rng)
@@ -258,18 +299,22 @@ def test_kl_categorical_uniform_is_log_c_minus_entropy(rng, dtype):
 def test_kl_categorical_uniform_backward_gradcheck(rng):
     a = rng.standard_normal((3, 5))
     a[1, 2] = -np.inf
-    _check_kl_backward(rng, Categorical, {"logits": a}, lambda: UniformCategorical(5, np.float64),
-                       {})
+    _check_kl_backward(
+        rng, Categorical, {"logits": a}, lambda: UniformCategorical(5, np.float64), {}
+    )
     # -dH/da: the KL backward is the entropy backward with the sign flipped
     dp, _ = kl_divergence_backward(Categorical(a), UniformCategorical(5, np.float64), 1.0)
-    np.testing.assert_allclose(dp["logits"], -Categorical(a).entropy_backward(1.0)["logits"],
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        dp["logits"], -Categorical(a).entropy_backward(1.0)["logits"], rtol=1e-12, atol=1e-15
+    )
 
 
 # --- identities over every registered pair ------------------------------------------------
 
+
 def _pairs(rng, dtype, batch=(4,)):
     """(p, q, p_again) for every registered pair, random parameters."""
+
     def r(*shape, scale=1.0):
         return (scale * rng.standard_normal(batch + shape)).astype(dtype)
 
@@ -305,15 +350,19 @@ def test_kl_is_non_negative(rng, dtype):
 
 # --- registry and validation --------------------------------------------------------------
 
+
 def test_missing_pair_names_both_types_and_the_registered_pairs():
     p, q = DiagNormal(np.zeros(3), np.zeros(3)), Bernoulli(np.zeros(3))
-    with pytest.raises(NotImplementedError,
-                       match=r"No KL\(p \|\| q\) for p=DiagNormal, q=Bernoulli\. Registered "
-                             r"pairs: .*\(DiagNormal, StandardNormal\).*\(Categorical, "
-                             r"UniformCategorical\).*@register_kl\(DiagNormal, Bernoulli\)"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"No KL\(p \|\| q\) for p=DiagNormal, q=Bernoulli\. Registered "
+        r"pairs: .*\(DiagNormal, StandardNormal\).*\(Categorical, "
+        r"UniformCategorical\).*@register_kl\(DiagNormal, Bernoulli\)",
+    ):
         kl_divergence(p, q)
-    with pytest.raises(NotImplementedError,
-                       match=r"No KL\(p \|\| q\) backward for p=DiagNormal, q=Bernoulli"):
+    with pytest.raises(
+        NotImplementedError, match=r"No KL\(p \|\| q\) backward for p=DiagNormal, q=Bernoulli"
+    ):
         kl_divergence_backward(p, q, 1.0)
     with pytest.raises(NotImplementedError, match=r"p=StandardNormal, q=DiagNormal"):
         kl_divergence(StandardNormal(3, np.float64), p)
@@ -342,32 +391,56 @@ def test_register_kl_and_subclass_dispatch(monkeypatch):
     np.testing.assert_array_equal(kl_divergence(p, q), [7.0, 7.0])  # the nearest pair wins
     assert np.all(kl_divergence_backward(p, q)[0]["loc"] == 0)
     np.testing.assert_allclose(kl_divergence(DiagNormal(p.loc, p.logvar), q), [1.5, 1.5])
-    with pytest.raises(TypeError, match=r"register_kl: expected type_q to be a subclass of "
-                                        r"lvmcore.distributions.Distribution"):
+    with pytest.raises(
+        TypeError,
+        match=r"register_kl: expected type_q to be a subclass of "
+        r"lvmcore.distributions.Distribution",
+    ):
         register_kl(DiagNormal, int)
 
 
 def test_kl_rejects_mismatched_pairs():
     p64 = DiagNormal(np.zeros((2, 3)), np.zeros((2, 3)))
-    with pytest.raises(TypeError, match=r"kl_divergence: expected p and q to share one dtype, "
-                                        r"got p: float64, q: float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"kl_divergence: expected p and q to share one dtype, "
+        r"got p: float64, q: float32",
+    ):
         kl_divergence(p64, StandardNormal(3, np.float32))
-    with pytest.raises(ValueError, match=r"kl_divergence: expected p and q to have the same "
-                                         r"event_shape, got \(3,\) and \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl_divergence: expected p and q to have the same "
+        r"event_shape, got \(3,\) and \(4,\)",
+    ):
         kl_divergence(p64, StandardNormal(4, np.float64))
-    with pytest.raises(ValueError, match=r"kl_divergence: expected the batch shapes of p and q "
-                                         r"to broadcast, got \(2,\) and \(5,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl_divergence: expected the batch shapes of p and q "
+        r"to broadcast, got \(2,\) and \(5,\)",
+    ):
         kl_divergence(p64, DiagNormal(np.zeros((5, 3)), np.zeros((5, 3))))
-    with pytest.raises(ValueError, match=r"kl_divergence: expected p and q to have the same "
-                                         r"number of categories, got 3 and 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl_divergence: expected p and q to have the same "
+        r"number of categories, got 3 and 4",
+    ):
         kl_divergence(Categorical(np.zeros(3)), UniformCategorical(4, np.float64))
-    with pytest.raises(ValueError, match=r"kl_divergence_backward: expected dkl to have the "
-                                         r"forward output's shape \(2,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl_divergence_backward: expected dkl to have the "
+        r"forward output's shape \(2,\), got \(3,\)",
+    ):
         kl_divergence_backward(p64, StandardNormal(3, np.float64), np.ones(3))
-    with pytest.raises(ValueError, match=r"kl_normal_std_per_dim_forward: expected loc and "
-                                         r"logvar to have the same shape, got \(2, 3\) and "
-                                         r"\(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl_normal_std_per_dim_forward: expected loc and "
+        r"logvar to have the same shape, got \(2, 3\) and "
+        r"\(2, 4\)",
+    ):
         kl_normal_std_per_dim_forward(np.zeros((2, 3)), np.zeros((2, 4)))
-    with pytest.raises(TypeError, match=r"kl_normal_std_per_dim: expected logvar to have dtype "
-                                        r"float32 or float64, got int64"):
+    with pytest.raises(
+        TypeError,
+        match=r"kl_normal_std_per_dim: expected logvar to have dtype "
+        r"float32 or float64, got int64",
+    ):
         kl_normal_std_per_dim(np.zeros(3), np.zeros(3, dtype=np.int64))

@@ -12,6 +12,7 @@ configurations): each score-function estimator's mean over many draws lies withi
 measured standard errors of the exact gradient, coordinate by coordinate; the relaxed and
 straight-through estimators are measurably biased.
 """
+
 import json
 import math
 
@@ -41,8 +42,9 @@ def _data(rng, B=4, D=D):
 
 def _model(estimator, x, k=None, **kw):
     k = (3 if estimator == "vimco" else 1) if k is None else k
-    m = CatVAE(x.shape[1], N, C, (5,), estimator=estimator, k=k, tau=0.7, seed=3,
-               dtype=np.float64, **kw)
+    m = CatVAE(
+        x.shape[1], N, C, (5,), estimator=estimator, k=k, tau=0.7, seed=3, dtype=np.float64, **kw
+    )
     m.init_output_bias(x)
     return m
 
@@ -60,6 +62,7 @@ def _select(d, prefix):
 
 # --- exact gradients with fixed noise -----------------------------------------------------
 
+
 @pytest.mark.parametrize("tau,kl_weight", [(0.7, None), (2.0, 0.3), (0.2, 1.0)])
 def test_gumbel_relaxed_gradient_every_parameter(rng, tau, kl_weight):
     x = _data(rng)
@@ -68,7 +71,7 @@ def test_gumbel_relaxed_gradient_every_parameter(rng, tau, kl_weight):
     _, _, an = _grads(m, x, g, kl_weight=kl_weight, tau=tau)
     params = _select(m.parameters(), ("encoder", "decoder"))
     gradcheck(lambda: m.forward(x, g, kl_weight=kl_weight, tau=tau)[0], params, an)
-    for k, v in _select(an, "state").items():
+    for v in _select(an, "state").values():
         assert not v.any()
 
 
@@ -78,8 +81,7 @@ def test_straight_through_gradients(rng):
     g = m.draw_noise(rng, x.shape[0])
     loss, cache, an = _grads(m, x, g, kl_weight=0.6)
     # decoder: exact gradient of the (piecewise constant in the encoder) loss
-    gradcheck(lambda: m.forward(x, g, kl_weight=0.6)[0], _select(m.parameters(), "decoder"),
-              an)
+    gradcheck(lambda: m.forward(x, g, kl_weight=0.6)[0], _select(m.parameters(), "decoder"), an)
     # the forward value is the exact discrete sample
     np.testing.assert_array_equal(cache.y.argmax(-1), (cache.logits + g).argmax(-1))
     # encoder: the exact gradient of the straight-through surrogate
@@ -113,12 +115,13 @@ def test_score_estimators_exact_parts(rng, estimator):
     gradcheck(f, _select(m.parameters(), "decoder"), an)
     # pathwise part only: reinforce/nvil keep the analytic KL; VIMCO keeps d(-bound)/d log q
     # at fixed z, whose coefficient is the normalized weight (w_rec = w~/B)
-    pathwise = (-cache.w_rec if estimator == "vimco" else np.zeros_like(cache.w_rec))
+    pathwise = -cache.w_rec if estimator == "vimco" else np.zeros_like(cache.w_rec)
     m.zero_grad()
     _, cache = m.forward(x, g, **kw)  # a fresh cache: a cache serves one backward
     m.backward(cache._replace(w_score=pathwise, enc_scale=1.0))
-    gradcheck(f, _select(m.parameters(), "encoder"),
-              {k: v.copy() for k, v in m.gradients().items()})
+    gradcheck(
+        f, _select(m.parameters(), "encoder"), {k: v.copy() for k, v in m.gradients().items()}
+    )
     if estimator == "nvil":
         np.testing.assert_allclose(cache.enc_scale, 1 / 3.0)  # 1 / max(1, sqrt(9))
 
@@ -145,6 +148,7 @@ def test_backward_is_linear_in_dloss(rng):
 
 # --- the enumeration oracle ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_exact_bound_gradient_by_finite_differences(rng, k):
     x = _data(rng, B=2)
@@ -158,7 +162,7 @@ def test_exact_elbo_is_the_enumerated_expectation(rng):
     x = _data(rng, B=3)
     m = _model("reinforce", x)
     bound, _ = catvae_exact_bound(m, x, 1)
-    Z = one_hot_configurations(N, C)                                     # (9, N, C)
+    Z = one_hot_configurations(N, C)  # (9, N, C)
     logits = m.posterior_logits(x)
     logq = np.einsum("mnc,bnc->bm", Z, logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
     out, _ = m.decoder.forward(Z.reshape(9, -1))
@@ -166,7 +170,7 @@ def test_exact_elbo_is_the_enumerated_expectation(rng):
     elbo = (np.exp(logq) * ell).sum(-1) - m._kl(logits).sum(-1)
     np.testing.assert_allclose(bound, elbo, rtol=1e-12)
     # the K-sample bounds increase with K and stay below log p(x)
-    log_px = np.log((np.exp(ell) / C ** N).sum(-1))
+    log_px = np.log((np.exp(ell) / C**N).sum(-1))
     b2, _ = catvae_exact_bound(m, x, 2)
     b3, _ = catvae_exact_bound(m, x, 3)
     assert (bound < b2).all() and (b2 < b3).all() and (b3 < log_px).all()
@@ -178,12 +182,13 @@ def test_exact_elbo_is_the_enumerated_expectation(rng):
     # within 4.5 standard errors, the relative variance of w = p(x, z)/q(z|x) enumerated too
     k = 20000
     ll = m.log_likelihood(x, np.random.default_rng(2), k=k)
-    log_w = ell - N * np.log(C) - logq                                    # (B, 9)
+    log_w = ell - N * np.log(C) - logq  # (B, 9)
     rel_var = (np.exp(logq + 2 * log_w).sum(-1) / np.exp(2 * log_px)) - 1
     assert (np.abs(ll - log_px) < 4.5 * np.sqrt(rel_var / k)).all()
 
 
 # --- statistical unbiasedness against enumeration -----------------------------------------
+
 
 def _estimator_mean(model, x0, rng, groups=300, reps=200, tau=None):
     """Mean and standard error per coordinate of the estimated gradient of the loss.
@@ -197,9 +202,14 @@ def _estimator_mean(model, x0, rng, groups=300, reps=200, tau=None):
     draws = []
     for _ in range(groups):
         _, cache, grads = _grads(model, x, model.draw_noise(rng, x.shape[0]), tau=tau)
-        draws.append(np.concatenate([grads[k].ravel() / (cache.enc_scale if
-                                                         k.startswith("encoder") else 1)
-                                     for k in keys]))
+        draws.append(
+            np.concatenate(
+                [
+                    grads[k].ravel() / (cache.enc_scale if k.startswith("encoder") else 1)
+                    for k in keys
+                ]
+            )
+        )
     draws = np.array(draws)
     return keys, draws.mean(axis=0), draws.std(axis=0, ddof=1) / np.sqrt(groups)
 
@@ -250,6 +260,7 @@ def test_vimco_signals_match_the_definition(rng):
 
 # --- state, schedule, training, persistence -----------------------------------------------
 
+
 def test_running_state_and_temperature_schedule(rng):
     x = _data(rng, B=8)
     m = _model("reinforce", x, baseline_decay=0.5)
@@ -262,8 +273,9 @@ def test_running_state_and_temperature_schedule(rng):
     opt.step()
     for k, v in before.items():
         np.testing.assert_array_equal(m.parameters()[k], v)
-    s = CatVAE(D, N, C, (5,), estimator="gumbel", tau=1.0, tau_min=0.5, tau_decay=0.1,
-               dtype=np.float64)
+    s = CatVAE(
+        D, N, C, (5,), estimator="gumbel", tau=1.0, tau_min=0.5, tau_decay=0.1, dtype=np.float64
+    )
     taus = [s.loss_and_grads(x, rng)[1]["tau"] for _ in range(3)]
     assert taus == pytest.approx([1.0, math.exp(-0.1), math.exp(-0.2)])
     assert s.temperature(10**4) == 0.5
@@ -272,15 +284,15 @@ def test_running_state_and_temperature_schedule(rng):
 @pytest.mark.parametrize("estimator", ["gumbel", "st-gumbel", "reinforce", "nvil", "vimco"])
 def test_training_improves_the_elbo(estimator):
     from sklearn.datasets import load_digits
+
     x = (load_digits().data >= 8).astype(np.float32)[:500]
-    m = CatVAE(64, 4, 5, (32,), estimator=estimator, k=3 if estimator == "vimco" else 1,
-               seed=0)
+    m = CatVAE(64, 4, 5, (32,), estimator=estimator, k=3 if estimator == "vimco" else 1, seed=0)
     m.init_output_bias(x)
     opt = Adam(m.parameters(), m.gradients(), lr=3e-3)
     rng = np.random.default_rng(0)
     start = m.elbo(x, np.random.default_rng(1)).mean()
     for step in range(120):
-        loss, stats = m.loss_and_grads(x[(step % 5) * 100:(step % 5 + 1) * 100], rng)
+        loss, stats = m.loss_and_grads(x[(step % 5) * 100 : (step % 5 + 1) * 100], rng)
         assert np.isfinite(loss)
         opt.step()
     end = m.elbo(x, np.random.default_rng(1)).mean()
@@ -314,15 +326,18 @@ def test_tiny_temperature_float32_is_finite(rng):
         assert v.dtype == np.float32 and np.isfinite(v).all()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(estimator="rebar"), r"'estimator' parameter of CatVAE must be one of 'gumbel'"),
-    (dict(estimator="vimco", k=1), r"'k' parameter of CatVAE must be an int in \[2, inf\)"),
-    (dict(estimator="nvil", k=3), r"'k' parameter of CatVAE applies to estimator='vimco'"),
-    (dict(tau=0.0), r"'tau' parameter of temperature_schedule must be a float in \(0, inf\)"),
-    (dict(tau=-1.0), r"'tau' parameter"),
-    (dict(n_categories=1), r"'n_categories' parameter of CatVAE must be an int in \[2, inf\)"),
-    (dict(baseline_decay=1.0), r"'baseline_decay' parameter"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(estimator="rebar"), r"'estimator' parameter of CatVAE must be one of 'gumbel'"),
+        (dict(estimator="vimco", k=1), r"'k' parameter of CatVAE must be an int in \[2, inf\)"),
+        (dict(estimator="nvil", k=3), r"'k' parameter of CatVAE applies to estimator='vimco'"),
+        (dict(tau=0.0), r"'tau' parameter of temperature_schedule must be a float in \(0, inf\)"),
+        (dict(tau=-1.0), r"'tau' parameter"),
+        (dict(n_categories=1), r"'n_categories' parameter of CatVAE must be an int in \[2, inf\)"),
+        (dict(baseline_decay=1.0), r"'baseline_decay' parameter"),
+    ],
+)
 def test_invalid_hyper_parameters(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match):
         CatVAE(D, **kwargs)
@@ -342,12 +357,34 @@ def test_invalid_inputs(rng):
 @pytest.mark.parametrize("estimator", ["st-gumbel", "vimco"])
 def test_cli_train_and_eval(tmp_path, capsys, estimator):
     from lvmcore.cli import main
+
     out = tmp_path / "run"
-    extra = ["--k", "3"] if estimator == "vimco" else ["--tau", "0.8", "--tau-min", "0.5",
-                                                      "--tau-decay", "1e-3"]
-    main(["train", "--model", "catvae", "--estimator", estimator, "--latents", "3",
-          "--categories", "4", "--hidden", "16", "--epochs", "1", "--no-progress",
-          "--out", str(out), *extra])
+    extra = (
+        ["--k", "3"]
+        if estimator == "vimco"
+        else ["--tau", "0.8", "--tau-min", "0.5", "--tau-decay", "1e-3"]
+    )
+    main(
+        [
+            "train",
+            "--model",
+            "catvae",
+            "--estimator",
+            estimator,
+            "--latents",
+            "3",
+            "--categories",
+            "4",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     main(["eval", str(out), "--k", "20", "--subset", "50"])
     text = capsys.readouterr().out
     assert "test ELBO" in text and "test NLL (K=20, n=50)" in text
@@ -357,25 +394,49 @@ def test_cli_train_and_eval(tmp_path, capsys, estimator):
     assert len(result["kl_per_latent"]) == 3
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--estimator", "reinforce", "--tau", "0.5"], "expected no --tau with --model catvae"),
-    (["--estimator", "gumbel", "--k", "3"], "expected no --k with --model catvae"),
-    (["--latent", "3"], "expected no --latent with --model catvae"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--estimator", "reinforce", "--tau", "0.5"], "expected no --tau with --model catvae"),
+        (["--estimator", "gumbel", "--k", "3"], "expected no --k with --model catvae"),
+        (["--latent", "3"], "expected no --latent with --model catvae"),
+    ],
+)
 def test_cli_refuses_flags_that_do_not_apply(tmp_path, capsys, argv, match):
     from lvmcore.cli import main
+
     with pytest.raises(SystemExit) as err:
-        main(["train", "--model", "catvae", "--epochs", "1", "--out", str(tmp_path / "r"),
-              *argv])
+        main(["train", "--model", "catvae", "--epochs", "1", "--out", str(tmp_path / "r"), *argv])
     assert err.value.code == 2
     assert match in capsys.readouterr().err
 
 
 def test_mnist_experiment_script_runs_on_digits(capsys):
     from lvmcore.experiments import catvae_mnist
-    assert catvae_mnist.main(["--data", "digits", "--epochs", "1", "--hidden", "16",
-                              "--latents", "3", "--categories", "4", "--k", "5",
-                              "--nll-subset", "20", "--estimators", "gumbel,nvil"]) == 0
+
+    assert (
+        catvae_mnist.main(
+            [
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--hidden",
+                "16",
+                "--latents",
+                "3",
+                "--categories",
+                "4",
+                "--k",
+                "5",
+                "--nll-subset",
+                "20",
+                "--estimators",
+                "gumbel,nvil",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| estimator | test ELBO (nats) | test NLL (K=5, n=20) |" in out
     assert "| gumbel |" in out and "| nvil |" in out

@@ -1,12 +1,16 @@
 """IWAE bound and its estimators: exact gradients for fixed noise, the K = 1 identity,
 edge values, and unbiasedness of STL and DReG against the plain estimator."""
+
 import warnings
 
 import numpy as np
 import pytest
 
-from lvmcore.losses.iwae import bound_forward, importance_weights_backward, \
-    importance_weights_forward
+from lvmcore.losses.iwae import (
+    bound_forward,
+    importance_weights_backward,
+    importance_weights_forward,
+)
 from lvmcore.models import IWAE, VAE
 from lvmcore.testing import check_vjp, gradcheck
 
@@ -27,8 +31,17 @@ def _grads(model, x, eps):
 @pytest.mark.parametrize("objective,groups", [("iwae", 1), ("miwae", 3), ("ciwae", 1)])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_plain_gradient_every_parameter(rng, objective, groups, likelihood):
-    model = IWAE(7, 3, (5,), k=4, objective=objective, groups=groups, likelihood=likelihood,
-                 dtype=np.float64, seed=1)
+    model = IWAE(
+        7,
+        3,
+        (5,),
+        k=4,
+        objective=objective,
+        groups=groups,
+        likelihood=likelihood,
+        dtype=np.float64,
+        seed=1,
+    )
     x = _x(rng, likelihood)
     eps = model.draw_noise(rng, x.shape[0])
     gradcheck(lambda: model.forward(x, eps)[0], model.parameters(), _grads(model, x, eps))
@@ -67,12 +80,17 @@ def test_k1_bound_equals_sampled_kl_elbo(rng):
 
 def test_importance_weights_backward(rng):
     log_w = rng.standard_normal((6, 4)) * 3
-    check_vjp(importance_weights_forward, lambda d, c: (importance_weights_backward(d, c),),
-              [log_w], names=["log_w"])
+    check_vjp(
+        importance_weights_forward,
+        lambda d, c: (importance_weights_backward(d, c),),
+        [log_w],
+        names=["log_w"],
+    )
 
 
-@pytest.mark.parametrize("objective,groups", [("iwae", 1), ("miwae", 2), ("ciwae", 1),
-                                              ("piwae", 2)])
+@pytest.mark.parametrize(
+    "objective,groups", [("iwae", 1), ("miwae", 2), ("ciwae", 1), ("piwae", 2)]
+)
 def test_all_minus_inf_column_gives_minus_inf_and_zero_weights(objective, groups):
     log_w = np.array([[-np.inf, 0.5], [-np.inf, -1.0], [-np.inf, -np.inf], [-np.inf, 2.0]])
     with warnings.catch_warnings():
@@ -110,12 +128,14 @@ def _paired_encoder_difference(estimator, k, n, seed=11):
     other = IWAE.from_config({**plain.config(), "estimator": estimator})
     other.load_parameters(plain.parameters())
     x = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
-    d = (_encoder_grad_samples(other, x, np.random.default_rng(seed), n)
-         - _encoder_grad_samples(plain, x, np.random.default_rng(seed), n))
+    d = _encoder_grad_samples(other, x, np.random.default_rng(seed), n) - _encoder_grad_samples(
+        plain, x, np.random.default_rng(seed), n
+    )
     names = sorted(plain.gradients())
     sizes = [plain.gradients()[name].size for name in names]
-    is_dec = np.concatenate([np.full(s, name.startswith("decoder"))
-                             for name, s in zip(names, sizes)])
+    is_dec = np.concatenate(
+        [np.full(s, name.startswith("decoder")) for name, s in zip(names, sizes)]
+    )
     np.testing.assert_allclose(d[:, is_dec], 0.0, atol=1e-12)  # decoder gradient unchanged
     enc = d[:, ~is_dec]
     se = enc.std(axis=0, ddof=1) / np.sqrt(n)

@@ -1,5 +1,6 @@
 """The whole VAE objective end to end: its hand-written backward against central
 differences over every parameter array, with the noise held fixed."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,7 @@ CONFIGS = [
     dict(likelihood="bernoulli", kl="analytic", n_samples=2, beta=0.3, free_bits=0.05),
     dict(likelihood="bernoulli", kl="sampled", n_samples=2, free_bits=0.05, activation="softplus"),
     dict(likelihood="gaussian", kl="analytic", decoder_variance="learned"),
-    dict(likelihood="gaussian", kl="sampled", decoder_variance=0.5, n_samples=2,
-         activation="relu"),
+    dict(likelihood="gaussian", kl="sampled", decoder_variance=0.5, n_samples=2, activation="relu"),
 ]
 
 
@@ -62,7 +62,7 @@ def test_analytic_and_sampled_kl_agree_in_expectation(rng):
         m.load_parameters(model.parameters())
     kl_a = analytic.forward(x, analytic.draw_noise(rng, 1))[1].stats["kl"][0]
     c = sampled.forward(x, sampled.draw_noise(rng, 1))[1]
-    mu, logvar, eps, z = c.mu, c.logvar, c.reparam.eps, c.z
+    logvar, eps, z = c.logvar, c.reparam.eps, c.z
     per_sample = (0.5 * (z * z - eps * eps) - 0.5 * logvar).sum(axis=-1)[:, 0]
     se = per_sample.std(ddof=1) / np.sqrt(per_sample.size)
     assert abs(per_sample.mean() - kl_a) < 4 * se
@@ -71,13 +71,14 @@ def test_analytic_and_sampled_kl_agree_in_expectation(rng):
 
 def test_training_improves_the_bound(rng):
     from sklearn.datasets import load_digits
+
     x = (load_digits().data >= 8).astype(np.float32)[:500]
     model = VAE(64, 4, (32,), seed=0)
     model.init_output_bias(x)
     opt = Adam(model.parameters(), model.gradients(), lr=3e-3)
     start = model.elbo(x, np.random.default_rng(1)).mean()
     for step in range(150):
-        model.loss_and_grads(x[(step % 5) * 100:(step % 5 + 1) * 100], rng)
+        model.loss_and_grads(x[(step % 5) * 100 : (step % 5 + 1) * 100], rng)
         opt.step()
     end = model.elbo(x, np.random.default_rng(1)).mean()
     assert end > start + 5.0

@@ -1,6 +1,7 @@
 """The whole VQ-VAE: its hand-written backward against central differences over every parameter
 array (assignment and stop-gradient values held fixed), the EMA and dead-code machinery, the
 bound, training, checkpoints and the command line."""
+
 import json
 import math
 
@@ -23,8 +24,16 @@ def _data(rng, B=6, D=7):
 
 
 def _model(update, **kw):
-    cfg = dict(codes=4, slots=3, code_dim=2, hidden=(5,), activation="tanh",
-               codebook_update=update, dtype=np.float64, seed=3)
+    cfg = dict(
+        codes=4,
+        slots=3,
+        code_dim=2,
+        hidden=(5,),
+        activation="tanh",
+        codebook_update=update,
+        dtype=np.float64,
+        seed=3,
+    )
     cfg.update(kw)
     return VQVAE(7, **cfg)
 
@@ -55,8 +64,9 @@ def test_gradient_every_parameter(rng, update, activation):
     frozen = VQFrozen(cache.z_e.copy(), model.codebook.copy())
     index = cache.vq.index.copy()
     assert model.forward(x, index=index, frozen=frozen)[0] == pytest.approx(loss, rel=1e-14)
-    report = gradcheck(lambda: model.forward(x, index=index, frozen=frozen)[0],
-                       model.parameters(), analytic)
+    report = gradcheck(
+        lambda: model.forward(x, index=index, frozen=frozen)[0], model.parameters(), analytic
+    )
     assert set(report) >= {"encoder.W0", "encoder.b1", "decoder.W1", "codebook"}
     if update == "ema":
         np.testing.assert_array_equal(analytic["codebook"], 0.0)
@@ -73,8 +83,7 @@ def test_decoder_gradient_is_the_true_gradient(rng):
     _, cache = model.forward(x)
     model.backward(cache)
     dec = {k: v for k, v in model.parameters().items() if k.startswith("decoder.")}
-    gradcheck(lambda: model.forward(x)[0], dec,
-              {k: model.gradients()[k].copy() for k in dec})
+    gradcheck(lambda: model.forward(x)[0], dec, {k: model.gradients()[k].copy() for k in dec})
 
 
 def test_backward_scales_with_dloss(rng):
@@ -112,9 +121,9 @@ def test_ema_mode_moves_the_codebook_by_ema_only(rng):
     opt = Adam(model.parameters(), model.gradients(), lr=1e-2)
     before = model.codebook.copy()
     model.loss_and_grads(x, rng, update_codebook=False)
-    np.testing.assert_array_equal(model.codebook, before)   # gradients only
+    np.testing.assert_array_equal(model.codebook, before)  # gradients only
     opt.step()
-    np.testing.assert_array_equal(model.codebook, before)   # zero gradient: Adam leaves it
+    np.testing.assert_array_equal(model.codebook, before)  # zero gradient: Adam leaves it
     _, cache = model.forward(x)
     z = cache.z_e.reshape(-1, 2)
     model.loss_and_grads(x, rng)
@@ -132,7 +141,7 @@ def test_dead_codes_are_counted_and_reset(rng):
     for reset in (False, True):
         model = _model("ema", dead_code_steps=3, reset_dead_codes=reset, codes=5)
         _codebook_near_encoder_outputs(model, x, rng)
-        model.codebook[4] = 100.0                          # never the nearest code
+        model.codebook[4] = 100.0  # never the nearest code
         model.params["ema_code_sum"][4] = 100.0
         stats = [model.loss_and_grads(x, np.random.default_rng(s))[1] for s in range(4)]
         assert [s["dead_codes"] for s in stats[:2]] == [0, 0]
@@ -140,7 +149,7 @@ def test_dead_codes_are_counted_and_reset(rng):
         if reset:
             assert stats[2]["reset_codes"] == stats[2]["dead_codes"]
             z = model.encoder.forward(x)[0].reshape(-1, 2)
-            assert np.abs(model.codebook[4]).max() < 10     # re-seeded from an encoder output
+            assert np.abs(model.codebook[4]).max() < 10  # re-seeded from an encoder output
             assert model.params["code_age"][4] <= 1
             assert np.any(np.all(np.isclose(z, model.codebook[4], atol=0.5), axis=1))
         else:
@@ -152,8 +161,16 @@ def test_dead_codes_are_counted_and_reset(rng):
 def test_kmeans_init_uses_the_codebook(rng):
     x = (rng.random((300, 7)) < 0.4).astype(np.float32)
     plain = VQVAE(7, codes=16, slots=2, code_dim=3, hidden=(8,), seed=1)
-    km = VQVAE(7, codes=16, slots=2, code_dim=3, hidden=(8,), seed=1, kmeans_init=True,
-               codebook_update="ema")
+    km = VQVAE(
+        7,
+        codes=16,
+        slots=2,
+        code_dim=3,
+        hidden=(8,),
+        seed=1,
+        kmeans_init=True,
+        codebook_update="ema",
+    )
     plain.init_output_bias(x)
     km.init_output_bias(x)
     assert (km.code_usage(x) > 0).sum() > (plain.code_usage(x) > 0).sum()
@@ -175,17 +192,25 @@ def test_nonfinite_encoder_output_gives_nan_loss_and_fit_stops(rng):
         fit(bad, ds, epochs=1, progress=False)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(codes=0), r"The 'codes' parameter of VQVAE must be an int in \[1, inf\). Got 0"),
-    (dict(slots=1.5), r"The 'slots' parameter of VQVAE must be an int"),
-    (dict(beta=-1.0), r"The 'beta' parameter of VQVAE must be a float in \[0, inf\). Got -1.0"),
-    (dict(codebook_update="adam"),
-     r"The 'codebook_update' parameter of VQVAE must be one of 'loss', 'ema'. Got 'adam'"),
-    (dict(ema_decay=1.0), r"The 'ema_decay' parameter of VQVAE must be a float in \(0, 1\)"),
-    (dict(dead_code_steps=0), r"The 'dead_code_steps' parameter of VQVAE must be an int in "
-                              r"\[1, inf\). Got 0"),
-    (dict(reset_dead_codes="yes"), r"The 'reset_dead_codes' parameter of VQVAE must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(codes=0), r"The 'codes' parameter of VQVAE must be an int in \[1, inf\). Got 0"),
+        (dict(slots=1.5), r"The 'slots' parameter of VQVAE must be an int"),
+        (dict(beta=-1.0), r"The 'beta' parameter of VQVAE must be a float in \[0, inf\). Got -1.0"),
+        (
+            dict(codebook_update="adam"),
+            r"The 'codebook_update' parameter of VQVAE must be one of 'loss', 'ema'. Got 'adam'",
+        ),
+        (dict(ema_decay=1.0), r"The 'ema_decay' parameter of VQVAE must be a float in \(0, 1\)"),
+        (
+            dict(dead_code_steps=0),
+            r"The 'dead_code_steps' parameter of VQVAE must be an int in "
+            r"\[1, inf\). Got 0",
+        ),
+        (dict(reset_dead_codes="yes"), r"The 'reset_dead_codes' parameter of VQVAE must be one of"),
+    ],
+)
 def test_bad_hyper_parameters(kw, message):
     with pytest.raises(InvalidParameterError, match=message):
         VQVAE(7, **kw)
@@ -193,8 +218,11 @@ def test_bad_hyper_parameters(kw, message):
 
 def test_bad_inputs(rng):
     model = _model("loss")
-    with pytest.raises(ValueError, match=r"VQVAE.loss_and_grads: expected x to have shape "
-                                         r"\(\*, 7\), got \(6, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"VQVAE.loss_and_grads: expected x to have shape "
+        r"\(\*, 7\), got \(6, 5\)",
+    ):
         model.loss_and_grads(_data(rng, D=5), rng)
     with pytest.raises(ValueError, match=r"VQVAE.loss_and_grads: expected kl_weight None"):
         model.loss_and_grads(_data(rng), rng, kl_weight=0.5)
@@ -219,16 +247,28 @@ def test_fit_resumes_bit_for_bit_with_ema_and_reset(tmp_path):
     ds = load_dataset("digits")
 
     def build():
-        return VQVAE(64, codes=32, slots=2, code_dim=4, hidden=(16,), codebook_update="ema",
-                     dead_code_steps=5, reset_dead_codes=True, kmeans_init=True, seed=2)
+        return VQVAE(
+            64,
+            codes=32,
+            slots=2,
+            code_dim=4,
+            hidden=(16,),
+            codebook_update="ema",
+            dead_code_steps=5,
+            reset_dead_codes=True,
+            kmeans_init=True,
+            seed=2,
+        )
 
     full = fit(build(), ds, epochs=2, batch_size=200, out_dir=tmp_path / "a", progress=False)
     fit(build(), ds, epochs=1, batch_size=200, out_dir=tmp_path / "b", progress=False)
-    resumed = fit(build(), ds, epochs=2, batch_size=200, out_dir=tmp_path / "b", resume=True,
-                  progress=False)
+    resumed = fit(
+        build(), ds, epochs=2, batch_size=200, out_dir=tmp_path / "b", resume=True, progress=False
+    )
     for a, b in zip(full, resumed):
-        assert {k: v for k, v in a.items() if k != "seconds"} == \
-            {k: v for k, v in b.items() if k != "seconds"}
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
     assert {"train_perplexity", "train_dead_codes", "train_used_codes"} <= set(full[-1])
     assert (tmp_path / "a" / "code_usage.png").stat().st_size > 0
     assert (tmp_path / "a" / "reconstructions.png").exists()
@@ -237,23 +277,56 @@ def test_fit_resumes_bit_for_bit_with_ema_and_reset(tmp_path):
 def test_training_improves_the_bound(rng):
     x = load_dataset("digits").train[:500]
     for update in ("loss", "ema"):
-        model = VQVAE(64, codes=32, slots=4, code_dim=4, hidden=(32,), codebook_update=update,
-                      kmeans_init=True, seed=0)
+        model = VQVAE(
+            64,
+            codes=32,
+            slots=4,
+            code_dim=4,
+            hidden=(32,),
+            codebook_update=update,
+            kmeans_init=True,
+            seed=0,
+        )
         model.init_output_bias(x)
         opt = Adam(model.parameters(), model.gradients(), lr=3e-3)
         start = model.bound(x).mean()
         for step in range(100):
-            model.loss_and_grads(x[(step % 5) * 100:(step % 5 + 1) * 100], rng)
+            model.loss_and_grads(x[(step % 5) * 100 : (step % 5 + 1) * 100], rng)
             opt.step()
         assert model.bound(x).mean() > start + 3.0
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "vqvae", "--codes", "16", "--slots", "2", "--code-dim", "3",
-                 "--hidden", "16", "--epochs", "1", "--batch-size", "200", "--codebook-update",
-                 "ema", "--reset-dead-codes", "--kmeans-init", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vqvae",
+                "--codes",
+                "16",
+                "--slots",
+                "2",
+                "--code-dim",
+                "3",
+                "--hidden",
+                "16",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "200",
+                "--codebook-update",
+                "ema",
+                "--reset-dead-codes",
+                "--kmeans-init",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "training vqvae" in capsys.readouterr().out
     assert main(["eval", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -264,21 +337,47 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "nll" not in result and "active_units" not in result
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--latent", "4"], r"expected no --latent with --model vqvae"),
-    (["--likelihood", "gaussian"], r"expected --likelihood bernoulli with --model vqvae"),
-    (["--kl-warmup-epochs", "2"], r"expected --kl-warmup-epochs 0 with --model vqvae"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--latent", "4"], r"expected no --latent with --model vqvae"),
+        (["--likelihood", "gaussian"], r"expected --likelihood bernoulli with --model vqvae"),
+        (["--kl-warmup-epochs", "2"], r"expected --kl-warmup-epochs 0 with --model vqvae"),
+    ],
+)
 def test_cli_refuses_flags_that_do_not_apply(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--model", "vqvae", "--epochs", "1", "--out", str(tmp_path / "r"),
-              "--no-progress", *argv])
+        main(
+            [
+                "train",
+                "--model",
+                "vqvae",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+                *argv,
+            ]
+        )
     assert exc.value.code == 2
     assert __import__("re").search(message, capsys.readouterr().err)
 
 
 def test_cli_refuses_vqvae_flags_for_other_models(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "--model", "vae", "--codes", "8", "--epochs", "1", "--out",
-              str(tmp_path / "r"), "--no-progress"])
+        main(
+            [
+                "train",
+                "--model",
+                "vae",
+                "--codes",
+                "8",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
     assert "expected no --codes with --model vae" in capsys.readouterr().err

@@ -1,12 +1,19 @@
 """Every op's backward against central differences in float64, plus edge values."""
+
 import warnings
 
 import numpy as np
 import pytest
 
 from lvmcore import ops
-from lvmcore.losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
-                            gaussian_nll_forward, kl_term_backward, kl_term_forward)
+from lvmcore.losses import (
+    bernoulli_nll_backward,
+    bernoulli_nll_forward,
+    gaussian_nll_backward,
+    gaussian_nll_forward,
+    kl_term_backward,
+    kl_term_forward,
+)
 from lvmcore.testing import check_vjp
 
 
@@ -35,28 +42,45 @@ def test_softmax_family_backward(rng, op, axis):
 def test_reparam_backward(rng):
     mu, logvar = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)) * 0.5
     eps = rng.standard_normal((2, 3, 4))
-    check_vjp(lambda m, v: ops.reparam_forward(m, v, eps), ops.reparam_backward, [mu, logvar],
-              names=["mu", "logvar"])
+    check_vjp(
+        lambda m, v: ops.reparam_forward(m, v, eps),
+        ops.reparam_backward,
+        [mu, logvar],
+        names=["mu", "logvar"],
+    )
 
 
 def test_bernoulli_nll_backward(rng):
     logits = rng.standard_normal((4, 9)) * 3
     x = (rng.random((4, 9)) < 0.5).astype(float)
-    check_vjp(lambda l: bernoulli_nll_forward(l, x), lambda d, c: (bernoulli_nll_backward(d, c),),
-              [logits], names=["logits"])
+    check_vjp(
+        lambda l: bernoulli_nll_forward(l, x),
+        lambda d, c: (bernoulli_nll_backward(d, c),),
+        [logits],
+        names=["logits"],
+    )
 
 
 @pytest.mark.parametrize("shared_logvar", [True, False])
 def test_gaussian_nll_backward(rng, shared_logvar):
     mean, x = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
     logvar = rng.standard_normal(5 if shared_logvar else (4, 5)) * 0.5
-    check_vjp(lambda m, v: gaussian_nll_forward(m, v, x), gaussian_nll_backward, [mean, logvar],
-              names=["mean", "logvar"])
+    check_vjp(
+        lambda m, v: gaussian_nll_forward(m, v, x),
+        gaussian_nll_backward,
+        [mean, logvar],
+        names=["mean", "logvar"],
+    )
 
 
 def test_gaussian_nll_matches_scipy(rng):
     from scipy.stats import norm
-    mean, x, logvar = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+
+    mean, x, logvar = (
+        rng.standard_normal((3, 4)),
+        rng.standard_normal((3, 4)),
+        rng.standard_normal(4),
+    )
     nll, _ = gaussian_nll_forward(mean, logvar, x)
     want = -norm.logpdf(x, mean, np.exp(0.5 * logvar)).sum(axis=1)
     np.testing.assert_allclose(nll, want, rtol=1e-12)
@@ -72,8 +96,9 @@ def test_kl_term_backward(rng, free_bits):
         t, c = kl_term_forward(k, free_bits)
         return np.array(t), c
 
-    check_vjp(fwd, lambda d, c: (kl_term_backward(float(d), c) * np.ones_like(kl),), [kl],
-              names=["kl"])
+    check_vjp(
+        fwd, lambda d, c: (kl_term_backward(float(d), c) * np.ones_like(kl),), [kl], names=["kl"]
+    )
 
 
 def test_free_bits_blocks_gradient_below_floor(rng):
@@ -100,8 +125,18 @@ def test_log_sigmoid_exact_for_huge_logits(dtype):
     assert y[4] == pytest.approx(-np.exp(-50.0), rel=1e-6)  # not rounded to 0
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(sp)) and np.all(np.isfinite(dy))
     np.testing.assert_array_equal(sp[[5, 6]], x[[5, 6]])
-    np.testing.assert_array_equal(s, [0, 0, np.exp(dtype(-50)) / (1 + np.exp(dtype(-50))), 0.5,
-                                      1 / (1 + np.exp(dtype(-50))), 1, 1])
+    np.testing.assert_array_equal(
+        s,
+        [
+            0,
+            0,
+            np.exp(dtype(-50)) / (1 + np.exp(dtype(-50))),
+            0.5,
+            1 / (1 + np.exp(dtype(-50))),
+            1,
+            1,
+        ],
+    )
     assert dy[0] == 1.0 and dy[-1] == 0.0
 
 

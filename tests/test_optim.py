@@ -11,34 +11,40 @@ def _textbook_adam(p, grads, lr, b1, b2, eps):
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
     return p
 
 
 @pytest.mark.parametrize("eps", [1e-8, 1e-4])
 def test_adam_matches_kingma_ba_algorithm_1(rng, eps):
     p0 = rng.standard_normal(5)
-    grads = [rng.standard_normal(5) * 10 ** -k for k in range(6)]
+    grads = [rng.standard_normal(5) * 10**-k for k in range(6)]
     params, g = {"w": p0.copy()}, {"w": np.zeros(5)}
     opt = Adam(params, g, lr=0.01, eps=eps)
     for gi in grads:
         g["w"][...] = gi
         opt.step()
-    np.testing.assert_allclose(params["w"], _textbook_adam(p0, grads, 0.01, 0.9, 0.999, eps),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        params["w"], _textbook_adam(p0, grads, 0.01, 0.9, 0.999, eps), rtol=1e-13
+    )
 
 
 @pytest.mark.oracle
 def test_adam_and_sgd_match_torch(rng):
     import torch
+
     p0 = rng.standard_normal(4)
     grads = [rng.standard_normal(4) for _ in range(5)]
     for make, tmake in [
         (lambda P, G: Adam(P, G, lr=0.01, eps=1e-4), lambda t: torch.optim.Adam(t, 0.01, eps=1e-4)),
-        (lambda P, G: SGD(P, G, lr=0.1, momentum=0.9),
-         lambda t: torch.optim.SGD(t, 0.1, momentum=0.9)),
-        (lambda P, G: SGD(P, G, lr=0.1, momentum=0.9, nesterov=True),
-         lambda t: torch.optim.SGD(t, 0.1, momentum=0.9, nesterov=True)),
+        (
+            lambda P, G: SGD(P, G, lr=0.1, momentum=0.9),
+            lambda t: torch.optim.SGD(t, 0.1, momentum=0.9),
+        ),
+        (
+            lambda P, G: SGD(P, G, lr=0.1, momentum=0.9, nesterov=True),
+            lambda t: torch.optim.SGD(t, 0.1, momentum=0.9, nesterov=True),
+        ),
     ]:
         P, G = {"w": p0.copy()}, {"w": np.zeros(4)}
         opt = make(P, G)

@@ -1,4 +1,5 @@
 """The README's Python examples run as written."""
+
 import re
 from pathlib import Path
 
@@ -22,12 +23,13 @@ def test_python_api_example_trains_and_evaluates(capsys):
 
 def test_checkpoint_reading_example(tmp_path, monkeypatch):
     from lvmcore.cli import main
+
     monkeypatch.chdir(tmp_path)
     main(["train", "--epochs", "1", "--no-progress", "--latent", "3", "--hidden", "8"])
     code = _python_blocks()[1]
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     from lvmcore.checkpoint import load_model
+
     model = load_model("runs/vae-digits")
-    np.testing.assert_allclose(scope["probs"], model.reconstruct(scope["x"]), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(scope["probs"], model.reconstruct(scope["x"]), rtol=1e-5, atol=1e-6)

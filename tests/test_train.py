@@ -1,4 +1,5 @@
 """The training loop: learning, determinism, exact resumption, divergence, validation."""
+
 import json
 import math
 
@@ -12,7 +13,7 @@ from lvmcore.models import VAE
 from lvmcore.train import CHECKPOINT, METRICS, fit, kl_warmup_weight
 
 N_TRAIN, BATCH = 400, 50
-STEPS = N_TRAIN // BATCH                                              # steps per epoch: 8
+STEPS = N_TRAIN // BATCH  # steps per epoch: 8
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +67,26 @@ def test_fit_writes_run_folder(data, tmp_path):
 
 def test_same_seed_same_run(data):
     a, b = tiny(), tiny()
-    before = np.random.get_state()[1].copy()
+    before = np.random.get_state()[1].copy()  # noqa: NPY002
     ha = run(a, data, epochs=2, seed=5)
     hb = run(b, data, epochs=2, seed=5)
-    assert np.array_equal(np.random.get_state()[1], before)   # global RNG untouched
+    assert np.array_equal(np.random.get_state()[1], before)  # noqa: NPY002   # global RNG untouched
     assert without_time(ha) == without_time(hb)
     assert_same_params(a, b)
     hc = run(tiny(), data, epochs=2, seed=6)
     assert without_time(hc) != without_time(ha)
 
 
-@pytest.mark.parametrize("optimizer, extra", [("adam", dict(clip_norm=5.0)),
-                                              ("sgd", dict(momentum=0.9, lr=0.05))])
+@pytest.mark.parametrize(
+    "optimizer, extra", [("adam", dict(clip_norm=5.0)), ("sgd", dict(momentum=0.9, lr=0.05))]
+)
 def test_resume_continues_bit_for_bit(data, tmp_path, optimizer, extra):
     kw = dict(optimizer=optimizer, kl_warmup_epochs=3, seed=3, **extra)
     straight = tiny()
     h_straight = run(straight, data, epochs=3, out_dir=tmp_path / "a", **kw)
 
     run(tiny(), data, epochs=1, out_dir=tmp_path / "b", **kw)
-    resumed = tiny()                      # a fresh model: everything comes from the checkpoint
+    resumed = tiny()  # a fresh model: everything comes from the checkpoint
     h_resumed = run(resumed, data, epochs=3, out_dir=tmp_path / "b", resume=True, **kw)
 
     assert_same_params(straight, resumed)
@@ -114,7 +116,7 @@ def test_existing_run_is_not_overwritten_by_accident(data, tmp_path):
 
 def test_nan_loss_raises_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
     reference = tiny()
-    run(reference, data, epochs=1, seed=2)                # the state at the end of epoch 1
+    run(reference, data, epochs=1, seed=2)  # the state at the end of epoch 1
 
     model = tiny()
     calls = []
@@ -126,8 +128,11 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(data, tmp_path, monkeypa
         return (math.nan if len(calls) == STEPS + 3 else loss), stats
 
     monkeypatch.setattr(model, "loss_and_grads", nan_at_epoch2_step3)
-    with pytest.raises(TrainingDivergedError, match=r"loss nan.*at epoch 2, step 3 of 8 "
-                                                    r"\(global step 11\)") as info:
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"loss nan.*at epoch 2, step 3 of 8 "
+        r"\(global step 11\)",
+    ) as info:
         run(model, data, epochs=3, seed=2, out_dir=tmp_path)
     ck_path = tmp_path / CHECKPOINT
     assert info.value.checkpoint == str(ck_path)
@@ -149,8 +154,10 @@ def test_nan_gradient_raises_before_the_update(data, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "loss_and_grads", nan_grad)
-    with pytest.raises(TrainingDivergedError, match="gradient norm inf .*at epoch 1, step 1.*No "
-                                                    "checkpoint was written") as info:
+    with pytest.raises(
+        TrainingDivergedError,
+        match="gradient norm inf .*at epoch 1, step 1.*No checkpoint was written",
+    ) as info:
         run(model, data, epochs=1)
     assert info.value.checkpoint is None
     # The first step was refused, so only the output bias (set before training) moved.
@@ -159,23 +166,27 @@ def test_nan_gradient_raises_before_the_update(data, monkeypatch):
     assert_same_params(model, fresh)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(epochs=0), r"'epochs' parameter of fit must be an int in \[1, inf\)\. Got 0"),
-    (dict(lr=-1), r"'lr' parameter of fit must be a float in \(0, inf\)\. Got -1"),
-    (dict(batch_size=0), r"'batch_size' parameter of fit must be an int in \[1, inf\)"),
-    (dict(optimizer="rmsprop"), r"'optimizer' parameter of fit must be one of 'adam', 'sgd'"),
-    (dict(momentum=0.5), r"'momentum' parameter of fit applies to optimizer='sgd' only"),
-    (dict(kl_warmup_epochs=-1), r"'kl_warmup_epochs' parameter of fit"),
-    (dict(clip_norm=0.0), r"'clip_norm' parameter of fit"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(epochs=0), r"'epochs' parameter of fit must be an int in \[1, inf\)\. Got 0"),
+        (dict(lr=-1), r"'lr' parameter of fit must be a float in \(0, inf\)\. Got -1"),
+        (dict(batch_size=0), r"'batch_size' parameter of fit must be an int in \[1, inf\)"),
+        (dict(optimizer="rmsprop"), r"'optimizer' parameter of fit must be one of 'adam', 'sgd'"),
+        (dict(momentum=0.5), r"'momentum' parameter of fit applies to optimizer='sgd' only"),
+        (dict(kl_warmup_epochs=-1), r"'kl_warmup_epochs' parameter of fit"),
+        (dict(clip_norm=0.0), r"'clip_norm' parameter of fit"),
+    ],
+)
 def test_bad_hyper_parameters(data, kw, match):
     with pytest.raises(InvalidParameterError, match=match):
         run(tiny(), data, **kw)
 
 
 def test_bad_data_and_arguments(data):
-    with pytest.raises(ValueError,
-                       match=r"expected dataset\.train to have shape \(\*, 63\), got \(400, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"expected dataset\.train to have shape \(\*, 63\), got \(400, 64\)"
+    ):
         run(VAE(63, latent_dim=2, hidden=(4,)), data)
     grey = data._replace(train=data.train * 0.5)
     with pytest.raises(ValueError, match=r"dataset\.train to be binary"):

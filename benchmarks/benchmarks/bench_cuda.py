@@ -1,6 +1,7 @@
 """The CUDA kernels and a training step on a GPU (CuPy arrays). Every benchmark is skipped where
 CuPy has no CUDA device. Each timed call ends with a device synchronisation, so the figures
 are the kernels' run time, not their launch time."""
+
 import numpy as np
 
 from .common import Benchmark, binary, grid, mnist_like, normal
@@ -9,11 +10,14 @@ from .common import Benchmark, binary, grid, mnist_like, normal
 class CudaBenchmark(Benchmark):
     def setup(self, *params):
         from lvmcore.backend import available_backends
+
         why = available_backends()["cupy"]
         if why != "available":
             raise NotImplementedError(why)
         import cupy
+
         import kernels
+
         self.cp = cupy
         self.get = lambda op: kernels.get(op, "cupy")
 
@@ -114,14 +118,16 @@ class CudaTrainStep(CudaBenchmark):
         super().setup()
         from lvmcore.models import IWAE, VAE
         from lvmcore.optim import Adam
+
         batch, k = batch_k
-        self.model = (VAE(784, 50, (200, 200)) if k == 1 else
-                      IWAE(784, 50, (200, 200), k=k)).to(self.cp)
+        self.model = (VAE(784, 50, (200, 200)) if k == 1 else IWAE(784, 50, (200, 200), k=k)).to(
+            self.cp
+        )
         x = self.cp.asarray(mnist_like(1000, np.float32))
         self.model.init_output_bias(x)
         self.opt = Adam(self.model.parameters(), self.model.gradients(), lr=1e-3, eps=1e-4)
         self.rng = np.random.default_rng(0)
-        self.batches = [x[i:i + batch] for i in range(0, 1000, batch)]
+        self.batches = [x[i : i + batch] for i in range(0, 1000, batch)]
         self.i = 0
         for _ in range(20):  # NVRTC compilation and a few real steps stay out of the timings
             self.time_step(batch_k)

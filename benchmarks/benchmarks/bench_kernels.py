@@ -3,12 +3,19 @@
 Inputs are built and each kernel is called once in ``setup``, so Numba compilation stays
 out of the timings. ``track_gbps`` reports the bytes the kernel must move per second.
 """
+
 import timeit
 
 import numpy as np
 
-from kernels import (adam_update, bernoulli_loglik, gumbel_softmax, importance_weights,
-                     nearest_code, reparam_sample)
+from kernels import (
+    adam_update,
+    bernoulli_loglik,
+    gumbel_softmax,
+    importance_weights,
+    nearest_code,
+    reparam_sample,
+)
 
 from .common import Benchmark, binary, grid, normal, variants
 
@@ -21,8 +28,11 @@ def _gbps(fn, nbytes):
 
 
 class BernoulliLoglik(Benchmark):
-    params = [variants(bernoulli_loglik), grid([(100, 784), (5000, 784)],
-                                               [(100, 784), (5000, 784), (50000, 784)]), DTYPES]
+    params = [
+        variants(bernoulli_loglik),
+        grid([(100, 784), (5000, 784)], [(100, 784), (5000, 784), (50000, 784)]),
+        DTYPES,
+    ]
     param_names = ["variant", "shape", "dtype"]
 
     def setup(self, variant, shape, dtype):
@@ -42,12 +52,16 @@ class BernoulliLoglik(Benchmark):
     def track_gbps(self, variant, shape, dtype):
         # reads logits, writes the gradient (x stays in cache)
         return _gbps(lambda: self.fn(self.logits, self.x, self.grad), 2 * self.logits.nbytes)
+
     track_gbps.unit = "GB/s"
 
 
 class ImportanceWeights(Benchmark):
-    params = [variants(importance_weights), grid([(50, 100), (5000, 1000)],
-                                                 [(50, 100), (5000, 100), (5000, 1000)]), DTYPES]
+    params = [
+        variants(importance_weights),
+        grid([(50, 100), (5000, 1000)], [(50, 100), (5000, 100), (5000, 1000)]),
+        DTYPES,
+    ]
     param_names = ["variant", "shape", "dtype"]
 
     def setup(self, variant, shape, dtype):
@@ -62,23 +76,27 @@ class ImportanceWeights(Benchmark):
 
     def track_gbps(self, variant, shape, dtype):
         return _gbps(lambda: self.fn(self.log_w, self.out), 2 * self.log_w.nbytes)
+
     track_gbps.unit = "GB/s"
 
 
 class ReparamSample(Benchmark):
-    params = [variants(reparam_sample), grid([(50, 20, 50), (5000, 100, 50)],
-                                             [(1, 100, 50), (50, 20, 50), (5000, 100, 50)]),
-              DTYPES]
+    params = [
+        variants(reparam_sample),
+        grid([(50, 20, 50), (5000, 100, 50)], [(1, 100, 50), (50, 20, 50), (5000, 100, 50)]),
+        DTYPES,
+    ]
     param_names = ["variant", "kbz", "dtype"]
 
     def setup(self, variant, kbz, dtype):
         super().setup()
         k, b, z = kbz
-        if variant == "ref" and k * b * z > 10 ** 6:
+        if variant == "ref" and k * b * z > 10**6:
             raise NotImplementedError("the NumPy reference is too slow at this size")
         self.fn = reparam_sample.VARIANTS[variant]
         self.bwd = reparam_sample.BACKWARD_VARIANTS[
-            "ref" if variant == "ref" else reparam_sample.BACKWARD_DEFAULT]
+            "ref" if variant == "ref" else reparam_sample.BACKWARD_DEFAULT
+        ]
         self.k = k
         self.mu, self.logvar = normal((b, z), dtype), normal((b, z), dtype, seed=1) * 0.3
         self.z = np.empty((k, b, z), dtype=dtype)
@@ -95,8 +113,11 @@ class ReparamSample(Benchmark):
 
 
 class GumbelSoftmax(Benchmark):
-    params = [variants(gumbel_softmax), grid([(100000, 10), (10000, 512)],
-                                             [(1000, 10), (100000, 10), (10000, 512)]), DTYPES]
+    params = [
+        variants(gumbel_softmax),
+        grid([(100000, 10), (10000, 512)], [(1000, 10), (100000, 10), (10000, 512)]),
+        DTYPES,
+    ]
     param_names = ["variant", "shape", "dtype"]
 
     def setup(self, variant, shape, dtype):
@@ -117,10 +138,21 @@ class GumbelSoftmax(Benchmark):
 
 
 class NearestCode(Benchmark):
-    params = [variants(nearest_code), grid([(65536, 64, 512)],
-                                           [(65536, 64, 64), (65536, 64, 512), (65536, 64, 8192),
-                                            (1048576, 64, 512), (65536, 16, 512),
-                                            (65536, 256, 512)]), ["float32"]]
+    params = [
+        variants(nearest_code),
+        grid(
+            [(65536, 64, 512)],
+            [
+                (65536, 64, 64),
+                (65536, 64, 512),
+                (65536, 64, 8192),
+                (1048576, 64, 512),
+                (65536, 16, 512),
+                (65536, 256, 512),
+            ],
+        ),
+        ["float32"],
+    ]
     param_names = ["variant", "nem", "dtype"]
     timeout = 300
 
@@ -143,6 +175,7 @@ class NearestCode(Benchmark):
         n, e, m = nem
         t = min(timeit.repeat(lambda: self.fn(self.x, self.codebook), number=1, repeat=3))
         return 2 * n * m * e / t / 1e9
+
     track_gflops.unit = "GFLOP/s"
 
 
@@ -165,13 +198,18 @@ class PhiloxFill(Benchmark):
     """The models' noise (lvmcore.noise): Philox fills, the Numba kernel beside the NumPy
     reference; the (50, 100, 50) size is one IWAE-paper step's eps at K=50."""
 
-    params = [["numba", "numpy"], ["uniform", "normal", "gumbel"],
-              grid([5000, 250000], [5000, 250000, 1 << 24]), DTYPES]
+    params = [
+        ["numba", "numpy"],
+        ["uniform", "normal", "gumbel"],
+        grid([5000, 250000], [5000, 250000, 1 << 24]),
+        DTYPES,
+    ]
     param_names = ["backend", "kind", "n", "dtype"]
 
     def setup(self, backend, kind, n, dtype):
         super().setup()
         import kernels
+
         self.fn = kernels.get(f"philox_{kind}", backend)
         self.out = np.empty(n, dtype)
         self.fn(1, 0, n, np.dtype(dtype), out=self.out)
@@ -181,4 +219,5 @@ class PhiloxFill(Benchmark):
 
     def track_gbps(self, backend, kind, n, dtype):
         return _gbps(lambda: self.fn(1, 0, n, np.dtype(dtype), out=self.out), self.out.nbytes)
+
     track_gbps.unit = "GB/s"

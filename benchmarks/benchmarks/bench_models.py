@@ -1,5 +1,6 @@
 """Whole training steps and K=5000 evaluation of the IWAE-paper architecture
 (784-200-200-50 tanh encoder, mirrored Bernoulli decoder, Adam eps 1e-4)."""
+
 import numpy as np
 
 from lvmcore.models import IWAE, VAE
@@ -28,7 +29,7 @@ class TrainStep(Benchmark):
         self.model.init_output_bias(x)
         self.opt = Adam(self.model.parameters(), self.model.gradients(), lr=1e-3, eps=1e-4)
         self.rng = np.random.default_rng(0)
-        self.batches = [x[i:i + batch] for i in range(0, 1000, batch)]
+        self.batches = [x[i : i + batch] for i in range(0, 1000, batch)]
         self.i = 0
         for _ in range(30):  # JIT compilation and a few real steps stay out of the timings
             self.time_step(batch_k, dtype)

@@ -5,6 +5,7 @@ Run offline in the current environment:  cd benchmarks && asv run --python=same
 Set LVMCORE_BENCH_FULL=1 for the full size grid. Thread counts are pinned to
 LVMCORE_BENCH_THREADS (default 2) for Numba and BLAS, so figures compare across runs.
 """
+
 import functools
 import os
 
@@ -17,6 +18,7 @@ THREADS = int(os.environ.get("LVMCORE_BENCH_THREADS", "2"))
 def pin_threads():
     import numba
     from threadpoolctl import threadpool_limits
+
     numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(THREADS)
 
@@ -25,21 +27,22 @@ def grid(small, full):
     return full if FULL else small
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def normal(shape, dtype, seed=0):
     """Deterministic standard-normal input (append-only: seeds fixed forever)."""
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def binary(shape, dtype, p=0.13, seed=1):
     return (np.random.default_rng(seed).random(shape) < p).astype(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mnist_like(n=1000, dtype=np.float32):
     """Binarized MNIST when the shared copy is present, else binary noise of the same shape."""
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[3] / "shared" / "data" / "binarized_mnist.npz"
     if path.exists():
         x = np.unpackbits(np.load(path)["train"][:n], axis=1)[:, :784]

@@ -10,20 +10,42 @@ Reparameterizable ones add ``rsample(rng, shape) -> (z, noise)`` and
 
 Randomness enters only through an explicit ``numpy.random.Generator`` argument.
 """
+
 from .bernoulli import Bernoulli
 from .categorical import Categorical, UniformCategorical
 from .gumbel import Gumbel, gumbel_max, gumbel_max_sample, standard_gumbel
-from .kl import (KLNormalStdCache, kl_divergence, kl_divergence_backward, kl_normal_std_per_dim,
-                 kl_normal_std_per_dim_backward, kl_normal_std_per_dim_forward, register_kl,
-                 register_kl_backward)
+from .kl import (
+    KLNormalStdCache,
+    kl_divergence,
+    kl_divergence_backward,
+    kl_normal_std_per_dim,
+    kl_normal_std_per_dim_backward,
+    kl_normal_std_per_dim_forward,
+    register_kl,
+    register_kl_backward,
+)
 from .normal import DiagNormal, Distribution, StandardNormal
 from .relaxed import ExpRelaxedCategorical, RelaxedCategorical
 
 __all__ = [
-    "Distribution", "DiagNormal", "StandardNormal", "Bernoulli", "Categorical",
-    "UniformCategorical", "register_kl", "register_kl_backward", "kl_divergence",
-    "kl_divergence_backward", "KLNormalStdCache", "kl_normal_std_per_dim",
-    "kl_normal_std_per_dim_forward", "kl_normal_std_per_dim_backward",
-    "Gumbel", "standard_gumbel", "gumbel_max", "gumbel_max_sample", "RelaxedCategorical",
+    "Distribution",
+    "DiagNormal",
+    "StandardNormal",
+    "Bernoulli",
+    "Categorical",
+    "UniformCategorical",
+    "register_kl",
+    "register_kl_backward",
+    "kl_divergence",
+    "kl_divergence_backward",
+    "KLNormalStdCache",
+    "kl_normal_std_per_dim",
+    "kl_normal_std_per_dim_forward",
+    "kl_normal_std_per_dim_backward",
+    "Gumbel",
+    "standard_gumbel",
+    "gumbel_max",
+    "gumbel_max_sample",
+    "RelaxedCategorical",
     "ExpRelaxedCategorical",
 ]

@@ -4,10 +4,19 @@ All quantities are written with softplus and sigmoid of +-logits (lvmcore.ops), 
 they stay finite and keep full relative accuracy for logits as large as +-1e30 in
 float32 and float64: e.g. ``log_prob(x=1)`` at ``l = -1e4`` is exactly ``-1e4``.
 """
+
 from .._validation import check_array, check_param, get_xp
 from ..ops.activations import sigmoid, softplus
-from .normal import (Distribution, _broadcast_value, _check_dout, _check_float_arg,
-                     _event_axes, _sample_shape, _sum_to, _uniform)
+from .normal import (
+    Distribution,
+    _broadcast_value,
+    _check_dout,
+    _check_float_arg,
+    _event_axes,
+    _sample_shape,
+    _sum_to,
+    _uniform,
+)
 
 __all__ = ["Bernoulli"]
 
@@ -60,11 +69,20 @@ class Bernoulli(Distribution):
     def __init__(self, logits, *, event_ndim=0, validate=False):
         func = "Bernoulli"
         check_array(logits, "logits", func, finite=validate)
-        event_ndim = check_param(event_ndim, "event_ndim", func, kind="int", low=0,
-                                 high=logits.ndim, low_inclusive=True, high_inclusive=True)
+        event_ndim = check_param(
+            event_ndim,
+            "event_ndim",
+            func,
+            kind="int",
+            low=0,
+            high=logits.ndim,
+            low_inclusive=True,
+            high_inclusive=True,
+        )
         split = logits.ndim - event_ndim
-        super().__init__(logits.shape[:split], logits.shape[split:], logits.dtype,
-                         get_xp(logits), validate)
+        super().__init__(
+            logits.shape[:split], logits.shape[split:], logits.dtype, get_xp(logits), validate
+        )
         self.logits = logits
         self.event_ndim = event_ndim
 
@@ -98,7 +116,8 @@ class Bernoulli(Distribution):
                 raise ValueError(
                     f"{func}: expected value to lie in [0, 1] (the Bernoulli support is "
                     f"{{0, 1}}), got {int(bad.sum())} entries outside, e.g. "
-                    f"{float(value[bad].ravel()[0])!r}. Binarize or rescale the data.")
+                    f"{float(value[bad].ravel()[0])!r}. Binarize or rescale the data."
+                )
         return full
 
     def sample(self, rng, shape=()):
@@ -164,12 +183,11 @@ class Bernoulli(Distribution):
         """
         func = "Bernoulli.log_prob_backward"
         full = self._check_value(value, func)
-        out_shape = full[:len(full) - self.event_ndim]
+        out_shape = full[: len(full) - self.event_ndim]
         dout = self._expand_event(_check_dout(dout, out_shape, self.dtype, self.xp, func))
         lg = self.logits
         resid = value * sigmoid(-lg) - (1 - value) * sigmoid(lg)  # x - sigma(l), (*S, ...)
-        return {"logits": _sum_to(dout * resid, lg.shape),
-                "value": _sum_to(dout * lg, value.shape)}
+        return {"logits": _sum_to(dout * resid, lg.shape), "value": _sum_to(dout * lg, value.shape)}
 
     def entropy(self):
         """Entropy summed over the ``event_ndim`` last axes.

@@ -5,14 +5,24 @@ Everything is computed in log space from log_softmax (lvmcore.ops.softmax). A lo
 log is replaced by 0 before the product, so no ``0 * -inf`` is ever evaluated and no
 RuntimeWarning is raised), and every gradient with respect to that logit is 0.
 """
+
 import math
 
 import numpy as np
 
 from .._validation import check_array, check_param, get_xp
 from ..ops.softmax import log_softmax_forward
-from .normal import (Distribution, _check_device, _check_dout, _check_float_dtype, _check_rng,
-                     _check_xp, _sample_shape, _sum_to, _uniform)
+from .normal import (
+    Distribution,
+    _check_device,
+    _check_dout,
+    _check_float_dtype,
+    _check_rng,
+    _check_xp,
+    _sample_shape,
+    _sum_to,
+    _uniform,
+)
 
 __all__ = ["Categorical", "UniformCategorical"]
 
@@ -35,7 +45,8 @@ def _check_index(value, num_categories, batch_shape, xp, func, validate):
     if value.dtype.kind not in "iu":
         raise TypeError(
             f"{func}: expected value to be an integer array of category indices, got dtype "
-            f"{value.dtype}. Cast it with value.astype(numpy.int64).")
+            f"{value.dtype}. Cast it with value.astype(numpy.int64)."
+        )
     try:
         out_shape = np.broadcast_shapes(tuple(value.shape), tuple(batch_shape))
     except ValueError:
@@ -43,13 +54,15 @@ def _check_index(value, num_categories, batch_shape, xp, func, validate):
     if out_shape is None:
         raise ValueError(
             f"{func}: expected value to broadcast against batch_shape {tuple(batch_shape)}, "
-            f"got value of shape {tuple(value.shape)}.")
+            f"got value of shape {tuple(value.shape)}."
+        )
     if validate:
         bad = (value < 0) | (value >= num_categories)
         if bool(bad.any()):
             raise ValueError(
                 f"{func}: expected value to lie in [0, {num_categories}), got "
-                f"{int(bad.sum())} indices outside, e.g. {int(value[bad].ravel()[0])}.")
+                f"{int(bad.sum())} indices outside, e.g. {int(value[bad].ravel()[0])}."
+            )
     return out_shape
 
 
@@ -90,7 +103,8 @@ class Categorical(Distribution):
         if logits.ndim < 1 or logits.shape[-1] < 1:
             raise ValueError(
                 f"{func}: expected logits to have shape (..., C) with C >= 1, got "
-                f"{tuple(logits.shape)}.")
+                f"{tuple(logits.shape)}."
+            )
         xp = get_xp(logits)
         if validate:
             pos = logits == xp.inf
@@ -98,13 +112,15 @@ class Categorical(Distribution):
                 raise ValueError(
                     f"{func}: expected logits to contain no +inf values, got "
                     f"{int(pos.sum())}. Mask categories with -inf; +inf has no probability "
-                    f"meaning.")
+                    f"meaning."
+                )
             empty = ~(logits > -xp.inf).any(axis=-1)
             if bool(empty.any()):
                 raise ValueError(
                     f"{func}: expected every row of logits to have a finite entry, got "
                     f"{int(empty.sum())} rows that are all -inf. Leave at least one "
-                    f"category unmasked.")
+                    f"category unmasked."
+                )
         super().__init__(logits.shape[:-1], (), logits.dtype, xp, validate)
         self.logits = logits
         self.num_categories = int(logits.shape[-1])
@@ -173,8 +189,9 @@ class Categorical(Distribution):
             :math:`\\log p_{value}`.
         """
         func = "Categorical.log_prob"
-        out_shape = _check_index(value, self.num_categories, self.batch_shape, self.xp, func,
-                                 self.validate)
+        out_shape = _check_index(
+            value, self.num_categories, self.batch_shape, self.xp, func, self.validate
+        )
         xp = self.xp
         logp = xp.broadcast_to(self.log_probs, out_shape + (self.num_categories,))
         idx = xp.broadcast_to(value, out_shape)[..., None]
@@ -200,8 +217,7 @@ class Categorical(Distribution):
         masked category (:math:`p_i = 0`) unless that category is the value itself.
         """
         func = "Categorical.log_prob_backward"
-        out_shape = _check_index(value, self.num_categories, self.batch_shape, self.xp, func,
-                                 False)
+        out_shape = _check_index(value, self.num_categories, self.batch_shape, self.xp, func, False)
         xp = self.xp
         dout = _check_dout(dout, out_shape, self.dtype, xp, func)[..., None]
         p = self.probs  # (..., C)
@@ -270,8 +286,9 @@ class UniformCategorical(Distribution):
 
     def __init__(self, num_categories, dtype, *, xp=None):
         func = "UniformCategorical"
-        self.num_categories = check_param(num_categories, "num_categories", func, kind="int",
-                                          low=1, low_inclusive=True)
+        self.num_categories = check_param(
+            num_categories, "num_categories", func, kind="int", low=1, low_inclusive=True
+        )
         super().__init__((), (), _check_float_dtype(dtype, func), _check_xp(xp, func))
 
     @property
@@ -287,16 +304,14 @@ class UniformCategorical(Distribution):
     @property
     def log_probs(self):
         """ndarray of shape (C,): -log C."""
-        return self.xp.full(self.num_categories, -math.log(self.num_categories),
-                            dtype=self.dtype)
+        return self.xp.full(self.num_categories, -math.log(self.num_categories), dtype=self.dtype)
 
     def sample(self, rng, shape=()):
         """Uniform indices, int64 of shape ``shape``."""
         func = "UniformCategorical.sample"
         shape = _sample_shape(shape, func)
         rng = _check_rng(rng, func)
-        return self.xp.asarray(rng.integers(0, self.num_categories, size=shape,
-                                            dtype=np.int64))
+        return self.xp.asarray(rng.integers(0, self.num_categories, size=shape, dtype=np.int64))
 
     def log_prob(self, value):
         """:math:`-\\log C` for every index, shape ``value.shape``."""

@@ -11,15 +11,22 @@ requested dtype. E is floored at the dtype's smallest normal number (an exponent
 exactly 0 has probability below 2**-50), so g is always finite: g <= 87.3 in float32 and
 708.4 in float64.
 """
+
 import math
 
 import numpy as np
 
-from .._validation import (check_array, check_same_device, check_same_dtype, check_same_shape,
-                           get_xp)
+from .._validation import check_array, check_same_device, check_same_dtype, check_same_shape, get_xp
 from ..exceptions import InvalidParameterError
-from .normal import (Distribution, _broadcast_value, _check_dout, _check_float_arg, _check_rng,
-                     _sample_shape, _sum_to)
+from .normal import (
+    Distribution,
+    _broadcast_value,
+    _check_dout,
+    _check_float_arg,
+    _check_rng,
+    _sample_shape,
+    _sum_to,
+)
 
 __all__ = ["Gumbel", "standard_gumbel", "gumbel_max", "gumbel_max_sample", "EULER_GAMMA"]
 
@@ -152,7 +159,8 @@ class Gumbel(Distribution):
             raise InvalidParameterError(
                 f"The 'scale' parameter of {func} must be an array of floats in (0, inf). Got "
                 f"{int((scale <= 0).sum())} entries <= 0, e.g. "
-                f"{float(scale[scale <= 0].ravel()[0])!r} instead.")
+                f"{float(scale[scale <= 0].ravel()[0])!r} instead."
+            )
         super().__init__(loc.shape, (), loc.dtype, get_xp(loc), validate)
         self.loc = loc
         self.scale = scale
@@ -170,7 +178,7 @@ class Gumbel(Distribution):
     @property
     def variance(self):
         """ndarray: :math:`\\pi^2\\beta^2/6`."""
-        return self.dtype.type(math.pi ** 2 / 6) * self.scale * self.scale
+        return self.dtype.type(math.pi**2 / 6) * self.scale * self.scale
 
     def reparameterize(self, g):
         """:math:`x = \\mu + \\beta g` for fixed standard-Gumbel noise g (broadcasts)."""
@@ -249,9 +257,11 @@ class Gumbel(Distribution):
         with np.errstate(over="ignore"):
             t = -self.xp.expm1(-z)  # 1 - e^{-z}
         inv = 1 / self.scale
-        return {"loc": _sum_to(dout * t * inv, self.loc.shape),
-                "scale": _sum_to(dout * (z * t - 1) * inv, self.scale.shape),
-                "value": _sum_to(-dout * t * inv, value.shape)}
+        return {
+            "loc": _sum_to(dout * t * inv, self.loc.shape),
+            "scale": _sum_to(dout * (z * t - 1) * inv, self.scale.shape),
+            "value": _sum_to(-dout * t * inv, value.shape),
+        }
 
     def cdf(self, value):
         """:math:`F(x) = \\exp(-e^{-z})`, shape broadcast(value, loc)."""

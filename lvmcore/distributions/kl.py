@@ -26,20 +26,27 @@ The per-dimension KL to the standard normal (free bits needs it before the sum) 
 an op pair in the house style: ``kl_normal_std_per_dim_forward(loc, logvar) ->
 (kl, cache)`` and ``kl_normal_std_per_dim_backward(dkl, cache) -> (dloc, dlogvar)``.
 """
+
 from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import (check_array, check_same_device, check_same_dtype, check_same_shape,
-                           get_xp)
+from .._validation import check_array, check_same_device, check_same_dtype, check_same_shape, get_xp
 from ..ops.activations import sigmoid, softplus
 from .bernoulli import Bernoulli
 from .categorical import Categorical, UniformCategorical, _log_softmax_and_probs
 from .normal import DiagNormal, Distribution, StandardNormal, _check_dout, _event_axes, _sum_to
 
-__all__ = ["register_kl", "register_kl_backward", "kl_divergence", "kl_divergence_backward",
-           "KLNormalStdCache", "kl_normal_std_per_dim", "kl_normal_std_per_dim_forward",
-           "kl_normal_std_per_dim_backward"]
+__all__ = [
+    "register_kl",
+    "register_kl_backward",
+    "kl_divergence",
+    "kl_divergence_backward",
+    "KLNormalStdCache",
+    "kl_normal_std_per_dim",
+    "kl_normal_std_per_dim_forward",
+    "kl_normal_std_per_dim_backward",
+]
 
 _KL_FORWARD = {}
 _KL_BACKWARD = {}
@@ -50,7 +57,8 @@ def _check_pair_types(type_p, type_q, func):
         if not (isinstance(t, type) and issubclass(t, Distribution)):
             raise TypeError(
                 f"{func}: expected {name} to be a subclass of "
-                f"lvmcore.distributions.Distribution, got {t!r}.")
+                f"lvmcore.distributions.Distribution, got {t!r}."
+            )
 
 
 def register_kl(type_p, type_q):
@@ -71,6 +79,7 @@ def register_kl(type_p, type_q):
     def decorator(fn):
         _KL_FORWARD[type_p, type_q] = fn
         return fn
+
     return decorator
 
 
@@ -86,6 +95,7 @@ def register_kl_backward(type_p, type_q):
     def decorator(fn):
         _KL_BACKWARD[type_p, type_q] = fn
         return fn
+
     return decorator
 
 
@@ -107,7 +117,8 @@ def _lookup(table, p, q, func, what):
         raise NotImplementedError(
             f"No KL(p || q){what} for p={tp.__name__}, q={tq.__name__}. Registered pairs: "
             f"{_pairs(table) or 'none'}. Register one with "
-            f"@{decorator}({tp.__name__}, {tq.__name__}).")
+            f"@{decorator}({tp.__name__}, {tq.__name__})."
+        )
     return best
 
 
@@ -115,26 +126,31 @@ def _check_pair(p, q, func):
     """Same device, dtype and event shape; returns the broadcast batch shape."""
     for name, d in (("p", p), ("q", q)):
         if not isinstance(d, Distribution):
-            raise TypeError(f"{func}: expected {name} to be an lvmcore distribution, got "
-                            f"{type(d).__name__}.")
+            raise TypeError(
+                f"{func}: expected {name} to be an lvmcore distribution, got {type(d).__name__}."
+            )
     if p.xp is not q.xp:
         raise TypeError(
             f"{func}: expected p and q on one device, got p on {p.xp.__name__} and q on "
-            f"{q.xp.__name__}. Move one explicitly; lvmcore never copies implicitly.")
+            f"{q.xp.__name__}. Move one explicitly; lvmcore never copies implicitly."
+        )
     if p.dtype != q.dtype:
         raise TypeError(
             f"{func}: expected p and q to share one dtype, got p: {p.dtype}, q: {q.dtype}. "
-            f"Build both in float32 (speed) or float64 (checks).")
+            f"Build both in float32 (speed) or float64 (checks)."
+        )
     if p.event_shape != q.event_shape:
         raise ValueError(
             f"{func}: expected p and q to have the same event_shape, got {p.event_shape} and "
-            f"{q.event_shape}.")
+            f"{q.event_shape}."
+        )
     try:
         return np.broadcast_shapes(p.batch_shape, q.batch_shape)
     except ValueError:
         raise ValueError(
             f"{func}: expected the batch shapes of p and q to broadcast, got {p.batch_shape} "
-            f"and {q.batch_shape}.") from None
+            f"and {q.batch_shape}."
+        ) from None
 
 
 def kl_divergence(p, q):
@@ -196,6 +212,7 @@ def kl_divergence_backward(p, q, dkl=1.0):
 
 
 # --- DiagNormal || StandardNormal ---------------------------------------------------------
+
 
 class KLNormalStdCache(NamedTuple):
     """What kl_normal_std_per_dim_backward needs: ``loc`` and ``logvar``, both (..., Z)."""
@@ -273,8 +290,7 @@ def kl_normal_std_per_dim_backward(dkl, cache):
     """
     loc, logvar = cache
     xp = get_xp(loc)
-    dkl = _check_dout(dkl, loc.shape, loc.dtype, xp, "kl_normal_std_per_dim_backward",
-                      name="dkl")
+    dkl = _check_dout(dkl, loc.shape, loc.dtype, xp, "kl_normal_std_per_dim_backward", name="dkl")
     return dkl * loc, 0.5 * dkl * xp.expm1(logvar)
 
 
@@ -296,6 +312,7 @@ def _kl_diagnormal_standardnormal_backward(p, q, dkl):
 
 
 # --- DiagNormal || DiagNormal -------------------------------------------------------------
+
 
 @register_kl(DiagNormal, DiagNormal)
 def _kl_diagnormal_diagnormal(p, q):
@@ -332,12 +349,15 @@ def _kl_diagnormal_diagnormal_backward(p, q, dkl):
     r = xp.expm1(p.logvar - q.logvar)  # (..., Z)
     du = dk * u
     dp = {"loc": _sum_to(du, p.loc.shape), "logvar": _sum_to(0.5 * dk * r, p.loc.shape)}
-    dq = {"loc": _sum_to(-du, q.loc.shape),
-          "logvar": _sum_to(-0.5 * dk * (r + diff * u), q.loc.shape)}
+    dq = {
+        "loc": _sum_to(-du, q.loc.shape),
+        "logvar": _sum_to(-0.5 * dk * (r + diff * u), q.loc.shape),
+    }
     return dp, dq
 
 
 # --- Bernoulli || Bernoulli ---------------------------------------------------------------
+
 
 @register_kl(Bernoulli, Bernoulli)
 def _kl_bernoulli_bernoulli(p, q):
@@ -382,11 +402,13 @@ def _kl_bernoulli_bernoulli_backward(p, q, dkl):
 
 # --- Categorical || Categorical and || UniformCategorical ---------------------------------
 
+
 def _check_categories(p, q, func):
     if p.num_categories != q.num_categories:
         raise ValueError(
             f"{func}: expected p and q to have the same number of categories, got "
-            f"{p.num_categories} and {q.num_categories}.")
+            f"{p.num_categories} and {q.num_categories}."
+        )
 
 
 def _categorical_terms(logp, p, logq):
@@ -428,8 +450,10 @@ def _kl_categorical_categorical_backward(p, q, dkl):
     logp, pp = _log_softmax_and_probs(p.logits)
     logq, qq = _log_softmax_and_probs(q.logits)
     diff, kl = _categorical_terms(logp, pp, logq)
-    return ({"logits": _sum_to(dk * pp * (diff - kl), p.logits.shape)},
-            {"logits": _sum_to(dk * (qq - pp), q.logits.shape)})
+    return (
+        {"logits": _sum_to(dk * pp * (diff - kl), p.logits.shape)},
+        {"logits": _sum_to(dk * (qq - pp), q.logits.shape)},
+    )
 
 
 @register_kl(Categorical, UniformCategorical)

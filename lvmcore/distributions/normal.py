@@ -21,13 +21,21 @@ Conventions, shared by every distribution (torch.distributions names):
 - Construction checks array type, dtype and shapes only (cheap); ``validate=True``
   adds a scan of the values (finiteness, support).
 """
+
 import math
 import numbers
 
 import numpy as np
 
-from .._validation import (_array_library, check_array, check_param, check_same_device,
-                           check_same_dtype, check_same_shape, get_xp)
+from .._validation import (
+    _array_library,
+    check_array,
+    check_param,
+    check_same_device,
+    check_same_dtype,
+    check_same_shape,
+    get_xp,
+)
 from ..exceptions import InvalidParameterError
 
 __all__ = ["Distribution", "DiagNormal", "StandardNormal"]
@@ -36,6 +44,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --- helpers shared by the distribution modules -------------------------------------------
+
 
 def _check_rng(rng, func):
     """Return ``rng`` if it is a NumPy (or CuPy) Generator; TypeError otherwise."""
@@ -46,7 +55,8 @@ def _check_rng(rng, func):
     raise TypeError(
         f"{func}: expected rng to be a numpy.random.Generator, got {type(rng).__name__}. "
         f"Create one with numpy.random.default_rng(seed) and pass it explicitly; lvmcore "
-        f"never draws from global random state.")
+        f"never draws from global random state."
+    )
 
 
 def _sample_shape(shape, func):
@@ -56,11 +66,13 @@ def _sample_shape(shape, func):
         items = tuple(items)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                                and s >= 0 for s in items):
+    if items is None or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in items
+    ):
         raise InvalidParameterError(
             f"The 'shape' parameter of {func} must be a tuple of non-negative ints. "
-            f"Got {shape!r} instead.")
+            f"Got {shape!r} instead."
+        )
     return tuple(int(s) for s in items)
 
 
@@ -106,7 +118,8 @@ def _check_device(x, name, xp, func):
         raise TypeError(
             f"{func}: expected {name} on the same device as the distribution's parameters "
             f"({xp.__name__}), got a {_array_library(x)} array. Move it explicitly with "
-            f"cupy.asarray(...) or cupy.asnumpy(...); lvmcore never copies implicitly.")
+            f"cupy.asarray(...) or cupy.asnumpy(...); lvmcore never copies implicitly."
+        )
 
 
 def _check_float_arg(x, name, dtype, xp, func, *, finite=False):
@@ -116,15 +129,16 @@ def _check_float_arg(x, name, dtype, xp, func, *, finite=False):
     if x.dtype != dtype:
         raise TypeError(
             f"{func}: expected {name} to have dtype {dtype} (the distribution's), got "
-            f"{x.dtype}. Cast it with {name}.astype(numpy.{dtype}).")
+            f"{x.dtype}. Cast it with {name}.astype(numpy.{dtype})."
+        )
     return x
 
 
 def _broadcast_value(value, name, param_shape, event_ndim, func):
     """Broadcast shape of ``value`` against ``param_shape``; its event axes must match."""
-    event = tuple(param_shape[len(param_shape) - event_ndim:])
+    event = tuple(param_shape[len(param_shape) - event_ndim :])
     vshape = tuple(value.shape)
-    ok = vshape[len(vshape) - event_ndim:] == event if event_ndim else True
+    ok = vshape[len(vshape) - event_ndim :] == event if event_ndim else True
     full = None
     if ok and value.ndim >= event_ndim:
         try:
@@ -135,7 +149,8 @@ def _broadcast_value(value, name, param_shape, event_ndim, func):
         want = "(..., " + ", ".join(str(s) for s in param_shape) + ")"
         raise ValueError(
             f"{func}: expected {name} to broadcast against the parameters' shape "
-            f"{tuple(param_shape)} as {want}, got {name} of shape {vshape}.")
+            f"{tuple(param_shape)} as {want}, got {name} of shape {vshape}."
+        )
     return full
 
 
@@ -155,15 +170,18 @@ def _check_dout(dout, shape, dtype, xp, func, name="dout"):
     if not ok:
         raise ValueError(
             f"{func}: expected {name} to have the forward output's shape {shape}, got "
-            f"{tuple(dout.shape)}.")
+            f"{tuple(dout.shape)}."
+        )
     return xp.broadcast_to(dout, shape)
 
 
 def _check_float_dtype(dtype, func):
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{func}: expected dtype to be float32 or float64, got {dt}. "
-                        f"Pass dtype=numpy.float32 (speed) or numpy.float64 (checks).")
+        raise TypeError(
+            f"{func}: expected dtype to be float32 or float64, got {dt}. "
+            f"Pass dtype=numpy.float32 (speed) or numpy.float64 (checks)."
+        )
     return dt
 
 
@@ -229,14 +247,18 @@ class Distribution:
         raise NotImplementedError(
             f"{type(self).__name__}.rsample: {type(self).__name__} has no reparameterized "
             f"sampler (its samples are discrete). Use sample(rng, shape) with a "
-            f"score-function estimator, or a relaxed (Gumbel-softmax) distribution.")
+            f"score-function estimator, or a relaxed (Gumbel-softmax) distribution."
+        )
 
     def __repr__(self):
-        return (f"{type(self).__name__}(batch_shape={self.batch_shape}, "
-                f"event_shape={self.event_shape}, dtype={self.dtype})")
+        return (
+            f"{type(self).__name__}(batch_shape={self.batch_shape}, "
+            f"event_shape={self.event_shape}, dtype={self.dtype})"
+        )
 
 
 # --- Gaussians ----------------------------------------------------------------------------
+
 
 class DiagNormal(Distribution):
     """Gaussian with diagonal covariance, parameterized by mean and log-variance.
@@ -296,7 +318,8 @@ class DiagNormal(Distribution):
         if loc.ndim < 1:
             raise ValueError(
                 f"{func}: expected loc to have at least 1 dimension (the last is the event "
-                f"axis Z), got a 0-d array. Reshape it to (1,) for a scalar Gaussian.")
+                f"axis Z), got a 0-d array. Reshape it to (1,) for a scalar Gaussian."
+            )
         super().__init__(loc.shape[:-1], loc.shape[-1:], loc.dtype, get_xp(loc), validate)
         self.loc = loc
         self.logvar = logvar
@@ -418,8 +441,9 @@ class DiagNormal(Distribution):
         _check_float_arg(value, "value", self.dtype, self.xp, func, finite=self.validate)
         _broadcast_value(value, "value", self.loc.shape, 1, func)
         diff = value - self.loc  # (*S, ..., Z)
-        return -0.5 * (diff * diff * self.xp.exp(-self.logvar) + self.logvar
-                       + _LOG_2PI).sum(axis=-1)
+        return -0.5 * (diff * diff * self.xp.exp(-self.logvar) + self.logvar + _LOG_2PI).sum(
+            axis=-1
+        )
 
     def log_prob_backward(self, dout, value):
         """Gradients of :math:`L = \\sum dout \\cdot \\log p(value)`.
@@ -452,9 +476,11 @@ class DiagNormal(Distribution):
         diff = value - self.loc  # (*S, ..., Z)
         u = diff * self.xp.exp(-self.logvar)  # (*S, ..., Z)
         du = dout * u
-        return {"loc": _sum_to(du, self.loc.shape),
-                "logvar": _sum_to(dout * (diff * u - 1), self.loc.shape) * 0.5,
-                "value": _sum_to(-du, value.shape)}
+        return {
+            "loc": _sum_to(du, self.loc.shape),
+            "logvar": _sum_to(dout * (diff * u - 1), self.loc.shape) * 0.5,
+            "value": _sum_to(-du, value.shape),
+        }
 
     def entropy(self):
         """Differential entropy summed over the event axis.
@@ -520,10 +546,10 @@ class StandardNormal(Distribution):
 
     def __init__(self, event_size, dtype, *, xp=None):
         func = "StandardNormal"
-        event_size = check_param(event_size, "event_size", func, kind="int", low=1,
-                                 low_inclusive=True)
-        super().__init__((), (event_size,), _check_float_dtype(dtype, func),
-                         _check_xp(xp, func))
+        event_size = check_param(
+            event_size, "event_size", func, kind="int", low=1, low_inclusive=True
+        )
+        super().__init__((), (event_size,), _check_float_dtype(dtype, func), _check_xp(xp, func))
 
     @property
     def mean(self):

@@ -30,6 +30,7 @@ Variables", ICLR 2017 (eq. 10 the density; App. C the ExpConcrete).
 Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017 (eq. 1-3;
 sec. 2.2 the straight-through estimator).
 """
+
 import math
 
 import numpy as np
@@ -37,14 +38,25 @@ import numpy as np
 from .._validation import check_array, check_param, get_xp
 from ..ops.softmax import log_softmax_forward
 from .gumbel import standard_gumbel
-from .normal import (Distribution, _broadcast_value, _check_dout, _check_float_arg,
-                     _sample_shape, _sum_to)
+from .normal import (
+    Distribution,
+    _broadcast_value,
+    _check_dout,
+    _check_float_arg,
+    _sample_shape,
+    _sum_to,
+)
 
-__all__ = ["RelaxedCategorical", "ExpRelaxedCategorical", "relaxed_softmax",
-           "relaxed_softmax_backward"]
+__all__ = [
+    "RelaxedCategorical",
+    "ExpRelaxedCategorical",
+    "relaxed_softmax",
+    "relaxed_softmax_backward",
+]
 
 
 # --- pure math: the draw and its backward, shared by both classes ---------------------------
+
 
 def _scores(logits, tau, g):
     """(d, y, lse): d = (s - max s)/tau <= 0 (*S, ..., C); y = softmax(d); lse = log sum e^d.
@@ -53,10 +65,10 @@ def _scores(logits, tau, g):
     first overflows for tiny tau, and inf - inf is NaN.
     """
     xp = get_xp(logits, g)
-    s = logits + g                                                   # (*S, ..., C)
-    d = (s - s.max(axis=-1, keepdims=True)) / tau                    # (*S, ..., C), max 0
-    e = xp.exp(d)                                                    # (0, 1], 1 at the argmax
-    z = e.sum(axis=-1, keepdims=True)                                # in [1, C]
+    s = logits + g  # (*S, ..., C)
+    d = (s - s.max(axis=-1, keepdims=True)) / tau  # (*S, ..., C), max 0
+    e = xp.exp(d)  # (0, 1], 1 at the argmax
+    z = e.sum(axis=-1, keepdims=True)  # in [1, C]
     return d, e / z, xp.log(z)
 
 
@@ -139,6 +151,7 @@ def relaxed_softmax_backward(dy, logits, tau, g, log_space=False):
 
 # --- the ExpConcrete density and its backward ----------------------------------------------
 
+
 def _exp_concrete_log_prob(logits, tau, x):
     """log p(x) of the ExpConcrete; returns (lp, w, xs) with w = softmax(l - tau xs).
 
@@ -146,8 +159,8 @@ def _exp_concrete_log_prob(logits, tau, x):
     C-1 dimensional set logsumexp(x) = 0), and the shift keeps tau * xs small.
     """
     C = logits.shape[-1]
-    xs = x - x.max(axis=-1, keepdims=True)                          # (*S, ..., C), max 0
-    u = logits - tau * xs                                           # (*S, ..., C)
+    xs = x - x.max(axis=-1, keepdims=True)  # (*S, ..., C), max 0
+    u = logits - tau * xs  # (*S, ..., C)
     lsm, (w, _) = log_softmax_forward(u, axis=-1)
     const = math.lgamma(C) + (C - 1) * math.log(tau)
     return lsm.sum(axis=-1) + logits.dtype.type(const), w, xs
@@ -160,8 +173,10 @@ def _check_temperature(temperature, func):
 def _check_logits(logits, func, validate):
     check_array(logits, "logits", func, finite=validate)
     if logits.ndim < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"{func}: expected logits to have shape (..., C) with C >= 1, got "
-                         f"{tuple(logits.shape)}.")
+        raise ValueError(
+            f"{func}: expected logits to have shape (..., C) with C >= 1, got "
+            f"{tuple(logits.shape)}."
+        )
 
 
 class ExpRelaxedCategorical(Distribution):
@@ -208,8 +223,9 @@ class ExpRelaxedCategorical(Distribution):
         func = type(self).__name__
         self.temperature = _check_temperature(temperature, func)
         _check_logits(logits, func, validate)
-        super().__init__(logits.shape[:-1], logits.shape[-1:], logits.dtype, get_xp(logits),
-                         validate)
+        super().__init__(
+            logits.shape[:-1], logits.shape[-1:], logits.dtype, get_xp(logits), validate
+        )
         self.logits = logits
         self.num_categories = int(logits.shape[-1])
 
@@ -304,23 +320,29 @@ class ExpRelaxedCategorical(Distribution):
         C = self.num_categories
         tau = self._tau
         _, w, xs = _exp_concrete_log_prob(self.logits, tau, value)
-        r = 1 - C * w                                                   # (*S, ..., C)
+        r = 1 - C * w  # (*S, ..., C)
         dr = dout * r
-        dtau = (dout[..., 0] * (C - 1) / tau).sum(dtype=np.float64) \
-            - (dr * xs).sum(dtype=np.float64)
-        return {"logits": _sum_to(dr, self.logits.shape),
-                "temperature": self.xp.asarray(dtau, dtype=self.dtype),
-                "value": _sum_to(-tau * dr, value.shape)}
+        dtau = (dout[..., 0] * (C - 1) / tau).sum(dtype=np.float64) - (dr * xs).sum(
+            dtype=np.float64
+        )
+        return {
+            "logits": _sum_to(dr, self.logits.shape),
+            "temperature": self.xp.asarray(dtau, dtype=self.dtype),
+            "value": _sum_to(-tau * dr, value.shape),
+        }
 
     def entropy(self):
         raise NotImplementedError(
             f"{type(self).__name__}.entropy: the Concrete distribution has no closed-form "
-            f"entropy. Estimate it by Monte Carlo with -log_prob(rsample(...)).")
+            f"entropy. Estimate it by Monte Carlo with -log_prob(rsample(...))."
+        )
 
     def __repr__(self):
-        return (f"{type(self).__name__}(batch_shape={self.batch_shape}, "
-                f"event_shape={self.event_shape}, temperature={self.temperature}, "
-                f"dtype={self.dtype})")
+        return (
+            f"{type(self).__name__}(batch_shape={self.batch_shape}, "
+            f"event_shape={self.event_shape}, temperature={self.temperature}, "
+            f"dtype={self.dtype})"
+        )
 
 
 class RelaxedCategorical(ExpRelaxedCategorical):
@@ -426,7 +448,8 @@ class RelaxedCategorical(ExpRelaxedCategorical):
                 f"{func}: expected value to lie in the open simplex (every entry > 0), got "
                 f"{int(bad.sum())} entries <= 0 or NaN. At low temperature y underflows to an "
                 f"exact one-hot; pass log y with log_space=True (ExpRelaxedCategorical.rsample "
-                f"draws it, finite at any temperature).")
+                f"draws it, finite at any temperature)."
+            )
         return self.xp.log(value)
 
     def log_prob(self, value, log_space=False):

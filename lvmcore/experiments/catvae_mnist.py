@@ -26,6 +26,7 @@ Reference: Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax
 Gumbel-Softmax 111.5, NVIL 113.1, for a 200-unit Bernoulli VAE; numbers from far longer
 training than the budget here).
 """
+
 import argparse
 import json
 import time
@@ -39,9 +40,24 @@ from ..train import fit
 __all__ = ["run_estimator", "main"]
 
 
-def run_estimator(dataset, estimator, *, epochs, latents=20, categories=10, hidden=(512, 256),
-                  batch_size=100, lr=1e-3, tau=1.0, tau_min=0.5, tau_decay=1e-4,
-                  tau_every=1000, seed=0, k=0, nll_subset=1000):
+def run_estimator(
+    dataset,
+    estimator,
+    *,
+    epochs,
+    latents=20,
+    categories=10,
+    hidden=(512, 256),
+    batch_size=100,
+    lr=1e-3,
+    tau=1.0,
+    tau_min=0.5,
+    tau_decay=1e-4,
+    tau_every=1000,
+    seed=0,
+    k=0,
+    nll_subset=1000,
+):
     """Train one CatVAE with ``estimator`` and evaluate it on ``dataset.test``.
 
     Returns
@@ -52,29 +68,50 @@ def run_estimator(dataset, estimator, *, epochs, latents=20, categories=10, hidd
         ``k > 0`` ``test_nll`` / ``test_nll_sem`` on ``nll_subset`` test rows.
     """
     relaxed = estimator in ("gumbel", "st-gumbel")
-    model = CatVAE(dataset.train.shape[1], latents, categories, hidden, estimator=estimator,
-                   tau=tau, tau_min=tau_min if relaxed and tau_decay else None,
-                   tau_decay=tau_decay if relaxed else 0.0, tau_every=tau_every, seed=seed)
+    model = CatVAE(
+        dataset.train.shape[1],
+        latents,
+        categories,
+        hidden,
+        estimator=estimator,
+        tau=tau,
+        tau_min=tau_min if relaxed and tau_decay else None,
+        tau_decay=tau_decay if relaxed else 0.0,
+        tau_every=tau_every,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    history = fit(model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                  progress=False)
+    history = fit(
+        model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False
+    )
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     test = dataset.test
     elbo = model.elbo(test, np.random.default_rng([seed, 0, 0, 6])).astype(np.float64)
-    row = dict(estimator=estimator, steps=history[-1]["step"], train_seconds=train_seconds,
-               valid_bound=history[-1]["valid_bound"], final_tau=model.temperature(),
-               test_elbo=float(elbo.mean()),
-               test_elbo_sem=float(elbo.std(ddof=1) / np.sqrt(elbo.size)))
+    row = dict(
+        estimator=estimator,
+        steps=history[-1]["step"],
+        train_seconds=train_seconds,
+        valid_bound=history[-1]["valid_bound"],
+        final_tau=model.temperature(),
+        test_elbo=float(elbo.mean()),
+        test_elbo_sem=float(elbo.std(ddof=1) / np.sqrt(elbo.size)),
+    )
     if k > 0:
-        pick = np.sort(np.random.default_rng([seed, 7]).choice(test.shape[0],
-                                                               min(nll_subset, test.shape[0]),
-                                                               replace=False))
-        ll = model.log_likelihood(test[pick], np.random.default_rng([seed, 0, 0, 8]),
-                                  k=k).astype(np.float64)
-        row.update(test_nll=float(-ll.mean()), test_nll_sem=float(ll.std(ddof=1)
-                                                                  / np.sqrt(ll.size)),
-                   nll_k=k, nll_n=int(ll.size))
+        pick = np.sort(
+            np.random.default_rng([seed, 7]).choice(
+                test.shape[0], min(nll_subset, test.shape[0]), replace=False
+            )
+        )
+        ll = model.log_likelihood(test[pick], np.random.default_rng([seed, 0, 0, 8]), k=k).astype(
+            np.float64
+        )
+        row.update(
+            test_nll=float(-ll.mean()),
+            test_nll_sem=float(ll.std(ddof=1) / np.sqrt(ll.size)),
+            nll_k=k,
+            nll_n=int(ll.size),
+        )
     row["eval_seconds"] = time.perf_counter() - t0
     return row
 
@@ -96,9 +133,11 @@ def _table(rows, k):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lvmcore.experiments.catvae_mnist",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lvmcore.experiments.catvae_mnist",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="mnist", help="mnist ($LVMCORE_MNIST) or a path")
     p.add_argument("--estimators", default="gumbel,st-gumbel,nvil")
     p.add_argument("--epochs", type=int, default=10)
@@ -111,13 +150,16 @@ def main(argv=None):
     p.add_argument("--tau-min", type=float, default=0.5)
     p.add_argument("--tau-decay", type=float, default=1e-4)
     p.add_argument("--tau-every", type=int, default=1000)
-    p.add_argument("--k", type=int, default=0, help="importance samples for the test NLL "
-                                                    "(0 skips it)")
+    p.add_argument(
+        "--k", type=int, default=0, help="importance samples for the test NLL (0 skips it)"
+    )
     p.add_argument("--nll-subset", type=int, default=1000)
-    p.add_argument("--train-subset", type=int, default=0, help="first N training rows "
-                                                              "(0: all 50,000)")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: these "
-                                                          "GEMMs are small)")
+    p.add_argument(
+        "--train-subset", type=int, default=0, help="first N training rows (0: all 50,000)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="BLAS threads (default 1: these GEMMs are small)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
@@ -126,22 +168,38 @@ def main(argv=None):
 
     data = load_dataset(args.data)
     if args.train_subset:
-        data = Dataset(data.train[:args.train_subset], data.valid, data.test, data.name,
-                       data.shape)
+        data = Dataset(
+            data.train[: args.train_subset], data.valid, data.test, data.name, data.shape
+        )
     hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
     rows = []
     with threadpool_limits(limits=args.threads, user_api="blas"):
         for est in args.estimators.split(","):
-            rows.append(run_estimator(
-                data, est, epochs=args.epochs, latents=args.latents,
-                categories=args.categories, hidden=hidden, batch_size=args.batch_size,
-                lr=args.lr, tau=args.tau, tau_min=args.tau_min, tau_decay=args.tau_decay,
-                tau_every=args.tau_every, seed=args.seed, k=args.k,
-                nll_subset=args.nll_subset))
+            rows.append(
+                run_estimator(
+                    data,
+                    est,
+                    epochs=args.epochs,
+                    latents=args.latents,
+                    categories=args.categories,
+                    hidden=hidden,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    tau=args.tau,
+                    tau_min=args.tau_min,
+                    tau_decay=args.tau_decay,
+                    tau_every=args.tau_every,
+                    seed=args.seed,
+                    k=args.k,
+                    nll_subset=args.nll_subset,
+                )
+            )
             print(f"{est}: done in {rows[-1]['train_seconds']:.1f} s", flush=True)
-    print(f"\nCategorical VAE {args.latents} x {args.categories}, hidden {hidden}, "
-          f"{args.epochs} epochs of {data.train.shape[0]} examples, batch {args.batch_size}, "
-          f"Adam lr {args.lr:g}, seed {args.seed}\n")
+    print(
+        f"\nCategorical VAE {args.latents} x {args.categories}, hidden {hidden}, "
+        f"{args.epochs} epochs of {data.train.shape[0]} examples, batch {args.batch_size}, "
+        f"Adam lr {args.lr:g}, seed {args.seed}\n"
+    )
     print(_table(rows, args.k))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -39,6 +39,7 @@ Usage::
    sample per step), so it needs more steps to reach a tolerance and has a higher noise floor.
    The table prints the steps until the mean distance over runs falls below each tolerance.
 """
+
 import argparse
 
 import numpy as np
@@ -47,9 +48,17 @@ from scipy import stats
 
 from .._validation import check_param
 
-__all__ = ["reinforce_variance", "reparam_variance", "per_sample_gradients",
-           "excess_kurtosis", "variance_interval", "variance_table", "toy_2d", "toy_2d_table",
-           "main"]
+__all__ = [
+    "reinforce_variance",
+    "reparam_variance",
+    "per_sample_gradients",
+    "excess_kurtosis",
+    "variance_interval",
+    "variance_table",
+    "toy_2d",
+    "toy_2d_table",
+    "main",
+]
 
 TARGET = (5.0, 5.0)
 
@@ -61,7 +70,7 @@ def reparam_variance(theta):
 
 def reinforce_variance(theta):
     """Per-sample variance of the REINFORCE gradient x^2 (x - theta): theta^4 + 14 theta^2 + 15."""
-    return theta ** 4 + 14 * theta ** 2 + 15
+    return theta**4 + 14 * theta**2 + 15
 
 
 def _normal_moment(j):
@@ -77,8 +86,8 @@ def _poly_expectation(coeffs):
 def _estimator_poly(estimator, theta):
     """The per-sample estimator as a polynomial in eps (lowest degree first)."""
     if estimator == "reparam":
-        return np.array([2 * theta, 2.0])                                  # 2 theta + 2 eps
-    return np.array([0.0, theta ** 2, 2 * theta, 1.0])                     # (theta + eps)^2 eps
+        return np.array([2 * theta, 2.0])  # 2 theta + 2 eps
+    return np.array([0.0, theta**2, 2 * theta, 1.0])  # (theta + eps)^2 eps
 
 
 def excess_kurtosis(estimator, theta):
@@ -89,7 +98,7 @@ def excess_kurtosis(estimator, theta):
     h = _estimator_poly(estimator, theta).copy()
     h[0] -= _poly_expectation(h)
     var = _poly_expectation(P.polypow(h, 2))
-    return _poly_expectation(P.polypow(h, 4)) / var ** 2 - 3.0
+    return _poly_expectation(P.polypow(h, 4)) / var**2 - 3.0
 
 
 def variance_interval(n, kurtosis, alpha=1e-6):
@@ -130,13 +139,20 @@ def variance_table(theta=2.0, ns=(10, 100, 1000, 10000, 100000), seed=0, alpha=1
         n = check_param(n, "n", "variance_table", kind="int", low=2, low_inclusive=True)
         rf, rp = per_sample_gradients(np.random.default_rng([seed, i]), theta, n)
         row = dict(n=n)
-        for name, vals, var in (("reinforce", rf, reinforce_variance(theta)),
-                                ("reparam", rp, reparam_variance(theta))):
+        for name, vals, var in (
+            ("reinforce", rf, reinforce_variance(theta)),
+            ("reparam", rp, reparam_variance(theta)),
+        ):
             lo, hi = variance_interval(n, excess_kurtosis(name, theta), alpha)
-            row.update({f"{name}_mean": float(vals.mean()),
-                        f"{name}_var": float(vals.var(ddof=1)),
-                        f"{name}_var_true": var, f"{name}_mean_var_true": var / n,
-                        f"{name}_interval": (lo * var, hi * var)})
+            row.update(
+                {
+                    f"{name}_mean": float(vals.mean()),
+                    f"{name}_var": float(vals.var(ddof=1)),
+                    f"{name}_var_true": var,
+                    f"{name}_mean_var_true": var / n,
+                    f"{name}_interval": (lo * var, hi * var),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -157,20 +173,21 @@ def toy_2d(estimator, lr=0.01, samples=10, steps=2000, runs=100, seed=0, target=
         :math:`\\lVert \\mu_s - t \\rVert` after each step of each run (inf for a run that
         overflowed).
     """
-    estimator = check_param(estimator, "estimator", "toy_2d", kind="choice",
-                            choices=("reinforce", "reparam"))
+    estimator = check_param(
+        estimator, "estimator", "toy_2d", kind="choice", choices=("reinforce", "reparam")
+    )
     rng = np.random.default_rng(seed)
     t = np.asarray(target, dtype=np.float64)
-    mu = np.zeros((runs, t.size))                                         # (R, 2)
+    mu = np.zeros((runs, t.size))  # (R, 2)
     dist = np.empty((steps, runs))
     with np.errstate(over="ignore", invalid="ignore"):
         for s in range(steps):
-            eps = rng.standard_normal((runs, samples, t.size))            # (R, M, 2)
+            eps = rng.standard_normal((runs, samples, t.size))  # (R, M, 2)
             x = mu[:, None] + eps
             if estimator == "reparam":
                 g = (2 * (x - t)).mean(axis=1)
             else:
-                f = ((x - t) ** 2).sum(axis=-1, keepdims=True)            # (R, M, 1)
+                f = ((x - t) ** 2).sum(axis=-1, keepdims=True)  # (R, M, 1)
                 g = (f * eps).mean(axis=1)
             mu = mu - lr * g
             d = np.sqrt(((mu - t) ** 2).sum(axis=-1))
@@ -183,8 +200,7 @@ def _first_below(curve, tol):
     return int(hit[0]) + 1 if hit.size else None
 
 
-def toy_2d_table(lr=0.01, samples=10, steps=2000, runs=100, seed=0,
-                 tols=(1.0, 0.5, 0.25, 0.1)):
+def toy_2d_table(lr=0.01, samples=10, steps=2000, runs=100, seed=0, tols=(1.0, 0.5, 0.25, 0.1)):
     """Per estimator: steps until the mean distance over converged runs is below each tol,
     the noise floor (mean distance over the last quarter of the steps) and diverged runs."""
     rows = []
@@ -192,9 +208,15 @@ def toy_2d_table(lr=0.01, samples=10, steps=2000, runs=100, seed=0,
         dist = toy_2d(est, lr, samples, steps, runs, seed)
         ok = np.isfinite(dist[-1]) & (dist[-1] < 1e3)
         curve = dist[:, ok].mean(axis=1) if ok.any() else np.full(steps, np.inf)
-        rows.append(dict(estimator=est, steps_to={tol: _first_below(curve, tol) for tol in tols},
-                         floor=float(curve[-(steps // 4):].mean()),
-                         diverged=int((~ok).sum()), runs=runs))
+        rows.append(
+            dict(
+                estimator=est,
+                steps_to={tol: _first_below(curve, tol) for tol in tols},
+                floor=float(curve[-(steps // 4) :].mean()),
+                diverged=int((~ok).sum()),
+                runs=runs,
+            )
+        )
     return rows
 
 
@@ -203,9 +225,11 @@ def _fmt_interval(iv):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lvmcore.experiments.estimator_variance",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lvmcore.experiments.estimator_variance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--theta", type=float, default=2.0)
     p.add_argument("--ns", default="10,100,1000,10000,100000")
     p.add_argument("--seed", type=int, default=0)
@@ -218,33 +242,47 @@ def main(argv=None):
     ns = [int(v) for v in args.ns.split(",")]
     rows = variance_table(th, ns, args.seed)
     print(f"## d/dtheta E[x^2], x ~ N(theta, 1), theta = {th:g}: true gradient {2 * th:g}\n")
-    print(f"Per-sample variance, closed form: REINFORCE theta^4 + 14 theta^2 + 15 = "
-          f"{reinforce_variance(th):g}; reparameterization 4. Intervals: chi-square acceptance "
-          f"region of the sample variance at level 1e-6 (REINFORCE excess kurtosis "
-          f"{excess_kurtosis('reinforce', th):.1f}).\n")
-    print("| N | REINFORCE mean | REINFORCE var (sample) | interval | var of mean (87/N) "
-          "| reparam mean | reparam var (sample) | interval | var of mean (4/N) |")
+    print(
+        f"Per-sample variance, closed form: REINFORCE theta^4 + 14 theta^2 + 15 = "
+        f"{reinforce_variance(th):g}; reparameterization 4. Intervals: chi-square acceptance "
+        f"region of the sample variance at level 1e-6 (REINFORCE excess kurtosis "
+        f"{excess_kurtosis('reinforce', th):.1f}).\n"
+    )
+    print(
+        "| N | REINFORCE mean | REINFORCE var (sample) | interval | var of mean (87/N) "
+        "| reparam mean | reparam var (sample) | interval | var of mean (4/N) |"
+    )
     print("|---:|---:|---:|---|---:|---:|---:|---|---:|")
     for r in rows:
-        print(f"| {r['n']} | {r['reinforce_mean']:.4f} | {r['reinforce_var']:.2f} | "
-              f"{_fmt_interval(r['reinforce_interval'])} | {r['reinforce_mean_var_true']:.3g} | "
-              f"{r['reparam_mean']:.4f} | {r['reparam_var']:.3f} | "
-              f"{_fmt_interval(r['reparam_interval'])} | {r['reparam_mean_var_true']:.3g} |")
+        print(
+            f"| {r['n']} | {r['reinforce_mean']:.4f} | {r['reinforce_var']:.2f} | "
+            f"{_fmt_interval(r['reinforce_interval'])} | {r['reinforce_mean_var_true']:.3g} | "
+            f"{r['reparam_mean']:.4f} | {r['reparam_var']:.3f} | "
+            f"{_fmt_interval(r['reparam_interval'])} | {r['reparam_mean_var_true']:.3g} |"
+        )
     trows = toy_2d_table(args.lr, args.samples, args.steps, args.runs, args.seed)
     tols = list(trows[0]["steps_to"])
-    print(f"\n## min E||x - (5, 5)||^2, x ~ N(mu, I), mu0 = 0: plain SGD, lr {args.lr:g}, "
-          f"{args.samples} samples/step, {args.runs} runs\n")
-    print("| estimator | " + " | ".join(f"steps to mean dist < {t:g}" for t in tols)
-          + " | noise floor | diverged runs |")
+    print(
+        f"\n## min E||x - (5, 5)||^2, x ~ N(mu, I), mu0 = 0: plain SGD, lr {args.lr:g}, "
+        f"{args.samples} samples/step, {args.runs} runs\n"
+    )
+    print(
+        "| estimator | "
+        + " | ".join(f"steps to mean dist < {t:g}" for t in tols)
+        + " | noise floor | diverged runs |"
+    )
     print("|---|" + "---:|" * (len(tols) + 2))
     for r in trows:
-        cells = " | ".join("never" if r["steps_to"][t] is None else str(r["steps_to"][t])
-                           for t in tols)
+        cells = " | ".join(
+            "never" if r["steps_to"][t] is None else str(r["steps_to"][t]) for t in tols
+        )
         print(f"| {r['estimator']} | {cells} | {r['floor']:.3f} | {r['diverged']}/{r['runs']} |")
     if args.samples > 1:
         one = toy_2d_table(args.lr, 1, args.steps, args.runs, args.seed)
-        print(f"\nWith 1 sample per step: REINFORCE diverged in {one[1]['diverged']}/"
-              f"{args.runs} runs, reparameterization in {one[0]['diverged']}/{args.runs}.")
+        print(
+            f"\nWith 1 sample per step: REINFORCE diverged in {one[1]['diverged']}/"
+            f"{args.runs} runs, reparameterization in {one[0]['diverged']}/{args.runs}."
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ Usage::
     python -m lvmcore.experiments.iwae_paper --data PATH/binarized_mnist.npz --epochs 10
         [--models vae,iwae5,iwae50,dreg50] [--nll-k 5000] [--nll-subset 1000] [--out DIR]
 """
+
 import argparse
 import json
 import time
@@ -32,8 +33,10 @@ MODELS = {
     "vae": ("VAE", lambda seed: VAE(784, 50, (200, 200), seed=seed)),
     "iwae5": ("IWAE, K=5", lambda seed: IWAE(784, 50, (200, 200), k=5, seed=seed)),
     "iwae50": ("IWAE, K=50", lambda seed: IWAE(784, 50, (200, 200), k=50, seed=seed)),
-    "dreg50": ("IWAE-DReG, K=50",
-               lambda seed: IWAE(784, 50, (200, 200), k=50, estimator="dreg", seed=seed)),
+    "dreg50": (
+        "IWAE-DReG, K=50",
+        lambda seed: IWAE(784, 50, (200, 200), k=50, estimator="dreg", seed=seed),
+    ),
 }
 
 
@@ -41,31 +44,53 @@ def run_one(key, data, epochs, out, seed, nll_k, nll_subset, progress):
     label, build = MODELS[key]
     model = build(seed)
     t0 = time.perf_counter()
-    fit(model, data, epochs=epochs, batch_size=100, lr=1e-3, adam_eps=1e-4, seed=seed,
-        out_dir=out / key, overwrite=True, progress=progress)
+    fit(
+        model,
+        data,
+        epochs=epochs,
+        batch_size=100,
+        lr=1e-3,
+        adam_eps=1e-4,
+        seed=seed,
+        out_dir=out / key,
+        overwrite=True,
+        progress=progress,
+    )
     train_s = time.perf_counter() - t0
     test = data.test
     elbo = model.elbo(test, np.random.default_rng([seed, 1])).astype(np.float64)
     xs = test
     if nll_subset and nll_subset < test.shape[0]:
-        pick = np.sort(np.random.default_rng([seed, 7]).choice(test.shape[0], nll_subset,
-                                                                replace=False))
+        pick = np.sort(
+            np.random.default_rng([seed, 7]).choice(test.shape[0], nll_subset, replace=False)
+        )
         xs = test[pick]
     t1 = time.perf_counter()
     ll = model.log_likelihood(xs, np.random.default_rng([seed, 2]), k=nll_k).astype(np.float64)
     eval_s = time.perf_counter() - t1
     n_active, _ = active_units(model, test)
-    return dict(model=key, label=label, epochs=epochs, test_nll=float(-ll.mean()),
-                test_nll_sem=float(ll.std(ddof=1) / np.sqrt(ll.size)), nll_k=nll_k,
-                nll_n=int(ll.size), test_elbo=float(elbo.mean()), active_units=n_active,
-                train_seconds=train_s, seconds_per_epoch=train_s / epochs,
-                nll_seconds=eval_s)
+    return dict(
+        model=key,
+        label=label,
+        epochs=epochs,
+        test_nll=float(-ll.mean()),
+        test_nll_sem=float(ll.std(ddof=1) / np.sqrt(ll.size)),
+        nll_k=nll_k,
+        nll_n=int(ll.size),
+        test_elbo=float(elbo.mean()),
+        active_units=n_active,
+        train_seconds=train_s,
+        seconds_per_epoch=train_s / epochs,
+        nll_seconds=eval_s,
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lvmcore.experiments.iwae_paper",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lvmcore.experiments.iwae_paper",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="mnist", help="binarized MNIST (.npz or .amat folder)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--models", default="vae,iwae5,iwae50,dreg50")
@@ -84,16 +109,19 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for key in keys:
-        rows.append(run_one(key, data, a.epochs, out, a.seed, a.nll_k, a.nll_subset,
-                            a.progress))
+        rows.append(run_one(key, data, a.epochs, out, a.seed, a.nll_k, a.nll_subset, a.progress))
         (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"| model | epochs | test NLL (K={a.nll_k}, n={rows[0]['nll_n']}) | test ELBO | "
-          f"active units | s/epoch | NLL eval s |")
+    print(
+        f"| model | epochs | test NLL (K={a.nll_k}, n={rows[0]['nll_n']}) | test ELBO | "
+        f"active units | s/epoch | NLL eval s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['epochs']} | {r['test_nll']:.2f} ± {r['test_nll_sem']:.2f} | "
-              f"{r['test_elbo']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.1f} | "
-              f"{r['nll_seconds']:.0f} |")
+        print(
+            f"| {r['label']} | {r['epochs']} | {r['test_nll']:.2f} ± {r['test_nll_sem']:.2f} | "
+            f"{r['test_elbo']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.1f} | "
+            f"{r['nll_seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ A model is first trained briefly with plain IWAE (K=5) so the statistics describ
 model that has started learning, then the gradient of one fixed minibatch is drawn
 ``--draws`` times per estimator and K. Prints a table and writes a plot.
 """
+
 import argparse
 import json
 
@@ -34,7 +35,7 @@ def snr_table(x_train, ks, draws, train_steps, batch=10, seed=0, latent=8, hidde
     base = IWAE(x_train.shape[1], latent, hidden, k=5, seed=seed, dtype=np.float64)
     base.init_output_bias(x_train)
     opt = Adam(base.parameters(), base.gradients(), lr=3e-3)
-    for step in range(train_steps):
+    for _ in range(train_steps):
         idx = rng.integers(0, x_train.shape[0], 100)
         base.loss_and_grads(x_train[idx], rng, validate=False)
         opt.step()
@@ -45,22 +46,31 @@ def snr_table(x_train, ks, draws, train_steps, batch=10, seed=0, latent=8, hidde
             m = IWAE.from_config({**base.config(), "k": k, "estimator": estimator})
             m.load_parameters(base.parameters())
             st = gradient_statistics(m, xb, np.random.default_rng([seed, k]), n_draws=draws)
-            rows.append(dict(estimator=estimator, k=k, encoder_snr=st["encoder"]["mean_snr"],
-                             decoder_snr=st["decoder"]["mean_snr"],
-                             encoder_variance=st["encoder"]["mean_variance"]))
+            rows.append(
+                dict(
+                    estimator=estimator,
+                    k=k,
+                    encoder_snr=st["encoder"]["mean_snr"],
+                    decoder_snr=st["decoder"]["mean_snr"],
+                    encoder_variance=st["encoder"]["mean_variance"],
+                )
+            )
     return rows
 
 
 def plot_snr(rows, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for part, ax in zip(("encoder", "decoder"), axes):
         for est in ESTIMATORS:
             r = [row for row in rows if row["estimator"] == est]
-            ax.loglog([row["k"] for row in r], [row[f"{part}_snr"] for row in r], "o-",
-                      label=est.upper())
+            ax.loglog(
+                [row["k"] for row in r], [row[f"{part}_snr"] for row in r], "o-", label=est.upper()
+            )
         ax.set_xlabel("K")
         ax.set_ylabel("mean SNR")
         ax.set_title(f"{'inference' if part == 'encoder' else 'generative'} network")
@@ -71,8 +81,11 @@ def plot_snr(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lvmcore.experiments.snr", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lvmcore.experiments.snr",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="digits")
     p.add_argument("--ks", default="1,3,10,30,100")
     p.add_argument("--draws", type=int, default=200)

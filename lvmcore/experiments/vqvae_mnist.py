@@ -21,6 +21,7 @@ Usage::
         [--codes 512] [--slots 8] [--code-dim 16] [--hidden 200,200] [--dead-code-steps 100]
         [--configs loss,loss-reset,ema,ema-reset,ema-kmeans-reset] [--threads 1] [--out DIR]
 """
+
 import argparse
 import contextlib
 import json
@@ -37,34 +38,62 @@ CONFIGS = {
     "loss-reset": ("loss + reset", dict(codebook_update="loss", reset_dead_codes=True)),
     "ema": ("EMA", dict(codebook_update="ema")),
     "ema-reset": ("EMA + reset", dict(codebook_update="ema", reset_dead_codes=True)),
-    "ema-kmeans-reset": ("EMA + k-means + reset",
-                         dict(codebook_update="ema", reset_dead_codes=True, kmeans_init=True)),
+    "ema-kmeans-reset": (
+        "EMA + k-means + reset",
+        dict(codebook_update="ema", reset_dead_codes=True, kmeans_init=True),
+    ),
 }
 
 
 def run_one(key, data, a, out):
     label, kw = CONFIGS[key]
-    model = VQVAE(data.train.shape[1], codes=a.codes, slots=a.slots, code_dim=a.code_dim,
-                  hidden=a.hidden, dead_code_steps=a.dead_code_steps, seed=a.seed, **kw)
+    model = VQVAE(
+        data.train.shape[1],
+        codes=a.codes,
+        slots=a.slots,
+        code_dim=a.code_dim,
+        hidden=a.hidden,
+        dead_code_steps=a.dead_code_steps,
+        seed=a.seed,
+        **kw,
+    )
     t0 = time.perf_counter()
-    history = fit(model, data, epochs=a.epochs, batch_size=100, lr=1e-3, seed=a.seed,
-                  out_dir=out / key, overwrite=True, progress=a.progress)
+    history = fit(
+        model,
+        data,
+        epochs=a.epochs,
+        batch_size=100,
+        lr=1e-3,
+        seed=a.seed,
+        out_dir=out / key,
+        overwrite=True,
+        progress=a.progress,
+    )
     train_s = time.perf_counter() - t0
     info, _ = model.eval_report(data.test)
     last = history[-1]
-    return dict(config=key, label=label, epochs=a.epochs, test_recon_nll=info["recon_nll"],
-                test_recon_nll_sem=info["recon_nll_sem"],
-                test_elbo=-info["recon_nll"] - a.slots * math.log(a.codes),
-                test_perplexity=info["perplexity"], test_dead_codes=info["dead_codes"],
-                train_perplexity_last_epoch=last["train_perplexity"],
-                train_dead_codes_last_epoch=last["train_dead_codes"],
-                train_seconds=train_s, seconds_per_epoch=train_s / a.epochs)
+    return dict(
+        config=key,
+        label=label,
+        epochs=a.epochs,
+        test_recon_nll=info["recon_nll"],
+        test_recon_nll_sem=info["recon_nll_sem"],
+        test_elbo=-info["recon_nll"] - a.slots * math.log(a.codes),
+        test_perplexity=info["perplexity"],
+        test_dead_codes=info["dead_codes"],
+        train_perplexity_last_epoch=last["train_perplexity"],
+        train_dead_codes_last_epoch=last["train_dead_codes"],
+        train_seconds=train_s,
+        seconds_per_epoch=train_s / a.epochs,
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lvmcore.experiments.vqvae_mnist",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lvmcore.experiments.vqvae_mnist",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="mnist", help="binarized MNIST (.npz or .amat folder)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--codes", type=int, default=512)
@@ -74,8 +103,12 @@ def main(argv=None):
     p.add_argument("--dead-code-steps", type=int, default=100)
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads (1 is fastest for these small GEMMs on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS threads (1 is fastest for these small GEMMs on a busy machine)",
+    )
     p.add_argument("--out", default="runs/vqvae-mnist")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = p.parse_args(argv)
@@ -90,23 +123,30 @@ def main(argv=None):
     limit = contextlib.nullcontext()
     if a.threads is not None:
         from threadpoolctl import threadpool_limits
+
         limit = threadpool_limits(limits=a.threads, user_api="blas")
     rows = []
     with limit:
         for key in keys:
             rows.append(run_one(key, data, a, out))
             (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"M={a.codes} codes, S={a.slots} slots, E={a.code_dim}, hidden {a.hidden}, "
-          f"{a.epochs} epochs, dead after {a.dead_code_steps} steps; test split, n="
-          f"{data.test.shape[0]}")
+    print(
+        f"M={a.codes} codes, S={a.slots} slots, E={a.code_dim}, hidden {a.hidden}, "
+        f"{a.epochs} epochs, dead after {a.dead_code_steps} steps; test split, n="
+        f"{data.test.shape[0]}"
+    )
     print()
-    print("| codebook | test recon NLL | test ELBO (uniform prior) | test perplexity | "
-          "dead codes (test) | s/epoch |")
+    print(
+        "| codebook | test recon NLL | test ELBO (uniform prior) | test perplexity | "
+        "dead codes (test) | s/epoch |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['test_recon_nll']:.2f} ± {r['test_recon_nll_sem']:.2f} | "
-              f"{r['test_elbo']:.2f} | {r['test_perplexity']:.1f} | "
-              f"{r['test_dead_codes']} / {a.codes} | {r['seconds_per_epoch']:.1f} |")
+        print(
+            f"| {r['label']} | {r['test_recon_nll']:.2f} ± {r['test_recon_nll_sem']:.2f} | "
+            f"{r['test_elbo']:.2f} | {r['test_perplexity']:.1f} | "
+            f"{r['test_dead_codes']} / {a.codes} | {r['seconds_per_epoch']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

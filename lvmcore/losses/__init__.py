@@ -1,4 +1,11 @@
 """Loss terms with their backward: likelihoods, the KL term, and the bounds built from them."""
+
 from .kl_term import KLTermCache, kl_term_backward, kl_term_forward
-from .likelihoods import (BernoulliNLLCache, GaussianNLLCache, bernoulli_nll_backward,
-                          bernoulli_nll_forward, gaussian_nll_backward, gaussian_nll_forward)
+from .likelihoods import (
+    BernoulliNLLCache,
+    GaussianNLLCache,
+    bernoulli_nll_backward,
+    bernoulli_nll_forward,
+    gaussian_nll_backward,
+    gaussian_nll_forward,
+)

@@ -15,6 +15,7 @@ For every objective the gradient with respect to log w_s is a weight a_s >= 0 pe
 sample (normalized importance weights, possibly mixed with uniform ones). DReG also
 needs b_s: the same weights with w~ replaced by w~^2 (Tucker et al. 2019, eq. 7).
 """
+
 import contextlib
 import math
 from typing import NamedTuple
@@ -138,9 +139,10 @@ def bound_forward(log_w, objective="iwae", groups=1, beta=0.5):
         bound, c = importance_weights_forward(log_w)
         elbo = log_w.mean(axis=0)
         uni = dt(beta / S)
-        a = (uni + dt(1 - beta) * c.weights)  # (S, B)
-        b = (uni + dt(1 - beta) * c.weights * c.weights)
+        a = uni + dt(1 - beta) * c.weights  # (S, B)
+        b = uni + dt(1 - beta) * c.weights * c.weights
         ratio = b / a if beta > 0 else c.weights
         return beta * elbo + (1 - beta) * bound, BoundWeights(a / B, a / B, b / B, one, ratio)
-    raise ValueError(f"bound_forward: expected objective to be one of {OBJECTIVES}, "
-                     f"got {objective!r}.")
+    raise ValueError(
+        f"bound_forward: expected objective to be one of {OBJECTIVES}, got {objective!r}."
+    )

@@ -1,4 +1,5 @@
 """The KL term of the ELBO with an optional free-bits floor per latent dimension."""
+
 from typing import NamedTuple
 
 from .._validation import get_xp

@@ -3,6 +3,7 @@
 Reduction: each returns one value per row (the sum over the D data dimensions);
 callers average over samples and batch.
 """
+
 import math
 from typing import NamedTuple
 

@@ -1,4 +1,5 @@
 """Models: each owns its modules and writes its whole backward by hand."""
+
 from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
 from .iwae import ESTIMATORS, IWAE
 from .vae import VAE, VAECache
@@ -11,6 +12,7 @@ def build_model(config):
     """Rebuild a model from its ``config()`` dict (the ``"model"`` key picks the class)."""
     name = config.get("model")
     if name not in MODELS:
-        raise ValueError(f"build_model: expected config['model'] to be one of {sorted(MODELS)}, "
-                         f"got {name!r}.")
+        raise ValueError(
+            f"build_model: expected config['model'] to be one of {sorted(MODELS)}, got {name!r}."
+        )
     return MODELS[name].from_config(config)

@@ -5,6 +5,7 @@ CuPy arrays on a GPU. ``to(xp)`` moves them (an explicit copy, before an optimiz
 over them); every method then takes and returns arrays of that module, and an array of the
 other library is a TypeError, never a silent copy.
 """
+
 from .._validation import check_array, check_binary, check_same_device, get_xp
 
 
@@ -40,8 +41,10 @@ class Model:
         or ``cupy``, see ``lvmcore.backend.array_module``); returns the model. Optimizers hold
         the arrays they were made with: make them after the move."""
         if getattr(xp, "__name__", None) not in ("numpy", "cupy"):
-            raise TypeError(f"{type(self).__name__}.to: expected xp to be the numpy or cupy "
-                            f"module, got {xp!r}. Pass lvmcore.backend.array_module('cuda').")
+            raise TypeError(
+                f"{type(self).__name__}.to: expected xp to be the numpy or cupy "
+                f"module, got {xp!r}. Pass lvmcore.backend.array_module('cuda')."
+            )
         for mod in self.modules().values():
             mod.to(xp)
         return self
@@ -52,8 +55,10 @@ class Model:
         check_array(x, "x", func, ndim=2, shape=(None, self.data_dim))
         check_same_device((x, self._like()), ("x", "the model's parameters"), func)
         if x.dtype != self.dtype:
-            raise TypeError(f"{func}: expected x to have the model's dtype {self.dtype}, got "
-                            f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype}).")
+            raise TypeError(
+                f"{func}: expected x to have the model's dtype {self.dtype}, got "
+                f"{x.dtype}. Cast it with x.astype(numpy.{self.dtype})."
+            )
         if getattr(self, "likelihood", "bernoulli") == "bernoulli":
             check_binary(x, "x", func)
         return x

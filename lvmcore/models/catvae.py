@@ -65,6 +65,7 @@ Mnih & Gregor, "Neural Variational Inference and Learning in Belief Networks", I
 (Algorithm 1: centring, variance normalisation, input-dependent baseline).
 Mnih & Rezende, "Variational Inference for Monte Carlo Objectives", ICML 2016 (eq. 8-10).
 """
+
 import math
 from typing import NamedTuple
 
@@ -106,20 +107,20 @@ class RunningState(Module):
 class CatVAECache(NamedTuple):
     """What backward needs, each field with its shape."""
 
-    x: object            # (B, D)
-    enc: object          # encoder MLPCache
-    logits: object       # (B, N, C)
-    g: object            # (S, B, N, C) Gumbel noise
+    x: object  # (B, D)
+    enc: object  # encoder MLPCache
+    logits: object  # (B, N, C)
+    g: object  # (S, B, N, C) Gumbel noise
     tau: float
-    y: object            # (S, B, N, C) decoder input: relaxed or one-hot
-    dec: object          # decoder MLPCache over (S*B, N*C)
-    lik: object          # BernoulliNLLCache over (S*B, D)
-    w_rec: object        # (S, B) weight of -log p(x|y_sb) in the loss
-    w_score: object      # (S, B) coefficient c_sb of -log q(z_sb|x) in the surrogate, or None
-    kl_weight: float     # w (0 for VIMCO: its KL is inside the bound)
-    enc_scale: float     # 1/sigma (NVIL normalisation) or 1
-    base: object         # NVIL: (baseline MLPCache, residual (S, B)); else None
-    stats: dict          # per-example quantities for reporting
+    y: object  # (S, B, N, C) decoder input: relaxed or one-hot
+    dec: object  # decoder MLPCache over (S*B, N*C)
+    lik: object  # BernoulliNLLCache over (S*B, D)
+    w_rec: object  # (S, B) weight of -log p(x|y_sb) in the loss
+    w_score: object  # (S, B) coefficient c_sb of -log q(z_sb|x) in the surrogate, or None
+    kl_weight: float  # w (0 for VIMCO: its KL is inside the bound)
+    enc_scale: float  # 1/sigma (NVIL normalisation) or 1
+    base: object  # NVIL: (baseline MLPCache, residual (S, B)); else None
+    stats: dict  # per-example quantities for reporting
 
 
 def vimco_signals(log_w):
@@ -139,13 +140,13 @@ def vimco_signals(log_w):
     """
     xp = get_xp(log_w)
     K = log_w.shape[0]
-    lse, _ = logsumexp_forward(log_w, axis=0)                        # (B,)
-    loo_mean = (log_w.sum(axis=0) - log_w) / (K - 1)                  # (K, B)
+    lse, _ = logsumexp_forward(log_w, axis=0)  # (B,)
+    loo_mean = (log_w.sum(axis=0) - log_w) / (K - 1)  # (K, B)
     # row k of M: log_w with entry k replaced by the mean of the others
-    M = xp.broadcast_to(log_w, (K,) + log_w.shape).copy()             # (K, K, B)
+    M = xp.broadcast_to(log_w, (K,) + log_w.shape).copy()  # (K, K, B)
     idx = xp.arange(K)
     M[idx, idx] = loo_mean
-    lse_loo, _ = logsumexp_forward(M, axis=1)                         # (K, B)
+    lse_loo, _ = logsumexp_forward(M, axis=1)  # (K, B)
     return lse[None] - lse_loo
 
 
@@ -192,22 +193,42 @@ class CatVAE(Model):
     load_parameters = VAE.load_parameters
     init_output_bias = VAE.init_output_bias
 
-    def __init__(self, data_dim, n_latents=20, n_categories=10, hidden=(512, 256),
-                 activation="tanh", estimator="gumbel", tau=1.0, tau_min=None, tau_decay=0.0,
-                 tau_every=1, k=1, baseline_decay=0.9, normalize_signal=True,
-                 baseline_hidden=100, seed=0, dtype=np.float32):
+    def __init__(
+        self,
+        data_dim,
+        n_latents=20,
+        n_categories=10,
+        hidden=(512, 256),
+        activation="tanh",
+        estimator="gumbel",
+        tau=1.0,
+        tau_min=None,
+        tau_decay=0.0,
+        tau_every=1,
+        k=1,
+        baseline_decay=0.9,
+        normalize_signal=True,
+        baseline_hidden=100,
+        seed=0,
+        dtype=np.float32,
+    ):
         f = "CatVAE"
         self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
-        self.n_latents = check_param(n_latents, "n_latents", f, kind="int", low=1,
-                                     low_inclusive=True)
-        self.n_categories = check_param(n_categories, "n_categories", f, kind="int", low=2,
-                                        low_inclusive=True)
-        self.hidden = tuple(check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True)
-                            for h in hidden)
-        self.activation = check_param(activation, "activation", f, kind="choice",
-                                      choices=("tanh", "relu", "softplus"))
-        self.estimator = check_param(estimator, "estimator", f, kind="choice",
-                                     choices=CATVAE_ESTIMATORS)
+        self.n_latents = check_param(
+            n_latents, "n_latents", f, kind="int", low=1, low_inclusive=True
+        )
+        self.n_categories = check_param(
+            n_categories, "n_categories", f, kind="int", low=2, low_inclusive=True
+        )
+        self.hidden = tuple(
+            check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True) for h in hidden
+        )
+        self.activation = check_param(
+            activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
+        )
+        self.estimator = check_param(
+            estimator, "estimator", f, kind="choice", choices=CATVAE_ESTIMATORS
+        )
         self.schedule = temperature_schedule(tau, tau_min, tau_decay, tau_every)
         self.tau, self.tau_min, self.tau_decay = float(tau), tau_min, float(tau_decay)
         self.tau_every = int(tau_every)
@@ -215,16 +236,26 @@ class CatVAE(Model):
         if self.estimator == "vimco" and self.k < 2:
             raise InvalidParameterError(
                 f"The 'k' parameter of {f} must be an int in [2, inf) with estimator='vimco' "
-                f"(its baseline leaves one of K samples out). Got {k!r} instead.")
+                f"(its baseline leaves one of K samples out). Got {k!r} instead."
+            )
         if self.estimator != "vimco" and self.k != 1:
             raise InvalidParameterError(
                 f"The 'k' parameter of {f} applies to estimator='vimco' only and must be 1 "
-                f"with estimator={self.estimator!r}. Got {k!r} instead.")
-        self.baseline_decay = check_param(baseline_decay, "baseline_decay", f, low=0,
-                                          low_inclusive=True, high=1, high_inclusive=False)
+                f"with estimator={self.estimator!r}. Got {k!r} instead."
+            )
+        self.baseline_decay = check_param(
+            baseline_decay,
+            "baseline_decay",
+            f,
+            low=0,
+            low_inclusive=True,
+            high=1,
+            high_inclusive=False,
+        )
         self.normalize_signal = bool(normalize_signal)
-        self.baseline_hidden = check_param(baseline_hidden, "baseline_hidden", f, kind="int",
-                                           low=1, low_inclusive=True)
+        self.baseline_hidden = check_param(
+            baseline_hidden, "baseline_hidden", f, kind="int", low=1, low_inclusive=True
+        )
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -233,8 +264,11 @@ class CatVAE(Model):
         N, C, D, H = self.n_latents, self.n_categories, self.data_dim, self.hidden
         self.encoder = MLP((D, *H, N * C), self.activation, rng, self.dtype)
         self.decoder = MLP((N * C, *H[::-1], D), self.activation, rng, self.dtype)
-        self.baseline = (MLP((D, self.baseline_hidden, 1), "tanh", rng, self.dtype)
-                         if self.estimator == "nvil" else None)
+        self.baseline = (
+            MLP((D, self.baseline_hidden, 1), "tanh", rng, self.dtype)
+            if self.estimator == "nvil"
+            else None
+        )
         self.state = RunningState(self.dtype)
 
     # ------------------------------------------------------------------ parameters
@@ -257,14 +291,25 @@ class CatVAE(Model):
 
     def config(self):
         """The constructor arguments, JSON-serialisable."""
-        return dict(model="catvae", data_dim=self.data_dim, n_latents=self.n_latents,
-                    n_categories=self.n_categories, hidden=list(self.hidden),
-                    activation=self.activation, estimator=self.estimator, tau=self.tau,
-                    tau_min=self.tau_min, tau_decay=self.tau_decay, tau_every=self.tau_every,
-                    k=self.k, baseline_decay=self.baseline_decay,
-                    normalize_signal=self.normalize_signal,
-                    baseline_hidden=self.baseline_hidden, seed=self.seed,
-                    dtype=self.dtype.name)
+        return dict(
+            model="catvae",
+            data_dim=self.data_dim,
+            n_latents=self.n_latents,
+            n_categories=self.n_categories,
+            hidden=list(self.hidden),
+            activation=self.activation,
+            estimator=self.estimator,
+            tau=self.tau,
+            tau_min=self.tau_min,
+            tau_decay=self.tau_decay,
+            tau_every=self.tau_every,
+            k=self.k,
+            baseline_decay=self.baseline_decay,
+            normalize_signal=self.normalize_signal,
+            baseline_hidden=self.baseline_hidden,
+            seed=self.seed,
+            dtype=self.dtype.name,
+        )
 
     def modules(self):
         mods = {"encoder": self.encoder, "decoder": self.decoder}
@@ -311,8 +356,9 @@ class CatVAE(Model):
         """Standard Gumbel noise g (S, B, N, C) on the model's device, keyed by the explicit
         generator ``rng`` (see lvmcore.noise)."""
         S = self.n_samples if n_samples is None else n_samples
-        return noise.standard_gumbel(rng, (S, batch_size, self.n_latents, self.n_categories),
-                                     self.dtype, self._like())
+        return noise.standard_gumbel(
+            rng, (S, batch_size, self.n_latents, self.n_categories), self.dtype, self._like()
+        )
 
     def _kl(self, logits):
         """Analytic KL(q(z|x) || uniform) per latent variable, (B, N)."""
@@ -331,27 +377,34 @@ class CatVAE(Model):
         kl : ndarray of shape (N,)
             Mean over the data of KL(q(z_n|x) || uniform), nats.
         """
-        threshold = check_param(threshold, "threshold", "CatVAE.latent_diagnostics", low=0,
-                                low_inclusive=True)
+        threshold = check_param(
+            threshold, "threshold", "CatVAE.latent_diagnostics", low=0, low_inclusive=True
+        )
         probs, kls = [], []
         for i in range(0, x.shape[0], batch_size):
-            logits = self.posterior_logits(x[i:i + batch_size])
+            logits = self.posterior_logits(x[i : i + batch_size])
             probs.append(log_softmax_forward(logits, axis=-1)[1][0].astype(np.float64))
             kls.append(self._kl(logits).astype(np.float64))
         xp = get_xp(x)
-        var = xp.concatenate(probs).var(axis=0).sum(axis=-1)              # (N,)
-        kl = xp.concatenate(kls).mean(axis=0)                             # (N,)
+        var = xp.concatenate(probs).var(axis=0).sum(axis=-1)  # (N,)
+        kl = xp.concatenate(kls).mean(axis=0)  # (N,)
         return int((var > threshold).sum()), var, kl
 
     def eval_report(self, x, batch_size=1000):
         """What ``lvmcore eval`` adds for this model: (JSON-able dict, printable lines)."""
         count, var, kl = self.latent_diagnostics(x, batch_size)
-        info = dict(active_latents=count, n_latents=self.n_latents,
-                    n_categories=self.n_categories, posterior_prob_variance=var.tolist(),
-                    kl_per_latent=kl.tolist())
-        lines = [f"active latents {count} of {self.n_latents} (C={self.n_categories}); KL per "
-                 f"latent (nats, max log C = {math.log(self.n_categories):.2f}): "
-                 + " ".join(f"{v:.2f}" for v in kl)]
+        info = dict(
+            active_latents=count,
+            n_latents=self.n_latents,
+            n_categories=self.n_categories,
+            posterior_prob_variance=var.tolist(),
+            kl_per_latent=kl.tolist(),
+        )
+        lines = [
+            f"active latents {count} of {self.n_latents} (C={self.n_categories}); KL per "
+            f"latent (nats, max log C = {math.log(self.n_categories):.2f}): "
+            + " ".join(f"{v:.2f}" for v in kl)
+        ]
         return info, lines
 
     # ------------------------------------------------------------------ objective
@@ -359,13 +412,13 @@ class CatVAE(Model):
         """log p(x|z) (S, B), log q(z|x) (S, B) and KL (B,) for z = argmax(logits + g)."""
         xp = get_xp(x)
         S, B = g.shape[:2]
-        logits = self.posterior_logits(x)                                 # (B, N, C)
-        y = self._one_hot(xp.argmax(logits + g, axis=-1))                # (S, B, N, C)
-        out, _ = self.decoder.forward(y.reshape(S * B, -1))               # (S*B, D)
+        logits = self.posterior_logits(x)  # (B, N, C)
+        y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (S, B, N, C)
+        out, _ = self.decoder.forward(y.reshape(S * B, -1))  # (S*B, D)
         xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
         nll, _ = bernoulli_nll_forward(out, xs)
-        logp, _ = log_softmax_forward(logits, axis=-1)                    # (B, N, C)
-        log_q = (y * logp).sum(axis=(-2, -1))                             # (S, B)
+        logp, _ = log_softmax_forward(logits, axis=-1)  # (B, N, C)
+        log_q = (y * logp).sum(axis=(-2, -1))  # (S, B)
         return -nll.reshape(S, B), log_q, self._kl(logits).sum(axis=-1)
 
     def log_weights(self, x, g):
@@ -398,34 +451,37 @@ class CatVAE(Model):
         xp = get_xp(x)
         est = self.estimator
         if est == "vimco" and kl_weight not in (None, 1, 1.0):
-            raise ValueError(f"CatVAE.forward: expected kl_weight None or 1 with estimator "
-                             f"'vimco' (KL annealing does not apply to a K-sample bound), got "
-                             f"{kl_weight}.")
+            raise ValueError(
+                f"CatVAE.forward: expected kl_weight None or 1 with estimator "
+                f"'vimco' (KL annealing does not apply to a K-sample bound), got "
+                f"{kl_weight}."
+            )
         w = 1.0 if kl_weight is None else float(kl_weight)
-        tau = self.temperature() if tau is None else check_param(tau, "tau", "CatVAE.forward",
-                                                                 low=0)
+        tau = (
+            self.temperature() if tau is None else check_param(tau, "tau", "CatVAE.forward", low=0)
+        )
         dt = self.dtype.type
         S, B, N, C = g.shape
-        h, enc = self.encoder.forward(x)                                  # (B, N*C)
-        logits = h.reshape(B, N, C)                                       # (B, N, C)
+        h, enc = self.encoder.forward(x)  # (B, N*C)
+        logits = h.reshape(B, N, C)  # (B, N, C)
         if est == "gumbel":
-            y = relaxed_softmax(logits, tau, g)                           # (S, B, N, C)
+            y = relaxed_softmax(logits, tau, g)  # (S, B, N, C)
         else:
-            y = self._one_hot(xp.argmax(logits + g, axis=-1))             # (S, B, N, C)
-        out, dec = self.decoder.forward(y.reshape(S * B, N * C))          # (S*B, D)
+            y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (S, B, N, C)
+        out, dec = self.decoder.forward(y.reshape(S * B, N * C))  # (S*B, D)
         xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
         nll, lik = bernoulli_nll_forward(out, xs)
-        log_px_z = -nll.reshape(S, B)                                     # (S, B)
-        kl = self._kl(logits).sum(axis=-1)                                # (B,)
+        log_px_z = -nll.reshape(S, B)  # (S, B)
+        kl = self._kl(logits).sum(axis=-1)  # (B,)
         stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
         w_score, enc_scale, base = None, 1.0, None
         if est == "vimco":
             logp, _ = log_softmax_forward(logits, axis=-1)
-            log_q = (y * logp).sum(axis=(-2, -1))                         # (S, B)
-            log_w = log_px_z - dt(N * math.log(C)) - log_q                # (S, B)
-            lse, lsec = logsumexp_forward(log_w, axis=0)                  # (B,)
+            log_q = (y * logp).sum(axis=(-2, -1))  # (S, B)
+            log_w = log_px_z - dt(N * math.log(C)) - log_q  # (S, B)
+            lse, lsec = logsumexp_forward(log_w, axis=0)  # (B,)
             bound = lse - dt(math.log(S))
-            wt = lsec.weights                                             # (S, B) normalized
+            wt = lsec.weights  # (S, B) normalized
             w_rec = wt / B
             w_score = (vimco_signals(log_w) - wt) / B
             loss = -float(bound.mean())
@@ -435,24 +491,25 @@ class CatVAE(Model):
             w_rec = xp.full((S, B), dt(1.0 / (S * B)), dtype=self.dtype)
             loss = -float(log_px_z.mean()) + w * float(kl.mean())
             if est == "gumbel":
-                stats["bound"] = stats["recon"] - kl                      # the relaxed objective
+                stats["bound"] = stats["recon"] - kl  # the relaxed objective
             else:
                 stats["elbo"] = stats["recon"] - kl
             c = self.state.params["signal_mean"][0]
             if est == "reinforce":
-                resid = log_px_z - c                                      # (S, B)
+                resid = log_px_z - c  # (S, B)
                 w_score = resid / (S * B)
                 base = (None, resid)
             elif est == "nvil":
-                b, bcache = self.baseline.forward(x)                      # (B, 1)
-                resid = log_px_z - c - b[:, 0]                            # (S, B)
+                b, bcache = self.baseline.forward(x)  # (B, 1)
+                resid = log_px_z - c - b[:, 0]  # (S, B)
                 if self.normalize_signal:
                     v = float(self.state.params["signal_var"][0])
                     enc_scale = 1.0 / max(1.0, math.sqrt(v))
                 w_score = resid / (S * B)
                 base = (bcache, resid)
-        cache = CatVAECache(x, enc, logits, g, float(tau), y, dec, lik, w_rec, w_score, w,
-                            enc_scale, base, stats)
+        cache = CatVAECache(
+            x, enc, logits, g, float(tau), y, dec, lik, w_rec, w_score, w, enc_scale, base, stats
+        )
         return loss, cache
 
     def backward(self, cache, dloss=1.0):
@@ -476,15 +533,16 @@ class CatVAE(Model):
         S, B, N, C = cache.g.shape
         dt = self.dtype.type
         dnll = (dt(dloss) * cache.w_rec).reshape(S * B)
-        dout = bernoulli_nll_backward(dnll, cache.lik)                    # (S*B, D)
+        dout = bernoulli_nll_backward(dnll, cache.lik)  # (S*B, D)
         relaxed = est in ("gumbel", "st-gumbel")
-        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)      # (S*B, N*C) or None
+        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (S*B, N*C) or None
         if relaxed:
-            dlogits, _ = relaxed_softmax_backward(dy.reshape(S, B, N, C), cache.logits,
-                                                  cache.tau, cache.g)     # (B, N, C)
+            dlogits, _ = relaxed_softmax_backward(
+                dy.reshape(S, B, N, C), cache.logits, cache.tau, cache.g
+            )  # (B, N, C)
         else:
-            p = log_softmax_forward(cache.logits, axis=-1)[1][0]          # (B, N, C)
-            dlogq = -dt(dloss) * cache.w_score                            # (S, B)
+            p = log_softmax_forward(cache.logits, axis=-1)[1][0]  # (B, N, C)
+            dlogq = -dt(dloss) * cache.w_score  # (S, B)
             dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)
         if cache.kl_weight != 0:
             dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
@@ -495,7 +553,7 @@ class CatVAE(Model):
         self.encoder.backward(dlogits.reshape(B, N * C), cache.enc, need_dx=False)
         if est == "nvil":
             bcache, resid = cache.base
-            db = -dt(dloss / B) * resid.mean(axis=0)                      # (B,)
+            db = -dt(dloss / B) * resid.mean(axis=0)  # (B,)
             self.baseline.backward(db[:, None], bcache, need_dx=False)
 
     def _update_state(self, cache):
@@ -504,10 +562,10 @@ class CatVAE(Model):
         st["step"] += 1
         if cache.base is None:
             return
-        resid = cache.base[1].astype(np.float64)         # l - c (- b(x)), (S, B)
+        resid = cache.base[1].astype(np.float64)  # l - c (- b(x)), (S, B)
         c = float(st["signal_mean"][0])
         a = self.baseline_decay
-        centred = resid + c                              # l - b(x): the signal c tracks
+        centred = resid + c  # l - b(x): the signal c tracks
         st["signal_mean"][0] = a * c + (1 - a) * float(centred.mean())
         st["signal_var"][0] = a * float(st["signal_var"][0]) + (1 - a) * float(centred.var())
 
@@ -540,7 +598,7 @@ class CatVAE(Model):
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
+            xb = x[i : i + batch_size]
             log_px_z, _, kl = self._hard_terms(xb, self.draw_noise(rng, xb.shape[0], 1))
             out.append(log_px_z[0] - kl)
         return xp.concatenate(out)
@@ -555,8 +613,8 @@ class CatVAE(Model):
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
-            lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))   # (K, B)
+            xb = x[i : i + batch_size]
+            lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))  # (K, B)
             out.append(logsumexp_forward(lw, axis=0)[0] - self.dtype.type(math.log(self.k)))
         return xp.concatenate(out)
 
@@ -573,12 +631,12 @@ class CatVAE(Model):
             chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
+            xb = x[i : i + batch_size]
             run_max = xp.full(xb.shape[0], -xp.inf, dtype=self.dtype)
             run_sum = xp.zeros(xb.shape[0], dtype=self.dtype)
             for s in range(0, k, chunk_size):
                 n = min(chunk_size, k - s)
-                lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0], n))   # (n, B)
+                lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0], n))  # (n, B)
                 new_max = xp.maximum(run_max, lw.max(axis=0))
                 run_sum = run_sum * xp.exp(run_max - new_max) + xp.exp(lw - new_max).sum(axis=0)
                 run_max = new_max

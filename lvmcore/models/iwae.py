@@ -24,6 +24,7 @@ for every K (tested statistically). STL is unbiased only for K = 1: for K > 1 th
 score term it drops has non-zero mean under the normalized weights (Tucker et al.
 2019, sec. 3), so IWAE-STL trades a bias for lower variance; a test measures it.
 """
+
 import numpy as np
 
 from .._validation import check_param, get_xp
@@ -55,30 +56,57 @@ class IWAE(VAE):
     ``free_bits`` do not apply: the bound is sampled as a whole).
     """
 
-    def __init__(self, data_dim, latent_dim=50, hidden=(200, 200), activation="tanh",
-                 likelihood="bernoulli", decoder_variance="learned", k=50, estimator="iwae",
-                 objective="iwae", groups=1, ciwae_beta=0.5, seed=0, dtype=np.float32):
+    def __init__(
+        self,
+        data_dim,
+        latent_dim=50,
+        hidden=(200, 200),
+        activation="tanh",
+        likelihood="bernoulli",
+        decoder_variance="learned",
+        k=50,
+        estimator="iwae",
+        objective="iwae",
+        groups=1,
+        ciwae_beta=0.5,
+        seed=0,
+        dtype=np.float32,
+    ):
         f = "IWAE"
         self.k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
-        self.estimator = check_param(estimator, "estimator", f, kind="choice",
-                                     choices=ESTIMATORS)
-        self.objective = check_param(objective, "objective", f, kind="choice",
-                                     choices=OBJECTIVES)
+        self.estimator = check_param(estimator, "estimator", f, kind="choice", choices=ESTIMATORS)
+        self.objective = check_param(objective, "objective", f, kind="choice", choices=OBJECTIVES)
         self.groups = check_param(groups, "groups", f, kind="int", low=1, low_inclusive=True)
         if self.objective in ("iwae", "ciwae"):
             self.groups = 1
-        self.ciwae_beta = check_param(ciwae_beta, "ciwae_beta", f, low=0, low_inclusive=True,
-                                      high=1)
-        super().__init__(data_dim, latent_dim, hidden, activation, likelihood,
-                         decoder_variance, kl="sampled", n_samples=self.k * self.groups,
-                         seed=seed, dtype=dtype)
+        self.ciwae_beta = check_param(
+            ciwae_beta, "ciwae_beta", f, low=0, low_inclusive=True, high=1
+        )
+        super().__init__(
+            data_dim,
+            latent_dim,
+            hidden,
+            activation,
+            likelihood,
+            decoder_variance,
+            kl="sampled",
+            n_samples=self.k * self.groups,
+            seed=seed,
+            dtype=dtype,
+        )
 
     def config(self):
         c = super().config()
         for key in ("kl", "n_samples", "beta", "free_bits"):
             c.pop(key)
-        c.update(model="iwae", k=self.k, estimator=self.estimator, objective=self.objective,
-                 groups=self.groups, ciwae_beta=self.ciwae_beta)
+        c.update(
+            model="iwae",
+            k=self.k,
+            estimator=self.estimator,
+            objective=self.objective,
+            groups=self.groups,
+            ciwae_beta=self.ciwae_beta,
+        )
         return c
 
     def forward(self, x, eps, kl_weight=None):
@@ -87,11 +115,14 @@ class IWAE(VAE):
         ``kl_weight`` is accepted for the trainer's sake and must be None or 1.
         """
         if kl_weight not in (None, 1, 1.0):
-            raise ValueError(f"IWAE.forward: expected kl_weight None or 1 (KL annealing does "
-                             f"not apply to an importance-weighted bound), got {kl_weight}.")
+            raise ValueError(
+                f"IWAE.forward: expected kl_weight None or 1 (KL annealing does "
+                f"not apply to an importance-weighted bound), got {kl_weight}."
+            )
         p = self._forward_samples(x, eps)
-        log_w = p.log_px_z + 0.5 * ((p.reparam.eps ** 2 - p.z ** 2).sum(axis=-1)
-                                    + p.logvar.sum(axis=-1))  # (S, B)
+        log_w = p.log_px_z + 0.5 * (
+            (p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1)
+        )  # (S, B)
         bound, weights = bound_forward(log_w, self.objective, self.groups, self.ciwae_beta)
         loss = -float(bound.mean())
         stats = dict(bound=bound, log_w=log_w)
@@ -117,13 +148,13 @@ class IWAE(VAE):
             s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
         else:
             s, ratio = bw.encoder, bw.encoder_over_decoder
-        cs = (c * s)[..., None]                                        # (S, B, 1)
-        dz = ratio[..., None] * dz_dec - cs * p.z                     # log p(z) term
+        cs = (c * s)[..., None]  # (S, B, 1)
+        dz = ratio[..., None] * dz_dec - cs * p.z  # log p(z) term
         if self.estimator != "iwae":
-            dz += cs * (eps / std)                                     # -log q through z only
+            dz += cs * (eps / std)  # -log q through z only
         dmu, dlogvar = reparam_backward(dz, p.reparam)
         if self.estimator == "iwae":
-            dlogvar += dt(0.5) * cs.sum(axis=0)                        # total d(-log q)/dlogvar
+            dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), p.enc, need_dx=False)
 
     def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
@@ -139,10 +170,14 @@ class IWAE(VAE):
         """Per-example ELBO (B,): the mean of log w over the model's S samples."""
         self._check_x(x, "IWAE.elbo")
         xp = get_xp(x)
-        return xp.concatenate([
-            self.log_weights(x[i:i + batch_size],
-                             self.draw_noise(rng, x[i:i + batch_size].shape[0])).mean(axis=0)
-            for i in range(0, x.shape[0], batch_size)])
+        return xp.concatenate(
+            [
+                self.log_weights(
+                    x[i : i + batch_size], self.draw_noise(rng, x[i : i + batch_size].shape[0])
+                ).mean(axis=0)
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        )
 
     def bound(self, x, rng, batch_size=100):
         """The model's training bound per example (B,), for fixed fresh noise."""
@@ -150,7 +185,7 @@ class IWAE(VAE):
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
+            xb = x[i : i + batch_size]
             _, (_, _, stats) = self.forward(xb, self.draw_noise(rng, xb.shape[0]))
             out.append(stats["bound"])
         return xp.concatenate(out)

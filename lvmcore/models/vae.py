@@ -13,6 +13,7 @@ Forward (one step):
 
 The backward walks the same steps in reverse; every piece has a finite-difference test.
 """
+
 import math
 from typing import NamedTuple
 
@@ -20,11 +21,20 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_param, get_xp
-from ..distributions.kl import (KLNormalStdCache, kl_normal_std_per_dim,
-                                kl_normal_std_per_dim_backward)
-from ..losses import (bernoulli_nll_backward, bernoulli_nll_forward, gaussian_nll_backward,
-                      gaussian_nll_forward, kl_term_backward, kl_term_forward)
 from ..backend import engine_kernel_threads, get_backend
+from ..distributions.kl import (
+    KLNormalStdCache,
+    kl_normal_std_per_dim,
+    kl_normal_std_per_dim_backward,
+)
+from ..losses import (
+    bernoulli_nll_backward,
+    bernoulli_nll_forward,
+    gaussian_nll_backward,
+    gaussian_nll_forward,
+    kl_term_backward,
+    kl_term_forward,
+)
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
 from .base import Model
@@ -35,30 +45,30 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class SampleForward(NamedTuple):
     """Caches and values of the shared sample path, for S samples per data point."""
 
-    enc: object          # encoder MLPCache
-    mu: object           # (B, Z)
-    logvar: object       # (B, Z)
-    z: object            # (S, B, Z)
-    reparam: object      # ReparamCache, eps (S, B, Z)
-    dec: object          # decoder MLPCache
-    lik: object          # likelihood cache over (S*B, D)
-    log_px_z: object     # (S, B)
+    enc: object  # encoder MLPCache
+    mu: object  # (B, Z)
+    logvar: object  # (B, Z)
+    z: object  # (S, B, Z)
+    reparam: object  # ReparamCache, eps (S, B, Z)
+    dec: object  # decoder MLPCache
+    lik: object  # likelihood cache over (S*B, D)
+    log_px_z: object  # (S, B)
 
 
 class VAECache(NamedTuple):
     """Everything backward needs, each field with its shape."""
 
-    x: object            # (B, D) data
-    enc: object          # encoder MLPCache
-    mu: object           # (B, Z)
-    logvar: object       # (B, Z)
-    reparam: object      # ReparamCache, eps (L, B, Z)
-    z: object            # (L, B, Z)
-    dec: object          # decoder MLPCache
-    lik: object          # likelihood cache over (L*B, D)
-    kl_term: object      # KLTermCache
+    x: object  # (B, D) data
+    enc: object  # encoder MLPCache
+    mu: object  # (B, Z)
+    logvar: object  # (B, Z)
+    reparam: object  # ReparamCache, eps (L, B, Z)
+    z: object  # (L, B, Z)
+    dec: object  # decoder MLPCache
+    lik: object  # likelihood cache over (L*B, D)
+    kl_term: object  # KLTermCache
     kl_weight: float
-    stats: dict          # per-example quantities, for reporting
+    stats: dict  # per-example quantities, for reporting
 
 
 class VAE(Model):
@@ -97,25 +107,42 @@ class VAE(Model):
     layer outputs 2Z values: the first Z are mu, the last Z are log-variances.
     """
 
-    def __init__(self, data_dim, latent_dim=50, hidden=(200, 200), activation="tanh",
-                 likelihood="bernoulli", decoder_variance="learned", kl="analytic",
-                 n_samples=1, beta=1.0, free_bits=0.0, seed=0, dtype=np.float32):
+    def __init__(
+        self,
+        data_dim,
+        latent_dim=50,
+        hidden=(200, 200),
+        activation="tanh",
+        likelihood="bernoulli",
+        decoder_variance="learned",
+        kl="analytic",
+        n_samples=1,
+        beta=1.0,
+        free_bits=0.0,
+        seed=0,
+        dtype=np.float32,
+    ):
         f = "VAE"
         self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
-        self.latent_dim = check_param(latent_dim, "latent_dim", f, kind="int", low=1,
-                                      low_inclusive=True)
-        self.hidden = tuple(check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True)
-                            for h in hidden)
-        self.activation = check_param(activation, "activation", f, kind="choice",
-                                      choices=("tanh", "relu", "softplus"))
-        self.likelihood = check_param(likelihood, "likelihood", f, kind="choice",
-                                      choices=("bernoulli", "gaussian"))
+        self.latent_dim = check_param(
+            latent_dim, "latent_dim", f, kind="int", low=1, low_inclusive=True
+        )
+        self.hidden = tuple(
+            check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True) for h in hidden
+        )
+        self.activation = check_param(
+            activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
+        )
+        self.likelihood = check_param(
+            likelihood, "likelihood", f, kind="choice", choices=("bernoulli", "gaussian")
+        )
         if decoder_variance != "learned":
             decoder_variance = check_param(decoder_variance, "decoder_variance", f, low=0)
         self.decoder_variance = decoder_variance
         self.kl = check_param(kl, "kl", f, kind="choice", choices=("analytic", "sampled"))
-        self.n_samples = check_param(n_samples, "n_samples", f, kind="int", low=1,
-                                     low_inclusive=True)
+        self.n_samples = check_param(
+            n_samples, "n_samples", f, kind="int", low=1, low_inclusive=True
+        )
         self.beta = check_param(beta, "beta", f, low=0, low_inclusive=True)
         self.free_bits = check_param(free_bits, "free_bits", f, low=0, low_inclusive=True)
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
@@ -139,11 +166,21 @@ class VAE(Model):
 
     def config(self):
         """The constructor arguments, JSON-serialisable (written into checkpoints)."""
-        return dict(model="vae", data_dim=self.data_dim, latent_dim=self.latent_dim,
-                    hidden=list(self.hidden), activation=self.activation,
-                    likelihood=self.likelihood, decoder_variance=self.decoder_variance,
-                    kl=self.kl, n_samples=self.n_samples, beta=self.beta,
-                    free_bits=self.free_bits, seed=self.seed, dtype=self.dtype.name)
+        return dict(
+            model="vae",
+            data_dim=self.data_dim,
+            latent_dim=self.latent_dim,
+            hidden=list(self.hidden),
+            activation=self.activation,
+            likelihood=self.likelihood,
+            decoder_variance=self.decoder_variance,
+            kl=self.kl,
+            n_samples=self.n_samples,
+            beta=self.beta,
+            free_bits=self.free_bits,
+            seed=self.seed,
+            dtype=self.dtype.name,
+        )
 
     def modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
@@ -153,13 +190,16 @@ class VAE(Model):
         params = self.parameters()
         missing = sorted(set(params) - set(arrays))
         if missing:
-            raise ValueError(f"load_parameters: expected arrays for every parameter, missing "
-                             f"{missing}.")
+            raise ValueError(
+                f"load_parameters: expected arrays for every parameter, missing {missing}."
+            )
         for k, p in params.items():
             a = arrays[k]
             if tuple(a.shape) != tuple(p.shape):
-                raise ValueError(f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
-                                 f"got {tuple(a.shape)}.")
+                raise ValueError(
+                    f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
+                    f"got {tuple(a.shape)}."
+                )
             p[...] = get_xp(p).asarray(a, dtype=p.dtype)
 
     def init_output_bias(self, x_train):
@@ -207,9 +247,9 @@ class VAE(Model):
         """Encoder, reparameterization, decoder and likelihood for S samples per row."""
         xp = get_xp(x)
         S, B, Z = eps.shape
-        h, enc = self.encoder.forward(x)                      # (B, 2Z)
-        mu, logvar = h[:, :Z], h[:, Z:]                       # (B, Z)
-        z, rep = reparam_forward(mu, logvar, eps)             # (S, B, Z)
+        h, enc = self.encoder.forward(x)  # (B, 2Z)
+        mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z)
+        z, rep = reparam_forward(mu, logvar, eps)  # (S, B, Z)
         out, dec = self.decoder.forward(z.reshape(S * B, Z))  # (S*B, D)
         if self.likelihood == "bernoulli":
             # row r of out is scored against x[r % B]; the logits are a temporary, so the
@@ -224,8 +264,7 @@ class VAE(Model):
         """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (S, B, Z); (S, B)."""
         p = self._forward_samples(x, eps, need_grad=False)
         # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
-        return p.log_px_z + 0.5 * ((p.reparam.eps ** 2 - p.z ** 2).sum(axis=-1)
-                                   + p.logvar.sum(axis=-1))
+        return p.log_px_z + 0.5 * ((p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1))
 
     def log_likelihood(self, x, rng, k=5000, batch_size=100, chunk_size=None):
         r"""Importance-sampled estimate of log p(x) per row with k samples, shape (B,).
@@ -256,9 +295,9 @@ class VAE(Model):
         weights = be.kernel("importance_weights")
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = xp.ascontiguousarray(x[i:i + batch_size])
+            xb = xp.ascontiguousarray(x[i : i + batch_size])
             B = xb.shape[0]
-            seed = int(rng.integers(0, 2 ** 63))
+            seed = int(rng.integers(0, 2**63))
             mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(xb))
             lse = xp.full(B, -xp.inf, dtype=np.float64)
             for s in range(0, k, chunk_size):
@@ -273,7 +312,7 @@ class VAE(Model):
                     xs = xp.broadcast_to(xb, (n,) + xb.shape).reshape(n * B, -1)
                     nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
                 lw = xp.ascontiguousarray(log_p - log_q - nll.reshape(n, B))
-                chunk_lme, _ = weights(lw, lw)                          # in place
+                chunk_lme, _ = weights(lw, lw)  # in place
                 # running log-sum-exp over chunks, in float64
                 lse = xp.logaddexp(lse, chunk_lme.astype(np.float64) + math.log(n))
             out.append((lse - math.log(k)).astype(self.dtype))
@@ -282,9 +321,9 @@ class VAE(Model):
     def draw_noise(self, rng, batch_size):
         """eps (L, B, Z) for one step on the model's device, keyed by the explicit generator
         ``rng`` (see lvmcore.noise)."""
-        return noise.standard_normal(rng, (self.n_samples, batch_size, self.latent_dim),
-                                     self.dtype, self._like())
-
+        return noise.standard_normal(
+            rng, (self.n_samples, batch_size, self.latent_dim), self.dtype, self._like()
+        )
 
     def forward(self, x, eps, kl_weight=None):
         """Negative ELBO averaged over the batch, for fixed noise.
@@ -307,7 +346,7 @@ class VAE(Model):
         mu, logvar, z, eps = p.mu, p.logvar, p.z, p.reparam.eps
         log_px_z = p.log_px_z
         if self.kl == "analytic":
-            kl_dim = kl_normal_std_per_dim(mu, logvar)       # (B, Z)
+            kl_dim = kl_normal_std_per_dim(mu, logvar)  # (B, Z)
         else:
             # log q(z|x) - log p(z) per dimension, in terms of eps: (z - mu) / std = eps
             kl_dim = (0.5 * (z * z - eps * eps) - 0.5 * logvar).mean(axis=0)  # (B, Z)
@@ -348,7 +387,8 @@ class VAE(Model):
         if self.kl == "analytic":
             dmu, dlogvar = reparam_backward(dz, cache.reparam)
             dmu_kl, dlogvar_kl = kl_normal_std_per_dim_backward(
-                xp.broadcast_to(dkl, cache.mu.shape), KLNormalStdCache(cache.mu, cache.logvar))
+                xp.broadcast_to(dkl, cache.mu.shape), KLNormalStdCache(cache.mu, cache.logvar)
+            )
             dmu += dmu_kl
             dlogvar += dlogvar_kl
         else:
@@ -390,7 +430,7 @@ class VAE(Model):
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
+            xb = x[i : i + batch_size]
             _, c = self.forward(xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
             out.append(c.stats["log_px_z"] - c.stats["kl"])
         return xp.concatenate(out)

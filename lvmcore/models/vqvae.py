@@ -39,6 +39,7 @@ term of the ELBO is the constant S log M, so ELBO = -NLL_recon - S log M. ``boun
 per-example reconstruction log-likelihood log p(x|z_q) (what training improves), ``elbo`` the
 ELBO. Neither is a K-sample estimate of log p(x); that needs a learned prior over codes.
 """
+
 import math
 from typing import NamedTuple
 
@@ -54,20 +55,20 @@ from .base import Model
 
 __all__ = ["VQVAE", "VQVAECache", "VQFrozen"]
 
-_KMEANS_STREAM = 9   # rng stream of the k-means initialisation: default_rng([seed, 0, 0, 9])
+_KMEANS_STREAM = 9  # rng stream of the k-means initialisation: default_rng([seed, 0, 0, 9])
 
 
 class VQVAECache(NamedTuple):
     """Everything backward and the codebook updates need."""
 
-    x: object            # (B, D) data
-    enc: object          # encoder MLPCache
-    z_e: object          # (B, S, E) encoder output
-    vq: object           # VQCache: diff (B*S, E), index (B*S,)
-    dec: object          # decoder MLPCache
-    lik: object          # BernoulliNLLCache over (B, D)
-    nll: object          # (B,) reconstruction NLL per example
-    losses: object       # VQLosses (codebook, commitment)
+    x: object  # (B, D) data
+    enc: object  # encoder MLPCache
+    z_e: object  # (B, S, E) encoder output
+    vq: object  # VQCache: diff (B*S, E), index (B*S,)
+    dec: object  # decoder MLPCache
+    lik: object  # BernoulliNLLCache over (B, D)
+    nll: object  # (B,) reconstruction NLL per example
+    losses: object  # VQLosses (codebook, commitment)
 
 
 class VQVAE(Model):
@@ -127,10 +128,25 @@ class VQVAE(Model):
 
     likelihood = "bernoulli"
 
-    def __init__(self, data_dim, codes=512, slots=8, code_dim=16, hidden=(200, 200),
-                 activation="relu", beta=0.25, codebook_update="loss", ema_decay=0.99,
-                 ema_eps=1e-5, dead_code_steps=100, reset_dead_codes=False, kmeans_init=False,
-                 kmeans_iters=10, seed=0, dtype=np.float32):
+    def __init__(
+        self,
+        data_dim,
+        codes=512,
+        slots=8,
+        code_dim=16,
+        hidden=(200, 200),
+        activation="relu",
+        beta=0.25,
+        codebook_update="loss",
+        ema_decay=0.99,
+        ema_eps=1e-5,
+        dead_code_steps=100,
+        reset_dead_codes=False,
+        kmeans_init=False,
+        kmeans_iters=10,
+        seed=0,
+        dtype=np.float32,
+    ):
         f = "VQVAE"
         pos = dict(kind="int", low=1, low_inclusive=True)
         self.data_dim = check_param(data_dim, "data_dim", f, **pos)
@@ -138,21 +154,25 @@ class VQVAE(Model):
         self.slots = check_param(slots, "slots", f, **pos)
         self.code_dim = check_param(code_dim, "code_dim", f, **pos)
         self.hidden = tuple(check_param(h, "hidden", f, **pos) for h in hidden)
-        self.activation = check_param(activation, "activation", f, kind="choice",
-                                      choices=("tanh", "relu", "softplus"))
+        self.activation = check_param(
+            activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
+        )
         self.beta = check_param(beta, "beta", f, low=0, low_inclusive=True)
-        self.codebook_update = check_param(codebook_update, "codebook_update", f, kind="choice",
-                                           choices=("loss", "ema"))
-        self.ema_decay = check_param(ema_decay, "ema_decay", f, low=0, high=1,
-                                     high_inclusive=False)
+        self.codebook_update = check_param(
+            codebook_update, "codebook_update", f, kind="choice", choices=("loss", "ema")
+        )
+        self.ema_decay = check_param(ema_decay, "ema_decay", f, low=0, high=1, high_inclusive=False)
         self.ema_eps = check_param(ema_eps, "ema_eps", f, low=0)
         self.dead_code_steps = check_param(dead_code_steps, "dead_code_steps", f, **pos)
-        self.reset_dead_codes = check_param(reset_dead_codes, "reset_dead_codes", f,
-                                            kind="choice", choices=(False, True))
-        self.kmeans_init = check_param(kmeans_init, "kmeans_init", f, kind="choice",
-                                       choices=(False, True))
-        self.kmeans_iters = check_param(kmeans_iters, "kmeans_iters", f, kind="int", low=0,
-                                        low_inclusive=True)
+        self.reset_dead_codes = check_param(
+            reset_dead_codes, "reset_dead_codes", f, kind="choice", choices=(False, True)
+        )
+        self.kmeans_init = check_param(
+            kmeans_init, "kmeans_init", f, kind="choice", choices=(False, True)
+        )
+        self.kmeans_iters = check_param(
+            kmeans_iters, "kmeans_iters", f, kind="int", low=0, low_inclusive=True
+        )
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -164,8 +184,8 @@ class VQVAE(Model):
         codebook = rng.uniform(-1.0 / M, 1.0 / M, size=(M, E)).astype(self.dtype)  # (M, E)
         self.params = {"codebook": codebook, "code_age": np.zeros(M, dtype=self.dtype)}
         if self.codebook_update == "ema":
-            self.params["ema_cluster_size"] = np.ones(M, dtype=self.dtype)           # (M,)
-            self.params["ema_code_sum"] = codebook.copy()                           # (M, E)
+            self.params["ema_cluster_size"] = np.ones(M, dtype=self.dtype)  # (M,)
+            self.params["ema_code_sum"] = codebook.copy()  # (M, E)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     # ------------------------------------------------------------------ parameters
@@ -178,13 +198,25 @@ class VQVAE(Model):
 
     def config(self):
         """The constructor arguments, JSON-serialisable (written into checkpoints)."""
-        return dict(model="vqvae", data_dim=self.data_dim, codes=self.codes, slots=self.slots,
-                    code_dim=self.code_dim, hidden=list(self.hidden),
-                    activation=self.activation, beta=self.beta,
-                    codebook_update=self.codebook_update, ema_decay=self.ema_decay,
-                    ema_eps=self.ema_eps, dead_code_steps=self.dead_code_steps,
-                    reset_dead_codes=self.reset_dead_codes, kmeans_init=self.kmeans_init,
-                    kmeans_iters=self.kmeans_iters, seed=self.seed, dtype=self.dtype.name)
+        return dict(
+            model="vqvae",
+            data_dim=self.data_dim,
+            codes=self.codes,
+            slots=self.slots,
+            code_dim=self.code_dim,
+            hidden=list(self.hidden),
+            activation=self.activation,
+            beta=self.beta,
+            codebook_update=self.codebook_update,
+            ema_decay=self.ema_decay,
+            ema_eps=self.ema_eps,
+            dead_code_steps=self.dead_code_steps,
+            reset_dead_codes=self.reset_dead_codes,
+            kmeans_init=self.kmeans_init,
+            kmeans_iters=self.kmeans_iters,
+            seed=self.seed,
+            dtype=self.dtype.name,
+        )
 
     @property
     def codebook(self):
@@ -214,7 +246,7 @@ class VQVAE(Model):
 
     def to(self, xp):
         super().to(xp)
-        Module.to(self, xp)       # the codebook and its state: plain params/grads dicts
+        Module.to(self, xp)  # the codebook and its state: plain params/grads dicts
         return self
 
     def load_parameters(self, arrays):
@@ -222,13 +254,16 @@ class VQVAE(Model):
         params = self.parameters()
         missing = sorted(set(params) - set(arrays))
         if missing:
-            raise ValueError(f"load_parameters: expected arrays for every parameter, missing "
-                             f"{missing}.")
+            raise ValueError(
+                f"load_parameters: expected arrays for every parameter, missing {missing}."
+            )
         for k, p in params.items():
             a = arrays[k]
             if tuple(a.shape) != tuple(p.shape):
-                raise ValueError(f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
-                                 f"got {tuple(a.shape)}.")
+                raise ValueError(
+                    f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
+                    f"got {tuple(a.shape)}."
+                )
             p[...] = get_xp(p).asarray(a, dtype=p.dtype)
 
     def init_output_bias(self, x_train):
@@ -258,8 +293,8 @@ class VQVAE(Model):
         at 0.
         """
         self._check_x(x, "VQVAE.init_codebook_kmeans")
-        h, _ = self.encoder.forward(x)                                           # (B, S*E)
-        z = h.reshape(-1, self.code_dim)                                         # (B*S, E)
+        h, _ = self.encoder.forward(x)  # (B, S*E)
+        z = h.reshape(-1, self.code_dim)  # (B*S, E)
         iters = self.kmeans_iters if iters is None else iters
         self.params["codebook"][...] = kmeans_codebook(z, self.codes, rng, iters)
         self._restart_state(self.xp.ones(self.codes, dtype=bool))
@@ -278,7 +313,7 @@ class VQVAE(Model):
         return self._codes(self._check_x(x, "VQVAE.quantize"))
 
     def _codes(self, x):
-        h, _ = self.encoder.forward(x)                                           # (B, S*E)
+        h, _ = self.encoder.forward(x)  # (B, S*E)
         _, _, vq = vq_forward(h.reshape(-1, self.slots, self.code_dim), self.codebook, self.beta)
         return vq.index.reshape(-1, self.slots)
 
@@ -292,8 +327,7 @@ class VQVAE(Model):
         """n samples under the uniform prior over codes: each slot's code drawn uniformly,
         then the decoder's mean (n, D). (A VQ-VAE is usually sampled through a learned prior
         over codes; this shows what the uniform prior of the bound gives.)"""
-        return self.decode_codes(self.xp.asarray(rng.integers(0, self.codes,
-                                                              size=(n, self.slots))))
+        return self.decode_codes(self.xp.asarray(rng.integers(0, self.codes, size=(n, self.slots))))
 
     def reconstruct(self, x):
         """Decoder mean at the quantized encoding of x: (B, D)."""
@@ -321,20 +355,22 @@ class VQVAE(Model):
             ``codebook_update="loss"``.
         cache : VQVAECache
         """
-        h, enc = self.encoder.forward(x)                                         # (B, S*E)
+        h, enc = self.encoder.forward(x)  # (B, S*E)
         return self._forward_encoded(x, h, enc, index, frozen, need_grad)
 
     def _forward_encoded(self, x, h, enc, index=None, frozen=None, need_grad=True):
         """The rest of :meth:`forward`, from the encoder output h (B, S*E) and its cache."""
         B = x.shape[0]
         S, E = self.slots, self.code_dim
-        z_e = h.reshape(B, S, E)                                                 # (B, S, E)
-        z_q, losses, vq = vq_forward(z_e, self.codebook, self.beta, index=index,
-                                     frozen=frozen)                              # (B, S, E)
-        logits, dec = self.decoder.forward(z_q.reshape(B, S * E))                # (B, D)
+        z_e = h.reshape(B, S, E)  # (B, S, E)
+        z_q, losses, vq = vq_forward(
+            z_e, self.codebook, self.beta, index=index, frozen=frozen
+        )  # (B, S, E)
+        logits, dec = self.decoder.forward(z_q.reshape(B, S * E))  # (B, D)
         # the logits are a temporary, so the fused kernel writes the gradient over them
-        nll, lik = bernoulli_nll_forward(logits, x, need_grad=need_grad,
-                                         overwrite_logits=True)                  # (B,)
+        nll, lik = bernoulli_nll_forward(
+            logits, x, need_grad=need_grad, overwrite_logits=True
+        )  # (B,)
         loss = float(nll.mean()) + losses.commitment
         if self.codebook_update == "loss":
             loss += losses.codebook
@@ -354,12 +390,13 @@ class VQVAE(Model):
         xp = get_xp(cache.nll)
         B = cache.x.shape[0]
         S, E = self.slots, self.code_dim
-        dnll = xp.full(B, self.dtype.type(dloss / B), dtype=self.dtype)          # (B,)
-        dlogits = bernoulli_nll_backward(dnll, cache.lik)                        # (B, D)
-        dz_q = self.decoder.backward(dlogits, cache.dec).reshape(B, S, E)        # (B, S, E)
+        dnll = xp.full(B, self.dtype.type(dloss / B), dtype=self.dtype)  # (B,)
+        dlogits = bernoulli_nll_backward(dnll, cache.lik)  # (B, D)
+        dz_q = self.decoder.backward(dlogits, cache.dec).reshape(B, S, E)  # (B, S, E)
         by_loss = self.codebook_update == "loss"
-        dz_e, dcodebook = vq_backward(dz_q, cache.vq, dcodebook_loss=dloss if by_loss else 0.0,
-                                      dcommit=dloss)
+        dz_e, dcodebook = vq_backward(
+            dz_q, cache.vq, dcodebook_loss=dloss if by_loss else 0.0, dcommit=dloss
+        )
         if by_loss:
             self.grads["codebook"] += dcodebook
         self.encoder.backward(dz_e.reshape(B, S * E), cache.enc, need_dx=False)
@@ -393,45 +430,67 @@ class VQVAE(Model):
             ``dead_code_steps`` steps, counted before any reset) and ``reset_codes``.
         """
         if kl_weight is not None:
-            raise ValueError(f"VQVAE.loss_and_grads: expected kl_weight None (a VQ-VAE has no "
-                             f"KL term to anneal), got {kl_weight!r}. Train with "
-                             f"kl_warmup_epochs=0.")
+            raise ValueError(
+                f"VQVAE.loss_and_grads: expected kl_weight None (a VQ-VAE has no "
+                f"KL term to anneal), got {kl_weight!r}. Train with "
+                f"kl_warmup_epochs=0."
+            )
         if validate:
             self._check_x(x, "VQVAE.loss_and_grads")
         self.zero_grad()
-        h, enc = self.encoder.forward(x)                                         # (B, S*E)
+        h, enc = self.encoder.forward(x)  # (B, S*E)
         if not bool(get_xp(h).isfinite(h).all()):
             nan = math.nan
-            return nan, dict(bound=nan, elbo=nan, recon=nan, codebook_loss=nan, commitment=nan,
-                             perplexity=nan, used_codes=nan, dead_codes=nan, reset_codes=nan)
+            return nan, dict(
+                bound=nan,
+                elbo=nan,
+                recon=nan,
+                codebook_loss=nan,
+                commitment=nan,
+                perplexity=nan,
+                used_codes=nan,
+                dead_codes=nan,
+                reset_codes=nan,
+            )
         loss, cache = self._forward_encoded(x, h, enc)
         self.backward(cache)
-        counts = code_counts(cache.vq.index, self.codes)                         # (M,)
+        counts = code_counts(cache.vq.index, self.codes)  # (M,)
         dead = reset = 0
         if update_codebook:
             dead, reset = self._update_codebook(cache, counts, rng)
         recon = -float(cache.nll.mean())
-        return loss, dict(bound=recon, elbo=recon - self.slots * math.log(self.codes),
-                          recon=recon, codebook_loss=cache.losses.codebook,
-                          commitment=cache.losses.commitment,
-                          perplexity=perplexity(counts), used_codes=int((counts > 0).sum()),
-                          dead_codes=dead, reset_codes=reset)
+        return loss, dict(
+            bound=recon,
+            elbo=recon - self.slots * math.log(self.codes),
+            recon=recon,
+            codebook_loss=cache.losses.codebook,
+            commitment=cache.losses.commitment,
+            perplexity=perplexity(counts),
+            used_codes=int((counts > 0).sum()),
+            dead_codes=dead,
+            reset_codes=reset,
+        )
 
     def _update_codebook(self, cache, counts, rng):
         """EMA update, code ages, dead-code reset (in place). Returns (dead, reset) counts."""
-        z = cache.z_e.reshape(-1, self.code_dim)                                 # (B*S, E)
+        z = cache.z_e.reshape(-1, self.code_dim)  # (B*S, E)
         p = self.params
         if self.codebook_update == "ema":
             size, total, codebook = ema_codebook_update(
-                p["ema_cluster_size"], p["ema_code_sum"], z, cache.vq.index,
-                self.ema_decay, self.ema_eps)
+                p["ema_cluster_size"],
+                p["ema_code_sum"],
+                z,
+                cache.vq.index,
+                self.ema_decay,
+                self.ema_eps,
+            )
             p["ema_cluster_size"][...] = size
             p["ema_code_sum"][...] = total
             p["codebook"][...] = codebook
         age = p["code_age"]
         age += 1
         age[counts > 0] = 0
-        dead = age >= self.dead_code_steps                                       # (M,)
+        dead = age >= self.dead_code_steps  # (M,)
         n_dead = int(dead.sum())
         if not (self.reset_dead_codes and n_dead):
             return n_dead, 0
@@ -451,22 +510,20 @@ class VQVAE(Model):
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            _, c = self.forward(x[i:i + batch_size], need_grad=False)
+            _, c = self.forward(x[i : i + batch_size], need_grad=False)
             out.append(-c.nll)
         return xp.concatenate(out) if out else xp.zeros(0, dtype=self.dtype)
 
     def elbo(self, x, rng=None, batch_size=1000):
         """Per-example ELBO under the uniform prior over codes: bound - S log M, shape (B,)."""
-        return self.bound(x, rng, batch_size) - self.dtype.type(self.slots *
-                                                                math.log(self.codes))
+        return self.bound(x, rng, batch_size) - self.dtype.type(self.slots * math.log(self.codes))
 
     def code_usage(self, x, batch_size=1000):
         """How many of the B*S slots of x each code takes: int64 (M,)."""
         self._check_x(x, "VQVAE.code_usage")
         counts = 0
         for i in range(0, x.shape[0], batch_size):
-            counts = counts + code_counts(self._codes(x[i:i + batch_size]).ravel(),
-                                          self.codes)
+            counts = counts + code_counts(self._codes(x[i : i + batch_size]).ravel(), self.codes)
         return counts if x.shape[0] else get_xp(x).zeros(self.codes, dtype=np.int64)
 
     def eval_report(self, x, batch_size=1000):
@@ -484,7 +541,7 @@ class VQVAE(Model):
         self._check_x(x, "VQVAE.eval_report")
         nll, counts = [], np.zeros(self.codes, dtype=np.int64)
         for i in range(0, x.shape[0], batch_size):
-            _, c = self.forward(x[i:i + batch_size], need_grad=False)
+            _, c = self.forward(x[i : i + batch_size], need_grad=False)
             nll.append(to_numpy(c.nll, np.float64))
             k = code_counts(c.vq.index, self.codes)
             counts += to_numpy(k)
@@ -492,10 +549,18 @@ class VQVAE(Model):
         sem = float(nll.std(ddof=1) / math.sqrt(nll.size)) if nll.size > 1 else math.nan
         ppl = perplexity(counts)
         used = int((counts > 0).sum())
-        info = dict(recon_nll=float(nll.mean()) if nll.size else math.nan, recon_nll_sem=sem,
-                    perplexity=ppl, used_codes=used, dead_codes=self.codes - used,
-                    codes=self.codes, slots=self.slots)
-        lines = [f"reconstruction NLL {info['recon_nll']:.3f} +- {sem:.3f} nats",
-                 f"code perplexity {ppl:.1f} of {self.codes} codes; {used} used, "
-                 f"{self.codes - used} dead (never assigned on this split)"]
+        info = dict(
+            recon_nll=float(nll.mean()) if nll.size else math.nan,
+            recon_nll_sem=sem,
+            perplexity=ppl,
+            used_codes=used,
+            dead_codes=self.codes - used,
+            codes=self.codes,
+            slots=self.slots,
+        )
+        lines = [
+            f"reconstruction NLL {info['recon_nll']:.3f} +- {sem:.3f} nats",
+            f"code perplexity {ppl:.1f} of {self.codes} codes; {used} used, "
+            f"{self.codes - used} dead (never assigned on this split)",
+        ]
         return info, lines

@@ -1,3 +1,4 @@
 """Stateful layers that own parameters and accumulate gradients."""
+
 from .init import glorot_uniform
 from .module import MLP, Linear, MLPCache, Module

@@ -1,4 +1,5 @@
 """Parameter initialisation with an explicit random generator."""
+
 import numpy as np
 
 

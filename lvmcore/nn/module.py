@@ -1,4 +1,5 @@
 """Modules: own their parameters and accumulate gradients; the math lives in ``ops``."""
+
 from typing import NamedTuple
 
 import numpy as np
@@ -80,13 +81,20 @@ class MLP(Module):
 
     def __init__(self, sizes, activation, rng, dtype=np.float32):
         super().__init__()
-        sizes = [check_param(s, "sizes", "MLP", kind="int", low=1, low_inclusive=True)
-                 for s in sizes]
+        sizes = [
+            check_param(s, "sizes", "MLP", kind="int", low=1, low_inclusive=True) for s in sizes
+        ]
         if len(sizes) < 2:
-            raise ValueError(f"MLP: expected sizes to list at least an input and an output "
-                             f"width, got {sizes}.")
-        self.activation = check_param(activation, "activation", "MLP", kind="choice",
-                                      choices=("tanh", "relu", "softplus", "sigmoid"))
+            raise ValueError(
+                f"MLP: expected sizes to list at least an input and an output width, got {sizes}."
+            )
+        self.activation = check_param(
+            activation,
+            "activation",
+            "MLP",
+            kind="choice",
+            choices=("tanh", "relu", "softplus", "sigmoid"),
+        )
         self.sizes = tuple(sizes)
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             self._add_param(f"W{i}", glorot_uniform(rng, n_in, n_out, dtype))

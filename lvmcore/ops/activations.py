@@ -5,6 +5,7 @@ exact for inputs of any size: softplus(x) = max(x, 0) + log1p(exp(-|x|)) never
 overflows, and log-sigmoid(x) = -softplus(-x) keeps full relative accuracy for
 logits as large as +-1e30 in either direction.
 """
+
 from .._validation import get_xp
 
 
@@ -28,6 +29,7 @@ def log_sigmoid(x):
 
 
 # --- forward/backward pairs. Caches hold the one array backward needs. ---
+
 
 def tanh_forward(x):
     """y = tanh(x); the cache is y (backward uses 1 - y^2)."""

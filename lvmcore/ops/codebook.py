@@ -8,6 +8,7 @@ None of these is differentiated: they replace the codebook loss (EMA) or move co
 gradient steps (k-means, dead-code reset). All per-code sums go through
 :func:`lvmcore.ops.vq.code_sums` (serial, race-free) and :func:`lvmcore.ops.vq.code_counts`.
 """
+
 import numpy as np
 
 from .._validation import check_array, check_param, check_same_dtype, get_xp, to_numpy
@@ -65,16 +66,18 @@ def ema_codebook_update(cluster_size, code_sum, z, index, decay=0.99, eps=1e-5):
     check_array(z, "z", f, ndim=2, shape=(None, code_sum.shape[1]))
     check_same_dtype([cluster_size, code_sum, z], ["cluster_size", "code_sum", "z"], f)
     dt = z.dtype.type
-    n = code_counts(index, M).astype(z.dtype)                                    # (M,)
-    s = code_sums(index, z, M)                                                   # (M, E)
-    cluster_size = dt(decay) * cluster_size + dt(1 - decay) * n                  # (M,)
-    code_sum = dt(decay) * code_sum + dt(1 - decay) * s                          # (M, E)
+    n = code_counts(index, M).astype(z.dtype)  # (M,)
+    s = code_sums(index, z, M)  # (M, E)
+    cluster_size = dt(decay) * cluster_size + dt(1 - decay) * n  # (M,)
+    code_sum = dt(decay) * code_sum + dt(1 - decay) * s  # (M, E)
     total = float(cluster_size.sum())
     if not total > 0:
-        raise ValueError(f"{f}: expected the cluster sizes to have a positive sum after the "
-                         f"update, got {total}. Start them at ones (each code counted once) "
-                         f"and code_sum at the codebook.")
-    smoothed = (cluster_size + dt(eps)) * dt(total / (total + M * eps))          # (M,)
+        raise ValueError(
+            f"{f}: expected the cluster sizes to have a positive sum after the "
+            f"update, got {total}. Start them at ones (each code counted once) "
+            f"and code_sum at the codebook."
+        )
+    smoothed = (cluster_size + dt(eps)) * dt(total / (total + M * eps))  # (M,)
     return cluster_size, code_sum, code_sum / smoothed[:, None]
 
 
@@ -112,18 +115,19 @@ def kmeans_codebook(z, n_codes, rng, iters=10):
     check_array(z, "z", f, ndim=2)
     N = z.shape[0]
     if N < M:
-        raise ValueError(f"{f}: expected at least as many rows as codes ({M}), got z of shape "
-                         f"{tuple(z.shape)}. Pass more encoder outputs or use fewer codes.")
-    xp = get_xp(z)
+        raise ValueError(
+            f"{f}: expected at least as many rows as codes ({M}), got z of shape "
+            f"{tuple(z.shape)}. Pass more encoder outputs or use fewer codes."
+        )
     search = get_backend(z).kernel("nearest_code")
-    centres = _kmeans_plus_plus(z, M, rng)                                       # (M, E)
+    centres = _kmeans_plus_plus(z, M, rng)  # (M, E)
     previous = None
     for _ in range(iters):
-        index, _ = search(z, centres)                                            # (N,)
+        index, _ = search(z, centres)  # (N,)
         if previous is not None and bool((index == previous).all()):
             break
-        counts = code_counts(index, M)                                           # (M,)
-        sums = code_sums(index, z, M)                                            # (M, E)
+        counts = code_counts(index, M)  # (M,)
+        sums = code_sums(index, z, M)  # (M, E)
         used = counts > 0
         centres[used] = sums[used] / counts[used, None].astype(z.dtype)
         previous = index
@@ -133,12 +137,12 @@ def kmeans_codebook(z, n_codes, rng, iters=10):
 def _kmeans_plus_plus(z, M, rng):
     """k-means++ seeding: M rows of z (copies), (M, E)."""
     xp = get_xp(z)
-    z64 = z.astype(np.float64)                                                   # (N, E)
+    z64 = z.astype(np.float64)  # (N, E)
     N = z.shape[0]
-    centres = xp.empty((M, z.shape[1]), dtype=z.dtype)                           # (M, E)
+    centres = xp.empty((M, z.shape[1]), dtype=z.dtype)  # (M, E)
     first = int(rng.integers(N))
     centres[0] = z[first]
-    d2 = ((z64 - z64[first]) ** 2).sum(axis=1)                                  # (N,)
+    d2 = ((z64 - z64[first]) ** 2).sum(axis=1)  # (N,)
     for m in range(1, M):
         total = float(d2.sum())
         # every row already sits on a centre (duplicated data): any row will do
@@ -170,15 +174,17 @@ def reseed_codes(codebook, dead, z, rng):
         The indices of the re-seeded codes, increasing.
     """
     xp = get_xp(codebook)
-    reseeded = xp.flatnonzero(dead)                                              # (R,)
+    reseeded = xp.flatnonzero(dead)  # (R,)
     codebook = codebook.copy()
     R = int(reseeded.size)
     if R == 0:
         return codebook, reseeded
     N = z.shape[0]
     if N == 0:
-        raise ValueError(f"reseed_codes: expected rows to re-seed {R} dead codes from, got z of "
-                         f"shape {tuple(z.shape)}.")
-    rows = rng.choice(N, size=R, replace=N < R)                                  # (R,)
+        raise ValueError(
+            f"reseed_codes: expected rows to re-seed {R} dead codes from, got z of "
+            f"shape {tuple(z.shape)}."
+        )
+    rows = rng.choice(N, size=R, replace=N < R)  # (R,)
     codebook[reseeded] = z[xp.asarray(rows)]
     return codebook, reseeded

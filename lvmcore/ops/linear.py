@@ -1,4 +1,5 @@
 """Affine layer y = x W + b."""
+
 from typing import NamedTuple
 
 

@@ -1,4 +1,5 @@
 """The reparameterization trick for a diagonal Gaussian: z = mu + exp(logvar / 2) * eps."""
+
 from typing import NamedTuple
 
 from .._validation import get_xp

@@ -4,6 +4,7 @@ A slice whose entries are all -inf has log-sum-exp -inf, softmax weights 0 and
 gradient 0 (never NaN): the maximum used for the shift is replaced by 0 there, so
 exp(-inf - 0) = 0 and the log of the zero sum is -inf without a warning.
 """
+
 import contextlib
 from typing import NamedTuple
 

@@ -40,39 +40,54 @@ References
 A. van den Oord, O. Vinyals, K. Kavukcuoglu (2017), "Neural discrete representation learning",
 NeurIPS, eq. 3 and appendix A.1.
 """
+
 from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import (check_array, check_param, check_same_device, check_same_dtype,
-                           get_xp, to_numpy)
+from .._validation import (
+    check_array,
+    check_param,
+    check_same_device,
+    check_same_dtype,
+    get_xp,
+    to_numpy,
+)
 from ..backend import get_backend
 
-__all__ = ["VQCache", "VQFrozen", "VQLosses", "vq_forward", "vq_backward", "code_counts",
-           "code_sums", "perplexity"]
+__all__ = [
+    "VQCache",
+    "VQFrozen",
+    "VQLosses",
+    "vq_forward",
+    "vq_backward",
+    "code_counts",
+    "code_sums",
+    "perplexity",
+]
 
 
 class VQLosses(NamedTuple):
     """The two VQ terms, as Python floats (reduction: mean over B of the sum over S and E)."""
 
-    codebook: float      # (1/B) sum ||sg[z_e] - e_k||^2
-    commitment: float    # beta (1/B) sum ||z_e - sg[e_k]||^2, beta included
+    codebook: float  # (1/B) sum ||sg[z_e] - e_k||^2
+    commitment: float  # beta (1/B) sum ||z_e - sg[e_k]||^2, beta included
 
 
 class VQFrozen(NamedTuple):
     """Values of the stop-gradient arguments, for checking gradients (see the module notes)."""
 
-    z_e: object          # (B, S, E) the value of sg[z_e]
-    codebook: object     # (M, E)    the value of sg[e]
+    z_e: object  # (B, S, E) the value of sg[z_e]
+    codebook: object  # (M, E)    the value of sg[e]
 
 
 class VQCache(NamedTuple):
     """What ``vq_backward`` needs."""
 
-    diff: object         # (N, E) z_e - e_k at the forward point, rows in (b, s) order
-    index: object        # (N,) int64 assignment k
-    n_codes: int         # M
-    shape: tuple         # (B, S, E) of z_e
+    diff: object  # (N, E) z_e - e_k at the forward point, rows in (b, s) order
+    index: object  # (N,) int64 assignment k
+    n_codes: int  # M
+    shape: tuple  # (B, S, E) of z_e
     beta: float
 
 
@@ -126,29 +141,33 @@ def vq_forward(z_e, codebook, beta=0.25, index=None, frozen=None):
     B, S, E = z_e.shape
     M = codebook.shape[0]
     if codebook.shape[1] != E:
-        raise ValueError(f"{f}: expected codebook.shape[1] == z_e.shape[2] ({E}), got codebook of "
-                         f"shape {tuple(codebook.shape)} and z_e of shape {tuple(z_e.shape)}. "
-                         f"The code dimension E must match the encoder's output per slot.")
+        raise ValueError(
+            f"{f}: expected codebook.shape[1] == z_e.shape[2] ({E}), got codebook of "
+            f"shape {tuple(codebook.shape)} and z_e of shape {tuple(z_e.shape)}. "
+            f"The code dimension E must match the encoder's output per slot."
+        )
     if M < 1:
-        raise ValueError(f"{f}: expected codebook to have at least one row (M >= 1), got "
-                         f"codebook of shape {tuple(codebook.shape)}.")
-    flat = z_e.reshape(B * S, E)                                                 # (N, E)
+        raise ValueError(
+            f"{f}: expected codebook to have at least one row (M >= 1), got "
+            f"codebook of shape {tuple(codebook.shape)}."
+        )
+    flat = z_e.reshape(B * S, E)  # (N, E)
     if index is None:
-        index, _ = get_backend(z_e).kernel("nearest_code")(flat, codebook)       # (N,)
+        index, _ = get_backend(z_e).kernel("nearest_code")(flat, codebook)  # (N,)
     else:
         index = _check_index(index, B, S, M, f)
-    e_k = codebook[index]                                                        # (N, E)
-    diff = flat - e_k                                                            # (N, E)
+    e_k = codebook[index]  # (N, E)
+    diff = flat - e_k  # (N, E)
     sq = float((diff * diff).sum()) / B
     if frozen is None:
-        z_q = e_k.reshape(B, S, E)                                               # (B, S, E)
+        z_q = e_k.reshape(B, S, E)  # (B, S, E)
         losses = VQLosses(sq, beta * sq)
     else:
-        fz = frozen.z_e.reshape(B * S, E)                                        # (N, E)
-        fe = frozen.codebook[index]                                              # (N, E)
-        z_q = (flat + (fe - fz)).reshape(B, S, E)                                # (B, S, E)
-        d_cb = fz - e_k                                                          # moves e only
-        d_cm = flat - fe                                                         # moves z_e only
+        fz = frozen.z_e.reshape(B * S, E)  # (N, E)
+        fe = frozen.codebook[index]  # (N, E)
+        z_q = (flat + (fe - fz)).reshape(B, S, E)  # (B, S, E)
+        d_cb = fz - e_k  # moves e only
+        d_cm = flat - fe  # moves z_e only
         losses = VQLosses(float((d_cb * d_cb).sum()) / B, beta * float((d_cm * d_cm).sum()) / B)
     return z_q, losses, VQCache(diff, index, M, (B, S, E), beta)
 
@@ -184,13 +203,13 @@ def vq_backward(dz_q, cache, dcodebook_loss=1.0, dcommit=1.0):
     diff, index, M, (B, S, E), beta = cache
     xp = get_xp(diff)
     dt = diff.dtype.type
-    dz_e = dz_q.reshape(B * S, E)                                                # (N, E)
+    dz_e = dz_q.reshape(B * S, E)  # (N, E)
     if dcommit != 0 and beta != 0:
         dz_e = dz_e + dt(dcommit * beta * 2.0 / B) * diff
     else:
         dz_e = dz_e.copy()
     if dcodebook_loss != 0:
-        dcodebook = code_sums(index, diff, M) * dt(-dcodebook_loss * 2.0 / B)    # (M, E)
+        dcodebook = code_sums(index, diff, M) * dt(-dcodebook_loss * 2.0 / B)  # (M, E)
     else:
         dcodebook = xp.zeros((M, E), dtype=diff.dtype)
     return dz_e.reshape(B, S, E), dcodebook
@@ -198,21 +217,27 @@ def vq_backward(dz_q, cache, dcodebook_loss=1.0, dcommit=1.0):
 
 def _check_index(index, B, S, M, f):
     if not hasattr(index, "dtype") or index.dtype.kind not in "iu":
-        raise TypeError(f"{f}: expected index to be an integer array, got "
-                        f"{getattr(index, 'dtype', type(index).__name__)}.")
+        raise TypeError(
+            f"{f}: expected index to be an integer array, got "
+            f"{getattr(index, 'dtype', type(index).__name__)}."
+        )
     if tuple(index.shape) not in ((B * S,), (B, S)):
-        raise ValueError(f"{f}: expected index of shape ({B * S},) or ({B}, {S}), got "
-                         f"{tuple(index.shape)}.")
+        raise ValueError(
+            f"{f}: expected index of shape ({B * S},) or ({B}, {S}), got {tuple(index.shape)}."
+        )
     index = index.reshape(B * S).astype(np.int64, copy=False)
     if index.size and (int(index.min()) < 0 or int(index.max()) >= M):
-        raise ValueError(f"{f}: expected every index in [0, {M}), got values in "
-                         f"[{int(index.min())}, {int(index.max())}].")
+        raise ValueError(
+            f"{f}: expected every index in [0, {M}), got values in "
+            f"[{int(index.min())}, {int(index.max())}]."
+        )
     return index
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-code reductions, shared by the backward, the EMA update, k-means and the usage statistics
 # ------------------------------------------------------------------------------------------------
+
 
 def code_counts(index, n_codes):
     """How many rows each code got: ``bincount(index, minlength=M)``, int64 (M,)."""
@@ -230,15 +255,15 @@ def code_sums(index, rows, n_codes):
     """
     xp = get_xp(rows)
     M, E = n_codes, rows.shape[1]
-    out = xp.zeros((M, E), dtype=rows.dtype)                                     # (M, E)
+    out = xp.zeros((M, E), dtype=rows.dtype)  # (M, E)
     if index.size == 0:
         return out
     # CuPy's argsort is always stable and takes no other kind
     order = np.argsort(index, kind="stable") if xp is np else xp.argsort(index)  # (N,)
     sorted_index = index[order]
     new = xp.concatenate([xp.ones(1, dtype=bool), sorted_index[1:] != sorted_index[:-1]])
-    starts = xp.flatnonzero(new)                                                 # (U,)
-    out[sorted_index[starts]] = xp.add.reduceat(rows[order], starts, axis=0)     # (U, E)
+    starts = xp.flatnonzero(new)  # (U,)
+    out[sorted_index[starts]] = xp.add.reduceat(rows[order], starts, axis=0)  # (U, E)
     return out
 
 

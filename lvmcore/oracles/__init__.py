@@ -10,13 +10,32 @@ Two latent-variable models whose log-marginal likelihood is known in closed form
 
 All of them compute in float64 and validate their inputs at the boundary.
 """
-from .gmm import (GMM, gmm_fit_em, gmm_importance_log_marginal, gmm_log_joint, gmm_log_marginal,
-                  gmm_log_posterior, gmm_posterior, gmm_sample)
-from .ppca import (PPCA, ppca_fit, ppca_log_joint, ppca_log_marginal, ppca_posterior,
-                   ppca_sample)
+
+from .gmm import (
+    GMM,
+    gmm_fit_em,
+    gmm_importance_log_marginal,
+    gmm_log_joint,
+    gmm_log_marginal,
+    gmm_log_posterior,
+    gmm_posterior,
+    gmm_sample,
+)
+from .ppca import PPCA, ppca_fit, ppca_log_joint, ppca_log_marginal, ppca_posterior, ppca_sample
 
 __all__ = [
-    "PPCA", "ppca_fit", "ppca_log_joint", "ppca_log_marginal", "ppca_posterior", "ppca_sample",
-    "GMM", "gmm_fit_em", "gmm_importance_log_marginal", "gmm_log_joint", "gmm_log_marginal",
-    "gmm_log_posterior", "gmm_posterior", "gmm_sample",
+    "PPCA",
+    "ppca_fit",
+    "ppca_log_joint",
+    "ppca_log_marginal",
+    "ppca_posterior",
+    "ppca_sample",
+    "GMM",
+    "gmm_fit_em",
+    "gmm_importance_log_marginal",
+    "gmm_log_joint",
+    "gmm_log_marginal",
+    "gmm_log_posterior",
+    "gmm_posterior",
+    "gmm_sample",
 ]

@@ -28,6 +28,7 @@ hand: with :math:`\\tilde w_{tj} = w_{t_j} / \\sum_i w_{t_i}`,
 second the dependence of log w on log q), then chained through the log-softmax of the encoder
 logits and the decoder's likelihood; both MLPs' backward do the rest.
 """
+
 import itertools
 import math
 
@@ -45,9 +46,10 @@ def one_hot_configurations(n_latents, n_categories, dtype=np.float64):
 
     Row m is ``itertools.product(range(C), repeat=N)``'s m-th tuple (last latent fastest).
     """
-    idx = np.array(list(itertools.product(range(n_categories), repeat=n_latents)),
-                   dtype=np.int64).reshape(-1, n_latents)                 # (M, N)
-    return (np.arange(n_categories) == idx[..., None]).astype(dtype)     # (M, N, C)
+    idx = np.array(
+        list(itertools.product(range(n_categories), repeat=n_latents)), dtype=np.int64
+    ).reshape(-1, n_latents)  # (M, N)
+    return (np.arange(n_categories) == idx[..., None]).astype(dtype)  # (M, N, C)
 
 
 def catvae_exact_bound(model, x, k=1, max_terms=200_000):
@@ -74,41 +76,45 @@ def catvae_exact_bound(model, x, k=1, max_terms=200_000):
     k = check_param(k, "k", func, kind="int", low=1, low_inclusive=True)
     N, C = model.n_latents, model.n_categories
     B = x.shape[0]
-    M = C ** N
-    if B * M ** k > max_terms:
-        raise ValueError(f"{func}: expected B * (C^N)^K <= {max_terms} terms, got "
-                         f"{B} * {M}^{k} = {B * M ** k}. Use fewer latents, classes or samples.")
+    M = C**N
+    if B * M**k > max_terms:
+        raise ValueError(
+            f"{func}: expected B * (C^N)^K <= {max_terms} terms, got "
+            f"{B} * {M}^{k} = {B * M**k}. Use fewer latents, classes or samples."
+        )
     dt = model.dtype
-    Z = one_hot_configurations(N, C, dt)                                  # (M, N, C)
+    Z = one_hot_configurations(N, C, dt)  # (M, N, C)
     model.zero_grad()
-    h, enc = model.encoder.forward(x)                                     # (B, N*C)
-    logp, lsm = log_softmax_forward(h.reshape(B, N, C), axis=-1)          # (B, N, C)
-    a = np.einsum("mnc,bnc->bm", Z, logp)                                 # (B, M) log q
-    out, dec = model.decoder.forward(Z.reshape(M, N * C))                 # (M, D)
+    h, enc = model.encoder.forward(x)  # (B, N*C)
+    logp, lsm = log_softmax_forward(h.reshape(B, N, C), axis=-1)  # (B, N, C)
+    a = np.einsum("mnc,bnc->bm", Z, logp)  # (B, M) log q
+    out, dec = model.decoder.forward(Z.reshape(M, N * C))  # (M, D)
     out_bm = np.broadcast_to(out, (B, M, out.shape[1])).reshape(B * M, -1)
     x_bm = np.broadcast_to(x[:, None], (B, M, x.shape[1])).reshape(B * M, -1)
     nll, lik = bernoulli_nll_forward(out_bm, x_bm)
-    ell = -nll.reshape(B, M)                                              # (B, M) log p(x|z)
-    lw = ell - dt.type(N * math.log(C)) - a                               # (B, M)
+    ell = -nll.reshape(B, M)  # (B, M) log p(x|z)
+    lw = ell - dt.type(N * math.log(C)) - a  # (B, M)
 
-    tuples = np.array(list(itertools.product(range(M), repeat=k)),
-                      dtype=np.int64)                                     # (T, K)
-    E = (np.arange(M) == tuples[..., None]).astype(dt)                    # (T, K, M)
-    lwt = lw[:, tuples]                                                   # (B, T, K)
-    lse, lc = logsumexp_forward(lwt, axis=-1)                             # (B, T)
+    tuples = np.array(list(itertools.product(range(M), repeat=k)), dtype=np.int64)  # (T, K)
+    E = (np.arange(M) == tuples[..., None]).astype(dt)  # (T, K, M)
+    lwt = lw[:, tuples]  # (B, T, K)
+    lse, lc = logsumexp_forward(lwt, axis=-1)  # (B, T)
     L = lse - dt.type(math.log(k))
-    wt = lc.weights                                                       # (B, T, K)
-    P = np.exp(a[:, tuples].sum(axis=-1))                                 # (B, T)
-    bound = (P * L).sum(axis=-1)                                          # (B,)
+    wt = lc.weights  # (B, T, K)
+    P = np.exp(a[:, tuples].sum(axis=-1))  # (B, T)
+    bound = (P * L).sum(axis=-1)  # (B,)
     da = np.einsum("btk,tkm->bm", P[..., None] * (L[..., None] - wt), E)  # (B, M)
-    dell = np.einsum("btk,tkm->bm", P[..., None] * wt, E)                 # (B, M)
+    dell = np.einsum("btk,tkm->bm", P[..., None] * wt, E)  # (B, M)
 
     # loss = -mean_b bound; nll = -ell
-    dout = bernoulli_nll_backward((dell / B).reshape(B * M), lik)         # (B*M, D)
+    dout = bernoulli_nll_backward((dell / B).reshape(B * M), lik)  # (B*M, D)
     model.decoder.backward(dout.reshape(B, M, -1).sum(axis=0), dec, need_dx=False)
-    dlogp = np.einsum("bm,mnc->bnc", -da / B, Z)                          # (B, N, C)
+    dlogp = np.einsum("bm,mnc->bnc", -da / B, Z)  # (B, N, C)
     dlogits = log_softmax_backward(dlogp, lsm)
     model.encoder.backward(dlogits.reshape(B, N * C), enc, need_dx=False)
-    grads = {key: g.copy() for key, g in model.gradients().items()
-             if key.startswith(("encoder.", "decoder."))}
+    grads = {
+        key: g.copy()
+        for key, g in model.gradients().items()
+        if key.startswith(("encoder.", "decoder."))
+    }
     return bound, grads

@@ -15,6 +15,7 @@ Mixture weights are carried as ``log_pi`` (log space, so a component may have we
 ``-inf``). Every function computes in float64 whatever the input dtype. Shape letters: B batch,
 D data, C components, K samples.
 """
+
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +50,7 @@ class GMM(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # validation
 
+
 def _normalization_tol(dtype):
     # sqrt(eps): 1.5e-8 in float64, 3.5e-4 in float32; loose enough for weights that were
     # normalized in that dtype, tight enough to catch unnormalized ones.
@@ -61,7 +63,8 @@ def _check_log_probs(log_p, name, func, *, ndim):
     if bool(np.any(log_p == np.inf)):
         raise ValueError(
             f"{func}: expected {name} to contain no +inf values, got "
-            f"{int(np.sum(log_p == np.inf))}. Log-probabilities are <= 0.")
+            f"{int(np.sum(log_p == np.inf))}. Log-probabilities are <= 0."
+        )
     lse = logsumexp(np.asarray(log_p, dtype=np.float64), axis=-1)
     err = np.abs(lse)
     tol = _normalization_tol(log_p.dtype)
@@ -69,7 +72,8 @@ def _check_log_probs(log_p, name, func, *, ndim):
         raise ValueError(
             f"{func}: expected {name} to be normalized (logsumexp over the last axis == 0 "
             f"within {tol:.1e}), got logsumexp {float(np.ravel(lse)[np.argmax(np.ravel(err))])!r}."
-            f" Normalize with {name} - scipy.special.logsumexp({name}, axis=-1, keepdims=True).")
+            f" Normalize with {name} - scipy.special.logsumexp({name}, axis=-1, keepdims=True)."
+        )
     return np.asarray(log_p, dtype=np.float64)
 
 
@@ -82,17 +86,20 @@ def _check_params(log_pi, means, variances, func):
     if means.shape[0] != C or means.shape[1] < 1:
         raise ValueError(
             f"{func}: expected means to have shape (C, D) with C == log_pi.shape[0] ({C}) and "
-            f"D >= 1, got {tuple(means.shape)}.")
+            f"D >= 1, got {tuple(means.shape)}."
+        )
     check_array(variances, "variances", func, ndim=2)
     if variances.shape != means.shape:
         raise ValueError(
             f"{func}: expected variances to have the shape of means {tuple(means.shape)}, got "
-            f"{tuple(variances.shape)}.")
+            f"{tuple(variances.shape)}."
+        )
     if not bool(np.all(variances > 0)):
         raise ValueError(
             f"{func}: expected variances to be positive, got {int(np.sum(variances <= 0))} "
             f"entries <= 0 (smallest {float(np.min(variances))!r}). Floor them, e.g. "
-            f"numpy.maximum(variances, 1e-6).")
+            f"numpy.maximum(variances, 1e-6)."
+        )
     return log_pi, np.asarray(means, dtype=np.float64), np.asarray(variances, dtype=np.float64)
 
 
@@ -101,7 +108,8 @@ def _check_x(x, D, func):
     if x.shape[1] != D:
         raise ValueError(
             f"{func}: expected x.shape[1] == means.shape[1] ({D}), got x of shape "
-            f"{tuple(x.shape)}. Pass a batch of shape (B, {D}).")
+            f"{tuple(x.shape)}. Pass a batch of shape (B, {D})."
+        )
     return np.asarray(x, dtype=np.float64)
 
 
@@ -109,40 +117,43 @@ def _check_gmm(params, func):
     if not isinstance(params, GMM):
         raise TypeError(
             f"{func}: expected params to be a GMM, got {type(params).__name__}. Build one with "
-            f"GMM(log_pi=..., means=..., variances=...) or gmm_fit_em(...).")
+            f"GMM(log_pi=..., means=..., variances=...) or gmm_fit_em(...)."
+        )
     return _check_params(*params, func)
 
 
 # ---------------------------------------------------------------------------------------------
 # private math (float64, valid input)
 
+
 def _log_joint(x, log_pi, means, variances):
     """log p(x_b, c) for every row and component, shape (B, C)."""
     B, C = x.shape[0], log_pi.shape[0]
-    out = np.empty((B, C))                                              # (B, C)
-    log_norm = -0.5 * np.sum(_LOG_2PI + np.log(variances), axis=1)      # (C,)
+    out = np.empty((B, C))  # (B, C)
+    log_norm = -0.5 * np.sum(_LOG_2PI + np.log(variances), axis=1)  # (C,)
     # A loop over components keeps memory at O(B D) instead of a (B, C, D) broadcast;
     # C is small for an oracle. Squared distances are formed directly (not expanded into
     # x^2 - 2 x mu + mu^2), so there is no cancellation far from the means.
     for c in range(C):
-        diff = x - means[c]                                             # (B, D)
+        diff = x - means[c]  # (B, D)
         out[:, c] = log_pi[c] + log_norm[c] - 0.5 * np.sum(diff * diff / variances[c], axis=1)
     return out
 
 
 def _sample_categorical(rng, log_q, shape):
     """Inverse-CDF draws from rows of log_q (R, C); returns ints of shape shape + (R,)."""
-    q = np.exp(log_q - np.max(log_q, axis=-1, keepdims=True))           # (R, C)
-    cdf = np.cumsum(q, axis=-1)                                         # (R, C)
-    u = rng.random(shape + (q.shape[0],)) * cdf[:, -1]                  # (..., R)
+    q = np.exp(log_q - np.max(log_q, axis=-1, keepdims=True))  # (R, C)
+    cdf = np.cumsum(q, axis=-1)  # (R, C)
+    u = rng.random(shape + (q.shape[0],)) * cdf[:, -1]  # (..., R)
     # Count of cdf entries <= u is the first index with cdf > u; zero-weight categories have
     # cdf equal to their predecessor and are never chosen. min() guards the u == total edge.
-    idx = np.sum(u[..., None] >= cdf, axis=-1)                          # (..., R)
+    idx = np.sum(u[..., None] >= cdf, axis=-1)  # (..., R)
     return np.minimum(idx, q.shape[1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------
 # public API
+
 
 def gmm_log_joint(x, log_pi, means, variances):
     r"""Log joint :math:`\log p(x_b, c)` of every row and component.
@@ -237,7 +248,7 @@ def gmm_log_posterior(x, log_pi, means, variances):
     func = "gmm_log_posterior"
     log_pi, means, variances = _check_params(log_pi, means, variances, func)
     x = _check_x(x, means.shape[1], func)
-    log_joint = _log_joint(x, log_pi, means, variances)                 # (B, C)
+    log_joint = _log_joint(x, log_pi, means, variances)  # (B, C)
     return log_joint - logsumexp(log_joint, axis=1, keepdims=True)
 
 
@@ -274,7 +285,7 @@ def gmm_posterior(x, log_pi, means, variances):
     func = "gmm_posterior"
     log_pi, means, variances = _check_params(log_pi, means, variances, func)
     x = _check_x(x, means.shape[1], func)
-    log_joint = _log_joint(x, log_pi, means, variances)                 # (B, C)
+    log_joint = _log_joint(x, log_pi, means, variances)  # (B, C)
     return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
 
 
@@ -308,14 +319,13 @@ def gmm_sample(rng, params, n):
     _check_rng(rng, func)
     log_pi, means, variances = _check_gmm(params, func)
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
-    c = _sample_categorical(rng, log_pi[None, :], (n,))[:, 0]           # (n,)
-    noise = rng.standard_normal((n, means.shape[1]))                    # (n, D)
-    x = means[c] + np.sqrt(variances[c]) * noise                        # (n, D)
+    c = _sample_categorical(rng, log_pi[None, :], (n,))[:, 0]  # (n,)
+    noise = rng.standard_normal((n, means.shape[1]))  # (n, D)
+    x = means[c] + np.sqrt(variances[c]) * noise  # (n, D)
     return x, c
 
 
-def gmm_importance_log_marginal(x, params, proposal_log_probs, K, rng, *,
-                                return_log_weights=False):
+def gmm_importance_log_marginal(x, params, proposal_log_probs, K, rng, *, return_log_weights=False):
     r"""K-sample importance estimate of :math:`\log p(x)` with a proposal over components.
 
     Parameters
@@ -380,15 +390,16 @@ def gmm_importance_log_marginal(x, params, proposal_log_probs, K, rng, *,
     if log_q.shape[-1] != C or (log_q.ndim == 2 and log_q.shape[0] != B):
         raise ValueError(
             f"{func}: expected proposal_log_probs to have shape ({C},) or ({B}, {C}) to match "
-            f"params ({C} components) and x ({B} rows), got {tuple(log_q.shape)}.")
+            f"params ({C} components) and x ({B} rows), got {tuple(log_q.shape)}."
+        )
     K = check_param(K, "K", func, kind="int", low=1, low_inclusive=True)
     _check_rng(rng, func)
-    log_q = np.broadcast_to(log_q, (B, C))                              # (B, C)
-    c = _sample_categorical(rng, log_q, (K,))                           # (K, B)
-    log_joint = _log_joint(x, log_pi, means, variances)                 # (B, C)
+    log_q = np.broadcast_to(log_q, (B, C))  # (B, C)
+    c = _sample_categorical(rng, log_q, (K,))  # (K, B)
+    log_joint = _log_joint(x, log_pi, means, variances)  # (B, C)
     rows = np.arange(B)
-    log_w = log_joint[rows, c] - log_q[rows, c]                         # (K, B)
-    log_px_hat = logsumexp(log_w, axis=0) - np.log(K)                   # (B,)
+    log_w = log_joint[rows, c] - log_q[rows, c]  # (K, B)
+    log_px_hat = logsumexp(log_w, axis=0) - np.log(K)  # (B,)
     if return_log_weights:
         return log_px_hat, log_w
     return log_px_hat
@@ -464,8 +475,9 @@ def gmm_fit_em(x, C, rng, n_iter=200, tol=1e-8, reg=1e-6):
     check_array(x, "x", func, ndim=2)
     B, D = x.shape
     if B < 1 or D < 1:
-        raise ValueError(f"{func}: expected x to have shape (B, D) with B, D >= 1, got "
-                         f"{tuple(x.shape)}.")
+        raise ValueError(
+            f"{func}: expected x to have shape (B, D) with B, D >= 1, got {tuple(x.shape)}."
+        )
     C = check_param(C, "C", func, kind="int", low=1, low_inclusive=True, high=B)
     _check_rng(rng, func)
     n_iter = check_param(n_iter, "n_iter", func, kind="int", low=1, low_inclusive=True)
@@ -473,16 +485,16 @@ def gmm_fit_em(x, C, rng, n_iter=200, tol=1e-8, reg=1e-6):
     reg = check_param(reg, "reg", func, kind="float", low=0.0)
     x = np.asarray(x, dtype=np.float64)
 
-    means = _kmeans_pp(x, C, rng)                                       # (C, D)
-    variances = np.tile(np.maximum(x.var(axis=0), reg), (C, 1))         # (C, D)
-    log_pi = np.full(C, -np.log(C))                                     # (C,)
+    means = _kmeans_pp(x, C, rng)  # (C, D)
+    variances = np.tile(np.maximum(x.var(axis=0), reg), (C, 1))  # (C, D)
+    log_pi = np.full(C, -np.log(C))  # (C,)
     params = GMM(log_pi, means, variances)
 
-    log_joint = _log_joint(x, *params)                                  # (B, C)
-    log_px = logsumexp(log_joint, axis=1)                               # (B,)
+    log_joint = _log_joint(x, *params)  # (B, C)
+    log_px = logsumexp(log_joint, axis=1)  # (B,)
     history = [float(log_px.mean())]
     for _ in range(n_iter):
-        resp = np.exp(log_joint - log_px[:, None])                      # (B, C)
+        resp = np.exp(log_joint - log_px[:, None])  # (B, C)
         new = _m_step(x, resp, params, reg)
         log_joint = _log_joint(x, *new)
         log_px = logsumexp(log_joint, axis=1)
@@ -505,16 +517,17 @@ def _kmeans_pp(x, C, rng):
     # noticeably more often, which EM then cannot undo.
     n_trials = 2 + int(np.log(C))
     idx = [int(rng.integers(B))]
-    d2 = np.sum((x - x[idx[0]]) ** 2, axis=1)                           # (B,)
+    d2 = np.sum((x - x[idx[0]]) ** 2, axis=1)  # (B,)
     for _ in range(1, C):
         total = float(d2.sum())
         if total > 0.0:
-            u = rng.random(n_trials) * total                            # (T,)
+            u = rng.random(n_trials) * total  # (T,)
             cand = np.minimum(np.searchsorted(np.cumsum(d2), u, side="right"), B - 1)
         else:  # every row coincides with a chosen center: any row will do
             cand = rng.integers(B, size=n_trials)
-        cand_d2 = np.minimum(d2, np.sum((x[None, :, :] - x[cand][:, None, :]) ** 2,
-                                        axis=2))                        # (T, B)
+        cand_d2 = np.minimum(
+            d2, np.sum((x[None, :, :] - x[cand][:, None, :]) ** 2, axis=2)
+        )  # (T, B)
         best = int(np.argmin(cand_d2.sum(axis=1)))
         idx.append(int(cand[best]))
         d2 = cand_d2[best]
@@ -522,13 +535,13 @@ def _kmeans_pp(x, C, rng):
 
 
 def _m_step(x, resp, params, reg):
-    Nc = resp.sum(axis=0)                                               # (C,)
-    means = params.means.copy()                                         # (C, D)
-    variances = params.variances.copy()                                 # (C, D)
+    Nc = resp.sum(axis=0)  # (C,)
+    means = params.means.copy()  # (C, D)
+    variances = params.variances.copy()  # (C, D)
     for c in np.flatnonzero(Nc > 0):
-        r = resp[:, c]                                                  # (B,)
+        r = resp[:, c]  # (B,)
         means[c] = (r @ x) / Nc[c]
-        diff = x - means[c]                                             # (B, D)
+        diff = x - means[c]  # (B, D)
         # Centered second moment, not E[x^2] - mu^2, which cancels when mu is large.
         variances[c] = np.maximum((r @ (diff * diff)) / Nc[c], reg)
     with np.errstate(divide="ignore"):  # N_c == 0 gives weight 0, i.e. log_pi = -inf

@@ -15,6 +15,7 @@ Every function works in the :math:`Z \times Z` matrix :math:`M = W^\top W + \sig
 in the :math:`D \times D` covariance, and computes in float64 whatever the input dtype (these
 are references, not fast paths). Shape letters: B batch, D data, Z latent, K samples.
 """
+
 from typing import NamedTuple
 
 import numpy as np
@@ -48,18 +49,19 @@ class PPCA(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # validation
 
+
 def _check_model(W, b, sigma2, func):
     check_array(W, "W", func, ndim=2)
     D, Z = W.shape
     if D < 1 or Z < 1:
         raise ValueError(
-            f"{func}: expected W to have shape (D, Z) with D >= 1 and Z >= 1, got "
-            f"{tuple(W.shape)}.")
+            f"{func}: expected W to have shape (D, Z) with D >= 1 and Z >= 1, got {tuple(W.shape)}."
+        )
     check_array(b, "b", func, ndim=1)
     if b.shape[0] != D:
         raise ValueError(
-            f"{func}: expected b.shape[0] == W.shape[0] ({D}), got b of shape "
-            f"{tuple(b.shape)}.")
+            f"{func}: expected b.shape[0] == W.shape[0] ({D}), got b of shape {tuple(b.shape)}."
+        )
     sigma2 = check_param(sigma2, "sigma2", func, kind="float", low=0.0)
     return (np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64), sigma2)
 
@@ -69,7 +71,8 @@ def _check_x(x, D, func):
     if x.shape[1] != D:
         raise ValueError(
             f"{func}: expected x.shape[1] == W.shape[0] ({D}), got x of shape "
-            f"{tuple(x.shape)}. Pass a batch of shape (B, {D}).")
+            f"{tuple(x.shape)}. Pass a batch of shape (B, {D})."
+        )
     return np.asarray(x, dtype=np.float64)
 
 
@@ -77,28 +80,31 @@ def _check_rng(rng, func):
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
             f"{func}: expected rng to be a numpy.random.Generator, got {type(rng).__name__}. "
-            f"Create one with numpy.random.default_rng(seed).")
+            f"Create one with numpy.random.default_rng(seed)."
+        )
     return rng
 
 
 # ---------------------------------------------------------------------------------------------
 # private math (float64, valid input)
 
+
 def _factor(W, sigma2):
     """Cholesky factor of M = W^T W + sigma2 I (lower) and log det M."""
     Z = W.shape[1]
-    M = W.T @ W + sigma2 * np.eye(Z)                                    # (Z, Z)
+    M = W.T @ W + sigma2 * np.eye(Z)  # (Z, Z)
     cf = cho_factor(M, lower=True)
     logdet_M = 2.0 * float(np.sum(np.log(np.diag(cf[0]))))
     return cf, logdet_M
 
 
 def _posterior_mean(r, W, cf):
-    return cho_solve(cf, (r @ W).T).T                                   # (B, Z)
+    return cho_solve(cf, (r @ W).T).T  # (B, Z)
 
 
 # ---------------------------------------------------------------------------------------------
 # public API
+
 
 def ppca_log_marginal(x, W, b, sigma2):
     r"""Exact log-marginal likelihood :math:`\log p(x)` of probabilistic PCA.
@@ -157,9 +163,9 @@ def ppca_log_marginal(x, W, b, sigma2):
     x = _check_x(x, W.shape[0], func)
     D, Z = W.shape
     cf, logdet_M = _factor(W, sigma2)
-    r = x - b                                                           # (B, D)
-    m = _posterior_mean(r, W, cf)                                       # (B, Z)
-    resid = r - m @ W.T                                                 # (B, D)
+    r = x - b  # (B, D)
+    m = _posterior_mean(r, W, cf)  # (B, Z)
+    resid = r - m @ W.T  # (B, D)
     quad = np.sum(resid * resid, axis=1) / sigma2 + np.sum(m * m, axis=1)  # (B,)
     logdet_C = (D - Z) * np.log(sigma2) + logdet_M
     return -0.5 * (D * _LOG_2PI + logdet_C + quad)
@@ -212,8 +218,8 @@ def ppca_posterior(x, W, b, sigma2):
     W, b, sigma2 = _check_model(W, b, sigma2, func)
     x = _check_x(x, W.shape[0], func)
     cf, _ = _factor(W, sigma2)
-    mean = _posterior_mean(x - b, W, cf)                                # (B, Z)
-    cov = sigma2 * cho_solve(cf, np.eye(W.shape[1]))                    # (Z, Z)
+    mean = _posterior_mean(x - b, W, cf)  # (B, Z)
+    cov = sigma2 * cho_solve(cf, np.eye(W.shape[1]))  # (Z, Z)
     cov = 0.5 * (cov + cov.T)  # cho_solve is symmetric only up to rounding
     return mean, cov
 
@@ -270,12 +276,14 @@ def ppca_log_joint(x, z, W, b, sigma2):
         lead = "(K, " if z.ndim == 3 else "("
         raise ValueError(
             f"{func}: expected z to have shape {lead}{B}, {Z}) to match x ({B} rows) and "
-            f"W ({Z} latent dims), got {tuple(z.shape)}.")
+            f"W ({Z} latent dims), got {tuple(z.shape)}."
+        )
     z = np.asarray(z, dtype=np.float64)
-    log_pz = -0.5 * (Z * _LOG_2PI + np.sum(z * z, axis=-1))             # (B,) or (K, B)
-    resid = x - (z @ W.T + b)                                           # (B, D) or (K, B, D)
-    log_px_z = -0.5 * (D * (_LOG_2PI + np.log(sigma2))
-                       + np.sum(resid * resid, axis=-1) / sigma2)       # (B,) or (K, B)
+    log_pz = -0.5 * (Z * _LOG_2PI + np.sum(z * z, axis=-1))  # (B,) or (K, B)
+    resid = x - (z @ W.T + b)  # (B, D) or (K, B, D)
+    log_px_z = -0.5 * (
+        D * (_LOG_2PI + np.log(sigma2)) + np.sum(resid * resid, axis=-1) / sigma2
+    )  # (B,) or (K, B)
     return log_pz + log_px_z
 
 
@@ -333,14 +341,15 @@ def ppca_fit(x, Z):
     if D < 2:
         raise ValueError(
             f"{func}: expected x to have at least 2 columns (one kept and one discarded "
-            f"direction), got x of shape {tuple(x.shape)}.")
+            f"direction), got x of shape {tuple(x.shape)}."
+        )
     Z = check_param(Z, "Z", func, kind="int", low=1, low_inclusive=True, high=D - 1)
     x = np.asarray(x, dtype=np.float64)
-    b = x.mean(axis=0)                                                  # (D,)
-    r = x - b                                                           # (N, D)
-    S = (r.T @ r) / N                                                   # (D, D)
+    b = x.mean(axis=0)  # (D,)
+    r = x - b  # (N, D)
+    S = (r.T @ r) / N  # (D, D)
     lam, U = np.linalg.eigh(S)
-    lam, U = lam[::-1], U[:, ::-1]                                      # descending
+    lam, U = lam[::-1], U[:, ::-1]  # descending
     sigma2 = float(np.mean(lam[Z:]))
     # Eigenvalues below D * eps * lam_max are rounding noise (the numerical-rank cutoff of
     # numpy.linalg.matrix_rank); a noise variance that small would be a fitted singularity.
@@ -349,12 +358,13 @@ def ppca_fit(x, Z):
             f"{func}: expected the data covariance to have positive variance outside its top "
             f"Z={Z} directions, got a mean discarded eigenvalue of {sigma2!r} (largest "
             f"eigenvalue {float(lam[0])!r}) from {N} rows. Use more (distinct) rows or a "
-            f"smaller Z.")
+            f"smaller Z."
+        )
     # lam[:Z] >= sigma2 in exact arithmetic (eigenvalues are sorted); the clip only removes
     # rounding-level negatives before the square root. No gradient is claimed here.
-    scale = np.sqrt(np.maximum(lam[:Z] - sigma2, 0.0))                  # (Z,)
-    W = U[:, :Z] * scale                                                # (D, Z)
-    pivot = np.argmax(np.abs(W), axis=0)                                # (Z,)
+    scale = np.sqrt(np.maximum(lam[:Z] - sigma2, 0.0))  # (Z,)
+    W = U[:, :Z] * scale  # (D, Z)
+    pivot = np.argmax(np.abs(W), axis=0)  # (Z,)
     signs = np.where(W[pivot, np.arange(Z)] < 0, -1.0, 1.0)
     return PPCA(W=W * signs, b=b, sigma2=sigma2)
 
@@ -390,11 +400,12 @@ def ppca_sample(rng, model, n):
     if not isinstance(model, PPCA):
         raise TypeError(
             f"{func}: expected model to be a PPCA, got {type(model).__name__}. Build one with "
-            f"PPCA(W=..., b=..., sigma2=...) or ppca_fit(x, Z).")
+            f"PPCA(W=..., b=..., sigma2=...) or ppca_fit(x, Z)."
+        )
     W, b, sigma2 = _check_model(*model, func)
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
     D, Z = W.shape
-    z = rng.standard_normal((n, Z))                                     # (n, Z)
-    noise = rng.standard_normal((n, D))                                 # (n, D)
-    x = z @ W.T + b + np.sqrt(sigma2) * noise                           # (n, D)
+    z = rng.standard_normal((n, Z))  # (n, Z)
+    noise = rng.standard_normal((n, D))  # (n, D)
+    x = z @ W.T + b + np.sqrt(sigma2) * noise  # (n, D)
     return x, z

@@ -16,13 +16,13 @@ What this does not check: device memory bounds, races between threads that a bar
 have ordered, CUDA's own math library (glibc's logf, sincosf, ... are used instead), and CuPy
 itself.
 """
+
 import contextlib
 import ctypes
 import functools
-import importlib.machinery
 import hashlib
+import importlib.machinery
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,12 +36,27 @@ from . import cupy_names
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-CXXFLAGS = ["-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off",
-            "-Wno-unknown-pragmas", "-Wno-attributes"]
+CXXFLAGS = [
+    "-std=c++20",
+    "-O1",
+    "-pthread",
+    "-fPIC",
+    "-shared",
+    "-ffp-contract=off",
+    "-Wno-unknown-pragmas",
+    "-Wno-attributes",
+]
 _CACHE = os.path.join(tempfile.gettempdir(), f"lvmcore-cuda-emu-{os.getuid()}")
 
-_SCALAR_CODES = {"f4": np.float32, "f8": np.float64, "i4": np.int32, "i8": np.int64,
-                 "u4": np.uint32, "u8": np.uint64, "b1": np.bool_}
+_SCALAR_CODES = {
+    "f4": np.float32,
+    "f8": np.float64,
+    "i4": np.int32,
+    "i8": np.int64,
+    "u4": np.uint32,
+    "u8": np.uint64,
+    "b1": np.bool_,
+}
 
 
 def available():
@@ -65,8 +80,9 @@ def _compile(code):
         with open(src, "w") as f:
             f.write(code)
         tmp = f"{lib}.{os.getpid()}.tmp"
-        proc = subprocess.run([CXX, *CXXFLAGS, f"-I{HERE}", src, "-o", tmp],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [CXX, *CXXFLAGS, f"-I{HERE}", src, "-o", tmp], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{CXX} failed:\n{proc.stderr[-4000:]}")
         os.replace(tmp, lib)
@@ -76,6 +92,7 @@ def _compile(code):
 # --------------------------------------------------------------------------------------------
 # RawModule
 # --------------------------------------------------------------------------------------------
+
 
 class RawModule:
     def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
@@ -95,14 +112,16 @@ class RawModule:
                     f"unsigned bx, unsigned by, unsigned bz, void** argv) {{ return "
                     f"emu::launch(&{expr}, dim3(gx, gy, gz), dim3(bx, by, bz), argv); }}\n"
                     f'extern "C" const char* lvm_emu_sig_{i}() {{ static std::string s = '
-                    f"emu::signature(&{expr}); return s.c_str(); }}\n")
+                    f"emu::signature(&{expr}); return s.c_str(); }}\n"
+                )
             self._lib = _compile("".join(parts))
         return self._lib
 
     def get_function(self, name):
         if name not in self.name_expressions:
-            raise KeyError(f"fake cupy: {name!r} is not in name_expressions "
-                           f"{self.name_expressions}")
+            raise KeyError(
+                f"fake cupy: {name!r} is not in name_expressions {self.name_expressions}"
+            )
         i = self.name_expressions.index(name)
         lib = self._build()
         launch = getattr(lib, f"lvm_emu_launch_{i}")
@@ -130,19 +149,23 @@ class _Function:
     def __call__(self, grid, block, args, shared_mem=0, **kwargs):
         args = tuple(args)
         if len(args) != len(self._codes):
-            raise TypeError(f"fake cupy: {self.name} takes {len(self._codes)} arguments, got "
-                            f"{len(args)}")
+            raise TypeError(
+                f"fake cupy: {self.name} takes {len(self._codes)} arguments, got {len(args)}"
+            )
         keep, ptrs = [], []
         for i, (a, code) in enumerate(zip(args, self._codes)):
             if code.startswith("p"):
                 if not isinstance(a, ndarray):
-                    raise TypeError(f"fake cupy: {self.name} argument {i} must be a device "
-                                    f"array (parameter {code}), got {type(a).__name__}")
+                    raise TypeError(
+                        f"fake cupy: {self.name} argument {i} must be a device "
+                        f"array (parameter {code}), got {type(a).__name__}"
+                    )
                 a = a._a
                 want = np.dtype(_SCALAR_CODES[code[1:]])
                 if a.dtype != want:
-                    raise TypeError(f"fake cupy: {self.name} argument {i} must have dtype "
-                                    f"{want}, got {a.dtype}")
+                    raise TypeError(
+                        f"fake cupy: {self.name} argument {i} must have dtype {want}, got {a.dtype}"
+                    )
                 if not a.flags.c_contiguous:
                     raise ValueError(f"fake cupy: {self.name} argument {i} is not contiguous")
                 holder = ctypes.c_void_p(a.ctypes.data)
@@ -151,25 +174,32 @@ class _Function:
             else:
                 want = np.dtype(_SCALAR_CODES[code])
                 if not isinstance(a, np.generic) or a.dtype != want:
-                    raise TypeError(f"fake cupy: {self.name} argument {i} must be a NumPy "
-                                    f"scalar of dtype {want}, got {type(a).__name__} {a!r}")
+                    raise TypeError(
+                        f"fake cupy: {self.name} argument {i} must be a NumPy "
+                        f"scalar of dtype {want}, got {type(a).__name__} {a!r}"
+                    )
                 holder = np.array(a)
                 keep.append(holder)
                 ptrs.append(holder.ctypes.data)
         argv = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
         rc = self._launch(*_dim3(grid, "grid"), *_dim3(block, "block"), argv)
         if rc != 0:
-            raise ValueError(f"fake cupy: {self.name}: block size must be a multiple of 32, got "
-                             f"{block}")
+            raise ValueError(
+                f"fake cupy: {self.name}: block size must be a multiple of 32, got {block}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # ElementwiseKernel
 # --------------------------------------------------------------------------------------------
 
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-          np.dtype(np.int32): "int", np.dtype(np.int64): "long long",
-          np.dtype(np.bool_): "bool"}
+_CTYPE = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.bool_): "bool",
+}
 
 
 def _params(spec):
@@ -191,19 +221,22 @@ class ElementwiseKernel:
 
     def __call__(self, *args, size=None):
         if any(isinstance(a, np.ndarray) for a in args):
-            raise TypeError(f"fake cupy: {self.name}: a numpy.ndarray was passed to a device "
-                            f"kernel; move it with cupy.asarray")
+            raise TypeError(
+                f"fake cupy: {self.name}: a numpy.ndarray was passed to a device "
+                f"kernel; move it with cupy.asarray"
+            )
         wrapped = [a for a in args if isinstance(a, ndarray)]
         args = tuple(a._a if isinstance(a, ndarray) else a for a in args)
         n_in, n_out = len(self.inp), len(self.outp)
         if len(args) not in (n_in, n_in + n_out):
             raise TypeError(f"fake cupy: {self.name} takes {n_in} or {n_in + n_out} arguments")
         types_ = {}
-        for (typ, name), a in zip(self.inp + self.outp, args):
-            if isinstance(a, np.ndarray) and len(typ) == 1:   # a type placeholder
+        for (typ, _name), a in zip(self.inp + self.outp, args):
+            if isinstance(a, np.ndarray) and len(typ) == 1:  # a type placeholder
                 if typ in types_ and types_[typ] != a.dtype:
-                    raise TypeError(f"fake cupy: {self.name}: {typ} is both {types_[typ]} and "
-                                    f"{a.dtype}")
+                    raise TypeError(
+                        f"fake cupy: {self.name}: {typ} is both {types_[typ]} and {a.dtype}"
+                    )
                 types_.setdefault(typ, a.dtype)
 
         def dtype_of(typ):
@@ -226,8 +259,9 @@ class ElementwiseKernel:
             if len(args) > n_in:
                 o = args[n_in + j]
                 if o.shape != shape or o.dtype != dt:
-                    raise ValueError(f"fake cupy: {self.name}: output {name} must be {dt} of "
-                                     f"shape {shape}")
+                    raise ValueError(
+                        f"fake cupy: {self.name}: output {name} must be {dt} of shape {shape}"
+                    )
             else:
                 o = np.empty(shape, dt)
             work = o if o.flags.c_contiguous else np.ascontiguousarray(o)
@@ -237,11 +271,17 @@ class ElementwiseKernel:
             outs.append(o)
             decls.append(f"{_CTYPE[dt]}& {name} = (({_CTYPE[dt]}*)a[{n_in + j}])[i];")
         typedefs = "".join(f"typedef {_CTYPE[dt]} {typ};\n" for typ, dt in types_.items())
-        code = ("#include <cmath>\nusing std::sqrt; using std::exp; using std::log; "
-                "using std::log1p; using std::fabs;\n" + typedefs +
-                'extern "C" void ew(long long n, void** a) {\n'
-                "  for (long long i = 0; i < n; ++i) {\n    " + "\n    ".join(decls) +
-                "\n    " + self.operation + ";\n  }\n}\n")
+        code = (
+            "#include <cmath>\nusing std::sqrt; using std::exp; using std::log; "
+            "using std::log1p; using std::fabs;\n"
+            + typedefs
+            + 'extern "C" void ew(long long n, void** a) {\n'
+            "  for (long long i = 0; i < n; ++i) {\n    "
+            + "\n    ".join(decls)
+            + "\n    "
+            + self.operation
+            + ";\n  }\n}\n"
+        )
         lib = _compile(code)
         lib.ew.restype = None
         lib.ew.argtypes = [ctypes.c_longlong, ctypes.c_void_p]
@@ -258,8 +298,10 @@ class ElementwiseKernel:
 # Device arrays
 # --------------------------------------------------------------------------------------------
 
-_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
-             "construct a NumPy array explicitly.")
+_IMPLICIT = (
+    "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+    "construct a NumPy array explicitly."
+)
 
 
 class ndarray(NDArrayOperatorsMixin):
@@ -302,6 +344,7 @@ class ndarray(NDArrayOperatorsMixin):
 
         def method(*args, **kwargs):
             return _call(attr, args, kwargs, name)
+
         return method
 
     def get(self, stream=None, order="C", out=None):
@@ -371,8 +414,10 @@ class ndarray(NDArrayOperatorsMixin):
 
     def __array_function__(self, func, types, args, kwargs):
         if func.__name__ not in cupy_names.MODULE:
-            raise TypeError(f"fake cupy: CuPy has no {func.__name__!r} (numpy.{func.__name__} "
-                            f"called on a cupy.ndarray)")
+            raise TypeError(
+                f"fake cupy: CuPy has no {func.__name__!r} (numpy.{func.__name__} "
+                f"called on a cupy.ndarray)"
+            )
         return _call(func, args, kwargs, func.__name__)
 
 
@@ -384,8 +429,10 @@ def _unwrap(x, where):
     if isinstance(x, ndarray):
         return x._a
     if isinstance(x, np.ndarray):
-        raise TypeError(f"fake cupy: a numpy.ndarray was passed to a device operation "
-                        f"({where}); CuPy raises TypeError here. Move it with cupy.asarray.")
+        raise TypeError(
+            f"fake cupy: a numpy.ndarray was passed to a device operation "
+            f"({where}); CuPy raises TypeError here. Move it with cupy.asarray."
+        )
     if isinstance(x, (list, tuple)):
         return type(x)(_unwrap(v, where) for v in x)
     if isinstance(x, dict):
@@ -420,6 +467,7 @@ def _inputs(args, kwargs):
         elif isinstance(x, dict):
             for v in x.values():
                 visit(v)
+
     visit(args)
     visit(kwargs)
     return found
@@ -434,6 +482,7 @@ def _device_function(name, func):
     @functools.wraps(func)
     def call(*args, **kwargs):
         return _call(func, args, kwargs, name)
+
     return call
 
 
@@ -448,8 +497,17 @@ class _DeviceUfunc:
         return _call(self._ufunc, args, kwargs, self.__name__)
 
     def __getattr__(self, name):
-        if name not in ("reduce", "reduceat", "accumulate", "at", "outer", "nin", "nout",
-                        "nargs", "types"):
+        if name not in (
+            "reduce",
+            "reduceat",
+            "accumulate",
+            "at",
+            "outer",
+            "nin",
+            "nout",
+            "nargs",
+            "types",
+        ):
             raise AttributeError(f"fake cupy: ufunc has no attribute {name!r}")
         attr = getattr(self._ufunc, name)
         if not callable(attr):
@@ -479,15 +537,17 @@ def asnumpy(a, stream=None, order="C", out=None, **kwargs):
 # The module
 # --------------------------------------------------------------------------------------------
 
+
 def memoize(for_each_device=False):
     def deco(f):
         return functools.lru_cache(maxsize=None)(f)
+
     return deco
 
 
 class _Device:
     id = 0
-    attributes = {"MultiProcessorCount": 1, "MaxGridDimX": 2 ** 31 - 1}
+    attributes = {"MultiProcessorCount": 1, "MaxGridDimX": 2**31 - 1}
 
     def synchronize(self):
         pass
@@ -498,7 +558,8 @@ def _make_cuda():
     cuda.Device = _Device
     cuda.runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1,
-        getDeviceProperties=lambda i: {"name": b"CUDA emulator (tests/cuda_emu)"})
+        getDeviceProperties=lambda i: {"name": b"CUDA emulator (tests/cuda_emu)"},
+    )
     return cuda
 
 
@@ -513,8 +574,7 @@ class _DeviceNamespace(types.ModuleType):
 
     def __getattr__(self, name):
         if name.startswith("_") or name not in self._names or not hasattr(self._host, name):
-            raise AttributeError(f"fake cupy: module {self.__name__!r} has no attribute "
-                                 f"{name!r}")
+            raise AttributeError(f"fake cupy: module {self.__name__!r} has no attribute {name!r}")
         attr = getattr(self._host, name)
         if isinstance(attr, type) or not callable(attr):
             return attr
@@ -559,6 +619,7 @@ def installed(blocks_per_sm=2):
     backend._availability.cache_clear()
     try:
         from kernels import _cupy
+
         _cupy.BLOCKS_PER_SM = blocks_per_sm
         yield fake
     finally:
