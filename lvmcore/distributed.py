@@ -116,7 +116,10 @@ class Communicator:
 
     # -- built on the transport -----------------------------------------------------------------
     def allreduce_sum(self, buffer) -> None:
-        """Sum ``buffer`` over the ranks, in place: every rank then holds the same sum.
+        """Sum ``buffer`` over the ranks, in place, on every rank.
+
+        MPICH's algorithms and NCCL's ring give every rank the same bits (each element is
+        reduced once, then copied); :func:`check_parameters` catches a transport that does not.
 
         Parameters
         ----------
