@@ -3,3 +3,4 @@
 from .init import glorot_uniform
 from .made import MADE
 from .module import MLP, Linear, MLPCache, Module
+from .stochastic import GaussianLayer
