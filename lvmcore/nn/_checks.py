@@ -10,7 +10,18 @@ import numpy as np
 from .._validation import _array_library, check_array, get_xp
 
 
-def check_input(x, name, func, *, dtype, xp, last=None, min_ndim=1, finite=True):
+def check_input(
+    x,
+    name,
+    func,
+    *,
+    dtype,
+    xp,
+    last=None,
+    min_ndim=1,
+    finite=True,
+    hint="The layer sizes do not chain.",
+):
     """A float array of ``dtype`` on the device of ``xp`` with ``x.shape[-1] == last``."""
     check_array(x, name, func, finite=finite)
     if get_xp(x) is not xp:
@@ -32,7 +43,7 @@ def check_input(x, name, func, *, dtype, xp, last=None, min_ndim=1, finite=True)
     if last is not None and x.shape[-1] != last:
         raise ValueError(
             f"{func}: expected {name}.shape[-1] == {last}, got {name} of shape "
-            f"{tuple(x.shape)}. The layer sizes do not chain."
+            f"{tuple(x.shape)}. {hint}"
         )
     return x
 
