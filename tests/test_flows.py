@@ -362,6 +362,8 @@ def test_flows_reject_bad_input(rng):
     bad[0, 1] = np.nan
     with pytest.raises(ValueError, match="IAFStep.forward: expected h to contain no NaN"):
         flow.forward(mu, logvar, eps, bad)
+    with pytest.raises(ValueError, match="FlowPosterior.forward: expected h None"):
+        planar_posterior(3, 1, rng, dtype=np.float64).forward(mu, logvar, eps, h)
     with pytest.raises(ValueError, match="PlanarStep.forward: expected h None"):
         PlanarStep(3, rng, dtype=np.float64).forward(eps, h)
     with pytest.raises(ValueError, match=r"MADE: expected every hidden width >= n_in - 1 \(2\)"):

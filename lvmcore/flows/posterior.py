@@ -136,6 +136,12 @@ class FlowPosterior(Module):
             ``z`` (*S, B, Z) is z_T; ``log_q`` (*S, B) is :math:`\\log q(z_T \\mid x)`.
         cache : FlowPosteriorCache
         """
+        if h is not None and not self.context_dim:
+            raise ValueError(
+                f"FlowPosterior.forward: expected h None (no step takes a context), got an "
+                f"array of shape {tuple(h.shape)}. Build the steps with context_dim="
+                f"{h.shape[-1]}."
+            )
         (z, log_q), base = gaussian_rsample_forward(mu, logvar, eps)
         caches = []
         for step in self.steps:
@@ -157,6 +163,13 @@ class FlowPosterior(Module):
         -------
         dmu, dlogvar : ndarray of shape (B, Z)
         dh : ndarray of h's shape, or None when no step takes a context
+
+        Notes
+        -----
+        :math:`\\log q = \\log q_0 - \\sum_t \\log|\\det J_t|`, so every step receives
+        :math:`dlogdet_t = -dlog\\_q` and its output gradient from the step after it; h feeds
+        every step, so its gradients add up. The base Gaussian then adds
+        :math:`\\partial\\log q_0/\\partial\\ell = -\\tfrac12` per dimension at fixed noise.
         """
         dz, dlog_q = dout
         dlogdet = None if dlog_q is None else -dlog_q
