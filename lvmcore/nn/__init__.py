@@ -1,4 +1,6 @@
 """Stateful layers that own parameters and accumulate gradients."""
 
 from .init import glorot_uniform
+from .made import MADE
 from .module import MLP, Linear, MLPCache, Module
+from .stochastic import GaussianLayer
