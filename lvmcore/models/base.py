@@ -56,7 +56,7 @@ Computation with explicit noise
     ``None`` for a model without noise (VQ-VAE).
 ``noise_rows(noise, start, stop)``
     The noise of rows [start, stop) of a batch. The batch axis is ``noise_batch_axis`` (1 for
-    every model here: (L, B, Z) for the VAE, (K, B, Z) for the IWAE, (S, B, N, C) for the
+    every model here: (L, B, Z) for the VAE, (K, B, Z) for the IWAE, (K, B, N, C) for the
     categorical VAE), so a data-parallel process can draw the global batch's noise and take
     its rows; ``forward(x[a:b], noise_rows(noise, a, b))`` then gives the rows a:b of every
     per-row quantity of ``forward(x, noise)`` (a test proves it for every model).
@@ -99,8 +99,8 @@ Bounds and evaluation
     :func:`lvmcore.evaluate.log_likelihood`. A model offers it by setting
     ``has_log_likelihood = True`` and implementing ``log_weights(x, noise) -> (K, B)``
     (log w = log p(x|z) + log p(z) - log q(z|x)); ``log_weight_sampler`` may be overridden
-    with a faster path (the VAE's fused sampling kernel). Otherwise ``log_likelihood`` raises
-    NotImplementedError.
+    with a faster path (the VAE's fused sampling kernel); ``eval_chunk_rows`` sets the decoder
+    rows of a chunk. Otherwise ``log_likelihood`` raises NotImplementedError.
 
 Optional capabilities, declared (a flag or a base method with a neutral default)
 -------------------------------------------------------------------------------

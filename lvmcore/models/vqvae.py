@@ -136,7 +136,6 @@ class VQVAE(Model):
     help = "VQ-VAE: nearest-codebook quantization, straight-through gradient"
     bound_name = "reconstruction log-likelihood log p(x|z_q)"
     likelihood = "bernoulli"
-    noise_batch_axis = 0  # no noise: draw_noise gives None
     has_sample = True
     has_reconstruct = True
     flags = (
