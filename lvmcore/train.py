@@ -19,13 +19,26 @@ Files written into ``out_dir``:
                       (see :mod:`lvmcore.checkpoint`), replaced atomically each epoch
     metrics.jsonl     one JSON record per epoch (the same records ``fit`` returns)
     samples.png, reconstructions.png, bounds.png    at the end (:mod:`lvmcore.plots`)
-    code_usage.png    at the end, for models with discrete codes (VQ-VAE)
+    code_usage.png    at the end, for models with discrete codes (VQ-VAE: the model's
+                      ``write_extra_pictures``)
+
+Steps. ``fit`` reads as its steps: ``_prepare_run`` (check the data, ``_make_optimizer``, start
+a fresh run folder or load the checkpoint to resume), then per epoch ``_train_epoch`` (each step
+``_step_gradients`` computes the loss and gradients, ``_apply_update`` refuses a non-finite one
+or steps the optimizer), ``_validate`` and ``_checkpoint_epoch``, and at the end
+``write_pictures``. A data-parallel run goes between ``_step_gradients`` and ``_apply_update``
+(all-reduce the gradients, reduce the step statistics) and lets only one process write files.
+
+The model is used through the contract of :mod:`lvmcore.models.base` only.
 """
+
+from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +47,7 @@ from . import __version__
 from ._validation import check_array, check_binary, check_param, get_xp
 from .checkpoint import create_temp, load_checkpoint, save_checkpoint
 from .exceptions import InvalidParameterError, TrainingDivergedError
+from .models.base import Model
 from .optim import SGD, Adam
 
 __all__ = [
@@ -111,11 +125,11 @@ def fit(
 
     Parameters
     ----------
-    model : VAE or another lvmcore model
-        Needs ``parameters()``, ``gradients()``, ``loss_and_grads(x, rng, kl_weight=,
-        validate=)``, ``bound(x, rng, batch_size)`` and ``config()``; ``init_output_bias``,
-        ``sample`` and ``reconstruct`` are used when present. The run happens where the
-        parameters live: call ``model.to(cupy)`` first to train on a GPU.
+    model : lvmcore.models.Model
+        Used through the model contract (:mod:`lvmcore.models.base`): ``loss_and_grads``,
+        ``bound``, ``default_kl_weight``, ``init_output_bias``, and for the pictures
+        ``sample``, ``reconstruct`` (when declared) and ``write_extra_pictures``. The run happens
+        where the parameters live: call ``model.to(cupy)`` first to train on a GPU.
     dataset : lvmcore.data.Dataset
         ``train`` and ``valid`` arrays of shape (N, D); ``shape`` (image shape) for pictures.
         Arrays whose dtype differs from the model's are cast once, up front, and host arrays
@@ -138,7 +152,8 @@ def fit(
         Keys every random draw of the run (see the module docstring). The model's own
         initialisation is seeded by the model.
     kl_warmup_epochs : int
-        Epochs over which the KL weight rises linearly from 0 to ``model.beta`` (per step).
+        Epochs over which the KL weight rises linearly from 0 to ``model.default_kl_weight``
+        (the VAE's ``beta``), per step.
     out_dir : str or os.PathLike, optional
         Run folder for the checkpoint, metrics and pictures; nothing is written when None.
     resume : bool
@@ -184,34 +199,8 @@ def fit(
     once here, and ``loss_and_grads`` is called with ``validate=False``.
     """
     f = "fit"
-    epochs = check_param(epochs, "epochs", f, kind="int", low=1, low_inclusive=True)
-    batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
-    lr = check_param(lr, "lr", f, low=0)
-    optimizer = check_param(optimizer, "optimizer", f, kind="choice", choices=("adam", "sgd"))
-    adam_eps = check_param(adam_eps, "adam_eps", f, low=0)
-    momentum = check_param(
-        momentum, "momentum", f, low=0, low_inclusive=True, high=1, high_inclusive=False
-    )
-    if optimizer == "adam" and momentum != 0:
-        raise InvalidParameterError(
-            f"The 'momentum' parameter of {f} applies to optimizer='sgd' only. Got "
-            f"momentum={momentum!r} with optimizer='adam' instead."
-        )
-    if clip_norm is not None:
-        clip_norm = check_param(clip_norm, "clip_norm", f, low=0)
-    seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-    kl_warmup_epochs = check_param(
-        kl_warmup_epochs, "kl_warmup_epochs", f, kind="int", low=0, low_inclusive=True
-    )
-    eval_batch_size = check_param(
-        eval_batch_size, "eval_batch_size", f, kind="int", low=1, low_inclusive=True
-    )
-    if resume and out_dir is None:
-        raise ValueError(
-            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
-            f"folder of the run to continue."
-        )
-    hyper = dict(
+    hyper = _check_hyper(
+        f,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -223,18 +212,117 @@ def fit(
         kl_warmup_epochs=kl_warmup_epochs,
         eval_batch_size=eval_batch_size,
     )
+    if resume and out_dir is None:
+        raise ValueError(
+            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
+            f"folder of the run to continue."
+        )
+    run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, f)
+    from tqdm.auto import tqdm
 
+    with tqdm(
+        total=hyper["epochs"] * run.steps_per_epoch,
+        initial=run.step,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        leave=True,
+    ) as bar:
+        for epoch in range(run.start_epoch, hyper["epochs"] + 1):
+            t0 = time.perf_counter()
+            record = _train_epoch(run, epoch, bar)
+            _validate(run, epoch, record)
+            record["seconds"] = time.perf_counter() - t0
+            run.history.append(record)
+            _checkpoint_epoch(run, epoch)
+
+    if run.out is not None:
+        write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
+    return [dict(r) for r in run.history]
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of a run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one call of ``fit`` carries from step to step."""
+
+    model: Model
+    opt: object  # lvmcore.optim.Adam or SGD over model.parameters()
+    hyper: dict  # the validated hyper-parameters, stored in the checkpoint
+    train: object  # (N, D) on the model's device, in its dtype
+    valid: object  # (N_valid, D)
+    xbuf: object  # (N, D): the shuffled training set of the current epoch
+    data_info: dict  # stored in the checkpoint: name, source, shape, sizes
+    shape: tuple | None  # image shape, for pictures
+    steps_per_epoch: int
+    warmup_steps: int  # global steps of the KL warm-up (0: none)
+    out: Path | None  # the run folder
+    history: list  # one record per finished epoch
+    start_epoch: int  # the first epoch this call trains (1-based)
+    step: int  # global steps taken
+    last_good: Path | None  # the checkpoint of the last finished epoch, if any
+    grad_list: list = field(default_factory=list)
+    valid_note: str = ""  # progress-bar suffix
+
+    @property
+    def ckpt_path(self):
+        return None if self.out is None else self.out / CHECKPOINT
+
+
+def _check_hyper(f, **hyper):
+    """Validate fit's hyper-parameters; returns them (as the checkpoint stores them)."""
+    pos_int = dict(kind="int", low=1, low_inclusive=True)
+    hyper["epochs"] = check_param(hyper["epochs"], "epochs", f, **pos_int)
+    hyper["batch_size"] = check_param(hyper["batch_size"], "batch_size", f, **pos_int)
+    hyper["lr"] = check_param(hyper["lr"], "lr", f, low=0)
+    hyper["optimizer"] = check_param(
+        hyper["optimizer"], "optimizer", f, kind="choice", choices=("adam", "sgd")
+    )
+    hyper["adam_eps"] = check_param(hyper["adam_eps"], "adam_eps", f, low=0)
+    hyper["momentum"] = check_param(
+        hyper["momentum"], "momentum", f, low=0, low_inclusive=True, high=1, high_inclusive=False
+    )
+    if hyper["optimizer"] == "adam" and hyper["momentum"] != 0:
+        raise InvalidParameterError(
+            f"The 'momentum' parameter of {f} applies to optimizer='sgd' only. Got "
+            f"momentum={hyper['momentum']!r} with optimizer='adam' instead."
+        )
+    if hyper["clip_norm"] is not None:
+        hyper["clip_norm"] = check_param(hyper["clip_norm"], "clip_norm", f, low=0)
+    hyper["seed"] = check_param(hyper["seed"], "seed", f, kind="int", low=0, low_inclusive=True)
+    hyper["kl_warmup_epochs"] = check_param(
+        hyper["kl_warmup_epochs"], "kl_warmup_epochs", f, kind="int", low=0, low_inclusive=True
+    )
+    hyper["eval_batch_size"] = check_param(
+        hyper["eval_batch_size"], "eval_batch_size", f, **pos_int
+    )
+    return hyper
+
+
+def _make_optimizer(model, hyper):
+    """The optimizer over the model's live parameters and gradients."""
     params, grads = model.parameters(), model.gradients()
-    xp = get_xp(*params.values())
+    if hyper["optimizer"] == "adam":
+        return Adam(
+            params, grads, lr=hyper["lr"], eps=hyper["adam_eps"], clip_norm=hyper["clip_norm"]
+        )
+    return SGD(
+        params, grads, lr=hyper["lr"], momentum=hyper["momentum"], clip_norm=hyper["clip_norm"]
+    )
+
+
+def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, f):
+    """Check the data, make the optimizer, and start a fresh run folder or load the checkpoint
+    of the run to resume (parameters, optimizer state, history)."""
+    xp = get_xp(*model.parameters().values())
     train, valid = _check_dataset(model, dataset, xp, f)
     n = train.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = kl_warmup_epochs * steps_per_epoch
-    beta = float(getattr(model, "beta", 1.0))
-    if optimizer == "adam":
-        opt = Adam(params, grads, lr=lr, eps=adam_eps, clip_norm=clip_norm)
-    else:
-        opt = SGD(params, grads, lr=lr, momentum=momentum, clip_norm=clip_norm)
+    steps_per_epoch = math.ceil(n / hyper["batch_size"])
+    opt = _make_optimizer(model, hyper)
     name = getattr(dataset, "name", None)
     shape = getattr(dataset, "shape", None)
     data_info = dict(
@@ -245,114 +333,138 @@ def fit(
         n_valid=int(valid.shape[0]),
         data_dim=int(train.shape[1]),
     )
-
     out = None if out_dir is None else Path(os.fspath(out_dir))
-    ckpt_path = None if out is None else out / CHECKPOINT
-    history, start_epoch, step, last_good = [], 1, 0, None
+    run = _Run(
+        model=model,
+        opt=opt,
+        hyper=hyper,
+        train=train,
+        valid=valid,
+        xbuf=None,
+        data_info=data_info,
+        shape=shape,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=hyper["kl_warmup_epochs"] * steps_per_epoch,
+        out=out,
+        history=[],
+        start_epoch=1,
+        step=0,
+        last_good=None,
+    )
     if resume:
-        history, start_epoch, step = _resume(ckpt_path, model, opt, hyper, data_info, f)
-        _write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
-        last_good = ckpt_path
+        run.history, run.start_epoch, run.step = _resume(
+            run.ckpt_path, model, opt, hyper, data_info, f
+        )
+        _write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in run.history))
+        run.last_good = run.ckpt_path
     else:
         if out is not None:
             _start_fresh(out, overwrite, f)
-        if hasattr(model, "init_output_bias"):
-            model.init_output_bias(train)
+        model.init_output_bias(train)
+    run.grad_list = list(model.gradients().values())
+    run.xbuf = xp.empty_like(train)  # (N, D), reused per epoch
+    return run
 
-    grad_list = list(grads.values())
-    loss_and_grads = model.loss_and_grads
-    valid_rng_key = [seed, 0, 0, _VALID]
-    xbuf = xp.empty_like(train)  # (N, D), reused per epoch
-    valid_note = ""  # progress-bar suffix
-    from tqdm.auto import tqdm
 
-    with tqdm(
-        total=epochs * steps_per_epoch,
-        initial=step,
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
-        leave=True,
-    ) as bar:
-        for epoch in range(start_epoch, epochs + 1):
-            t0 = time.perf_counter()
-            perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
-            xp.take(train, xp.asarray(perm), axis=0, out=xbuf)
-            bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
-            sums, loss_sum, seen, w = {}, 0.0, 0, None
-            for s in range(steps_per_epoch):
-                xb = xbuf[s * batch_size : (s + 1) * batch_size]  # (B, D) view
-                step += 1
-                w = None if warmup_steps == 0 else kl_warmup_weight(step, beta, warmup_steps)
-                loss, stats = loss_and_grads(
-                    xb, step_rng(seed, epoch, s), kl_weight=w, validate=False
-                )
-                ok, norm = _finite_loss_and_grads(loss, grad_list)
-                if not ok:
-                    what = (
-                        f"loss {loss}"
-                        if not math.isfinite(loss)
-                        else f"gradient norm {norm} (loss {loss:.6g})"
-                    )
-                    raise _diverged(f, what, epoch, s + 1, steps_per_epoch, step, last_good)
-                opt.step()
-                m = xb.shape[0]
-                seen += m
-                loss_sum += m * float(loss)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + m * float(v)
-                bar.update(1)
-                bar.set_postfix_str(
-                    f"bound {_bound_of(sums) / seen:.3f}{valid_note}", refresh=False
-                )
+def _train_epoch(run, epoch, bar):
+    """One pass over the shuffled training set; returns the epoch's record (training part).
 
-            record = dict(
-                epoch=epoch,
-                step=step,
-                train_bound=_bound_of(sums) / seen,
-                valid_bound=None,
-                kl_weight=beta if w is None else w,
-                train_loss=loss_sum / seen,
-            )
-            record.update({f"train_{k}": v / seen for k, v in sums.items()})
-            if valid.shape[0]:
-                vb = float(
-                    model.bound(
-                        valid, np.random.default_rng(valid_rng_key), batch_size=eval_batch_size
-                    ).mean()
-                )
-                if not math.isfinite(vb):
-                    raise _diverged(
-                        f,
-                        f"validation bound {vb}",
-                        epoch,
-                        steps_per_epoch,
-                        steps_per_epoch,
-                        step,
-                        last_good,
-                    )
-                record["valid_bound"] = vb
-                valid_note = f", valid {vb:.3f}"
-            record["seconds"] = time.perf_counter() - t0
-            history.append(record)
-            if out is not None:
-                state = dict(
-                    epoch=epoch,
-                    step=step,
-                    seed=seed,
-                    hyper=hyper,
-                    dataset=data_info,
-                    history=history,
-                    lvmcore_version=__version__,
-                )
-                save_checkpoint(ckpt_path, model, opt, state)
-                last_good = ckpt_path
-                with open(out / METRICS, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
+    Each epoch shuffles the training set once into a preallocated buffer, so a step's batch is
+    a view and the loop allocates nothing beyond what the model does.
+    """
+    hyper, model = run.hyper, run.model
+    seed, batch_size, n = hyper["seed"], hyper["batch_size"], run.train.shape[0]
+    xp = get_xp(run.train)
+    perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
+    xp.take(run.train, xp.asarray(perm), axis=0, out=run.xbuf)
+    bar.set_description(f"epoch {epoch}/{hyper['epochs']}", refresh=False)
+    beta = float(model.default_kl_weight)
+    sums, loss_sum, seen, w = {}, 0.0, 0, None
+    for s in range(run.steps_per_epoch):
+        xb = run.xbuf[s * batch_size : (s + 1) * batch_size]  # (B, D) view
+        run.step += 1
+        w = None if run.warmup_steps == 0 else kl_warmup_weight(run.step, beta, run.warmup_steps)
+        loss, stats = _step_gradients(run, xb, step_rng(seed, epoch, s), w)
+        _apply_update(run, loss, epoch, s)
+        m = xb.shape[0]
+        seen += m
+        loss_sum += m * float(loss)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + m * float(v)
+        bar.update(1)
+        bar.set_postfix_str(f"bound {_bound_of(sums) / seen:.3f}{run.valid_note}", refresh=False)
+    record = dict(
+        epoch=epoch,
+        step=run.step,
+        train_bound=_bound_of(sums) / seen,
+        valid_bound=None,
+        kl_weight=beta if w is None else w,
+        train_loss=loss_sum / seen,
+    )
+    record.update({f"train_{k}": v / seen for k, v in sums.items()})
+    return record
 
-    if out is not None:
-        write_pictures(model, valid, shape, history, out, seed)
-    return [dict(r) for r in history]
+
+def _step_gradients(run, xb, rng, kl_weight):
+    """Compute one step's loss and gradients into ``model.gradients()``; returns (loss, stats).
+
+    The data were validated once by ``fit``, so the model does not check them again. This is
+    where a data-parallel run would all-reduce the gradients (weighted by each process's share
+    of the rows) and reduce the statistics, before :func:`_apply_update`.
+    """
+    return run.model.loss_and_grads(xb, rng, kl_weight=kl_weight, validate=False)
+
+
+def _apply_update(run, loss, epoch, s):
+    """Refuse a non-finite loss or gradient (the update is then not applied), else step the
+    optimizer."""
+    ok, norm = _finite_loss_and_grads(loss, run.grad_list)
+    if not ok:
+        what = (
+            f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss:.6g})"
+        )
+        raise _diverged("fit", what, epoch, s + 1, run.steps_per_epoch, run.step, run.last_good)
+    run.opt.step()
+
+
+def _validate(run, epoch, record):
+    """The mean bound on the validation split, with the same noise every epoch
+    (``[seed, 0, 0, 2]``: common random numbers), into ``record["valid_bound"]``."""
+    if not run.valid.shape[0]:
+        return
+    rng = np.random.default_rng([run.hyper["seed"], 0, 0, _VALID])
+    vb = float(run.model.bound(run.valid, rng, batch_size=run.hyper["eval_batch_size"]).mean())
+    if not math.isfinite(vb):
+        raise _diverged(
+            "fit",
+            f"validation bound {vb}",
+            epoch,
+            run.steps_per_epoch,
+            run.steps_per_epoch,
+            run.step,
+            run.last_good,
+        )
+    record["valid_bound"] = vb
+    run.valid_note = f", valid {vb:.3f}"
+
+
+def _checkpoint_epoch(run, epoch):
+    """Replace the checkpoint atomically and append the epoch's record to the metrics."""
+    if run.out is None:
+        return
+    state = dict(
+        epoch=epoch,
+        step=run.step,
+        seed=run.hyper["seed"],
+        hyper=run.hyper,
+        dataset=run.data_info,
+        history=run.history,
+        lvmcore_version=__version__,
+    )
+    save_checkpoint(run.ckpt_path, run.model, run.opt, state)
+    run.last_good = run.ckpt_path
+    with open(run.out / METRICS, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(run.history[-1]) + "\n")
 
 
 def _bound_of(sums):
@@ -412,8 +524,7 @@ def _check_dataset(model, dataset, xp, f):
             f"lvmcore.data.Dataset), got {type(dataset).__name__}. Load one with "
             f"lvmcore.data.load_dataset('digits')."
         )
-    D = getattr(model, "data_dim", None)
-    dtype = getattr(model, "dtype", None)
+    D, dtype = model.data_dim, model.dtype
     out = []
     for split in ("train", "valid"):
         x = getattr(dataset, split)
@@ -426,9 +537,9 @@ def _check_dataset(model, dataset, xp, f):
                     f"model.to(cupy) or the data with cupy.asnumpy(...)."
                 )
             x = xp.asarray(x)
-        if dtype is not None and x.dtype != dtype:
+        if x.dtype != dtype:
             x = x.astype(dtype)
-        if getattr(model, "likelihood", None) == "bernoulli":
+        if model.likelihood == "bernoulli":
             check_binary(x, f"dataset.{split}", f)
         out.append(x)
     if out[0].shape[0] == 0:
@@ -502,23 +613,21 @@ def _write_text_atomic(path, text):
 
 
 def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12):
-    """Write ``samples.png``, ``reconstructions.png`` (of the first rows of ``x``) and
-    ``bounds.png`` into ``out``; the image pictures need ``shape`` and the model's ``sample``
-    and ``reconstruct``. A model with ``code_usage(x)`` (VQ-VAE) also gets ``code_usage.png``,
-    its codebook usage on ``x``."""
+    """Write ``bounds.png``, the model's extra pictures (``write_extra_pictures``: the VQ-VAE's
+    ``code_usage.png``, its codebook usage on ``x``), ``samples.png`` and
+    ``reconstructions.png`` (of the first rows of ``x``) into ``out``; the image pictures need
+    ``shape`` and the model's declared ``has_sample`` / ``has_reconstruct``."""
     from . import plots
 
     out = Path(os.fspath(out))
     written = [plots.plot_bounds(history, out / "bounds.png")]
-    if hasattr(model, "code_usage") and x.shape[0]:
-        # Discrete-code models (VQ-VAE): how often each code is used on the validation split.
-        written.append(plots.plot_code_usage(model.code_usage(x), out / "code_usage.png"))
+    written.extend(model.write_extra_pictures(x, out))
     if shape is None:
         return written
-    if hasattr(model, "sample"):
+    if model.has_sample:
         rng = np.random.default_rng([seed, 0, 0, _SAMPLES])
         written.append(plots.plot_samples(model.sample(rng, n_samples), shape, out / "samples.png"))
-    if hasattr(model, "reconstruct") and x.shape[0]:
+    if model.has_reconstruct and x.shape[0]:
         xr = x[:n_rec]
         written.append(
             plots.plot_reconstructions(

@@ -185,3 +185,25 @@ def test_python_m_lvmcore(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert math.isfinite(json.loads((out / "eval.json").read_text())["bound"])
+
+
+def test_train_help_lists_each_models_flags_in_its_own_group(capsys):
+    from lvmcore.models import MODELS
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    groups = {}
+    for block in text.split("\n\n"):
+        head, _, body = block.partition("\n")
+        if head.startswith("--model ") and head.endswith(":"):
+            groups[head[len("--model ") : -1]] = body
+    seen = set()
+    for name, cls in MODELS.items():
+        own = [f.option for f in cls.flags if f.option not in seen]
+        for option in own:
+            assert f"  {option} " in groups[name] or f"  {option}\n" in groups[name], option
+        seen.update(f.option for f in cls.flags)
+    # a flag two models declare is listed once, with both models' help
+    assert "catvae: samples per example for vimco (default: 5)" in " ".join(groups["iwae"].split())

@@ -16,7 +16,8 @@ of epochs and the same data order; the Gumbel estimators anneal the temperature 
 tau = max(tau_min, tau exp(-r t)), updated every ``--tau-every`` steps. The test ELBO is that of
 the *discrete* model (an exact sample z ~ q and the analytic KL), whatever the estimator
 trained; with ``--k K`` the importance-sampled log-likelihood (q as proposal) is added on a
-seeded subset of the test set. Prints a Markdown table of test ELBO and wall time.
+seeded subset of the test set. Both come from :func:`lvmcore.evaluate.evaluate`, with the random
+keys of ``lvmcore eval``. Prints a Markdown table of test ELBO and wall time.
 
 ``--data mnist`` reads the path in $LVMCORE_MNIST; a path to the .amat folder or an .npz works
 too (e.g. ``--data /work/shared/data/binarized_mnist.npz``).
@@ -31,9 +32,8 @@ import argparse
 import json
 import time
 
-import numpy as np
-
 from ..data import Dataset, load_dataset
+from ..evaluate import evaluate
 from ..models import CatVAE
 from ..train import fit
 
@@ -86,32 +86,18 @@ def run_estimator(
     )
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    test = dataset.test
-    elbo = model.elbo(test, np.random.default_rng([seed, 0, 0, 6])).astype(np.float64)
+    ev = evaluate(model, dataset.test, k=k, seed=seed, subset=nll_subset)
     row = dict(
         estimator=estimator,
         steps=history[-1]["step"],
         train_seconds=train_seconds,
         valid_bound=history[-1]["valid_bound"],
         final_tau=model.temperature(),
-        test_elbo=float(elbo.mean()),
-        test_elbo_sem=float(elbo.std(ddof=1) / np.sqrt(elbo.size)),
+        test_elbo=ev["elbo"],
+        test_elbo_sem=ev["elbo_sem"],
     )
     if k > 0:
-        pick = np.sort(
-            np.random.default_rng([seed, 7]).choice(
-                test.shape[0], min(nll_subset, test.shape[0]), replace=False
-            )
-        )
-        ll = model.log_likelihood(test[pick], np.random.default_rng([seed, 0, 0, 8]), k=k).astype(
-            np.float64
-        )
-        row.update(
-            test_nll=float(-ll.mean()),
-            test_nll_sem=float(ll.std(ddof=1) / np.sqrt(ll.size)),
-            nll_k=k,
-            nll_n=int(ll.size),
-        )
+        row.update(test_nll=ev["nll"], test_nll_sem=ev["nll_sem"], nll_k=k, nll_n=ev["nll_n"])
     row["eval_seconds"] = time.perf_counter() - t0
     return row
 

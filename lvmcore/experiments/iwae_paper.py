@@ -6,10 +6,10 @@ Bernoulli decoder), Adam (lr 1e-3, epsilon 1e-4), batch 100, Glorot-uniform weig
 the decoder's output bias at the logit of the training pixel means. The paper's full
 schedule is 3280 epochs; choose the budget with ``--epochs``.
 
-Each model is scored by the test NLL (K=5000 importance samples) on a seeded random
-subset of the test split (``--nll-subset``; 0 for the whole split), the ELBO over the
-whole test split, and its active units. Prints a Markdown table and writes
-``results.json`` into ``--out``.
+Each model is scored by :func:`lvmcore.evaluate.evaluate`, as ``lvmcore eval`` does and with
+its random keys: the test NLL (K=5000 importance samples) on a seeded random subset of the test
+split (``--nll-subset``; 0 for the whole split), the ELBO over the whole test split, and its
+active units. Prints a Markdown table and writes ``results.json`` into ``--out``.
 
 Usage::
 
@@ -22,10 +22,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..data import load_dataset
-from ..diagnostics import active_units
+from ..evaluate import evaluate
 from ..models import IWAE, VAE
 from ..train import fit
 
@@ -57,31 +55,22 @@ def run_one(key, data, epochs, out, seed, nll_k, nll_subset, progress):
         progress=progress,
     )
     train_s = time.perf_counter() - t0
-    test = data.test
-    elbo = model.elbo(test, np.random.default_rng([seed, 1])).astype(np.float64)
-    xs = test
-    if nll_subset and nll_subset < test.shape[0]:
-        pick = np.sort(
-            np.random.default_rng([seed, 7]).choice(test.shape[0], nll_subset, replace=False)
-        )
-        xs = test[pick]
     t1 = time.perf_counter()
-    ll = model.log_likelihood(xs, np.random.default_rng([seed, 2]), k=nll_k).astype(np.float64)
+    ev = evaluate(model, data.test, k=nll_k, seed=seed, subset=nll_subset)
     eval_s = time.perf_counter() - t1
-    n_active, _ = active_units(model, test)
     return dict(
         model=key,
         label=label,
         epochs=epochs,
-        test_nll=float(-ll.mean()),
-        test_nll_sem=float(ll.std(ddof=1) / np.sqrt(ll.size)),
+        test_nll=ev["nll"],
+        test_nll_sem=ev["nll_sem"],
         nll_k=nll_k,
-        nll_n=int(ll.size),
-        test_elbo=float(elbo.mean()),
-        active_units=n_active,
+        nll_n=ev["nll_n"],
+        test_elbo=ev["elbo"],
+        active_units=ev["active_units"],
         train_seconds=train_s,
         seconds_per_epoch=train_s / epochs,
-        nll_seconds=eval_s,
+        eval_seconds=eval_s,
     )
 
 
@@ -113,14 +102,14 @@ def main(argv=None):
         (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(
         f"| model | epochs | test NLL (K={a.nll_k}, n={rows[0]['nll_n']}) | test ELBO | "
-        f"active units | s/epoch | NLL eval s |"
+        f"active units | s/epoch | eval s |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['label']} | {r['epochs']} | {r['test_nll']:.2f} ± {r['test_nll_sem']:.2f} | "
             f"{r['test_elbo']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.1f} | "
-            f"{r['nll_seconds']:.0f} |"
+            f"{r['eval_seconds']:.0f} |"
         )
 
 

@@ -10,7 +10,8 @@ number of epochs and seed; they differ only in how the codebook is kept alive:
     ema-reset          EMA + dead-code re-seeding
     ema-kmeans-reset   EMA + re-seeding + k-means initialisation from the first encoder outputs
 
-Each is scored on the whole test split: the reconstruction NLL -log p(x|z_q) (nats), the ELBO
+Each is scored on the whole test split by :func:`lvmcore.evaluate.evaluate`: the
+reconstruction NLL -log p(x|z_q) (nats), the ELBO
 under a uniform prior over codes (= -NLL - S log M), the perplexity of the code usage over all
 test slots, and the dead codes (codes no test slot is assigned to). Prints a Markdown table and
 writes ``results.json`` (and each run's folder, with ``code_usage.png``) into ``--out``.
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..data import load_dataset
+from ..evaluate import evaluate
 from ..models import VQVAE
 from ..train import fit
 
@@ -70,7 +72,7 @@ def run_one(key, data, a, out):
         progress=a.progress,
     )
     train_s = time.perf_counter() - t0
-    info, _ = model.eval_report(data.test)
+    info = evaluate(model, data.test, k=0, seed=a.seed)
     last = history[-1]
     return dict(
         config=key,

@@ -1,16 +1,16 @@
 """Categorical VAE: N discrete latents of C classes each, five gradient estimators.
 
-Shapes: B batch, D data, H hidden, N latent variables, C categories, S samples per data point
-(1, or K for VIMCO).
+Shapes: B batch, D data, H hidden, N latent variables, C categories, K samples per data point
+(1, or K >= 2 for VIMCO).
 
-Forward, for fixed standard-Gumbel noise g (S, B, N, C):
+Forward, for fixed standard-Gumbel noise g (K, B, N, C):
     logits = encoder(x).reshape(B, N, C)                       q(z_n|x) = softmax(logits[:, n])
-    y = softmax((logits + g)/tau)        estimator "gumbel"    (S, B, N, C), relaxed
-    y = one_hot(argmax(logits + g))      every other one       (S, B, N, C), exact z ~ q
-    out = decoder(y.reshape(S*B, N*C))                          (S*B, D) Bernoulli logits
-    log p(x|z)                                                  (S, B)
+    y = softmax((logits + g)/tau)        estimator "gumbel"    (K, B, N, C), relaxed
+    y = one_hot(argmax(logits + g))      every other one       (K, B, N, C), exact z ~ q
+    out = decoder(y.reshape(K*B, N*C))                          (K*B, D) Bernoulli logits
+    log p(x|z)                                                  (K, B)
     KL(q(z|x) || uniform) = sum_n (log C - H(q_n))              (B,) analytic
-    loss = -mean_{S,B} log p(x|y) + w mean_B KL
+    loss = -mean_{K,B} log p(x|y) + w mean_B KL
     VIMCO: loss = -mean_B log (1/K) sum_k w_kb, log w = log p(x|z) + log p(z) - log q(z|x)
 
 Estimators of the encoder gradient (the decoder gradient is the exact one of the fixed-noise
@@ -39,23 +39,25 @@ Gradient flow
 -------------
 ``backward`` accumulates the gradient of the *surrogate*
 
-    dloss * [ sum_{s,b} a_sb (-log p(x_b|y_sb))  -  sum_{s,b} c_sb log q(z_sb|x_b)
+    dloss * [ sum_{k,b} a_kb (-log p(x_b|y_kb))  -  sum_{k,b} c_kb log q(z_kb|x_b)
               + w/B sum_b KL_b ] * (encoder part scaled by 1/sigma for NVIL)
-    + dloss * (1/2B) sum_b mean_s (l_sb - c - b(x_b))^2                           (NVIL only)
+    + dloss * (1/2B) sum_b mean_k (l_kb - c - b(x_b))^2                           (NVIL only)
 
-with a_sb = 1/(SB) (VIMCO: the normalized weights / B) and c_sb the learning signals, which are
-constants (stop-gradient): A_sb/(SB) for REINFORCE and NVIL, (L - L_{-s} - w~_s)/B for VIMCO.
+with a_kb = 1/(KB) (VIMCO: the normalized weights / B) and c_kb the learning signals, which are
+constants (stop-gradient): A_kb/(KB) for REINFORCE and NVIL, (L - L_{-k} - w~_k)/B for VIMCO.
 The relaxed and straight-through estimators have c = 0 and get their encoder gradient through
 y instead. The decoder gradient is that of the loss, exactly.
 
 Running state
 -------------
 The moving-average statistics of the learning signal (``state.signal_mean``,
-``state.signal_var``) and the step counter of the temperature schedule (``state.step``) are
-arrays in ``parameters()`` whose gradients are always zero, so every optimizer leaves them
-alone, checkpoints save them, and a resumed run continues exactly. They are updated by
-``loss_and_grads`` only, *after* the step's backward: the baseline of a step never depends on
-that step's samples, which keeps the score-function estimators exactly unbiased.
+``state.signal_var``) and the step counter of the temperature schedule (``state.step``) are the
+model's ``state_arrays()``: entries of ``parameters()`` whose gradients are always zero, so
+every optimizer leaves them alone, checkpoints save them, and a resumed run continues exactly.
+They are updated by ``loss_and_grads`` only, *after* the step's backward: the baseline of a step
+never depends on that step's samples, which keeps the score-function estimators exactly
+unbiased. The signal's mean and variance span the batch: they are taken over ``_batch_rows``
+(see :mod:`lvmcore.models.base`).
 
 References
 ----------
@@ -73,6 +75,7 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_param, get_xp
+from ..cli._types import nonneg_float, positive_float, positive_int
 from ..distributions.categorical import Categorical, UniformCategorical
 from ..distributions.kl import kl_divergence, kl_divergence_backward
 from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
@@ -82,8 +85,7 @@ from ..nn import MLP, Module
 from ..ops import sigmoid
 from ..ops.softmax import log_softmax_forward, logsumexp_forward
 from ..schedules import temperature_schedule
-from .base import Model
-from .vae import VAE
+from .base import Flag, Model
 
 __all__ = ["CatVAE", "CatVAECache", "CATVAE_ESTIMATORS", "vimco_signals"]
 
@@ -110,16 +112,16 @@ class CatVAECache(NamedTuple):
     x: object  # (B, D)
     enc: object  # encoder MLPCache
     logits: object  # (B, N, C)
-    g: object  # (S, B, N, C) Gumbel noise
+    g: object  # (K, B, N, C) Gumbel noise
     tau: float
-    y: object  # (S, B, N, C) decoder input: relaxed or one-hot
-    dec: object  # decoder MLPCache over (S*B, N*C)
-    lik: object  # BernoulliNLLCache over (S*B, D)
-    w_rec: object  # (S, B) weight of -log p(x|y_sb) in the loss
-    w_score: object  # (S, B) coefficient c_sb of -log q(z_sb|x) in the surrogate, or None
+    y: object  # (K, B, N, C) decoder input: relaxed or one-hot
+    dec: object  # decoder MLPCache over (K*B, N*C)
+    lik: object  # BernoulliNLLCache over (K*B, D)
+    w_rec: object  # (K, B) weight of -log p(x|y_kb) in the loss
+    w_score: object  # (K, B) coefficient c_kb of -log q(z_kb|x) in the surrogate, or None
     kl_weight: float  # w (0 for VIMCO: its KL is inside the bound)
     enc_scale: float  # 1/sigma (NVIL normalisation) or 1
-    base: object  # NVIL: (baseline MLPCache, residual (S, B)); else None
+    base: object  # REINFORCE, NVIL: (baseline MLPCache or None, residual (K, B)); else None
     stats: dict  # per-example quantities for reporting
 
 
@@ -189,9 +191,73 @@ class CatVAE(Model):
     module docstring).
     """
 
+    name = "catvae"
+    help = "categorical VAE (N x C latents): gumbel, st-gumbel, reinforce, nvil, vimco"
     likelihood = "bernoulli"
-    load_parameters = VAE.load_parameters
-    init_output_bias = VAE.init_output_bias
+    has_log_likelihood = True
+    has_sample = True
+    has_reconstruct = True
+    # The K-sample evaluation draws fresh Gumbel noise per chunk (log_weight_sampler of the
+    # base), so the chunk size is part of the estimate's keying: 2**15 decoder rows, as ever.
+    eval_chunk_rows = 1 << 15
+    flags = (
+        Flag(
+            "--latents",
+            "latents",
+            20,
+            "categorical latent variables",
+            dict(type=positive_int, metavar="N"),
+        ),
+        Flag(
+            "--categories",
+            "categories",
+            10,
+            "classes per latent variable",
+            dict(type=positive_int, metavar="C"),
+        ),
+        Flag(
+            "--estimator",
+            "estimator",
+            "gumbel",
+            "gradient estimator",
+            dict(choices=CATVAE_ESTIMATORS),
+        ),
+        Flag(
+            "--k",
+            "k",
+            5,
+            "samples per example for vimco",
+            dict(type=positive_int, metavar="K"),
+        ),
+        Flag(
+            "--tau",
+            "tau",
+            1.0,
+            "Gumbel-Softmax temperature, gumbel and st-gumbel",
+            dict(type=positive_float, metavar="T"),
+        ),
+        Flag(
+            "--tau-min",
+            "tau_min",
+            None,
+            "floor of the decaying temperature (needs --tau-decay)",
+            dict(type=positive_float, metavar="T"),
+        ),
+        Flag(
+            "--tau-decay",
+            "tau_decay",
+            0.0,
+            "tau = max(tau-min, tau exp(-R step)); 0: constant",
+            dict(type=nonneg_float, metavar="R"),
+        ),
+        Flag(
+            "--tau-every",
+            "tau_every",
+            1,
+            "update the decaying temperature every N steps",
+            dict(type=positive_int, metavar="N"),
+        ),
+    )
 
     def __init__(
         self,
@@ -212,6 +278,7 @@ class CatVAE(Model):
         seed=0,
         dtype=np.float32,
     ):
+        super().__init__()
         f = "CatVAE"
         self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
         self.n_latents = check_param(
@@ -271,10 +338,53 @@ class CatVAE(Model):
         )
         self.state = RunningState(self.dtype)
 
+    @classmethod
+    def from_args(cls, args, data_dim):
+        """The categorical VAE of ``lvmcore train --model catvae``; flags that do not apply to
+        the chosen estimator are refused."""
+        cls._refuse_flags(args, ("latent",))
+        if args.likelihood != "bernoulli":
+            raise ValueError(
+                f"expected --likelihood bernoulli with --model catvae (its decoder is "
+                f"Bernoulli), got {args.likelihood}."
+            )
+        est = args.estimator
+        if est not in CATVAE_ESTIMATORS:
+            raise ValueError(
+                f"expected --estimator to be one of {', '.join(CATVAE_ESTIMATORS)} "
+                f"with --model catvae, got {est}."
+            )
+        if est not in ("gumbel", "st-gumbel"):
+            cls._refuse_flags(
+                args, ("tau", "tau_min", "tau_decay", "tau_every"), f"catvae --estimator {est}"
+            )
+        if est != "vimco":
+            cls._refuse_flags(args, ("k",), f"catvae --estimator {est}")
+        elif args.kl_warmup_epochs:
+            raise ValueError(
+                f"expected --kl-warmup-epochs 0 with --estimator vimco (KL annealing "
+                f"does not apply to a K-sample bound), got {args.kl_warmup_epochs}."
+            )
+        return cls(
+            data_dim,
+            n_latents=args.latents,
+            n_categories=args.categories,
+            hidden=args.hidden,
+            activation=args.activation,
+            estimator=est,
+            tau=args.tau,
+            tau_min=args.tau_min,
+            tau_decay=args.tau_decay,
+            tau_every=args.tau_every,
+            k=args.k if est == "vimco" else 1,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
+
     # ------------------------------------------------------------------ parameters
     @property
     def n_samples(self):
-        """S, samples of z per data point in a training step."""
+        """K, samples of z per data point in a training step."""
         return self.k
 
     @property
@@ -282,17 +392,10 @@ class CatVAE(Model):
         """What ``bound`` computes, for reports."""
         return f"VIMCO bound (K={self.k})" if self.estimator == "vimco" else "ELBO"
 
-    @classmethod
-    def from_config(cls, config):
-        """Rebuild a model from ``config()`` (parameters are then loaded separately)."""
-        config = dict(config)
-        config.pop("model", None)
-        return cls(**config)
-
     def config(self):
         """The constructor arguments, JSON-serialisable."""
         return dict(
-            model="catvae",
+            model=self.name,
             data_dim=self.data_dim,
             n_latents=self.n_latents,
             n_categories=self.n_categories,
@@ -317,6 +420,15 @@ class CatVAE(Model):
             mods["baseline"] = self.baseline
         mods["state"] = self.state
         return mods
+
+    def state_arrays(self):
+        """The running state: ``state.step``, ``state.signal_mean``, ``state.signal_var``."""
+        return {f"state.{k}": v for k, v in self.state.params.items()}
+
+    def init_output_bias(self, x_train):
+        """Set the decoder's output bias to the logit of the pixel means (clipped to
+        [1e-3, 1 - 1e-3]), as the VAE does."""
+        self._init_output_bias_to_data_mean(x_train, self.decoder)
 
     @property
     def step(self):
@@ -353,11 +465,11 @@ class CatVAE(Model):
         return self.decode(self._one_hot(get_xp(x).argmax(logits, axis=-1)))
 
     def draw_noise(self, rng, batch_size, n_samples=None):
-        """Standard Gumbel noise g (S, B, N, C) on the model's device, keyed by the explicit
-        generator ``rng`` (see lvmcore.noise)."""
-        S = self.n_samples if n_samples is None else n_samples
+        """Standard Gumbel noise g (K, B, N, C) on the model's device, keyed by the explicit
+        generator ``rng`` (see lvmcore.noise); K = ``n_samples`` (the model's own when None)."""
+        K = self.n_samples if n_samples is None else n_samples
         return noise.standard_gumbel(
-            rng, (S, batch_size, self.n_latents, self.n_categories), self.dtype, self._like()
+            rng, (K, batch_size, self.n_latents, self.n_categories), self.dtype, self._like()
         )
 
     def _kl(self, logits):
@@ -409,20 +521,20 @@ class CatVAE(Model):
 
     # ------------------------------------------------------------------ objective
     def _hard_terms(self, x, g):
-        """log p(x|z) (S, B), log q(z|x) (S, B) and KL (B,) for z = argmax(logits + g)."""
+        """log p(x|z) (K, B), log q(z|x) (K, B) and KL (B,) for z = argmax(logits + g)."""
         xp = get_xp(x)
-        S, B = g.shape[:2]
+        K, B = g.shape[:2]
         logits = self.posterior_logits(x)  # (B, N, C)
-        y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (S, B, N, C)
-        out, _ = self.decoder.forward(y.reshape(S * B, -1))  # (S*B, D)
-        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+        y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (K, B, N, C)
+        out, _ = self.decoder.forward(y.reshape(K * B, -1))  # (K*B, D)
+        xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
         nll, _ = bernoulli_nll_forward(out, xs)
         logp, _ = log_softmax_forward(logits, axis=-1)  # (B, N, C)
-        log_q = (y * logp).sum(axis=(-2, -1))  # (S, B)
-        return -nll.reshape(S, B), log_q, self._kl(logits).sum(axis=-1)
+        log_q = (y * logp).sum(axis=(-2, -1))  # (K, B)
+        return -nll.reshape(K, B), log_q, self._kl(logits).sum(axis=-1)
 
     def log_weights(self, x, g):
-        """log w = log p(x|z) + log p(z) - log q(z|x) for z = argmax(logits + g); (S, B)."""
+        """log w = log p(x|z) + log p(z) - log q(z|x) for z = argmax(logits + g); (K, B)."""
         log_px_z, log_q, _ = self._hard_terms(x, g)
         return log_px_z - self.dtype.type(self.n_latents * math.log(self.n_categories)) - log_q
 
@@ -432,8 +544,8 @@ class CatVAE(Model):
         Parameters
         ----------
         x : ndarray of shape (B, D)
-        g : ndarray of shape (S, B, N, C)
-            Standard Gumbel noise (``draw_noise``); S = K for VIMCO.
+        g : ndarray of shape (K, B, N, C)
+            Standard Gumbel noise (``draw_noise``); K = 1 but for VIMCO.
         kl_weight : float, optional
             Weight w of the KL term (1 when None); must be None or 1 for VIMCO.
         tau : float, optional
@@ -442,7 +554,7 @@ class CatVAE(Model):
         Returns
         -------
         loss : float
-            :math:`-\\tfrac{1}{SB}\\sum \\log p(x|y) + \\tfrac{w}{B}\\sum_b KL_b`, or for
+            :math:`-\\tfrac{1}{KB}\\sum \\log p(x|y) + \\tfrac{w}{B}\\sum_b KL_b`, or for
             VIMCO :math:`-\\tfrac1B\\sum_b \\log\\tfrac1K\\sum_k w_{kb}`. For REINFORCE and
             NVIL the value is the (negative) single-sample ELBO; the learning signals for
             backward use the running state as it is now.
@@ -461,34 +573,34 @@ class CatVAE(Model):
             self.temperature() if tau is None else check_param(tau, "tau", "CatVAE.forward", low=0)
         )
         dt = self.dtype.type
-        S, B, N, C = g.shape
+        K, B, N, C = g.shape
         h, enc = self.encoder.forward(x)  # (B, N*C)
         logits = h.reshape(B, N, C)  # (B, N, C)
         if est == "gumbel":
-            y = relaxed_softmax(logits, tau, g)  # (S, B, N, C)
+            y = relaxed_softmax(logits, tau, g)  # (K, B, N, C)
         else:
-            y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (S, B, N, C)
-        out, dec = self.decoder.forward(y.reshape(S * B, N * C))  # (S*B, D)
-        xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+            y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (K, B, N, C)
+        out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
+        xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
         nll, lik = bernoulli_nll_forward(out, xs)
-        log_px_z = -nll.reshape(S, B)  # (S, B)
+        log_px_z = -nll.reshape(K, B)  # (K, B)
         kl = self._kl(logits).sum(axis=-1)  # (B,)
         stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
         w_score, enc_scale, base = None, 1.0, None
         if est == "vimco":
             logp, _ = log_softmax_forward(logits, axis=-1)
-            log_q = (y * logp).sum(axis=(-2, -1))  # (S, B)
-            log_w = log_px_z - dt(N * math.log(C)) - log_q  # (S, B)
+            log_q = (y * logp).sum(axis=(-2, -1))  # (K, B)
+            log_w = log_px_z - dt(N * math.log(C)) - log_q  # (K, B)
             lse, lsec = logsumexp_forward(log_w, axis=0)  # (B,)
-            bound = lse - dt(math.log(S))
-            wt = lsec.weights  # (S, B) normalized
+            bound = lse - dt(math.log(K))
+            wt = lsec.weights  # (K, B) normalized
             w_rec = wt / B
             w_score = (vimco_signals(log_w) - wt) / B
             loss = -float(bound.mean())
             stats.update(bound=bound, elbo=log_w.mean(axis=0))
             w = 0.0
         else:
-            w_rec = xp.full((S, B), dt(1.0 / (S * B)), dtype=self.dtype)
+            w_rec = xp.full((K, B), dt(1.0 / (K * B)), dtype=self.dtype)
             loss = -float(log_px_z.mean()) + w * float(kl.mean())
             if est == "gumbel":
                 stats["bound"] = stats["recon"] - kl  # the relaxed objective
@@ -496,16 +608,16 @@ class CatVAE(Model):
                 stats["elbo"] = stats["recon"] - kl
             c = self.state.params["signal_mean"][0]
             if est == "reinforce":
-                resid = log_px_z - c  # (S, B)
-                w_score = resid / (S * B)
+                resid = log_px_z - c  # (K, B)
+                w_score = resid / (K * B)
                 base = (None, resid)
             elif est == "nvil":
                 b, bcache = self.baseline.forward(x)  # (B, 1)
-                resid = log_px_z - c - b[:, 0]  # (S, B)
+                resid = log_px_z - c - b[:, 0]  # (K, B)
                 if self.normalize_signal:
                     v = float(self.state.params["signal_var"][0])
                     enc_scale = 1.0 / max(1.0, math.sqrt(v))
-                w_score = resid / (S * B)
+                w_score = resid / (K * B)
                 base = (bcache, resid)
         cache = CatVAECache(
             x, enc, logits, g, float(tau), y, dec, lik, w_rec, w_score, w, enc_scale, base, stats
@@ -519,30 +631,30 @@ class CatVAE(Model):
 
         Notes
         -----
-        Decoder: each row of -log p(x|y) has weight ``w_rec``; its VJP gives dy (S, B, N, C).
+        Decoder: each row of -log p(x|y) has weight ``w_rec``; its VJP gives dy (K, B, N, C).
         Encoder, by estimator: "gumbel"/"st-gumbel" send dy through the soft sample
         (``relaxed_softmax_backward``: :math:`v = y_s(dy - \\sum dy\\,y_s)`,
         :math:`dl = v/\\tau`); the score estimators add
-        :math:`-c_{sb}(\\mathrm{onehot}(z_{sb}) - \\mathrm{softmax}(l_b))`
+        :math:`-c_{kb}(\\mathrm{onehot}(z_{kb}) - \\mathrm{softmax}(l_b))`
         (:math:`\\partial\\log q/\\partial l`); all but VIMCO add the analytic KL's
         :math:`\\tfrac{w}{B}\\,p(\\log p + \\log C - KL_n)`. NVIL scales the encoder gradient
-        by 1/sigma and regresses b(x): :math:`db_b = -\\tfrac1B \\mathrm{mean}_s(l_{sb} - c - b_b)`.
+        by 1/sigma and regresses b(x): :math:`db_b = -\\tfrac1B \\mathrm{mean}_k(l_{kb} - c - b_b)`.
         """
         xp = get_xp(cache.logits)
         est = self.estimator
-        S, B, N, C = cache.g.shape
+        K, B, N, C = cache.g.shape
         dt = self.dtype.type
-        dnll = (dt(dloss) * cache.w_rec).reshape(S * B)
-        dout = bernoulli_nll_backward(dnll, cache.lik)  # (S*B, D)
+        dnll = (dt(dloss) * cache.w_rec).reshape(K * B)
+        dout = bernoulli_nll_backward(dnll, cache.lik)  # (K*B, D)
         relaxed = est in ("gumbel", "st-gumbel")
-        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (S*B, N*C) or None
+        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (K*B, N*C) or None
         if relaxed:
             dlogits, _ = relaxed_softmax_backward(
-                dy.reshape(S, B, N, C), cache.logits, cache.tau, cache.g
+                dy.reshape(K, B, N, C), cache.logits, cache.tau, cache.g
             )  # (B, N, C)
         else:
             p = log_softmax_forward(cache.logits, axis=-1)[1][0]  # (B, N, C)
-            dlogq = -dt(dloss) * cache.w_score  # (S, B)
+            dlogq = -dt(dloss) * cache.w_score  # (K, B)
             dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)
         if cache.kl_weight != 0:
             dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
@@ -557,39 +669,33 @@ class CatVAE(Model):
             self.baseline.backward(db[:, None], bcache, need_dx=False)
 
     def _update_state(self, cache):
-        """After a training step: count it, move the signal's moving averages."""
+        """After a training step: count it, move the signal's moving averages.
+
+        The signal's mean and variance are those of the whole batch (``_batch_rows``).
+        """
         st = self.state.params
         st["step"] += 1
         if cache.base is None:
             return
-        resid = cache.base[1].astype(np.float64)  # l - c (- b(x)), (S, B)
+        resid = cache.base[1].astype(np.float64)  # l - c (- b(x)), (K, B)
         c = float(st["signal_mean"][0])
         a = self.baseline_decay
-        centred = resid + c  # l - b(x): the signal c tracks
+        centred = self._batch_rows(resid + c, axis=1)  # l - b(x): the signal c tracks
         st["signal_mean"][0] = a * c + (1 - a) * float(centred.mean())
         st["signal_var"][0] = a * float(st["signal_var"][0]) + (1 - a) * float(centred.var())
 
-    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
-        """One training step's evaluation: zero the gradients, draw noise, forward, backward,
-        then advance the running state (step counter and baselines).
+    def _step_forward(self, x, noise, kl_weight):
+        # the temperature of the schedule at the current step
+        return self.forward(x, noise, kl_weight, self.temperature())
 
-        Returns
-        -------
-        loss : float
-        stats : dict
-            ``elbo`` (or ``bound``: the relaxed objective for "gumbel", the K-sample bound for
-            "vimco"), ``recon``, ``kl`` (means over the batch) and ``tau``.
-        """
-        if validate:
-            self._check_x(x, "CatVAE.loss_and_grads")
-        self.zero_grad()
-        tau = self.temperature()
-        loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight, tau)
-        self.backward(cache)
+    def _step_end(self, loss, cache, rng):
+        """Advance the running state (step counter and baselines); the step statistics:
+        ``elbo`` (or ``bound``: the relaxed objective for "gumbel", the K-sample bound for
+        "vimco"), ``recon``, ``kl`` (means over the batch) and ``tau``."""
         self._update_state(cache)
         out = {k: float(v.mean()) for k, v in cache.stats.items()}
-        out["tau"] = tau
-        return loss, out
+        out["tau"] = cache.tau
+        return out
 
     # ------------------------------------------------------------------ evaluation
     def elbo(self, x, rng, batch_size=1000):
@@ -616,29 +722,4 @@ class CatVAE(Model):
             xb = x[i : i + batch_size]
             lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))  # (K, B)
             out.append(logsumexp_forward(lw, axis=0)[0] - self.dtype.type(math.log(self.k)))
-        return xp.concatenate(out)
-
-    def log_likelihood(self, x, rng, k=5000, batch_size=100, chunk_size=None):
-        r"""Importance-sampled log p(x) per row with q(z|x) as the proposal, shape (B,).
-
-        :math:`\log \tfrac1k \sum_{s=1}^k p(x|z_s) p(z_s) / q(z_s|x)`, z_s ~ q(z|x) exactly
-        (Gumbel-max), computed chunk by chunk over k with a running log-sum-exp.
-        """
-        self._check_x(x, "log_likelihood")
-        k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
-        xp = get_xp(x)
-        if chunk_size is None:  # about 2**15 decoder rows per chunk
-            chunk_size = max(1, min(k, (1 << 15) // max(1, min(batch_size, x.shape[0]))))
-        out = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size]
-            run_max = xp.full(xb.shape[0], -xp.inf, dtype=self.dtype)
-            run_sum = xp.zeros(xb.shape[0], dtype=self.dtype)
-            for s in range(0, k, chunk_size):
-                n = min(chunk_size, k - s)
-                lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0], n))  # (n, B)
-                new_max = xp.maximum(run_max, lw.max(axis=0))
-                run_sum = run_sum * xp.exp(run_max - new_max) + xp.exp(lw - new_max).sum(axis=0)
-                run_max = new_max
-            out.append(xp.log(run_sum) + run_max - self.dtype.type(math.log(k)))
         return xp.concatenate(out)

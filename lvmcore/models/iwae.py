@@ -1,11 +1,11 @@
 """Importance-weighted autoencoder with plain, STL and DReG gradient estimators.
 
-Shapes: B batch, D data, Z latent, S samples per data point (K, or M groups of K).
+Shapes: B batch, D data, Z latent, K samples per data point (K, or M groups of K: M K).
 
-Forward, for fixed noise eps (S, B, Z):
+Forward, for fixed noise eps (K, B, Z):
     mu, logvar = encoder(x)                                      (B, Z) each
-    z = mu + exp(logvar / 2) * eps                               (S, B, Z)
-    log w = log p(x|z) + log p(z) - log q(z|x)                   (S, B)
+    z = mu + exp(logvar / 2) * eps                               (K, B, Z)
+    log w = log p(x|z) + log p(z) - log q(z|x)                   (K, B)
     bound = objective(log w)  (IWAE, MIWAE, CIWAE or PIWAE)      (B,)
     loss = -mean_B bound
 
@@ -28,10 +28,11 @@ score term it drops has non-zero mean under the normalized weights (Tucker et al
 import numpy as np
 
 from .._validation import check_param, get_xp
-from ..backend import engine_kernel_threads
+from ..cli._types import nonneg_float, positive_int
 from ..losses import bernoulli_nll_backward, gaussian_nll_backward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from ..ops import reparam_backward
+from .base import Flag
 from .vae import VAE
 
 ESTIMATORS = ("iwae", "stl", "dreg")
@@ -48,13 +49,43 @@ class IWAE(VAE):
         Gradient estimator for the inference network.
     objective : {"iwae", "miwae", "ciwae", "piwae"}
     groups : int
-        M for MIWAE and PIWAE; S = M K samples per data point.
+        M for MIWAE and PIWAE; M K samples per data point.
     ciwae_beta : float
         The ELBO's weight in CIWAE.
 
     The remaining parameters are those of :class:`VAE` (``kl``, ``beta`` and
     ``free_bits`` do not apply: the bound is sampled as a whole).
     """
+
+    name = "iwae"
+    help = "importance-weighted autoencoder"
+    flags = (
+        Flag(
+            "--k", "k", 50, "importance samples per example", dict(type=positive_int, metavar="K")
+        ),
+        Flag(
+            "--estimator",
+            "estimator",
+            "iwae",
+            "inference-network gradient estimator",
+            dict(choices=ESTIMATORS),
+        ),
+        Flag("--objective", "objective", "iwae", "bound to train", dict(choices=OBJECTIVES)),
+        Flag(
+            "--groups",
+            "groups",
+            1,
+            "M groups of K samples for miwae/piwae",
+            dict(type=positive_int, metavar="M"),
+        ),
+        Flag(
+            "--ciwae-beta",
+            "ciwae_beta",
+            0.5,
+            "weight of the ELBO in ciwae",
+            dict(type=nonneg_float, metavar="BETA"),
+        ),
+    )
 
     def __init__(
         self,
@@ -95,12 +126,41 @@ class IWAE(VAE):
             dtype=dtype,
         )
 
+    @classmethod
+    def from_args(cls, args, data_dim):
+        """The IWAE of ``lvmcore train --model iwae``."""
+        if args.kl_warmup_epochs:
+            raise ValueError(
+                f"expected --kl-warmup-epochs 0 with --model iwae (KL annealing does "
+                f"not apply to an importance-weighted bound), got "
+                f"{args.kl_warmup_epochs}."
+            )
+        return cls(
+            data_dim,
+            latent_dim=args.latent,
+            hidden=args.hidden,
+            activation=args.activation,
+            likelihood=args.likelihood,
+            k=args.k,
+            estimator=args.estimator,
+            objective=args.objective,
+            groups=args.groups,
+            ciwae_beta=args.ciwae_beta,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
+
+    @property
+    def bound_name(self):
+        """What ``bound`` computes, for reports, e.g. ``"IWAE bound (K=50)"``."""
+        return f"{self.objective.upper()} bound (K={self.k})"
+
     def config(self):
         c = super().config()
         for key in ("kl", "n_samples", "beta", "free_bits"):
             c.pop(key)
         c.update(
-            model="iwae",
+            model=self.name,
             k=self.k,
             estimator=self.estimator,
             objective=self.objective,
@@ -110,7 +170,8 @@ class IWAE(VAE):
         return c
 
     def forward(self, x, eps, kl_weight=None):
-        """Negative bound averaged over the batch, for fixed noise eps (S, B, Z).
+        """Negative bound averaged over the batch, for fixed noise eps (K, B, Z) (M K for
+        MIWAE and PIWAE).
 
         ``kl_weight`` is accepted for the trainer's sake and must be None or 1.
         """
@@ -122,7 +183,7 @@ class IWAE(VAE):
         p = self._forward_samples(x, eps)
         log_w = p.log_px_z + 0.5 * (
             (p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1)
-        )  # (S, B)
+        )  # (K, B)
         bound, weights = bound_forward(log_w, self.objective, self.groups, self.ciwae_beta)
         loss = -float(bound.mean())
         stats = dict(bound=bound, log_w=log_w)
@@ -133,22 +194,22 @@ class IWAE(VAE):
         p, bw, _ = cache
         xp = get_xp(p.mu)
         eps, std = p.reparam
-        S, B, Z = eps.shape
+        K, B, Z = eps.shape
         dt = self.dtype.type
         c = dt(-dloss)  # loss = -mean bound; the weights are for the bound
-        dnll = (dt(dloss) * bw.decoder).reshape(S * B)
+        dnll = (dt(dloss) * bw.decoder).reshape(K * B)
         if self.likelihood == "bernoulli":
             dout = bernoulli_nll_backward(dnll, p.lik)
         else:
             dout, dlv = gaussian_nll_backward(dnll, p.lik)
             if self.decoder_variance == "learned":
                 self.decoder.grads["logvar"] += dlv
-        dz_dec = self.decoder.backward(dout, p.dec).reshape(S, B, Z)  # = -dloss a dlogp/dz
+        dz_dec = self.decoder.backward(dout, p.dec).reshape(K, B, Z)  # = -dloss a dlogp/dz
         if self.estimator == "dreg":
             s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
         else:
             s, ratio = bw.encoder, bw.encoder_over_decoder
-        cs = (c * s)[..., None]  # (S, B, 1)
+        cs = (c * s)[..., None]  # (K, B, 1)
         dz = ratio[..., None] * dz_dec - cs * p.z  # log p(z) term
         if self.estimator != "iwae":
             dz += cs * (eps / std)  # -log q through z only
@@ -157,17 +218,17 @@ class IWAE(VAE):
             dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), p.enc, need_dx=False)
 
-    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
-        if validate:
-            self._check_x(x, "IWAE.loss_and_grads")
-        self.zero_grad()
-        with engine_kernel_threads():
-            loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]))
-            self.backward(cache)
-        return loss, dict(bound=-loss)
+    def _step_forward(self, x, noise, kl_weight):
+        # KL annealing does not apply to an importance-weighted bound: a training step ignores
+        # the trainer's weight (forward itself refuses one other than 1).
+        return self.forward(x, noise)
+
+    def _step_end(self, loss, cache, rng):
+        """Step statistics: ``bound``, the mean of the training bound over the batch."""
+        return dict(bound=-loss)
 
     def elbo(self, x, rng, batch_size=100):
-        """Per-example ELBO (B,): the mean of log w over the model's S samples."""
+        """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples."""
         self._check_x(x, "IWAE.elbo")
         xp = get_xp(x)
         return xp.concatenate(

@@ -1,6 +1,7 @@
 """Variational autoencoder with a diagonal-Gaussian encoder and a hand-written backward.
 
-Shapes: B batch, D data, H hidden, Z latent, L samples per data point.
+Shapes: B batch, D data, H hidden, Z latent, L samples per data point (K in the IWAE, which
+shares the sample path below).
 
 Forward (one step):
     h = encoder(x)                                   (B, 2Z)
@@ -12,6 +13,8 @@ Forward (one step):
     loss = -mean_B mean_L log p(x|z) + w * sum_j max(lambda, mean_B KL_j)
 
 The backward walks the same steps in reverse; every piece has a finite-difference test.
+The batch-mean KL of free bits spans the batch: it is taken over ``_batch_rows`` (see
+:mod:`lvmcore.models.base`).
 """
 
 import math
@@ -21,7 +24,8 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_param, get_xp
-from ..backend import engine_kernel_threads, get_backend
+from ..backend import get_backend
+from ..cli._types import nonneg_float, positive_int
 from ..distributions.kl import (
     KLNormalStdCache,
     kl_normal_std_per_dim,
@@ -37,22 +41,23 @@ from ..losses import (
 )
 from ..nn import MLP
 from ..ops import reparam_backward, reparam_forward, sigmoid
-from .base import Model
+from .base import Flag, Model
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class SampleForward(NamedTuple):
-    """Caches and values of the shared sample path, for S samples per data point."""
+    """Caches and values of the shared sample path, for K samples per data point (the VAE's
+    L)."""
 
     enc: object  # encoder MLPCache
     mu: object  # (B, Z)
     logvar: object  # (B, Z)
-    z: object  # (S, B, Z)
-    reparam: object  # ReparamCache, eps (S, B, Z)
+    z: object  # (K, B, Z)
+    reparam: object  # ReparamCache, eps (K, B, Z)
     dec: object  # decoder MLPCache
-    lik: object  # likelihood cache over (S*B, D)
-    log_px_z: object  # (S, B)
+    lik: object  # likelihood cache over (K*B, D)
+    log_px_z: object  # (K, B)
 
 
 class VAECache(NamedTuple):
@@ -66,7 +71,7 @@ class VAECache(NamedTuple):
     z: object  # (L, B, Z)
     dec: object  # decoder MLPCache
     lik: object  # likelihood cache over (L*B, D)
-    kl_term: object  # KLTermCache
+    kl_term: object  # KLTermCache (n: this process's rows)
     kl_weight: float
     stats: dict  # per-example quantities, for reporting
 
@@ -107,6 +112,32 @@ class VAE(Model):
     layer outputs 2Z values: the first Z are mu, the last Z are log-variances.
     """
 
+    name = "vae"
+    help = "Gaussian-encoder VAE (ELBO)"
+    bound_name = "ELBO"
+    has_log_likelihood = True
+    has_gaussian_latents = True
+    has_sample = True
+    has_reconstruct = True
+    flags = (
+        Flag("--kl", "kl", "analytic", "KL term", dict(choices=("analytic", "sampled"))),
+        Flag(
+            "--samples",
+            "samples",
+            1,
+            "samples of z per example",
+            dict(type=positive_int, metavar="L"),
+        ),
+        Flag("--beta", "beta", 1.0, "KL weight", dict(type=nonneg_float, metavar="BETA")),
+        Flag(
+            "--free-bits",
+            "free_bits",
+            0.0,
+            "KL floor per latent dimension in nats",
+            dict(type=nonneg_float, metavar="F"),
+        ),
+    )
+
     def __init__(
         self,
         data_dim,
@@ -122,6 +153,7 @@ class VAE(Model):
         seed=0,
         dtype=np.float32,
     ):
+        super().__init__()
         f = "VAE"
         self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
         self.latent_dim = check_param(
@@ -156,18 +188,28 @@ class VAE(Model):
         if self.likelihood == "gaussian" and self.decoder_variance == "learned":
             self.decoder._add_param("logvar", np.zeros(D, dtype=self.dtype))
 
-    # ------------------------------------------------------------------ parameters
     @classmethod
-    def from_config(cls, config):
-        """Rebuild a model from ``config()`` (parameters are then loaded separately)."""
-        config = dict(config)
-        config.pop("model", None)
-        return cls(**config)
+    def from_args(cls, args, data_dim):
+        """The VAE of ``lvmcore train --model vae``."""
+        return cls(
+            data_dim,
+            latent_dim=args.latent,
+            hidden=args.hidden,
+            activation=args.activation,
+            likelihood=args.likelihood,
+            kl=args.kl,
+            n_samples=args.samples,
+            beta=args.beta,
+            free_bits=args.free_bits,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
 
+    # ------------------------------------------------------------------ parameters
     def config(self):
         """The constructor arguments, JSON-serialisable (written into checkpoints)."""
         return dict(
-            model="vae",
+            model=self.name,
             data_dim=self.data_dim,
             latent_dim=self.latent_dim,
             hidden=list(self.hidden),
@@ -185,36 +227,17 @@ class VAE(Model):
     def modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def load_parameters(self, arrays):
-        """Copy arrays (e.g. from a checkpoint) into the parameters, checking shapes."""
-        params = self.parameters()
-        missing = sorted(set(params) - set(arrays))
-        if missing:
-            raise ValueError(
-                f"load_parameters: expected arrays for every parameter, missing {missing}."
-            )
-        for k, p in params.items():
-            a = arrays[k]
-            if tuple(a.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
-                    f"got {tuple(a.shape)}."
-                )
-            p[...] = get_xp(p).asarray(a, dtype=p.dtype)
+    @property
+    def default_kl_weight(self):
+        """``beta``: the KL weight of ``forward`` when none is given."""
+        return self.beta
 
     def init_output_bias(self, x_train):
         """Set the decoder's output bias to the data mean: the logit of the pixel means
         (Bernoulli; clipped to [1e-3, 1 - 1e-3] because a constant pixel has an infinite
         logit) or the mean itself (Gaussian), as in Burda et al. (2016)."""
-        xp = get_xp(x_train)
-        mean = x_train.mean(axis=0).astype(np.float64)
-        if self.likelihood == "bernoulli":
-            p = xp.clip(mean, 1e-3, 1 - 1e-3)
-            mean = xp.log(p) - xp.log1p(-p)
-        last = f"b{self.decoder.n_layers - 1}"
-        self.decoder.params[last][...] = mean.astype(self.dtype)
+        self._init_output_bias_to_data_mean(x_train, self.decoder)
 
-    # ------------------------------------------------------------------ validation
     # ------------------------------------------------------------------ pieces
     def encode(self, x):
         """Posterior parameters (mu, logvar), each (B, Z)."""
@@ -244,85 +267,63 @@ class VAE(Model):
 
     # ------------------------------------------------------------------ objective
     def _forward_samples(self, x, eps, need_grad=True):
-        """Encoder, reparameterization, decoder and likelihood for S samples per row."""
+        """Encoder, reparameterization, decoder and likelihood for K samples per row."""
         xp = get_xp(x)
-        S, B, Z = eps.shape
+        K, B, Z = eps.shape
         h, enc = self.encoder.forward(x)  # (B, 2Z)
         mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z)
-        z, rep = reparam_forward(mu, logvar, eps)  # (S, B, Z)
-        out, dec = self.decoder.forward(z.reshape(S * B, Z))  # (S*B, D)
+        z, rep = reparam_forward(mu, logvar, eps)  # (K, B, Z)
+        out, dec = self.decoder.forward(z.reshape(K * B, Z))  # (K*B, D)
         if self.likelihood == "bernoulli":
             # row r of out is scored against x[r % B]; the logits are a temporary, so the
             # fused kernel writes the gradient over them
             nll, lik = bernoulli_nll_forward(out, x, need_grad=need_grad, overwrite_logits=True)
         else:
-            xs = x if S == 1 else xp.broadcast_to(x, (S, B, x.shape[1])).reshape(S * B, -1)
+            xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
             nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp), xs)
-        return SampleForward(enc, mu, logvar, z, rep, dec, lik, -nll.reshape(S, B))
+        return SampleForward(enc, mu, logvar, z, rep, dec, lik, -nll.reshape(K, B))
 
     def log_weights(self, x, eps):
-        """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (S, B, Z); (S, B)."""
+        """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (K, B, Z); (K, B)."""
         p = self._forward_samples(x, eps, need_grad=False)
         # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
         return p.log_px_z + 0.5 * ((p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1))
 
-    def log_likelihood(self, x, rng, k=5000, batch_size=100, chunk_size=None):
-        r"""Importance-sampled estimate of log p(x) per row with k samples, shape (B,).
-
-        :math:`\log \tfrac1k \sum_{s=1}^k p(x, z_s) / q(z_s|x)`, z_s ~ q(z|x), computed
-        chunk by chunk over k with a running log-sum-exp, so peak memory depends on
-        ``chunk_size`` and ``batch_size`` but not on k.
+    def log_weight_sampler(self, x, rng):
+        """``draw(start, n) -> log w (n, B)`` for the chunked K-sample evaluation of x (B, D).
 
         Notes
         -----
         The noise comes from the counter-based Philox stream (``kernels.reparam_sample``),
-        keyed by a seed drawn once per batch from ``rng`` and indexed by element:
-        z, log q(z|x) and log p(z) are produced in one pass without storing eps. Each
-        chunk's log-weights go through the fused log-mean-exp kernel.
+        keyed by a seed drawn once per batch from ``rng`` and indexed by element: sample s of
+        row b draws the elements from s*B*Z + b*Z on, so the estimate does not depend on the
+        chunking. z, log q(z|x) and log p(z) are produced in one pass without storing eps.
         """
-        self._check_x(x, "log_likelihood")
-        k = check_param(k, "k", "log_likelihood", kind="int", low=1, low_inclusive=True)
         be = get_backend(x)
-        if chunk_size is None:  # about 2**13 decoder rows per chunk: GEMMs stay large,
-            # and peak memory stays the same for every k above a few hundred
-            chunk_size = max(1, min(k, (1 << 13) // max(1, min(batch_size, x.shape[0]))))
-        with engine_kernel_threads():
-            return self._log_likelihood(x, rng, k, batch_size, chunk_size, be)
-
-    def _log_likelihood(self, x, rng, k, batch_size, chunk_size, be):
         xp = be.xp
         sample = be.kernel("reparam_sample")
-        weights = be.kernel("importance_weights")
-        out = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = xp.ascontiguousarray(x[i : i + batch_size])
-            B = xb.shape[0]
-            seed = int(rng.integers(0, 2**63))
-            mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(xb))
-            lse = xp.full(B, -xp.inf, dtype=np.float64)
-            for s in range(0, k, chunk_size):
-                n = min(chunk_size, k - s)
-                # sample s' of row b draws the Philox elements from s'*B*Z + b*Z on, so the
-                # estimate does not depend on the chunking
-                z, log_q, log_p = sample(mu, logvar, n, seed, 0, s * B * self.latent_dim)
-                logits, _ = self.decoder.forward(z.reshape(n * B, -1))  # (n*B, D)
-                if self.likelihood == "bernoulli":
-                    nll, _ = bernoulli_nll_forward(logits, xb, need_grad=False)
-                else:
-                    xs = xp.broadcast_to(xb, (n,) + xb.shape).reshape(n * B, -1)
-                    nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
-                lw = xp.ascontiguousarray(log_p - log_q - nll.reshape(n, B))
-                chunk_lme, _ = weights(lw, lw)  # in place
-                # running log-sum-exp over chunks, in float64
-                lse = xp.logaddexp(lse, chunk_lme.astype(np.float64) + math.log(n))
-            out.append((lse - math.log(k)).astype(self.dtype))
-        return xp.concatenate(out)
+        B, Z = x.shape[0], self.latent_dim
+        seed = int(rng.integers(0, 2**63))
+        mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(x))
 
-    def draw_noise(self, rng, batch_size):
+        def draw(start, n):
+            z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z)  # (n, B, Z), (n, B)
+            logits, _ = self.decoder.forward(z.reshape(n * B, -1))  # (n*B, D)
+            if self.likelihood == "bernoulli":
+                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)
+            else:
+                xs = xp.broadcast_to(x, (n,) + x.shape).reshape(n * B, -1)
+                nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
+            return log_p - log_q - nll.reshape(n, B)  # (n, B)
+
+        return draw
+
+    def draw_noise(self, rng, batch_size, n_samples=None):
         """eps (L, B, Z) for one step on the model's device, keyed by the explicit generator
-        ``rng`` (see lvmcore.noise)."""
+        ``rng`` (see lvmcore.noise); L = ``n_samples`` (the model's own when None)."""
+        L = self.n_samples if n_samples is None else n_samples
         return noise.standard_normal(
-            rng, (self.n_samples, batch_size, self.latent_dim), self.dtype, self._like()
+            rng, (L, batch_size, self.latent_dim), self.dtype, self._like()
         )
 
     def forward(self, x, eps, kl_weight=None):
@@ -350,7 +351,10 @@ class VAE(Model):
         else:
             # log q(z|x) - log p(z) per dimension, in terms of eps: (z - mu) / std = eps
             kl_dim = (0.5 * (z * z - eps * eps) - 0.5 * logvar).mean(axis=0)  # (B, Z)
-        kl_value, klc = kl_term_forward(kl_dim, self.free_bits)
+        # Free bits compares the batch-mean KL of each dimension with the floor: a statistic of
+        # the whole batch. Its gradient is that of this process's rows' mean (n = B).
+        kl_value, klc = kl_term_forward(self._batch_rows(kl_dim), self.free_bits)
+        klc = klc._replace(n=x.shape[0])
         recon = float(log_px_z.mean())
         loss = -recon + w * kl_value
         stats = dict(log_px_z=log_px_z.mean(axis=0), kl=kl_dim.sum(axis=1))
@@ -397,22 +401,9 @@ class VAE(Model):
             dlogvar = dlogvar - 0.5 * dkl
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), cache.enc, need_dx=False)
 
-    def loss_and_grads(self, x, rng, kl_weight=None, validate=True):
-        """One training evaluation: zero the gradients, draw noise, forward, backward.
-
-        Returns
-        -------
-        loss : float
-        stats : dict
-            ``elbo`` (mean over the batch, with beta = 1), ``recon`` and ``kl`` (means).
-        """
-        if validate:
-            self._check_x(x, "VAE.loss_and_grads")
-        self.zero_grad()
-        with engine_kernel_threads():
-            loss, cache = self.forward(x, self.draw_noise(rng, x.shape[0]), kl_weight)
-            self.backward(cache)
-        return loss, self._summary(cache)
+    def _step_end(self, loss, cache, rng):
+        """Step statistics (means over the batch): ``elbo`` (with beta = 1), ``recon``, ``kl``."""
+        return self._summary(cache)
 
     @staticmethod
     def _summary(cache):

@@ -28,9 +28,11 @@ Codebook updates
   an optimizer leaves it exactly as it is (Adam: m = v = 0 gives a step of 0 / eps = 0; SGD:
   a step of lr * 0).
 
-State that is not trained by gradients (EMA statistics, code ages) is exposed through
-``parameters()`` too, with gradients that stay zero, because checkpoints store parameters: a run
-resumed from a checkpoint then continues bit for bit (see :mod:`lvmcore.train`).
+State that is not trained by gradients (EMA statistics, code ages) is the model's
+``state_arrays()``, entries of ``parameters()`` with gradients that stay zero, so checkpoints
+store it and a run resumed from a checkpoint continues bit for bit (see :mod:`lvmcore.train`).
+The EMA statistics, the code counts and the rows that re-seed dead codes span the batch: they
+are taken over ``_batch_rows`` (see :mod:`lvmcore.models.base`).
 
 Bound
 -----
@@ -41,17 +43,21 @@ ELBO. Neither is a K-sample estimate of log p(x); that needs a learned prior ove
 """
 
 import math
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from .._validation import check_param, get_xp, to_numpy
+from ..cli._types import nonneg_float, positive_int, unit_float
+from ..evaluate import standard_error
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
-from ..nn import MLP, Module
+from ..nn import MLP
 from ..ops import sigmoid
 from ..ops.codebook import ema_codebook_update, kmeans_codebook, reseed_codes
 from ..ops.vq import VQFrozen, code_counts, perplexity, vq_backward, vq_forward
-from .base import Model
+from .base import Flag, Model
 
 __all__ = ["VQVAE", "VQVAECache", "VQFrozen"]
 
@@ -126,7 +132,65 @@ class VQVAE(Model):
     code), so the first updates move the codes towards their data at rate 1 - gamma.
     """
 
+    name = "vqvae"
+    help = "VQ-VAE: nearest-codebook quantization, straight-through gradient"
+    bound_name = "reconstruction log-likelihood log p(x|z_q)"
     likelihood = "bernoulli"
+    has_sample = True
+    has_reconstruct = True
+    flags = (
+        Flag("--codes", "codes", 512, "codebook size", dict(type=positive_int, metavar="M")),
+        Flag("--slots", "slots", 8, "code slots per example", dict(type=positive_int, metavar="S")),
+        Flag(
+            "--code-dim",
+            "code_dim",
+            16,
+            "dimension of a code",
+            dict(type=positive_int, metavar="E"),
+        ),
+        Flag(
+            "--commitment-beta",
+            "commitment_beta",
+            0.25,
+            "weight of the commitment loss",
+            dict(type=nonneg_float, metavar="BETA"),
+        ),
+        Flag(
+            "--codebook-update",
+            "codebook_update",
+            "loss",
+            "move the codebook by the codebook loss or by EMA",
+            dict(choices=("loss", "ema")),
+        ),
+        Flag(
+            "--ema-decay",
+            "ema_decay",
+            0.99,
+            "decay of the EMA codebook update",
+            dict(type=unit_float, metavar="G"),
+        ),
+        Flag(
+            "--dead-code-steps",
+            "dead_code_steps",
+            100,
+            "a code unused for N training steps is dead",
+            dict(type=positive_int, metavar="N"),
+        ),
+        Flag(
+            "--reset-dead-codes",
+            "reset_dead_codes",
+            False,
+            "re-seed dead codes from encoder outputs of the current batch",
+            dict(action="store_const", const=True),
+        ),
+        Flag(
+            "--kmeans-init",
+            "kmeans_init",
+            False,
+            "initialise the codebook by k-means on the first encoder outputs",
+            dict(action="store_const", const=True),
+        ),
+    )
 
     def __init__(
         self,
@@ -147,6 +211,7 @@ class VQVAE(Model):
         seed=0,
         dtype=np.float32,
     ):
+        super().__init__()
         f = "VQVAE"
         pos = dict(kind="int", low=1, low_inclusive=True)
         self.data_dim = check_param(data_dim, "data_dim", f, **pos)
@@ -188,18 +253,42 @@ class VQVAE(Model):
             self.params["ema_code_sum"] = codebook.copy()  # (M, E)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    # ------------------------------------------------------------------ parameters
     @classmethod
-    def from_config(cls, config):
-        """Rebuild a model from ``config()`` (parameters are then loaded separately)."""
-        config = dict(config)
-        config.pop("model", None)
-        return cls(**config)
+    def from_args(cls, args, data_dim):
+        """The VQ-VAE of ``lvmcore train --model vqvae``."""
+        cls._refuse_flags(args, ("latent",))
+        if args.likelihood != "bernoulli":
+            raise ValueError(
+                f"expected --likelihood bernoulli with --model vqvae (its decoder is "
+                f"Bernoulli), got {args.likelihood}."
+            )
+        if args.kl_warmup_epochs:
+            raise ValueError(
+                f"expected --kl-warmup-epochs 0 with --model vqvae (it has no KL term "
+                f"to anneal), got {args.kl_warmup_epochs}."
+            )
+        return cls(
+            data_dim,
+            codes=args.codes,
+            slots=args.slots,
+            code_dim=args.code_dim,
+            hidden=args.hidden,
+            activation=args.activation,
+            beta=args.commitment_beta,
+            codebook_update=args.codebook_update,
+            ema_decay=args.ema_decay,
+            dead_code_steps=args.dead_code_steps,
+            reset_dead_codes=args.reset_dead_codes,
+            kmeans_init=args.kmeans_init,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
 
+    # ------------------------------------------------------------------ parameters
     def config(self):
         """The constructor arguments, JSON-serialisable (written into checkpoints)."""
         return dict(
-            model="vqvae",
+            model=self.name,
             data_dim=self.data_dim,
             codes=self.codes,
             slots=self.slots,
@@ -226,45 +315,10 @@ class VQVAE(Model):
     def modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def parameters(self):
-        """Dict ``name -> array`` of the live arrays: module parameters, codebook, state."""
-        out = {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.params.items()}
-        out.update(self.params)
-        return out
-
-    def gradients(self):
-        """Same keys as ``parameters()``; the state arrays' (and, with EMA, the codebook's)
-        gradients are always zero."""
-        out = {f"{m}.{k}": v for m, mod in self.modules().items() for k, v in mod.grads.items()}
-        out.update(self.grads)
-        return out
-
-    def zero_grad(self):
-        super().zero_grad()
-        for g in self.grads.values():
-            g[...] = 0
-
-    def to(self, xp):
-        super().to(xp)
-        Module.to(self, xp)  # the codebook and its state: plain params/grads dicts
-        return self
-
-    def load_parameters(self, arrays):
-        """Copy arrays (e.g. from a checkpoint) into the parameters, checking shapes."""
-        params = self.parameters()
-        missing = sorted(set(params) - set(arrays))
-        if missing:
-            raise ValueError(
-                f"load_parameters: expected arrays for every parameter, missing {missing}."
-            )
-        for k, p in params.items():
-            a = arrays[k]
-            if tuple(a.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"load_parameters: expected {k} of shape {tuple(p.shape)}, "
-                    f"got {tuple(a.shape)}."
-                )
-            p[...] = get_xp(p).asarray(a, dtype=p.dtype)
+    def state_arrays(self):
+        """``code_age`` (M,) and, with EMA, ``ema_cluster_size`` (M,) and ``ema_code_sum``
+        (M, E)."""
+        return {k: v for k, v in self.params.items() if k != "codebook"}
 
     def init_output_bias(self, x_train):
         """Data-dependent initialisation, called once by ``fit`` at the start of a fresh run.
@@ -275,10 +329,7 @@ class VQVAE(Model):
         (at least M encoder outputs; all rows if there are fewer), with the generator
         ``default_rng([seed, 0, 0, 9])``.
         """
-        xp = get_xp(x_train)
-        p = xp.clip(x_train.mean(axis=0).astype(np.float64), 1e-3, 1 - 1e-3)
-        last = f"b{self.decoder.n_layers - 1}"
-        self.decoder.params[last][...] = (xp.log(p) - xp.log1p(-p)).astype(self.dtype)
+        self._init_output_bias_to_data_mean(x_train, self.decoder)
         if self.kmeans_init:
             n = min(x_train.shape[0], math.ceil(20 * self.codes / self.slots))
             rng = np.random.default_rng([self.seed, 0, 0, _KMEANS_STREAM])
@@ -306,7 +357,6 @@ class VQVAE(Model):
             self.params["ema_cluster_size"][which] = 1
             self.params["ema_code_sum"][which] = self.params["codebook"][which]
 
-    # ------------------------------------------------------------------ validation
     # ------------------------------------------------------------------ pieces
     def quantize(self, x):
         """Codes of every slot, (B, S) int64 (the nearest code to each encoder output)."""
@@ -334,12 +384,19 @@ class VQVAE(Model):
         return self.decode_codes(self.quantize(x))
 
     # ------------------------------------------------------------------ objective
-    def forward(self, x, index=None, frozen=None, need_grad=True):
+    def draw_noise(self, rng, batch_size, n_samples=None):
+        """None: the forward pass of a VQ-VAE draws no noise (``loss_and_grads`` uses its
+        generator only to re-seed dead codes)."""
+        return None
+
+    def forward(self, x, noise=None, *, index=None, frozen=None, need_grad=True):
         """The training loss for a batch, and a cache for :meth:`backward`.
 
         Parameters
         ----------
         x : ndarray of shape (B, D)
+        noise : None
+            A VQ-VAE's forward pass is deterministic (the contract's noise argument).
         index : ndarray of int of shape (B*S,) or (B, S), optional
             A fixed code assignment (finite-difference checks); the nearest codes when None.
         frozen : VQFrozen, optional
@@ -401,7 +458,7 @@ class VQVAE(Model):
             self.grads["codebook"] += dcodebook
         self.encoder.backward(dz_e.reshape(B, S * E), cache.enc, need_dx=False)
 
-    def loss_and_grads(self, x, rng, kl_weight=None, validate=True, update_codebook=True):
+    def loss_and_grads(self, x, rng, *, kl_weight=None, validate=True, update_codebook=True):
         """One training evaluation: zero the gradients, forward, backward, codebook updates.
 
         Parameters
@@ -454,10 +511,13 @@ class VQVAE(Model):
             )
         loss, cache = self._forward_encoded(x, h, enc)
         self.backward(cache)
-        counts = code_counts(cache.vq.index, self.codes)  # (M,)
+        # the rows of the whole batch: the codebook statistics span it
+        z = self._batch_rows(cache.z_e).reshape(-1, self.code_dim)  # (B*S, E)
+        index = self._batch_rows(cache.vq.index.reshape(-1, self.slots)).reshape(-1)  # (B*S,)
+        counts = code_counts(index, self.codes)  # (M,)
         dead = reset = 0
         if update_codebook:
-            dead, reset = self._update_codebook(cache, counts, rng)
+            dead, reset = self._update_codebook(z, index, counts, rng)
         recon = -float(cache.nll.mean())
         return loss, dict(
             bound=recon,
@@ -471,16 +531,17 @@ class VQVAE(Model):
             reset_codes=reset,
         )
 
-    def _update_codebook(self, cache, counts, rng):
-        """EMA update, code ages, dead-code reset (in place). Returns (dead, reset) counts."""
-        z = cache.z_e.reshape(-1, self.code_dim)  # (B*S, E)
+    def _update_codebook(self, z, index, counts, rng):
+        """EMA update, code ages, dead-code reset (in place) from the encoder outputs z
+        (B*S, E), their codes ``index`` (B*S,) and the code counts (M,). Returns the (dead,
+        reset) counts."""
         p = self.params
         if self.codebook_update == "ema":
             size, total, codebook = ema_codebook_update(
                 p["ema_cluster_size"],
                 p["ema_code_sum"],
                 z,
-                cache.vq.index,
+                index,
                 self.ema_decay,
                 self.ema_eps,
             )
@@ -499,8 +560,6 @@ class VQVAE(Model):
         return n_dead, int(reseeded.size)
 
     # ------------------------------------------------------------------ evaluation
-    bound_name = "reconstruction log-likelihood log p(x|z_q)"
-
     def bound(self, x, rng=None, batch_size=1000):
         """Per-example reconstruction log-likelihood log p(x | z_q(x)), shape (B,).
 
@@ -526,6 +585,14 @@ class VQVAE(Model):
             counts = counts + code_counts(self._codes(x[i : i + batch_size]).ravel(), self.codes)
         return counts if x.shape[0] else get_xp(x).zeros(self.codes, dtype=np.int64)
 
+    def write_extra_pictures(self, x, out):
+        """``code_usage.png``: how often each code is used on x (none for an empty x)."""
+        if not x.shape[0]:
+            return []
+        from ..plots import plot_code_usage
+
+        return [plot_code_usage(self.code_usage(x), Path(os.fspath(out)) / "code_usage.png")]
+
     def eval_report(self, x, batch_size=1000):
         """Reconstruction NLL and code usage of a data split, for ``lvmcore eval``.
 
@@ -546,7 +613,7 @@ class VQVAE(Model):
             k = code_counts(c.vq.index, self.codes)
             counts += to_numpy(k)
         nll = np.concatenate(nll) if nll else np.zeros(0)
-        sem = float(nll.std(ddof=1) / math.sqrt(nll.size)) if nll.size > 1 else math.nan
+        sem = standard_error(nll)
         ppl = perplexity(counts)
         used = int((counts > 0).sum())
         info = dict(

@@ -1,0 +1,56 @@
+"""What the subcommands share: the program name, the ``--device`` and ``--threads`` flags, the
+move of a model to its device, and the names of data sources."""
+
+import os
+from pathlib import Path
+
+from ._types import positive_int
+
+PROG = "lvmcore"
+
+
+def add_device_argument(parser):
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the arrays live: cpu (NumPy, Numba kernels) or cuda (CuPy "
+        "arrays and CUDA kernels on the current GPU; needs "
+        "'lvmcore[cuda]'). Checkpoints are the same either way "
+        "(default: cpu)",
+    )
+
+
+def add_threads_argument(parser, extra=""):
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="BLAS threads (default: the BLAS library's choice)" + extra,
+    )
+
+
+def to_device(model, device):
+    """Move ``model`` to ``device`` (before its optimizer exists). Raises
+    BackendUnavailableError, with the reason, when CUDA is asked for and cannot run."""
+    from ..backend import array_module
+
+    if device != "cpu":
+        model.to(array_module(device))
+    return model
+
+
+def plural(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def data_label(data):
+    if data in ("digits", "mnist"):
+        return data
+    return Path(data).stem or "data"
+
+
+def data_source(data):
+    """What the checkpoint records: a name, or an absolute path so eval works from anywhere."""
+    return data if data in ("digits", "mnist") else os.path.abspath(data)

@@ -1,0 +1,65 @@
+"""Argument types of the command line: a bad value fails at parse time with argparse's usage
+line and exit status 2 ("argument --lr: expected a positive number, got '-1'").
+
+The models name their own flags with these types (``Model.flags``), so this module imports
+nothing from lvmcore.
+"""
+
+import argparse
+
+__all__ = [
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "unit_float",
+    "int_list",
+]
+
+
+def _number(kind, low, low_inclusive, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (
+            value != value
+            or value < low
+            or (value == low and not low_inclusive)
+            or value == float("inf")
+        ):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 1, True, "a positive integer")
+nonneg_int = _number(int, 0, True, "a non-negative integer")
+positive_float = _number(float, 0.0, False, "a positive number")
+nonneg_float = _number(float, 0.0, True, "a non-negative number")
+
+
+def unit_float(text):
+    """A number in [0, 1)."""
+    value = nonneg_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def int_list(text):
+    """'200,200' -> (200, 200); '' -> () (no hidden layer)."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 200,200, got {text!r}"
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 200,200, got {text!r}"
+        )
+    return sizes

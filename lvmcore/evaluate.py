@@ -1,0 +1,244 @@
+"""Evaluation: the one chunked K-sample log-likelihood, and the report of ``lvmcore eval``.
+
+:func:`log_likelihood` is the importance-sampled estimate of log p(x) for every model that has
+importance weights (``model.has_log_likelihood``); :meth:`lvmcore.models.Model.log_likelihood`
+calls it. :func:`evaluate` builds the report that ``lvmcore eval`` prints and writes into
+``eval.json``, and that the experiment scripts under :mod:`lvmcore.experiments` tabulate.
+
+Randomness
+----------
+Every draw of an evaluation comes from a generator keyed by the evaluation seed, so a caller can
+replay any part of it on its own (the tag is last and never zero: ``SeedSequence`` pads its
+entropy with zeros):
+
+    ``default_rng([seed, 0, 0, 5])``   the noise of the bound (``model.bound``)
+    ``default_rng([seed, 0, 0, 6])``   the noise of the ELBO (``model.elbo``)
+    ``default_rng([seed, 7])``         the NLL subset: ``sort(choice(N, subset, replace=False))``
+    ``default_rng([seed, 0, 0, 8])``   the noise of the K-sample NLL (``log_likelihood``)
+
+The training loop's keys (:mod:`lvmcore.train`, streams 1 to 4) never collide with these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._validation import check_param, to_numpy
+from .backend import engine_kernel_threads, get_backend
+
+__all__ = [
+    "log_likelihood",
+    "evaluate",
+    "evaluate_report",
+    "standard_error",
+    "BOUND_STREAM",
+    "ELBO_STREAM",
+    "SUBSET_STREAM",
+    "NLL_STREAM",
+]
+
+BOUND_STREAM, ELBO_STREAM, SUBSET_STREAM, NLL_STREAM = 5, 6, 7, 8
+
+
+def standard_error(values) -> float:
+    """Standard error of the mean of a 1-D NumPy array (NaN for fewer than two values)."""
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+
+
+def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
+    r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
+
+    .. math:: \log \frac1k \sum_{s=1}^k \frac{p(x, z_s)}{q(z_s|x)},\quad z_s \sim q(z|x)
+
+    Parameters
+    ----------
+    model : lvmcore.models.Model
+        With ``has_log_likelihood``: its ``log_weight_sampler`` gives the log-weights.
+    x : ndarray of shape (N, D)
+        On the model's device, in its dtype.
+    rng : numpy.random.Generator
+        Keys the noise; the model decides how (the VAE draws one seed per batch and indexes
+        its Philox stream by sample, the categorical VAE draws fresh noise per chunk).
+    k : int
+        K, samples per row.
+    batch_size : int
+        Rows per evaluation batch.
+    chunk_size : int, optional
+        Samples per chunk; about ``model.eval_chunk_rows`` decoder rows when None.
+
+    Returns
+    -------
+    ndarray of shape (N,), the model's dtype
+
+    Notes
+    -----
+    For each batch of rows, the samples are taken chunk by chunk in order; each chunk's
+    log-weights (n, B) go through the fused log-mean-exp kernel (``importance_weights``), and a
+    running log-sum-exp over the chunks is kept in float64:
+    :math:`\ell \leftarrow \mathrm{logaddexp}(\ell, \mathrm{lme}_{\text{chunk}} + \log n)`,
+    then :math:`\ell - \log k`. Peak memory depends on ``chunk_size`` and ``batch_size``, not
+    on k. A data-parallel evaluation may hand (batch, chunk) cells to different processes and
+    fold their partial log-sum-exps in this order, when the model's noise is indexed by sample.
+    """
+    f = "log_likelihood"
+    model._check_x(x, f)
+    k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
+    batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
+    if chunk_size is None:
+        rows = max(1, min(batch_size, x.shape[0]))
+        chunk_size = max(1, min(k, model.eval_chunk_rows // rows))
+    chunk_size = check_param(chunk_size, "chunk_size", f, kind="int", low=1, low_inclusive=True)
+    be = get_backend(x)
+    xp = be.xp
+    weights = be.kernel("importance_weights")
+    out = []
+    with engine_kernel_threads():
+        for i in range(0, x.shape[0], batch_size):
+            xb = xp.ascontiguousarray(x[i : i + batch_size])  # (B, D)
+            draw = model.log_weight_sampler(xb, rng)
+            lse = xp.full(xb.shape[0], -xp.inf, dtype=np.float64)  # (B,)
+            for s in range(0, k, chunk_size):
+                n = min(chunk_size, k - s)
+                lw = xp.ascontiguousarray(draw(s, n))  # (n, B)
+                chunk_lme, _ = weights(lw, lw)  # (B,), in place
+                lse = xp.logaddexp(lse, chunk_lme.astype(np.float64) + math.log(n))
+            out.append((lse - math.log(k)).astype(model.dtype))
+    if not out:
+        return xp.zeros(0, dtype=model.dtype)
+    return xp.concatenate(out)
+
+
+def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0) -> dict:
+    """Evaluate a model on the rows of x: the report of ``lvmcore eval`` (its ``eval.json``).
+
+    Parameters
+    ----------
+    model : lvmcore.models.Model
+    x : ndarray of shape (N, D)
+        Host or device data; cast once to the model's dtype and copied once to its device.
+    k : int
+        Importance samples of the log-likelihood; 0 skips it.
+    seed : int
+        Keys every draw (module docstring).
+    batch_size : int
+        Rows per chunk of the bound, the ELBO and the model's own report.
+    nll_batch_size : int
+        Rows per batch of the K-sample log-likelihood.
+    subset : int
+        Estimate the log-likelihood on this many rows drawn at random (0, or N or more: all).
+
+    Returns
+    -------
+    dict
+        ``n``, ``bound_name``, ``bound`` and ``bound_sem`` (mean and standard error over the
+        rows, nats), ``elbo``, ``elbo_sem``, ``seed``; for a Gaussian-latent model
+        ``active_units``, ``latent_dim``, ``posterior_mean_variance`` and ``kl_per_dim``; the
+        model's ``eval_report`` entries; with k > 0 and a log-likelihood ``nll``, ``nll_sem``,
+        ``nll_k`` and ``nll_n``.
+    """
+    return evaluate_report(
+        model,
+        x,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        nll_batch_size=nll_batch_size,
+        subset=subset,
+    )[0]
+
+
+def evaluate_report(
+    model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0, split="test"
+) -> tuple[dict, list]:
+    """:func:`evaluate`, and the lines ``lvmcore eval`` prints (each naming ``split``).
+
+    Returns
+    -------
+    result : dict
+        As :func:`evaluate`.
+    lines : list of str
+    """
+    f = "evaluate"
+    k = check_param(k, "k", f, kind="int", low=0, low_inclusive=True)
+    seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
+    batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
+    nll_batch_size = check_param(
+        nll_batch_size, "nll_batch_size", f, kind="int", low=1, low_inclusive=True
+    )
+    subset = check_param(subset, "subset", f, kind="int", low=0, low_inclusive=True)
+    if x.dtype != model.dtype:
+        x = x.astype(model.dtype)
+    x = model.xp.asarray(x)  # the one copy to the model's device
+
+    # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
+    bound = to_numpy(
+        model.bound(x, np.random.default_rng([seed, 0, 0, BOUND_STREAM]), batch_size=batch_size),
+        np.float64,
+    )  # (N,)
+    elbo = to_numpy(
+        model.elbo(x, np.random.default_rng([seed, 0, 0, ELBO_STREAM]), batch_size=batch_size),
+        np.float64,
+    )  # (N,)
+    n = int(bound.shape[0])
+    name = model.bound_name
+    result = dict(
+        n=n,
+        bound_name=name,
+        bound=float(bound.mean()),
+        bound_sem=standard_error(bound),
+        elbo=float(elbo.mean()),
+        elbo_sem=standard_error(elbo),
+        seed=seed,
+    )
+    if model.has_gaussian_latents:
+        from .diagnostics import active_units, kl_per_dimension
+
+        n_active, unit_var = active_units(model, x)
+        kl_dims = kl_per_dimension(model, x)
+        result.update(
+            active_units=n_active,
+            latent_dim=int(unit_var.size),
+            posterior_mean_variance=unit_var.tolist(),
+            kl_per_dim=kl_dims.tolist(),
+        )
+    lines = [f"{split} ELBO {result['elbo']:.3f} +- {result['elbo_sem']:.3f} nats (n={n})"]
+    if name != "ELBO":
+        lines.append(f"{split} {name} {result['bound']:.3f} +- {result['bound_sem']:.3f}")
+    info, extra = model.eval_report(x, batch_size=batch_size)
+    result.update(info)
+    lines.extend(f"{split} {line}" for line in extra)
+    if k > 0 and not model.has_log_likelihood:
+        lines.append(
+            f"no K-sample NLL: {model.config().get('model', type(model).__name__)} has no "
+            f"importance-sampled log-likelihood"
+        )
+    elif k > 0:
+        xs = x
+        if subset and subset < n:
+            pick = np.sort(
+                np.random.default_rng([seed, SUBSET_STREAM]).choice(n, subset, replace=False)
+            )
+            xs = x[model.xp.asarray(pick)]
+        ll = to_numpy(
+            model.log_likelihood(
+                xs,
+                np.random.default_rng([seed, 0, 0, NLL_STREAM]),
+                k=k,
+                batch_size=nll_batch_size,
+            ),
+            np.float64,
+        )
+        result.update(
+            nll=float(-ll.mean()), nll_sem=standard_error(ll), nll_k=k, nll_n=int(ll.size)
+        )
+        lines.append(
+            f"{split} NLL (K={k}, n={ll.size}) {result['nll']:.3f} +- {result['nll_sem']:.3f} nats"
+        )
+    if model.has_gaussian_latents:
+        lines.append(
+            f"active units {n_active} of {unit_var.size}; KL per dimension (nats): "
+            + " ".join(f"{v:.2f}" for v in kl_dims)
+        )
+    return result, lines
