@@ -6,7 +6,8 @@ float32 and float64: e.g. ``log_prob(x=1)`` at ``l = -1e4`` is exactly ``-1e4``.
 """
 
 from .._validation import check_array, check_param, check_sample_shape, get_xp
-from ..ops.activations import sigmoid, softplus
+from ..ops.activations import _sigmoid as sigmoid
+from ..ops.activations import _softplus as softplus
 from .base import Distribution, _broadcast_value, _event_axes, _sum_to, _uniform
 
 __all__ = ["Bernoulli"]

@@ -40,7 +40,8 @@ from .._validation import (
     check_same_shape,
     get_xp,
 )
-from ..ops.activations import sigmoid, softplus
+from ..ops.activations import _sigmoid as sigmoid
+from ..ops.activations import _softplus as softplus
 from .base import Distribution, _event_axes, _sum_to
 from .bernoulli import Bernoulli
 from .categorical import Categorical, UniformCategorical, _log_softmax_and_probs
