@@ -147,7 +147,8 @@ def check_array(
     if shape is not None:
         ok = len(shape) == x.ndim and all(s is None or s == t for s, t in zip(shape, x.shape))
         if not ok:
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            items = ["*" if s is None else str(s) for s in shape]
+            want = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
             raise ValueError(f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.")
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(
