@@ -28,7 +28,7 @@ def _type_hint(x, name):
     kind = x.dtype.kind
     if kind == "O":
         return (
-            f"an array of Python objects cannot be computed on. Build a numeric array with "
+            f"An array of Python objects cannot be computed on. Build a numeric array with "
             f"numpy.asarray({name}, dtype=numpy.float32)."
         )
     if kind == "c":
