@@ -249,7 +249,8 @@ def check_float_dtype(dtype, func, name="dtype"):
         dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in FLOAT_DTYPES:
+    # dt is None is tested first: numpy.dtype(None) is float64, so None == float64 holds
+    if dt is None or dt not in FLOAT_DTYPES:
         got = dt if dt is not None else repr(dtype)
         raise TypeError(
             f"{func}: expected {name} to be float32 or float64, got {got}. "
