@@ -21,8 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import logsumexp
 
-from .._validation import check_array, check_param
-from .ppca import _check_rng
+from ..._validation import check_array, check_param, check_rng
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -316,7 +315,7 @@ def gmm_sample(rng, params, n):
         ``n`` not an int in [1, inf).
     """
     func = "gmm_sample"
-    _check_rng(rng, func)
+    check_rng(rng, func)
     log_pi, means, variances = _check_gmm(params, func)
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
     c = _sample_categorical(rng, log_pi[None, :], (n,))[:, 0]  # (n,)
@@ -393,7 +392,7 @@ def gmm_importance_log_marginal(x, params, proposal_log_probs, K, rng, *, return
             f"params ({C} components) and x ({B} rows), got {tuple(log_q.shape)}."
         )
     K = check_param(K, "K", func, kind="int", low=1, low_inclusive=True)
-    _check_rng(rng, func)
+    check_rng(rng, func)
     log_q = np.broadcast_to(log_q, (B, C))  # (B, C)
     c = _sample_categorical(rng, log_q, (K,))  # (K, B)
     log_joint = _log_joint(x, log_pi, means, variances)  # (B, C)
@@ -479,7 +478,7 @@ def gmm_fit_em(x, C, rng, n_iter=200, tol=1e-8, reg=1e-6):
             f"{func}: expected x to have shape (B, D) with B, D >= 1, got {tuple(x.shape)}."
         )
     C = check_param(C, "C", func, kind="int", low=1, low_inclusive=True, high=B)
-    _check_rng(rng, func)
+    check_rng(rng, func)
     n_iter = check_param(n_iter, "n_iter", func, kind="int", low=1, low_inclusive=True)
     tol = check_param(tol, "tol", func, kind="float", low=0.0, low_inclusive=True)
     reg = check_param(reg, "reg", func, kind="float", low=0.0)

@@ -34,9 +34,9 @@ import math
 
 import numpy as np
 
-from .._validation import check_param
-from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
-from ..ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward
+from ..._validation import check_param
+from ...losses import bernoulli_nll_backward, bernoulli_nll_forward
+from ...ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward
 
 __all__ = ["one_hot_configurations", "catvae_exact_bound"]
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .._validation import check_array, check_param
+from ..._validation import check_array, check_param, check_rng
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -74,15 +74,6 @@ def _check_x(x, D, func):
             f"{tuple(x.shape)}. Pass a batch of shape (B, {D})."
         )
     return np.asarray(x, dtype=np.float64)
-
-
-def _check_rng(rng, func):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"{func}: expected rng to be a numpy.random.Generator, got {type(rng).__name__}. "
-            f"Create one with numpy.random.default_rng(seed)."
-        )
-    return rng
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +387,7 @@ def ppca_sample(rng, model, n):
         ``n`` not an int in [1, inf).
     """
     func = "ppca_sample"
-    _check_rng(rng, func)
+    check_rng(rng, func)
     if not isinstance(model, PPCA):
         raise TypeError(
             f"{func}: expected model to be a PPCA, got {type(model).__name__}. Build one with "
