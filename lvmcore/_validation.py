@@ -62,6 +62,7 @@ def check_array(
     contiguous=False,
     xp=None,
     ref=None,
+    shape_of=None,
 ):
     """Check one array argument and return it unchanged.
 
@@ -94,6 +95,8 @@ def check_array(
         numpy or cupy: the array library ``x`` must belong to (no implicit device copies).
     ref : str, optional
         What ``dtype`` and ``xp`` come from, for the message ("the distribution's").
+    shape_of : str, optional
+        The argument(s) ``shape`` comes from, for the message ("x and W").
 
     Raises
     ------
@@ -149,7 +152,10 @@ def check_array(
         if not ok:
             items = ["*" if s is None else str(s) for s in shape]
             want = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-            raise ValueError(f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.")
+            follows = f" That shape follows {shape_of}." if shape_of else ""
+            raise ValueError(
+                f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.{follows}"
+            )
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(
             f"{func}: expected {name} to be C-contiguous (a kernel reads its memory row by "
@@ -179,12 +185,13 @@ def check_axis(axis, x, name, func):
     return int(axis) % nd
 
 
-def check_dout(dout, shape, dtype, xp, func, name="dout", *, scalar=True):
+def check_dout(dout, shape, dtype, xp, func, name="dout", *, scalar=True, source=None):
     """An upstream gradient for a forward output of ``shape``: returned broadcast to it.
 
     A float array of the forward output's dtype on its device whose shape broadcasts to
     ``shape`` (a view, not a copy, is returned). With ``scalar``, a Python or NumPy real
-    number is accepted and filled in (``dout=1.0`` differentiates the sum).
+    number is accepted and filled in (``dout=1.0`` differentiates the sum). ``source`` names
+    the argument the forward output's shape follows, for the message.
     """
     shape = tuple(shape)
     if scalar and isinstance(dout, numbers.Real) and not isinstance(dout, (bool, np.bool_)):
@@ -195,9 +202,10 @@ def check_dout(dout, shape, dtype, xp, func, name="dout", *, scalar=True):
     except ValueError:
         ok = False
     if not ok:
+        follows = f" That shape follows {source}." if source else ""
         raise ValueError(
             f"{func}: expected {name} to have the forward output's shape {shape}, got "
-            f"{tuple(dout.shape)}."
+            f"{tuple(dout.shape)}.{follows}"
         )
     return xp.broadcast_to(dout, shape)
 

@@ -109,8 +109,9 @@ class Optimizer:
                 check_array(g, gn, func, finite=False)
                 raise ValueError(
                     f"{func}: expected {gn} to have its parameter's shape {tuple(p.shape)} and "
-                    f"dtype {p.dtype}, got shape {tuple(g.shape)} and dtype {g.dtype}. "
-                    f"Accumulate into model.gradients(); never replace its arrays."
+                    f"dtype {p.dtype} (those of params[{k!r}]), got shape {tuple(g.shape)} and "
+                    f"dtype {g.dtype}. Accumulate into model.gradients(); never replace its "
+                    f"arrays."
                 )
 
     def step(self):

@@ -70,8 +70,10 @@ def _event_axes(k):
     return tuple(range(-k, 0))
 
 
-def _broadcast_value(value, name, param_shape, event_ndim, func):
-    """Broadcast shape of ``value`` against ``param_shape``; its event axes must match."""
+def _broadcast_value(value, name, param_shape, event_ndim, func, against="the parameters'"):
+    """Broadcast shape of ``value`` against ``param_shape``; its event axes must match.
+
+    ``against`` names what ``param_shape`` is, for the message ("logits'")."""
     event = tuple(param_shape[len(param_shape) - event_ndim :])
     vshape = tuple(value.shape)
     ok = vshape[len(vshape) - event_ndim :] == event if event_ndim else True
@@ -84,7 +86,7 @@ def _broadcast_value(value, name, param_shape, event_ndim, func):
     if full is None:
         want = "(..., " + ", ".join(str(s) for s in param_shape) + ")"
         raise ValueError(
-            f"{func}: expected {name} to broadcast against the parameters' shape "
+            f"{func}: expected {name} to broadcast against {against} shape "
             f"{tuple(param_shape)} as {want}, got {name} of shape {vshape}."
         )
     return full
@@ -155,9 +157,12 @@ class Distribution:
             x, name, func, dtype=self.dtype, finite=finite, xp=self.xp, ref="the distribution's"
         )
 
-    def _check_dout(self, dout, shape, func, name="dout"):
-        """An upstream gradient of the forward output's ``shape`` (or a number), broadcast."""
-        return check_dout(dout, shape, self.dtype, self.xp, func, name)
+    def _check_dout(self, dout, shape, func, name="dout", source=None):
+        """An upstream gradient of the forward output's ``shape`` (or a number), broadcast;
+        ``source`` names the argument that shape follows (with the parameters)."""
+        if source is not None:
+            source = f"{source} broadcast against the parameters"
+        return check_dout(dout, shape, self.dtype, self.xp, func, name, source=source)
 
     def __repr__(self):
         return (

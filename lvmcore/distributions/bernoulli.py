@@ -176,7 +176,7 @@ class Bernoulli(Distribution):
         func = "Bernoulli.log_prob_backward"
         full = self._check_value(value, func)
         out_shape = full[: len(full) - self.event_ndim]
-        dout = self._expand_event(self._check_dout(dout, out_shape, func))
+        dout = self._expand_event(self._check_dout(dout, out_shape, func, source="value"))
         lg = self.logits
         resid = value * sigmoid(-lg) - (1 - value) * sigmoid(lg)  # x - sigma(l), (*S, ...)
         return {"logits": _sum_to(dout * resid, lg.shape), "value": _sum_to(dout * lg, value.shape)}

@@ -216,7 +216,7 @@ class Categorical(Distribution):
         func = "Categorical.log_prob_backward"
         out_shape = _check_index(value, self.num_categories, self.batch_shape, self.xp, func, False)
         xp = self.xp
-        dout = self._check_dout(dout, out_shape, func)[..., None]
+        dout = self._check_dout(dout, out_shape, func, source="value")[..., None]
         p = self.probs  # (..., C)
         onehot = (xp.arange(self.num_categories) == value[..., None]).astype(self.dtype)
         return {"logits": _sum_to(dout * (onehot - p), self.logits.shape)}

@@ -102,7 +102,7 @@ def _check_logits_and_noise(logits, g, func):
             f"{tuple(logits.shape)}."
         )
     check_array(g, "g", func, allow_inf=True, dtype=logits.dtype, xp=get_xp(logits), ref="logits'")
-    _broadcast_value(g, "g", logits.shape, 1, func)
+    _broadcast_value(g, "g", logits.shape, 1, func, against="logits'")
 
 
 def gumbel_max_sample(rng, logits, shape=()):
@@ -239,7 +239,7 @@ class Gumbel(Distribution):
         func = "Gumbel.rsample_backward"
         self._check_arg(g, "g", func)
         full = _broadcast_value(g, "g", self.loc.shape, 0, func)
-        dx = self._check_dout(dx, full, func, name="dx")
+        dx = self._check_dout(dx, full, func, name="dx", source="g")
         return {"loc": _sum_to(dx, self.loc.shape), "scale": _sum_to(dx * g, self.loc.shape)}
 
     def _z(self, value, func):
@@ -276,7 +276,7 @@ class Gumbel(Distribution):
         """
         func = "Gumbel.log_prob_backward"
         z, full = self._z(value, func)
-        dout = self._check_dout(dout, full, func)
+        dout = self._check_dout(dout, full, func, source="value")
         with np.errstate(over="ignore"):
             t = -self.xp.expm1(-z)  # 1 - e^{-z}
         inv = 1 / self.scale

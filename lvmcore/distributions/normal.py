@@ -183,7 +183,7 @@ class DiagNormal(Distribution):
         func = "DiagNormal.rsample_backward"
         self._check_arg(eps, "eps", func)
         full = _broadcast_value(eps, "eps", self.loc.shape, 1, func)
-        dz = self._check_dout(dz, full, func, name="dz")
+        dz = self._check_dout(dz, full, func, name="dz", source="eps")
         dloc = _sum_to(dz, self.loc.shape)  # (..., Z)
         dlogvar = _sum_to(dz * eps, self.loc.shape) * (0.5 * self.scale)  # (..., Z)
         return {"loc": dloc, "logvar": dlogvar}
@@ -238,7 +238,7 @@ class DiagNormal(Distribution):
         func = "DiagNormal.log_prob_backward"
         self._check_arg(value, "value", func)
         full = _broadcast_value(value, "value", self.loc.shape, 1, func)
-        dout = self._check_dout(dout, full[:-1], func)[..., None]
+        dout = self._check_dout(dout, full[:-1], func, source="value")[..., None]
         diff = value - self.loc  # (*S, ..., Z)
         u = diff * self.xp.exp(-self.logvar)  # (*S, ..., Z)
         du = dout * u
@@ -374,7 +374,7 @@ class StandardNormal(Distribution):
         func = "StandardNormal.log_prob_backward"
         self._check_arg(value, "value", func)
         _broadcast_value(value, "value", self.event_shape, 1, func)
-        dout = self._check_dout(dout, value.shape[:-1], func)[..., None]
+        dout = self._check_dout(dout, value.shape[:-1], func, source="value")[..., None]
         return {"value": -dout * value}
 
     def entropy(self):

@@ -108,7 +108,7 @@ def _check_draw_args(logits, tau, g, func):
     tau = check_param(tau, "tau", func, low=0)
     _check_logits(logits, func, validate=False)
     check_array(g, "g", func, finite=False, dtype=logits.dtype, xp=get_xp(logits), ref="logits'")
-    return tau, _broadcast_value(g, "g", logits.shape, 1, func)
+    return tau, _broadcast_value(g, "g", logits.shape, 1, func, against="logits'")
 
 
 def _softmax_vjp_to_params(v, d, tau, logits_shape):
@@ -153,7 +153,9 @@ def relaxed_softmax_backward(dy, logits, tau, g, log_space=False):
     """
     func = "relaxed_softmax_backward"
     tau, full = _check_draw_args(logits, tau, g, func)
-    dy = check_dout(dy, full, logits.dtype, get_xp(logits), func, "dy", scalar=False)
+    dy = check_dout(
+        dy, full, logits.dtype, get_xp(logits), func, "dy", scalar=False, source="logits and g"
+    )
     t = logits.dtype.type(tau)
     d, y, _ = _scores(logits, t, g)
     if log_space:
@@ -292,7 +294,7 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.rsample_backward"
         full = self._check_noise(g, func)
-        dx = self._check_dout(dx, full, func, name="dx")
+        dx = self._check_dout(dx, full, func, name="dx", source="g")
         dlogits, dtau = relaxed_softmax_backward(dx, self.logits, self._tau, g, log_space=True)
         return {"logits": dlogits, "temperature": dtau}
 
@@ -330,7 +332,7 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.log_prob_backward"
         full = self._check_x(value, func)
-        dout = self._check_dout(dout, full[:-1], func)[..., None]
+        dout = self._check_dout(dout, full[:-1], func, source="value")[..., None]
         C = self.num_categories
         tau = self._tau
         _, w, xs = _exp_concrete_log_prob(self.logits, tau, value)
@@ -448,7 +450,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         """
         func = "RelaxedCategorical.rsample_backward"
         full = self._check_noise(g, func)
-        dy = self._check_dout(dy, full, func, name="dy")
+        dy = self._check_dout(dy, full, func, name="dy", source="g")
         dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)
         return {"logits": dlogits, "temperature": dtau}
 
@@ -497,7 +499,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         func = "RelaxedCategorical.log_prob_backward"
         x = self._log_value(value, log_space, func)
         full = _broadcast_value(x, "value", self.logits.shape, 1, func)
-        dout = self._check_dout(dout, full[:-1], func)
+        dout = self._check_dout(dout, full[:-1], func, source="value")
         grads = ExpRelaxedCategorical.log_prob_backward(self, dout, x)
         dx = grads["value"] - _sum_to(self.xp.broadcast_to(dout[..., None], full), x.shape)
         grads["value"] = dx if log_space else dx / value

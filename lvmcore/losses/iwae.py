@@ -68,6 +68,9 @@ def importance_weights_forward(log_w, backend=None):
     f = "importance_weights_forward"
     _check_log_w(log_w, f)
     be = get_backend(log_w, backend=backend)
+    if log_w.shape[1] == 0:  # no columns: nothing to reduce (the kernel needs B >= 1)
+        xp = be.xp
+        return xp.empty(0, log_w.dtype), ImportanceWeightsCache(xp.empty_like(log_w))
     bound, weights = be.kernel("importance_weights")(be.xp.ascontiguousarray(log_w))
     return bound, ImportanceWeightsCache(weights)
 

@@ -155,7 +155,7 @@ def gaussian_nll_forward(mean, logvar, x):
             f"{f}: expected logvar to have shape ({D},) or ({N}, {D}) (that of mean's rows "
             f"or of mean), got {tuple(logvar.shape)}."
         )
-    check_array(x, "x", f, shape=(N, D), **kw)
+    check_array(x, "x", f, shape=(N, D), shape_of="mean", **kw)
     diff = x - mean  # (N, D)
     inv_var = xp.exp(-logvar)
     half_log_2pi = mean.dtype.type(0.5 * math.log(2 * math.pi))

@@ -71,10 +71,10 @@ def ema_codebook_update(cluster_size, code_sum, z, index, decay=0.99, eps=1e-5):
     eps = check_param(eps, "eps", f, low=0)
     check_array(cluster_size, "cluster_size", f, ndim=1)
     M = cluster_size.shape[0]
-    check_array(code_sum, "code_sum", f, shape=(M, None))
-    check_array(z, "z", f, ndim=2, shape=(None, code_sum.shape[1]))
+    check_array(code_sum, "code_sum", f, shape=(M, None), shape_of="cluster_size")
+    check_array(z, "z", f, ndim=2, shape=(None, code_sum.shape[1]), shape_of="code_sum")
     check_same_dtype([cluster_size, code_sum, z], ["cluster_size", "code_sum", "z"], f)
-    check_array(index, "index", f, shape=(z.shape[0],), dtype="int", finite=False)
+    check_array(index, "index", f, shape=(z.shape[0],), dtype="int", finite=False, shape_of="z")
     names = ["cluster_size", "code_sum", "z", "index"]
     check_same_device([cluster_size, code_sum, z, index], names, f)
     dt = z.dtype.type
@@ -126,6 +126,11 @@ def kmeans_codebook(z, n_codes, rng, iters=10):
     iters = check_param(iters, "iters", f, kind="int", low=0, low_inclusive=True)
     check_array(z, "z", f, ndim=2)
     rng = check_rng(rng, f)
+    if z.shape[1] < 1:
+        raise ValueError(
+            f"{f}: expected z to have at least one column (E >= 1), got z of shape "
+            f"{tuple(z.shape)}."
+        )
     N = z.shape[0]
     if N < M:
         raise ValueError(
@@ -189,8 +194,8 @@ def reseed_codes(codebook, dead, z, rng):
     f = "reseed_codes"
     check_array(codebook, "codebook", f, ndim=2, finite=False)
     M, E = codebook.shape
-    check_array(dead, "dead", f, shape=(M,), dtype=bool, finite=False)
-    check_array(z, "z", f, ndim=2, shape=(None, E), finite=False)
+    check_array(dead, "dead", f, shape=(M,), dtype=bool, finite=False, shape_of="codebook")
+    check_array(z, "z", f, ndim=2, shape=(None, E), finite=False, shape_of="codebook")
     check_same_device([codebook, dead, z], ["codebook", "dead", "z"], f)
     check_same_dtype([codebook, z], ["codebook", "z"], f)
     rng = check_rng(rng, f)

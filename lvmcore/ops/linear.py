@@ -39,10 +39,9 @@ def linear_forward(x, W, b):
     f = "linear_forward"
     check_array(x, "x", f, ndim=2, finite=False)
     xp = get_xp(x)
-    check_array(
-        W, "W", f, ndim=2, shape=(x.shape[1], None), finite=False, dtype=x.dtype, xp=xp, ref="x's"
-    )
-    check_array(b, "b", f, shape=(W.shape[1],), finite=False, dtype=x.dtype, xp=xp, ref="x's")
+    kw = dict(finite=False, dtype=x.dtype, xp=xp, ref="x's")
+    check_array(W, "W", f, ndim=2, shape=(x.shape[1], None), shape_of="x.shape[1]", **kw)
+    check_array(b, "b", f, shape=(W.shape[1],), shape_of="W.shape[1]", **kw)
     y = x @ W  # (B, O), BLAS / cuBLAS GEMM
     y += b
     return y, LinearCache(x, W)

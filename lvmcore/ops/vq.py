@@ -140,6 +140,11 @@ def vq_forward(z_e, codebook, beta=0.25, index=None, frozen=None):
     check_same_device([z_e, codebook], ["z_e", "codebook"], f)
     check_same_dtype([z_e, codebook], ["z_e", "codebook"], f)
     B, S, E = z_e.shape
+    if B < 1 or E < 1:
+        raise ValueError(
+            f"{f}: expected z_e to have at least one row and one code dimension (B >= 1, "
+            f"E >= 1: the losses are means over B), got z_e of shape {tuple(z_e.shape)}."
+        )
     M = codebook.shape[0]
     if codebook.shape[1] != E:
         raise ValueError(
@@ -248,7 +253,9 @@ def _check_codes(index, n_codes, f, rows=None):
     check_array(index, "index", f, ndim=1, dtype="int", finite=False)
     _check_index_range(index, M, "index", f)
     if rows is not None:
-        check_array(rows, "rows", f, ndim=2, shape=(index.shape[0], None), finite=False)
+        check_array(
+            rows, "rows", f, ndim=2, shape=(index.shape[0], None), finite=False, shape_of="index"
+        )
         check_same_device([index, rows], ["index", "rows"], f)
     return M
 
