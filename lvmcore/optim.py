@@ -78,12 +78,15 @@ class Optimizer:
         for k, p in params.items():
             pn = f"params[{k!r}]"
             check_array(p, pn, name, finite=False)
-            if not p.flags.c_contiguous or not p.flags.writeable:
+            # CuPy arrays have no writeable flag: device memory is always writeable
+            writeable = getattr(p.flags, "writeable", True)
+            if not p.flags.c_contiguous or not writeable:
+                what = "a read-only" if not writeable else "a strided"
                 raise ValueError(
                     f"{name}: expected {pn} to be a writeable C-contiguous array (it is "
-                    f"updated in place), got {'a read-only' if not p.flags.writeable else 'a strided'}"
-                    f" array of shape {tuple(p.shape)}. Keep the parameter in its own "
-                    f"contiguous array (numpy.ascontiguousarray) and hand that to the model."
+                    f"updated in place), got {what} array of shape {tuple(p.shape)}. Keep the "
+                    f"parameter in its own contiguous array (numpy.ascontiguousarray) and hand "
+                    f"that to the model."
                 )
         arrays = list(params.values()) + list(grads.values())
         check_same_device(

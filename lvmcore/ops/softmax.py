@@ -160,6 +160,15 @@ def log_softmax_forward(x, axis=-1):
 
     Entries of -inf stay -inf; an all -inf slice gives -inf (not NaN); a slice holding a
     NaN gives NaN throughout (not -inf).
+
+    Raises
+    ------
+    TypeError
+        x not a float32 or float64 array: integer input is refused, not promoted (cast it
+        with x.astype(numpy.float64)); complex input is refused, never truncated to its
+        real part.
+    ValueError
+        x 0-d or empty along ``axis``; InvalidParameterError for an axis out of range.
     """
     axis = _check_x(x, axis, "log_softmax_forward")
     xp = get_xp(x)
