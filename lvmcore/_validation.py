@@ -150,8 +150,8 @@ def check_array(
     if shape is not None:
         ok = len(shape) == x.ndim and all(s is None or s == t for s, t in zip(shape, x.shape))
         if not ok:
-            items = ["*" if s is None else str(s) for s in shape]
-            want = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+            # "(512)" for a 1-tuple, not "(512,)": existing messages are pinned in this form
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             follows = f" That shape follows {shape_of}." if shape_of else ""
             raise ValueError(
                 f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.{follows}"
