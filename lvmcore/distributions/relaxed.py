@@ -35,17 +35,10 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
+from .._validation import check_array, check_dout, check_param, check_sample_shape, get_xp
 from ..ops.softmax import log_softmax_forward
+from .base import Distribution, _broadcast_value, _sum_to
 from .gumbel import standard_gumbel
-from .normal import (
-    Distribution,
-    _broadcast_value,
-    _check_dout,
-    _check_float_arg,
-    _sample_shape,
-    _sum_to,
-)
 
 __all__ = [
     "RelaxedCategorical",
@@ -95,9 +88,27 @@ def relaxed_softmax(logits, tau, g, hard=False):
     Returns
     -------
     y : ndarray of shape broadcast(logits, g).shape
+
+    Raises
+    ------
+    TypeError
+        Non-float logits, or g of another dtype or device.
+    ValueError
+        logits not of shape (..., C) with C >= 1, or g that does not broadcast against them.
+    InvalidParameterError
+        tau not a float in (0, inf).
     """
+    tau, _ = _check_draw_args(logits, tau, g, "relaxed_softmax")
     d, y, _ = _scores(logits, logits.dtype.type(tau), g)
     return _one_hot_argmax(d) if hard else y
+
+
+def _check_draw_args(logits, tau, g, func):
+    """Check the arguments of a Gumbel-Softmax draw; returns (tau, the draw's shape)."""
+    tau = check_param(tau, "tau", func, low=0)
+    _check_logits(logits, func, validate=False)
+    check_array(g, "g", func, finite=False, dtype=logits.dtype, xp=get_xp(logits), ref="logits'")
+    return tau, _broadcast_value(g, "g", logits.shape, 1, func, against="logits'")
 
 
 def _softmax_vjp_to_params(v, d, tau, logits_shape):
@@ -140,6 +151,11 @@ def relaxed_softmax_backward(dy, logits, tau, g, log_space=False):
     ``_softmax_vjp_to_params`` for the shift that keeps a finite). Entries with y = 0 have
     v = 0 in the first case, so an exact one-hot at tiny tau contributes exactly 0.
     """
+    func = "relaxed_softmax_backward"
+    tau, full = _check_draw_args(logits, tau, g, func)
+    dy = check_dout(
+        dy, full, logits.dtype, get_xp(logits), func, "dy", scalar=False, source="logits and g"
+    )
     t = logits.dtype.type(tau)
     d, y, _ = _scores(logits, t, g)
     if log_space:
@@ -244,7 +260,7 @@ class ExpRelaxedCategorical(Distribution):
         return self.dtype.type(self.temperature)
 
     def _check_noise(self, g, func):
-        _check_float_arg(g, "g", self.dtype, self.xp, func)
+        self._check_arg(g, "g", func)
         return _broadcast_value(g, "g", self.logits.shape, 1, func)
 
     def reparameterize(self, g):
@@ -255,7 +271,7 @@ class ExpRelaxedCategorical(Distribution):
 
     def rsample(self, rng, shape=()):
         """Reparameterized draw ``(x, g)``: x (*S, ..., C) and its Gumbel noise g."""
-        shape = _sample_shape(shape, f"{type(self).__name__}.rsample")
+        shape = check_sample_shape(shape, f"{type(self).__name__}.rsample")
         g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
         return self.reparameterize(g), g
 
@@ -278,12 +294,12 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.rsample_backward"
         full = self._check_noise(g, func)
-        dx = _check_dout(dx, full, self.dtype, self.xp, func, name="dx")
+        dx = self._check_dout(dx, full, func, name="dx", source="g")
         dlogits, dtau = relaxed_softmax_backward(dx, self.logits, self._tau, g, log_space=True)
         return {"logits": dlogits, "temperature": dtau}
 
     def _check_x(self, value, func):
-        _check_float_arg(value, "value", self.dtype, self.xp, func, finite=self.validate)
+        self._check_arg(value, "value", func, finite=self.validate)
         return _broadcast_value(value, "value", self.logits.shape, 1, func)
 
     def log_prob(self, value):
@@ -316,7 +332,7 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.log_prob_backward"
         full = self._check_x(value, func)
-        dout = _check_dout(dout, full[:-1], self.dtype, self.xp, func)[..., None]
+        dout = self._check_dout(dout, full[:-1], func, source="value")[..., None]
         C = self.num_categories
         tau = self._tau
         _, w, xs = _exp_concrete_log_prob(self.logits, tau, value)
@@ -403,7 +419,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
 
         Use the returned g with ``rsample_backward`` (see "Gradient flow").
         """
-        shape = _sample_shape(shape, "RelaxedCategorical.rsample")
+        shape = check_sample_shape(shape, "RelaxedCategorical.rsample")
         g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
         return self.reparameterize(g, hard=hard), g
 
@@ -434,7 +450,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         """
         func = "RelaxedCategorical.rsample_backward"
         full = self._check_noise(g, func)
-        dy = _check_dout(dy, full, self.dtype, self.xp, func, name="dy")
+        dy = self._check_dout(dy, full, func, name="dy", source="g")
         dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)
         return {"logits": dlogits, "temperature": dtau}
 
@@ -483,7 +499,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         func = "RelaxedCategorical.log_prob_backward"
         x = self._log_value(value, log_space, func)
         full = _broadcast_value(x, "value", self.logits.shape, 1, func)
-        dout = _check_dout(dout, full[:-1], self.dtype, self.xp, func)
+        dout = self._check_dout(dout, full[:-1], func, source="value")
         grads = ExpRelaxedCategorical.log_prob_backward(self, dout, x)
         dx = grads["value"] - _sum_to(self.xp.broadcast_to(dout[..., None], full), x.shape)
         grads["value"] = dx if log_space else dx / value
