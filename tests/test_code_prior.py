@@ -153,9 +153,9 @@ def test_code_prior_rejects_bad_input(rng):
     prior = _prior(rng, 3, 4, (5,))
     codes = rng.integers(0, 4, size=(5, 3))
     with pytest.raises(ValueError, match=r"CodePrior.forward: expected codes to lie in \[0, 4\)"):
-        prior.forward(codes + 1)
+        prior.forward(codes + 4)
     with pytest.raises(ValueError, match=r"CodePrior.forward: expected codes to lie in \[0, 4\)"):
-        prior.log_prob(codes - 1)
+        prior.log_prob(codes - 4)
     with pytest.raises(ValueError, match=r"CodePrior.forward: expected codes of shape \(B, 3\)"):
         prior.forward(codes[:, :2])
     with pytest.raises(TypeError, match="CodePrior.forward: expected codes to be an integer"):
