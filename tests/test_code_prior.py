@@ -180,3 +180,17 @@ def test_code_prior_rejects_bad_input(rng):
     _, cache = prior.log_prob_forward(codes)
     with pytest.raises(ValueError, match="CodePrior.log_prob_backward: expected dlog_p"):
         prior.log_prob_backward(np.ones(4), cache)
+
+
+def test_config_rebuilds_the_same_prior(rng):
+    import json
+
+    prior = _prior(rng, 3, 4, (5,), order="random", context_dim=2)
+    cfg = json.loads(json.dumps(prior.config()))
+    assert cfg.pop("embedded") is False
+    twin = CodePrior(rng=np.random.default_rng(1), **cfg)
+    np.testing.assert_array_equal(twin.order, prior.order)
+    for k, v in prior.params.items():
+        twin.params[k][...] = v
+    codes, ctx = rng.integers(0, 4, size=(6, 3)), rng.standard_normal((6, 2))
+    np.testing.assert_array_equal(twin.log_prob(codes, ctx), prior.log_prob(codes, ctx))

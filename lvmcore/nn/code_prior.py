@@ -137,7 +137,27 @@ class CodePrior(Module):
             dtype=dtype,
         )
         self.table = table
+        self.embedded = embedding is not None
         self.params, self.grads = self.made.params, self.made.grads
+
+    def config(self):
+        """The constructor's arguments as JSON-serialisable values, for a checkpoint.
+
+        ``embedded`` says whether an embedding table was given; the table itself is not
+        included (it is the VQ-VAE's codebook, stored with that model).
+        """
+        made = self.made
+        return dict(
+            n_slots=self.n_slots,
+            n_codes=self.n_codes,
+            hidden=list(made.hidden),
+            embedded=self.embedded,
+            context_dim=made.context_dim,
+            order=[int(i) for i in made.order],
+            direct=made.direct,
+            activation=made.activation,
+            dtype=str(np.dtype(made.params["W0"].dtype)),
+        )
 
     @property
     def order(self):
