@@ -22,6 +22,7 @@ from .activations import (
     tanh_forward,
 )
 from .linear import LinearCache, linear_backward, linear_forward
+from .poe import PoECache, poe_backward, poe_forward
 from .reparam import ReparamCache, reparam_backward, reparam_forward
 from .softmax import (
     LogSoftmaxCache,
