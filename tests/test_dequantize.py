@@ -246,3 +246,20 @@ def test_bad_noise_and_hyper_parameters(rng):
         dequantized_log_weight(np.zeros((2, 3)), 3, 4, np.zeros(3))
     with pytest.raises(ValueError, match="logistic_nll_forward: expected mean, log_scale and x"):
         logistic_nll_forward(np.zeros((2, 3)), np.zeros(3), np.zeros((2, 4)))
+
+
+def test_float32_matches_float64(rng):
+    L, D = 4, 3
+    x = rng.integers(0, L, (5, D))
+    eps = rng.standard_normal((2, 5, D))
+    G = rng.standard_normal((2, 5))
+    out = {}
+    for dtype in (np.float64, np.float32):
+        deq = VariationalDequantizer((D, 4, D), L, "tanh", np.random.default_rng(1), dtype=dtype)
+        (y, log_q), c = deq.forward(x, eps.astype(dtype))
+        nll, lc = logistic_nll_forward(np.full(D, 0.5, dtype), np.full(D, -1.0, dtype), y)
+        deq.backward((logistic_nll_backward(G.astype(dtype), lc)[2], G.astype(dtype)), c)
+        out[dtype] = (y, log_q, nll, *deq.grads.values())
+        assert all(a.dtype == dtype for a in out[dtype])
+    for a, b in zip(out[np.float32], out[np.float64]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -129,7 +129,15 @@ class VampPrior(Prior):
         self._add_param("u", np.array(to_numpy(u), dtype=dtype))  # a copy, on the host
 
     def _encode(self, func):
-        (mu, logvar), enc = self.encoder_forward(self.params["u"])
+        u = self.params["u"]
+        try:
+            (mu, logvar), enc = self.encoder_forward(u)
+        except ValueError as exc:
+            raise ValueError(
+                f"{func}: the encoder refused the pseudo-inputs u of shape {tuple(u.shape)} "
+                f"(n_components, data_dim): {exc} Build the prior with the encoder's input "
+                f"width as data_dim."
+            ) from exc
         C, Z = self.n_components, self.n_latent
         for name, a in (("mu", mu), ("logvar", logvar)):
             check_input(a, f"the encoder's {name}", func, dtype=self.dtype, xp=self.xp)
