@@ -262,9 +262,10 @@ def check_param(
     return value
 
 
-def check_noise_args(func, seed, stream, offset, n, what):
+def check_noise_args(func, seed, stream, offset, n, what, detail=""):
     """seed, stream in [0, 2**64), offset >= 0 and offset + n <= 2**62 (kernels.philox's
-    limits); ``what`` names n in the message (e.g. "K*B*Z")."""
+    limits); ``what`` names n in the message (e.g. "K*B*Z"), ``detail`` says where it came
+    from (e.g. " (k=3, mu of shape (2, 5))")."""
     seed = check_param(seed, "seed", func, kind="int", low=0, low_inclusive=True, high=U64_MAX)
     stream = check_param(
         stream, "stream", func, kind="int", low=0, low_inclusive=True, high=U64_MAX
@@ -274,8 +275,8 @@ def check_noise_args(func, seed, stream, offset, n, what):
     )
     if offset + n > ELEMENT_LIMIT:
         raise InvalidParameterError(
-            f"{func}: expected offset + {what} <= 2**62, got offset={offset}, {what}={n}. Use "
-            f"another stream instead of a larger offset."
+            f"{func}: expected offset + {what} <= 2**62, got offset={offset}, {what}={n}"
+            f"{detail}. Use another stream instead of a larger offset."
         )
     return seed, stream, offset
 
@@ -316,8 +317,9 @@ def check_fill_args(func, seed, stream, n, dtype, offset, out):
             f"{func}: expected offset + n <= 2**62, got offset={offset}, n={n}. Use another "
             f"stream instead of a larger offset."
         )
-    try:
-        got = "None" if dtype is None else np.dtype(dtype)  # np.dtype(None) would be float64
+    try:  # np.dtype(None) would be float64, np.dtype(an array) the array's dtype
+        ok = isinstance(dtype, type | str | np.dtype)
+        got = np.dtype(dtype) if ok else repr(dtype)
     except TypeError:
         got = repr(dtype)
     if got not in FLOAT_DTYPES:

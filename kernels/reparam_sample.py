@@ -143,17 +143,20 @@ _MIN_TASKS = 16
 
 
 def _check_inputs(func, mu, logvar, lib="numpy"):
-    check_array(mu, "mu", func, ndim=2, lib=lib)
-    check_array(logvar, "logvar", func, ndim=2, lib=lib)
+    # CuPy arrays are recognised without importing CuPy, so a NumPy array handed to a "cupy"
+    # variant gets a TypeError on any machine; raw CUDA kernels read memory linearly, so their
+    # inputs must be C-contiguous (the NumPy/Numba variants copy strided ones).
+    check_array(mu, "mu", func, ndim=2, lib=lib, contiguous=lib == "cupy")
+    check_array(logvar, "logvar", func, ndim=2, lib=lib, contiguous=lib == "cupy")
     if logvar.shape != mu.shape:
         raise ValueError(
             f"{func}: expected mu and logvar to have the same shape (B, Z), got "
             f"{tuple(mu.shape)} and {tuple(logvar.shape)}."
         )
     check_same_dtype([mu, logvar], ["mu", "logvar"], func)
-    if lib == "numpy":
-        check_array(mu, "mu", func, finite=True)
-        check_array(logvar, "logvar", func, finite=True)
+    # one pass over (B, Z) each (on a device: one reduction and a sync), next to K*B*Z outputs
+    check_array(mu, "mu", func, lib=lib, finite=True)
+    check_array(logvar, "logvar", func, lib=lib, finite=True)
 
 
 def _check_k(k, func):
@@ -164,7 +167,9 @@ def _prepare(func, mu, logvar, k, seed, stream, offset, z_out):
     """Check a forward call; return its arguments with mu, logvar made C-contiguous."""
     _check_inputs(func, mu, logvar)
     k = _check_k(k, func)
-    seed, stream, offset = check_noise_args(func, seed, stream, offset, k * mu.size, "K*B*Z")
+    seed, stream, offset = check_noise_args(
+        func, seed, stream, offset, k * mu.size, "K*B*Z", f" (k={k}, mu of shape {mu.shape})"
+    )
     b, zd = mu.shape
     if z_out is not None:
         check_out(z_out, "z_out", func, (k, b, zd), mu.dtype)
@@ -176,15 +181,15 @@ def _prepare(func, mu, logvar, k, seed, stream, offset, z_out):
     return (np.ascontiguousarray(mu), np.ascontiguousarray(logvar), k, seed, stream, offset, z_out)
 
 
-def _prepare_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
-    """Check a backward call; return its arguments, None gradients as zeros, all contiguous."""
-    _check_inputs(func, mu, logvar)
+def _check_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset, lib="numpy"):
+    """Check a backward call; return (K, seed, stream, offset)."""
+    _check_inputs(func, mu, logvar, lib)
     b, zd = mu.shape
     k = k_from = None
     for name, a, nd in (("dz", dz, 3), ("dlog_q", dlog_q, 2), ("dlog_p", dlog_p, 2)):
         if a is None:
             continue
-        check_array(a, name, func, ndim=nd)
+        check_array(a, name, func, ndim=nd, lib=lib, contiguous=lib == "cupy")
         if a.dtype != mu.dtype:
             raise TypeError(
                 f"{func}: expected {name} to have the dtype of mu ({mu.dtype}), got "
@@ -193,12 +198,13 @@ def _prepare_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
         if a.shape[1:] != (b, zd)[: nd - 1]:
             want = f"(K, {b}, {zd})" if nd == 3 else f"(K, {b})"
             raise ValueError(
-                f"{func}: expected {name} to have shape {want} (B, Z from mu), got {a.shape}."
+                f"{func}: expected {name} to have shape {want} (B, Z from mu), got "
+                f"{tuple(a.shape)}."
             )
         if k is not None and a.shape[0] != k:
             raise ValueError(
                 f"{func}: expected {name}.shape[0] == K = {k} (from {k_from}), got "
-                f"{name} of shape {a.shape}. All upstream gradients come from one "
+                f"{name} of shape {tuple(a.shape)}. All upstream gradients come from one "
                 f"forward call."
             )
         k, k_from = a.shape[0], name
@@ -208,8 +214,20 @@ def _prepare_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
             f"With no upstream gradient dmu = dlogvar = 0."
         )
     if k < 1:
-        raise ValueError(f"{func}: expected K >= 1 samples in the upstream gradients, got K = {k}.")
+        raise ValueError(
+            f"{func}: expected K >= 1 samples in the upstream gradients, got K = {k} (from "
+            f"{k_from})."
+        )
     seed, stream, offset = check_noise_args(func, seed, stream, offset, k * mu.size, "K*B*Z")
+    return k, seed, stream, offset
+
+
+def _prepare_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
+    """Check a backward call; return its arguments, None gradients as zeros, all contiguous."""
+    k, seed, stream, offset = _check_backward(
+        func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
+    )
+    b, zd = mu.shape
     dtype = mu.dtype
     dz = np.zeros((k, b, zd), dtype) if dz is None else np.ascontiguousarray(dz)
     dlog_q = np.zeros((k, b), dtype) if dlog_q is None else np.ascontiguousarray(dlog_q)
@@ -507,22 +525,16 @@ _CUPY_NAMES = (
 _CUPY_BWD_THREADS_PER_SM = 2048
 
 
-def _check_cupy_inputs(func, mu, logvar):
-    # CuPy arrays are recognised without importing CuPy: a NumPy array gets a TypeError here
-    # on any machine. Raw kernels read memory linearly, so inputs must be C-contiguous.
-    _check_inputs(func, mu, logvar, lib="cupy")
-    for name, a in (("mu", mu), ("logvar", logvar)):
-        check_array(a, name, func, lib="cupy", contiguous=True)
-
-
 def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     """CuPy: a group of lanes per (k, b) row converts the Philox blocks overlapping the row into
     normals, writes z and reduces log_q, log_p by warp shuffles. Contract of
     ``reparam_sample_ref`` on cupy arrays (noise to a few ulp; arguments checked, values not)."""
     func = "reparam_sample_cupy_v1"
-    _check_cupy_inputs(func, mu, logvar)
+    _check_inputs(func, mu, logvar, lib="cupy")
     k = _check_k(k, func)
-    seed, stream, offset = check_noise_args(func, seed, stream, offset, k * mu.size, "K*B*Z")
+    seed, stream, offset = check_noise_args(
+        func, seed, stream, offset, k * mu.size, "K*B*Z", f" (k={k}, mu of shape {mu.shape})"
+    )
     if z_out is not None:
         check_array(z_out, "z_out", func, ndim=3, lib="cupy")
     from . import _cupy
@@ -573,26 +585,13 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
     the chunks are summed in order. Contract of ``reparam_sample_backward_ref`` on cupy arrays
     (a None upstream gradient reads as zeros)."""
     func = "reparam_sample_backward_cupy_v1"
-    _check_cupy_inputs(func, mu, logvar)
-    b, zd = mu.shape
-    ups = (("dz", dz, 3), ("dlog_q", dlog_q, 2), ("dlog_p", dlog_p, 2))
-    for name, a, nd in ups:
-        if a is not None:
-            check_array(a, name, func, ndim=nd, lib="cupy", contiguous=True)
-    k = next((a.shape[0] for _, a, _ in ups if a is not None), None)
-    if k is None:
-        raise ValueError(f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None.")
+    k, seed, stream, offset = _check_backward(
+        func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset, lib="cupy"
+    )
     from . import _cupy
 
     cupy = _cupy.cupy
-    for name, a, shape in (
-        ("dz", dz, (k, b, zd)),
-        ("dlog_q", dlog_q, (k, b)),
-        ("dlog_p", dlog_p, (k, b)),
-    ):
-        if a is not None:
-            _cupy.check_same(a, name, mu, "mu", func, shape=shape)
-    seed, stream, offset = check_noise_args(func, seed, stream, offset, k * mu.size, "K*B*Z")
+    b, zd = mu.shape
     dz = cupy.zeros((k, b, zd), mu.dtype) if dz is None else dz
     dlog_q = cupy.zeros((k, b), mu.dtype) if dlog_q is None else dlog_q
     dlog_p = cupy.zeros((k, b), mu.dtype) if dlog_p is None else dlog_p
