@@ -20,6 +20,7 @@ whether or not CuPy can be imported.
 """
 
 import importlib.util
+import math
 import numbers
 
 import numpy as np
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BOOLS = (bool, np.bool_)  # integers to Python, but never a count, seed or flag here
 U64_MAX = 2**64 - 1
 # Philox element indices: offset + n must stay below this so element and block indices fit
 # Numba's int64 loop counters (see kernels/philox.py).
@@ -236,29 +238,33 @@ def check_param(
                 f"{', '.join(repr(c) for c in choices)}. Got {value!r} instead."
             )
         return value
-    lo = "-inf" if low is None else low
-    hi = "inf" if high is None else high
-    interval = (
-        ("[" if low_inclusive else "(")
-        + f"{lo}, {hi}"
-        + ("]" if high_inclusive and high is not None else ")")
-    )
-    noun = "an int" if kind == "int" else "a float"
-    msg = f"The {name!r} parameter of {func} must be {noun} in {interval}. Got {value!r} instead."
+    original = value
     if kind == "int":
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-            raise InvalidParameterError(msg)
-        value = int(value)
+        ok = type(value) is int or (
+            not isinstance(value, _BOOLS) and isinstance(value, numbers.Integral)
+        )
+        value = int(value) if ok else value
     else:
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-            raise InvalidParameterError(msg)
-        value = float(value)
-        if not np.isfinite(value):
-            raise InvalidParameterError(msg)
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        raise InvalidParameterError(msg)
-    if high is not None and (value > high or (value == high and not high_inclusive)):
-        raise InvalidParameterError(msg)
+        ok = type(value) in (float, int) or (
+            not isinstance(value, _BOOLS) and isinstance(value, numbers.Real)
+        )
+        value = float(value) if ok else value
+        ok = ok and math.isfinite(value)
+    ok = ok and (low is None or value > low or (value == low and low_inclusive))
+    ok = ok and (high is None or value < high or (value == high and high_inclusive))
+    if not ok:  # the message is built only here: this runs on every kernel call
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        interval = (
+            ("[" if low_inclusive else "(")
+            + f"{lo}, {hi}"
+            + ("]" if high_inclusive and high is not None else ")")
+        )
+        noun = "an int" if kind == "int" else "a float"
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {func} must be {noun} in {interval}. Got "
+            f"{original!r} instead."
+        )
     return value
 
 
@@ -283,7 +289,7 @@ def check_noise_args(func, seed, stream, offset, n, what, detail=""):
 
 def check_u64(value, name, func, limit=1 << 64):
     """An integer in [0, limit): the seed, stream and words of kernels.philox."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+    if isinstance(value, _BOOLS) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"{func}: expected {name} to be an integer, got {type(value).__name__}. "
             f"Pass a Python int or a NumPy integer."
@@ -304,7 +310,7 @@ def check_fill_args(func, seed, stream, n, dtype, offset, out):
     seed = check_u64(seed, "seed", func)
     stream = check_u64(stream, "stream", func)
     for name, value in (("n", n), ("offset", offset)):
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        if isinstance(value, _BOOLS) or not isinstance(value, numbers.Integral):
             raise TypeError(
                 f"{func}: expected {name} to be an integer, got {type(value).__name__}. Pass a "
                 f"Python int."
