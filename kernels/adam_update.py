@@ -10,14 +10,14 @@ size and epsilon so the kernel needs no per-step arrays):
 with step_size = lr sqrt(1 - b2^t) / (1 - b1^t) and eps_hat = eps sqrt(1 - b2^t), which
 equals p - lr m_hat / (sqrt(v_hat) + eps).
 
-Shapes: any; all four arrays share one shape and dtype (float32 or float64) and are
-C-contiguous; p, m and v are updated in place, so they must be writeable and overlap no other
-argument. NumPy evaluates the same formula as eight passes with temporaries; one fused pass
+Shapes: any; all four arrays share one shape and dtype (float32 or float64); p, m and v are
+updated in place. NumPy evaluates the same formula as eight passes with temporaries; one fused pass
 reads and writes each element once.
 
-Checks: every variant checks the four arrays (type, dtype, equal shapes and dtypes,
-C-contiguity: a strided view would be flattened into a copy and the update lost; writeable;
-no overlap) and the scalars (finite; beta1, beta2 in [0, 1); eps_hat >= 0) before any loop.
+Checks: every variant checks the four arrays (type, dtype, equal shapes and dtypes; for the
+NumPy/Numba variants also C-contiguous p, m, v, since a strided view would be flattened into a
+copy and the update lost, writeable, and no overlap between them) and the scalars (finite;
+beta1, beta2 in [0, 1); eps_hat >= 0) before any loop.
 
 Variants:
     adam_update_ref        NumPy, the oracle; the "numpy" backend
@@ -53,7 +53,10 @@ _FUNC = "adam_update"
 def _check(func, p, g, m, v, step_size, beta1, beta2, eps_hat, lib="numpy"):
     """The arguments of one update; returns the scalars as floats."""
     for name, a in (("p", p), ("g", g), ("m", m), ("v", v)):
-        check_array(a, name, func, lib=lib, contiguous=True)
+        # p, m, v are flattened and written in place by the Numba loops: a strided view would
+        # be flattened into a copy and its update lost. g is only read (a strided g is copied);
+        # CuPy's ElementwiseKernel follows strides itself.
+        check_array(a, name, func, lib=lib, contiguous=lib == "numpy" and name != "g")
         if name != "p" and (a.shape != p.shape or a.dtype != p.dtype):
             raise ValueError(
                 f"{func}: expected {name} to match p ({p.dtype} {tuple(p.shape)}), got "
