@@ -23,6 +23,15 @@ Gradients. Every forward method has a hand-derived backward returning a dict key
 ``"logits"``, ``"temperature"`` (a 0-d array: :math:`\\tau` is one scalar) and, for densities,
 ``"value"``; sums over sample and batch axes accumulate in float64 before the cast.
 
+One home for the Gumbel-Softmax. ``RelaxedCategorical.rsample`` is the fused kernel
+``gumbel_softmax`` (``kernels/gumbel_softmax.py``, dispatched by ``lvmcore.backend``: the NumPy
+reference, Numba or CUDA), fed one Philox key from the noise front door ``lvmcore.noise``; the
+noise it returns is that key's Gumbel stream. The soft sample's backward (``rsample_backward``,
+``relaxed_softmax_backward``) is the kernel ``gumbel_softmax_backward``. ``relaxed_softmax``
+keeps the same shifted-score formula for noise the caller already holds (``reparameterize``);
+tests/test_distributions_relaxed.py proves it equal to the kernel's reference on the same
+stream, and the distribution's path equal to the kernel's.
+
 References
 ----------
 Maddison, Mnih & Teh, "The Concrete Distribution: A Continuous Relaxation of Discrete Random
@@ -35,10 +44,18 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_dout, check_param, check_sample_shape, get_xp
+from .. import noise
+from .._validation import (
+    check_array,
+    check_dout,
+    check_param,
+    check_rng,
+    check_sample_shape,
+    get_xp,
+)
+from ..backend import get_backend
 from ..ops.softmax import log_softmax_forward
 from .base import Distribution, _broadcast_value, _sum_to
-from .gumbel import standard_gumbel
 
 __all__ = [
     "RelaxedCategorical",
@@ -160,9 +177,29 @@ def relaxed_softmax_backward(dy, logits, tau, g, log_space=False):
     d, y, _ = _scores(logits, t, g)
     if log_space:
         v = dy - y * dy.sum(axis=-1, keepdims=True)
-    else:
-        v = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
-    return _softmax_vjp_to_params(v, d, t, logits.shape)
+        return _softmax_vjp_to_params(v, d, t, logits.shape)
+    return _kernel_backward(dy, y, d, t, logits.shape)
+
+
+def _rows(xp, a, shape):
+    """``a`` broadcast to ``shape`` (..., C) as C-contiguous rows (M, C) for a kernel."""
+    return xp.ascontiguousarray(xp.broadcast_to(a, shape).reshape(-1, shape[-1]))
+
+
+def _kernel_backward(dy, y, d, tau, logits_shape):
+    """The soft sample's VJP by the ``gumbel_softmax_backward`` kernel, on rows (M, C).
+
+    The kernel takes the softmax argument a = (l + g)/tau; the shifted d = a - max(a) is
+    passed instead (a per-row constant drops out, see ``_softmax_vjp_to_params``), so a stays
+    finite at any temperature. Returns dlogits summed to ``logits_shape`` and dtau (0-d).
+    """
+    be = get_backend(y)
+    xp = be.xp
+    full = tuple(y.shape)
+    dl, dtau = be.kernel("gumbel_softmax_backward")(
+        _rows(xp, dy, full), _rows(xp, y, full), tau, _rows(xp, d, full)
+    )
+    return _sum_to(dl.reshape(full), logits_shape), xp.asarray(dtau, dtype=y.dtype)
 
 
 # --- the ExpConcrete density and its backward ----------------------------------------------
@@ -272,7 +309,7 @@ class ExpRelaxedCategorical(Distribution):
     def rsample(self, rng, shape=()):
         """Reparameterized draw ``(x, g)``: x (*S, ..., C) and its Gumbel noise g."""
         shape = check_sample_shape(shape, f"{type(self).__name__}.rsample")
-        g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
+        g = noise.standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.logits)
         return self.reparameterize(g), g
 
     def sample(self, rng, shape=()):
@@ -418,10 +455,23 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         """Reparameterized draw ``(y, g)``: y (*S, ..., C) (one-hot if ``hard``) and its noise.
 
         Use the returned g with ``rsample_backward`` (see "Gradient flow").
+
+        Notes
+        -----
+        One Philox key from ``rng`` (``lvmcore.noise.philox_key``) feeds the fused
+        ``gumbel_softmax`` kernel of the logits' backend, on the logits broadcast to rows
+        (S * batch, C); g is that key's Gumbel stream (``lvmcore.noise.philox_fill``). On the
+        "numpy" backend y is ``reparameterize(g, hard)`` bit for bit; the Numba and CUDA
+        kernels generate the same stream with their own vectorized log, to a few ulp.
         """
-        shape = check_sample_shape(shape, "RelaxedCategorical.rsample")
-        g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
-        return self.reparameterize(g, hard=hard), g
+        func = "RelaxedCategorical.rsample"
+        full = check_sample_shape(shape, func) + tuple(self.logits.shape)
+        key = noise.philox_key(check_rng(rng, func))
+        be = get_backend(self.logits)
+        rows = _rows(be.xp, self.logits, full)  # (S * batch, C)
+        y = be.kernel("gumbel_softmax")(rows, self._tau, *key, 0, bool(hard))
+        g = noise.philox_fill("gumbel", key, full, self.dtype, self.logits)
+        return y.reshape(full), g
 
     def sample(self, rng, shape=(), hard=False):
         """``rsample(rng, shape, hard)[0]``."""
@@ -451,7 +501,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         func = "RelaxedCategorical.rsample_backward"
         full = self._check_noise(g, func)
         dy = self._check_dout(dy, full, func, name="dy", source="g")
-        dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)
+        dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)  # the kernel's
         return {"logits": dlogits, "temperature": dtau}
 
     def _log_value(self, value, log_space, func):
