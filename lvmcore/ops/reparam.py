@@ -26,15 +26,15 @@ def _check(mu, logvar, eps, func):
         check_array(a, name, func, finite=False)
     check_same_device([mu, logvar, eps], ["mu", "logvar", "eps"], func)
     check_same_dtype([mu, logvar, eps], ["mu", "logvar", "eps"], func)
-    if mu.ndim != 2 or logvar.shape != mu.shape:
+    if mu.ndim < 1 or logvar.shape != mu.shape:
         raise ValueError(
-            f"{func}: expected mu and logvar to have one shape (B, Z), got "
+            f"{func}: expected mu and logvar to have one shape (..., Z), e.g. (B, Z), got "
             f"{tuple(mu.shape)} and {tuple(logvar.shape)}."
         )
-    if eps.ndim < 2 or eps.shape[-2:] != mu.shape:
+    if eps.ndim < mu.ndim or eps.shape[eps.ndim - mu.ndim :] != mu.shape:
         raise ValueError(
-            f"{func}: expected eps to have shape (..., {mu.shape[0]}, {mu.shape[1]}) (leading "
-            f"sample axes, then mu's shape), got {tuple(eps.shape)}."
+            f"{func}: expected eps to have shape (..., {', '.join(map(str, mu.shape))}) "
+            f"(leading sample axes, then mu's shape), got {tuple(eps.shape)}."
         )
 
 
@@ -43,8 +43,8 @@ def reparam_forward(mu, logvar, eps):
 
     Parameters
     ----------
-    mu, logvar : ndarray of shape (B, Z)
-    eps : ndarray of shape (..., B, Z)
+    mu, logvar : ndarray of shape (B, Z), or any (..., Z) of one shape
+    eps : ndarray of shape (..., B, Z): leading sample axes, then mu's shape
         Noise held fixed by the caller, e.g. ``lvmcore.noise.standard_normal``.
 
     Returns
@@ -57,7 +57,7 @@ def reparam_forward(mu, logvar, eps):
     TypeError
         Not float32/float64 arrays of one dtype on one device.
     ValueError
-        mu, logvar not of one shape (B, Z), or eps not of shape (..., B, Z).
+        mu, logvar not of one shape, or eps not of shape (..., *mu.shape).
     """
     _check(mu, logvar, eps, "reparam_forward")
     std = get_xp(mu).exp(0.5 * logvar)  # (B, Z)
