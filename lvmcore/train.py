@@ -362,7 +362,9 @@ def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source,
     flat buffer, and the run folder handled on rank 0, which shares the outcome."""
     xp = get_xp(*model.parameters().values())
     train, valid = comm.run_everywhere(_check_dataset, model, dataset, xp, f)
-    distributed = comm.size > 1
+    # any communicator but SingleProcess takes the data-parallel path, even of one process
+    # (mpiexec -n 1 on one GPU: the NCCL all-reduce at world size 1)
+    distributed = not isinstance(comm, SingleProcess)
     if distributed:
         check_data(comm, {"train": train, "valid": valid})
     n = train.shape[0]
@@ -566,7 +568,7 @@ def _validate(run, epoch, record):
 def _checkpoint_epoch(run, epoch):
     """Replace the checkpoint atomically and append the epoch's record to the metrics (rank 0
     of a data-parallel run, after comparing every process's parameters)."""
-    if run.comm.size > 1:
+    if run.flat is not None:
         check_parameters(run.comm, _run_state(run), when=f"after epoch {epoch}")
     if run.out is None:
         return
