@@ -345,6 +345,7 @@ def families(comm):
         out["naive_drifted"][n] = drifted
     out["gather"] = gathers(comm)
     out["log_likelihood"] = sharded_log_likelihoods(comm)
+    out["emulated"] = emulated(comm)
     return out
 
 
@@ -406,6 +407,10 @@ def emulated(comm):
     from lvmcore.distributed import SingleProcess
     from lvmcore.models import VAE
     from lvmcore.train import fit
+
+    ok, why = fake_cupy.available()
+    if not ok:
+        return {"skipped": why}
 
     d = load_dataset("digits")
     data = Dataset(d.train[:40], d.valid[:10], d.test[:1], d.name, d.shape)

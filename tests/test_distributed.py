@@ -618,3 +618,25 @@ def test_cli_distributed_without_mpi4py_says_how_to_install_it(monkeypatch, tmp_
         assert err.startswith("lvmcore: error: get_communicator: expected mpi4py")
         assert "pip install 'lvmcore[mpi]'" in err
     assert not out.exists()
+
+
+def test_cli_moves_each_rank_to_the_gpu_of_its_local_rank_first(monkeypatch):
+    import lvmcore.backend
+    import lvmcore.distributed
+    from lvmcore.cli._common import to_device
+
+    calls = []
+    monkeypatch.setattr(lvmcore.backend, "array_module", lambda device: calls.append(device) or 7)
+    monkeypatch.setattr(lvmcore.distributed, "select_local_device", lambda c: calls.append(c))
+
+    class Model:
+        def to(self, xp):
+            calls.append(("to", xp))
+
+    comm = _OneProcess()
+    comm.size = 2
+    to_device(Model(), "cuda", comm)
+    assert calls == ["cuda", comm, ("to", 7)]
+    calls.clear()
+    to_device(Model(), "cuda", SingleProcess())  # one process: the current device
+    assert calls == ["cuda", ("to", 7)]
