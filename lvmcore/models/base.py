@@ -209,7 +209,7 @@ class Model:
     eval_chunk_rows: ClassVar[int] = 1 << 13
     # This process's part of the global batch during a data-parallel step
     # (lvmcore.distributed.BatchShard, set by _data_parallel); None in one process.
-    _shard: ClassVar[Any] = None
+    _shard: Any = None
     data_dim: int
     dtype: np.dtype
 
