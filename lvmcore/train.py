@@ -230,8 +230,14 @@ def fit(
     once here, and ``loss_and_grads`` is called with ``validate=False``.
     """
     f = "fit"
-    hyper = _check_hyper(
-        f,
+    if comm is None:
+        comm = SingleProcess()
+    elif not isinstance(comm, Communicator):
+        raise TypeError(
+            f"{f}: expected comm to be a lvmcore.distributed.Communicator or None, got "
+            f"{type(comm).__name__}. Make one with lvmcore.distributed.get_communicator()."
+        )
+    hyper = dict(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -243,18 +249,8 @@ def fit(
         kl_warmup_epochs=kl_warmup_epochs,
         eval_batch_size=eval_batch_size,
     )
-    if resume and out_dir is None:
-        raise ValueError(
-            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
-            f"folder of the run to continue."
-        )
-    if comm is None:
-        comm = SingleProcess()
-    elif not isinstance(comm, Communicator):
-        raise TypeError(
-            f"{f}: expected comm to be a lvmcore.distributed.Communicator or None, got "
-            f"{type(comm).__name__}. Make one with lvmcore.distributed.get_communicator()."
-        )
+    # checked on every process, so that a bad value stops every one of them alike
+    hyper = comm.run_everywhere(_check_arguments, f, hyper, resume, out_dir)
     run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f)
     from tqdm.auto import tqdm
 
@@ -313,8 +309,20 @@ class _Run:
         return None if self.out is None else self.out / CHECKPOINT
 
 
-def _check_hyper(f, **hyper):
-    """Validate fit's hyper-parameters; returns them (as the checkpoint stores them)."""
+def _check_arguments(f, hyper, resume, out_dir):
+    """Validate fit's hyper-parameters and that a resumed run names its folder."""
+    hyper = _check_hyper(f, hyper)
+    if resume and out_dir is None:
+        raise ValueError(
+            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
+            f"folder of the run to continue."
+        )
+    return hyper
+
+
+def _check_hyper(f, hyper):
+    """Validate fit's hyper-parameters (a dict, updated in place); returns them (as the
+    checkpoint stores them)."""
     pos_int = dict(kind="int", low=1, low_inclusive=True)
     hyper["epochs"] = check_param(hyper["epochs"], "epochs", f, **pos_int)
     hyper["batch_size"] = check_param(hyper["batch_size"], "batch_size", f, **pos_int)

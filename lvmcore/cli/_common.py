@@ -71,3 +71,14 @@ def data_label(data):
 def data_source(data):
     """What the checkpoint records: a name, or an absolute path so eval works from anywhere."""
     return data if data in ("digits", "mnist") else os.path.abspath(data)
+
+
+def recorded_data(data, state, where):
+    """The data set to use: ``--data`` when given, else the source the checkpoint recorded
+    (its ``state``); ValueError when neither says."""
+    data = data or state.get("dataset", {}).get("source")
+    if data is None:
+        raise ValueError(
+            f"expected --data: the run in {where} does not record where its data came from."
+        )
+    return data

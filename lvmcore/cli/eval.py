@@ -15,6 +15,7 @@ from ._common import (
     add_device_argument,
     add_distributed_argument,
     add_threads_argument,
+    recorded_data,
     to_device,
 )
 from ._types import nonneg_int, positive_int
@@ -90,12 +91,7 @@ def run(args):
     run_path = Path(args.run)
     path = run_path / CHECKPOINT if run_path.is_dir() else run_path
     config, params, state = comm.run_on_root(_read_run, path)
-    data = args.data or state.get("dataset", {}).get("source")
-    if data is None:
-        with comm.raising_together():
-            raise ValueError(
-                f"expected --data: the run in {path} does not record where its data came from."
-            )
+    data = comm.run_everywhere(recorded_data, args.data, state, path)
     model, x = comm.run_everywhere(_model_and_split, config, params, data, args, comm)
     if comm.size > 1:
         check_data(comm, {args.split: x})

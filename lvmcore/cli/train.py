@@ -24,6 +24,7 @@ from ._common import (
     data_label,
     data_source,
     plural,
+    recorded_data,
     to_device,
 )
 from ._types import int_list, nonneg_int, positive_float, positive_int, unit_float
@@ -217,12 +218,7 @@ def run(args):
         for k, default in TRAIN_DEFAULTS.items():
             if getattr(args, k) is None:
                 setattr(args, k, saved.get(k, default))
-        data = args.data or state.get("dataset", {}).get("source")
-        if data is None:
-            with comm.raising_together():
-                raise ValueError(
-                    f"expected --data: the run in {out} does not record where its data came from."
-                )
+        data = comm.run_everywhere(recorded_data, args.data, state, out)
         if state.get("epoch", 0) >= args.epochs:
             if comm.is_root:
                 print(
