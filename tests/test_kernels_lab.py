@@ -3,6 +3,7 @@ they still import the shipped kernels' private helpers, so each lab script's own
 variant against the shipped reference, before it times anything) runs here at small sizes."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,14 @@ LAB = Path(__file__).resolve().parents[1] / "benchmarks" / "lab"
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"lab_{name}", LAB / f"{name}.py")
+    # Registered in sys.modules under a fixed name before it runs: Numba's on-disk cache
+    # re-imports a cached function's module by name when it loads it.
+    key = f"lvmcore_lab_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, LAB / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
     spec.loader.exec_module(module)
     return module
 

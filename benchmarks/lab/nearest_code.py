@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import report
 
 
-@njit(cache=True)
+@njit(cache=False)
 def _nearest_code_v1(x, cb, cn, tile_n, tile_m, big, index, dist2):
     n = x.shape[0]
     buf = np.empty(tile_m * tile_n, dtype=x.dtype)
