@@ -32,8 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_array, check_levels, check_param, get_xp
-from .nn._checks import check_grad, check_input
+from ._validation import check_array, check_grad, check_input, check_levels, check_param, get_xp
 from .nn.stochastic import GaussianLayer, gaussian_rsample_backward, gaussian_rsample_forward
 from .ops import log_sigmoid, sigmoid
 

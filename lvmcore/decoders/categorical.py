@@ -15,8 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_levels, check_param, get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import check_array, check_grad, check_input, check_levels, check_param, get_xp
 from ..nn.module import MLP
 from ..noise import uniform
 from ..ops import ACTIVATIONS

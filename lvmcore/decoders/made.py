@@ -27,9 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_binary, check_param, get_xp
+from .._validation import check_array, check_binary, check_grad, check_input, check_param, get_xp
 from ..losses.likelihoods import bernoulli_nll_forward
-from ..nn._checks import check_grad, check_input
 from ..nn.made import MADE
 from ..noise import uniform
 from ..ops import sigmoid

@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import check_grad, check_input, check_lead, check_param, get_xp
 from ..nn.made import MADE
 from ..ops import log_sigmoid, sigmoid
 

@@ -18,8 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import check_grad, check_input, check_lead, get_xp
 from ..nn.made import MADE
 
 __all__ = ["MAFStep", "MAFCache"]

@@ -22,8 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import check_array, check_grad, check_input, check_lead, check_param, get_xp
 from ..nn.init import glorot_uniform
 from ..nn.module import Module
 from ..ops import sigmoid, softplus

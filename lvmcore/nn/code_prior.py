@@ -30,10 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_param, get_xp, to_numpy
+from .._validation import check_array, check_grad, check_input, check_param, get_xp, to_numpy
 from ..distributions.gumbel import gumbel_max
 from ..ops.softmax import log_softmax_forward
-from ._checks import check_grad, check_input
 from .made import MADE, MADECache
 from .module import Module
 

@@ -24,9 +24,8 @@ import math
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_param, get_xp, to_numpy
+from .._validation import check_array, check_grad, check_input, check_param, get_xp, to_numpy
 from ..oracles.gmm import GMM
-from ._checks import check_grad, check_input
 from .module import MLP
 
 __all__ = [

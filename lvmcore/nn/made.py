@@ -23,9 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, get_xp, to_numpy
+from .._validation import check_grad, check_input, check_lead, check_param, get_xp, to_numpy
 from ..ops import ACTIVATIONS, linear_backward, linear_forward
-from ._checks import check_grad, check_input, check_lead
 from .init import glorot_uniform
 from .module import Module
 

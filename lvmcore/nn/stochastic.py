@@ -22,10 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
+from .._validation import check_array, check_grad, check_input, check_param, get_xp
 from ..distributions.normal import DiagNormal
 from ..ops import reparam_backward, reparam_forward
-from ._checks import check_grad, check_input
 from .module import MLP
 
 __all__ = [

@@ -20,8 +20,7 @@ weights): it leaves the parameter gradients alone, so the prior's parameters are
 
 import numpy as np
 
-from .._validation import get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import check_grad, check_input, get_xp
 from ..nn.module import Module
 from ..noise import standard_normal, uniform
 

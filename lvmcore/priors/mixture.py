@@ -21,8 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import check_array, check_grad, check_input, check_param, get_xp
 from ..ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward, softmax
 from .base import Prior
 

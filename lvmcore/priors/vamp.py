@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, to_numpy
-from ..nn._checks import check_input
+from .._validation import check_array, check_input, check_param, to_numpy
 from .base import Prior
 from .mixture import (
     MixtureNoise,
