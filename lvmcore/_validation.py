@@ -267,6 +267,30 @@ def check_float_dtype(dtype, func, name="dtype"):
     return dt
 
 
+def check_sizes(sizes, name, func, *, low=1):
+    """Layer widths: a sequence (tuple, list) of ints >= ``low``; returned as a tuple.
+
+    A single int (``hidden=8``), a string or a float is refused rather than iterated or
+    wrapped: the caller says what it means (``hidden=(8,)``).
+    """
+    msg = (
+        f"The {name!r} parameter of {func} must be a sequence of ints in [{low}, inf), e.g. "
+        f"(200, 200) or () for none. Got {sizes!r} instead."
+    )
+    if isinstance(sizes, (str, bytes, numbers.Number)) or not hasattr(sizes, "__iter__"):
+        raise InvalidParameterError(msg)
+    try:
+        items = tuple(sizes)
+    except TypeError:
+        raise InvalidParameterError(msg) from None
+    if not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s >= low
+        for s in items
+    ):
+        raise InvalidParameterError(msg)
+    return tuple(int(s) for s in items)
+
+
 def check_xp(xp, func):
     """The array module argument: None (numpy), numpy or cupy."""
     if xp is None:
