@@ -1,12 +1,19 @@
 """``lvmcore eval RUN``: the report of :func:`lvmcore.evaluate.evaluate_report` on a data split,
-printed and written into ``RUN/eval.json``."""
+printed and written into ``RUN/eval.json``.
+
+``eval.json`` is strict JSON (RFC 8259): a value that is not a finite number, such as the
+standard error of a one-row split, is written as null. It is replaced atomically, like every
+file of the run folder. The checkpoint's recorded runtime (BLAS library and threads, NumPy,
+device) is compared with this process's; a difference is reported as a
+``RuntimeDifferenceWarning`` (the numbers may then differ in the last digits).
+"""
 
 import json
 import time
 from pathlib import Path
 
 from ._common import PROG, add_device_argument, add_threads_argument, to_device
-from ._types import nonneg_int, positive_int
+from ._types import nonempty_text, nonneg_int, positive_int
 
 
 def add_parser(sub):
@@ -19,6 +26,7 @@ def add_parser(sub):
     e.add_argument(
         "--data",
         default=None,
+        type=nonempty_text("digits, mnist or a path"),
         metavar="digits|mnist|PATH",
         help="data set (default: the one the run was trained on)",
     )
@@ -70,10 +78,10 @@ def add_parser(sub):
 
 
 def run(args):
-    from ..checkpoint import load_checkpoint, load_model
+    from ..checkpoint import load_checkpoint, load_model, warn_runtime_differences
     from ..data import load_dataset
     from ..evaluate import evaluate_report
-    from ..train import CHECKPOINT
+    from ..train import CHECKPOINT, json_safe, write_text_atomic
 
     run_path = Path(args.run)
     path = run_path / CHECKPOINT if run_path.is_dir() else run_path
@@ -85,6 +93,13 @@ def run(args):
             f"expected --data: the run in {path} does not record where its data came from."
         )
     x = getattr(load_dataset(data), args.split)
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"expected the {args.split} split of {data} to hold at least one row, got "
+            f"{tuple(x.shape)}. Evaluate another split (--split test|valid|train) or data set "
+            f"(--data)."
+        )
+    warn_runtime_differences(state, "evaluation", like=next(iter(model.parameters().values())))
     t0 = time.perf_counter()
     report, lines = evaluate_report(
         model,
@@ -100,7 +115,7 @@ def run(args):
     result.update(report)
     result["seconds"] = time.perf_counter() - t0
     out = path.parent / "eval.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     print(f"{PROG}: {path} (epoch {state.get('epoch')}), {result['seconds']:.1f} s")
     for line in lines:
         print(f"  {line}")

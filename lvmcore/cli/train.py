@@ -20,7 +20,14 @@ from ._common import (
     plural,
     to_device,
 )
-from ._types import int_list, nonneg_int, positive_float, positive_int, unit_float
+from ._types import (
+    int_list,
+    nonempty_text,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 
 __all__ = ["add_parser", "run", "TRAIN_DEFAULTS", "MODEL_DEFAULTS", "SHARED_MODEL_FLAGS"]
 
@@ -106,19 +113,24 @@ def add_parser(sub):
     t.add_argument(
         "--model",
         choices=sorted(MODELS),
-        default="vae",
-        help="model to train (default: vae): "
+        default=None,  # "vae"; None tells a --resume that --model was left out
+        help="model to train (default: vae; with --resume: the run's): "
         + "; ".join(f"{k}: {cls.help}" for k, cls in MODELS.items()),
     )
     t.add_argument(
         "--data",
         default=None,
+        type=nonempty_text("digits, mnist or a path"),
         metavar="digits|mnist|PATH",
         help="'digits' (embedded, default), 'mnist' (path in $LVMCORE_MNIST), or a "
         "folder of binarized_mnist_*.amat files / an .npz",
     )
     t.add_argument(
-        "--out", default=None, metavar="DIR", help="run folder (default: runs/<model>-<data>)"
+        "--out",
+        default=None,
+        type=nonempty_text("a folder"),
+        metavar="DIR",
+        help="run folder (default: runs/<model>-<data>)",
     )
     t.add_argument(
         "--resume",
@@ -202,7 +214,7 @@ def run(args):
     out = (
         Path(args.out)
         if args.out
-        else Path("runs") / f"{args.model}-{data_label(args.data or 'digits')}"
+        else Path("runs") / f"{args.model or 'vae'}-{data_label(args.data or 'digits')}"
     )
     if args.resume:
         if model_flags:
@@ -212,6 +224,12 @@ def run(args):
                 f"comes from the checkpoint in {out}; start a new run to change it."
             )
         config, _, _, state = load_checkpoint(out / CHECKPOINT)
+        if args.model is not None and args.model != config.get("model"):
+            raise ValueError(
+                f"expected --model {config.get('model')} (the model of the run in {out}) with "
+                f"--resume, got --model {args.model}. Leave --model out to continue that run, "
+                f"or start the {args.model} run in another --out."
+            )
         saved = state.get("hyper", {})
         for k, default in TRAIN_DEFAULTS.items():
             if getattr(args, k) is None:
@@ -230,6 +248,7 @@ def run(args):
         dataset = load_dataset(data)
         model = build_model(config)
     else:
+        args.model = args.model or "vae"
         cls = get_model_class(args.model)
         # The chosen model's own defaults first: models may share a flag (--k, --estimator)
         # with different defaults, and a shared flag is not foreign to the chosen model.
