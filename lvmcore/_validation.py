@@ -220,6 +220,16 @@ def check_cache(cache, cls, func, name="cache"):
     return cache
 
 
+def check_pair(pair, name, what, func):
+    """An upstream gradient given as a pair ``what`` (e.g. "(dz, dlog_q)"), either entry None."""
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(
+            f"{func}: expected {name} to be a pair {what} (either may be None), got "
+            f"{type(pair).__name__}."
+        )
+    return tuple(pair)
+
+
 def check_rng(rng, func):
     """Return ``rng`` if it is a NumPy (or CuPy) Generator; TypeError otherwise."""
     if isinstance(rng, np.random.Generator):

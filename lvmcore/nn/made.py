@@ -307,7 +307,8 @@ class MADE(Module):
                 ctx_lead = tuple(context.shape[:-1])
                 c2 = context.reshape(-1, self.context_dim)  # (M, C)
                 ctx = (c2 @ self.params["Wc"]).reshape(ctx_lead + (a.shape[1],))  # (..., H_1)
-                a = (a.reshape(lead + (a.shape[1],)) + ctx).reshape(x2.shape[0], -1)
+                # widths named, not -1: reshape(0, -1) is ambiguous for zero rows
+                a = (a.reshape(lead + (a.shape[1],)) + ctx).reshape(x2.shape[0], a.shape[1])
             if l < self.n_layers - 1:
                 h, ac = act_forward(a)
                 acts.append(ac)
@@ -345,7 +346,7 @@ class MADE(Module):
     def _backward(self, dy, cache, grads):
         _, act_backward = ACTIVATIONS[self.activation]
         N, ZW = cache.x.shape
-        da = dy.reshape(N, -1)  # (N, P*Z)
+        da = dy.reshape(N, self.n_outputs_per_dim * self.n_in)  # (N, P*Z)
         dx_direct = None
         if self.direct:
             Wd = self._masked("Wd")

@@ -37,6 +37,8 @@ class StandardNormalPrior(Prior):
     so that a model treats every prior alike. ``params`` and ``grads`` are empty.
     """
 
+    _cache_type = StandardNormalCache
+
     def __init__(self, n_latent, *, dtype=np.float32):
         super().__init__()
         func = "StandardNormalPrior"

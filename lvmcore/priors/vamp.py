@@ -82,6 +82,8 @@ class VampPrior(Prior):
     J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018, eq. 9.
     """
 
+    _cache_type = VampPriorCache
+
     def __init__(
         self,
         encoder,
