@@ -24,9 +24,17 @@ import math
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_grad, check_input, check_param, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_cache,
+    check_grad,
+    check_input,
+    check_param,
+    get_xp,
+    to_numpy,
+)
 from ..oracles.gmm import GMM
-from .module import MLP
+from .module import MLP, MLPCache
 
 __all__ = [
     "Discriminator",
@@ -96,8 +104,11 @@ class Discriminator(MLP):
 
     def backward(self, dlogits, cache, need_dx=True):
         """Accumulate parameter gradients; return dz (N, Z) (None with ``need_dx=False``)."""
+        check_cache(cache, MLPCache, "Discriminator.backward")
         N = cache.linear[0].x.shape[0]
-        check_grad(dlogits, "dlogits", (N,), "Discriminator.backward")
+        check_grad(
+            dlogits, "dlogits", (N,), "Discriminator.backward", dtype=cache.linear[0].x.dtype
+        )
         return super().backward(dlogits[:, None], cache, need_dx=need_dx)
 
 
@@ -197,6 +208,13 @@ def mixture_target_sample(rng, n, mixture, dtype=np.float32, like=None):
             f"{func}: expected mixture to be a GMM (log_pi, means, variances), got "
             f"{type(mixture).__name__}. Build one with circle_mixture(...)."
         )
+    for name, a in zip(("log_pi", "means", "variances"), mixture):
+        kind = to_numpy(a).dtype.kind
+        if kind not in "iuf":  # complex, object, bool: never cast silently
+            raise TypeError(
+                f"{func}: expected mixture.{name} to be real numbers, got dtype "
+                f"{to_numpy(a).dtype}. Pass float arrays (circle_mixture(...) builds them)."
+            )
     log_pi, means, variances = (to_numpy(a, np.float64) for a in mixture)
     C = log_pi.shape[0] if log_pi.ndim == 1 else -1
     if C < 1 or means.ndim != 2 or means.shape[0] != C or variances.shape != means.shape:
