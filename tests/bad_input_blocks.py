@@ -84,6 +84,9 @@ MODEL_CONFIGS = {
 }
 
 
+_OWN = object()  # "the drawn dtype" in the builders below (None is a probe value)
+
+
 def _gen(seed=0):
     return np.random.default_rng(seed)
 
@@ -281,8 +284,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def make_prior(kind, s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def make_prior(kind, s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         if kind == "StandardNormalPrior":
             return StandardNormalPrior(s.D, dtype=dtype)
         if kind == "MixturePrior":
@@ -360,8 +363,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def decoder(kind, s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def decoder(kind, s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         if kind == "CategoricalDecoder":
             return CategoricalDecoder((2, 3, s.D), L, "tanh", _gen(), dtype=dtype)
         return MADEDecoder(s.D, 2, (4,), _gen(), input_dropout=0.2, dtype=dtype)
@@ -455,8 +458,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def dequantizer(s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def dequantizer(s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return VariationalDequantizer((s.D, 3, s.D), L, "tanh", _gen(), dtype=dtype)
 
     add(
@@ -510,8 +513,8 @@ def register(entry, Call, rng):
 
     CTX = 2  # context width of the amortized steps
 
-    def step(kind, s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def step(kind, s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         if kind == "IAFStep":
             return IAFStep(s.D, (4,), _gen(), context_dim=CTX, direct=True, dtype=dtype)
         if kind == "MAFStep":
@@ -599,8 +602,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def posterior(kind, s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def posterior(kind, s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         if kind == "iaf":
             return iaf_posterior(s.D, 2, (4,), _gen(), context_dim=CTX, direct=True, dtype=dtype)
         return planar_posterior(s.D, 2, _gen(), context_dim=CTX, dtype=dtype)
@@ -663,8 +666,8 @@ def register(entry, Call, rng):
 
     # --- nn: MADE, stochastic layers, code prior, discriminator ------------------------------
 
-    def made(s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def made(s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return MADE(
             s.D, (4,), _gen(), n_outputs_per_dim=2, context_dim=CTX, direct=True, dtype=dtype
         )
@@ -704,8 +707,8 @@ def register(entry, Call, rng):
             )(made(s)),
         )
 
-    def layer(s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def layer(s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return GaussianLayer((3, 4, s.D), "tanh", _gen(), dtype=dtype)
 
     add(
@@ -778,8 +781,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def code_prior(s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def code_prior(s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return CodePrior(s.D, s.C, (4,), _gen(), context_dim=CTX, dtype=dtype)
 
     def codes(s, n=None):
@@ -856,8 +859,8 @@ def register(entry, Call, rng):
         ),
     )
 
-    def disc(s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def disc(s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return Discriminator(s.D, (4,), _gen(), activation="tanh", dtype=dtype)
 
     add(
@@ -956,8 +959,8 @@ def register(entry, Call, rng):
 
     # --- models of the registry -------------------------------------------------------------
 
-    def model(name, s, dtype=None):
-        dtype = s.dtype if dtype is None else dtype
+    def model(name, s, dtype=_OWN):
+        dtype = s.dtype if dtype is _OWN else dtype
         return MODELS[name](s.D, **MODEL_CONFIGS[name], dtype=dtype)
 
     missing = sorted(set(MODELS) - set(MODEL_CONFIGS))

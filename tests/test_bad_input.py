@@ -759,6 +759,11 @@ register(entry, Call, rng)
 # --- the probes --------------------------------------------------------------------------------
 
 
+# Hyper-parameter probes that no correct call accepts (dtype=None is float64 to numpy.dtype,
+# a silent default): they must raise.
+_MUST_RAISE = {"None dtype", "int dtype", "float16 dtype", "fractional int", "str int"}
+
+
 def _hyper_probes(name):
     """Bad values for an integer or dtype argument."""
     if name == "dtype":
@@ -855,6 +860,8 @@ def _check_probe(entry_name, build, s, arg, kind, probe, want):
         raise Unclear(
             f"{entry_name}: {kind} {arg}: {type(err).__name__}: {str(err)[:200]}"
         ) from None
+    if kind in _MUST_RAISE:
+        raise Unclear(f"{entry_name}: {kind} {arg}: accepted without an error")
     got = _arrays(out)
     if kind == "nan":
         if call.nan_propagates and not any(np.isnan(a).any() for a in got):

@@ -25,6 +25,7 @@ import numpy as np
 from .._validation import (
     check_array,
     check_cache,
+    check_float_dtype,
     check_grad,
     check_input,
     check_lead,
@@ -274,9 +275,7 @@ class PlanarStep(Module):
         func = "PlanarStep"
         Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
         C = check_param(context_dim, "context_dim", func, kind="int", low=0, low_inclusive=True)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.n_latent, self.context_dim = Z, C
         a = 1.0 / np.sqrt(Z)
         if C == 0:

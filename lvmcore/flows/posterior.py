@@ -18,8 +18,11 @@ fixed: :meth:`FlowPosterior.dlogq_dz`.
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .._validation import (
     check_cache,
+    check_float_dtype,
     check_grad,
     check_input,
     check_pair,
@@ -280,7 +283,7 @@ def iaf_posterior(
     forget_bias=1.0,
     direct=False,
     activation="tanh",
-    dtype=None,
+    dtype=np.float32,
 ):
     """A FlowPosterior of ``flow_steps`` IAF steps, the order reversed between steps.
 
@@ -292,7 +295,6 @@ def iaf_posterior(
     T = check_param(
         flow_steps, "flow_steps", "iaf_posterior", kind="int", low=1, low_inclusive=True
     )
-    kw = {} if dtype is None else {"dtype": dtype}
     return FlowPosterior(
         IAFStep(
             n_latent,
@@ -303,13 +305,13 @@ def iaf_posterior(
             forget_bias=forget_bias,
             direct=direct,
             activation=activation,
-            **kw,
+            dtype=check_float_dtype(dtype, "iaf_posterior"),
         )
         for t in range(T)
     )
 
 
-def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=None):
+def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=np.float32):
     """A FlowPosterior of ``flow_steps`` planar steps.
 
     Raises
@@ -320,5 +322,7 @@ def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=None):
     T = check_param(
         flow_steps, "flow_steps", "planar_posterior", kind="int", low=1, low_inclusive=True
     )
-    kw = {} if dtype is None else {"dtype": dtype}
-    return FlowPosterior(PlanarStep(n_latent, rng, context_dim=context_dim, **kw) for _ in range(T))
+    dtype = check_float_dtype(dtype, "planar_posterior")
+    return FlowPosterior(
+        PlanarStep(n_latent, rng, context_dim=context_dim, dtype=dtype) for _ in range(T)
+    )

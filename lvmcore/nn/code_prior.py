@@ -33,6 +33,7 @@ from .. import noise
 from .._validation import (
     check_array,
     check_cache,
+    check_float_dtype,
     check_grad,
     check_input,
     check_param,
@@ -119,7 +120,7 @@ class CodePrior(Module):
         func = "CodePrior"
         S = check_param(n_slots, "n_slots", func, kind="int", low=1, low_inclusive=True)
         M = check_param(n_codes, "n_codes", func, kind="int", low=2, low_inclusive=True)
-        dtype = np.dtype(dtype)
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         if embedding is None:
             table = np.eye(M, dtype=dtype)
         else:

@@ -27,6 +27,7 @@ from .. import noise
 from .._validation import (
     check_array,
     check_cache,
+    check_float_dtype,
     check_grad,
     check_input,
     check_param,
@@ -138,6 +139,7 @@ def gaussian_target_sample(rng, n, n_latent, dtype=np.float32, like=None):
     func = "gaussian_target_sample"
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
     Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
+    dtype = check_float_dtype(dtype, func)
     return noise.standard_normal(rng, (n, Z), dtype, like=_like(like, func))
 
 
@@ -203,6 +205,7 @@ def mixture_target_sample(rng, n, mixture, dtype=np.float32, like=None):
     """
     func = "mixture_target_sample"
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
+    dtype = check_float_dtype(dtype, func)
     if not isinstance(mixture, tuple) or len(mixture) != 3:
         raise TypeError(
             f"{func}: expected mixture to be a GMM (log_pi, means, variances), got "

@@ -26,6 +26,7 @@ import numpy as np
 from .._validation import (
     check_array,
     check_cache,
+    check_float_dtype,
     check_grad,
     check_input,
     check_lead,
@@ -200,9 +201,7 @@ class MADE(Module):
             kind="choice",
             choices=("tanh", "relu", "softplus", "sigmoid"),
         )
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.order = self._make_order(order, Z, rng, func)
         self.n_in, self.hidden, self.n_outputs_per_dim = Z, hidden, P
         self.input_width = W

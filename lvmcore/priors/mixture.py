@@ -21,7 +21,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_cache, check_grad, check_input, check_param, get_xp
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_param,
+    get_xp,
+)
 from ..ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward, softmax
 from .base import Prior
 
@@ -338,9 +346,7 @@ class MixturePrior(Prior):
         Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
         C = check_param(n_components, "n_components", func, kind="int", low=1, low_inclusive=True)
         init_std = check_param(init_std, "init_std", func, low=0, low_inclusive=True)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.n_latent, self.n_components = Z, C
         self._add_param("mu", (init_std * rng.standard_normal((C, Z))).astype(dtype))
         self._add_param("logvar", np.zeros((C, Z), dtype=dtype))
