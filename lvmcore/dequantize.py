@@ -32,8 +32,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_array, check_levels, check_param, get_xp
-from .nn._checks import check_grad, check_input
+from ._validation import (
+    check_array,
+    check_cache,
+    check_grad,
+    check_input,
+    check_levels,
+    check_pair,
+    check_param,
+    get_xp,
+)
 from .nn.stochastic import GaussianLayer, gaussian_rsample_backward, gaussian_rsample_forward
 from .ops import log_sigmoid, sigmoid
 
@@ -186,7 +194,8 @@ def logit_normal_backward(dout, cache):
     and :func:`lvmcore.nn.stochastic.gaussian_rsample_backward` takes ``(ds, dlog_q)`` to
     (dmu, dlogvar), adding the Gaussian's :math:`-\\tfrac12 dlog\\_q` per dimension.
     """
-    du, dlog_q = dout
+    check_cache(cache, LogitNormalCache, "logit_normal_backward")
+    du, dlog_q = check_pair(dout, "dout", "(du, dlog_q)", "logit_normal_backward")
     u, omu = cache.u, cache.one_minus_u
     ds = get_xp(u).zeros_like(u)
     if du is not None:
@@ -281,7 +290,14 @@ class VariationalDequantizer(GaussianLayer):
             (*S, B), e.g. minus the bound's weights. Either may be None.
         cache : VariationalDequantizerCache
         """
-        dy, dlog_q = dout
+        func = "VariationalDequantizer.backward"
+        check_cache(cache, VariationalDequantizerCache, func)
+        dy, dlog_q = check_pair(dout, "dout", "(dy, dlog_q)", func)
+        u = cache.logit_normal.u
+        if dy is not None:
+            check_grad(dy, "dy", u.shape, func, dtype=u.dtype)
+        if dlog_q is not None:
+            check_grad(dlog_q, "dlog_q", u.shape[:-1], func, dtype=u.dtype)
         du = None if dy is None else dy / dy.dtype.type(cache.levels)
         dmu, dlogvar = logit_normal_backward((du, dlog_q), cache.logit_normal)
         GaussianLayer.backward(self, (dmu, dlogvar), cache.net, need_dh=False)
@@ -330,4 +346,5 @@ def bits_per_dim(log_px, n_dims):
     """:math:`-\\log P(x) / (D \\ln 2)`: a log-likelihood (or bound) in nats per data point
     turned into bits per dimension (lower is better)."""
     D = check_param(n_dims, "n_dims", "bits_per_dim", kind="int", low=1, low_inclusive=True)
+    check_array(log_px, "log_px", "bits_per_dim", allow_inf=True)
     return -log_px / (D * _LN2)

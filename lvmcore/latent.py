@@ -144,7 +144,7 @@ def _check_labels(labels, n_rows, func, name="labels", n_classes=None):
         )
     if labels.shape[0] != n_rows:
         raise ValueError(
-            f"{func}: expected {name} to have one entry per latent row ({n_rows}), got length "
+            f"{func}: expected {name} to have one entry per row of z ({n_rows}), got length "
             f"{labels.shape[0]}."
         )
     hi = "inf" if n_classes is None else n_classes
@@ -275,10 +275,13 @@ def traverse(z, values):
     """
     func = "traverse"
     check_array(z, "z", func, ndim=1)
-    values = get_xp(z).asarray(values, dtype=z.dtype)
-    check_array(values, "values", func, ndim=1)
+    values = get_xp(z).asarray(values)  # a list of numbers is accepted
+    if values.dtype.kind not in "iuf":  # complex, object, bool: never cast silently
+        check_array(values, "values", func)
+    check_array(values.astype(z.dtype), "values", func, ndim=1)
+    values = values.astype(z.dtype)
     if values.shape[0] < 1:
-        raise ValueError(f"{func}: expected at least one value, got an empty array.")
+        raise ValueError(f"{func}: expected values to hold at least one value, got an empty array.")
     xp = get_xp(z)
     Z, V = z.shape[0], values.shape[0]
     out = xp.broadcast_to(z, (Z, V, Z)).copy()  # (Z, V, Z)

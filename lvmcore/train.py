@@ -17,7 +17,9 @@ Files written into ``out_dir``:
 
     checkpoint.npz    model, optimizer and training state after the last finished epoch
                       (see :mod:`lvmcore.checkpoint`), replaced atomically each epoch
-    metrics.jsonl     one JSON record per epoch (the same records ``fit`` returns)
+    metrics.jsonl     one JSON record per epoch (the same records ``fit`` returns; a
+                      non-finite number is written as null), replaced atomically each epoch
+    .lvmcore.lock     while ``fit`` runs: the pid and host of the process writing the folder
     samples.png, reconstructions.png, bounds.png    at the end (:mod:`lvmcore.plots`)
     code_usage.png    at the end, for models with discrete codes (VQ-VAE: the model's
                       ``write_extra_pictures``)
@@ -42,6 +44,19 @@ one stand-in row with weight 0. Rank 0 alone writes the run folder and decides w
 it (an earlier run, the checkpoint to resume), sharing the outcome; the data are checksummed at
 the start and the parameters after every epoch; the validation bound is computed on rank 0.
 
+Every file of the folder is written whole or not at all: through a temporary file beside it
+(``lvmcore.checkpoint.create_temp``) and ``os.replace``. ``metrics.jsonl`` is rewritten from
+the history each epoch rather than appended to: a few kilobytes per epoch, and the file is then
+always a prefix of the checkpoint's history, never a torn or interleaved line. Temporary files
+that a killed run left behind (its own name pattern, a process no longer running) are removed
+when a run starts or resumes in the folder.
+
+One writer per folder: ``fit`` creates the lock file ``.lvmcore.lock`` with ``O_CREAT |
+O_EXCL`` before touching anything and removes it when it returns or fails, so a second run
+into the same folder fails at once instead of interleaving its files with the first. A lock
+left by a process that no longer runs on this host is taken over (with a message on stderr); a
+lock of a live process, or of another host, is an error naming the process.
+
 The model is used through the contract of :mod:`lvmcore.models.base` only.
 """
 
@@ -50,6 +65,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +76,7 @@ import numpy as np
 
 from . import __version__
 from ._validation import check_array, check_binary, check_param, get_xp, to_numpy
-from .checkpoint import create_temp, load_checkpoint, save_checkpoint
+from .checkpoint import create_temp, load_checkpoint, save_checkpoint, warn_runtime_differences
 from .distributed import (
     BatchShard,
     Communicator,
@@ -77,8 +95,11 @@ __all__ = [
     "kl_warmup_weight",
     "step_rng",
     "write_pictures",
+    "write_text_atomic",
+    "json_safe",
     "CHECKPOINT",
     "METRICS",
+    "LOCK",
     "RUN_FILES",
 ]
 
@@ -86,6 +107,9 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 PICTURES = ("samples.png", "reconstructions.png", "bounds.png", "code_usage.png")
 RUN_FILES = (CHECKPOINT, METRICS, "eval.json") + PICTURES
+LOCK = ".lvmcore.lock"
+# lvmcore.checkpoint.create_temp's names: .<file>.<pid>.<8 hex digits>.tmp
+_TEMP_NAME = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 _NOISE, _VALID, _SHUFFLE, _SAMPLES = 1, 2, 3, 4
 # Hyper-parameters that fix the data order, the noise and the optimizer state layout: a resumed
@@ -212,7 +236,10 @@ def fit(
     ValueError, TypeError
         For data the model cannot take, or a checkpoint that does not match on ``resume``.
     FileExistsError
-        When ``out_dir`` holds an earlier run and neither ``resume`` nor ``overwrite`` is set.
+        When ``out_dir`` holds an earlier run and neither ``resume`` nor ``overwrite`` is set,
+        or another process is training into ``out_dir`` (its lock file names it).
+    NotADirectoryError
+        When ``out_dir`` is a file.
     TrainingDivergedError
         When a step's loss or gradient is NaN or infinite. That step is not applied, and the
         checkpoint in ``out_dir`` stays the one of the last finished epoch (named in the
@@ -251,27 +278,35 @@ def fit(
     )
     # checked on every process, so that a bad value stops every one of them alike
     hyper = comm.run_everywhere(_check_arguments, f, hyper, resume, out_dir)
-    run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f)
-    from tqdm.auto import tqdm
+    # one writer per run folder: rank 0 takes the lock, and every rank fails alike without it
+    lock = None
+    if out_dir is not None:
+        lock = comm.run_on_root(_lock_run, Path(os.fspath(out_dir)), resume, f)
+    try:
+        run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f)
+        from tqdm.auto import tqdm
 
-    with tqdm(
-        total=hyper["epochs"] * run.steps_per_epoch,
-        initial=run.step,
-        disable=not progress or not comm.is_root,
-        unit="step",
-        dynamic_ncols=True,
-        leave=True,
-    ) as bar:
-        for epoch in range(run.start_epoch, hyper["epochs"] + 1):
-            t0 = time.perf_counter()
-            record = _train_epoch(run, epoch, bar)
-            _validate(run, epoch, record)
-            record["seconds"] = time.perf_counter() - t0
-            run.history.append(record)
-            _checkpoint_epoch(run, epoch)
+        with tqdm(
+            total=hyper["epochs"] * run.steps_per_epoch,
+            initial=run.step,
+            disable=not progress or not comm.is_root,
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+        ) as bar:
+            for epoch in range(run.start_epoch, hyper["epochs"] + 1):
+                t0 = time.perf_counter()
+                record = _train_epoch(run, epoch, bar)
+                _validate(run, epoch, record)
+                record["seconds"] = time.perf_counter() - t0
+                run.history.append(record)
+                _checkpoint_epoch(run, epoch)
 
-    if run.out is not None and comm.is_root:
-        write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
+        if run.out is not None and comm.is_root:
+            write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
+    finally:
+        if comm.is_root:
+            _unlock_run(lock)
     return [dict(r) for r in run.history]
 
 
@@ -436,7 +471,7 @@ def _resume_on_root(run, distributed, f):
     history, start_epoch, step = _resume(
         run.ckpt_path, run.model, run.opt, run.hyper, run.data_info, f
     )
-    _write_text_atomic(run.out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    _write_metrics(run.out, history)
     arrays = None
     if distributed:
         arrays = (
@@ -574,8 +609,8 @@ def _validate(run, epoch, record):
 
 
 def _checkpoint_epoch(run, epoch):
-    """Replace the checkpoint atomically and append the epoch's record to the metrics (rank 0
-    of a data-parallel run, after comparing every process's parameters)."""
+    """Replace the checkpoint and then the metrics (with the epoch's record), atomically (rank
+    0 of a data-parallel run, after comparing every process's parameters)."""
     if run.flat is not None:
         check_parameters(run.comm, _run_state(run), when=f"after epoch {epoch}")
     if run.out is None:
@@ -594,8 +629,7 @@ def _checkpoint_epoch(run, epoch):
     )
     save_checkpoint(run.ckpt_path, run.model, run.opt, state)
     run.last_good = run.ckpt_path
-    with open(run.out / METRICS, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(run.history[-1]) + "\n")
+    _write_metrics(run.out, run.history)
 
 
 def _bound_of(sums):
@@ -681,7 +715,6 @@ def _check_dataset(model, dataset, xp, f):
 
 
 def _start_fresh(out, overwrite, f):
-    out.mkdir(parents=True, exist_ok=True)
     if (out / CHECKPOINT).exists():
         if not overwrite:
             raise FileExistsError(
@@ -692,12 +725,13 @@ def _start_fresh(out, overwrite, f):
     if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    _write_text_atomic(out / METRICS, "")
+    write_text_atomic(out / METRICS, "")
 
 
 def _resume(path, model, opt, hyper, data_info, f):
     """Load a checkpoint into model and optimizer; returns (history, next epoch, step)."""
     config, params, optim, state = load_checkpoint(path)
+    warn_runtime_differences(state, "resume", like=next(iter(model.parameters().values())))
     mine = json.loads(json.dumps(model.config()))
     if config != mine:
         diff = sorted(k for k in set(config) | set(mine) if config.get(k) != mine.get(k))
@@ -732,15 +766,177 @@ def _resume(path, model, opt, hyper, data_info, f):
     return list(state.get("history", [])), int(state["epoch"]) + 1, int(state["step"])
 
 
-def _write_text_atomic(path, text):
+def write_text_atomic(path, text):
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all: into a temporary file beside
+    it, flushed and fsynced, then moved over ``path`` with ``os.replace``. On any error (a full
+    disk, an interrupt) the temporary file is removed and ``path`` keeps its old content."""
+    path = Path(os.fspath(path))
     fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, +-Inf) replaced by None, recursively
+    through dicts, lists and tuples: what ``json.dumps(..., allow_nan=False)`` accepts (RFC 8259
+    has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _write_metrics(out, history):
+    """Rewrite ``metrics.jsonl`` from the whole history, atomically (module docstring)."""
+    write_text_atomic(
+        out / METRICS, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in history)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per run folder
+# ----------------------------------------------------------------------------------------------
+
+
+def _make_run_folder(out, f):
+    """Create the run folder (and its parents); a clear error when a file is in the way."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"{f}: expected out_dir to be a folder (or a path where one can be created), got "
+            f"the file {out}. Choose another out_dir."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            f"{f}: expected to create the run folder {out}, got {err.strerror or err} "
+            f"({err.filename}). Choose an out_dir under a writable folder."
+        ) from None
+
+
+def _pid_alive(pid):
+    """Whether process ``pid`` runs on this host (True when that cannot be told)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists under another user
+        return True
+    return True
+
+
+def _read_lock(path):
+    """(text, pid, host) of a lock file; pid and host are None when unreadable or not yet
+    written (a process between creating and filling it)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, None, None
+    parts = text.split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        return text, None, None
+    return text, int(parts[0]), parts[1]
+
+
+def _take_over(path, text):
+    """Remove the stale lock ``path`` if it still holds ``text``: moved aside first (one
+    process wins the rename), put back if another process locked the folder meanwhile."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process took it over first
+    if _read_lock(aside)[0] != text:
+        try:
+            os.link(aside, path)  # a live lock moved by mistake: restore it
+        except OSError:
+            pass
+    aside.unlink(missing_ok=True)
+
+
+def _lock_run(out, resume, f):
+    """Lock the run folder ``out`` for this process (module docstring); returns (path, text)
+    for :func:`_unlock_run`. Creates the folder for a fresh run; then removes temporary files
+    that killed runs left in it."""
+    if resume and not out.is_dir():
+        load_checkpoint(out / CHECKPOINT)  # its FileNotFoundError names the missing run
+    _make_run_folder(out, f)
+    path = out / LOCK
+    host = socket.gethostname()
+    mine = f"{os.getpid()} {host}\n"
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            text, pid, where = _read_lock(path)
+            if text is None:
+                continue  # removed meanwhile: try again
+            if pid is None or where != host or _pid_alive(pid):
+                held = (
+                    f"process {pid} on {where}"
+                    if pid is not None
+                    else "a process that is still writing it"
+                )
+                raise FileExistsError(
+                    f"{f}: expected no other run writing into {out}, got its lock {path} held "
+                    f"by {held}. Wait for that run to end or choose another out_dir; if no "
+                    f"such run exists any more, delete {path}."
+                ) from None
+            _take_over(path, text)
+            print(
+                f"{f}: took over the lock {path} of process {pid} on {host}, which no longer "
+                f"runs (it was killed before it could remove its lock)",
+                file=sys.stderr,
+            )
+            continue
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(mine)
+            _remove_stale_temps(out)
+        except BaseException:  # an interrupt or a full disk: leave no half-written lock
+            path.unlink(missing_ok=True)
+            raise
+        return path, mine
+    raise FileExistsError(
+        f"{f}: expected to lock {out}, got {path} re-created by other processes five times. "
+        f"Start one run per out_dir."
+    )
+
+
+def _unlock_run(lock):
+    """Remove the lock file if it is still this process's."""
+    if lock is None:
+        return
+    path, mine = lock
+    if _read_lock(path)[0] == mine:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(out):
+    """Remove the temporary files of the run folder's own files (``RUN_FILES``) whose writer
+    no longer runs: what a run killed while writing (SIGKILL, a power cut) leaves behind."""
+    removed = []
+    for p in out.iterdir():
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m and m["file"] in RUN_FILES and not _pid_alive(int(m["pid"])) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12):

@@ -1,9 +1,13 @@
-"""Hostile input at every public entry point of ops, losses, distributions and optim.
+"""Hostile input at every public entry point of ops, losses, distributions, optim, the blocks
+(priors, decoders, flows, MADE, stochastic layers, ...: ``bad_input_blocks.py``) and every
+model class of the registry.
 
 Each entry point is described once (a valid call built from drawn sizes); every array
 argument of it is then replaced, one at a time, by a probe: an integer, float16, complex or
 object array, a list, a Python float, a strided copy, an array with a NaN, an empty array and
-arrays of wrong shapes; caches by a plain tuple, generators by an int, sample shapes by -1.
+arrays of wrong shapes; caches by a plain tuple, generators by an int, sample shapes by -1,
+and the integer and dtype arguments a call lists (``Call.hyper``) by -1, 1.5, "2", None and
+integer or half-precision dtypes.
 The entry point must answer each probe with a ValueError or TypeError whose message names
 the argument, or with a correct result: the same values as for a contiguous copy (strided
 probes), finite (shape and empty probes), NaN where a NaN went in (element-wise math). Never
@@ -87,6 +91,7 @@ class Call:
     args: dict
     nan_propagates: bool = False  # a NaN in a float argument must reach the output
     no_probe: tuple = ()  # arguments not probed (flags, backends)
+    hyper: tuple = ()  # integer (counts, sizes) and dtype arguments, probed with bad values
 
 
 ENTRIES = {}
@@ -744,7 +749,26 @@ for _cls in (optim_module.SGD, optim_module.Adam):
     entry(f"optim.{_n}.load_state_dict")(_load)
 
 
+# --- blocks and models (bad_input_blocks.py) ----------------------------------------------------
+
+from bad_input_blocks import register  # noqa: E402  (after the helpers it is given)
+
+register(entry, Call, rng)
+
+
 # --- the probes --------------------------------------------------------------------------------
+
+
+# Hyper-parameter probes that no correct call accepts (dtype=None is float64 to numpy.dtype,
+# a silent default): they must raise.
+_MUST_RAISE = {"None dtype", "int dtype", "float16 dtype", "fractional int", "str int"}
+
+
+def _hyper_probes(name):
+    """Bad values for an integer or dtype argument."""
+    if name == "dtype":
+        return [("None dtype", None), ("int dtype", np.int32), ("float16 dtype", np.float16)]
+    return [("negative int", -1), ("fractional int", 1.5), ("str int", "2"), ("None int", None)]
 
 
 def _arrays(out):
@@ -836,6 +860,8 @@ def _check_probe(entry_name, build, s, arg, kind, probe, want):
         raise Unclear(
             f"{entry_name}: {kind} {arg}: {type(err).__name__}: {str(err)[:200]}"
         ) from None
+    if kind in _MUST_RAISE:
+        raise Unclear(f"{entry_name}: {kind} {arg}: accepted without an error")
     got = _arrays(out)
     if kind == "nan":
         if call.nan_propagates and not any(np.isnan(a).any() for a in got):
@@ -862,7 +888,8 @@ def audit(entry_name, s, pick):
     for arg, value in call.args.items():
         if arg in call.no_probe:
             continue
-        for kind, probe in _probes(arg, value, s, pick):
+        probes = _hyper_probes(arg) if arg in call.hyper else _probes(arg, value, s, pick)
+        for kind, probe in probes:
             try:
                 _check_probe(entry_name, build, s, arg, kind, probe, want)
             except AssertionError as err:

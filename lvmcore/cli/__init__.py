@@ -26,10 +26,18 @@ alone prints and writes files. An error every rank meets alike (a decision rank 
 shares, a check on all-reduced values, a checksum mismatch) ends every rank with that status and
 rank 0's one line; an exception on some ranks only aborts the whole job within seconds, with
 the failing rank's traceback.
+
+Interrupts: Ctrl-C (SIGINT) and SIGTERM, which schedulers send before SIGKILL, stop a command
+the same way: the file being written is abandoned (its temporary file removed, the previous
+version left in place), the run folder's lock is released, and the command prints one line
+``lvmcore: interrupted ...`` and exits 130 for SIGINT, 143 (128 + 15) for SIGTERM, as a shell
+reports a process killed by that signal.
 """
 
 import argparse
 import contextlib
+import re
+import signal
 import sys
 
 from .. import __version__
@@ -73,14 +81,62 @@ def _blas_threads(n):
         yield
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`_Terminated` while the command runs (main thread only)."""
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# A negative number in any notation argparse does not recognise as one ("-1e-3", "-inf"): it
+# would take it for an option and answer "expected one argument".
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf(inity)?|-nan", re.I)
+
+
+def _join_negative_values(argv):
+    """``["--lr", "-1e-3"]`` -> ``["--lr=-1e-3"]``: a negative number after a long option is
+    that option's value, so the option's own type can refuse it with its range message
+    ("argument --lr: expected a positive number, got '-1e-3'")."""
+    out = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if (
+            _NEGATIVE_NUMBER.fullmatch(token)
+            and prev.startswith("--")
+            and "=" not in prev
+            and prev != "--"
+        ):
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv=None):
     """Run the ``lvmcore`` command line; returns 0 on success.
 
     Errors exit through ``SystemExit``: status 2 for bad arguments and user errors (invalid
-    values, missing or corrupt files), 1 for a diverged training run, 130 on Ctrl-C. Each prints
-    one line ``lvmcore: error: ...`` to stderr.
+    values, missing or corrupt files), 1 for a diverged training run, 130 on Ctrl-C and 143 on
+    SIGTERM. Each prints one line to stderr (``lvmcore: error: ...``, ``lvmcore:
+    interrupted ...``).
     """
     parser = build_parser()
+    argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     comm = SingleProcess()
 
@@ -98,18 +154,22 @@ def main(argv=None):
             advice = blas_advice()
             if advice:
                 print(f"{PROG}: {advice}")
-        with comm.abort_on_error(), _blas_threads(getattr(args, "threads", None)):
+        with (
+            comm.abort_on_error(),
+            _sigterm_as_interrupt(),
+            _blas_threads(getattr(args, "threads", None)),
+        ):
             return args.func(args)
     except TrainingDivergedError as err:
         end(1, f"{PROG}: error: {err}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         hint = (
             " (the run folder keeps the checkpoint of the last finished epoch; continue "
             "with --resume)"
             if args.command == "train"
             else ""
         )
-        end(130, f"{PROG}: interrupted{hint}\n")
+        end(143 if isinstance(err, _Terminated) else 130, f"{PROG}: interrupted{hint}\n")
     except (OSError, ValueError, TypeError, BackendUnavailableError) as err:
         # User errors: invalid values (InvalidParameterError is a ValueError), missing or
         # corrupt files, network failures. Programming errors of other kinds keep their

@@ -14,6 +14,7 @@ __all__ = [
     "nonneg_float",
     "unit_float",
     "int_list",
+    "nonempty_text",
 ]
 
 
@@ -51,15 +52,30 @@ def unit_float(text):
 
 
 def int_list(text):
-    """'200,200' -> (200, 200); '' -> () (no hidden layer)."""
+    """'200,200' -> (200, 200); '' -> () (no hidden layer). An empty item ('16,,16', '16,')
+    is an error, not skipped: it is more likely a typo than a wish for fewer layers."""
+    message = (
+        f"expected comma-separated positive integers such as 200,200 (or '' for none), got {text!r}"
+    )
+    if not text.strip():
+        return ()
     try:
-        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+        sizes = tuple(int(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers such as 200,200, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(message) from None
     if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers such as 200,200, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(message)
     return sizes
+
+
+def nonempty_text(what):
+    """A type that refuses an empty (or blank) string, e.g. ``--data ""`` from an unset
+    shell variable, which would otherwise fall back to a default silently."""
+
+    def parse(text):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return text
+
+    parse.__name__ = what
+    return parse

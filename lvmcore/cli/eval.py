@@ -4,7 +4,14 @@ printed and written into ``RUN/eval.json``.
 ``--distributed`` (under ``mpiexec -n P``): rank 0 reads the checkpoint and shares it, every
 rank loads the split (checked by checksum), the K-sample log-likelihood's (batch, chunk) grid is
 split across the ranks (bit-identical to one process), and rank 0 prints and writes
-``eval.json``."""
+``eval.json``.
+
+``eval.json`` is strict JSON (RFC 8259): a value that is not a finite number, such as the
+standard error of a one-row split, is written as null. It is replaced atomically, like every
+file of the run folder. The checkpoint's recorded runtime (BLAS library and threads, NumPy,
+device) is compared with this process's; a difference is reported as a
+``RuntimeDifferenceWarning`` (the numbers may then differ in the last digits).
+"""
 
 import json
 import time
@@ -18,7 +25,7 @@ from ._common import (
     recorded_data,
     to_device,
 )
-from ._types import nonneg_int, positive_int
+from ._types import nonempty_text, nonneg_int, positive_int
 
 
 def add_parser(sub):
@@ -31,6 +38,7 @@ def add_parser(sub):
     e.add_argument(
         "--data",
         default=None,
+        type=nonempty_text("digits, mnist or a path"),
         metavar="digits|mnist|PATH",
         help="data set (default: the one the run was trained on)",
     )
@@ -83,9 +91,10 @@ def add_parser(sub):
 
 
 def run(args):
+    from ..checkpoint import warn_runtime_differences
     from ..distributed import SingleProcess, check_data
     from ..evaluate import evaluate_report
-    from ..train import CHECKPOINT
+    from ..train import CHECKPOINT, json_safe, write_text_atomic
 
     comm = getattr(args, "comm", None) or SingleProcess()
     run_path = Path(args.run)
@@ -95,6 +104,8 @@ def run(args):
     model, x = comm.run_everywhere(_model_and_split, config, params, data, args, comm)
     if comm.size > 1:
         check_data(comm, {args.split: x})
+    if comm.is_root:
+        warn_runtime_differences(state, "evaluation", like=next(iter(model.parameters().values())))
     t0 = time.perf_counter()
     report, lines = evaluate_report(
         model,
@@ -115,7 +126,7 @@ def run(args):
     if comm.size > 1:
         result["processes"] = comm.size
     out = path.parent / "eval.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     ranks = f", {comm.size} processes" if comm.size > 1 else ""
     print(f"{PROG}: {path} (epoch {state.get('epoch')}), {result['seconds']:.1f} s{ranks}")
     for line in lines:
@@ -140,4 +151,11 @@ def _model_and_split(config, params, data, args, comm):
 
     model = build_model(config)
     model.load_parameters(params)
-    return to_device(model, args.device, comm), getattr(load_dataset(data), args.split)
+    x = getattr(load_dataset(data), args.split)
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"expected the {args.split} split of {data} to hold at least one row, got "
+            f"{tuple(x.shape)}. Evaluate another split (--split test|valid|train) or data set "
+            f"(--data)."
+        )
+    return to_device(model, args.device, comm), x

@@ -27,7 +27,14 @@ from ._common import (
     recorded_data,
     to_device,
 )
-from ._types import int_list, nonneg_int, positive_float, positive_int, unit_float
+from ._types import (
+    int_list,
+    nonempty_text,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 
 __all__ = ["add_parser", "run", "TRAIN_DEFAULTS", "MODEL_DEFAULTS", "SHARED_MODEL_FLAGS"]
 
@@ -113,19 +120,24 @@ def add_parser(sub):
     t.add_argument(
         "--model",
         choices=sorted(MODELS),
-        default="vae",
-        help="model to train (default: vae): "
+        default=None,  # "vae"; None tells a --resume that --model was left out
+        help="model to train (default: vae; with --resume: the run's): "
         + "; ".join(f"{k}: {cls.help}" for k, cls in MODELS.items()),
     )
     t.add_argument(
         "--data",
         default=None,
+        type=nonempty_text("digits, mnist or a path"),
         metavar="digits|mnist|PATH",
         help="'digits' (embedded, default), 'mnist' (path in $LVMCORE_MNIST), or a "
         "folder of binarized_mnist_*.amat files / an .npz",
     )
     t.add_argument(
-        "--out", default=None, metavar="DIR", help="run folder (default: runs/<model>-<data>)"
+        "--out",
+        default=None,
+        type=nonempty_text("a folder"),
+        metavar="DIR",
+        help="run folder (default: runs/<model>-<data>)",
     )
     t.add_argument(
         "--resume",
@@ -208,12 +220,13 @@ def run(args):
     out = (
         Path(args.out)
         if args.out
-        else Path("runs") / f"{args.model}-{data_label(args.data or 'digits')}"
+        else Path("runs") / f"{args.model or 'vae'}-{data_label(args.data or 'digits')}"
     )
     if args.resume:
         comm.run_everywhere(_check_resume_flags, args, model_defaults, out)
         # rank 0 reads the checkpoint (the run folder may be on its file system only)
         config, state = comm.run_on_root(_checkpoint_info, out / CHECKPOINT)
+        comm.run_everywhere(_check_resume_model, args.model, config, out)
         saved = state.get("hyper", {})
         for k, default in TRAIN_DEFAULTS.items():
             if getattr(args, k) is None:
@@ -229,6 +242,7 @@ def run(args):
             return 0
         dataset, model = comm.run_everywhere(_resumed_model, config, data, args.device, comm)
     else:
+        args.model = args.model or "vae"
         data = args.data or "digits"
         dataset, model = comm.run_everywhere(_new_model, args, model_defaults, data, comm)
         config = model.config()
@@ -302,6 +316,15 @@ def _check_resume_flags(args, model_defaults, out):
         raise ValueError(
             f"expected no model flags with --resume, got {flags}. The model "
             f"comes from the checkpoint in {out}; start a new run to change it."
+        )
+
+
+def _check_resume_model(model, config, out):
+    if model is not None and model != config.get("model"):
+        raise ValueError(
+            f"expected --model {config.get('model')} (the model of the run in {out}) with "
+            f"--resume, got --model {model}. Leave --model out to continue that run, "
+            f"or start the {model} run in another --out."
         )
 
 

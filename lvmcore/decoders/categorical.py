@@ -15,8 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_levels, check_param, get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import (
+    check_array,
+    check_cache,
+    check_grad,
+    check_input,
+    check_levels,
+    check_param,
+    get_xp,
+)
 from ..nn.module import MLP
 from ..noise import uniform
 from ..ops import ACTIVATIONS
@@ -73,6 +80,11 @@ def categorical_log_prob_forward(logits, x):
         )
     xp = get_xp(logits)
     L = logits.shape[-1]
+    if L < 1:
+        raise ValueError(
+            f"{func}: expected logits to have at least one level (last axis), got shape "
+            f"{tuple(logits.shape)}."
+        )
     check_array(x, "x", func, dtype="any", ndim=2, finite=False)
     if get_xp(x) is not xp:
         raise TypeError(
@@ -98,6 +110,7 @@ def categorical_log_prob_backward(dlog_px, cache):
     -----
     :math:`\\partial\\log\\mathrm{softmax}(l)_k/\\partial l_j = [j = k] - p_j`.
     """
+    check_cache(cache, CategoricalLogProbCache, "categorical_log_prob_backward")
     check_grad(
         dlog_px, "dlog_px", cache.lead, "categorical_log_prob_backward", dtype=cache.probs.dtype
     )
@@ -156,11 +169,18 @@ class CategoricalDecoder(MLP):
         func = "CategoricalDecoder.log_prob"
         W0 = self.params["W0"]
         check_input(z, "z", func, dtype=W0.dtype, xp=get_xp(W0), last=self.n_latent, min_ndim=2)
+        check_array(x, "x", func, dtype="any", ndim=2, finite=False)
+        if z.shape[-2] != x.shape[0]:
+            raise ValueError(
+                f"{func}: expected z of shape (*S, {x.shape[0]}, {self.n_latent}) (the batch of "
+                f"x last before Z), got {tuple(z.shape)}."
+            )
         logits, mc = self._logits(z)
         log_px, lc = categorical_log_prob_forward(logits, x)
         return log_px, CategoricalDecoderCache(mc, lc, lc.lead)
 
     def _dy(self, dlog_px, cache):
+        check_cache(cache, CategoricalDecoderCache, "CategoricalDecoder.log_prob_backward")
         dlogits = categorical_log_prob_backward(dlog_px, cache.log_prob)  # (*S, B, D, L)
         return dlogits.reshape(-1, self.data_dim * self.levels)
 

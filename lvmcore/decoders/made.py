@@ -27,9 +27,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_binary, check_param, get_xp
+from .._validation import (
+    check_array,
+    check_binary,
+    check_cache,
+    check_grad,
+    check_input,
+    check_param,
+    get_xp,
+)
 from ..losses.likelihoods import bernoulli_nll_forward
-from ..nn._checks import check_grad, check_input
 from ..nn.made import MADE
 from ..noise import uniform
 from ..ops import sigmoid
@@ -250,6 +257,7 @@ class MADEDecoder(MADE):
         return -nll.reshape(lead), MADEDecoderCache(mc, bc.grad, lead)
 
     def _dy(self, dlog_px, cache, func):
+        check_cache(cache, MADEDecoderCache, func)
         check_grad(dlog_px, "dlog_px", cache.lead, func, dtype=cache.grad.dtype)
         dlogits = dlog_px.reshape(-1, 1) * cache.grad  # (N, D)
         return dlogits.reshape(cache.lead + (1, self.n_in))

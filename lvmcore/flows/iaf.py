@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import check_cache, check_grad, check_input, check_lead, check_param, get_xp
 from ..nn.made import MADE
 from ..ops import log_sigmoid, sigmoid
 
@@ -182,10 +181,11 @@ class IAFStep(MADE):
         return dy, dz
 
     def _check_grads(self, dz_new, dlogdet, cache, func):
+        check_cache(cache, IAFCache, func)
         if dz_new is not None:
-            check_grad(dz_new, "dz_new", cache.z.shape, func)
+            check_grad(dz_new, "dz_new", cache.z.shape, func, dtype=cache.z.dtype)
         if dlogdet is not None:
-            check_grad(dlogdet, "dlogdet", cache.z.shape[:-1], func)
+            check_grad(dlogdet, "dlogdet", cache.z.shape[:-1], func, dtype=cache.z.dtype)
 
     def backward(self, dz_new, dlogdet, cache):
         """Accumulate the MADE's gradients; return (dz, dh).
@@ -232,7 +232,8 @@ class IAFStep(MADE):
         :math:`(g(1-s),\\, g(z-m)s(1-s))`, so the cost is Z - 1 MADE backward passes without
         weight gradients.
         """
-        check_grad(r, "r", cache.z.shape, "IAFStep.solve_transpose")
+        check_cache(cache, IAFCache, "IAFStep.solve_transpose")
+        check_grad(r, "r", cache.z.shape, "IAFStep.solve_transpose", dtype=cache.z.dtype)
         z, m, s, oms = cache.z, cache.m, cache.s, cache.oms
         xp = get_xp(s)
         a, b = oms, (z - m) * s * oms

@@ -18,8 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import check_cache, check_grad, check_input, check_lead, get_xp
 from ..nn.made import MADE
 
 __all__ = ["MAFStep", "MAFCache"]
@@ -171,10 +170,11 @@ class MAFStep(MADE):
         return dy, dz
 
     def _check_grads(self, du, dlogdet, cache, func):
+        check_cache(cache, MAFCache, func)
         if du is not None:
-            check_grad(du, "du", cache.u.shape, func)
+            check_grad(du, "du", cache.u.shape, func, dtype=cache.u.dtype)
         if dlogdet is not None:
-            check_grad(dlogdet, "dlogdet", cache.u.shape[:-1], func)
+            check_grad(dlogdet, "dlogdet", cache.u.shape[:-1], func, dtype=cache.u.dtype)
 
     def backward(self, du, dlogdet, cache):
         """Accumulate the MADE's gradients; return (dz, dh).

@@ -22,8 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..nn._checks import check_grad, check_input, check_lead
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_lead,
+    check_param,
+    get_xp,
+)
 from ..nn.init import glorot_uniform
 from ..nn.module import Module
 from ..ops import sigmoid, softplus
@@ -169,11 +177,7 @@ def planar_backward(dz_new, dlogdet, cache):
     where :math:`dc = d\\hat u\\cdot w`, :math:`dwu = -dc\\,\\sigma(-w\\cdot u)/|w|^2 +
     dsp\\,\\sigma(w\\cdot u)` and :math:`dww = -dc\\,c/|w|^2`.
     """
-    func = "planar_backward"
-    if dz_new is not None:
-        check_grad(dz_new, "dz_new", cache.z.shape, func)
-    if dlogdet is not None:
-        check_grad(dlogdet, "dlogdet", cache.z.shape[:-1], func)
+    _check_planar_grads(dz_new, dlogdet, cache, "planar_backward")
     n, z, w, u = cache.n_sample, cache.z, cache.w, cache.u
     dt, g, ddet = _dt(dz_new, dlogdet, cache)
     da = dt * g  # (*S, B)
@@ -192,8 +196,17 @@ def planar_backward(dz_new, dlogdet, cache):
     return dz, du, dw, db
 
 
+def _check_planar_grads(dz_new, dlogdet, cache, func):
+    check_cache(cache, PlanarCache, func)
+    if dz_new is not None:
+        check_grad(dz_new, "dz_new", cache.z.shape, func, dtype=cache.z.dtype)
+    if dlogdet is not None:
+        check_grad(dlogdet, "dlogdet", cache.z.shape[:-1], func, dtype=cache.z.dtype)
+
+
 def planar_input_vjp(dz_new, dlogdet, cache):
     """dz of :func:`planar_backward` alone (no parameter gradients)."""
+    _check_planar_grads(dz_new, dlogdet, cache, "planar_input_vjp")
     dt, g, _ = _dt(dz_new, dlogdet, cache)
     dz = (dt * g)[..., None] * cache.w
     return dz if dz_new is None else dz_new + dz
@@ -202,6 +215,8 @@ def planar_input_vjp(dz_new, dlogdet, cache):
 def planar_solve_transpose(r, cache):
     """:math:`J^{-\\top} r` by Sherman-Morrison: :math:`J^\\top = I + \\psi\\hat u^\\top`, so
     :math:`J^{-\\top} r = r - \\psi\\,(\\hat u\\cdot r)/\\det`, :math:`\\psi = (1-t^2)w`."""
+    check_cache(cache, PlanarCache, "planar_solve_transpose")
+    check_grad(r, "r", cache.z.shape, "planar_solve_transpose", dtype=cache.z.dtype)
     g = 1 - cache.t * cache.t
     coef = g * (r * cache.u_hat).sum(axis=-1) / cache.det  # (*S, B)
     return r - coef[..., None] * cache.w
@@ -260,9 +275,7 @@ class PlanarStep(Module):
         func = "PlanarStep"
         Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
         C = check_param(context_dim, "context_dim", func, kind="int", low=0, low_inclusive=True)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.n_latent, self.context_dim = Z, C
         a = 1.0 / np.sqrt(Z)
         if C == 0:
@@ -326,7 +339,7 @@ class PlanarStep(Module):
 
     def backward(self, dz_new, dlogdet, cache):
         """Accumulate the parameter gradients; return (dz, dh), dh None when global."""
-        pc, h2 = cache
+        pc, h2 = self._cache(cache, "PlanarStep.backward")
         dz, du, dw, db = planar_backward(dz_new, dlogdet, pc)
         if not self.context_dim:
             self.grads["u"] += du
@@ -334,7 +347,9 @@ class PlanarStep(Module):
             self.grads["b"] += db.reshape(1)
             return dz, None
         xp = get_xp(dz)
-        dp = xp.concatenate([du, dw, db[..., None]], axis=-1).reshape(h2.shape[0], -1)
+        dp = xp.concatenate([du, dw, db[..., None]], axis=-1).reshape(
+            h2.shape[0], 2 * du.shape[-1] + 1
+        )
         self.grads["Wp"] += h2.T @ dp
         self.grads["bp"] += dp.sum(axis=0)
         dh = (dp @ self.params["Wp"].T).reshape(du.shape[:-1] + (self.context_dim,))
@@ -342,11 +357,22 @@ class PlanarStep(Module):
 
     def input_vjp(self, dz_new, dlogdet, cache):
         """dz of :meth:`backward` without touching the parameter gradients."""
-        return planar_input_vjp(dz_new, dlogdet, cache[0])
+        return planar_input_vjp(dz_new, dlogdet, self._cache(cache, "PlanarStep.input_vjp")[0])
 
     def solve_transpose(self, r, cache):
         """:math:`J^{-\\top} r` at the cached input (Sherman-Morrison, O(Z))."""
-        return planar_solve_transpose(r, cache[0])
+        return planar_solve_transpose(r, self._cache(cache, "PlanarStep.solve_transpose")[0])
+
+    @staticmethod
+    def _cache(cache, func):
+        """The (PlanarCache, h rows or None) pair that :meth:`forward` returned."""
+        if not (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[0], PlanarCache)):
+            raise TypeError(
+                f"{func}: expected cache to be the (PlanarCache, h rows) pair returned by "
+                f"PlanarStep.forward, got {type(cache).__name__}. Pass the cache forward "
+                f"returned."
+            )
+        return cache
 
     def inverse(self, z_new, h=None):
         """The z that the step maps to ``z_new`` (bisection; no backward)."""

@@ -18,7 +18,17 @@ fixed: :meth:`FlowPosterior.dlogq_dz`.
 
 from typing import NamedTuple
 
-from .._validation import check_param, get_xp
+import numpy as np
+
+from .._validation import (
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_pair,
+    check_param,
+    get_xp,
+)
 from ..nn.module import Module
 from ..nn.stochastic import (
     gaussian_rsample_backward,
@@ -171,7 +181,14 @@ class FlowPosterior(Module):
         every step, so its gradients add up. The base Gaussian then adds
         :math:`\\partial\\log q_0/\\partial\\ell = -\\tfrac12` per dimension at fixed noise.
         """
-        dz, dlog_q = dout
+        func = "FlowPosterior.backward"
+        check_cache(cache, FlowPosteriorCache, func)
+        dz, dlog_q = check_pair(dout, "dout", "(dz, dlog_q)", func)
+        eps = cache.base.reparam.eps  # z_T has the noise's shape
+        if dz is not None:
+            check_grad(dz, "dz", eps.shape, func, dtype=eps.dtype)
+        if dlog_q is not None:
+            check_grad(dlog_q, "dlog_q", eps.shape[:-1], func, dtype=eps.dtype)
         dlogdet = None if dlog_q is None else -dlog_q
         dh = None
         for step, c in zip(reversed(self.steps), reversed(cache.steps)):
@@ -193,6 +210,7 @@ class FlowPosterior(Module):
         See the class Notes for the recursion. The IAF's cost is Z - 1 MADE backward passes
         (without weight gradients) per step; the planar step's is O(Z).
         """
+        check_cache(cache, FlowPosteriorCache, "FlowPosterior.dlogq_dz")
         g = gaussian_rsample_dlogq_dz(cache.base)  # (*S, B, Z)
         ones = get_xp(g).ones(g.shape[:-1], dtype=g.dtype)  # (*S, B): dlogdet = 1
         for step, c in zip(self.steps, cache.steps):
@@ -217,6 +235,26 @@ class FlowPosterior(Module):
         For evaluation and tests: :math:`z_{t-1} = f_t^{-1}(z_t)` (IAF: Z MADE passes; planar:
         bisection), then :math:`\\log q = \\log N(z_0;\\mu,\\sigma^2) - \\sum_t\\log|\\det J_t|`.
         """
+        func = "FlowPosterior.log_prob"
+        like = next(iter(self.params.values()))
+        for name, a in (("mu", mu), ("logvar", logvar)):
+            check_input(a, name, func, dtype=like.dtype, xp=get_xp(like), last=self.n_latent)
+            if a.ndim != 2:
+                raise ValueError(
+                    f"{func}: expected {name} to have shape (B, {self.n_latent}), got "
+                    f"{tuple(a.shape)}."
+                )
+        if tuple(logvar.shape) != tuple(mu.shape):
+            raise ValueError(
+                f"{func}: expected mu and logvar to have the same shape, got "
+                f"{tuple(mu.shape)} and {tuple(logvar.shape)}."
+            )
+        check_input(z, "z", func, dtype=like.dtype, xp=get_xp(like), last=self.n_latent, min_ndim=2)
+        if z.shape[-2] != mu.shape[0]:
+            raise ValueError(
+                f"{func}: expected z of shape (*S, {mu.shape[0]}, {self.n_latent}) (mu's batch "
+                f"last before Z), got {tuple(z.shape)}."
+            )
         zs = [z]
         for step in reversed(self.steps):
             zs.append(step.inverse(zs[-1], h if step.context_dim else None))
@@ -245,7 +283,7 @@ def iaf_posterior(
     forget_bias=1.0,
     direct=False,
     activation="tanh",
-    dtype=None,
+    dtype=np.float32,
 ):
     """A FlowPosterior of ``flow_steps`` IAF steps, the order reversed between steps.
 
@@ -257,7 +295,6 @@ def iaf_posterior(
     T = check_param(
         flow_steps, "flow_steps", "iaf_posterior", kind="int", low=1, low_inclusive=True
     )
-    kw = {} if dtype is None else {"dtype": dtype}
     return FlowPosterior(
         IAFStep(
             n_latent,
@@ -268,13 +305,13 @@ def iaf_posterior(
             forget_bias=forget_bias,
             direct=direct,
             activation=activation,
-            **kw,
+            dtype=check_float_dtype(dtype, "iaf_posterior"),
         )
         for t in range(T)
     )
 
 
-def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=None):
+def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=np.float32):
     """A FlowPosterior of ``flow_steps`` planar steps.
 
     Raises
@@ -285,5 +322,7 @@ def planar_posterior(n_latent, flow_steps, rng, *, context_dim=0, dtype=None):
     T = check_param(
         flow_steps, "flow_steps", "planar_posterior", kind="int", low=1, low_inclusive=True
     )
-    kw = {} if dtype is None else {"dtype": dtype}
-    return FlowPosterior(PlanarStep(n_latent, rng, context_dim=context_dim, **kw) for _ in range(T))
+    dtype = check_float_dtype(dtype, "planar_posterior")
+    return FlowPosterior(
+        PlanarStep(n_latent, rng, context_dim=context_dim, dtype=dtype) for _ in range(T)
+    )

@@ -27,7 +27,13 @@ workshop, sec. 2. I. Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2
 
 from typing import NamedTuple
 
-from .._validation import check_array, check_param, check_same_device, check_same_dtype
+from .._validation import (
+    check_array,
+    check_cache,
+    check_param,
+    check_same_device,
+    check_same_dtype,
+)
 from ..ops.activations import sigmoid, softplus
 
 __all__ = [
@@ -98,8 +104,10 @@ def discriminator_loss_backward(cache, dloss=1.0):
     :math:`\\partial\\,\\mathrm{softplus}(d)/\\partial d = \\sigma(d)`, each divided by its
     term's sample count.
     """
+    func = "discriminator_loss_backward"
+    check_cache(cache, DiscriminatorLossCache, func)
     dp, dq = cache.logits_prior, cache.logits_post
-    dloss = dp.dtype.type(dloss)
+    dloss = dp.dtype.type(check_param(dloss, "dloss", func))
     return -sigmoid(-dp) * (dloss / dp.shape[0]), sigmoid(dq) * (dloss / dq.shape[0])
 
 
@@ -131,6 +139,8 @@ def generator_loss_forward(logits_post, saturating=False):
 
 def generator_loss_backward(cache, dloss=1.0):
     """dlogits_post (Q,): :math:`-\\sigma(-d_q)/Q` (non-saturating) or :math:`-\\sigma(d_q)/Q`."""
+    func = "generator_loss_backward"
+    check_cache(cache, GeneratorLossCache, func)
     d = cache.logits_post
-    scale = d.dtype.type(dloss) / d.shape[0]
+    scale = d.dtype.type(check_param(dloss, "dloss", func)) / d.shape[0]
     return -(sigmoid(d) if cache.saturating else sigmoid(-d)) * scale

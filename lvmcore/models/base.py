@@ -149,7 +149,14 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_binary, check_param, check_same_device, get_xp
+from .._validation import (
+    check_array,
+    check_binary,
+    check_param,
+    check_rng,
+    check_same_device,
+    get_xp,
+)
 from .._validation import to_numpy as _to_numpy
 from ..backend import engine_kernel_threads
 
@@ -315,6 +322,52 @@ class Model:
             check_binary(x, "x", func)
         return x
 
+    def _check_step(self, x, rng, kl_weight, func: str, *, validate=True, rng_optional=False):
+        """The arguments of a training step: data ``x`` with at least one row (with
+        ``validate``), the generator ``rng`` (None allowed with ``rng_optional``: a step that
+        draws nothing) and ``kl_weight`` (None or a number >= 0)."""
+        if validate:
+            self._check_x(x, func)
+            if x.shape[0] == 0:
+                raise ValueError(
+                    f"{func}: expected x to hold at least one row, got shape {tuple(x.shape)}. "
+                    f"A training step averages over the batch; pass a non-empty batch."
+                )
+        if not (rng is None and rng_optional):
+            check_rng(rng, func)
+        if kl_weight is not None:
+            check_param(kl_weight, "kl_weight", func, low=0, low_inclusive=True)
+
+    def _check_eval(self, x, rng, batch_size, func: str, *, rng_optional=False) -> int:
+        """The arguments of an evaluation method (``bound``, ``elbo``, ...): data ``x`` (zero
+        rows allowed: the result is then empty), the generator ``rng`` (None allowed with
+        ``rng_optional``: a deterministic method) and ``batch_size``, returned as an int >= 1."""
+        self._check_x(x, func)
+        if not (rng is None and rng_optional):
+            check_rng(rng, func)
+        return check_param(batch_size, "batch_size", func, kind="int", low=1, low_inclusive=True)
+
+    def _check_sample(self, rng, n, func: str) -> int:
+        """The arguments of ``sample``: a generator and a count n >= 0, returned as an int."""
+        check_rng(rng, func)
+        return check_param(n, "n", func, kind="int", low=0, low_inclusive=True)
+
+    def _check_noise_size(self, batch_size, n_samples, func: str):
+        """``draw_noise``'s sizes: batch_size >= 0 and n_samples None or >= 1."""
+        batch_size = check_param(
+            batch_size, "batch_size", func, kind="int", low=0, low_inclusive=True
+        )
+        if n_samples is not None:
+            n_samples = check_param(
+                n_samples, "n_samples", func, kind="int", low=1, low_inclusive=True
+            )
+        return batch_size, n_samples
+
+    def _rows(self, parts, xp):
+        """Concatenate per-chunk results (N,); an empty (0,) array of the model's dtype for
+        no chunks (zero rows of data)."""
+        return xp.concatenate(parts) if parts else xp.zeros(0, dtype=self.dtype)
+
     # ------------------------------------------------------------------ computation
     def draw_noise(self, rng: np.random.Generator, batch_size: int, n_samples: int | None = None):
         """The noise of one step for ``batch_size`` rows (None for a model without noise)."""
@@ -381,8 +434,9 @@ class Model:
         stats : dict
             Means over the batch: ``bound`` or ``elbo`` and the model's own statistics.
         """
-        if validate:
-            self._check_x(x, f"{type(self).__name__}.loss_and_grads")
+        self._check_step(
+            x, rng, kl_weight, f"{type(self).__name__}.loss_and_grads", validate=validate
+        )
         self.zero_grad()
         with engine_kernel_threads():
             loss, cache = self._step_forward(x, self._step_noise(rng, x.shape[0]), kl_weight)
@@ -496,6 +550,7 @@ class Model:
             )
         from ..evaluate import log_likelihood
 
+        check_rng(rng, f"{type(self).__name__}.log_likelihood")
         return log_likelihood(
             self, x, rng, k=k, batch_size=batch_size, chunk_size=chunk_size, comm=comm
         )

@@ -74,7 +74,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_param, get_xp
+from .._validation import check_float_dtype, check_param, check_sizes, get_xp
 from ..cli._types import nonneg_float, positive_float, positive_int
 from ..distributions.categorical import Categorical, UniformCategorical
 from ..distributions.kl import kl_divergence, kl_divergence_backward
@@ -287,9 +287,7 @@ class CatVAE(Model):
         self.n_categories = check_param(
             n_categories, "n_categories", f, kind="int", low=2, low_inclusive=True
         )
-        self.hidden = tuple(
-            check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True) for h in hidden
-        )
+        self.hidden = check_sizes(hidden, "hidden", f)
         self.activation = check_param(
             activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
         )
@@ -324,9 +322,7 @@ class CatVAE(Model):
             baseline_hidden, "baseline_hidden", f, kind="int", low=1, low_inclusive=True
         )
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"CatVAE: expected dtype float32 or float64, got {self.dtype}.")
+        self.dtype = check_float_dtype(dtype, f)
         rng = np.random.default_rng(self.seed)
         N, C, D, H = self.n_latents, self.n_categories, self.data_dim, self.hidden
         self.encoder = MLP((D, *H, N * C), self.activation, rng, self.dtype)
@@ -451,11 +447,13 @@ class CatVAE(Model):
 
     def decode(self, y):
         """Bernoulli means for decoder inputs y (M, N, C) or (M, N*C): (M, D)."""
-        out, _ = self.decoder.forward(y.reshape(y.shape[0], -1))
+        # the width is named: reshape(M, -1) is ambiguous for M = 0 samples
+        out, _ = self.decoder.forward(y.reshape(y.shape[0], self.n_latents * self.n_categories))
         return sigmoid(out)
 
     def sample(self, rng, n):
         """n samples from the model: z uniform, then the decoder's mean (n, D)."""
+        n = self._check_sample(rng, n, "CatVAE.sample")
         idx = self.xp.asarray(rng.integers(0, self.n_categories, size=(n, self.n_latents)))
         return self.decode(self._one_hot(idx))
 
@@ -467,6 +465,7 @@ class CatVAE(Model):
     def draw_noise(self, rng, batch_size, n_samples=None):
         """Standard Gumbel noise g (K, B, N, C) on the model's device, keyed by the explicit
         generator ``rng`` (see lvmcore.noise); K = ``n_samples`` (the model's own when None)."""
+        batch_size, n_samples = self._check_noise_size(batch_size, n_samples, "CatVAE.draw_noise")
         K = self.n_samples if n_samples is None else n_samples
         return noise.standard_gumbel(
             rng, (K, batch_size, self.n_latents, self.n_categories), self.dtype, self._like()
@@ -489,9 +488,14 @@ class CatVAE(Model):
         kl : ndarray of shape (N,)
             Mean over the data of KL(q(z_n|x) || uniform), nats.
         """
-        threshold = check_param(
-            threshold, "threshold", "CatVAE.latent_diagnostics", low=0, low_inclusive=True
-        )
+        f = "CatVAE.latent_diagnostics"
+        batch_size = self._check_eval(x, None, batch_size, f, rng_optional=True)
+        if x.shape[0] == 0:
+            raise ValueError(
+                f"{f}: expected x to hold at least one row (the diagnostics are variances "
+                f"over the data), got shape {tuple(x.shape)}."
+            )
+        threshold = check_param(threshold, "threshold", f, low=0, low_inclusive=True)
         probs, kls = [], []
         for i in range(0, x.shape[0], batch_size):
             logits = self.posterior_logits(x[i : i + batch_size])
@@ -700,14 +704,14 @@ class CatVAE(Model):
     # ------------------------------------------------------------------ evaluation
     def elbo(self, x, rng, batch_size=1000):
         """Per-example ELBO (B,) of the discrete model: one exact sample z ~ q, analytic KL."""
-        self._check_x(x, "CatVAE.elbo")
+        batch_size = self._check_eval(x, rng, batch_size, "CatVAE.elbo")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             log_px_z, _, kl = self._hard_terms(xb, self.draw_noise(rng, xb.shape[0], 1))
             out.append(log_px_z[0] - kl)
-        return xp.concatenate(out)
+        return self._rows(out, xp)
 
     def bound(self, x, rng, batch_size=1000):
         """The bound the model trains, per example (B,): the ELBO, or for VIMCO the K-sample
@@ -715,11 +719,11 @@ class CatVAE(Model):
         bound of the discrete model; its ELBO is reported)."""
         if self.estimator != "vimco":
             return self.elbo(x, rng, batch_size)
-        self._check_x(x, "CatVAE.bound")
+        batch_size = self._check_eval(x, rng, batch_size, "CatVAE.bound")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))  # (K, B)
             out.append(logsumexp_forward(lw, axis=0)[0] - self.dtype.type(math.log(self.k)))
-        return xp.concatenate(out)
+        return self._rows(out, xp)

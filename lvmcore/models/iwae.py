@@ -229,24 +229,25 @@ class IWAE(VAE):
 
     def elbo(self, x, rng, batch_size=100):
         """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples."""
-        self._check_x(x, "IWAE.elbo")
+        batch_size = self._check_eval(x, rng, batch_size, "IWAE.elbo")
         xp = get_xp(x)
-        return xp.concatenate(
+        return self._rows(
             [
                 self.log_weights(
                     x[i : i + batch_size], self.draw_noise(rng, x[i : i + batch_size].shape[0])
                 ).mean(axis=0)
                 for i in range(0, x.shape[0], batch_size)
-            ]
+            ],
+            xp,
         )
 
     def bound(self, x, rng, batch_size=100):
         """The model's training bound per example (B,), for fixed fresh noise."""
-        self._check_x(x, "IWAE.bound")
+        batch_size = self._check_eval(x, rng, batch_size, "IWAE.bound")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             _, (_, _, stats) = self.forward(xb, self.draw_noise(rng, xb.shape[0]))
             out.append(stats["bound"])
-        return xp.concatenate(out)
+        return self._rows(out, xp)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_param, get_xp
+from .._validation import check_float_dtype, check_param, check_sizes, get_xp
 from ..backend import get_backend
 from ..cli._types import nonneg_float, positive_int
 from ..distributions.kl import (
@@ -154,14 +154,12 @@ class VAE(Model):
         dtype=np.float32,
     ):
         super().__init__()
-        f = "VAE"
+        f = type(self).__name__
         self.data_dim = check_param(data_dim, "data_dim", f, kind="int", low=1, low_inclusive=True)
         self.latent_dim = check_param(
             latent_dim, "latent_dim", f, kind="int", low=1, low_inclusive=True
         )
-        self.hidden = tuple(
-            check_param(h, "hidden", f, kind="int", low=1, low_inclusive=True) for h in hidden
-        )
+        self.hidden = check_sizes(hidden, "hidden", f)
         self.activation = check_param(
             activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
         )
@@ -178,9 +176,7 @@ class VAE(Model):
         self.beta = check_param(beta, "beta", f, low=0, low_inclusive=True)
         self.free_bits = check_param(free_bits, "free_bits", f, low=0, low_inclusive=True)
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"VAE: expected dtype float32 or float64, got {self.dtype}.")
+        self.dtype = check_float_dtype(dtype, f)
         rng = np.random.default_rng(self.seed)
         Z, D, H = self.latent_dim, self.data_dim, self.hidden
         self.encoder = MLP((D, *H, 2 * Z), self.activation, rng, self.dtype)
@@ -252,12 +248,13 @@ class VAE(Model):
 
     def sample(self, rng, n):
         """n samples from the model: z ~ N(0, I), then the decoder's mean (n, D)."""
+        n = self._check_sample(rng, n, f"{type(self).__name__}.sample")
         z = noise.standard_normal(rng, (n, self.latent_dim), self.dtype, self._like())
         return self.decode(z)
 
     def reconstruct(self, x):
         """Decoder mean at the posterior mean: (B, D)."""
-        mu, _ = self.encode(self._check_x(x, "VAE.reconstruct"))
+        mu, _ = self.encode(self._check_x(x, f"{type(self).__name__}.reconstruct"))
         return self.decode(mu)
 
     def _decoder_logvar(self, xp):
@@ -321,6 +318,9 @@ class VAE(Model):
     def draw_noise(self, rng, batch_size, n_samples=None):
         """eps (L, B, Z) for one step on the model's device, keyed by the explicit generator
         ``rng`` (see lvmcore.noise); L = ``n_samples`` (the model's own when None)."""
+        batch_size, n_samples = self._check_noise_size(
+            batch_size, n_samples, f"{type(self).__name__}.draw_noise"
+        )
         L = self.n_samples if n_samples is None else n_samples
         return noise.standard_normal(
             rng, (L, batch_size, self.latent_dim), self.dtype, self._like()
@@ -417,11 +417,11 @@ class VAE(Model):
 
     def elbo(self, x, rng, batch_size=1000):
         """Per-example ELBO (B,) with beta = 1, no free bits, and the model's L."""
-        self._check_x(x, "VAE.elbo")
+        batch_size = self._check_eval(x, rng, batch_size, "VAE.elbo")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             _, c = self.forward(xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
             out.append(c.stats["log_px_z"] - c.stats["kl"])
-        return xp.concatenate(out)
+        return self._rows(out, xp)

@@ -49,7 +49,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, get_xp, to_numpy
+from .._validation import (
+    check_float_dtype,
+    check_param,
+    check_rng,
+    check_sizes,
+    get_xp,
+    to_numpy,
+)
 from ..cli._types import nonneg_float, positive_int, unit_float
 from ..evaluate import standard_error
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
@@ -218,7 +225,7 @@ class VQVAE(Model):
         self.codes = check_param(codes, "codes", f, **pos)
         self.slots = check_param(slots, "slots", f, **pos)
         self.code_dim = check_param(code_dim, "code_dim", f, **pos)
-        self.hidden = tuple(check_param(h, "hidden", f, **pos) for h in hidden)
+        self.hidden = check_sizes(hidden, "hidden", f)
         self.activation = check_param(
             activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
         )
@@ -239,9 +246,7 @@ class VQVAE(Model):
             kmeans_iters, "kmeans_iters", f, kind="int", low=0, low_inclusive=True
         )
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"VQVAE: expected dtype float32 or float64, got {self.dtype}.")
+        self.dtype = check_float_dtype(dtype, f)
         rng = np.random.default_rng(self.seed)
         D, H, M, S, E = self.data_dim, self.hidden, self.codes, self.slots, self.code_dim
         self.encoder = MLP((D, *H, S * E), self.activation, rng, self.dtype)
@@ -343,7 +348,11 @@ class VQVAE(Model):
         Needs B*S >= M. With EMA the statistics restart at one row per code; code ages restart
         at 0.
         """
-        self._check_x(x, "VQVAE.init_codebook_kmeans")
+        f = "VQVAE.init_codebook_kmeans"
+        self._check_x(x, f)
+        check_rng(rng, f)
+        if iters is not None:
+            iters = check_param(iters, "iters", f, kind="int", low=0, low_inclusive=True)
         h, _ = self.encoder.forward(x)  # (B, S*E)
         z = h.reshape(-1, self.code_dim)  # (B*S, E)
         iters = self.kmeans_iters if iters is None else iters
@@ -377,6 +386,7 @@ class VQVAE(Model):
         """n samples under the uniform prior over codes: each slot's code drawn uniformly,
         then the decoder's mean (n, D). (A VQ-VAE is usually sampled through a learned prior
         over codes; this shows what the uniform prior of the bound gives.)"""
+        n = self._check_sample(rng, n, "VQVAE.sample")
         return self.decode_codes(self.xp.asarray(rng.integers(0, self.codes, size=(n, self.slots))))
 
     def reconstruct(self, x):
@@ -387,6 +397,7 @@ class VQVAE(Model):
     def draw_noise(self, rng, batch_size, n_samples=None):
         """None: the forward pass of a VQ-VAE draws no noise (``loss_and_grads`` uses its
         generator only to re-seed dead codes)."""
+        self._check_noise_size(batch_size, n_samples, "VQVAE.draw_noise")
         return None
 
     def forward(self, x, noise=None, *, index=None, frozen=None, need_grad=True):
@@ -464,8 +475,9 @@ class VQVAE(Model):
         Parameters
         ----------
         x : ndarray of shape (B, D)
-        rng : numpy.random.Generator
-            Draws the rows that re-seed dead codes (nothing else here is random).
+        rng : numpy.random.Generator or None
+            Draws the rows that re-seed dead codes (nothing else here is random); None only
+            without ``reset_dead_codes``.
         kl_weight : None
             Accepted for the training loop's interface; a VQ-VAE has no KL term to anneal.
         validate : bool
@@ -492,8 +504,14 @@ class VQVAE(Model):
                 f"KL term to anneal), got {kl_weight!r}. Train with "
                 f"kl_warmup_epochs=0."
             )
-        if validate:
-            self._check_x(x, "VQVAE.loss_and_grads")
+        self._check_step(
+            x,
+            rng,
+            None,
+            "VQVAE.loss_and_grads",
+            validate=validate,
+            rng_optional=not self.reset_dead_codes,
+        )
         self.zero_grad()
         h, enc = self.encoder.forward(x)  # (B, S*E)
         # over the whole batch's rows, so that every process of a data-parallel step takes the
@@ -567,21 +585,24 @@ class VQVAE(Model):
 
         Deterministic (``rng`` is accepted for the trainer's interface and unused).
         """
-        self._check_x(x, "VQVAE.bound")
+        batch_size = self._check_eval(x, rng, batch_size, "VQVAE.bound", rng_optional=True)
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             _, c = self.forward(x[i : i + batch_size], need_grad=False)
             out.append(-c.nll)
-        return xp.concatenate(out) if out else xp.zeros(0, dtype=self.dtype)
+        return self._rows(out, xp)
 
     def elbo(self, x, rng=None, batch_size=1000):
         """Per-example ELBO under the uniform prior over codes: bound - S log M, shape (B,)."""
+        if rng is not None:
+            check_rng(rng, "VQVAE.elbo")
+        check_param(batch_size, "batch_size", "VQVAE.elbo", kind="int", low=1, low_inclusive=True)
         return self.bound(x, rng, batch_size) - self.dtype.type(self.slots * math.log(self.codes))
 
     def code_usage(self, x, batch_size=1000):
         """How many of the B*S slots of x each code takes: int64 (M,)."""
-        self._check_x(x, "VQVAE.code_usage")
+        batch_size = self._check_eval(x, None, batch_size, "VQVAE.code_usage", rng_optional=True)
         counts = 0
         for i in range(0, x.shape[0], batch_size):
             counts = counts + code_counts(self._codes(x[i : i + batch_size]).ravel(), self.codes)
@@ -607,7 +628,7 @@ class VQVAE(Model):
         lines : list of str
             The same, for printing.
         """
-        self._check_x(x, "VQVAE.eval_report")
+        batch_size = self._check_eval(x, None, batch_size, "VQVAE.eval_report", rng_optional=True)
         nll, counts = [], np.zeros(self.codes, dtype=np.int64)
         for i in range(0, x.shape[0], batch_size):
             _, c = self.forward(x[i : i + batch_size], need_grad=False)

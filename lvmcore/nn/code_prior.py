@@ -30,10 +30,19 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_param, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_param,
+    check_rng,
+    get_xp,
+    to_numpy,
+)
 from ..distributions.gumbel import gumbel_max
 from ..ops.softmax import log_softmax_forward
-from ._checks import check_grad, check_input
 from .made import MADE, MADECache
 from .module import Module
 
@@ -111,7 +120,7 @@ class CodePrior(Module):
         func = "CodePrior"
         S = check_param(n_slots, "n_slots", func, kind="int", low=1, low_inclusive=True)
         M = check_param(n_codes, "n_codes", func, kind="int", low=2, low_inclusive=True)
-        dtype = np.dtype(dtype)
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         if embedding is None:
             table = np.eye(M, dtype=dtype)
         else:
@@ -221,8 +230,8 @@ class CodePrior(Module):
         check_input(context, "context", func, dtype=W0.dtype, xp=get_xp(W0), last=None)
         if tuple(context.shape) != (n, self.context_dim):
             raise ValueError(
-                f"{func}: expected context of shape ({n}, {self.context_dim}), got "
-                f"{tuple(context.shape)}."
+                f"{func}: expected context of shape ({n}, {self.context_dim}) (one row per row "
+                f"of codes), got {tuple(context.shape)}."
             )
         return context
 
@@ -230,8 +239,12 @@ class CodePrior(Module):
 
     def inputs(self, codes):
         """The MADE's input rows: each slot's code features, (B, S*W)."""
-        B = codes.shape[0]
-        return self.table[codes].reshape(B, -1)  # (B, S*W), slot-major
+        self._check_codes(codes, "CodePrior.inputs")
+        return self._inputs(codes)
+
+    def _inputs(self, codes):
+        B, S = codes.shape
+        return self.table[codes].reshape(B, S * self.table.shape[1])  # (B, S*W), slot-major
 
     def forward(self, codes, context=None):
         """Logits of every slot's conditional given the codes of the slots before it.
@@ -258,13 +271,17 @@ class CodePrior(Module):
         func = "CodePrior.forward"
         self._check_codes(codes, func)
         context = self._check_context(context, codes.shape[0], func)
-        y, mc = self.made.forward(self.inputs(codes), context)  # (B, M, S)
+        y, mc = self.made.forward(self._inputs(codes), context)  # (B, M, S)
         return y.swapaxes(-1, -2), CodePriorCache(mc, None, None)
 
     def backward(self, dlogits, cache):
         """Accumulate parameter gradients from ``dlogits`` (B, S, M); return dcontext or None."""
+        func = "CodePrior.backward"
+        check_cache(cache, CodePriorCache, func)
         B = cache.made.x.shape[0]
-        check_grad(dlogits, "dlogits", (B, self.n_slots, self.n_codes), "CodePrior.backward")
+        check_grad(
+            dlogits, "dlogits", (B, self.n_slots, self.n_codes), func, dtype=cache.made.x.dtype
+        )
         _, dcontext = self.made.backward(dlogits.swapaxes(-1, -2), cache.made)
         return dcontext
 
@@ -296,8 +313,15 @@ class CodePrior(Module):
         :math:`\\partial \\log p / \\partial \\mathrm{logits}_{s,m} = [k_s = m] - p_{s,m}`
         (the log-softmax gradient at the chosen code), then the MADE's backward.
         """
+        func = "CodePrior.log_prob_backward"
+        check_cache(cache, CodePriorCache, func)
+        if cache.codes is None:
+            raise TypeError(
+                f"{func}: expected cache to be the cache of log_prob_forward, got the cache of "
+                f"forward. Use backward with it, or call log_prob_forward."
+            )
         B = cache.codes.shape[0]
-        check_grad(dlog_p, "dlog_p", (B,), "CodePrior.log_prob_backward")
+        check_grad(dlog_p, "dlog_p", (B,), func, dtype=cache.probs.dtype)
         xp = get_xp(cache.probs)
         onehot = (xp.arange(self.n_codes) == cache.codes[:, :, None]).astype(cache.probs.dtype)
         dlogits = dlog_p[:, None, None] * (onehot - cache.probs)  # (B, S, M)
@@ -318,6 +342,11 @@ class CodePrior(Module):
         self._check_codes(codes, func)
         self._check_context(context, codes.shape[0], func)
         bs = check_param(batch_size, "batch_size", func, kind="int", low=1, low_inclusive=True)
+        if codes.shape[0] == 0:
+            raise ValueError(
+                f"{func}: expected codes to hold at least one row (a mean over rows), got shape "
+                f"{tuple(codes.shape)}."
+            )
         total = 0.0
         for i in range(0, codes.shape[0], bs):
             ctx = None if context is None else context[i : i + bs]
@@ -417,6 +446,7 @@ def fit_code_prior(
     if not isinstance(prior, CodePrior):
         raise TypeError(f"{func}: expected prior to be a CodePrior, got {type(prior).__name__}.")
     prior._check_codes(codes, func)
+    check_rng(rng, func)
     epochs = check_param(epochs, "epochs", func, kind="int", low=1, low_inclusive=True)
     batch_size = check_param(batch_size, "batch_size", func, kind="int", low=1, low_inclusive=True)
     if valid_codes is not None:

@@ -24,10 +24,18 @@ import math
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_param, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_param,
+    get_xp,
+    to_numpy,
+)
 from ..oracles.gmm import GMM
-from ._checks import check_grad, check_input
-from .module import MLP
+from .module import MLP, MLPCache
 
 __all__ = [
     "Discriminator",
@@ -97,8 +105,11 @@ class Discriminator(MLP):
 
     def backward(self, dlogits, cache, need_dx=True):
         """Accumulate parameter gradients; return dz (N, Z) (None with ``need_dx=False``)."""
+        check_cache(cache, MLPCache, "Discriminator.backward")
         N = cache.linear[0].x.shape[0]
-        check_grad(dlogits, "dlogits", (N,), "Discriminator.backward")
+        check_grad(
+            dlogits, "dlogits", (N,), "Discriminator.backward", dtype=cache.linear[0].x.dtype
+        )
         return super().backward(dlogits[:, None], cache, need_dx=need_dx)
 
 
@@ -128,6 +139,7 @@ def gaussian_target_sample(rng, n, n_latent, dtype=np.float32, like=None):
     func = "gaussian_target_sample"
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
     Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
+    dtype = check_float_dtype(dtype, func)
     return noise.standard_normal(rng, (n, Z), dtype, like=_like(like, func))
 
 
@@ -193,11 +205,19 @@ def mixture_target_sample(rng, n, mixture, dtype=np.float32, like=None):
     """
     func = "mixture_target_sample"
     n = check_param(n, "n", func, kind="int", low=1, low_inclusive=True)
+    dtype = check_float_dtype(dtype, func)
     if not isinstance(mixture, tuple) or len(mixture) != 3:
         raise TypeError(
             f"{func}: expected mixture to be a GMM (log_pi, means, variances), got "
             f"{type(mixture).__name__}. Build one with circle_mixture(...)."
         )
+    for name, a in zip(("log_pi", "means", "variances"), mixture):
+        kind = to_numpy(a).dtype.kind
+        if kind not in "iuf":  # complex, object, bool: never cast silently
+            raise TypeError(
+                f"{func}: expected mixture.{name} to be real numbers, got dtype "
+                f"{to_numpy(a).dtype}. Pass float arrays (circle_mixture(...) builds them)."
+            )
     log_pi, means, variances = (to_numpy(a, np.float64) for a in mixture)
     C = log_pi.shape[0] if log_pi.ndim == 1 else -1
     if C < 1 or means.ndim != 2 or means.shape[0] != C or variances.shape != means.shape:

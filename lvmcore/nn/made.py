@@ -23,9 +23,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_lead,
+    check_param,
+    get_xp,
+    to_numpy,
+)
 from ..ops import ACTIVATIONS, linear_backward, linear_forward
-from ._checks import check_grad, check_input, check_lead
 from .init import glorot_uniform
 from .module import Module
 
@@ -55,6 +64,13 @@ def made_degrees(n_in, hidden, order):
     Germain et al.'s uniform draw from [min m^{l-1}, Z - 1]. With every width at least Z - 1
     each degree occurs in every layer, so every connection the order allows exists.
     """
+    func = "made_degrees"
+    n_in = check_param(n_in, "n_in", func, kind="int", low=1, low_inclusive=True)
+    check_array(order, "order", func, dtype="int", shape=(n_in,), shape_of="n_in")
+    if not np.array_equal(np.sort(order), np.arange(n_in)):
+        raise ValueError(
+            f"{func}: expected order to be a permutation of range({n_in}), got {order!r}."
+        )
     m_in = np.empty(n_in, dtype=np.int64)
     m_in[np.asarray(order)] = np.arange(1, n_in + 1)
     degrees = [m_in]
@@ -185,9 +201,7 @@ class MADE(Module):
             kind="choice",
             choices=("tanh", "relu", "softplus", "sigmoid"),
         )
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.order = self._make_order(order, Z, rng, func)
         self.n_in, self.hidden, self.n_outputs_per_dim = Z, hidden, P
         self.input_width = W
@@ -308,7 +322,8 @@ class MADE(Module):
                 ctx_lead = tuple(context.shape[:-1])
                 c2 = context.reshape(-1, self.context_dim)  # (M, C)
                 ctx = (c2 @ self.params["Wc"]).reshape(ctx_lead + (a.shape[1],))  # (..., H_1)
-                a = (a.reshape(lead + (a.shape[1],)) + ctx).reshape(x2.shape[0], -1)
+                # widths named, not -1: reshape(0, -1) is ambiguous for zero rows
+                a = (a.reshape(lead + (a.shape[1],)) + ctx).reshape(x2.shape[0], a.shape[1])
             if l < self.n_layers - 1:
                 h, ac = act_forward(a)
                 acts.append(ac)
@@ -331,9 +346,13 @@ class MADE(Module):
         dcontext : ndarray of the context's shape, or None without a context
             Summed over the leading axes the context was broadcast over.
         """
-        shape = cache.lead + (self.n_outputs_per_dim, self.n_in)
-        check_grad(dy, "dy", shape, "MADE.backward")
+        self._check_dy(dy, cache, "MADE.backward")
         return self._backward(dy, cache, self.grads)
+
+    def _check_dy(self, dy, cache, func):
+        check_cache(cache, MADECache, func)
+        shape = cache.lead + (self.n_outputs_per_dim, self.n_in)
+        check_grad(dy, "dy", shape, func, dtype=cache.x.dtype)
 
     def input_vjp(self, dy, cache):
         """dx only, :math:`dy^\\top \\partial y/\\partial x`, leaving the gradients untouched.
@@ -341,12 +360,13 @@ class MADE(Module):
         The building block of a flow's Jacobian-transpose solve: it skips every weight
         gradient GEMM and the context branch.
         """
+        self._check_dy(dy, cache, "MADE.input_vjp")
         return self._backward(dy, cache, None)[0]
 
     def _backward(self, dy, cache, grads):
         _, act_backward = ACTIVATIONS[self.activation]
         N, ZW = cache.x.shape
-        da = dy.reshape(N, -1)  # (N, P*Z)
+        da = dy.reshape(N, self.n_outputs_per_dim * self.n_in)  # (N, P*Z)
         dx_direct = None
         if self.direct:
             Wd = self._masked("Wd")

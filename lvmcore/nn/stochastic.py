@@ -22,10 +22,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
+from .._validation import (
+    check_array,
+    check_cache,
+    check_grad,
+    check_input,
+    check_pair,
+    check_param,
+    get_xp,
+)
 from ..distributions.normal import DiagNormal
 from ..ops import reparam_backward, reparam_forward
-from ._checks import check_grad, check_input
 from .module import MLP
 
 __all__ = [
@@ -129,10 +136,12 @@ class GaussianLayer(MLP):
         ``[dmu | dlogvar]`` into the output gradient (N, 2Z) and runs :meth:`MLP.backward`.
         """
         func = "GaussianLayer.backward"
-        dmu, dlogvar = dout
+        check_cache(cache, GaussianLayerCache, func)
+        dmu, dlogvar = check_pair(dout, "dout", "(dmu, dlogvar)", func)
         shape = cache.lead + (self.n_latent,)
-        check_grad(dmu, "dmu", shape, func)
-        check_grad(dlogvar, "dlogvar", shape, func)
+        dtype = self.params["W0"].dtype
+        check_grad(dmu, "dmu", shape, func, dtype=dtype)
+        check_grad(dlogvar, "dlogvar", shape, func, dtype=dtype)
         xp = get_xp(dmu)
         dy = xp.concatenate(
             [dmu.reshape(-1, self.n_latent), dlogvar.reshape(-1, self.n_latent)], axis=1
@@ -235,7 +244,8 @@ def gaussian_rsample_backward(dout, cache):
     :func:`gaussian_rsample_dlogq_dz` into ``dz``.
     """
     func = "gaussian_rsample_backward"
-    dz, dlog_q = dout
+    check_cache(cache, GaussianSampleCache, func)
+    dz, dlog_q = check_pair(dout, "dout", "(dz, dlog_q)", func)
     eps, std = cache.reparam
     xp = get_xp(std)
     if dz is None:
@@ -261,6 +271,7 @@ def gaussian_rsample_dlogq_dz(cache):
         :math:`-(z - \\mu)/\\sigma^2 = -\\varepsilon/\\sigma`: what STL and DReG need (the
         score term of log q is dropped or reweighted, the path term kept).
     """
+    check_cache(cache, GaussianSampleCache, "gaussian_rsample_dlogq_dz")
     eps, std = cache.reparam
     return -eps / std
 
@@ -286,6 +297,11 @@ def gaussian_log_prob_forward(z, mu, logvar):
     func = "gaussian_log_prob_forward"
     _check_mu_logvar(mu, logvar, func)
     check_input(z, "z", func, dtype=mu.dtype, xp=get_xp(mu), last=mu.shape[-1])
+    if z.ndim < mu.ndim or tuple(z.shape[z.ndim - mu.ndim :]) != tuple(mu.shape):
+        raise ValueError(
+            f"{func}: expected z of shape (*S, {', '.join(map(str, mu.shape))}) (mu's shape "
+            f"after leading sample axes), got {tuple(z.shape)}."
+        )
     dist = DiagNormal(mu, logvar)
     return dist.log_prob(z), (dist, z)
 
@@ -305,6 +321,13 @@ def gaussian_log_prob_backward(dlog_p, cache):
     -----
     See :meth:`lvmcore.distributions.DiagNormal.log_prob_backward` for the derivation.
     """
+    func = "gaussian_log_prob_backward"
+    if not (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[0], DiagNormal)):
+        raise TypeError(
+            f"{func}: expected cache to be the (DiagNormal, z) pair returned by "
+            f"gaussian_log_prob_forward, got {type(cache).__name__}."
+        )
     dist, z = cache
+    check_grad(dlog_p, "dlog_p", z.shape[:-1], func, dtype=z.dtype)
     g = dist.log_prob_backward(dlog_p, z)
     return g["value"], g["loc"], g["logvar"]

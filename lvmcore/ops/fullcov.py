@@ -30,7 +30,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_same_device, check_same_dtype, get_xp
+from .._validation import (
+    check_array,
+    check_cache,
+    check_pair,
+    check_param,
+    check_same_device,
+    check_same_dtype,
+    get_xp,
+)
 
 __all__ = [
     "fullcov_tril_size",
@@ -52,6 +60,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 def fullcov_tril_size(n_latent):
     """T = Z (Z + 1) / 2, the length of ``l_raw`` for Z latent dimensions."""
+    n_latent = check_param(
+        n_latent, "n_latent", "fullcov_tril_size", kind="int", low=0, low_inclusive=True
+    )
     return n_latent * (n_latent + 1) // 2
 
 
@@ -125,6 +136,23 @@ def fullcov_cholesky_backward(dL, cache):
     Off the diagonal L copies l_raw; on it :math:`\\partial L_{ii}/\\partial r_{k_i} = L_{ii}`.
     The upper triangle of dL is ignored (L has no entries there).
     """
+    func = "fullcov_cholesky_backward"
+    check_cache(cache, CholeskyCache, func)
+    Z = cache.diag_L.shape[-1]
+    check_array(
+        dL,
+        "dL",
+        func,
+        shape=tuple(cache.diag_L.shape) + (Z,),
+        dtype=cache.diag_L.dtype,
+        finite=False,
+        shape_of="the factor L of the forward",
+        ref="the forward's",
+    )
+    return _cholesky_backward(dL, cache)
+
+
+def _cholesky_backward(dL, cache):
     dl_raw = dL[..., cache.rows, cache.cols]  # (..., T), a fresh array
     dl_raw[..., cache.diag] *= cache.diag_L
     return dl_raw
@@ -327,7 +355,8 @@ def fullcov_rsample_backward(dout, cache):
     add :func:`fullcov_rsample_dlogq_dz` into dz instead.
     """
     func = "fullcov_rsample_backward"
-    dz, dlog_q = dout
+    check_cache(cache, FullCovSampleCache, func)
+    dz, dlog_q = check_pair(dout, "dout", "(dz, dlog_q)", func)
     eps, L, chol, n = cache
     xp = get_xp(L)
     if dz is None:
@@ -336,7 +365,7 @@ def fullcov_rsample_backward(dout, cache):
     else:
         _check_grad(dz, "dz", eps.shape, func)
         dmu = dz.sum(axis=tuple(range(n))) if n else dz.copy()  # (..., Z)
-        dl_raw = fullcov_cholesky_backward(_outer_sum(dz, eps, n), chol)  # (..., T)
+        dl_raw = _cholesky_backward(_outer_sum(dz, eps, n), chol)  # (..., T)
     if dlog_q is not None:
         _check_grad(dlog_q, "dlog_q", eps.shape[:-1], func)
         s = dlog_q.sum(axis=tuple(range(n))) if n else dlog_q  # (...)
@@ -353,6 +382,7 @@ def fullcov_rsample_dlogq_dz(cache):
         :math:`-(LL^\\top)^{-1}(z-\\mu) = -L^{-\\top}\\varepsilon`, one batched solve with the
         samples as right-hand sides.
     """
+    check_cache(cache, FullCovSampleCache, "fullcov_rsample_dlogq_dz")
     eps, L, _, n = cache
     xp = get_xp(L)
     g = xp.linalg.solve(xp.swapaxes(L, -1, -2), _to_columns(eps, n))  # (..., Z, prod S)
@@ -424,12 +454,13 @@ def fullcov_log_prob_backward(dlog_q, cache):
     entry.
     """
     func = "fullcov_log_prob_backward"
+    check_cache(cache, FullCovLogProbCache, func)
     v, w, chol, n = cache
     _check_grad(dlog_q, "dlog_q", v.shape[:-1], func)
     aw = dlog_q[..., None] * w  # (*S, ..., Z)
     dz = -aw
     dmu = aw.sum(axis=tuple(range(n))) if n else aw.copy()
-    dl_raw = fullcov_cholesky_backward(_outer_sum(aw, v, n), chol)  # (..., T)
+    dl_raw = _cholesky_backward(_outer_sum(aw, v, n), chol)  # (..., T)
     s = dlog_q.sum(axis=tuple(range(n))) if n else dlog_q
     dl_raw[..., chol.diag] -= s[..., None]
     return dz, dmu, dl_raw

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_same_device, check_same_dtype, get_xp
+from .._validation import check_array, check_cache, check_same_device, check_same_dtype, get_xp
 
 __all__ = ["poe_forward", "poe_backward", "PoECache"]
 
@@ -176,6 +176,12 @@ def poe_backward(dout, cache):
         d\\mu_m = w_m\\, d\\mu, \\qquad
         dv_m = -w_m\\,[(\\mu_m - \\mu)\\, d\\mu - dv].
     """
+    check_cache(cache, PoECache, "poe_backward")
+    if not (isinstance(dout, (tuple, list)) and len(dout) == 2):
+        raise TypeError(
+            f"poe_backward: expected dout to be a pair (dmu_out, dlogvar_out) (either may be "
+            f"None), got {type(dout).__name__}."
+        )
     dmu_out, dlogvar_out = dout
     w = cache.weights
     xp = get_xp(w)

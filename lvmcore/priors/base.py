@@ -20,8 +20,7 @@ weights): it leaves the parameter gradients alone, so the prior's parameters are
 
 import numpy as np
 
-from .._validation import get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import check_cache, check_grad, check_input, get_xp
 from ..nn.module import Module
 from ..noise import standard_normal, uniform
 
@@ -36,6 +35,7 @@ class Prior(Module):
     """
 
     n_latent = None
+    _cache_type = tuple  # the NamedTuple its log_prob returns (set by each prior)
 
     # --- device and dtype -----------------------------------------------------------------
 
@@ -122,6 +122,12 @@ class Prior(Module):
         n = self._check_n(n, func)
         if isinstance(rng_or_noise, np.random.Generator):
             noise = self._draw_noise(rng_or_noise, n)
+        elif not (hasattr(rng_or_noise, "shape") or isinstance(rng_or_noise, tuple)):
+            raise TypeError(
+                f"{func}: expected rng_or_noise to be a numpy.random.Generator or the noise "
+                f"of draw_noise(rng, n), got {type(rng_or_noise).__name__}. Make one with "
+                f"numpy.random.default_rng(seed)."
+            )
         else:
             noise = self._check_noise(rng_or_noise, n, func)
         return self._sample(noise, n)
@@ -130,6 +136,7 @@ class Prior(Module):
 
     def _check_dlog_p(self, dlog_p, cache, method):
         func = f"{type(self).__name__}.{method}"
+        check_cache(cache, self._cache_type, func)
         check_grad(dlog_p, "dlog_p", cache.lead, func, dtype=self.dtype)
 
     @staticmethod

@@ -71,6 +71,8 @@ class FlowPrior(Prior):
     (the autoregressive-flow prior).
     """
 
+    _cache_type = FlowPriorCache
+
     def __init__(
         self,
         n_latent,

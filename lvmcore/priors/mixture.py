@@ -21,8 +21,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..nn._checks import check_grad, check_input
+from .._validation import (
+    check_array,
+    check_cache,
+    check_float_dtype,
+    check_grad,
+    check_input,
+    check_param,
+    get_xp,
+)
 from ..ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward, softmax
 from .base import Prior
 
@@ -156,9 +163,12 @@ def _check_components(mu, logvar, log_weights, func):
     check_array(mu, "mu", func, ndim=2)
     xp, dtype = get_xp(mu), mu.dtype
     C, Z = mu.shape
-    if C < 1:
-        raise ValueError(f"{func}: expected mu to have at least one row (component), got 0.")
-    check_input(logvar, "logvar", func, dtype=dtype, xp=xp, last=Z)
+    if C < 1 or Z < 1:
+        raise ValueError(
+            f"{func}: expected mu to have at least one row (component) and one column (latent "
+            f"dimension), got shape {(C, Z)}."
+        )
+    check_input(logvar, "logvar", func, dtype=dtype, xp=xp)
     if tuple(logvar.shape) != (C, Z):
         raise ValueError(
             f"{func}: expected logvar to have mu's shape {(C, Z)}, got {tuple(logvar.shape)}."
@@ -228,6 +238,7 @@ def mixture_log_prob_backward(dlog_p, cache, need_params=True):
     -----
     See :func:`mixture_log_prob_backward_ref`.
     """
+    check_cache(cache, MixtureCache, "mixture_log_prob_backward")
     check_grad(dlog_p, "dlog_p", cache.lead, "mixture_log_prob_backward", dtype=cache.z.dtype)
     dz, dmu, dlv, dlw = mixture_log_prob_backward_ref(
         dlog_p.reshape(-1), cache.z, cache.mu, cache.logvar, cache.resp, need_params
@@ -260,8 +271,27 @@ def mixture_sample(mu, logvar, log_weights, noise):
     Component :math:`c_i` is the first with :math:`\\sum_{c' \\le c} w_{c'} > u_i` (the
     inverse CDF of the weights), then :math:`z_i = \\mu_{c_i} + e^{\\ell_{c_i}/2}\\varepsilon_i`.
     """
-    xp = get_xp(mu)
-    C = mu.shape[0]
+    func = "mixture_sample"
+    xp, dtype, C, Z = _check_components(mu, logvar, log_weights, func)
+    if not isinstance(noise, MixtureNoise):
+        raise TypeError(
+            f"{func}: expected noise to be a MixtureNoise (u, eps), got "
+            f"{type(noise).__name__}. Draw it with MixturePrior.draw_noise(rng, n)."
+        )
+    check_input(noise.u, "noise.u", func, dtype=dtype, xp=xp)
+    n = noise.u.shape[0]
+    if noise.u.ndim != 1 or bool(((noise.u < 0) | (noise.u >= 1)).any()):
+        raise ValueError(
+            f"{func}: expected noise.u to be uniforms in [0, 1) of shape (n,), got shape "
+            f"{tuple(noise.u.shape)} with {int(((noise.u < 0) | (noise.u >= 1)).sum())} "
+            f"values outside."
+        )
+    check_input(noise.eps, "noise.eps", func, dtype=dtype, xp=xp)
+    if tuple(noise.eps.shape) != (n, Z):
+        raise ValueError(
+            f"{func}: expected noise.eps to have shape (n, Z) = {(n, Z)} (n from noise.u, Z "
+            f"from mu), got {tuple(noise.eps.shape)}."
+        )
     cdf = xp.cumsum(softmax(log_weights))  # (C,)
     # The last CDF entry may round below 1: an index past the end falls back to C - 1.
     c = xp.minimum(xp.searchsorted(cdf, noise.u, side="right"), C - 1)  # (n,)
@@ -308,15 +338,15 @@ class MixturePrior(Prior):
     through the log-softmax, :math:`d\\text{logits} = d\\log w - w\\sum_c d\\log w_c`.
     """
 
+    _cache_type = MixturePriorCache
+
     def __init__(self, n_latent, n_components, rng, *, init_std=1.0, dtype=np.float32):
         super().__init__()
         func = "MixturePrior"
         Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
         C = check_param(n_components, "n_components", func, kind="int", low=1, low_inclusive=True)
         init_std = check_param(init_std, "init_std", func, low=0, low_inclusive=True)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         self.n_latent, self.n_components = Z, C
         self._add_param("mu", (init_std * rng.standard_normal((C, Z))).astype(dtype))
         self._add_param("logvar", np.zeros((C, Z), dtype=dtype))

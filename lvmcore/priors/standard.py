@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, to_numpy
+from .._validation import check_float_dtype, check_param, to_numpy
 from .base import Prior
 
 __all__ = ["StandardNormalPrior", "StandardNormalCache"]
@@ -37,12 +37,16 @@ class StandardNormalPrior(Prior):
     so that a model treats every prior alike. ``params`` and ``grads`` are empty.
     """
 
+    _cache_type = StandardNormalCache
+
     def __init__(self, n_latent, *, dtype=np.float32):
         super().__init__()
         func = "StandardNormalPrior"
         self.n_latent = check_param(
             n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True
         )
+        if dtype is None:  # numpy.dtype(None) is float64: refused rather than picked silently
+            check_float_dtype(dtype, func)
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")

@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_param, to_numpy
-from ..nn._checks import check_input
+from .._validation import check_array, check_float_dtype, check_input, check_param, to_numpy
 from .base import Prior
 from .mixture import (
     MixtureNoise,
@@ -83,6 +82,8 @@ class VampPrior(Prior):
     J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018, eq. 9.
     """
 
+    _cache_type = VampPriorCache
+
     def __init__(
         self,
         encoder,
@@ -109,9 +110,7 @@ class VampPrior(Prior):
         C = check_param(n_components, "n_components", func, kind="int", low=1, low_inclusive=True)
         D = check_param(data_dim, "data_dim", func, kind="int", low=1, low_inclusive=True)
         Z = check_param(n_latent, "n_latent", func, kind="int", low=1, low_inclusive=True)
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
+        dtype = check_float_dtype(dtype, func)  # None included: numpy.dtype(None) is float64
         if pseudo_inputs is None:
             init_mean = check_param(init_mean, "init_mean", func)
             init_std = check_param(init_std, "init_std", func, low=0, low_inclusive=True)
