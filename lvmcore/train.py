@@ -279,11 +279,13 @@ def fit(
     # checked on every process, so that a bad value stops every one of them alike
     hyper = comm.run_everywhere(_check_arguments, f, hyper, resume, out_dir)
     # one writer per run folder: rank 0 takes the lock, and every rank fails alike without it
-    lock = None
-    if out_dir is not None:
-        lock = comm.run_on_root(_lock_run, Path(os.fspath(out_dir)), resume, f)
+    # one writer per run folder: rank 0 takes the lock once the data are checked (so a run
+    # refused for its data leaves no trace), and every rank fails alike without it
+    locks = []
     try:
-        run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f)
+        run = _prepare_run(
+            model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f, locks
+        )
         from tqdm.auto import tqdm
 
         with tqdm(
@@ -306,7 +308,8 @@ def fit(
             write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
     finally:
         if comm.is_root:
-            _unlock_run(lock)
+            for lock in locks:
+                _unlock_run(lock)
     return [dict(r) for r in run.history]
 
 
@@ -398,9 +401,9 @@ def _make_optimizer(model, hyper):
     )
 
 
-def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f):
-    """Check the data, make the optimizer, and start a fresh run folder or load the checkpoint
-    of the run to resume (parameters, optimizer state, history). In a data-parallel run the
+def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f, locks):
+    """Check the data, lock the run folder (appending the lock to ``locks``), make the
+    optimizer, and start a fresh run folder or load the checkpoint of the run to resume (parameters, optimizer state, history). In a data-parallel run the
     data are checked on every process and compared by checksum, the gradients bound to one
     flat buffer, and the run folder handled on rank 0, which shares the outcome."""
     xp = get_xp(*model.parameters().values())
@@ -410,6 +413,8 @@ def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source,
     distributed = not isinstance(comm, SingleProcess)
     if distributed:
         check_data(comm, {"train": train, "valid": valid})
+    if out_dir is not None:  # the caller releases the lock
+        locks.append(comm.run_on_root(_lock_run, Path(os.fspath(out_dir)), resume, f))
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / hyper["batch_size"])
     # the views of one buffer are the gradients the optimizer holds: bind before making it
