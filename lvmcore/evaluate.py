@@ -47,7 +47,7 @@ def standard_error(values) -> float:
     return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
 
 
-def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
+def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, labels=None):
     r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
 
     .. math:: \log \frac1k \sum_{s=1}^k \frac{p(x, z_s)}{q(z_s|x)},\quad z_s \sim q(z|x)
@@ -67,6 +67,8 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
         Rows per evaluation batch.
     chunk_size : int, optional
         Samples per chunk; about ``model.eval_chunk_rows`` decoder rows when None.
+    labels : ndarray of int, shape (N,), optional
+        Class ids, for a model that ``needs_labels`` (then log p(x | y) is estimated).
 
     Returns
     -------
@@ -84,6 +86,7 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
     """
     f = "log_likelihood"
     model._check_x(x, f)
+    labels = model._check_labels(labels, x.shape[0], f)
     k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
     batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
     if chunk_size is None:
@@ -97,7 +100,8 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
     with engine_kernel_threads():
         for i in range(0, x.shape[0], batch_size):
             xb = xp.ascontiguousarray(x[i : i + batch_size])  # (B, D)
-            draw = model.log_weight_sampler(xb, rng)
+            given = {} if labels is None else {"labels": labels[i : i + batch_size]}
+            draw = model.log_weight_sampler(xb, rng, **given)
             lse = xp.full(xb.shape[0], -xp.inf, dtype=np.float64)  # (B,)
             for s in range(0, k, chunk_size):
                 n = min(chunk_size, k - s)
@@ -110,7 +114,18 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
     return xp.concatenate(out)
 
 
-def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0) -> dict:
+def evaluate(
+    model,
+    x,
+    *,
+    k=5000,
+    seed=0,
+    batch_size=1000,
+    nll_batch_size=100,
+    subset=0,
+    labels=None,
+    code_prior=None,
+) -> dict:
     """Evaluate a model on the rows of x: the report of ``lvmcore eval`` (its ``eval.json``).
 
     Parameters
@@ -128,6 +143,12 @@ def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, s
         Rows per batch of the K-sample log-likelihood.
     subset : int
         Estimate the log-likelihood on this many rows drawn at random (0, or N or more: all).
+    labels : ndarray of int, shape (N,), optional
+        The rows' class ids, for a model that ``needs_labels`` (and only for one).
+    code_prior : lvmcore.nn.CodePrior, optional
+        A learned prior over the codes of a VQ-VAE: adds the bound log p(x|z_q(x)) +
+        log p_prior(codes(x)) and the prior's bits per code (:func:`lvmcore.vq_prior.
+        prior_report`).
 
     Returns
     -------
@@ -146,11 +167,23 @@ def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, s
         batch_size=batch_size,
         nll_batch_size=nll_batch_size,
         subset=subset,
+        labels=labels,
+        code_prior=code_prior,
     )[0]
 
 
 def evaluate_report(
-    model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0, split="test"
+    model,
+    x,
+    *,
+    k=5000,
+    seed=0,
+    batch_size=1000,
+    nll_batch_size=100,
+    subset=0,
+    split="test",
+    labels=None,
+    code_prior=None,
 ) -> tuple[dict, list]:
     """:func:`evaluate`, and the lines ``lvmcore eval`` prints (each naming ``split``).
 
@@ -171,14 +204,22 @@ def evaluate_report(
     if x.dtype != model.dtype:
         x = x.astype(model.dtype)
     x = model.xp.asarray(x)  # the one copy to the model's device
+    if isinstance(labels, np.ndarray) and model.xp is not np:
+        labels = model.xp.asarray(labels)  # the labels' one copy, with x's
+    labels = model._check_labels(labels, x.shape[0], f)
+    given = {} if labels is None else {"labels": labels}
 
     # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
     bound = to_numpy(
-        model.bound(x, np.random.default_rng([seed, 0, 0, BOUND_STREAM]), batch_size=batch_size),
+        model.bound(
+            x, np.random.default_rng([seed, 0, 0, BOUND_STREAM]), batch_size=batch_size, **given
+        ),
         np.float64,
     )  # (N,)
     elbo = to_numpy(
-        model.elbo(x, np.random.default_rng([seed, 0, 0, ELBO_STREAM]), batch_size=batch_size),
+        model.elbo(
+            x, np.random.default_rng([seed, 0, 0, ELBO_STREAM]), batch_size=batch_size, **given
+        ),
         np.float64,
     )  # (N,)
     n = int(bound.shape[0])
@@ -206,9 +247,15 @@ def evaluate_report(
     lines = [f"{split} ELBO {result['elbo']:.3f} +- {result['elbo_sem']:.3f} nats (n={n})"]
     if name != "ELBO":
         lines.append(f"{split} {name} {result['bound']:.3f} +- {result['bound_sem']:.3f}")
-    info, extra = model.eval_report(x, batch_size=batch_size)
+    info, extra = model.eval_report(x, batch_size=batch_size, **given)
     result.update(info)
     lines.extend(f"{split} {line}" for line in extra)
+    if code_prior is not None:
+        from .vq_prior import prior_report
+
+        info, extra = prior_report(model, code_prior, x, batch_size=batch_size)
+        result.update(info)
+        lines.extend(f"{split} {line}" for line in extra)
     if k > 0 and not model.has_log_likelihood:
         lines.append(
             f"no K-sample NLL: {model.config().get('model', type(model).__name__)} has no "
@@ -221,12 +268,15 @@ def evaluate_report(
                 np.random.default_rng([seed, SUBSET_STREAM]).choice(n, subset, replace=False)
             )
             xs = x[model.xp.asarray(pick)]
+            if labels is not None:
+                given = {"labels": labels[model.xp.asarray(pick)]}
         ll = to_numpy(
             model.log_likelihood(
                 xs,
                 np.random.default_rng([seed, 0, 0, NLL_STREAM]),
                 k=k,
                 batch_size=nll_batch_size,
+                **given,
             ),
             np.float64,
         )
