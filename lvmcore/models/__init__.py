@@ -8,6 +8,7 @@ name: ``MODELS`` is the one registry the trainer, the checkpoints and the comman
 
 from .base import Flag, Model
 from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
+from .cvae import CVAE
 from .iwae import ESTIMATORS, IWAE
 from .vae import VAE, VAECache
 from .vqvae import VQVAE
@@ -27,6 +28,7 @@ __all__ = [
     "CatVAE",
     "CatVAECache",
     "CATVAE_ESTIMATORS",
+    "CVAE",
 ]
 
 MODELS: dict[str, type[Model]] = {}
@@ -88,6 +90,6 @@ def build_model(config: dict) -> Model:
     return MODELS[name].from_config(config)
 
 
-for _cls in (VAE, IWAE, VQVAE, CatVAE):
+for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE):
     register_model(_cls)
 del _cls
