@@ -10,6 +10,7 @@ from .base import Flag, Model
 from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
 from .cvae import CVAE
 from .iwae import ESTIMATORS, IWAE
+from .mvae import MVAE
 from .vae import VAE, VAECache
 from .vqvae import VQVAE
 
@@ -29,6 +30,7 @@ __all__ = [
     "CatVAECache",
     "CATVAE_ESTIMATORS",
     "CVAE",
+    "MVAE",
 ]
 
 MODELS: dict[str, type[Model]] = {}
@@ -90,6 +92,6 @@ def build_model(config: dict) -> Model:
     return MODELS[name].from_config(config)
 
 
-for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE):
+for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE, MVAE):
     register_model(_cls)
 del _cls
