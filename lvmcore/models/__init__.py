@@ -6,6 +6,7 @@ name: ``MODELS`` is the one registry the trainer, the checkpoints and the comman
 :func:`register_model`.
 """
 
+from .aae import AAE
 from .base import Flag, Model
 from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
 from .cvae import CVAE
@@ -31,6 +32,7 @@ __all__ = [
     "CATVAE_ESTIMATORS",
     "CVAE",
     "MVAE",
+    "AAE",
 ]
 
 MODELS: dict[str, type[Model]] = {}
@@ -92,6 +94,6 @@ def build_model(config: dict) -> Model:
     return MODELS[name].from_config(config)
 
 
-for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE, MVAE):
+for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE, MVAE, AAE):
     register_model(_cls)
 del _cls
