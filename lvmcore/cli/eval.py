@@ -1,5 +1,7 @@
 """``lvmcore eval RUN``: the report of :func:`lvmcore.evaluate.evaluate_report` on a data split,
-printed and written into ``RUN/eval.json``."""
+printed and written into ``RUN/eval.json``. A model conditioned on labels gets the split's
+labels; a VQ-VAE with a learned code prior beside its checkpoint (``lvmcore train-prior``) is
+also evaluated with that prior."""
 
 import json
 import time
@@ -73,7 +75,9 @@ def run(args):
     from ..checkpoint import load_checkpoint, load_model
     from ..data import load_dataset
     from ..evaluate import evaluate_report
+    from ..models import VQVAE
     from ..train import CHECKPOINT
+    from ..vq_prior import PRIOR_FILE, load_code_prior
 
     run_path = Path(args.run)
     path = run_path / CHECKPOINT if run_path.is_dir() else run_path
@@ -84,7 +88,12 @@ def run(args):
         raise ValueError(
             f"expected --data: the run in {path} does not record where its data came from."
         )
-    x = getattr(load_dataset(data), args.split)
+    dataset = load_dataset(data)
+    x = getattr(dataset, args.split)
+    labels = dataset.labels(args.split) if model.needs_labels else None
+    code_prior = None
+    if isinstance(model, VQVAE) and (path.parent / PRIOR_FILE).is_file():
+        code_prior, _ = load_code_prior(path.parent / PRIOR_FILE, model)
     t0 = time.perf_counter()
     report, lines = evaluate_report(
         model,
@@ -95,6 +104,8 @@ def run(args):
         nll_batch_size=args.nll_batch_size,
         subset=args.subset,
         split=args.split,
+        labels=labels,
+        code_prior=code_prior,
     )
     result = dict(checkpoint=str(path), epoch=state.get("epoch"), data=str(data), split=args.split)
     result.update(report)

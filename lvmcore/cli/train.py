@@ -243,6 +243,7 @@ def run(args):
                 cls._refuse_flags(args, [k for k in other.flag_defaults() if k not in own])
         data = args.data or "digits"
         dataset = load_dataset(data)
+        args.data_classes = dataset.n_classes  # for a model conditioned on labels
         model = cls.from_args(args, dataset.train.shape[1])
         config = model.config()
 
