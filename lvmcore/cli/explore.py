@@ -14,6 +14,7 @@ from the other). In Python, :func:`explore_run` returns the arrays each picture 
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtri
 
 from .._validation import check_param, to_numpy
 from ._common import PROG, add_device_argument
@@ -149,8 +150,15 @@ def explore_run(
         n_grid = 15
         ym = None if given is None else xp.full(n_grid * n_grid, int(given[0]))
         note = "" if given is None else f", class {int(given[0])}"
+        scale = 1.0
+        if isinstance(model, AAE) and model.target == "mixture":
+            # the grid of N(0, 1) quantiles, widened to reach the circle of the mixture target
+            _, means, variances = model.mixture
+            reach = np.sqrt((means**2).sum(axis=1)).max() + 2 * np.sqrt(variances.max())
+            scale = float(reach / ndtri(0.95))
+            note += f", scaled by {scale:.2f} to the mixture target"
         results["manifold"] = latent.write_manifold(
-            lambda z: decoder(ym)(xp.asarray(z.astype(model.dtype))),
+            lambda z: decoder(ym)(xp.asarray((scale * z).astype(model.dtype))),
             shape,
             out_dir / "manifold.png",
             n=n_grid,
