@@ -124,7 +124,8 @@ a class id per row (the class-conditional VAE), with ``n_classes`` classes. Such
 them as an explicit ``labels=`` argument, an integer array of shape (B,) in [0, n_classes), in
 every method that takes data: ``forward``, ``loss_and_grads``, ``bound``, ``elbo``,
 ``log_likelihood`` (and ``log_weight_sampler``), ``reconstruct``, ``eval_report``,
-``encode``, ``decode``. The trainer and the evaluation read the flag and pass the data set's
+``write_extra_pictures``, ``encode``, ``decode``, and ``sample`` (optional there: one class
+after another when None). The trainer and the evaluation read the flag and pass the data set's
 labels (``lvmcore.data.Dataset.<split>_labels``) to such a model, and never to another one;
 ``_check_labels`` is the one check (missing, wrong length, out of range, not integers). The
 base ``loss_and_grads`` hands them on as ``_step_forward(x, noise, kl_weight, labels=...)``.
