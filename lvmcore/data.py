@@ -13,6 +13,13 @@ Two sources, one return type (:class:`Dataset`):
 
 Every array is float32 of shape (N, D) with entries exactly 0.0 or 1.0, ready for
 ``bernoulli_nll``; ``Dataset.shape`` gives the image shape for plotting.
+
+Labels. The digits come with their class ids (0..9); an ``.npz`` may carry ``train_labels``,
+``valid_labels`` and ``test_labels`` (integer class ids, one per row of its split: all three or
+none). ``Dataset.<split>_labels`` are then int64 arrays of shape (N,) and ``Dataset.n_classes``
+is one more than the largest id; without labels they are None. A model that is conditioned on
+labels (``Model.needs_labels``) takes them from there (:func:`lvmcore.train.fit`,
+``lvmcore eval``).
 """
 
 import hashlib
@@ -38,9 +45,11 @@ __all__ = [
     "CHECKSUMS",
     "SIZES",
     "MNIST_FILES",
+    "LABEL_KEYS",
 ]
 
 SPLITS = ("train", "valid", "test")
+LABEL_KEYS = tuple(f"{split}_labels" for split in SPLITS)
 MNIST_FILES = {split: f"binarized_mnist_{split}.amat" for split in SPLITS}
 MNIST_IMAGE_SHAPE = (28, 28)
 MNIST_D = 784  # 28 * 28 pixels
@@ -86,6 +95,11 @@ class Dataset(NamedTuple):
         ``"digits"`` or ``"binarized_mnist"``.
     shape : tuple of int
         Image shape, with ``prod(shape) == D``: (8, 8) for digits, (28, 28) for MNIST.
+    train_labels, valid_labels, test_labels : ndarray of int64, shape (N,), or None
+        Class ids of the rows of each split, in [0, n_classes); None when the data set has no
+        labels (binarized MNIST from ``.amat`` files, an ``.npz`` without them).
+    n_classes : int or None
+        One more than the largest class id of any split; None without labels.
     """
 
     train: np.ndarray
@@ -93,6 +107,18 @@ class Dataset(NamedTuple):
     test: np.ndarray
     name: str
     shape: tuple
+    train_labels: np.ndarray | None = None
+    valid_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    n_classes: int | None = None
+
+    def labels(self, split):
+        """The labels of ``split`` ("train", "valid" or "test"), or None."""
+        if split not in SPLITS:
+            raise ValueError(
+                f"Dataset.labels: expected split to be one of {list(SPLITS)}, got {split!r}."
+            )
+        return getattr(self, f"{split}_labels")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +139,8 @@ def load_digits_binarized(seed=0):
     -------
     Dataset
         ``train`` of shape (1437, 64), ``valid`` (180, 64), ``test`` (180, 64), float32 in
-        {0, 1}; ``name="digits"``, ``shape=(8, 8)``.
+        {0, 1}; ``name="digits"``, ``shape=(8, 8)``; the digit of each row in
+        ``train_labels``, ``valid_labels``, ``test_labels`` (int64), ``n_classes=10``.
 
     Raises
     ------
@@ -129,11 +156,15 @@ def load_digits_binarized(seed=0):
     # Imported here: scikit-learn takes about a second to import and only this loader needs it.
     from sklearn.datasets import load_digits
 
-    x = (load_digits().data >= 8).astype(np.float32)  # (1797, 64)
+    digits = load_digits()
+    x = (digits.data >= 8).astype(np.float32)  # (1797, 64)
+    y = digits.target.astype(np.int64)  # (1797,)
     perm = np.random.default_rng(seed).permutation(x.shape[0])
     n_train = x.shape[0] - _DIGITS_N_VALID - _DIGITS_N_TEST
-    train, valid, test = np.split(x[perm], [n_train, n_train + _DIGITS_N_VALID])
-    return Dataset(train, valid, test, "digits", (8, 8))
+    cut = [n_train, n_train + _DIGITS_N_VALID]
+    train, valid, test = np.split(x[perm], cut)
+    labels = np.split(y[perm], cut)
+    return Dataset(train, valid, test, "digits", (8, 8), *labels, n_classes=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,14 +182,15 @@ def load_binarized_mnist(path):
         and ``binarized_mnist_test.amat`` (whitespace-separated 0/1 text, one image per line),
         or an ``.npz`` file with arrays ``train``, ``valid`` and ``test``, each either unpacked,
         of shape (N, 784) with values 0/1, or bit-packed with ``np.packbits(X, axis=1)``, uint8
-        of shape (N, 98).
+        of shape (N, 98); optionally with ``train_labels``, ``valid_labels`` and
+        ``test_labels``, integer class ids >= 0, one per row of each split (all three or none).
 
     Returns
     -------
     Dataset
         ``train``, ``valid``, ``test`` float32 of shape (N, 784) in {0, 1} (N = 50000, 10000,
         10000 for the standard files; any N is read); ``name="binarized_mnist"``,
-        ``shape=(28, 28)``.
+        ``shape=(28, 28)``; the labels (int64) and ``n_classes`` when the ``.npz`` has them.
 
     Raises
     ------
@@ -166,7 +198,8 @@ def load_binarized_mnist(path):
         If ``path`` does not exist, or a directory lacks one of the three ``.amat`` files.
     ValueError
         If a file cannot be parsed: an unreadable ``.npz``, a missing split, a width other than
-        784 (98 when packed), rows of different lengths, or a value other than 0 and 1.
+        784 (98 when packed), rows of different lengths, or a value other than 0 and 1; labels
+        for some splits but not all, of the wrong length, not integers, or negative.
 
     Notes
     -----
@@ -184,6 +217,7 @@ def load_binarized_mnist(path):
     """
     func = "load_binarized_mnist"
     path = Path(os.fspath(path))
+    labels = {}
     if path.is_dir():
         splits = _read_amat_dir(path, func)
     elif path.is_file():
@@ -192,13 +226,22 @@ def load_binarized_mnist(path):
                 f"{func}: expected a directory holding {_file_list()} or an .npz file, got the "
                 f"single file {path}. Pass its directory, {path.parent}."
             )
-        splits = _read_npz(path, func)
+        splits, labels = _read_npz(path, func)
     else:
         raise FileNotFoundError(
             f"{func}: expected a directory holding {_file_list()} or an .npz file with arrays "
             f"'train', 'valid', 'test', got {path}, which does not exist. {_DOWNLOAD_HINT}"
         )
-    return Dataset(*splits, "binarized_mnist", MNIST_IMAGE_SHAPE)
+    if not labels:
+        return Dataset(*splits, "binarized_mnist", MNIST_IMAGE_SHAPE)
+    n_classes = 1 + max(int(y.max()) for y in labels.values() if y.size)
+    return Dataset(
+        *splits,
+        "binarized_mnist",
+        MNIST_IMAGE_SHAPE,
+        *(labels[k] for k in LABEL_KEYS),
+        n_classes=n_classes,
+    )
 
 
 def _file_list():
@@ -290,7 +333,7 @@ def _read_npz(path, func):
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = archive.files
-            arrays = {split: archive[split] for split in SPLITS if split in files}
+            arrays = {k: archive[k] for k in SPLITS + LABEL_KEYS if k in files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
         # Members are read lazily, so a damaged archive can fail here in several ways; all
         # mean the same to the user.
@@ -305,7 +348,44 @@ def _read_npz(path, func):
             f"{', '.join(repr(m) for m in missing)} (it holds {sorted(files)}). Save the splits "
             f"with np.savez(path, train=..., valid=..., test=...)."
         )
-    return [_unpack_split(arrays[split], f"'{split}' in {path}", func) for split in SPLITS]
+    splits = [_unpack_split(arrays[split], f"'{split}' in {path}", func) for split in SPLITS]
+    return splits, _read_labels(arrays, splits, path, func)
+
+
+def _read_labels(arrays, splits, path, func):
+    """The ``<split>_labels`` arrays of an archive, checked against their splits: {} or all
+    three as int64 (N,)."""
+    present = [k for k in LABEL_KEYS if k in arrays]
+    if not present:
+        return {}
+    missing = [k for k in LABEL_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{func}: expected {path} to hold labels for every split or for none, got "
+            f"{', '.join(present)} but no {', '.join(missing)}. Save all three with "
+            f"np.savez(path, ..., train_labels=..., valid_labels=..., test_labels=...)."
+        )
+    out = {}
+    for key, x in zip(LABEL_KEYS, splits):
+        y = arrays[key]
+        name = f"'{key}' in {path}"
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise ValueError(
+                f"{func}: expected {name} to be a 1-D array of integer class ids, got "
+                f"{y.dtype} of shape {y.shape}. Save it with y.astype(numpy.int64)."
+            )
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{func}: expected {name} to have one class id per row of its split "
+                f"({x.shape[0]}), got length {y.shape[0]}."
+            )
+        if y.size and int(y.min()) < 0:
+            raise ValueError(
+                f"{func}: expected {name} to hold class ids >= 0, got {int((y < 0).sum())} "
+                f"negative, e.g. {int(y[y < 0][0])}. Number the classes 0, 1, ..., C - 1."
+            )
+        out[key] = y.astype(np.int64)
+    return out
 
 
 def _unpack_split(a, name, func):

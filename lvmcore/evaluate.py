@@ -57,7 +57,9 @@ def standard_error(values) -> float:
     return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
 
 
-def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, comm=None):
+def log_likelihood(
+    model, x, rng, *, k=5000, batch_size=100, chunk_size=None, labels=None, comm=None
+):
     r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
 
     .. math:: \log \frac1k \sum_{s=1}^k \frac{p(x, z_s)}{q(z_s|x)},\quad z_s \sim q(z|x)
@@ -78,6 +80,8 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, co
         Rows per evaluation batch.
     chunk_size : int, optional
         Samples per chunk; about ``model.eval_chunk_rows`` decoder rows when None.
+    labels : ndarray of int, shape (N,), optional
+        Class ids, for a model that ``needs_labels`` (then log p(x | y) is estimated).
     comm : lvmcore.distributed.Communicator, optional
         Split the (batch, chunk) grid across its processes (every process calls this with the
         same arguments); one process when None.
@@ -101,6 +105,7 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, co
     """
     f = "log_likelihood"
     model._check_x(x, f)
+    labels = model._check_labels(labels, x.shape[0], f)
     k = check_param(k, "k", f, kind="int", low=1, low_inclusive=True)
     batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
     if chunk_size is None:
@@ -112,7 +117,7 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, co
     xp = be.xp
     weights = be.kernel("importance_weights")
     n_batches, n_chunks = -(-x.shape[0] // batch_size), -(-k // chunk_size)
-    samplers = _Samplers(model, x, rng, batch_size)
+    samplers = _Samplers(model, x, rng, batch_size, labels)
 
     def cell(i, j):
         s = j * chunk_size
@@ -132,8 +137,9 @@ class _Samplers:
     """The log-weight samplers of the evaluation batches, made in batch order (each takes its
     draws from the one ``rng``), keeping the last: ``samplers(i)`` for non-decreasing i."""
 
-    def __init__(self, model, x, rng, batch_size):
+    def __init__(self, model, x, rng, batch_size, labels=None):
         self.model, self.x, self.rng, self.batch_size = model, x, rng, batch_size
+        self.labels = labels
         self.xp = get_backend(x).xp
         self.made, self.draw = 0, None
 
@@ -142,7 +148,10 @@ class _Samplers:
         while self.made <= i:  # batches before this process's first are made for their draws
             b = self.made * self.batch_size
             xb = xp.ascontiguousarray(self.x[b : b + self.batch_size])  # (B, D)
-            self.draw = self.model.log_weight_sampler(xb, self.rng)
+            given = {}
+            if self.labels is not None:
+                given["labels"] = self.labels[b : b + self.batch_size]
+            self.draw = self.model.log_weight_sampler(xb, self.rng, **given)
             self.made += 1
         return self.draw
 
@@ -159,7 +168,17 @@ def _check_comm(comm, f):
 
 
 def evaluate(
-    model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0, comm=None
+    model,
+    x,
+    *,
+    k=5000,
+    seed=0,
+    batch_size=1000,
+    nll_batch_size=100,
+    subset=0,
+    labels=None,
+    code_prior=None,
+    comm=None,
 ) -> dict:
     """Evaluate a model on the rows of x: the report of ``lvmcore eval`` (its ``eval.json``).
 
@@ -178,6 +197,12 @@ def evaluate(
         Rows per batch of the K-sample log-likelihood.
     subset : int
         Estimate the log-likelihood on this many rows drawn at random (0, or N or more: all).
+    labels : ndarray of int, shape (N,), optional
+        The rows' class ids, for a model that ``needs_labels`` (and only for one).
+    code_prior : lvmcore.nn.CodePrior, optional
+        A learned prior over the codes of a VQ-VAE: adds the bound log p(x|z_q(x)) +
+        log p_prior(codes(x)) and the prior's bits per code (:func:`lvmcore.vq_prior.
+        prior_report`).
     comm : lvmcore.distributed.Communicator, optional
         Shard the K-sample log-likelihood across its processes (module docstring); every
         process calls this with the same arguments and data.
@@ -199,6 +224,8 @@ def evaluate(
         batch_size=batch_size,
         nll_batch_size=nll_batch_size,
         subset=subset,
+        labels=labels,
+        code_prior=code_prior,
         comm=comm,
     )[0]
 
@@ -213,6 +240,8 @@ def evaluate_report(
     nll_batch_size=100,
     subset=0,
     split="test",
+    labels=None,
+    code_prior=None,
     comm=None,
 ) -> tuple[dict | None, list]:
     """:func:`evaluate`, and the lines ``lvmcore eval`` prints (each naming ``split``).
@@ -236,18 +265,26 @@ def evaluate_report(
     if x.dtype != model.dtype:
         x = x.astype(model.dtype)
     x = model.xp.asarray(x)  # the one copy to the model's device
+    if isinstance(labels, np.ndarray) and model.xp is not np:
+        labels = model.xp.asarray(labels)  # the labels' one copy, with x's
+    labels = model._check_labels(labels, x.shape[0], f)
+    given = {} if labels is None else {"labels": labels}
     if not comm.is_root:  # the other processes take part in the K-sample log-likelihood only
         if k > 0 and model.has_log_likelihood:
-            _nll_rows(model, x, k, seed, nll_batch_size, subset, comm)
+            _nll_rows(model, x, k, seed, nll_batch_size, subset, comm, labels)
         return None, []
 
     # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
     bound = to_numpy(
-        model.bound(x, np.random.default_rng([seed, 0, 0, BOUND_STREAM]), batch_size=batch_size),
+        model.bound(
+            x, np.random.default_rng([seed, 0, 0, BOUND_STREAM]), batch_size=batch_size, **given
+        ),
         np.float64,
     )  # (N,)
     elbo = to_numpy(
-        model.elbo(x, np.random.default_rng([seed, 0, 0, ELBO_STREAM]), batch_size=batch_size),
+        model.elbo(
+            x, np.random.default_rng([seed, 0, 0, ELBO_STREAM]), batch_size=batch_size, **given
+        ),
         np.float64,
     )  # (N,)
     n = int(bound.shape[0])
@@ -275,16 +312,24 @@ def evaluate_report(
     lines = [f"{split} ELBO {result['elbo']:.3f} +- {result['elbo_sem']:.3f} nats (n={n})"]
     if name != "ELBO":
         lines.append(f"{split} {name} {result['bound']:.3f} +- {result['bound_sem']:.3f}")
-    info, extra = model.eval_report(x, batch_size=batch_size)
+    info, extra = model.eval_report(x, batch_size=batch_size, **given)
     result.update(info)
     lines.extend(f"{split} {line}" for line in extra)
+    if code_prior is not None:
+        from .vq_prior import prior_report
+
+        info, extra = prior_report(model, code_prior, x, batch_size=batch_size)
+        result.update(info)
+        lines.extend(f"{split} {line}" for line in extra)
     if k > 0 and not model.has_log_likelihood:
         lines.append(
             f"no K-sample NLL: {model.config().get('model', type(model).__name__)} has no "
             f"importance-sampled log-likelihood"
         )
     elif k > 0:
-        ll = to_numpy(_nll_rows(model, x, k, seed, nll_batch_size, subset, comm), np.float64)
+        ll = to_numpy(
+            _nll_rows(model, x, k, seed, nll_batch_size, subset, comm, labels), np.float64
+        )
         result.update(
             nll=float(-ll.mean()), nll_sem=standard_error(ll), nll_k=k, nll_n=int(ll.size)
         )
@@ -299,7 +344,7 @@ def evaluate_report(
     return result, lines
 
 
-def _nll_rows(model, x, k, seed, nll_batch_size, subset, comm):
+def _nll_rows(model, x, k, seed, nll_batch_size, subset, comm, labels=None):
     """The K-sample log-likelihood of the report's rows (a seeded subset of x, or all of it);
     collective over ``comm``, the result on rank 0 (None elsewhere)."""
     n = x.shape[0]
@@ -309,7 +354,10 @@ def _nll_rows(model, x, k, seed, nll_batch_size, subset, comm):
             np.random.default_rng([seed, SUBSET_STREAM]).choice(n, subset, replace=False)
         )
         xs = x[model.xp.asarray(pick)]
+        if labels is not None:
+            labels = labels[model.xp.asarray(pick)]
     rng = np.random.default_rng([seed, 0, 0, NLL_STREAM])
+    given = {} if labels is None else {"labels": labels}
     if comm.size == 1:
-        return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size)
-    return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size, comm=comm)
+        return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size, **given)
+    return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size, comm=comm, **given)

@@ -178,7 +178,9 @@ def fit(
         ``sample``, ``reconstruct`` (when declared) and ``write_extra_pictures``. The run happens
         where the parameters live: call ``model.to(cupy)`` first to train on a GPU.
     dataset : lvmcore.data.Dataset
-        ``train`` and ``valid`` arrays of shape (N, D); ``shape`` (image shape) for pictures.
+        ``train`` and ``valid`` arrays of shape (N, D); ``shape`` (image shape) for pictures;
+        for a model that ``needs_labels``, ``train_labels`` and ``valid_labels`` (class ids,
+        shuffled with their rows and passed to the model as ``labels=``).
         Arrays whose dtype differs from the model's are cast once, up front, and host arrays
         are copied once to the model's device (device arrays for a CPU model are a
         TypeError).
@@ -278,7 +280,6 @@ def fit(
     )
     # checked on every process, so that a bad value stops every one of them alike
     hyper = comm.run_everywhere(_check_arguments, f, hyper, resume, out_dir)
-    # one writer per run folder: rank 0 takes the lock, and every rank fails alike without it
     # one writer per run folder: rank 0 takes the lock once the data are checked (so a run
     # refused for its data leaves no trace), and every rank fails alike without it
     locks = []
@@ -305,7 +306,15 @@ def fit(
                 _checkpoint_epoch(run, epoch)
 
         if run.out is not None and comm.is_root:
-            write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
+            write_pictures(
+                model,
+                run.valid,
+                run.shape,
+                run.history,
+                run.out,
+                hyper["seed"],
+                labels=run.valid_labels,
+            )
     finally:
         if comm.is_root:
             for lock in locks:
@@ -341,6 +350,11 @@ class _Run:
     flat: FlatGradients | None = None  # the gradients' one buffer, in a data-parallel run
     grad_list: list = field(default_factory=list)
     valid_note: str = ""  # progress-bar suffix
+    # class ids of the rows, for a model that needs labels (None otherwise): (N,), (N_valid,),
+    # and the shuffled training labels of the current epoch (N,)
+    train_labels: object = None
+    valid_labels: object = None
+    ybuf: object = None
 
     @property
     def ckpt_path(self):
@@ -466,6 +480,9 @@ def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source,
         check_parameters(comm, _run_state(run), when="at the start")
     run.grad_list = list(model.gradients().values())
     run.xbuf = xp.empty_like(train)  # (N, D), reused per epoch
+    run.train_labels, run.valid_labels = _check_dataset_labels(model, dataset, train, valid, xp, f)
+    if run.train_labels is not None:
+        run.ybuf = xp.empty_like(run.train_labels)
     return run
 
 
@@ -505,14 +522,17 @@ def _train_epoch(run, epoch, bar):
     xp = get_xp(run.train)
     perm = np.random.default_rng([seed, epoch, 0, _SHUFFLE]).permutation(n)
     xp.take(run.train, xp.asarray(perm), axis=0, out=run.xbuf)
+    if run.ybuf is not None:
+        xp.take(run.train_labels, xp.asarray(perm), axis=0, out=run.ybuf)
     bar.set_description(f"epoch {epoch}/{hyper['epochs']}", refresh=False)
     beta = float(model.default_kl_weight)
     sums, loss_sum, seen, w = {}, 0.0, 0, None
     for s in range(run.steps_per_epoch):
         xb = run.xbuf[s * batch_size : (s + 1) * batch_size]  # (B, D) view
+        yb = None if run.ybuf is None else run.ybuf[s * batch_size : (s + 1) * batch_size]
         run.step += 1
         w = None if run.warmup_steps == 0 else kl_warmup_weight(run.step, beta, run.warmup_steps)
-        loss, stats = _step_gradients(run, xb, step_rng(seed, epoch, s), w)
+        loss, stats = _step_gradients(run, xb, step_rng(seed, epoch, s), w, yb)
         _apply_update(run, loss, epoch, s)
         m = xb.shape[0]
         seen += m
@@ -533,7 +553,7 @@ def _train_epoch(run, epoch, bar):
     return record
 
 
-def _step_gradients(run, xb, rng, kl_weight):
+def _step_gradients(run, xb, rng, kl_weight, labels=None):
     """Compute one step's loss and gradients into ``model.gradients()``; returns (loss, stats).
 
     The data were validated once by ``fit``, so the model does not check them again. In a
@@ -542,13 +562,16 @@ def _step_gradients(run, xb, rng, kl_weight):
     batch mean; the loss and the statistics are reduced alike (:func:`_reduce_step`).
     """
     model = run.model
+    given = {} if labels is None else {"labels": labels}
     if run.flat is None:
-        return model.loss_and_grads(xb, rng, kl_weight=kl_weight, validate=False)
+        return model.loss_and_grads(xb, rng, kl_weight=kl_weight, validate=False, **given)
     comm, B = run.comm, xb.shape[0]
     shard = BatchShard(comm, B, *shard_rows(B, comm.rank, comm.size))
+    if labels is not None:
+        given = {"labels": labels[shard.local_slice]}
     with model._data_parallel(shard):
         loss, stats = model.loss_and_grads(
-            xb[shard.local_slice], rng, kl_weight=kl_weight, validate=False
+            xb[shard.local_slice], rng, kl_weight=kl_weight, validate=False, **given
         )
     if not shard.rows:
         model.zero_grad()  # the stand-in row's gradients have weight 0: exactly nothing
@@ -593,9 +616,9 @@ def _validate(run, epoch, record):
 
     def valid_bound():
         rng = np.random.default_rng([run.hyper["seed"], 0, 0, _VALID])
-        return float(
-            run.model.bound(run.valid, rng, batch_size=run.hyper["eval_batch_size"]).mean()
-        )
+        given = {} if run.valid_labels is None else {"labels": run.valid_labels}
+        bs = run.hyper["eval_batch_size"]
+        return float(run.model.bound(run.valid, rng, batch_size=bs, **given).mean())
 
     vb = valid_bound() if run.comm.size == 1 else run.comm.run_on_root(valid_bound)
     if not math.isfinite(vb):
@@ -716,6 +739,28 @@ def _check_dataset(model, dataset, xp, f):
         raise ValueError(
             f"{f}: expected dataset.train to hold at least one row, got shape {out[0].shape}."
         )
+    return out
+
+
+def _check_dataset_labels(model, dataset, train, valid, xp, f):
+    """The class ids of the training and validation rows, on the model's device, for a model
+    that needs labels: checked once here (present, one per row, in range); (None, None) for
+    any other model."""
+    if not model.needs_labels:
+        return None, None
+    out = []
+    for split, x in (("train", train), ("valid", valid)):
+        y = getattr(dataset, f"{split}_labels", None)
+        if y is None:
+            raise ValueError(
+                f"{f}: expected dataset.{split}_labels (class ids) for the "
+                f"{model.name or type(model).__name__} model, which is conditioned on labels, "
+                f"got None. Train it on the digits or on an .npz with train_labels, "
+                f"valid_labels and test_labels."
+            )
+        if isinstance(y, np.ndarray) and xp is not np:
+            y = xp.asarray(y)
+        out.append(model._check_labels(y, x.shape[0], f, name=f"dataset.{split}_labels"))
     return out
 
 
@@ -944,16 +989,18 @@ def _remove_stale_temps(out):
     return removed
 
 
-def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12):
+def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12, labels=None):
     """Write ``bounds.png``, the model's extra pictures (``write_extra_pictures``: the VQ-VAE's
     ``code_usage.png``, its codebook usage on ``x``), ``samples.png`` and
     ``reconstructions.png`` (of the first rows of ``x``) into ``out``; the image pictures need
-    ``shape`` and the model's declared ``has_sample`` / ``has_reconstruct``."""
+    ``shape`` and the model's declared ``has_sample`` / ``has_reconstruct``. ``labels`` are the
+    class ids of the rows of ``x``, for a model that needs labels."""
     from . import plots
 
     out = Path(os.fspath(out))
+    given = {} if labels is None else {"labels": labels}
     written = [plots.plot_bounds(history, out / "bounds.png")]
-    written.extend(model.write_extra_pictures(x, out))
+    written.extend(model.write_extra_pictures(x, out, **given))
     if shape is None:
         return written
     if model.has_sample:
@@ -961,9 +1008,10 @@ def write_pictures(model, x, shape, history, out, seed=0, n_samples=64, n_rec=12
         written.append(plots.plot_samples(model.sample(rng, n_samples), shape, out / "samples.png"))
     if model.has_reconstruct and x.shape[0]:
         xr = x[:n_rec]
+        given = {} if labels is None else {"labels": labels[:n_rec]}
         written.append(
             plots.plot_reconstructions(
-                xr, model.reconstruct(xr), shape, out / "reconstructions.png"
+                xr, model.reconstruct(xr, **given), shape, out / "reconstructions.png"
             )
         )
     return written

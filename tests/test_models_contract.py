@@ -77,7 +77,7 @@ def _per_row(model, cache):
 
 
 def test_registry_names_every_model_once():
-    assert list(MODELS) == ["vae", "iwae", "vqvae", "catvae"]
+    assert list(MODELS) == ["vae", "iwae", "vqvae", "catvae", "cvae", "mvae", "aae"]
     for name, cls in MODELS.items():
         assert cls.name == name and get_model_class(name) is cls and cls.help
         assert issubclass(cls, Model)

@@ -1,4 +1,5 @@
-"""The ``lvmcore`` command: ``train``, ``eval`` and ``download-mnist``, one module each.
+"""The ``lvmcore`` command: ``train``, ``eval``, ``sample``, ``explore``, ``train-prior`` and
+``download-mnist``, one module each.
 
 Examples
 --------
@@ -7,6 +8,10 @@ Examples
     lvmcore train --out runs/vae-digits --resume --epochs 600
     lvmcore eval runs/vae-digits
     lvmcore train --model vqvae --codes 512 --slots 8 --codebook-update ema --kmeans-init
+    lvmcore train-prior runs/vqvae-digits          # a learned prior over its codes
+    lvmcore train --model cvae --out runs/cvae     # class-conditional, on the labelled digits
+    lvmcore sample runs/cvae --label 3 --n 64      # runs/cvae/sample-label3.png
+    lvmcore explore runs/vae-digits                # interpolation.png, traversal.png, ...
     lvmcore download-mnist ~/mnist
     mpiexec -n 4 lvmcore train --distributed --model iwae --k 50 --data ~/mnist
     mpiexec -n 4 lvmcore eval runs/iwae-mnist --distributed --k 5000
@@ -16,7 +21,9 @@ Models come from the one registry, :data:`lvmcore.models.MODELS`: a model regist
 flags its class declares (:mod:`lvmcore.models.base`).
 
 Layout: ``_types`` (argument types), ``_common`` (flags and helpers the subcommands share),
-``train``, ``eval``, ``download`` (one subcommand each: ``add_parser(sub)`` and ``run(args)``).
+``train``, ``eval``, ``sample``, ``explore``, ``train_prior``, ``download`` (one subcommand
+each: ``add_parser(sub)`` and ``run(args)``); ``_run`` (reading a trained run, for the last
+three).
 
 User errors (a bad flag value, a missing file, a diverged run) end with one line
 ``lvmcore: error: ...`` on stderr and exit status 2 (1 for a diverged run), without a traceback.
@@ -50,7 +57,7 @@ __all__ = ["main", "build_parser", "PROG"]
 
 def build_parser():
     """The ``lvmcore`` argument parser, with one sub-parser per command."""
-    from . import download, train
+    from . import download, explore, sample, train, train_prior
     from . import eval as evaluation
 
     parser = argparse.ArgumentParser(
@@ -60,6 +67,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parser(sub)
     evaluation.add_parser(sub)
+    sample.add_parser(sub)
+    explore.add_parser(sub)
+    train_prior.add_parser(sub)
     download.add_parser(sub)
     return parser
 

@@ -1,5 +1,7 @@
 """``lvmcore eval RUN``: the report of :func:`lvmcore.evaluate.evaluate_report` on a data split,
-printed and written into ``RUN/eval.json``.
+printed and written into ``RUN/eval.json``. A model conditioned on labels gets the split's
+labels; a VQ-VAE with a learned code prior beside its checkpoint (``lvmcore train-prior``) is
+also evaluated with that prior.
 
 ``--distributed`` (under ``mpiexec -n P``): rank 0 reads the checkpoint and shares it, every
 rank loads the split (checked by checksum), the K-sample log-likelihood's (batch, chunk) grid is
@@ -94,18 +96,23 @@ def run(args):
     from ..checkpoint import warn_runtime_differences
     from ..distributed import SingleProcess, check_data
     from ..evaluate import evaluate_report
+    from ..models import VQVAE
     from ..train import CHECKPOINT, json_safe, write_text_atomic
+    from ..vq_prior import PRIOR_FILE, load_code_prior
 
     comm = getattr(args, "comm", None) or SingleProcess()
     run_path = Path(args.run)
     path = run_path / CHECKPOINT if run_path.is_dir() else run_path
     config, params, state = comm.run_on_root(_read_run, path)
     data = comm.run_everywhere(recorded_data, args.data, state, path)
-    model, x = comm.run_everywhere(_model_and_split, config, params, data, args, comm)
+    model, x, labels = comm.run_everywhere(_model_and_split, config, params, data, args, comm)
     if comm.size > 1:
         check_data(comm, {args.split: x})
     if comm.is_root:
         warn_runtime_differences(state, "evaluation", like=next(iter(model.parameters().values())))
+    code_prior = None  # used by rank 0's report alone
+    if comm.is_root and isinstance(model, VQVAE) and (path.parent / PRIOR_FILE).is_file():
+        code_prior, _ = load_code_prior(path.parent / PRIOR_FILE, model)
     t0 = time.perf_counter()
     report, lines = evaluate_report(
         model,
@@ -116,6 +123,8 @@ def run(args):
         nll_batch_size=args.nll_batch_size,
         subset=args.subset,
         split=args.split,
+        labels=labels,
+        code_prior=code_prior,
         comm=comm,
     )
     if not comm.is_root:
@@ -151,11 +160,13 @@ def _model_and_split(config, params, data, args, comm):
 
     model = build_model(config)
     model.load_parameters(params)
-    x = getattr(load_dataset(data), args.split)
+    dataset = load_dataset(data)
+    x = getattr(dataset, args.split)
     if x.shape[0] == 0:
         raise ValueError(
             f"expected the {args.split} split of {data} to hold at least one row, got "
             f"{tuple(x.shape)}. Evaluate another split (--split test|valid|train) or data set "
             f"(--data)."
         )
-    return to_device(model, args.device, comm), x
+    labels = dataset.labels(args.split) if model.needs_labels else None
+    return to_device(model, args.device, comm), x, labels

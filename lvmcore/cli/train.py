@@ -363,5 +363,6 @@ def _new_model(args, model_defaults, data, comm):
         if name != args.model:
             cls._refuse_flags(args, [k for k in other.flag_defaults() if k not in own])
     dataset = load_dataset(data)
+    args.data_classes = dataset.n_classes  # for a model conditioned on labels
     model = cls.from_args(args, dataset.train.shape[1])
     return dataset, to_device(model, args.device, comm)

@@ -6,9 +6,12 @@ name: ``MODELS`` is the one registry the trainer, the checkpoints and the comman
 :func:`register_model`.
 """
 
+from .aae import AAE
 from .base import Flag, Model
 from .catvae import CATVAE_ESTIMATORS, CatVAE, CatVAECache
+from .cvae import CVAE
 from .iwae import ESTIMATORS, IWAE
+from .mvae import MVAE
 from .vae import VAE, VAECache
 from .vqvae import VQVAE
 
@@ -27,6 +30,9 @@ __all__ = [
     "CatVAE",
     "CatVAECache",
     "CATVAE_ESTIMATORS",
+    "CVAE",
+    "MVAE",
+    "AAE",
 ]
 
 MODELS: dict[str, type[Model]] = {}
@@ -88,6 +94,6 @@ def build_model(config: dict) -> Model:
     return MODELS[name].from_config(config)
 
 
-for _cls in (VAE, IWAE, VQVAE, CatVAE):
+for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE, MVAE, AAE):
     register_model(_cls)
 del _cls

@@ -124,6 +124,25 @@ Optional capabilities, declared (a flag or a base method with a neutral default)
 ``write_extra_pictures(x, out) -> list of paths``
     Pictures beyond samples, reconstructions and bounds (base: none; VQ-VAE: code usage).
 
+Labels (a model conditioned on a class)
+---------------------------------------
+``needs_labels`` (class attribute, False by default) declares that the model is conditioned on
+a class id per row (the class-conditional VAE), with ``n_classes`` classes. Such a model takes
+them as an explicit ``labels=`` argument, an integer array of shape (B,) in [0, n_classes), in
+every method that takes data: ``forward``, ``loss_and_grads``, ``bound``, ``elbo``,
+``log_likelihood`` (and ``log_weight_sampler``), ``reconstruct``, ``eval_report``,
+``write_extra_pictures``, ``encode``, ``decode``, and ``sample`` (optional there: one class
+after another when None). The trainer and the evaluation read the flag and pass the data set's
+labels (``lvmcore.data.Dataset.<split>_labels``) to such a model, and never to another one;
+``_check_labels`` is the one check (missing, wrong length, out of range, not integers). The
+base ``loss_and_grads`` hands them on as ``_step_forward(x, noise, kl_weight, labels=...)``.
+
+Latent-space tools
+------------------
+``has_latent_space`` declares ``encode(x) -> (mu, logvar)``, ``decode(z) -> (N, D)`` (decoder
+means) and ``latent_dim``, each with ``labels=`` for a model that needs labels: what
+``lvmcore explore`` and :mod:`lvmcore.latent` use. It defaults to ``has_gaussian_latents``.
+
 Command-line flags
 ------------------
 ``flags`` is the model's table of :class:`Flag` (its own ``lvmcore train`` flags, in one place).
@@ -210,6 +229,8 @@ class Model:
     has_gaussian_latents: ClassVar[bool] = False
     has_sample: ClassVar[bool] = False
     has_reconstruct: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
+    n_classes: int | None = None
     # Decoder rows per chunk of the K-sample evaluation (lvmcore.evaluate.log_likelihood):
     # about 2**13 keeps the GEMMs large and the peak memory the same for every K above a few
     # hundred.
@@ -368,6 +389,42 @@ class Model:
         no chunks (zero rows of data)."""
         return xp.concatenate(parts) if parts else xp.zeros(0, dtype=self.dtype)
 
+    def _check_labels(self, labels, n_rows: int, func: str, name: str = "labels"):
+        """Class ids (B,) for a model that needs labels (on its device, integers in
+        [0, n_classes), one per row of x); None, and no labels given, for any other model.
+        ``name`` is the argument's name in messages."""
+        model = self.name or type(self).__name__
+        if not self.needs_labels:
+            if labels is not None:
+                raise ValueError(
+                    f"{func}: expected {name}=None ({model} is not conditioned on labels), "
+                    f"got an array of shape {tuple(getattr(labels, 'shape', ()))}. Leave "
+                    f"{name} out."
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"{func}: expected {name}, one class id in [0, {self.n_classes}) per row of x "
+                f"({n_rows}), got None. {model} is conditioned on labels: pass them, or data "
+                f"with labels (the digits, or an .npz with train_labels, valid_labels and "
+                f"test_labels)."
+            )
+        check_array(labels, name, func, dtype="int", ndim=1, finite=False)
+        check_same_device((labels, self._like()), (name, "the model's parameters"), func)
+        if labels.shape[0] != n_rows:
+            raise ValueError(
+                f"{func}: expected {name} to have one class id per row of x ({n_rows}), got "
+                f"length {labels.shape[0]}."
+            )
+        bad = (labels < 0) | (labels >= self.n_classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{func}: expected {name} to lie in [0, {self.n_classes}) (the model's "
+                f"n_classes), got {int(bad.sum())} outside, e.g. {int(labels[bad][0])}. Train "
+                f"the model with n_classes above the largest class id."
+            )
+        return labels
+
     # ------------------------------------------------------------------ computation
     def draw_noise(self, rng: np.random.Generator, batch_size: int, n_samples: int | None = None):
         """The noise of one step for ``batch_size`` rows (None for a model without noise)."""
@@ -413,7 +470,13 @@ class Model:
         return 1.0
 
     def loss_and_grads(
-        self, x, rng: np.random.Generator, *, kl_weight: float | None = None, validate=True
+        self,
+        x,
+        rng: np.random.Generator,
+        *,
+        kl_weight: float | None = None,
+        validate=True,
+        labels=None,
     ) -> tuple[float, dict]:
         """One training evaluation: zero the gradients, draw the noise, forward, backward, and
         update the state that is not a parameter.
@@ -426,7 +489,9 @@ class Model:
         kl_weight : float, optional
             Weight of the KL term (the trainer's warm-up); ``default_kl_weight`` when None.
         validate : bool
-            Check x (the trainer validates its data once and passes False).
+            Check x and labels (the trainer validates its data once and passes False).
+        labels : ndarray of int, shape (B,), optional
+            Class ids, for a model that ``needs_labels`` (and only for one).
 
         Returns
         -------
@@ -434,12 +499,15 @@ class Model:
         stats : dict
             Means over the batch: ``bound`` or ``elbo`` and the model's own statistics.
         """
-        self._check_step(
-            x, rng, kl_weight, f"{type(self).__name__}.loss_and_grads", validate=validate
-        )
+        f = f"{type(self).__name__}.loss_and_grads"
+        self._check_step(x, rng, kl_weight, f, validate=validate)
+        if validate or (self.needs_labels and labels is None):
+            self._check_labels(labels, x.shape[0], f)
+        given = {} if labels is None else {"labels": labels}
         self.zero_grad()
         with engine_kernel_threads():
-            loss, cache = self._step_forward(x, self._step_noise(rng, x.shape[0]), kl_weight)
+            noise = self._step_noise(rng, x.shape[0])
+            loss, cache = self._step_forward(x, noise, kl_weight, **given)
             self.backward(cache)
         return loss, self._step_end(loss, cache, rng)
 
@@ -454,7 +522,8 @@ class Model:
         return self.noise_rows(self.draw_noise(rng, shard.batch_size), rows.start, rows.stop)
 
     def _step_forward(self, x, noise, kl_weight):
-        """The forward of a training step (``loss_and_grads``)."""
+        """The forward of a training step (``loss_and_grads``); a model that needs labels
+        takes them as the keyword ``labels``."""
         return self.forward(x, noise, kl_weight=kl_weight)
 
     def _step_end(self, loss: float, cache, rng: np.random.Generator) -> dict:
@@ -527,6 +596,8 @@ class Model:
         batch_size: int = 100,
         chunk_size: int | None = None,
         comm=None,
+        *,
+        labels=None,
     ):
         r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
 
@@ -535,7 +606,8 @@ class Model:
         log-sum-exp, so peak memory depends on ``chunk_size`` and ``batch_size`` but not on k.
         With a communicator ``comm`` of several processes the (batch, chunk) cells are shared
         among them and the result (bit-identical for every process count) is returned on rank
-        0, None elsewhere.
+        0, None elsewhere. A model that needs labels estimates log p(x | y) with ``labels`` y
+        (B,).
 
         Raises
         ------
@@ -552,7 +624,14 @@ class Model:
 
         check_rng(rng, f"{type(self).__name__}.log_likelihood")
         return log_likelihood(
-            self, x, rng, k=k, batch_size=batch_size, chunk_size=chunk_size, comm=comm
+            self,
+            x,
+            rng,
+            k=k,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            labels=labels,
+            comm=comm,
         )
 
     # ------------------------------------------------------------------ capabilities
@@ -585,6 +664,19 @@ class Model:
         raise NotImplementedError(
             f"{type(self).__name__} has no Gaussian posterior moments "
             f"(has_gaussian_latents is False)."
+        )
+
+    @property
+    def has_latent_space(self) -> bool:
+        """``encode``, ``decode`` and ``latent_dim`` for the latent-space tools (module
+        docstring); by default a model with Gaussian latents has them."""
+        return self.has_gaussian_latents
+
+    def decode(self, z):
+        """Decoder means at latents z (N, Z), shape (N, D)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no decoder from a continuous latent "
+            f"(has_latent_space is False)."
         )
 
     def eval_report(self, x, batch_size: int = 1000) -> tuple[dict, list]:
