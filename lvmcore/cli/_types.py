@@ -14,6 +14,7 @@ __all__ = [
     "nonneg_float",
     "unit_float",
     "int_list",
+    "latent_widths",
 ]
 
 
@@ -63,3 +64,13 @@ def int_list(text):
             f"expected comma-separated positive integers such as 200,200, got {text!r}"
         )
     return sizes
+
+
+def latent_widths(text):
+    """'50' -> 50; '100,50' -> (100, 50): one latent width, or one per stochastic layer."""
+    sizes = int_list(text)
+    if not sizes:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or comma-separated ones such as 100,50, got {text!r}"
+        )
+    return sizes[0] if len(sizes) == 1 else sizes

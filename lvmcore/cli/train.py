@@ -20,7 +20,14 @@ from ._common import (
     plural,
     to_device,
 )
-from ._types import int_list, nonneg_int, positive_float, positive_int, unit_float
+from ._types import (
+    int_list,
+    latent_widths,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 
 __all__ = ["add_parser", "run", "TRAIN_DEFAULTS", "MODEL_DEFAULTS", "SHARED_MODEL_FLAGS"]
 
@@ -38,7 +45,13 @@ TRAIN_DEFAULTS = dict(
     kl_warmup_epochs=0,
 )
 SHARED_MODEL_FLAGS = (
-    Flag("--latent", "latent", 8, "latent dimensions", dict(type=positive_int, metavar="Z")),
+    Flag(
+        "--latent",
+        "latent",
+        8,
+        "latent dimensions (one width per stochastic layer with --stochastic-layers N)",
+        dict(type=latent_widths, metavar="Z"),
+    ),
     Flag(
         "--hidden",
         "hidden",
@@ -95,7 +108,7 @@ class _ModelGroup:
 
 
 def add_parser(sub):
-    from ..models import MODELS
+    from ..models import MODELS, family_flags
 
     t = sub.add_parser(
         "train",
@@ -173,27 +186,28 @@ def add_parser(sub):
     add_flags(
         t.add_argument_group("model (fixed by the checkpoint with --resume)"), SHARED_MODEL_FLAGS
     )
-    for name, cls in MODELS.items():
-        if cls.flags:
-            cls.add_arguments(_ModelGroup(t.add_argument_group(f"--model {name}"), name))
+    for name in MODELS:
+        flags = family_flags(name)  # the model's own, then those of its variants
+        if flags:
+            add_flags(_ModelGroup(t.add_argument_group(f"--model {name}"), name), flags)
     t.set_defaults(func=run)
     return t
 
 
 def _model_flag_defaults():
-    """Every model flag's default: the shared ones and each registered model's own."""
-    from ..models import MODELS
+    """Every model flag's default: the shared ones and each registered model's and variant's."""
+    from ..models import MODELS, family_flags
 
     table = dict(MODEL_DEFAULTS)
-    for cls in MODELS.values():
-        table.update(cls.flag_defaults())
+    for name in MODELS:
+        table.update({f.dest: f.default for f in family_flags(name)})
     return table
 
 
 def run(args):
     from ..checkpoint import load_checkpoint
     from ..data import load_dataset
-    from ..models import MODELS, build_model, get_model_class
+    from ..models import build_model, family_selectors, model_class
     from ..train import CHECKPOINT, PICTURES, fit
 
     model_defaults = _model_flag_defaults()
@@ -230,7 +244,10 @@ def run(args):
         dataset = load_dataset(data)
         model = build_model(config)
     else:
-        cls = get_model_class(args.model)
+        # The flags that select a variant of the name (--stochastic-layers, --posterior) pick
+        # the class; left at their defaults they give the registered class itself.
+        cls = model_class(args.model, vars(args))
+        selectors = family_selectors(args.model)
         # The chosen model's own defaults first: models may share a flag (--k, --estimator)
         # with different defaults, and a shared flag is not foreign to the chosen model.
         own = cls.flag_defaults()
@@ -238,9 +255,24 @@ def run(args):
             for k, default in table.items():
                 if getattr(args, k) is None:
                     setattr(args, k, default)
-        for name, other in MODELS.items():
-            if name != args.model:
-                cls._refuse_flags(args, [k for k in other.flag_defaults() if k not in own])
+        chosen = args.model + "".join(
+            f" --{k.replace('_', '-')} {getattr(args, k)}" for k in selectors if k in args.given
+        )
+        cls._refuse_flags(
+            args,
+            [
+                k
+                for k in model_defaults
+                if k not in own and k not in selectors and k not in MODEL_DEFAULTS
+            ],
+            what=chosen,
+        )
+        if isinstance(args.latent, tuple) and "stochastic_layers" not in own:
+            raise ValueError(
+                f"expected one --latent width with --model {chosen} (one stochastic layer), "
+                f"got {','.join(map(str, args.latent))}. Give one width per layer with "
+                f"--stochastic-layers {len(args.latent)}."
+            )
         data = args.data or "digits"
         dataset = load_dataset(data)
         model = cls.from_args(args, dataset.train.shape[1])
@@ -261,6 +293,9 @@ def run(args):
             "n_latents",
             "n_categories",
             "estimator",
+            "layers",
+            "posterior",
+            "flow_steps",
         )
         if k in config
     )

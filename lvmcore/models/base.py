@@ -126,6 +126,11 @@ from one left out), ``flag_defaults()`` maps their destinations to the defaults,
 parsed flags (the shared ones, ``--latent``, ``--hidden``, ``--activation``, ``--likelihood``,
 ``--dtype``, ``--seed``, and its own), refusing with ``_refuse_flags`` those that do not apply.
 
+A variant serves a registered name when flags of that name ask for it
+(:func:`lvmcore.models.register_variant`; ``--model iwae --stochastic-layers 2``): its
+``selectors`` name those flags (they are config keys too) and ``selects(settings)`` says
+whether a config dict, or the parsed flags as a dict, choose it (base: never).
+
 Arrays and devices
 ------------------
 A model's arrays all live on one device, the one of its parameters: NumPy arrays on the CPU,
@@ -195,6 +200,7 @@ class Model:
     has_gaussian_latents: ClassVar[bool] = False
     has_sample: ClassVar[bool] = False
     has_reconstruct: ClassVar[bool] = False
+    selectors: ClassVar[tuple[str, ...]] = ()
     # Decoder rows per chunk of the K-sample evaluation (lvmcore.evaluate.log_likelihood):
     # about 2**13 keeps the GEMMs large and the peak memory the same for every K above a few
     # hundred.
@@ -507,6 +513,12 @@ class Model:
     def flag_defaults(cls) -> dict:
         """Destination -> default of the model's own flags."""
         return {f.dest: f.default for f in cls.flags}
+
+    @classmethod
+    def selects(cls, settings: dict) -> bool:
+        """Whether ``settings`` (a config, or the parsed flags as a dict) choose this class as a
+        variant of its registered name (base: never)."""
+        return False
 
     @classmethod
     def from_args(cls, args, data_dim: int) -> Model:
