@@ -297,7 +297,7 @@ def run(args):
             "posterior",
             "flow_steps",
         )
-        if k in config
+        if config.get(k) is not None
     )
     print(
         f"{PROG}: {'resuming' if args.resume else 'training'} {config.get('model')} "

@@ -98,7 +98,9 @@ class _RichPosterior(LogWeightModel):
     Notes
     -----
     Parameters: ``encoder.*`` (last layer: ``[mu | l_raw]`` or ``[mu | logvar | h]``),
-    ``flow.step<t>.*`` for a flow, ``decoder.*``.
+    ``flow.step<t>.*`` for a flow, ``decoder.*``. The full-covariance posterior starts
+    diagonal (the weights of L's strictly lower entries at 0), as the IAF starts near the
+    identity.
     """
 
     selectors = ("posterior",)
@@ -214,6 +216,14 @@ class _RichPosterior(LogWeightModel):
         head = Z + fullcov_tril_size(Z) if not flow else 2 * Z + self.context_dim
         rng = np.random.default_rng(self.seed)
         self.encoder = MLP((D, *H, head), self.activation, rng, self.dtype)
+        if not flow:
+            # Start as the diagonal posterior: the strictly lower entries of L begin at 0.
+            # Glorot-uniform ones (about 0.3 each after the tanh layers) would add up to a row
+            # norm near 0.3 sqrt(Z), a wide and strongly correlated start for every dimension
+            # after the first; the gradient still reaches them from the first step.
+            rows, cols = np.tril_indices(Z)
+            off = Z + np.flatnonzero(rows != cols)
+            self.encoder.params[f"W{self.encoder.n_layers - 1}"][:, off] = 0
         self.flow = None
         if self.posterior == "iaf":
             self.flow = iaf_posterior(
