@@ -103,7 +103,8 @@ class _ModelGroup:
                 c for c in choices if c not in action.choices
             )
         if help:
-            part = f"{self.name}: {help}"
+            # a flag of a family declared again with the same help: name the model only
+            part = f"also --model {self.name}" if help in action.help else f"{self.name}: {help}"
             action.help = f"{action.help}; {part}" if action.help else part
 
 

@@ -113,7 +113,10 @@ Optional capabilities, declared (a flag or a base method with a neutral default)
     ``has_gaussian_latents``; the evaluation then reports active units and the KL per
     dimension (:mod:`lvmcore.diagnostics`).
 ``eval_report(x, batch_size) -> (dict, lines)``
-    What ``lvmcore eval`` adds for this model (base: nothing).
+    What ``lvmcore eval`` adds for this model (base: nothing). A model whose posterior is not
+    one diagonal Gaussian (a hierarchy, a flow) reports there what ``has_gaussian_latents``
+    gives the others: ``active_units`` and, per stochastic layer, ``active_units_per_layer``,
+    ``latent_dims`` and ``kl_per_layer``.
 ``write_extra_pictures(x, out) -> list of paths``
     Pictures beyond samples, reconstructions and bounds (base: none; VQ-VAE: code usage).
 
