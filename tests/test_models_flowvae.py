@@ -24,7 +24,18 @@ from lvmcore.checkpoint import load_checkpoint
 from lvmcore.cli import main
 from lvmcore.data import load_dataset
 from lvmcore.evaluate import log_likelihood
-from lvmcore.models import IWAE, VAE, FlowIWAE, FlowVAE, Model, build_model, model_class
+from lvmcore.models import (
+    IWAE,
+    VAE,
+    VARIANTS,
+    FlowIWAE,
+    FlowVAE,
+    Model,
+    build_model,
+    family_flags,
+    model_class,
+    register_variant,
+)
 from lvmcore.ops.fullcov import fullcov_log_prob_forward
 from lvmcore.testing import gradcheck
 from lvmcore.train import fit
@@ -338,3 +349,31 @@ def test_bad_input(rng):
         model.log_weights(x, np.zeros((2, 4, 2)))
     with pytest.raises(TypeError, match="expected noise of the model's dtype float64"):
         model.forward(x, np.zeros((2, 4, 3), dtype=np.float32))
+    with pytest.raises(
+        ValueError, match=r"FlowIWAE.log_weights: expected x to have shape \(\*, 6\)"
+    ):
+        model.log_weights(x[:, :5], np.zeros((2, 4, 3)))
+
+
+def test_variant_registry_checks_its_arguments():
+    with pytest.raises(TypeError, match="model_class: expected settings to be a dict"):
+        model_class("vae", [("posterior", "iaf")])
+    with pytest.raises(ValueError, match="get_model_class: expected a model name"):
+        model_class("flowvae", {"posterior": "iaf"})
+    with pytest.raises(TypeError, match="register_variant: expected cls to be a subclass"):
+        register_variant(dict)
+
+    class Stray(FlowVAE):
+        name = "hvae"
+
+    with pytest.raises(ValueError, match="expected cls.name to be a registered name"):
+        register_variant(Stray)
+
+    class Unselected(FlowVAE):
+        selectors = ()
+
+    with pytest.raises(ValueError, match=r"expected Unselected.selectors to name the flags"):
+        register_variant(Unselected)
+    assert register_variant(FlowVAE) is FlowVAE  # registering again is harmless
+    assert VARIANTS["vae"].count(FlowVAE) == 1
+    assert [f.dest for f in family_flags("iwae")][:5] == [f.dest for f in IWAE.flags]

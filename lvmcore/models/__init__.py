@@ -134,6 +134,11 @@ def model_class(name: str, settings: dict | None = None) -> type[Model]:
     a dict (``vars(args)``, None for a flag left out). The first variant whose ``selects``
     accepts them, else the registered class."""
     cls = get_model_class(name)
+    if settings is not None and not isinstance(settings, dict):
+        raise TypeError(
+            f"model_class: expected settings to be a dict (a config, or vars(args)), got "
+            f"{type(settings).__name__}."
+        )
     for variant in VARIANTS.get(name, ()):
         if variant.selects(settings or {}):
             return variant

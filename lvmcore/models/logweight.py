@@ -148,14 +148,21 @@ class LogWeightModel(Model):
         return noise.standard_normal(rng, (S, batch_size, self.noise_dim), self.dtype, self._like())
 
     def _check_noise(self, x, eps, func):
-        """Noise (S, B, Z) for the rows of x, in the model's dtype (finiteness is the
-        generator's)."""
+        """Data x (B, D) and noise (S, B, Z) for its rows, in the model's dtype (the values
+        are checked once where they enter: ``loss_and_grads``, ``bound``, ``elbo``, the
+        evaluation; finite noise is the generator's)."""
+        check_array(x, "x", func, ndim=2, shape=(None, self.data_dim), finite=False)
         check_array(eps, "noise", func, ndim=3, finite=False)
         if eps.shape[1:] != (x.shape[0], self.noise_dim):
             raise ValueError(
                 f"{func}: expected noise of shape (S, {x.shape[0]}, {self.noise_dim}) (samples, "
                 f"the rows of x, the noise width), got {tuple(eps.shape)}. Draw it with "
                 f"draw_noise(rng, x.shape[0])."
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{func}: expected x of the model's dtype {self.dtype}, got {x.dtype}. Cast it "
+                f"with x.astype(numpy.{self.dtype})."
             )
         if eps.dtype != self.dtype:
             raise TypeError(
