@@ -284,6 +284,8 @@ def test_cli_trains_resumes_and_evaluates_two_layers(tmp_path, capsys):
             "expected no --kl with --model vae --stochastic-layers 2",
         ),
         (["--model", "vqvae", "--stochastic-layers", "2"], "expected no --stochastic-layers"),
+        (["--latent", "0"], "argument --latent: expected a positive integer, or one per"),
+        (["--latent", "4,x"], "argument --latent: expected a positive integer, or one per"),
         (
             ["--model", "iwae", "--stochastic-layers", "2", "--kl-warmup-epochs", "1"],
             "expected --kl-warmup-epochs 0 with --model iwae",

@@ -68,9 +68,12 @@ def int_list(text):
 
 def latent_widths(text):
     """'50' -> 50; '100,50' -> (100, 50): one latent width, or one per stochastic layer."""
-    sizes = int_list(text)
+    try:
+        sizes = int_list(text)
+    except argparse.ArgumentTypeError:
+        sizes = ()
     if not sizes:
         raise argparse.ArgumentTypeError(
-            f"expected a positive integer or comma-separated ones such as 100,50, got {text!r}"
+            f"expected a positive integer, or one per stochastic layer such as 100,50, got {text!r}"
         )
     return sizes[0] if len(sizes) == 1 else sizes
