@@ -15,6 +15,7 @@ __all__ = [
     "unit_float",
     "int_list",
     "nonempty_text",
+    "latent_widths",
 ]
 
 
@@ -79,3 +80,16 @@ def nonempty_text(what):
 
     parse.__name__ = what
     return parse
+
+
+def latent_widths(text):
+    """'50' -> 50; '100,50' -> (100, 50): one latent width, or one per stochastic layer."""
+    try:
+        sizes = int_list(text)
+    except argparse.ArgumentTypeError:
+        sizes = ()
+    if not sizes:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, or one per stochastic layer such as 100,50, got {text!r}"
+        )
+    return sizes[0] if len(sizes) == 1 else sizes

@@ -29,6 +29,7 @@ from ._common import (
 )
 from ._types import (
     int_list,
+    latent_widths,
     nonempty_text,
     nonneg_int,
     positive_float,
@@ -52,7 +53,13 @@ TRAIN_DEFAULTS = dict(
     kl_warmup_epochs=0,
 )
 SHARED_MODEL_FLAGS = (
-    Flag("--latent", "latent", 8, "latent dimensions", dict(type=positive_int, metavar="Z")),
+    Flag(
+        "--latent",
+        "latent",
+        8,
+        "latent dimensions (one width per stochastic layer with --stochastic-layers N)",
+        dict(type=latent_widths, metavar="Z"),
+    ),
     Flag(
         "--hidden",
         "hidden",
@@ -104,12 +111,13 @@ class _ModelGroup:
                 c for c in choices if c not in action.choices
             )
         if help:
-            part = f"{self.name}: {help}"
+            # a flag of a family declared again with the same help: name the model only
+            part = f"also --model {self.name}" if help in action.help else f"{self.name}: {help}"
             action.help = f"{action.help}; {part}" if action.help else part
 
 
 def add_parser(sub):
-    from ..models import MODELS
+    from ..models import MODELS, family_flags
 
     t = sub.add_parser(
         "train",
@@ -193,20 +201,21 @@ def add_parser(sub):
     add_flags(
         t.add_argument_group("model (fixed by the checkpoint with --resume)"), SHARED_MODEL_FLAGS
     )
-    for name, cls in MODELS.items():
-        if cls.flags:
-            cls.add_arguments(_ModelGroup(t.add_argument_group(f"--model {name}"), name))
+    for name in MODELS:
+        flags = family_flags(name)  # the model's own, then those of its variants
+        if flags:
+            add_flags(_ModelGroup(t.add_argument_group(f"--model {name}"), name), flags)
     t.set_defaults(func=run)
     return t
 
 
 def _model_flag_defaults():
-    """Every model flag's default: the shared ones and each registered model's own."""
-    from ..models import MODELS
+    """Every model flag's default: the shared ones and each registered model's and variant's."""
+    from ..models import MODELS, family_flags
 
     table = dict(MODEL_DEFAULTS)
-    for cls in MODELS.values():
-        table.update(cls.flag_defaults())
+    for name in MODELS:
+        table.update({f.dest: f.default for f in family_flags(name)})
     return table
 
 
@@ -261,8 +270,11 @@ def run(args):
             "n_latents",
             "n_categories",
             "estimator",
+            "layers",
+            "posterior",
+            "flow_steps",
         )
-        if k in config
+        if config.get(k) is not None
     )
     ranks = f" x {comm.size} processes (data-parallel)" if comm.size > 1 else ""
     if comm.is_root:
@@ -349,9 +361,12 @@ def _resumed_model(config, data, device, comm):
 def _new_model(args, model_defaults, data, comm):
     """The data set and the model the flags ask for, on its device."""
     from ..data import load_dataset
-    from ..models import MODELS, get_model_class
+    from ..models import family_selectors, model_class
 
-    cls = get_model_class(args.model)
+    # The flags that select a variant of the name (--stochastic-layers, --posterior) pick
+    # the class; left at their defaults they give the registered class itself.
+    cls = model_class(args.model, vars(args))
+    selectors = family_selectors(args.model)
     # The chosen model's own defaults first: models may share a flag (--k, --estimator)
     # with different defaults, and a shared flag is not foreign to the chosen model.
     own = cls.flag_defaults()
@@ -359,9 +374,19 @@ def _new_model(args, model_defaults, data, comm):
         for k, default in table.items():
             if getattr(args, k) is None:
                 setattr(args, k, default)
-    for name, other in MODELS.items():
-        if name != args.model:
-            cls._refuse_flags(args, [k for k in other.flag_defaults() if k not in own])
+    chosen = args.model + "".join(
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in selectors if k in args.given
+    )
+    foreign = [
+        k for k in model_defaults if k not in own and k not in selectors and k not in MODEL_DEFAULTS
+    ]
+    cls._refuse_flags(args, foreign, what=chosen)
+    if isinstance(args.latent, tuple) and "stochastic_layers" not in own:
+        raise ValueError(
+            f"expected one --latent width with --model {chosen} (one stochastic layer), "
+            f"got {','.join(map(str, args.latent))}. Give one width per layer with "
+            f"--stochastic-layers {len(args.latent)}."
+        )
     dataset = load_dataset(data)
     args.data_classes = dataset.n_classes  # for a model conditioned on labels
     model = cls.from_args(args, dataset.train.shape[1])

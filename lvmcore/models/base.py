@@ -120,7 +120,10 @@ Optional capabilities, declared (a flag or a base method with a neutral default)
     ``has_gaussian_latents``; the evaluation then reports active units and the KL per
     dimension (:mod:`lvmcore.diagnostics`).
 ``eval_report(x, batch_size) -> (dict, lines)``
-    What ``lvmcore eval`` adds for this model (base: nothing).
+    What ``lvmcore eval`` adds for this model (base: nothing). A model whose posterior is not
+    one diagonal Gaussian (a hierarchy, a flow) reports there what ``has_gaussian_latents``
+    gives the others: ``active_units`` and, per stochastic layer, ``active_units_per_layer``,
+    ``latent_dims`` and ``kl_per_layer``.
 ``write_extra_pictures(x, out) -> list of paths``
     Pictures beyond samples, reconstructions and bounds (base: none; VQ-VAE: code usage).
 
@@ -151,6 +154,11 @@ from one left out), ``flag_defaults()`` maps their destinations to the defaults,
 ``from_args(args, data_dim)`` (required for a model the CLI builds) builds the model from the
 parsed flags (the shared ones, ``--latent``, ``--hidden``, ``--activation``, ``--likelihood``,
 ``--dtype``, ``--seed``, and its own), refusing with ``_refuse_flags`` those that do not apply.
+
+A variant serves a registered name when flags of that name ask for it
+(:func:`lvmcore.models.register_variant`; ``--model iwae --stochastic-layers 2``): its
+``selectors`` name those flags (they are config keys too) and ``selects(settings)`` says
+whether a config dict, or the parsed flags as a dict, choose it (base: never).
 
 Arrays and devices
 ------------------
@@ -231,6 +239,7 @@ class Model:
     has_reconstruct: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     n_classes: int | None = None
+    selectors: ClassVar[tuple[str, ...]] = ()
     # Decoder rows per chunk of the K-sample evaluation (lvmcore.evaluate.log_likelihood):
     # about 2**13 keeps the GEMMs large and the peak memory the same for every K above a few
     # hundred.
@@ -699,6 +708,12 @@ class Model:
     def flag_defaults(cls) -> dict:
         """Destination -> default of the model's own flags."""
         return {f.dest: f.default for f in cls.flags}
+
+    @classmethod
+    def selects(cls, settings: dict) -> bool:
+        """Whether ``settings`` (a config, or the parsed flags as a dict) choose this class as a
+        variant of its registered name (base: never)."""
+        return False
 
     @classmethod
     def from_args(cls, args, data_dim: int) -> Model:
