@@ -81,7 +81,12 @@ MODEL_CONFIGS = {
     "iwae": dict(latent_dim=2, hidden=(3,), k=2),
     "vqvae": dict(codes=3, slots=2, code_dim=2, hidden=(3,), reset_dead_codes=True),
     "catvae": dict(n_latents=2, n_categories=3, hidden=(3,)),
+    "cvae": dict(n_classes=3, latent_dim=2, hidden=(3,)),
+    "mvae": dict(latent_dim=2, hidden=(3,)),
+    "aae": dict(latent_dim=2, hidden=(3,)),
 }
+# The data width each model is probed at: the multimodal VAE splits a row into two halves.
+EXTRA_WIDTH = {"mvae": 1}
 
 
 _OWN = object()  # "the drawn dtype" in the builders below (None is a probe value)
@@ -961,7 +966,14 @@ def register(entry, Call, rng):
 
     def model(name, s, dtype=_OWN):
         dtype = s.dtype if dtype is _OWN else dtype
-        return MODELS[name](s.D, **MODEL_CONFIGS[name], dtype=dtype)
+        return MODELS[name](_width(name, s), **MODEL_CONFIGS[name], dtype=dtype)
+
+    def _width(name, s):
+        return s.D + EXTRA_WIDTH.get(name, 0)
+
+    def given(name, s):
+        """Valid labels for a model conditioned on them (its probes vary the other arguments)."""
+        return {"labels": np.arange(s.B) % 3} if MODELS[name].needs_labels else {}
 
     missing = sorted(set(MODELS) - set(MODEL_CONFIGS))
     if missing:  # a registered model the audit does not cover is a failure of its own
@@ -979,16 +991,18 @@ def register(entry, Call, rng):
         add(
             f"models.{cn}.loss_and_grads",
             lambda s, m=name: Call(
-                lambda x, rng: model(m, s).loss_and_grads(x, rng),
-                dict(x=s.binary(s.B, s.D), rng=rng()),
+                lambda x, rng: model(m, s).loss_and_grads(x, rng, **given(m, s)),
+                dict(x=s.binary(s.B, _width(m, s)), rng=rng()),
             ),
         )
         for method in ("bound", "elbo"):
             add(
                 f"models.{cn}.{method}",
                 lambda s, m=name, f=method: Call(
-                    lambda x, rng, batch_size: getattr(model(m, s), f)(x, rng, batch_size),
-                    dict(x=s.binary(s.B, s.D), rng=rng(), batch_size=2),
+                    lambda x, rng, batch_size: getattr(model(m, s), f)(
+                        x, rng, batch_size, **given(m, s)
+                    ),
+                    dict(x=s.binary(s.B, _width(m, s)), rng=rng(), batch_size=2),
                     hyper=("batch_size",),
                 ),
             )
@@ -996,8 +1010,10 @@ def register(entry, Call, rng):
             add(
                 f"models.{cn}.log_likelihood",
                 lambda s, m=name: Call(
-                    lambda x, rng, k, batch_size: model(m, s).log_likelihood(x, rng, k, batch_size),
-                    dict(x=s.binary(s.B, s.D), rng=rng(), k=3, batch_size=2),
+                    lambda x, rng, k, batch_size: model(m, s).log_likelihood(
+                        x, rng, k, batch_size, **given(m, s)
+                    ),
+                    dict(x=s.binary(s.B, _width(m, s)), rng=rng(), k=3, batch_size=2),
                     hyper=("k", "batch_size"),
                 ),
             )
@@ -1014,7 +1030,8 @@ def register(entry, Call, rng):
             add(
                 f"models.{cn}.reconstruct",
                 lambda s, m=name: Call(
-                    lambda x: model(m, s).reconstruct(x), dict(x=s.binary(s.B, s.D))
+                    lambda x: model(m, s).reconstruct(x, **given(m, s)),
+                    dict(x=s.binary(s.B, _width(m, s))),
                 ),
             )
         add(

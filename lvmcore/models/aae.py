@@ -429,7 +429,7 @@ class AAE(VAE):
         return self._per_batch(x, rng, batch_size, "AAE.elbo", elbo=True)
 
     def _per_batch(self, x, rng, batch_size, func, elbo):
-        self._check_x(x, func)
+        batch_size = self._check_eval(x, rng, batch_size, func)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
@@ -438,7 +438,7 @@ class AAE(VAE):
                 out.append(self.log_weights(xb, eps).mean(axis=0))
             else:
                 out.append(self._forward_samples(xb, eps, need_grad=False).log_px_z.mean(axis=0))
-        return get_xp(x).concatenate(out)
+        return self._rows(out, get_xp(x))
 
     def write_extra_pictures(self, x, out):
         """``aggregate_posterior.png``: the posterior means of x over draws of the target, in the

@@ -264,6 +264,7 @@ class CVAE(VAE):
 
     def elbo(self, x, rng, batch_size=1000, labels=None):
         """Per-example ELBO of log p(x | y) (B,) with beta = 1, no free bits, the model's L."""
+        batch_size = self._check_eval(x, rng, batch_size, "CVAE.elbo")
         labels = self._checked(x, labels, "CVAE.elbo")
         xc = self._with_label(x, labels)
         out = []
@@ -271,7 +272,7 @@ class CVAE(VAE):
             xb = xc[i : i + batch_size]
             _, c = VAE.forward(self, xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
             out.append(c.stats["log_px_z"] - c.stats["kl"])
-        return get_xp(x).concatenate(out)
+        return self._rows(out, get_xp(x))
 
     # ------------------------------------------------------------------ reports
     def eval_report(self, x, batch_size=1000, labels=None):

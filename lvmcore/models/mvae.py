@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_param, get_xp, to_numpy
+from .._validation import check_array, check_float_dtype, check_param, get_xp, to_numpy
 from ..cli._types import positive_int
 from ..distributions.kl import (
     KLNormalStdCache,
@@ -167,9 +167,7 @@ class MVAE(Model):
             raise ValueError(f"{f}: expected names to be two distinct strings, got {names!r}.")
         self.names = names
         self.seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{f}: expected dtype float32 or float64, got {self.dtype}.")
+        self.dtype = check_float_dtype(dtype, f)
         rng = np.random.default_rng(self.seed)
         Z, H = self.latent_dim, self.hidden
         self.encoders = tuple(
@@ -353,6 +351,7 @@ class MVAE(Model):
     # ------------------------------------------------------------------ objective
     def draw_noise(self, rng, batch_size, n_samples=None):
         """eps (L, B, T, Z): L samples per example for each of the T = 3 subsets."""
+        batch_size, n_samples = self._check_noise_size(batch_size, n_samples, "MVAE.draw_noise")
         L = self.n_samples if n_samples is None else n_samples
         shape = (L, batch_size, len(SUBSETS), self.latent_dim)
         return noise.standard_normal(rng, shape, self.dtype, self._like())
@@ -449,13 +448,16 @@ class MVAE(Model):
 
     def _terms(self, x, rng, batch_size, func):
         """The per-example ELBO of every subset, (T, N), with beta = 1."""
-        self._check_x(x, func)
+        batch_size = self._check_eval(x, rng, batch_size, func)
+        xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             _, c = self.forward(xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
             out.append(c.stats["elbo_terms"])
-        return get_xp(x).concatenate(out, axis=1)
+        if not out:  # zero rows: one empty row of terms per subset
+            return xp.zeros((len(SUBSETS), 0), dtype=self.dtype)
+        return xp.concatenate(out, axis=1)
 
     def bound(self, x, rng, batch_size=1000):
         """The per-example training objective ELBO(x) + ELBO(x_1) + ELBO(x_2), shape (N,)
