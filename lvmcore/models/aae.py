@@ -298,6 +298,9 @@ class AAE(VAE):
 
     def sample(self, rng, n):
         """n samples: z from the target prior, then the decoder's mean (n, D)."""
+        n = self._check_sample(rng, n, "AAE.sample")
+        if n == 0:  # the target samplers draw at least one point
+            return self.xp.zeros((0, self.data_dim), dtype=self.dtype)
         return self.decode(self.sample_target(rng, n))
 
     # ------------------------------------------------------------------ objective

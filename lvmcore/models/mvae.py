@@ -43,7 +43,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import noise
-from .._validation import check_array, check_float_dtype, check_param, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_float_dtype,
+    check_param,
+    check_sizes,
+    get_xp,
+    to_numpy,
+)
 from ..cli._types import positive_int
 from ..distributions.kl import (
     KLNormalStdCache,
@@ -156,7 +163,7 @@ class MVAE(Model):
                 f"got {self.split}."
             )
         self.latent_dim = check_param(latent_dim, "latent_dim", f, **pos)
-        self.hidden = tuple(check_param(h, "hidden", f, **pos) for h in hidden)
+        self.hidden = check_sizes(hidden, "hidden", f)
         self.activation = check_param(
             activation, "activation", f, kind="choice", choices=("tanh", "relu", "softplus")
         )
@@ -316,6 +323,7 @@ class MVAE(Model):
 
     def sample(self, rng, n):
         """n joint samples: z ~ N(0, I), then both decoders' means, (n, D)."""
+        n = self._check_sample(rng, n, "MVAE.sample")
         z = noise.standard_normal(rng, (n, self.latent_dim), self.dtype, self._like())
         return self.decode(z)
 
