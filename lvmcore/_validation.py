@@ -99,6 +99,39 @@ def check_binary(x, name, func):
     return x
 
 
+def check_levels(x, levels, name, func):
+    """Check that ``x`` holds discrete levels 0, 1, ..., levels - 1; return them as int64.
+
+    Integer arrays and float arrays of integral values are accepted (the data path stores
+    floats); booleans, complex and object arrays are a TypeError; a fraction, NaN, Inf or a
+    level outside [0, levels) is a ValueError.
+    """
+    check_array(x, name, func, dtype="any", finite=False)
+    xp = get_xp(x)
+    if x.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{func}: expected {name} to be an integer (or integral float) array of levels in "
+            f"[0, {levels}), got dtype {x.dtype}. Cast it with {name}.astype(numpy.int64)."
+        )
+    if x.dtype.kind == "f":
+        bad = ~xp.isfinite(x) | (x != xp.floor(x))
+        if bool(bad.any()):
+            example = float(x[bad].ravel()[0])
+            raise ValueError(
+                f"{func}: expected {name} to hold integer levels in [0, {levels}), got "
+                f"{int(bad.sum())} non-integer values, e.g. {example!r}. Quantize the data "
+                f"first, e.g. numpy.floor(x * {levels}) for values in [0, 1)."
+            )
+    bad = (x < 0) | (x >= levels)
+    if bool(bad.any()):
+        example = x[bad].ravel()[0]
+        raise ValueError(
+            f"{func}: expected {name} to hold levels in [0, {levels}), got {int(bad.sum())} "
+            f"outside, e.g. {example.item()!r}. Check the number of levels."
+        )
+    return x.astype(np.int64)
+
+
 def check_same_shape(a, b, name_a, name_b, func):
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(

@@ -4,8 +4,11 @@ from .kl_term import KLTermCache, kl_term_backward, kl_term_forward
 from .likelihoods import (
     BernoulliNLLCache,
     GaussianNLLCache,
+    LogisticNLLCache,
     bernoulli_nll_backward,
     bernoulli_nll_forward,
     gaussian_nll_backward,
     gaussian_nll_forward,
+    logistic_nll_backward,
+    logistic_nll_forward,
 )
