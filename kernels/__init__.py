@@ -1,61 +1,86 @@
 """Hot-path kernels: one module per op, each a NumPy reference, a Numba kernel and a CuPy kernel.
 
-``get(op, backend)`` returns the implementation of ``op`` for a backend name. Only
-``lvmcore.backend`` imports this package.
+``kernels`` is the lower package: it imports nothing from ``lvmcore`` (which calls it through
+``lvmcore.backend``). Importing it is cheap: a kernel module, and Numba with it, is imported on
+first use.
+
+The registry
+------------
+Every variant of every kernel is one ``KernelRecord(op, backend, variant, func, status)``,
+declared in its module's ``RECORDS`` tuple. ``get(op, backend)`` returns the function the
+backend ("numpy", "numba" or "cupy") runs; ``records(op)`` lists every variant, including
+alternatives that no backend dispatches to (benchmarks and tests iterate over them). Every
+function the registry holds checks its arguments before any Numba loop or CUDA launch.
+
+Shared numerics live in one place each: ``philox`` (the counter-based generator, its fills
+and the vectorized in-kernel noise), ``fastmath`` (vectorizable exp/log), ``_checks`` (argument
+checks and error wording), ``_cupy`` (CuPy plumbing). Op modules import from these, never from
+each other.
 """
 
 import importlib
 
-# op name -> module holding VARIANTS (a dict backend name -> callable)
-_MODULES = {}
+from ._checks import BackendUnavailableError, InvalidParameterError, cupy_status
+from ._registry import STATUSES, KernelRecord
 
+__all__ = [
+    "get",
+    "records",
+    "OPS",
+    "BACKENDS",
+    "KernelRecord",
+    "STATUSES",
+    "InvalidParameterError",
+    "BackendUnavailableError",
+    "cupy_status",
+]
 
-def register(op, module):
-    _MODULES[op] = module
+BACKENDS = ("numpy", "numba", "cupy")
 
-
-# A kernel's companion entry points live in the same module under their own tables.
-_TABLES = {"_backward": "BACKWARD_IMPLEMENTATIONS", "_max": "MAX_IMPLEMENTATIONS"}
-
-
-# The noise fills of kernels.philox: (seed, stream, n, dtype, offset=0, *, out=None) -> (n,).
-_PHILOX = {
-    "philox_uniform": "UNIFORM_IMPLEMENTATIONS",
-    "philox_normal": "NORMAL_IMPLEMENTATIONS",
-    "philox_gumbel": "GUMBEL_IMPLEMENTATIONS",
+# op -> the module (under kernels/) that declares its records
+OPS = {
+    "adam_update": "adam_update",
+    "bernoulli_loglik": "bernoulli_loglik",
+    "bernoulli_loglik_backward": "bernoulli_loglik",
+    "importance_weights": "importance_weights",
+    "reparam_sample": "reparam_sample",
+    "reparam_sample_backward": "reparam_sample",
+    "gumbel_softmax": "gumbel_softmax",
+    "gumbel_softmax_backward": "gumbel_softmax",
+    "gumbel_max": "gumbel_softmax",
+    "nearest_code": "nearest_code",
+    "philox_uniform": "philox",
+    "philox_normal": "philox",
+    "philox_gumbel": "philox",
 }
 
 
+def _module(op):
+    if op not in OPS:
+        raise NotImplementedError(f"kernels.get: no kernel named {op!r}; known: {sorted(OPS)}")
+    return importlib.import_module(f"kernels.{OPS[op]}")
+
+
+def records(op=None):
+    """Every ``KernelRecord`` (of ``op`` when given), in declaration order."""
+    ops = sorted(OPS) if op is None else [op]
+    seen, out = set(), []
+    for name in ops:
+        module = _module(name)
+        if module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        out.extend(r for r in module.RECORDS if op is None or r.op == op)
+    return out
+
+
 def get(op, backend):
-    """The implementation of ``op`` for ``backend``; ``<op>_backward`` (and ``gumbel_max``)
-    come from the module's BACKWARD_IMPLEMENTATIONS (MAX_IMPLEMENTATIONS) table, and
-    ``philox_uniform``, ``philox_normal``, ``philox_gumbel`` are the noise fills."""
-    base, table = op, "IMPLEMENTATIONS"
-    for suffix, name in _TABLES.items():
-        if op.endswith(suffix) and op[: -len(suffix)] in _MODULES:
-            base, table = op[: -len(suffix)], name
-    if op == "gumbel_max":
-        base, table = "gumbel_softmax", "MAX_IMPLEMENTATIONS"
-    if op in _PHILOX:
-        module = importlib.import_module("kernels.philox")
-        table = _PHILOX[op]
-    elif base in _MODULES:
-        module = importlib.import_module(_MODULES[base])
-    else:
-        raise NotImplementedError(
-            f"kernels.get: no kernel named {op!r}; known: {sorted([*_MODULES, *_PHILOX])}"
-        )
-    impls = getattr(module, table)
-    if backend not in impls:
-        raise NotImplementedError(
-            f"kernels.get: kernel {op!r} has no {backend!r} implementation; has {sorted(impls)}"
-        )
-    return impls[backend]
-
-
-register("nearest_code", "kernels.nearest_code")
-register("bernoulli_loglik", "kernels.bernoulli_loglik")
-register("importance_weights", "kernels.importance_weights")
-register("adam_update", "kernels.adam_update")
-register("reparam_sample", "kernels.reparam_sample")
-register("gumbel_softmax", "kernels.gumbel_softmax")
+    """The implementation of ``op`` that ``backend`` ("numpy", "numba" or "cupy") runs."""
+    found = [r for r in _module(op).RECORDS if r.op == op and r.status != "alternative"]
+    for r in found:
+        if r.backend == backend:
+            return r.func
+    raise NotImplementedError(
+        f"kernels.get: kernel {op!r} has no {backend!r} implementation; has "
+        f"{sorted(r.backend for r in found)}"
+    )

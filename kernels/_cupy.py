@@ -1,8 +1,9 @@
 """CuPy plumbing shared by the ``*_cupy_v<N>`` kernel variants.
 
-This module imports CuPy at the top (BackendUnavailableError when it is not installed), so the
-kernel modules import it only inside their CuPy functions (``from . import _cupy``, then
-``_cupy.cupy``): importing any kernel module, or ``lvmcore``, never needs CuPy.
+This module imports CuPy at the top (``kernels.BackendUnavailableError`` when it cannot), so
+the kernel modules import it only inside their CuPy functions (``from . import _cupy``, then
+``_cupy.cupy``), after checking that their arguments are CuPy arrays at all: importing any
+kernel module never needs CuPy.
 
 - ``raw_module(file, name_expressions)``: the ``cupy.RawModule`` of ``kernels/cuda/<file>``,
   built on first use and memoized per device. Sources are read with ``importlib.resources``;
@@ -10,23 +11,20 @@ kernel modules import it only inside their CuPy functions (``from . import _cupy
   one self-contained string and no include path, so this works from a wheel or a zip too).
 - ``elementwise(...)``: a memoized ``cupy.ElementwiseKernel``.
 - launch sizes (``grid``, ``group_width``) and the argument checks a raw kernel needs (it
-  ignores strides and validates nothing).
+  ignores strides and validates nothing), worded by ``kernels._checks``.
 """
 
 import functools
 import importlib.resources
 import re
 
-import numpy as np
+from . import _checks
 
 try:
     import cupy
 except ImportError as exc:  # a "cupy" variant called on a machine without CuPy
-    from lvmcore.backend import available_backends
-    from lvmcore.exceptions import BackendUnavailableError
-
-    raise BackendUnavailableError(
-        f"backend 'cupy' is unavailable: {available_backends()['cupy']}"
+    raise _checks.BackendUnavailableError(
+        f"backend 'cupy' is unavailable: {_checks.cupy_status()[1]}"
     ) from exc
 
 __all__ = [
@@ -49,7 +47,6 @@ BLOCKS_PER_SM = 8
 # NVRTC options. CuPy adds -ftz=true to every RawModule (float32 subnormals flush to zero; the
 # kernels' documented outputs never rely on float32 subnormals).
 OPTIONS = ("--std=c++17",)
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
@@ -115,41 +112,20 @@ def group_width(n):
 def check_array(a, name, func, ndim, dtype=None):
     """``a`` must be a C-contiguous cupy.ndarray with ``ndim`` dimensions and a float dtype (or
     ``dtype``). Raw kernels read memory linearly, so strides are rejected, not ignored."""
-    if not isinstance(a, cupy.ndarray):
-        raise TypeError(
-            f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
-            f"{type(a).__module__}.{type(a).__name__}. Move it with "
-            f"cupy.asarray(...) or call the numpy/numba backend."
-        )
-    if dtype is None:
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(
-                f"{func}: expected {name} to have dtype float32 or float64, got "
-                f"{a.dtype}. Cast it with {name}.astype(cupy.float32)."
-            )
-    elif a.dtype != np.dtype(dtype):
-        raise TypeError(f"{func}: expected {name} to have dtype {np.dtype(dtype)}, got {a.dtype}.")
-    if a.ndim != ndim:
-        raise ValueError(
-            f"{func}: expected {name} to have {ndim} dimensions, got an array of "
-            f"shape {tuple(a.shape)}."
-        )
-    if not a.flags.c_contiguous:
-        raise ValueError(
-            f"{func}: expected {name} to be C-contiguous, got strides "
-            f"{tuple(a.strides)} for shape {tuple(a.shape)}. Pass "
-            f"cupy.ascontiguousarray({name})."
-        )
-    return a
+    return _checks.check_array(
+        a,
+        name,
+        func,
+        ndim=ndim,
+        lib="cupy",
+        dtype="float" if dtype is None else dtype,
+        contiguous=True,
+    )
 
 
 def check_same(a, name, ref, ref_name, func, shape=None):
     """``a`` has ``ref``'s dtype and the given shape (``ref``'s when None)."""
-    if a.dtype != ref.dtype:
-        raise TypeError(
-            f"{func}: expected {name} to have the dtype of {ref_name} "
-            f"({ref.dtype}), got {a.dtype}. Cast them to one dtype."
-        )
+    _checks.check_dtype_of(a, name, ref, ref_name, func)
     shape = tuple(ref.shape) if shape is None else tuple(shape)
     if tuple(a.shape) != shape:
         raise ValueError(f"{func}: expected {name} to have shape {shape}, got {tuple(a.shape)}.")
@@ -157,10 +133,10 @@ def check_same(a, name, ref, ref_name, func, shape=None):
 
 def check_out(out, name, func, shape, dtype):
     """A preallocated output: a C-contiguous cupy.ndarray of ``shape`` and ``dtype``. Overlap
-    with the inputs is not checked, as in the Numba variants (the public wrappers check it); the
-    in-place cases they allow (``grad_out is logits``, ``weights_out is log_w``, ``out is
-    grad``) work here too, because each element is read by the thread that then overwrites
-    it."""
+    with the inputs is not checked on the device (a partial overlap gives wrong values, never
+    an out-of-bounds access); the in-place cases the NumPy variants allow (``grad_out is
+    logits``, ``weights_out is log_w``, ``out is grad``) work here too, because each element is
+    read by the thread that then overwrites it."""
     check_array(out, name, func, len(shape), dtype)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(

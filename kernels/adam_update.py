@@ -10,23 +10,89 @@ size and epsilon so the kernel needs no per-step arrays):
 with step_size = lr sqrt(1 - b2^t) / (1 - b1^t) and eps_hat = eps sqrt(1 - b2^t), which
 equals p - lr m_hat / (sqrt(v_hat) + eps).
 
-Shapes: any; all four arrays share one shape and dtype and are C-contiguous. Updated in
-place. NumPy evaluates the same formula as eight passes with temporaries; one fused
-pass reads and writes each element once.
+Shapes: any; all four arrays share one shape and dtype (float32 or float64); p, m and v are
+updated in place. NumPy evaluates the same formula as eight passes with temporaries; one fused pass
+reads and writes each element once.
+
+Checks: every variant checks the four arrays (type, dtype, equal shapes and dtypes; for the
+NumPy/Numba variants also C-contiguous p, m, v, since a strided view would be flattened into a
+copy and the update lost, writeable, and no overlap between them) and the scalars (finite;
+beta1, beta2 in [0, 1); eps_hat >= 0) before any loop.
 
 Variants:
-    adam_update_ref        NumPy, the oracle
-    adam_update_numba_v1   serial loop (small arrays)
-    adam_update_numba_v2   prange over contiguous blocks, for arrays above 2**20 elements
-    adam_update_cupy_v1    CuPy ElementwiseKernel, one fused pass on the GPU (not yet run on
-                           a device)
+    adam_update_ref        NumPy, the oracle; the "numpy" backend
+    adam_update_numba_v1   serial loop; the path v2 takes below 2**20 elements (alternative:
+                           no backend dispatches to it directly)
+    adam_update_numba_v2   prange over contiguous blocks above 2**20 elements, v1 below;
+                           DEFAULT, the "numba" backend
+    adam_update_cupy_v1    CuPy ElementwiseKernel, one fused pass on the GPU; the "cupy"
+                           backend (not yet run on a device)
 """
 
 import numpy as np
 from numba import njit, prange
 
+from ._checks import check_array, check_param
+from ._registry import KernelRecord, default_variant, implementations, variants
+
+__all__ = [
+    "adam_update_ref",
+    "adam_update_numba_v1",
+    "adam_update_numba_v2",
+    "adam_update_cupy_v1",
+    "PARALLEL_THRESHOLD",
+    "RECORDS",
+    "VARIANTS",
+    "IMPLEMENTATIONS",
+    "DEFAULT",
+]
+
+_FUNC = "adam_update"
+
+
+def _check(func, p, g, m, v, step_size, beta1, beta2, eps_hat, lib="numpy"):
+    """The arguments of one update; returns the scalars as floats."""
+    for name, a in (("p", p), ("g", g), ("m", m), ("v", v)):
+        # p, m, v are flattened and written in place by the Numba loops: a strided view would
+        # be flattened into a copy and its update lost. g is only read (a strided g is copied);
+        # CuPy's ElementwiseKernel follows strides itself.
+        check_array(a, name, func, lib=lib, contiguous=lib == "numpy" and name != "g")
+        if name != "p" and (a.shape != p.shape or a.dtype != p.dtype):
+            raise ValueError(
+                f"{func}: expected {name} to match p ({p.dtype} {tuple(p.shape)}), got "
+                f"{a.dtype} {tuple(a.shape)}. Each parameter needs its own gradient and "
+                f"moment buffers of its shape."
+            )
+    if lib == "numpy":
+        for name, a in (("p", p), ("m", m), ("v", v)):
+            if not a.flags.writeable:
+                raise ValueError(
+                    f"{func}: expected {name} to be writeable, got a read-only array. It is "
+                    f"updated in place."
+                )
+        arrays = {"p": p, "g": g, "m": m, "v": v}
+        for i, (a_name, a) in enumerate(arrays.items()):
+            for b_name, b in list(arrays.items())[i + 1 :]:
+                if a.size and np.may_share_memory(a, b):
+                    raise ValueError(
+                        f"{func}: expected {a_name} and {b_name} to be separate arrays, got "
+                        f"overlapping ones. Give every parameter its own gradient and moment "
+                        f"buffers."
+                    )
+    step_size = check_param(step_size, "step_size", func)
+    beta1 = check_param(
+        beta1, "beta1", func, low=0, low_inclusive=True, high=1, high_inclusive=False
+    )
+    beta2 = check_param(
+        beta2, "beta2", func, low=0, low_inclusive=True, high=1, high_inclusive=False
+    )
+    eps_hat = check_param(eps_hat, "eps_hat", func, low=0, low_inclusive=True)
+    return step_size, beta1, beta2, eps_hat
+
 
 def adam_update_ref(p, g, m, v, step_size, beta1, beta2, eps_hat):
+    """One Adam step in place, NumPy (the oracle): arguments as the module docstring."""
+    step_size, beta1, beta2, eps_hat = _check(_FUNC, p, g, m, v, step_size, beta1, beta2, eps_hat)
     t = p.dtype.type
     m *= t(beta1)
     m += t(1 - beta1) * g
@@ -60,9 +126,15 @@ def _scalars(p, step_size, beta1, beta2, eps_hat):
     return t(step_size), t(beta1), t(beta2), t(eps_hat)
 
 
-def adam_update_numba_v1(p, g, m, v, step_size, beta1, beta2, eps_hat):
+def _serial(p, g, m, v, step_size, beta1, beta2, eps_hat):
     args = _scalars(p, step_size, beta1, beta2, eps_hat)
     _adam_serial(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *args, 0, p.size)
+
+
+def adam_update_numba_v1(p, g, m, v, step_size, beta1, beta2, eps_hat):
+    """One Adam step in place, Numba, one serial loop over the elements."""
+    scalars = _check(_FUNC, p, g, m, v, step_size, beta1, beta2, eps_hat)
+    _serial(p, g, m, v, *scalars)
 
 
 # Below this a parallel region costs more than it saves (2 to 17 us per region on 2 cores).
@@ -70,9 +142,12 @@ PARALLEL_THRESHOLD = 1 << 20
 
 
 def adam_update_numba_v2(p, g, m, v, step_size, beta1, beta2, eps_hat):
+    """One Adam step in place, Numba: v1's loop below PARALLEL_THRESHOLD elements, contiguous
+    blocks in a prange above."""
+    scalars = _check(_FUNC, p, g, m, v, step_size, beta1, beta2, eps_hat)
     if p.size < PARALLEL_THRESHOLD:
-        return adam_update_numba_v1(p, g, m, v, step_size, beta1, beta2, eps_hat)
-    args = _scalars(p, step_size, beta1, beta2, eps_hat)
+        return _serial(p, g, m, v, *scalars)
+    args = _scalars(p, *scalars)
     _adam_blocks(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *args, 1 << 14)
 
 
@@ -89,37 +164,27 @@ _CUPY_ADAM = (
 
 
 def adam_update_cupy_v1(p, g, m, v, step_size, beta1, beta2, eps_hat):
+    """One Adam step in place on the GPU, one ElementwiseKernel pass."""
+    func = "adam_update_cupy_v1"
+    step_size, beta1, beta2, eps_hat = _check(
+        func, p, g, m, v, step_size, beta1, beta2, eps_hat, lib="cupy"
+    )
     from . import _cupy
 
-    cupy = _cupy.cupy
-    func = "adam_update_cupy_v1"
-    for name, a in (("p", p), ("g", g), ("m", m), ("v", v)):
-        if not isinstance(a, cupy.ndarray):
-            raise TypeError(
-                f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), got "
-                f"{type(a).__module__}.{type(a).__name__}."
-            )
-        if a.dtype != p.dtype or a.shape != p.shape:
-            raise ValueError(
-                f"{func}: expected {name} to match p ({p.dtype} {tuple(p.shape)}), "
-                f"got {a.dtype} {tuple(a.shape)}."
-            )
     t = p.dtype.type
     _cupy.elementwise(*_CUPY_ADAM)(
         g, t(step_size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps_hat), p, m, v
     )
 
 
-VARIANTS = {
-    "ref": adam_update_ref,
-    "numba_v1": adam_update_numba_v1,
-    "numba_v2": adam_update_numba_v2,
-    "cupy_v1": adam_update_cupy_v1,
-}
 # DEFAULT numba_v2: on the IWAE-paper model (12 arrays, 0.42 M parameters, float32) one Adam
 # step takes about 0.25 ms against about 1.8 ms for the eight-pass NumPy update (2 threads).
-IMPLEMENTATIONS = {
-    "numpy": adam_update_ref,
-    "numba": adam_update_numba_v2,
-    "cupy": adam_update_cupy_v1,
-}
+RECORDS = (
+    KernelRecord(_FUNC, "numpy", "ref", adam_update_ref, "reference"),
+    KernelRecord(_FUNC, "numba", "numba_v1", adam_update_numba_v1, "alternative"),
+    KernelRecord(_FUNC, "numba", "numba_v2", adam_update_numba_v2, "default"),
+    KernelRecord(_FUNC, "cupy", "cupy_v1", adam_update_cupy_v1, "default"),
+)
+VARIANTS = variants(RECORDS, _FUNC)
+IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
+DEFAULT = default_variant(RECORDS, _FUNC)

@@ -40,47 +40,130 @@ Numerics
 
 Variants
 --------
-- ``bernoulli_loglik_ref``: NumPy, computed in float64 and cast back; the oracle.
-- ``bernoulli_loglik_numba_v1``: rows are independent (each writes its own loglik[r] and
+Every variant checks its arguments (types, dtypes, shapes, contiguity, the output buffer and
+its overlap with the inputs) before any loop or launch; ``bernoulli_loglik`` and
+``bernoulli_loglik_backward`` pick one by ``backend`` and add the optional value checks.
+
+- ``bernoulli_loglik_ref``: NumPy, computed in float64 and cast back; the oracle and the
+  ``"numpy"`` backend.
+- ``bernoulli_loglik_numba_v2``: rows are independent (each writes its own loglik[r] and
   gradient row); a serial loop over a row range, run directly below 2^18 elements and from a
-  ``prange`` over chunks of 8 rows above; the inner loop over D is vectorized. float64
-  accumulator. In place (``grad_out is logits``) is a compile-time case of the same kernel (the
-  gradient argument is None), so the loop reads and writes one array and still vectorizes.
-- ``bernoulli_loglik_numba_v2``: the same kernels with the accumulator in the data dtype.
-  DEFAULT: twice as fast as v1 on float32 (full vector width), within float32 tolerance; see
-  the evidence at DEFAULT.
+  ``prange`` over chunks of 8 rows above; the inner loop over D is vectorized, the row sums
+  accumulate in the data dtype. In place (``grad_out is logits``) is a compile-time case of the
+  same kernel (the gradient argument is None), so the loop reads and writes one array and still
+  vectorizes. DEFAULT (the ``"numba"`` backend); see the evidence at RECORDS.
+- v1 (moved to benchmarks/lab/bernoulli_loglik.py): the same kernels with a float64 row
+  accumulator. Twice as slow on float32 (the widening halves the vector width of the whole
+  loop) for an error v2 keeps well inside the float32 tolerance.
+- ``bernoulli_loglik_backward_ref``, ``bernoulli_loglik_backward_numba_v1``: dlogits =
+  dloglik[:, None] * grad, the Numba one a serial or row-chunked loop (in place allowed).
 - ``bernoulli_loglik_cupy_v1`` (kernels/cuda/bernoulli_loglik.cu): a group of up to 32 lanes per
   row, per-lane partial sums in the dtype added by warp shuffles, gradient in the same pass; the
-  backward is an ElementwiseKernel. The ``"cupy"`` backend; not yet run on a device.
+  backward ``bernoulli_loglik_backward_cupy_v1`` is an ElementwiseKernel. The ``"cupy"``
+  backend; not yet run on a device.
 """
 
 import numpy as np
 from numba import njit, prange
 
+from ._checks import check_array, check_backend, check_dtype_of, same_buffer
+from ._registry import KernelRecord, default_variant, implementations, variants
 from .fastmath import exp, log
 
 __all__ = [
     "bernoulli_loglik",
     "bernoulli_loglik_backward",
     "bernoulli_loglik_ref",
-    "bernoulli_loglik_numba_v1",
     "bernoulli_loglik_numba_v2",
     "bernoulli_loglik_backward_ref",
-    "bernoulli_loglik_backward_numba",
+    "bernoulli_loglik_backward_numba_v1",
     "bernoulli_loglik_cupy_v1",
     "bernoulli_loglik_backward_cupy_v1",
+    "RECORDS",
     "VARIANTS",
+    "BACKWARD_VARIANTS",
     "IMPLEMENTATIONS",
     "BACKWARD_IMPLEMENTATIONS",
     "DEFAULT",
 ]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FUNC = "bernoulli_loglik"
+_FUNC_BWD = "bernoulli_loglik_backward"
 
 # Inputs with fewer elements run on the calling thread (see the comment above _rows_grad).
 _PARALLEL_MIN = 1 << 18
 # Rows per parallel task.
 _ROWS_PER_TASK = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks (every variant runs them; the kernels below assume valid input)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_out(out, name, src, src_name, inputs, func, lib="numpy", contiguous=True):
+    """``out`` must match ``src`` in shape and dtype, and be ``src`` itself or overlap none of
+    ``inputs`` (a dict name -> array, ``src`` included; NumPy only: CuPy overlap is not
+    checked)."""
+    check_array(out, name, func, ndim=src.ndim, lib=lib, contiguous=contiguous)
+    check_dtype_of(out, name, src, src_name, func)
+    if out.shape != src.shape:
+        raise ValueError(
+            f"{func}: expected {name} to have the shape of {src_name} "
+            f"{tuple(src.shape)}, got {tuple(out.shape)}. Allocate it with "
+            f"numpy.empty_like({src_name})."
+        )
+    if lib != "numpy":
+        return
+    if not out.flags.writeable:
+        raise ValueError(f"{func}: expected {name} to be writeable, got a read-only array.")
+    in_place = same_buffer(out, src)
+    for other, a in inputs.items():
+        if (other == src_name and in_place) or not np.may_share_memory(out, a):
+            continue
+        raise ValueError(
+            f"{func}: expected {name} to be {src_name} itself or to overlap no "
+            f"input, got an array overlapping {other}. Pass {name}={src_name} to "
+            f"overwrite it in place, or a fresh buffer."
+        )
+
+
+def _prepare(func, logits, x, grad_out, lib="numpy", contiguous=True):
+    """Check a forward call; ``contiguous`` False for the NumPy reference, which takes
+    strides."""
+    check_array(logits, "logits", func, ndim=2, lib=lib, contiguous=contiguous)
+    check_array(x, "x", func, ndim=2, lib=lib, contiguous=contiguous)
+    check_dtype_of(x, "x", logits, "logits", func)
+    N, D = logits.shape
+    B = x.shape[0]
+    if x.shape[1] != D:
+        raise ValueError(
+            f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape "
+            f"{tuple(x.shape)}."
+        )
+    if B == 0 or N % B != 0:
+        raise ValueError(
+            f"{func}: expected logits.shape[0] to be a multiple S * B of "
+            f"x.shape[0] ({B}), got logits of shape {tuple(logits.shape)}. Order the "
+            f"logits sample-major, (S, B, D) reshaped to (S * B, D)."
+        )
+    if grad_out is not None:
+        inputs = {"logits": logits, "x": x}
+        _check_out(grad_out, "grad_out", logits, "logits", inputs, func, lib, contiguous)
+
+
+def _prepare_backward(func, dloglik, grad, out, lib="numpy", contiguous=True):
+    check_array(grad, "grad", func, ndim=2, lib=lib, contiguous=contiguous)
+    check_array(dloglik, "dloglik", func, ndim=1, lib=lib, contiguous=contiguous)
+    check_dtype_of(dloglik, "dloglik", grad, "grad", func)
+    if dloglik.shape[0] != grad.shape[0]:
+        raise ValueError(
+            f"{func}: expected dloglik of shape ({grad.shape[0]},) to match "
+            f"grad.shape[0], got {tuple(dloglik.shape)}."
+        )
+    if out is not None:
+        inputs = {"grad": grad, "dloglik": dloglik}
+        _check_out(out, "out", grad, "grad", inputs, func, lib, contiguous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +186,7 @@ def bernoulli_loglik_ref(logits, x, grad_out=None):
     loglik : ndarray of shape (N,)
     grad_out : ndarray of shape (N, D) or None
     """
+    _prepare(_FUNC, logits, x, grad_out, contiguous=False)
     N, D = logits.shape
     B = x.shape[0]
     l = logits.astype(np.float64).reshape(N // B, B, D)  # (S, B, D)
@@ -118,6 +202,7 @@ def bernoulli_loglik_ref(logits, x, grad_out=None):
 
 def bernoulli_loglik_backward_ref(dloglik, grad, out=None):
     """dlogits (N, D) = dloglik[:, None] * grad; ``out`` may be ``grad`` itself."""
+    _prepare_backward(_FUNC_BWD, dloglik, grad, out, contiguous=False)
     return np.multiply(dloglik[:, None], grad, out=out)
 
 
@@ -204,10 +289,6 @@ def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one):
         _rows_loglik(logits, x, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one)
 
 
-def _same_buffer(a, b):
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-
-
 def _run(logits, x, grad_out, acc0):
     N, D = logits.shape
     dt = logits.dtype.type
@@ -219,7 +300,7 @@ def _run(logits, x, grad_out, acc0):
         else:
             _rows_loglik(logits, x, loglik, 0, N, acc0, dt(0), dt(1))
         return loglik, None
-    grad = None if _same_buffer(grad_out, logits) else grad_out  # None: in place
+    grad = None if same_buffer(grad_out, logits) else grad_out  # None: in place
     if parallel:
         _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1))
     else:
@@ -227,14 +308,10 @@ def _run(logits, x, grad_out, acc0):
     return loglik, grad_out
 
 
-def bernoulli_loglik_numba_v1(logits, x, grad_out=None):
-    """Numba, float64 row accumulator; same contract as ``bernoulli_loglik_ref`` (input
-    assumed valid)."""
-    return _run(logits, x, grad_out, np.float64(0.0))
-
-
 def bernoulli_loglik_numba_v2(logits, x, grad_out=None):
-    """Numba, row accumulator in the data dtype (vector partial sums); input assumed valid."""
+    """Numba, row accumulator in the data dtype (vector partial sums); the contract of
+    ``bernoulli_loglik_ref``."""
+    _prepare(_FUNC, logits, x, grad_out)
     return _run(logits, x, grad_out, logits.dtype.type(0))
 
 
@@ -258,11 +335,12 @@ def _scale_rows_par(dloglik, grad, out, rows):
         _scale_rows(dloglik, grad, out, c * rows, min(c * rows + rows, N))
 
 
-def bernoulli_loglik_backward_numba(dloglik, grad, out=None):
-    """Numba version of ``bernoulli_loglik_backward_ref`` (input assumed valid)."""
+def bernoulli_loglik_backward_numba_v1(dloglik, grad, out=None):
+    """Numba version of ``bernoulli_loglik_backward_ref``."""
+    _prepare_backward(_FUNC_BWD, dloglik, grad, out)
     if out is None:
         out = np.empty_like(grad)  # (N, D)
-    dst = None if _same_buffer(out, grad) else out  # None: in place
+    dst = None if same_buffer(out, grad) else out  # None: in place
     N, D = grad.shape
     if N * D >= _PARALLEL_MIN and N > _ROWS_PER_TASK:
         _scale_rows_par(dloglik, grad, dst, _ROWS_PER_TASK)
@@ -284,22 +362,13 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
     """CuPy: a group of up to 32 lanes per row, partial sums in the dtype combined by warp
     shuffles, the gradient written in the same pass. Contract of ``bernoulli_loglik_ref`` on
     cupy arrays; checks types, dtypes, shapes and contiguity (not values)."""
+    func = "bernoulli_loglik_cupy_v1"
+    _prepare(func, logits, x, grad_out, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "bernoulli_loglik_cupy_v1"
-    _cupy.check_array(logits, "logits", func, 2)
-    _cupy.check_array(x, "x", func, 2)
     N, D = logits.shape
     B = x.shape[0]
-    _cupy.check_same(x, "x", logits, "logits", func, shape=(B, D))
-    if B == 0 or N % B != 0:
-        raise ValueError(
-            f"{func}: expected logits.shape[0] to be a multiple S * B of "
-            f"x.shape[0] ({B}), got logits of shape {tuple(logits.shape)}."
-        )
-    if grad_out is not None:
-        _cupy.check_out(grad_out, "grad_out", func, (N, D), logits.dtype)
     loglik = cupy.empty(N, dtype=logits.dtype)  # (N,)
     if N == 0:
         return loglik, grad_out
@@ -325,17 +394,13 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
 
 def bernoulli_loglik_backward_cupy_v1(dloglik, grad, out=None):
     """CuPy ElementwiseKernel ``out = dloglik[:, None] * grad``; ``out`` may be ``grad``."""
+    func = "bernoulli_loglik_backward_cupy_v1"
+    _prepare_backward(func, dloglik, grad, out, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "bernoulli_loglik_backward_cupy_v1"
-    _cupy.check_array(grad, "grad", func, 2)
-    _cupy.check_array(dloglik, "dloglik", func, 1)
-    _cupy.check_same(dloglik, "dloglik", grad, "grad", func, shape=(grad.shape[0],))
     if out is None:
         out = cupy.empty_like(grad)  # (N, D)
-    else:
-        _cupy.check_out(out, "out", func, grad.shape, grad.dtype)
     scale = _cupy.elementwise(
         "T s, T g", "T out", "out = s * g", "lvm_bernoulli_loglik_backward_v1"
     )
@@ -347,12 +412,6 @@ def bernoulli_loglik_backward_cupy_v1(dloglik, grad, out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-VARIANTS = {
-    "ref": bernoulli_loglik_ref,
-    "numba_v1": bernoulli_loglik_numba_v1,
-    "numba_v2": bernoulli_loglik_numba_v2,
-}
-
 # DEFAULT: numba_v2. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs; float32,
 # D = 784, x of B = 100 rows, grad_out preallocated; one library per process, medians of 30 runs;
 # CPU time on 1 thread, which the other jobs disturb least; Nov 2026):
@@ -361,74 +420,24 @@ VARIANTS = {
 #   N = 50000:  v2 39.9 ms,  v1 78.7 ms,  PyTorch 404 ms
 # 2 threads, wall time, in a quiet minute: N = 50000 with B = 50000 (x as large as the logits),
 # v2 41.8 ms (11.3 GB/s of reads and writes) vs PyTorch 214 ms.
-DEFAULT = "numba_v2"
-
-IMPLEMENTATIONS = {"numpy": bernoulli_loglik_ref, "numba": bernoulli_loglik_numba_v2}
-BACKWARD_IMPLEMENTATIONS = {
-    "numpy": bernoulli_loglik_backward_ref,
-    "numba": bernoulli_loglik_backward_numba,
-}
-# GPU: CuPy arrays in and out (kernels/cuda/bernoulli_loglik.cu).
-VARIANTS["cupy_v1"] = bernoulli_loglik_cupy_v1
-IMPLEMENTATIONS["cupy"] = bernoulli_loglik_cupy_v1
-BACKWARD_IMPLEMENTATIONS["cupy"] = bernoulli_loglik_backward_cupy_v1
+RECORDS = (
+    KernelRecord(_FUNC, "numpy", "ref", bernoulli_loglik_ref, "reference"),
+    KernelRecord(_FUNC, "numba", "numba_v2", bernoulli_loglik_numba_v2, "default"),
+    KernelRecord(_FUNC, "cupy", "cupy_v1", bernoulli_loglik_cupy_v1, "default"),
+    KernelRecord(_FUNC_BWD, "numpy", "ref", bernoulli_loglik_backward_ref, "reference"),
+    KernelRecord(_FUNC_BWD, "numba", "numba_v1", bernoulli_loglik_backward_numba_v1, "default"),
+    KernelRecord(_FUNC_BWD, "cupy", "cupy_v1", bernoulli_loglik_backward_cupy_v1, "default"),
+)
+VARIANTS = variants(RECORDS, _FUNC)
+BACKWARD_VARIANTS = variants(RECORDS, _FUNC_BWD)
+IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
+BACKWARD_IMPLEMENTATIONS = implementations(RECORDS, _FUNC_BWD)
+DEFAULT = default_variant(RECORDS, _FUNC)
 
 
 # --------------------------------------------------------------------------------------------
-# Public wrappers: validate once, then dispatch (kernels assume valid input)
+# Public wrappers: pick the variant by backend (every variant checks its own arguments)
 # --------------------------------------------------------------------------------------------
-
-
-def _check_float_array(a, name, func, ndim):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(
-            f"{func}: expected {name} to be a numpy.ndarray, got "
-            f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
-        )
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{func}: expected {name} to have dtype float32 or float64, got "
-            f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
-        )
-    if a.ndim != ndim:
-        raise ValueError(
-            f"{func}: expected {name} to have {ndim} dimensions, got an array of shape {a.shape}."
-        )
-    if not a.flags.c_contiguous:
-        raise ValueError(
-            f"{func}: expected {name} to be C-contiguous, got strides {a.strides} "
-            f"for shape {a.shape}. Pass numpy.ascontiguousarray({name})."
-        )
-
-
-def _check_dtype_match(a, name, ref, ref_name, func):
-    if a.dtype != ref.dtype:
-        raise TypeError(
-            f"{func}: expected {name} to have the dtype of {ref_name} "
-            f"({ref.dtype}), got {a.dtype}. Cast them to one dtype."
-        )
-
-
-def _check_out(out, name, src, src_name, inputs, func):
-    """``out`` must match ``src`` in shape and dtype, and be ``src`` itself or overlap none of
-    ``inputs`` (a dict name -> array, ``src`` included)."""
-    _check_float_array(out, name, func, src.ndim)
-    _check_dtype_match(out, name, src, src_name, func)
-    if out.shape != src.shape:
-        raise ValueError(
-            f"{func}: expected {name} to have the shape of {src_name} "
-            f"{src.shape}, got {out.shape}. Allocate it with "
-            f"numpy.empty_like({src_name})."
-        )
-    in_place = _same_buffer(out, src)
-    for other, a in inputs.items():
-        if (other == src_name and in_place) or not np.may_share_memory(out, a):
-            continue
-        raise ValueError(
-            f"{func}: expected {name} to be {src_name} itself or to overlap no "
-            f"input, got an array overlapping {other}. Pass {name}={src_name} to "
-            f"overwrite it in place, or a fresh buffer."
-        )
 
 
 def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=False):
@@ -443,7 +452,7 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
     grad_out : ndarray of shape (N, D), optional
         Receives d loglik / d logits = x - sigmoid(logits). May be ``logits`` itself (the logits
         are overwritten); otherwise it must overlap neither input.
-    backend : {"numba", "numpy"}
+    backend : {"numba", "numpy", "cupy"}
     check_values : bool
         Also check that logits are finite and x is binary (one extra pass over each).
 
@@ -461,25 +470,10 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
         Wrong dimensions or shapes, non-contiguous arrays, overlapping output, and with
         ``check_values`` non-finite logits or non-binary x.
     """
-    func = "bernoulli_loglik"
-    _check_float_array(logits, "logits", func, 2)
-    _check_float_array(x, "x", func, 2)
-    _check_dtype_match(x, "x", logits, "logits", func)
-    N, D = logits.shape
-    B = x.shape[0]
-    if x.shape[1] != D:
-        raise ValueError(
-            f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape {x.shape}."
-        )
-    if B == 0 or N % B != 0:
-        raise ValueError(
-            f"{func}: expected logits.shape[0] to be a multiple S * B of "
-            f"x.shape[0] ({B}), got logits of shape {logits.shape}. Order the "
-            f"logits sample-major, (S, B, D) reshaped to (S * B, D)."
-        )
-    if grad_out is not None:
-        _check_out(grad_out, "grad_out", logits, "logits", {"logits": logits, "x": x}, func)
+    func = _FUNC
+    impl = check_backend(backend, IMPLEMENTATIONS, func)
     if check_values:
+        _prepare(func, logits, x, grad_out, lib="cupy" if backend == "cupy" else "numpy")
         bad = ~np.isfinite(logits)
         if bad.any():
             raise ValueError(
@@ -493,11 +487,7 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
                 f"{int(nonbin.sum())} other values, e.g. "
                 f"{float(x[nonbin][0])!r}. Binarize the data (x > 0.5)."
             )
-    if backend not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, got {backend!r}."
-        )
-    return IMPLEMENTATIONS[backend](logits, x, grad_out)
+    return impl(logits, x, grad_out)
 
 
 def bernoulli_loglik_backward(dloglik, grad, out=None, *, backend="numba"):
@@ -516,20 +506,4 @@ def bernoulli_loglik_backward(dloglik, grad, out=None, *, backend="numba"):
     -------
     dlogits : ndarray of shape (N, D)
     """
-    func = "bernoulli_loglik_backward"
-    _check_float_array(grad, "grad", func, 2)
-    _check_float_array(dloglik, "dloglik", func, 1)
-    _check_dtype_match(dloglik, "dloglik", grad, "grad", func)
-    if dloglik.shape[0] != grad.shape[0]:
-        raise ValueError(
-            f"{func}: expected dloglik of shape ({grad.shape[0]},) to match "
-            f"grad.shape[0], got {dloglik.shape}."
-        )
-    if out is not None:
-        _check_out(out, "out", grad, "grad", {"grad": grad, "dloglik": dloglik}, func)
-    if backend not in BACKWARD_IMPLEMENTATIONS:
-        raise ValueError(
-            f"{func}: expected backend to be one of "
-            f"{sorted(BACKWARD_IMPLEMENTATIONS)}, got {backend!r}."
-        )
-    return BACKWARD_IMPLEMENTATIONS[backend](dloglik, grad, out)
+    return check_backend(backend, BACKWARD_IMPLEMENTATIONS, _FUNC_BWD)(dloglik, grad, out)

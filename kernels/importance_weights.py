@@ -49,18 +49,23 @@ gathers (10x slower, measured).
 
 Variants
 --------
-- ``importance_weights_ref``: NumPy, computed in float64, cast back; the oracle.
-- ``importance_weights_numba_v1``: ``prange`` over column chunks (B split evenly over the
-  threads; each thread owns its columns, no shared accumulation), three passes over its chunk:
-  max; e = exp(lw - m) stored and summed; scale by 1 / sum. Kept as the structurally different
-  second implementation (a global max, no merge step) that the tests hold v4 against.
+Every variant checks its arguments (types, dtypes, shape, contiguity, K >= 1, the output buffer
+and its overlap with log_w) before any loop or launch; ``importance_weights`` picks one by
+``backend``.
+
+- ``importance_weights_ref``: NumPy, computed in float64, cast back; the oracle and the
+  ``"numpy"`` backend.
+- v1 (moved to benchmarks/lab/importance_weights.py): ``prange`` over column chunks, three
+  passes (max; e = exp(lw - m) stored and summed; scale by 1 / sum). Lost to v4: 3.2 ms
+  against 1.81 ms at (5000, 1000) float32 on 2 threads (its column halves stream at half the
+  rate), 4.47 against 3.93 ms on 1 thread.
 - ``importance_weights_numba_v4``: ``prange`` over blocks of whole rows (about 512 KiB of log_w
   each). Per block: its column maxima (the block is read from DRAM once and stays in L2), then
   e = exp(lw - block max) stored and the block's column sums. A merge over columns combines the
   block maxima and sums (sum_b s_b exp(m_b - m)) into the bound and a per-block factor
   exp(m_b - m) / sum, and a last pass multiplies each block by it. Every pass streams whole
   rows, two passes over memory instead of three, and each block owns its row of the (nblocks, B)
-  tables, so again no shared accumulation. DEFAULT.
+  tables, so no shared accumulation. DEFAULT (the ``"numba"`` backend).
 - Tried and deleted: two exps per element so the weights are written once and never re-read
   (v2), and an online running max per column chunk (v3); with column chunks the rows are read in
   pieces of 64 B to 2 KiB at a stride of B * 4 bytes, and on one thread v1 at full width ran in
@@ -77,24 +82,25 @@ Variants
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
+from ._checks import check_array, check_backend, check_dtype_of, same_buffer
+from ._registry import KernelRecord, default_variant, implementations, variants
 from .fastmath import exp, log
 
 __all__ = [
     "importance_weights",
     "importance_weights_ref",
-    "importance_weights_numba_v1",
     "importance_weights_numba_v4",
     "importance_weights_cupy_v1",
+    "RECORDS",
     "VARIANTS",
     "IMPLEMENTATIONS",
     "DEFAULT",
 ]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FUNC = "importance_weights"
 
 # v4: bytes of log_w per row block; the block is read once from DRAM by the max loop and again
 # from L2 (1-2 MB per core on the target machines) by the exp loop.
@@ -108,6 +114,39 @@ _PARALLEL_MIN = 1 << 18
 # sums of 16 positive terms are good to 15 ulp (9e-7) in the worst case, and a float64 add per
 # element would halve the vector width of the exp loop (measured 2x slower pass).
 _SUM_BLOCK = 16
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks (every variant runs them; the kernels below assume valid input)
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(func, log_w, weights_out, lib="numpy", contiguous=True):
+    """Check the arguments; ``contiguous`` False for the NumPy reference, which takes strides."""
+    check_array(log_w, "log_w", func, ndim=2, lib=lib, contiguous=contiguous)
+    if log_w.shape[0] == 0:
+        raise ValueError(
+            f"{func}: expected log_w to have K >= 1 rows, got shape {tuple(log_w.shape)}."
+        )
+    if weights_out is None:
+        return
+    check_array(weights_out, "weights_out", func, ndim=2, lib=lib, contiguous=contiguous)
+    check_dtype_of(weights_out, "weights_out", log_w, "log_w", func)
+    if weights_out.shape != log_w.shape:
+        raise ValueError(
+            f"{func}: expected weights_out to have shape {tuple(log_w.shape)}, got "
+            f"{tuple(weights_out.shape)}. Allocate it with numpy.empty_like(log_w)."
+        )
+    if lib != "numpy":  # device overlap is not checked (wrong values, never out of bounds)
+        return
+    if not weights_out.flags.writeable:
+        raise ValueError(f"{func}: expected weights_out to be writeable, got a read-only array.")
+    if not same_buffer(weights_out, log_w) and np.may_share_memory(weights_out, log_w):
+        raise ValueError(
+            f"{func}: expected weights_out to be log_w itself or not to "
+            f"overlap it, got a partially overlapping array. Pass "
+            f"weights_out=log_w to overwrite it, or a fresh buffer."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,6 +167,7 @@ def importance_weights_ref(log_w, weights_out=None):
     bound : ndarray of shape (B,)
     weights : ndarray of shape (K, B)
     """
+    _prepare(_FUNC, log_w, weights_out, contiguous=False)
     K = log_w.shape[0]
     lw = log_w.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -158,55 +198,12 @@ def _finite_or(v, zero, inf):
 
 
 @njit(cache=True, error_model="numpy")
-def _column_max(src, b0, b1, m, zero, inf):
-    """m[j] = max_k src[k, b0 + j], made finite (0 for all -inf or +inf columns)."""
-    n = b1 - b0
-    for j in range(n):
-        m[j] = -inf
-    for k in range(src.shape[0]):
-        row = src[k, b0:b1]
-        for j in range(n):
-            v = row[j]
-            m[j] = v if v > m[j] else m[j]  # NaN never wins: it reaches the sum through exp
-    for j in range(n):
-        m[j] = _finite_or(m[j], zero, inf)
-
-
-@njit(cache=True, error_model="numpy")
 def _finish(s, m, bound, inv, b0, log_k, one, zero):
     """bound = log(s) + m - log K, in float64; inv = 1 / s, 0 for an empty (all -inf) column."""
     for j in range(s.shape[0]):
         sj = s[j]
         bound[b0 + j] = log(sj) + np.float64(m[j]) - log_k
         inv[j] = one / sj if sj != 0.0 else zero
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _chunk_v1(src, dst, b0, b1, bound, log_k, zero, one, inf, tiny, sub):
-    """Columns b0..b1, all K rows: max pass, exp-store-sum pass, scale pass."""
-    n = b1 - b0
-    K = src.shape[0]
-    m = np.empty(n, dtype=src.dtype)
-    s32 = np.zeros(n, dtype=src.dtype)
-    s64 = np.zeros(n, dtype=np.float64)
-    inv = np.empty(n, dtype=src.dtype)
-    _column_max(src, b0, b1, m, zero, inf)
-    for k0 in range(0, K, sub):  # e = exp(lw - m), stored and summed
-        for k in range(k0, min(k0 + sub, K)):
-            row, out = src[k, b0:b1], dst[k, b0:b1]
-            for j in range(n):
-                e = exp(row[j] - m[j])
-                out[j] = e
-                s32[j] += e
-        for j in range(n):  # sums of `sub` terms in the dtype, then in float64
-            s64[j] += s32[j]
-            s32[j] = zero
-    _finish(s64, m, bound, inv, b0, log_k, one, zero)
-    for k in range(K):
-        out = dst[k, b0:b1]
-        for j in range(n):
-            v = out[j] * inv[j]
-            out[j] = zero if v < tiny else v  # no subnormal weights; NaN stays NaN
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -281,29 +278,6 @@ def _scale_block(dst, k0, k1, factor, zero, tiny):
 # buffer would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured).
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _kernel_v1(log_w, weights, bound, chunk, log_k, zero, one, inf, tiny, sub):
-    if weights is None:
-        dst = log_w
-    else:
-        dst = weights
-    B = log_w.shape[1]
-    for c in prange((B + chunk - 1) // chunk):  # each chunk owns its columns: no races
-        _chunk_v1(
-            log_w,
-            dst,
-            c * chunk,
-            min(c * chunk + chunk, B),
-            bound,
-            log_k,
-            zero,
-            one,
-            inf,
-            tiny,
-            sub,
-        )
-
-
 # v4 splits the rows among threads: every pass streams whole rows. Block ib owns row ib of the
 # (nblocks, B) tables bmax and bsum, so no two iterations write one slot; the merge is its own
 # loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
@@ -344,46 +318,18 @@ def _kernel_v4_serial(
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
 
-def _same_buffer(a, b):
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-
-
-def importance_weights_numba_v1(log_w, weights_out=None, *, chunk=None):
-    """Numba, column chunks, three passes (input assumed valid; see ``importance_weights``).
-
-    ``chunk``: columns per parallel task; default B split evenly over the Numba threads (the
-    result does not depend on it: every column is computed the same way).
-    """
-    K, B = log_w.shape
-    dt = log_w.dtype.type
-    if chunk is None:
-        chunk = max(16, -(-B // (numba.get_num_threads() * 16)) * 16)
-    bound = np.empty(B, dtype=log_w.dtype)  # (B,)
-    if weights_out is None:
-        weights_out = np.empty_like(log_w)  # (K, B)
-    dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
-    _kernel_v1(
-        log_w,
-        dst,
-        bound,
-        chunk,
-        np.float64(math.log(K)),
-        dt(0),
-        dt(1),
-        dt(np.inf),
-        dt(np.finfo(dt).tiny),
-        _SUM_BLOCK,
-    )
-    return bound, weights_out
-
-
 def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
     """Numba, row blocks, block-wise max and sum merged per column (input assumed valid).
 
     ``rows``: rows per block; default about _BLOCK_BYTES of log_w per block. It fixes the order
     of the sums, so results do not depend on the number of threads.
     """
+    _prepare("importance_weights_numba_v4", log_w, weights_out)
     K, B = log_w.shape
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(
+            f"importance_weights_numba_v4: expected rows to be an int >= 1, got {rows!r}."
+        )
     dt = log_w.dtype.type
     if rows is None:
         rows = max(_SUM_BLOCK, _BLOCK_BYTES // (B * log_w.itemsize) // _SUM_BLOCK * _SUM_BLOCK)
@@ -393,7 +339,7 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
     bsum = np.empty((nb, B), dtype=np.float64)  # (nblocks, B): block sums
     if weights_out is None:
         weights_out = np.empty_like(log_w)  # (K, B)
-    dst = None if _same_buffer(weights_out, log_w) else weights_out  # None: in place
+    dst = None if same_buffer(weights_out, log_w) else weights_out  # None: in place
     kernel = _kernel_v4 if K * B >= _PARALLEL_MIN else _kernel_v4_serial
     kernel(
         log_w,
@@ -427,20 +373,14 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
     """CuPy: blocks of 32 columns x TY row-slices, coalesced row reads, the slices' maxima and
     float64 sums combined in shared memory in a fixed order. Contract of
     ``importance_weights_ref`` on cupy arrays (types, dtypes, shapes, contiguity checked)."""
+    func = "importance_weights_cupy_v1"
+    _prepare(func, log_w, weights_out, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "importance_weights_cupy_v1"
-    _cupy.check_array(log_w, "log_w", func, 2)
     K, B = log_w.shape
-    if K == 0:
-        raise ValueError(
-            f"{func}: expected log_w to have K >= 1 rows, got shape {tuple(log_w.shape)}."
-        )
     if weights_out is None:
         weights_out = cupy.empty_like(log_w)  # (K, B)
-    else:
-        _cupy.check_out(weights_out, "weights_out", func, (K, B), log_w.dtype)
     bound = cupy.empty(B, dtype=log_w.dtype)  # (B,)
     if B == 0:
         return bound, weights_out
@@ -461,29 +401,23 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-VARIANTS = {
-    "ref": importance_weights_ref,
-    "numba_v1": importance_weights_numba_v1,
-    "numba_v4": importance_weights_numba_v4,
-    "cupy_v1": importance_weights_cupy_v1,
-}
-
 # DEFAULT: numba_v4. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs;
 # (K, B) = (5000, 1000) float32, weights_out preallocated; one library per process; Nov 2026):
 #   1 thread, CPU time, medians of 30: v4 3.93 ms, v1 4.47 ms, PyTorch logsumexp + softmax 16.7 ms
 #   2 threads, wall time, quiet minute: v4 1.81 ms (11 GB/s of log_w read, 22 GB/s read + write),
 #   PyTorch 7.3 ms (4.0x); v1 3.2 ms (its two column halves stream at half the rate).
-DEFAULT = "numba_v4"
-
-IMPLEMENTATIONS = {
-    "numpy": importance_weights_ref,
-    "numba": importance_weights_numba_v4,
-    "cupy": importance_weights_cupy_v1,
-}
+RECORDS = (
+    KernelRecord(_FUNC, "numpy", "ref", importance_weights_ref, "reference"),
+    KernelRecord(_FUNC, "numba", "numba_v4", importance_weights_numba_v4, "default"),
+    KernelRecord(_FUNC, "cupy", "cupy_v1", importance_weights_cupy_v1, "default"),
+)
+VARIANTS = variants(RECORDS, _FUNC)
+IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
+DEFAULT = default_variant(RECORDS, _FUNC)
 
 
 # --------------------------------------------------------------------------------------------
-# Public wrapper: validate once, then dispatch (kernels assume valid input)
+# Public wrapper: pick the variant by backend (every variant checks its own arguments)
 # --------------------------------------------------------------------------------------------
 
 
@@ -497,7 +431,7 @@ def importance_weights(log_w, weights_out=None, *, backend="numba"):
     weights_out : ndarray of shape (K, B), optional
         Receives the weights; may be ``log_w`` itself (overwritten in place), otherwise it must
         not overlap it.
-    backend : {"numba", "numpy"}
+    backend : {"numba", "numpy", "cupy"}
 
     Returns
     -------
@@ -513,52 +447,4 @@ def importance_weights(log_w, weights_out=None, *, backend="numba"):
     ValueError
         Not 2-D, K == 0, non-contiguous, or a weights_out of the wrong shape or overlapping.
     """
-    func = "importance_weights"
-    for name, a in (("log_w", log_w),) + (
-        (("weights_out", weights_out),) if weights_out is not None else ()
-    ):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(
-                f"{func}: expected {name} to be a numpy.ndarray, got "
-                f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
-            )
-        if a.dtype not in _FLOAT_DTYPES:
-            raise TypeError(
-                f"{func}: expected {name} to have dtype float32 or float64, got "
-                f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
-            )
-        if a.ndim != 2:
-            raise ValueError(
-                f"{func}: expected {name} to have 2 dimensions (K, B), got an "
-                f"array of shape {a.shape}."
-            )
-        if not a.flags.c_contiguous:
-            raise ValueError(
-                f"{func}: expected {name} to be C-contiguous, got strides "
-                f"{a.strides} for shape {a.shape}. Pass "
-                f"numpy.ascontiguousarray({name})."
-            )
-    if log_w.shape[0] == 0:
-        raise ValueError(f"{func}: expected log_w to have K >= 1 rows, got shape {log_w.shape}.")
-    if weights_out is not None:
-        if weights_out.dtype != log_w.dtype:
-            raise TypeError(
-                f"{func}: expected weights_out to have the dtype of log_w "
-                f"({log_w.dtype}), got {weights_out.dtype}."
-            )
-        if weights_out.shape != log_w.shape:
-            raise ValueError(
-                f"{func}: expected weights_out to have shape {log_w.shape}, got "
-                f"{weights_out.shape}. Allocate it with numpy.empty_like(log_w)."
-            )
-        if not _same_buffer(weights_out, log_w) and np.may_share_memory(weights_out, log_w):
-            raise ValueError(
-                f"{func}: expected weights_out to be log_w itself or not to "
-                f"overlap it, got a partially overlapping array. Pass "
-                f"weights_out=log_w to overwrite it, or a fresh buffer."
-            )
-    if backend not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"{func}: expected backend to be one of {sorted(IMPLEMENTATIONS)}, got {backend!r}."
-        )
-    return IMPLEMENTATIONS[backend](log_w, weights_out)
+    return check_backend(backend, IMPLEMENTATIONS, _FUNC)(log_w, weights_out)

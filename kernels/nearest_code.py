@@ -86,15 +86,15 @@ Variants
 --------
 - ``nearest_code_ref``: plain NumPy, tiles of rows, ``matmul(out=)`` and ``argmin``. The oracle
   and the ``"numpy"`` backend. Allocates O(tile * M) (4 MiB of scores), never N x M.
-- ``nearest_code_numba_v1``: serial loop over tiles; each GEMM uses the BLAS thread pool as it
-  is configured (2 threads), the score walk runs on one thread. Not the default: on a quiet
-  machine ~10 % slower than v2 (min 27.5 vs 24.7 ms at M = 512), and when other work shares the
-  cores, OpenBLAS's spinning pool makes it ~10x slower (median 469 vs 48 ms). Kept for one
-  re-measurement on the quiet project machine; delete it then.
+- v1 (moved to benchmarks/lab/nearest_code.py): serial loop over tiles; each GEMM uses the BLAS
+  thread pool as it is configured (2 threads), the score walk runs on one thread. Lost to v2:
+  on a quiet machine ~10 % slower (min 27.5 vs 24.7 ms at M = 512), and when other work shares
+  the cores, OpenBLAS's spinning pool makes it ~10x slower (median 469 vs 48 ms).
 - ``nearest_code_numba_v2``: ``prange`` over workers, each with its own block, best and index
   buffers and a contiguous run of tiles (no shared accumulation: every tile writes only its own
   output rows); BLAS limited to one thread for the call (threadpoolctl), so the two pools never
-  run at once and each GEMM runs at one-core speed with no fork/join. DEFAULT. The limit is
+  run at once and each GEMM runs at one-core speed with no fork/join. DEFAULT (the ``"numba"``
+  backend). The limit is
   process-wide while the call runs: BLAS work started meanwhile by another Python thread also
   runs on one thread.
 - ``nearest_code_cupy_v1`` (kernels/cuda/nearest_code.cu): per tile of queries one cuBLAS GEMM
@@ -117,15 +117,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from lvmcore._validation import check_array, check_same_device, check_same_dtype
+from ._checks import check_array, check_same_dtype
+from ._registry import KernelRecord, default_variant, implementations, variants
 
 __all__ = [
     "nearest_code_ref",
-    "nearest_code_numba_v1",
     "nearest_code_numba_v2",
     "nearest_code_cupy_v1",
+    "RECORDS",
     "VARIANTS",
     "IMPLEMENTATIONS",
+    "DEFAULT",
 ]
 
 _FUNC = "nearest_code"
@@ -143,34 +145,48 @@ _REF_BLOCK_BYTES = 4 * 1024 * 1024
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(x, codebook, codebook_sqnorm):
-    """Validate the arguments; return C-contiguous x, codebook, the (M,) norms and the outputs."""
-    check_array(x, "x", _FUNC, ndim=2)
-    check_array(codebook, "codebook", _FUNC, ndim=2)
-    check_same_device([x, codebook], ["x", "codebook"], _FUNC)
+def _check(x, codebook, codebook_sqnorm, lib="numpy"):
+    """The argument checks every variant runs (finiteness included: one pass over x and the
+    codebook)."""
+    check_array(x, "x", _FUNC, ndim=2, lib=lib)
+    check_array(codebook, "codebook", _FUNC, ndim=2, lib=lib)
     check_same_dtype([x, codebook], ["x", "codebook"], _FUNC)
-    n, e = x.shape
+    e = x.shape[1]
     m = codebook.shape[0]
     if e < 1:
         raise ValueError(
-            f"{_FUNC}: expected x to have at least one column (E >= 1), got x of shape {x.shape}."
+            f"{_FUNC}: expected x to have at least one column (E >= 1), got x of shape "
+            f"{tuple(x.shape)}."
         )
     if codebook.shape[1] != e:
         raise ValueError(
             f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
-            f"of shape {codebook.shape}."
+            f"of shape {tuple(codebook.shape)}."
         )
     if m < 1:
         raise ValueError(
             f"{_FUNC}: expected codebook to have at least one row, got codebook of "
-            f"shape {codebook.shape}."
+            f"shape {tuple(codebook.shape)}."
         )
+    check_array(x, "x", _FUNC, lib=lib, finite=True)
+    check_array(codebook, "codebook", _FUNC, lib=lib, finite=True)
+    if codebook_sqnorm is not None:
+        check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, lib=lib)
+        if tuple(codebook_sqnorm.shape) != (m,):
+            raise ValueError(
+                f"{_FUNC}: expected codebook_sqnorm to have shape ({m}), got "
+                f"{tuple(codebook_sqnorm.shape)}."
+            )
+        check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
+        check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, lib=lib, finite=True)
+
+
+def _prepare(x, codebook, codebook_sqnorm):
+    """Check the arguments; return C-contiguous x, codebook, the (M,) norms and the outputs."""
+    _check(x, codebook, codebook_sqnorm)
+    n = x.shape[0]
     x = np.ascontiguousarray(x)
     codebook = np.ascontiguousarray(codebook)
-    if codebook_sqnorm is not None:
-        check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, shape=(m,))
-        check_same_device([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
-        check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
     keep = _first_of_duplicates(codebook)  # (M',) or None
     if keep is not None:
         codebook = codebook[keep]  # (M', E)
@@ -320,16 +336,6 @@ def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
         dist2[n0 + r] = acc
 
 
-@njit(cache=True)
-def _nearest_code_v1(x, cb, cn, tile_n, tile_m, big, index, dist2):
-    n = x.shape[0]
-    buf = np.empty(tile_m * tile_n, dtype=x.dtype)
-    best = np.empty(tile_n, dtype=x.dtype)
-    bidx = np.empty(tile_n, dtype=np.int32)
-    for n0 in range(0, n, tile_n):
-        _tile(x, cb, cn, n0, min(n0 + tile_n, n), tile_m, big, buf, best, bidx, index, dist2)
-
-
 @njit(cache=True, parallel=True)
 def _nearest_code_v2(x, cb, cn, tile_n, tile_m, big, workers, index, dist2):
     n = x.shape[0]
@@ -368,16 +374,6 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def nearest_code_numba_v1(x, codebook, codebook_sqnorm=None):
-    """Nearest code; Numba, serial tiles, multi-threaded BLAS. Contract of ``nearest_code_ref``."""
-    x, codebook, cn, keep, index, dist2 = _prepare(x, codebook, codebook_sqnorm)
-    if x.shape[0] == 0:
-        return index, dist2
-    tile_n, tile_m = _tiles(x.shape[0], codebook.shape[0], x.itemsize, 1)
-    _nearest_code_v1(x, codebook, cn, tile_n, tile_m, x.dtype.type(np.inf), index, dist2)
-    return _finish(x, keep, index, dist2)
-
-
 def nearest_code_numba_v2(x, codebook, codebook_sqnorm=None):
     """Nearest code; Numba, parallel tiles, one-thread BLAS. Contract of ``nearest_code_ref``."""
     x, codebook, cn, keep, index, dist2 = _prepare(x, codebook, codebook_sqnorm)
@@ -408,42 +404,13 @@ def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
     index on equal scores) and the float64 distance to the chosen code. Contract of
     ``nearest_code_ref`` on cupy arrays (validation included: finiteness costs one device
     reduction and a sync, duplicate detection one M x E copy to the host)."""
+    _check(x, codebook, codebook_sqnorm, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "nearest_code_cupy_v1"
-    for name, a in (("x", x), ("codebook", codebook), ("codebook_sqnorm", codebook_sqnorm)):
-        if a is not None and not isinstance(a, cupy.ndarray):
-            raise TypeError(
-                f"{func}: expected {name} to be a cupy.ndarray (backend 'cupy'), "
-                f"got {type(a).__module__}.{type(a).__name__}. Move it with "
-                f"cupy.asarray(...) or call the numpy/numba backend."
-            )
-    check_array(x, "x", _FUNC, ndim=2)
-    check_array(codebook, "codebook", _FUNC, ndim=2)
-    check_same_dtype([x, codebook], ["x", "codebook"], _FUNC)
     n, e = x.shape
-    m = codebook.shape[0]
-    if e < 1:
-        raise ValueError(
-            f"{_FUNC}: expected x to have at least one column (E >= 1), got x of "
-            f"shape {tuple(x.shape)}."
-        )
-    if codebook.shape[1] != e:
-        raise ValueError(
-            f"{_FUNC}: expected codebook.shape[1] == x.shape[1] ({e}), got codebook "
-            f"of shape {tuple(codebook.shape)}."
-        )
-    if m < 1:
-        raise ValueError(
-            f"{_FUNC}: expected codebook to have at least one row, got codebook of "
-            f"shape {tuple(codebook.shape)}."
-        )
     x = cupy.ascontiguousarray(x)
     codebook = cupy.ascontiguousarray(codebook)
-    if codebook_sqnorm is not None:
-        check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, shape=(m,))
-        check_same_dtype([codebook, codebook_sqnorm], ["codebook", "codebook_sqnorm"], _FUNC)
     keep = _first_of_duplicates(cupy.asnumpy(codebook))  # the tie rule, decided on the host
     if keep is not None:
         keep = cupy.asarray(keep)  # (M',)
@@ -496,14 +463,7 @@ def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
     return index, dist2
 
 
-VARIANTS = {
-    "ref": nearest_code_ref,
-    "numba_v1": nearest_code_numba_v1,
-    "numba_v2": nearest_code_numba_v2,
-    "cupy_v1": nearest_code_cupy_v1,
-}
-
-# DEFAULT: numba_v2 ("numba" below). Evidence, 2026-11-21, development VM (AMD EPYC Zen 4, 2 vCPUs
+# DEFAULT: numba_v2. Evidence, 2026-11-21, development VM (AMD EPYC Zen 4, 2 vCPUs
 # shared with other jobs, OpenBLAS 0.3.30 Haswell kernels, FAISS 1.15.1, torch 2.13), N = 65536,
 # E = 64, float32, 2 threads everywhere, rounds interleaved, median ms over the quietest run
 # (31 rounds at M = 512, 7 at M = 8192):
@@ -515,8 +475,11 @@ VARIANTS = {
 #   torch.cdist + argmin  131   ( 33 GF/s)   2061 ( 33 GF/s)   chunks of 16384 rows
 #   numba_v1 (other run)   27.5 min vs v2 24.7 min; medians 469 vs 48 with the cores contended
 # GF/s = 2 N M E / time. Under contention v2 degrades least (its BLAS never spins a pool).
-IMPLEMENTATIONS = {
-    "numpy": nearest_code_ref,
-    "numba": nearest_code_numba_v2,
-    "cupy": nearest_code_cupy_v1,
-}
+RECORDS = (
+    KernelRecord(_FUNC, "numpy", "ref", nearest_code_ref, "reference"),
+    KernelRecord(_FUNC, "numba", "numba_v2", nearest_code_numba_v2, "default"),
+    KernelRecord(_FUNC, "cupy", "cupy_v1", nearest_code_cupy_v1, "default"),
+)
+VARIANTS = variants(RECORDS, _FUNC)
+IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
+DEFAULT = default_variant(RECORDS, _FUNC)

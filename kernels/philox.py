@@ -83,15 +83,45 @@ that walks elements in order should instead call ``_block(k0, k1, s0, s1, b)`` o
 convert all its words with ``_uniform01_f32``, ``_normal_pair_f32``, ``_gumbel_f32`` (or their
 float64 versions), exactly as ``_fill_f32`` / ``_fill_f64`` below do.
 
+The vectorized in-kernel noise (``_normals``, ``_gumbels``)
+------------------------------------------------------------
+The fills above are scalar: a libm call per log/cos/sin blocks LLVM's loop vectorizer (25 M
+float32 normals take ~0.14 s on 2 threads). The fused kernels (``kernels.reparam_sample``,
+``kernels.gumbel_softmax``) instead generate their noise per chunk of about 4096 elements into
+an L1-resident buffer with ``_normals(buf, k0, k1, s0, s1, first)`` /
+``_gumbels(buf, k0, k1, s0, s1, first)``: the values of whole blocks ``first, first + 1, ...``
+in the slot order above, dtype taken from ``buf`` (4 float32 or 2 float64 per block). The rounds
+of Philox4x32-10 are written out in uint64 arithmetic (AVX-512 ``vpmuludq``), logs go through
+``kernels.fastmath.log_f32/log_f64`` (<= 1 ulp), the radius through ``llvm.sqrt`` (``_sqrt``) and
+the Box-Muller angle through ``_sincos``, a branch-free fdlibm kernel in float64 (quadrant by
+integer arithmetic; a chain of ``if q == ...`` selects did not vectorize) whose float32 rounding
+equals the correctly rounded sin/cos on all 2^23 angles the float32 mapping can produce. The
+loops compile to 512-bit vectors: 4 M float32 normals in 8.5 ms on one core (``normal_numba``:
+69-100 ms). The counter mapping is the one above, so words and uniforms are bit-identical
+(tested against ``philox4x32_10_ref``, the Random123 known answers and ``uniform_ref``);
+normals and Gumbels agree with ``normal_ref`` / ``gumbel_ref`` to <= 3 ulp of max(|x|, 1)
+(measured max 2.8 float32 / 2.8 float64 ulp over 4e6 draws, the spread of ``normal_numba``
+against ``normal_ref``), but they are *not* bit-identical to ``normal_numba`` /
+``gumbel_numba`` (different log/sin/cos code), which is why the scalar fills stay: their
+per-element helpers (``_normal_f32_at`` ...) reproduce them bit for bit. These fills are
+compiled with ``fastmath=False`` *explicitly*: Numba compiles a callee that leaves fastmath
+unset with its caller's flags, so, called from a ``reassoc`` kernel, they came out with
+``reassoc`` on every float op (seen in the IR), which licenses LLVM to rewrite the magic-number
+rounding and the exact conversions.
+
 Variants
 --------
-- ``*_ref``: NumPy, vectorized over blocks with uint64 arithmetic. The oracle.
+- ``*_ref``: NumPy, vectorized over blocks with uint64 arithmetic. The oracle and the
+  ``"numpy"`` backend of the ``philox_uniform`` / ``philox_normal`` / ``philox_gumbel`` kernels.
 - ``*_numba``: ``@njit(parallel=True)``, ``prange`` over blocks; each block writes its own E
-  outputs, so there is no shared accumulation and no race.
+  outputs, so there is no shared accumulation and no race. The ``"numba"`` backend (the only
+  Numba fill: the vectorized in-kernel fills above are not thread-parallel and differ in the
+  last bits).
 - ``*_cupy`` (``kernels/cuda/philox.cuh``, fills in ``philox.cu``): the same mapping with
   ``__umulhi``, the exact conversions written with non-contracting ``__fadd_rn``/``__fmul_rn``,
   Box-Muller with ``logf``/``sincosf`` (float32) and ``log``/``sincos`` (float64); one thread per
-  block. Unverified on a device so far: run tests/test_kernels_cupy.py on a GPU.
+  block. The ``"cupy"`` backend. Unverified on a device so far: run tests/test_kernels_cupy.py
+  on a GPU.
 
 Cost (Nov 2026 dev VM, shared and loaded): 25M float32 normals take about 0.28 s of CPU time
 (one thread), i.e. about 0.14 s on 2 threads when the cores are free; uniforms about 0.08 s of
@@ -106,11 +136,16 @@ Statist. 29 (1958).
 """
 
 import math
-import numbers
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ._checks import check_array, check_fill_args, check_u64
+from ._registry import KernelRecord, implementations
+from .fastmath import log_f32, log_f64
 
 __all__ = [
     "philox4x32_10_ref",
@@ -125,6 +160,11 @@ __all__ = [
     "uniform_cupy",
     "normal_cupy",
     "gumbel_cupy",
+    "per_block",
+    "RECORDS",
+    "UNIFORM_IMPLEMENTATIONS",
+    "NORMAL_IMPLEMENTATIONS",
+    "GUMBEL_IMPLEMENTATIONS",
 ]
 
 # Philox4x32 constants (Random123 philox.h). Numba freezes these module-level uint64 scalars into
@@ -137,10 +177,6 @@ _W1 = np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 _ROUNDS = 10
-
-_U64_LIMIT = 1 << 64
-# offset + n must stay below this so element and block indices fit Numba's int64 loop counters.
-_ELEMENT_LIMIT = 1 << 62
 
 # Conversion constants, cast to their dtype so float32 code never promotes to float64.
 _HALF_F32 = np.float32(0.5)
@@ -156,66 +192,7 @@ _SHIFT12 = np.uint64(12)
 
 # Values per Philox block (4 uint32 words): one word per float32, two words per float64.
 _PER_BLOCK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (public boundary only; kernels assume valid input)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_u64(value, name, func):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{func}: expected {name} to be an integer, got {type(value).__name__}. "
-            f"Pass a Python int or a NumPy integer."
-        )
-    value = int(value)
-    if not 0 <= value < _U64_LIMIT:
-        raise ValueError(
-            f"{func}: expected {name} to be in [0, 2**64), got {value}. Reduce it modulo 2**64."
-        )
-    return value
-
-
-def _check_fill_args(func, seed, stream, n, dtype, offset, out):
-    seed = _check_u64(seed, "seed", func)
-    stream = _check_u64(stream, "stream", func)
-    for name, value in (("n", n), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(
-                f"{func}: expected {name} to be an integer, got "
-                f"{type(value).__name__}. Pass a Python int."
-            )
-        if value < 0:
-            raise ValueError(f"{func}: expected {name} to be >= 0, got {value}.")
-    n, offset = int(n), int(offset)
-    if offset + n > _ELEMENT_LIMIT:
-        raise ValueError(
-            f"{func}: expected offset + n <= 2**62, got offset={offset}, n={n}. "
-            f"Use another stream instead of a larger offset."
-        )
-    try:
-        got = "None" if dtype is None else np.dtype(dtype)  # np.dtype(None) would be float64
-    except TypeError:
-        got = repr(dtype)
-    if got not in _PER_BLOCK:
-        raise TypeError(
-            f"{func}: expected dtype to be float32 or float64, got {got}. "
-            f"Pass numpy.float32 or numpy.float64."
-        )
-    dtype = got
-    if out is not None:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(
-                f"{func}: expected out to be a numpy.ndarray, got {type(out).__name__}."
-            )
-        if out.dtype != dtype or out.shape != (n,) or not out.flags.c_contiguous:
-            raise ValueError(
-                f"{func}: expected out to be a contiguous {dtype} array of shape "
-                f"({n},), got {out.dtype} of shape {out.shape} (contiguous: "
-                f"{out.flags.c_contiguous}). Allocate it with numpy.empty(n, dtype)."
-            )
-    return seed, stream, n, dtype, offset
+_WORD_LIMIT = 1 << 32
 
 
 def key_words(seed, stream):
@@ -231,8 +208,8 @@ def key_words(seed, stream):
         ``key = (k0, k1)`` = low and high halves of ``seed``; ``(s0, s1)`` = low and high halves
         of ``stream``, which fill counter words 2 and 3.
     """
-    seed = _check_u64(seed, "seed", "key_words")
-    stream = _check_u64(stream, "stream", "key_words")
+    seed = check_u64(seed, "seed", "key_words")
+    stream = check_u64(stream, "stream", "key_words")
     return (
         np.uint32(seed & 0xFFFFFFFF),
         np.uint32(seed >> 32),
@@ -320,7 +297,7 @@ def _uniforms_per_block_ref(words, dtype):
 
 
 def _fill_ref(kind, func, seed, stream, n, dtype, offset, out):
-    seed, stream, n, dtype, offset = _check_fill_args(func, seed, stream, n, dtype, offset, out)
+    seed, stream, n, dtype, offset = check_fill_args(func, seed, stream, n, dtype, offset, out)
     if out is None:
         out = np.empty(n, dtype=dtype)
     if n == 0:
@@ -409,7 +386,7 @@ def _rounds(c0, c1, c2, c3, k0, k1):
 
 
 @njit(cache=True)
-def philox4x32_10(c0, c1, c2, c3, k0, k1):
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of one counter (c0, c1, c2, c3) under key (k0, k1) -> 4 uint32 words."""
     w0, w1, w2, w3 = _rounds(
         np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3), np.uint64(k0), np.uint64(k1)
@@ -417,19 +394,48 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return np.uint32(w0), np.uint32(w1), np.uint32(w2), np.uint32(w3)
 
 
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of one counter under one key, from Python (Numba kernels call the
+    private ``_philox4x32_10`` or ``_block``).
+
+    Parameters
+    ----------
+    c0, c1, c2, c3 : int in [0, 2**32)
+        Counter words.
+    k0, k1 : int in [0, 2**32)
+        Key words.
+
+    Returns
+    -------
+    w0, w1, w2, w3 : numpy.uint32
+    """
+    args = {"c0": c0, "c1": c1, "c2": c2, "c3": c3, "k0": k0, "k1": k1}
+    words = [check_u64(v, name, "philox4x32_10", limit=_WORD_LIMIT) for name, v in args.items()]
+    return _philox4x32_10(*(np.uint32(w) for w in words))
+
+
 @njit(cache=True, inline="always")
-def philox_words(b, s0, s1, k0, k1):
+def _philox_words(b, s0, s1, k0, k1):
     """Words of block ``b`` as uint64 (counter (b mod 2^32, b >> 32, s0, s1), key (k0, k1), all
     uint64 holding 32-bit values): the form for kernels whose loops over blocks vectorize."""
     return _rounds(b & _MASK32, b >> _SHIFT32, s0, s1, k0, k1)
 
 
 def per_block(dtype):
-    """Elements one Philox block yields: 4 float32 or 2 float64."""
-    return 4 if np.dtype(dtype) == np.float32 else 2
+    """Elements one Philox block yields: 4 for float32, 2 for float64."""
+    try:
+        got = np.dtype(dtype)
+    except TypeError:
+        got = None
+    if dtype is None or got not in _PER_BLOCK:
+        raise TypeError(
+            f"per_block: expected dtype to be float32 or float64, got {dtype!r}. Pass "
+            f"numpy.float32 or numpy.float64."
+        )
+    return _PER_BLOCK[got]
 
 
-def fill_by_dtype(fill_f32, fill_f64, doc):
+def _fill_by_dtype(fill_f32, fill_f64, doc):
     """One fill ``f(buf, k0, k1, s0, s1, first)`` that picks the float32 or float64 block
     fill from ``buf``'s dtype: at typing time inside @njit code (an overload), at run time
     from Python."""
@@ -453,7 +459,7 @@ def fill_by_dtype(fill_f32, fill_f64, doc):
 def _block(k0, k1, s0, s1, b):
     """Words of block ``b`` (int, >= 0) for key words (k0, k1) and stream words (s0, s1)."""
     ub = np.uint64(b)
-    return philox4x32_10(ub & _MASK32, ub >> _SHIFT32, s0, s1, k0, k1)
+    return _philox4x32_10(ub & _MASK32, ub >> _SHIFT32, s0, s1, k0, k1)
 
 
 @njit(cache=True, inline="always")
@@ -646,7 +652,7 @@ def _fill_f64(out, k0, k1, s0, s1, offset, kind):
 
 
 def _fill_numba(kind, func, seed, stream, n, dtype, offset, out):
-    seed, stream, n, dtype, offset = _check_fill_args(func, seed, stream, n, dtype, offset, out)
+    seed, stream, n, dtype, offset = check_fill_args(func, seed, stream, n, dtype, offset, out)
     if out is None:
         out = np.empty(n, dtype=dtype)
     if n == 0:
@@ -673,6 +679,146 @@ def gumbel_numba(seed, stream, n, dtype, offset=0, *, out=None):
 
 
 # --------------------------------------------------------------------------------------------
+# Vectorized in-kernel noise for the fused kernels (see the module docstring): Box-Muller and
+# Gumbels on the vectorizable words of _philox_words, uniforms bit-identical to the fills above.
+# Straight-line helpers, inlined into the block loops; fastmath=False is explicit on the loops
+# so that Numba's flag inheritance cannot give them a caller's fastmath flags.
+# --------------------------------------------------------------------------------------------
+
+# fdlibm k_sin.c / k_cos.c (|r| <= pi/4) and e_rem_pio2.c (pi/2 = PIO2_1 + PIO2_1T, PIO2_1 with
+# 33 significant bits, so n * PIO2_1 is exact for the n <= 4 that occur here).
+_INVPIO2 = np.float64(6.36619772367581382433e-01)
+_PIO2_1 = np.float64(1.57079632673412561417e00)
+_PIO2_1T = np.float64(6.07710050650619224932e-11)
+_RINT_MAGIC = np.float64(1.5 * 2.0**52)
+_S1 = np.float64(-1.66666666666666324348e-01)
+_S2 = np.float64(8.33333333332248946124e-03)
+_S3 = np.float64(-1.98412698298579493134e-04)
+_S4 = np.float64(2.75573137070700676789e-06)
+_S5 = np.float64(-2.50507602534068634195e-08)
+_S6 = np.float64(1.58969099521155010221e-10)
+_C1 = np.float64(4.16666666666666019037e-02)
+_C2 = np.float64(-1.38888888888741095749e-03)
+_C3 = np.float64(2.48015872894767294178e-05)
+_C4 = np.float64(-2.75573143513906633035e-07)
+_C5 = np.float64(2.08757232129817482790e-09)
+_C6 = np.float64(-1.13596475577881948265e-11)
+_ONE_F64 = np.float64(1.0)
+_ONE_I64 = np.int64(1)
+_TWO_I64 = np.int64(2)
+
+
+@intrinsic
+def _sqrt(typingctx, x):
+    """IEEE sqrt as ``llvm.sqrt`` (Numba lowers math.sqrt to a ``sqrtf`` libcall that blocks
+    vectorization); correctly rounded, so bit-identical to NumPy's sqrt."""
+    if x not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        name = "llvm.sqrt.f32" if signature.return_type == types.float32 else "llvm.sqrt.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t]), name)
+        return builder.call(fn, args)
+
+    return x(x), codegen
+
+
+@njit(cache=True, inline="always")
+def _sincos(t):
+    """(sin t, cos t) for float64 t in [0, 2 pi], branch-free; error ~1 ulp (fdlibm kernels)."""
+    n = (t * _INVPIO2 + _RINT_MAGIC) - _RINT_MAGIC  # rint(t / (pi/2)), 0..4
+    r = (t - n * _PIO2_1) - n * _PIO2_1T  # |r| <= pi/4
+    z = r * r
+    s = r + (z * r) * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
+    hz = _HALF_F64 * z
+    w = _ONE_F64 - hz
+    c = w + (
+        ((_ONE_F64 - w) - hz)
+        + z * (z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6))))))
+    )
+    q = np.int64(n)
+    odd = (q & _ONE_I64) == _ONE_I64
+    sn = c if odd else s
+    cs = s if odd else c
+    sn = -sn if (q & _TWO_I64) == _TWO_I64 else sn  # quadrants 2, 3
+    cs = -cs if ((q + _ONE_I64) & _TWO_I64) == _TWO_I64 else cs  # quadrants 1, 2
+    return sn, cs
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _normals_f32(buf, k0, k1, s0, s1, first):
+    """buf (4 m,) float32 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 4):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        ra = _sqrt(_MINUS_TWO_F32 * log_f32(_uniform01_f32(w0)))
+        rb = _sqrt(_MINUS_TWO_F32 * log_f32(_uniform01_f32(w2)))
+        sa, ca = _sincos(np.float64(_TWO_PI_F32 * _uniform01_f32(w1)))  # angle rounded as philox.py
+        sb, cb = _sincos(np.float64(_TWO_PI_F32 * _uniform01_f32(w3)))
+        buf[4 * i] = ra * np.float32(ca)
+        buf[4 * i + 1] = ra * np.float32(sa)
+        buf[4 * i + 2] = rb * np.float32(cb)
+        buf[4 * i + 3] = rb * np.float32(sb)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _normals_f64(buf, k0, k1, s0, s1, first):
+    """buf (2 m,) float64 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 2):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        r = _sqrt(_MINUS_TWO_F64 * log_f64(_uniform01_f64(w0, w1)))
+        s, c = _sincos(_TWO_PI_F64 * _uniform01_f64(w2, w3))
+        buf[2 * i] = r * c
+        buf[2 * i + 1] = r * s
+
+
+_normals = _fill_by_dtype(
+    _normals_f32,
+    _normals_f64,
+    "Fill ``buf`` with the normals of whole blocks from ``first`` on (dtype picks the mapping: "
+    "4 float32 or 2 float64 per block).",
+)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _gumbels_f32(buf, k0, k1, s0, s1, first):
+    """buf (4 m,) float32 <- -log(-log u) for the 4 words of blocks first .. first + m - 1."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 4):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        buf[4 * i] = -log_f32(-log_f32(_uniform01_f32(w0)))
+        buf[4 * i + 1] = -log_f32(-log_f32(_uniform01_f32(w1)))
+        buf[4 * i + 2] = -log_f32(-log_f32(_uniform01_f32(w2)))
+        buf[4 * i + 3] = -log_f32(-log_f32(_uniform01_f32(w3)))
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _gumbels_f64(buf, k0, k1, s0, s1, first):
+    """buf (2 m,) float64 <- -log(-log u) for words (w0, w1), (w2, w3) of each block."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 2):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        buf[2 * i] = -log_f64(-log_f64(_uniform01_f64(w0, w1)))
+        buf[2 * i + 1] = -log_f64(-log_f64(_uniform01_f64(w2, w3)))
+
+
+_gumbels = _fill_by_dtype(
+    _gumbels_f32,
+    _gumbels_f64,
+    "Fill ``buf`` with the Gumbels of whole blocks from ``first`` on (4 float32 or 2 float64 "
+    "per block).",
+)
+# --------------------------------------------------------------------------------------------
 # CuPy: the fills on a GPU (kernels/cuda/philox.cu); CuPy is imported only when they are called
 # --------------------------------------------------------------------------------------------
 
@@ -680,10 +826,12 @@ _CUPY_NAMES = ("lvm_philox_fill_v1<float>", "lvm_philox_fill_v1<double>")
 
 
 def _fill_cupy(kind, func, seed, stream, n, dtype, offset, out):
+    seed, stream, n, dtype, offset = check_fill_args(func, seed, stream, n, dtype, offset, None)
+    if out is not None:
+        check_array(out, "out", func, lib="cupy")  # before CuPy is needed at all
     from . import _cupy
 
     cupy = _cupy.cupy
-    seed, stream, n, dtype, offset = _check_fill_args(func, seed, stream, n, dtype, offset, None)
     if out is None:
         out = cupy.empty(n, dtype=dtype)  # (n,)
     else:
@@ -718,6 +866,19 @@ def gumbel_cupy(seed, stream, n, dtype, offset=0, *, out=None):
 
 
 # The fills as kernels of the registry: "philox_uniform", "philox_normal", "philox_gumbel".
-UNIFORM_IMPLEMENTATIONS = {"numpy": uniform_ref, "numba": uniform_numba, "cupy": uniform_cupy}
-NORMAL_IMPLEMENTATIONS = {"numpy": normal_ref, "numba": normal_numba, "cupy": normal_cupy}
-GUMBEL_IMPLEMENTATIONS = {"numpy": gumbel_ref, "numba": gumbel_numba, "cupy": gumbel_cupy}
+RECORDS = tuple(
+    KernelRecord(f"philox_{kind}", backend, variant, func, status)
+    for kind, (ref, fast, gpu) in {
+        "uniform": (uniform_ref, uniform_numba, uniform_cupy),
+        "normal": (normal_ref, normal_numba, normal_cupy),
+        "gumbel": (gumbel_ref, gumbel_numba, gumbel_cupy),
+    }.items()
+    for backend, variant, func, status in (
+        ("numpy", "ref", ref, "reference"),
+        ("numba", "numba", fast, "default"),
+        ("cupy", "cupy", gpu, "default"),
+    )
+)
+UNIFORM_IMPLEMENTATIONS = implementations(RECORDS, "philox_uniform")
+NORMAL_IMPLEMENTATIONS = implementations(RECORDS, "philox_normal")
+GUMBEL_IMPLEMENTATIONS = implementations(RECORDS, "philox_gumbel")

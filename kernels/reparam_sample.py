@@ -57,23 +57,19 @@ Numerics
 
 The noise, fused and vectorized
 -------------------------------
-``kernels.philox``'s fill and ``*_at`` helpers are scalar (a libm call per log/cos/sin blocks
-LLVM's loop vectorizer; 25 M float32 normals take ~0.14 s on 2 threads). Here the generator runs
-per chunk of about 4096 elements into an L1-resident buffer, with the rounds of Philox4x32-10
-written out in uint64 arithmetic (AVX-512 ``vpmuludq``), the radius through
-``kernels.fastmath.log_f32/log_f64`` (<= 1 ulp) and ``llvm.sqrt``, and the angle through
-``_sincos``, a branch-free fdlibm kernel in float64 (quadrant by integer arithmetic; a chain of
-``if q == ...`` selects did not vectorize). The loop compiles to 512-bit vectors: 4 M float32
-normals in 8.5 ms on one core (``normal_numba``: 69-100 ms). The counter mapping is philox.py's,
-so words and uniforms are bit-identical (tested against ``philox4x32_10_ref``, the Random123
-known answers and ``uniform_ref``); normals
-agree with ``normal_ref`` to <= 3 ulp of max(|x|, 1) (measured max 2.8 float32 / 2.8 float64 ulp
-over 4e6 draws, the same spread as ``normal_numba`` vs ``normal_ref``), but they are *not*
-bit-identical to ``normal_numba`` (different log/sin/cos code). Backward regenerates with the same
-code as forward, so forward/backward are consistent bit for bit.
+The noise comes from ``kernels.philox._normals``, the vectorized in-kernel Box-Muller that fills
+an L1-resident buffer per chunk of about 4096 elements (4 M float32 normals in 8.5 ms on one
+core; see "The vectorized in-kernel noise" in kernels/philox.py). Its words and uniforms are
+philox.py's bit for bit; its normals agree with ``normal_ref`` to <= 3 ulp of max(|x|, 1) but
+are not bit-identical to ``normal_numba``. Backward regenerates with the same code as forward,
+so forward and backward are consistent bit for bit.
 
 Variants
 --------
+Every variant checks its arguments (types, dtypes, shapes, contiguity of outputs, finite mu and
+logvar, the noise arguments) before any loop or launch; the module wrappers ``reparam_sample``
+and ``reparam_sample_backward`` pick one by ``backend``.
+
 - ``reparam_sample_ref`` / ``reparam_sample_backward_ref``: NumPy, noise from
   ``philox.normal_ref``, formulas written out term by term. The oracle and the ``"numpy"``
   backend.
@@ -101,19 +97,18 @@ Variants
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
-from lvmcore._validation import check_param
-from lvmcore.exceptions import InvalidParameterError
-
-from .fastmath import log_f32, log_f64
-from .philox import _uniform01_f32 as _u01_f32
-from .philox import _uniform01_f64 as _u01_f64
-from .philox import fill_by_dtype, key_words, normal_ref, per_block
-from .philox import philox_words as _philox_words
+from ._checks import (
+    check_array,
+    check_backend,
+    check_noise_args,
+    check_out,
+    check_param,
+    check_same_dtype,
+)
+from ._registry import KernelRecord, default_variant, implementations, variants
+from .philox import _normals, key_words, normal_ref, per_block
 
 __all__ = [
     "reparam_sample",
@@ -134,9 +129,6 @@ __all__ = [
 
 _FUNC = "reparam_sample"
 _FUNC_BWD = "reparam_sample_backward"
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_U64_MAX = 2**64 - 1
-_ELEMENT_LIMIT = 1 << 62  # philox.py: offset + n must stay below 2**62
 _LOG_2PI = math.log(2.0 * math.pi)
 # Elements per chunk of the Numba kernels: a 16 KiB float32 noise buffer stays in L1 (32 KiB)
 # next to the rows it feeds; large enough that the vector loop's scalar remainder is negligible.
@@ -146,215 +138,58 @@ _MIN_TASKS = 16
 
 
 # --------------------------------------------------------------------------------------------
-# Box-Muller on the vectorizable Philox words of kernels.philox (its mapping, bit for bit in the
-# uniforms). Straight-line helpers, inlined at Numba IR level into the fill loops below. The
-# fills say fastmath=False *explicitly*: Numba compiles a callee that leaves fastmath unset with
-# its caller's flags (flag inheritance), so without it the fills, called from the reassoc
-# forward kernel, came out with `reassoc` on every float op (seen in the IR), which licenses
-# LLVM to rewrite the magic-number rounding and the exact conversions.
-# --------------------------------------------------------------------------------------------
-
-_MINUS_TWO_F32 = np.float32(-2.0)
-_TWO_PI_F32 = np.float32(2.0 * math.pi)
-_HALF_F64 = np.float64(0.5)
-_MINUS_TWO_F64 = np.float64(-2.0)
-_TWO_PI_F64 = np.float64(2.0 * math.pi)
-
-# fdlibm k_sin.c / k_cos.c (|r| <= pi/4) and e_rem_pio2.c (pi/2 = PIO2_1 + PIO2_1T, PIO2_1 with
-# 33 significant bits, so n * PIO2_1 is exact for the n <= 4 that occur here).
-_INVPIO2 = np.float64(6.36619772367581382433e-01)
-_PIO2_1 = np.float64(1.57079632673412561417e00)
-_PIO2_1T = np.float64(6.07710050650619224932e-11)
-_RINT_MAGIC = np.float64(1.5 * 2.0**52)
-_S1 = np.float64(-1.66666666666666324348e-01)
-_S2 = np.float64(8.33333333332248946124e-03)
-_S3 = np.float64(-1.98412698298579493134e-04)
-_S4 = np.float64(2.75573137070700676789e-06)
-_S5 = np.float64(-2.50507602534068634195e-08)
-_S6 = np.float64(1.58969099521155010221e-10)
-_C1 = np.float64(4.16666666666666019037e-02)
-_C2 = np.float64(-1.38888888888741095749e-03)
-_C3 = np.float64(2.48015872894767294178e-05)
-_C4 = np.float64(-2.75573143513906633035e-07)
-_C5 = np.float64(2.08757232129817482790e-09)
-_C6 = np.float64(-1.13596475577881948265e-11)
-_ONE_F64 = np.float64(1.0)
-_ONE_I64 = np.int64(1)
-_TWO_I64 = np.int64(2)
-
-
-@intrinsic
-def _sqrt(typingctx, x):
-    """IEEE sqrt as ``llvm.sqrt`` (Numba lowers math.sqrt to a ``sqrtf`` libcall that blocks
-    vectorization); correctly rounded, so bit-identical to NumPy's sqrt."""
-    if x not in (types.float32, types.float64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        t = args[0].type
-        name = "llvm.sqrt.f32" if signature.return_type == types.float32 else "llvm.sqrt.f64"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t]), name)
-        return builder.call(fn, args)
-
-    return x(x), codegen
-
-
-@njit(cache=True, inline="always")
-def _sincos(t):
-    """(sin t, cos t) for float64 t in [0, 2 pi], branch-free; error ~1 ulp (fdlibm kernels)."""
-    n = (t * _INVPIO2 + _RINT_MAGIC) - _RINT_MAGIC  # rint(t / (pi/2)), 0..4
-    r = (t - n * _PIO2_1) - n * _PIO2_1T  # |r| <= pi/4
-    z = r * r
-    s = r + (z * r) * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
-    hz = _HALF_F64 * z
-    w = _ONE_F64 - hz
-    c = w + (
-        ((_ONE_F64 - w) - hz)
-        + z * (z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6))))))
-    )
-    q = np.int64(n)
-    odd = (q & _ONE_I64) == _ONE_I64
-    sn = c if odd else s
-    cs = s if odd else c
-    sn = -sn if (q & _TWO_I64) == _TWO_I64 else sn  # quadrants 2, 3
-    cs = -cs if ((q + _ONE_I64) & _TWO_I64) == _TWO_I64 else cs  # quadrants 1, 2
-    return sn, cs
-
-
-@njit(cache=True, error_model="numpy", fastmath=False)
-def _normals_f32(buf, k0, k1, s0, s1, first):
-    """buf (4 m,) float32 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
-    kk0, kk1 = np.uint64(k0), np.uint64(k1)
-    ss0, ss1 = np.uint64(s0), np.uint64(s1)
-    b0 = np.uint64(first)
-    for i in range(buf.size // 4):
-        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
-        ra = _sqrt(_MINUS_TWO_F32 * log_f32(_u01_f32(w0)))
-        rb = _sqrt(_MINUS_TWO_F32 * log_f32(_u01_f32(w2)))
-        sa, ca = _sincos(np.float64(_TWO_PI_F32 * _u01_f32(w1)))  # angle rounded as philox.py
-        sb, cb = _sincos(np.float64(_TWO_PI_F32 * _u01_f32(w3)))
-        buf[4 * i] = ra * np.float32(ca)
-        buf[4 * i + 1] = ra * np.float32(sa)
-        buf[4 * i + 2] = rb * np.float32(cb)
-        buf[4 * i + 3] = rb * np.float32(sb)
-
-
-@njit(cache=True, error_model="numpy", fastmath=False)
-def _normals_f64(buf, k0, k1, s0, s1, first):
-    """buf (2 m,) float64 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
-    kk0, kk1 = np.uint64(k0), np.uint64(k1)
-    ss0, ss1 = np.uint64(s0), np.uint64(s1)
-    b0 = np.uint64(first)
-    for i in range(buf.size // 2):
-        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
-        r = _sqrt(_MINUS_TWO_F64 * log_f64(_u01_f64(w0, w1)))
-        s, c = _sincos(_TWO_PI_F64 * _u01_f64(w2, w3))
-        buf[2 * i] = r * c
-        buf[2 * i + 1] = r * s
-
-
-_normals = fill_by_dtype(
-    _normals_f32,
-    _normals_f64,
-    "Fill ``buf`` with the normals of whole blocks from ``first`` on (dtype picks the mapping: "
-    "4 float32 or 2 float64 per block).",
-)
-_per_block = per_block
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (public boundary; the variants below assume valid, C-contiguous input)
+# Argument checks (every variant runs them; the kernels below assume valid input)
 # --------------------------------------------------------------------------------------------
 
 
-def _check_float(a, name, func, ndim):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(
-            f"{func}: expected {name} to be a numpy.ndarray, got "
-            f"{type(a).__name__}. Convert it with numpy.asarray(...) first."
-        )
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{func}: expected {name} to have dtype float32 or float64, got "
-            f"{a.dtype}. Cast it with {name}.astype(numpy.float32)."
-        )
-    if a.ndim != ndim:
-        raise ValueError(
-            f"{func}: expected {name} to have {ndim} dimensions, got an array of shape {a.shape}."
-        )
-
-
-def _check_inputs(func, mu, logvar):
-    _check_float(mu, "mu", func, 2)
-    _check_float(logvar, "logvar", func, 2)
+def _check_inputs(func, mu, logvar, lib="numpy"):
+    # CuPy arrays are recognised without importing CuPy, so a NumPy array handed to a "cupy"
+    # variant gets a TypeError on any machine; raw CUDA kernels read memory linearly, so their
+    # inputs must be C-contiguous (the NumPy/Numba variants copy strided ones).
+    check_array(mu, "mu", func, ndim=2, lib=lib, contiguous=lib == "cupy")
+    check_array(logvar, "logvar", func, ndim=2, lib=lib, contiguous=lib == "cupy")
     if logvar.shape != mu.shape:
         raise ValueError(
             f"{func}: expected mu and logvar to have the same shape (B, Z), got "
-            f"{mu.shape} and {logvar.shape}."
+            f"{tuple(mu.shape)} and {tuple(logvar.shape)}."
         )
-    if logvar.dtype != mu.dtype:
-        raise TypeError(
-            f"{func}: expected mu and logvar to share one dtype, got mu: {mu.dtype},"
-            f" logvar: {logvar.dtype}. Cast them to one dtype."
-        )
-    for name, a in (("mu", mu), ("logvar", logvar)):
-        bad = ~np.isfinite(a)
-        if bad.any():
-            raise ValueError(
-                f"{func}: expected {name} to contain no NaN or Inf values, got "
-                f"{int(bad.sum())} of {a.size}. Check the encoder output."
-            )
+    check_same_dtype([mu, logvar], ["mu", "logvar"], func)
+    # one pass over (B, Z) each (on a device: one reduction and a sync), next to K*B*Z outputs
+    check_array(mu, "mu", func, lib=lib, finite=True)
+    check_array(logvar, "logvar", func, lib=lib, finite=True)
 
 
-def _check_noise_args(func, seed, stream, offset, n, what="K*B*Z"):
-    """seed, stream in [0, 2**64), offset >= 0 and offset + n <= 2**62 (philox.py's limits);
-    ``what`` names n in the message."""
-    seed = check_param(seed, "seed", func, kind="int", low=0, low_inclusive=True, high=_U64_MAX)
-    stream = check_param(
-        stream, "stream", func, kind="int", low=0, low_inclusive=True, high=_U64_MAX
+def _check_k(k, func):
+    return check_param(k, "k", func, kind="int", low=1, low_inclusive=True)
+
+
+def _prepare(func, mu, logvar, k, seed, stream, offset, z_out):
+    """Check a forward call; return its arguments with mu, logvar made C-contiguous."""
+    _check_inputs(func, mu, logvar)
+    k = _check_k(k, func)
+    seed, stream, offset = check_noise_args(
+        func, seed, stream, offset, k * mu.size, "K*B*Z", f" (k={k}, mu of shape {mu.shape})"
     )
-    offset = check_param(
-        offset, "offset", func, kind="int", low=0, low_inclusive=True, high=_ELEMENT_LIMIT
-    )
-    if offset + n > _ELEMENT_LIMIT:
-        raise InvalidParameterError(
-            f"{func}: expected offset + {what} <= 2**62, got offset={offset}, {what}={n}. Use "
-            f"another stream instead of a larger offset."
-        )
-    return seed, stream, offset
-
-
-def _prepare(mu, logvar, k, seed, stream, offset, z_out):
-    _check_inputs(_FUNC, mu, logvar)
-    k = check_param(k, "k", _FUNC, kind="int", low=1, low_inclusive=True)
-    seed, stream, offset = _check_noise_args(_FUNC, seed, stream, offset, k * mu.size)
     b, zd = mu.shape
     if z_out is not None:
-        _check_float(z_out, "z_out", _FUNC, 3)
-        if z_out.shape != (k, b, zd) or z_out.dtype != mu.dtype or not z_out.flags.c_contiguous:
-            raise ValueError(
-                f"{_FUNC}: expected z_out to be a C-contiguous {mu.dtype} array of "
-                f"shape {(k, b, zd)}, got {z_out.dtype} of shape {z_out.shape} "
-                f"(contiguous: {z_out.flags.c_contiguous}). Allocate it with "
-                f"numpy.empty((k,) + mu.shape, mu.dtype)."
-            )
+        check_out(z_out, "z_out", func, (k, b, zd), mu.dtype)
         if np.may_share_memory(z_out, mu) or np.may_share_memory(z_out, logvar):
             raise ValueError(
-                f"{_FUNC}: expected z_out to overlap neither mu nor logvar, got an "
+                f"{func}: expected z_out to overlap neither mu nor logvar, got an "
                 f"overlapping array. Pass a fresh buffer."
             )
     return (np.ascontiguousarray(mu), np.ascontiguousarray(logvar), k, seed, stream, offset, z_out)
 
 
-def _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
-    func = _FUNC_BWD
-    _check_inputs(func, mu, logvar)
+def _check_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset, lib="numpy"):
+    """Check a backward call; return (K, seed, stream, offset)."""
+    _check_inputs(func, mu, logvar, lib)
     b, zd = mu.shape
     k = k_from = None
     for name, a, nd in (("dz", dz, 3), ("dlog_q", dlog_q, 2), ("dlog_p", dlog_p, 2)):
         if a is None:
             continue
-        _check_float(a, name, func, nd)
+        check_array(a, name, func, ndim=nd, lib=lib, contiguous=lib == "cupy")
         if a.dtype != mu.dtype:
             raise TypeError(
                 f"{func}: expected {name} to have the dtype of mu ({mu.dtype}), got "
@@ -363,12 +198,13 @@ def _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
         if a.shape[1:] != (b, zd)[: nd - 1]:
             want = f"(K, {b}, {zd})" if nd == 3 else f"(K, {b})"
             raise ValueError(
-                f"{func}: expected {name} to have shape {want} (B, Z from mu), got {a.shape}."
+                f"{func}: expected {name} to have shape {want} (B, Z from mu), got "
+                f"{tuple(a.shape)}."
             )
         if k is not None and a.shape[0] != k:
             raise ValueError(
                 f"{func}: expected {name}.shape[0] == K = {k} (from {k_from}), got "
-                f"{name} of shape {a.shape}. All upstream gradients come from one "
+                f"{name} of shape {tuple(a.shape)}. All upstream gradients come from one "
                 f"forward call."
             )
         k, k_from = a.shape[0], name
@@ -378,8 +214,20 @@ def _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
             f"With no upstream gradient dmu = dlogvar = 0."
         )
     if k < 1:
-        raise ValueError(f"{func}: expected K >= 1 samples in the upstream gradients, got K = {k}.")
-    seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
+        raise ValueError(
+            f"{func}: expected K >= 1 samples in the upstream gradients, got K = {k} (from "
+            f"{k_from})."
+        )
+    seed, stream, offset = check_noise_args(func, seed, stream, offset, k * mu.size, "K*B*Z")
+    return k, seed, stream, offset
+
+
+def _prepare_backward(func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset):
+    """Check a backward call; return its arguments, None gradients as zeros, all contiguous."""
+    k, seed, stream, offset = _check_backward(
+        func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
+    )
+    b, zd = mu.shape
     dtype = mu.dtype
     dz = np.zeros((k, b, zd), dtype) if dz is None else np.ascontiguousarray(dz)
     dlog_q = np.zeros((k, b), dtype) if dlog_q is None else np.ascontiguousarray(dlog_q)
@@ -426,6 +274,9 @@ def reparam_sample_ref(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     log_p : ndarray of shape (K, B)
         log N(z; 0, I), summed over Z.
     """
+    mu, logvar, k, seed, stream, offset, z_out = _prepare(
+        _FUNC, mu, logvar, k, seed, stream, offset, z_out
+    )
     b, zd = mu.shape
     dtype = mu.dtype.type
     eps = normal_ref(seed, stream, k * b * zd, mu.dtype, offset).reshape(k, b, zd)  # (K, B, Z)
@@ -459,6 +310,9 @@ def reparam_sample_backward_ref(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, 
     g = dz - dlog_p[..., None] z;  dmu = sum_k g;
     dlogvar = sum_k g sigma eps / 2 - sum_k dlog_q / 2 (module docstring, "Backward").
     """
+    dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset = _prepare_backward(
+        _FUNC_BWD, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
+    )
     k, b, zd = dz.shape
     dtype = mu.dtype.type
     eps = normal_ref(seed, stream, k * b * zd, mu.dtype, offset).reshape(k, b, zd)  # (K, B, Z)
@@ -563,6 +417,9 @@ def _backward_v2(
 def reparam_sample_numba_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     """Numba, fused noise + z + densities, parallel over chunks of rows. Contract of
     ``reparam_sample_ref`` (noise to <= 3 ulp, sums reordered)."""
+    mu, logvar, k, seed, stream, offset, z_out = _prepare(
+        _FUNC, mu, logvar, k, seed, stream, offset, z_out
+    )
     b, zd = mu.shape
     dtype = mu.dtype.type
     z = np.empty((k, b, zd), mu.dtype) if z_out is None else z_out  # (K, B, Z)
@@ -591,7 +448,7 @@ def reparam_sample_numba_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None)
         s0,
         s1,
         np.int64(offset),
-        _per_block(mu.dtype),
+        per_block(mu.dtype),
         rows,
         z.reshape(k * b, zd),
         log_q.reshape(-1),
@@ -622,6 +479,9 @@ def _backward_grid(k, b, zd):
 def reparam_sample_backward_numba_v2(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, offset=0):
     """Numba, tasks over (K-chunk, B-tile) with float64 partials. Contract of
     ``reparam_sample_backward_ref``."""
+    dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset = _prepare_backward(
+        _FUNC_BWD, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset
+    )
     k, b, zd = dz.shape
     if b == 0 or zd == 0:
         z2 = np.zeros((b, zd), np.float64)
@@ -641,7 +501,7 @@ def reparam_sample_backward_numba_v2(dz, dlog_q, dlog_p, mu, logvar, seed, strea
         s0,
         s1,
         np.int64(offset),
-        _per_block(mu.dtype),
+        per_block(mu.dtype),
         nkc,
         bt,
         kstep,
@@ -665,25 +525,21 @@ _CUPY_NAMES = (
 _CUPY_BWD_THREADS_PER_SM = 2048
 
 
-def _check_cupy_inputs(func, mu, logvar):
-    from . import _cupy
-
-    _cupy.check_array(mu, "mu", func, 2)
-    _cupy.check_array(logvar, "logvar", func, 2)
-    _cupy.check_same(logvar, "logvar", mu, "mu", func)
-
-
 def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
     """CuPy: a group of lanes per (k, b) row converts the Philox blocks overlapping the row into
     normals, writes z and reduces log_q, log_p by warp shuffles. Contract of
     ``reparam_sample_ref`` on cupy arrays (noise to a few ulp; arguments checked, values not)."""
+    func = "reparam_sample_cupy_v1"
+    _check_inputs(func, mu, logvar, lib="cupy")
+    k = _check_k(k, func)
+    seed, stream, offset = check_noise_args(
+        func, seed, stream, offset, k * mu.size, "K*B*Z", f" (k={k}, mu of shape {mu.shape})"
+    )
+    if z_out is not None:
+        check_array(z_out, "z_out", func, ndim=3, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "reparam_sample_cupy_v1"
-    _check_cupy_inputs(func, mu, logvar)
-    k = check_param(k, "k", func, kind="int", low=1, low_inclusive=True)
-    seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
     b, zd = mu.shape
     dtype = mu.dtype.type
     if z_out is None:
@@ -698,7 +554,7 @@ def reparam_sample_cupy_v1(mu, logvar, k, seed, stream=0, offset=0, z_out=None):
         log_q.fill(0)
         log_p.fill(0)
         return z_out, log_q, log_p
-    per = _per_block(mu.dtype)
+    per = per_block(mu.dtype)
     W = _cupy.group_width(-(-(zd - 1) // per) + 1)  # Philox blocks a row can touch
     rows = k * b
     name = _CUPY_NAMES[mu.dtype == np.float64]
@@ -728,24 +584,14 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
     """CuPy: a thread per (K-chunk, b, j) regenerates its normals and accumulates in float64;
     the chunks are summed in order. Contract of ``reparam_sample_backward_ref`` on cupy arrays
     (a None upstream gradient reads as zeros)."""
+    func = "reparam_sample_backward_cupy_v1"
+    k, seed, stream, offset = _check_backward(
+        func, dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset, lib="cupy"
+    )
     from . import _cupy
 
     cupy = _cupy.cupy
-    func = "reparam_sample_backward_cupy_v1"
-    _check_cupy_inputs(func, mu, logvar)
     b, zd = mu.shape
-    k = next((a.shape[0] for a in (dz, dlog_q, dlog_p) if a is not None), None)
-    if k is None:
-        raise ValueError(f"{func}: expected at least one of dz, dlog_q, dlog_p, got all None.")
-    for name, a, shape in (
-        ("dz", dz, (k, b, zd)),
-        ("dlog_q", dlog_q, (k, b)),
-        ("dlog_p", dlog_p, (k, b)),
-    ):
-        if a is not None:
-            _cupy.check_array(a, name, func, len(shape))
-            _cupy.check_same(a, name, mu, "mu", func, shape=shape)
-    seed, stream, offset = _check_noise_args(func, seed, stream, offset, k * mu.size)
     dz = cupy.zeros((k, b, zd), mu.dtype) if dz is None else dz
     dlog_q = cupy.zeros((k, b), mu.dtype) if dlog_q is None else dlog_q
     dlog_p = cupy.zeros((k, b), mu.dtype) if dlog_p is None else dlog_p
@@ -786,17 +632,6 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
 # Tables
 # --------------------------------------------------------------------------------------------
 
-VARIANTS = {
-    "ref": reparam_sample_ref,
-    "numba_v1": reparam_sample_numba_v1,
-    "cupy_v1": reparam_sample_cupy_v1,
-}
-BACKWARD_VARIANTS = {
-    "ref": reparam_sample_backward_ref,
-    "numba_v2": reparam_sample_backward_numba_v2,
-    "cupy_v1": reparam_sample_backward_cupy_v1,
-}
-
 # DEFAULT: numba_v1 (forward, the only variant) and numba_v2 (backward). Evidence, 2026-11-21,
 # project VM (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4 during the
 # runs), float32, 2 Numba / 2 torch threads, medians of 33 calls (min in brackets), z_out
@@ -806,30 +641,25 @@ BACKWARD_VARIANTS = {
 #   (K, B, Z) = (50, 100, 50): forward 0.35-0.44 ms [0.21] vs torch 1.25-1.32 ms (2.8-3.8x);
 #     backward v2 0.41-0.43 ms, v1 0.86-1.03 ms.
 # The noise alone (vectorized fill, one core) is 8.5 ms per 4 M float32 normals.
-DEFAULT = "numba_v1"
-BACKWARD_DEFAULT = "numba_v2"
-
-IMPLEMENTATIONS = {
-    "numpy": reparam_sample_ref,
-    "numba": reparam_sample_numba_v1,
-    "cupy": reparam_sample_cupy_v1,
-}
-BACKWARD_IMPLEMENTATIONS = {
-    "numpy": reparam_sample_backward_ref,
-    "numba": reparam_sample_backward_numba_v2,
-    "cupy": reparam_sample_backward_cupy_v1,
-}
+RECORDS = (
+    KernelRecord(_FUNC, "numpy", "ref", reparam_sample_ref, "reference"),
+    KernelRecord(_FUNC, "numba", "numba_v1", reparam_sample_numba_v1, "default"),
+    KernelRecord(_FUNC, "cupy", "cupy_v1", reparam_sample_cupy_v1, "default"),
+    KernelRecord(_FUNC_BWD, "numpy", "ref", reparam_sample_backward_ref, "reference"),
+    KernelRecord(_FUNC_BWD, "numba", "numba_v2", reparam_sample_backward_numba_v2, "default"),
+    KernelRecord(_FUNC_BWD, "cupy", "cupy_v1", reparam_sample_backward_cupy_v1, "default"),
+)
+VARIANTS = variants(RECORDS, _FUNC)
+BACKWARD_VARIANTS = variants(RECORDS, _FUNC_BWD)
+IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
+BACKWARD_IMPLEMENTATIONS = implementations(RECORDS, _FUNC_BWD)
+DEFAULT = default_variant(RECORDS, _FUNC)
+BACKWARD_DEFAULT = default_variant(RECORDS, _FUNC_BWD)
 
 
 # --------------------------------------------------------------------------------------------
 # Public wrappers: validate once, then dispatch
 # --------------------------------------------------------------------------------------------
-
-
-def _check_backend(backend, table, func):
-    if backend not in table:
-        raise ValueError(f"{func}: expected backend to be one of {sorted(table)}, got {backend!r}.")
-    return table[backend]
 
 
 def reparam_sample(mu, logvar, k, seed, stream=0, offset=0, z_out=None, *, backend="numba"):
@@ -847,7 +677,7 @@ def reparam_sample(mu, logvar, k, seed, stream=0, offset=0, z_out=None, *, backe
     z_out : ndarray of shape (K, B, Z), optional
         Preallocated C-contiguous output of mu's dtype (reuse it across steps: fresh memory is
         written at only 3-4 GB/s).
-    backend : {"numba", "numpy"}
+    backend : {"numba", "numpy", "cupy"}
 
     Returns
     -------
@@ -861,7 +691,7 @@ def reparam_sample(mu, logvar, k, seed, stream=0, offset=0, z_out=None, *, backe
     ValueError
         Shapes (mu, logvar not 2-D or not equal; z_out wrong), non-finite mu/logvar, z_out
         overlapping an input.
-    InvalidParameterError
+    kernels.InvalidParameterError
         k not an int >= 1; seed, stream not ints in [0, 2**64); offset not an int >= 0 or
         offset + K*B*Z > 2**62.
 
@@ -871,8 +701,8 @@ def reparam_sample(mu, logvar, k, seed, stream=0, offset=0, z_out=None, *, backe
     offset)[(k*B + b)*Z + j]; log_q = sum_j [-log(2pi)/2 - logvar_j/2 - eps_j^2/2];
     log_p = sum_j [-log(2pi)/2 - z_j^2/2]. See the module docstring.
     """
-    args = _prepare(mu, logvar, k, seed, stream, offset, z_out)
-    return _check_backend(backend, IMPLEMENTATIONS, _FUNC)(*args)
+    impl = check_backend(backend, IMPLEMENTATIONS, _FUNC)
+    return impl(mu, logvar, k, seed, stream, offset, z_out)
 
 
 def reparam_sample_backward(
@@ -890,7 +720,7 @@ def reparam_sample_backward(
         The forward call's inputs.
     seed, stream, offset : int
         The forward call's noise arguments (the same eps is regenerated).
-    backend : {"numba", "numpy"}
+    backend : {"numba", "numpy", "cupy"}
 
     Returns
     -------
@@ -905,5 +735,5 @@ def reparam_sample_backward(
 
     log_q's gradient is total (through z and directly): zero for mu, -1/2 for each logvar_j.
     """
-    args = _prepare_backward(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset)
-    return _check_backend(backend, BACKWARD_IMPLEMENTATIONS, _FUNC_BWD)(*args)
+    impl = check_backend(backend, BACKWARD_IMPLEMENTATIONS, _FUNC_BWD)
+    return impl(dz, dlog_q, dlog_p, mu, logvar, seed, stream, offset)

@@ -23,42 +23,122 @@ def _array_library(x):
     return "cupy" if module == "cupy" else ("numpy" if isinstance(x, np.ndarray) else module)
 
 
+def _type_hint(x, name):
+    """Why ``x``'s dtype is refused and how to fix it (a float32/float64 array is wanted)."""
+    kind = x.dtype.kind
+    if kind == "O":
+        return (
+            f"An array of Python objects cannot be computed on. Build a numeric array with "
+            f"numpy.asarray({name}, dtype=numpy.float32)."
+        )
+    if kind == "c":
+        return (
+            f"lvmcore works on real numbers and never drops an imaginary part silently. Pass "
+            f"{name}.real (or numpy.abs({name})) explicitly if that is what you mean."
+        )
+    if kind in "biu":
+        return (
+            f"Integer and boolean input is never cast implicitly. Cast it with "
+            f"{name}.astype(numpy.float32) (or numpy.float64 for checks)."
+        )
+    if kind == "f":
+        return (
+            f"{x.dtype} is not supported (float32 for speed, float64 for checks). Cast it with "
+            f"{name}.astype(numpy.float32)."
+        )
+    return f"Cast it with {name}.astype(numpy.float32)."
+
+
 def check_array(
-    x, name, func, *, ndim=None, shape=None, dtype="float", finite=True, allow_inf=False
+    x,
+    name,
+    func,
+    *,
+    ndim=None,
+    shape=None,
+    dtype="float",
+    finite=True,
+    allow_inf=False,
+    contiguous=False,
+    xp=None,
+    ref=None,
+    shape_of=None,
 ):
     """Check one array argument and return it unchanged.
+
+    The one array checker of lvmcore: every public function that takes an array calls it
+    at its boundary, so that the math behind (and every kernel) sees valid input only.
 
     Parameters
     ----------
     x : array
-        The argument. NumPy and CuPy arrays are accepted; anything else is a TypeError.
+        The argument. NumPy and CuPy arrays are accepted; anything else (a list, a Python
+        or NumPy scalar, a pandas object) is a TypeError: lvmcore never converts implicitly.
     name, func : str
         The argument's and the calling function's names, used in messages.
     ndim : int or tuple of int, optional
         Allowed numbers of dimensions.
     shape : tuple, optional
         Expected shape; ``None`` entries match any size.
-    dtype : {"float", "any"} or numpy dtype
-        ``"float"`` accepts float32 and float64 only.
+    dtype : {"float", "int", "any"} or numpy dtype
+        ``"float"`` accepts float32 and float64 only: integer, boolean, complex, float16 and
+        object arrays are a TypeError that says how to cast. ``"int"`` accepts any integer
+        dtype (indices). A numpy dtype must match exactly (``ref`` names what it must match).
     finite : bool
-        Reject NaN and +-Inf values.
+        Reject NaN and +-Inf values (one pass over the array).
     allow_inf : bool
         With ``finite``, still accept -inf and +inf (NaN is always rejected).
+    contiguous : bool
+        Require a C-contiguous array (a kernel that reads raw memory needs one); a strided
+        view is a ValueError that says how to copy it.
+    xp : module, optional
+        numpy or cupy: the array library ``x`` must belong to (no implicit device copies).
+    ref : str, optional
+        What ``dtype`` and ``xp`` come from, for the message ("the distribution's").
+    shape_of : str, optional
+        The argument(s) ``shape`` comes from, for the message ("x and W").
+
+    Raises
+    ------
+    TypeError
+        Not an array, wrong array library, or a refused dtype.
+    ValueError
+        Wrong number of dimensions or shape, not contiguous, or NaN/Inf with ``finite``.
     """
     lib = _array_library(x)
     if lib not in ("numpy", "cupy"):
         raise TypeError(
             f"{func}: expected {name} to be a numpy.ndarray or cupy.ndarray, got "
-            f"{type(x).__name__}. Convert it with numpy.asarray(...) first."
+            f"{type(x).__name__}. Convert it with numpy.asarray({name}, dtype=numpy.float32) "
+            f"first; lvmcore never converts implicitly."
         )
-    if dtype == "float":
+    if xp is not None and lib != xp.__name__:
+        where = ref or "the other arguments"
+        raise TypeError(
+            f"{func}: expected {name} on the same device as {where} ({xp.__name__}), got a "
+            f"{lib} array. Move it explicitly with cupy.asarray(...) or cupy.asnumpy(...); "
+            f"lvmcore never copies implicitly."
+        )
+    if isinstance(dtype, str) and dtype == "float":
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"{func}: expected {name} to have dtype float32 or float64, got {x.dtype}. "
-                f"Cast it with {name}.astype(numpy.float32)."
+                f"{_type_hint(x, name)}"
             )
-    elif dtype != "any" and x.dtype != np.dtype(dtype):
-        raise TypeError(f"{func}: expected {name} to have dtype {np.dtype(dtype)}, got {x.dtype}.")
+    elif isinstance(dtype, str) and dtype == "int":
+        if x.dtype.kind not in "iu":
+            raise TypeError(
+                f"{func}: expected {name} to be an integer array, got {x.dtype}. Cast it with "
+                f"{name}.astype(numpy.int64)."
+            )
+    elif not (isinstance(dtype, str) and dtype == "any") and x.dtype != np.dtype(dtype):
+        want = np.dtype(dtype)
+        if x.dtype not in FLOAT_DTYPES and want in FLOAT_DTYPES:
+            hint = _type_hint(x, name)
+        else:
+            hint = f"Cast it with {name}.astype(numpy.{want})."
+        of = f" ({ref})" if ref else ""
+        raise TypeError(f"{func}: expected {name} to have dtype {want}{of}, got {x.dtype}. {hint}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
@@ -70,11 +150,21 @@ def check_array(
     if shape is not None:
         ok = len(shape) == x.ndim and all(s is None or s == t for s, t in zip(shape, x.shape))
         if not ok:
+            # "(512)" for a 1-tuple, not "(512,)": existing messages are pinned in this form
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.")
+            follows = f" That shape follows {shape_of}." if shape_of else ""
+            raise ValueError(
+                f"{func}: expected {name} to have shape {want}, got {tuple(x.shape)}.{follows}"
+            )
+    if contiguous and not x.flags.c_contiguous:
+        raise ValueError(
+            f"{func}: expected {name} to be C-contiguous (a kernel reads its memory row by "
+            f"row), got strides {tuple(x.strides)} for shape {tuple(x.shape)}. Pass "
+            f"numpy.ascontiguousarray({name})."
+        )
     if finite and x.dtype.kind == "f":
-        xp = get_xp(x)
-        bad = xp.isnan(x) if allow_inf else ~xp.isfinite(x)
+        xp_ = get_xp(x)
+        bad = xp_.isnan(x) if allow_inf else ~xp_.isfinite(x)
         if bool(bad.any()):
             what = "NaN" if allow_inf else "NaN or Inf"
             raise ValueError(
@@ -82,6 +172,108 @@ def check_array(
                 f"{int(bad.sum())} of {x.size}. Check the data or the step that produced it."
             )
     return x
+
+
+def check_axis(axis, x, name, func):
+    """An int axis of ``x`` (negative counts from the end); returns it as a non-negative int."""
+    nd = x.ndim
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -nd <= axis < nd:
+        raise InvalidParameterError(
+            f"The 'axis' parameter of {func} must be an int in [{-nd}, {nd}) for {name} of "
+            f"shape {tuple(x.shape)}. Got {axis!r} instead."
+        )
+    return int(axis) % nd
+
+
+def check_dout(dout, shape, dtype, xp, func, name="dout", *, scalar=True, source=None):
+    """An upstream gradient for a forward output of ``shape``: returned broadcast to it.
+
+    A float array of the forward output's dtype on its device whose shape broadcasts to
+    ``shape`` (a view, not a copy, is returned). With ``scalar``, a Python or NumPy real
+    number is accepted and filled in (``dout=1.0`` differentiates the sum). ``source`` names
+    the argument the forward output's shape follows, for the message.
+    """
+    shape = tuple(shape)
+    if scalar and isinstance(dout, numbers.Real) and not isinstance(dout, (bool, np.bool_)):
+        return xp.full(shape, dout, dtype=dtype)
+    check_array(dout, name, func, dtype=dtype, finite=False, xp=xp, ref="the forward output's")
+    try:
+        ok = np.broadcast_shapes(tuple(dout.shape), shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        follows = f" That shape follows {source}." if source else ""
+        raise ValueError(
+            f"{func}: expected {name} to have the forward output's shape {shape}, got "
+            f"{tuple(dout.shape)}.{follows}"
+        )
+    return xp.broadcast_to(dout, shape)
+
+
+def check_cache(cache, cls, func, name="cache"):
+    """A cache made by the matching forward (a NamedTuple of type ``cls``)."""
+    if not isinstance(cache, cls):
+        raise TypeError(
+            f"{func}: expected {name} to be the {cls.__name__} returned by the forward pass, "
+            f"got {type(cache).__name__}. Pass the cache the matching *_forward returned."
+        )
+    return cache
+
+
+def check_rng(rng, func):
+    """Return ``rng`` if it is a NumPy (or CuPy) Generator; TypeError otherwise."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if type(rng).__module__.split(".")[0] == "cupy" and hasattr(rng, "standard_normal"):
+        return rng
+    raise TypeError(
+        f"{func}: expected rng to be a numpy.random.Generator, got {type(rng).__name__}. "
+        f"Create one with numpy.random.default_rng(seed) and pass it explicitly; lvmcore "
+        f"never draws from global random state."
+    )
+
+
+def check_sample_shape(shape, func, name="shape"):
+    """Normalise a sample shape (int or tuple of non-negative ints) to a tuple."""
+    items = (shape,) if isinstance(shape, numbers.Integral) else shape
+    try:
+        items = None if isinstance(items, (str, bytes)) else tuple(items)
+    except TypeError:
+        items = None
+    if items is None or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s >= 0
+        for s in items
+    ):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {func} must be a tuple of non-negative ints. "
+            f"Got {shape!r} instead."
+        )
+    return tuple(int(s) for s in items)
+
+
+def check_float_dtype(dtype, func, name="dtype"):
+    """``dtype`` as a numpy dtype, float32 or float64; TypeError otherwise (None included)."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    # dt is None is tested first: numpy.dtype(None) is float64, so None == float64 holds
+    if dt is None or dt not in FLOAT_DTYPES:
+        got = dt if dt is not None else repr(dtype)
+        raise TypeError(
+            f"{func}: expected {name} to be float32 or float64, got {got}. "
+            f"Pass {name}=numpy.float32 (speed) or numpy.float64 (checks)."
+        )
+    return dt
+
+
+def check_xp(xp, func):
+    """The array module argument: None (numpy), numpy or cupy."""
+    if xp is None:
+        return np
+    if getattr(xp, "__name__", None) not in ("numpy", "cupy"):
+        raise TypeError(f"{func}: expected xp to be the numpy or cupy module, got {xp!r}.")
+    return xp
 
 
 def check_binary(x, name, func):

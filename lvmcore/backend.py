@@ -9,7 +9,11 @@ GPU); the backend decides the implementation of the hot loops:
 
 Precedence: the ``backend=`` keyword of a call, then ``with use_backend(...)``, then
 the ``LVMCORE_BACKEND`` environment variable, then automatic selection. Glue code is
-written once against ``backend.xp``; only hot loops dispatch into ``kernels``.
+written once against ``backend.xp``; only hot loops dispatch into ``kernels``, through
+``Backend.kernel(op)``, which reads the kernel registry (``kernels.get``): one record per
+kernel variant, each of which checks its arguments before it runs. ``kernels`` is the lower
+package: it never imports ``lvmcore``, and whether CuPy can run is asked of it
+(``kernels.cupy_status``), so both packages give the same answer.
 """
 
 import contextlib
@@ -39,7 +43,7 @@ class Backend:
 
     def kernel(self, op):
         """The implementation of kernel ``op`` (e.g. "bernoulli_loglik") for this backend."""
-        import kernels
+        import kernels  # imported on first use: ``import lvmcore`` stays light
 
         return kernels.get(op, self.name)
 
@@ -54,17 +58,12 @@ def _availability(name):
             return False, "numba: not installed (pip install numba)"
         return True, "available"
     if name == "cupy":
-        if importlib.util.find_spec("cupy") is None:
-            return False, "cupy: not installed (pip install 'lvmcore[cuda]')"
-        try:
-            import cupy
+        from kernels import cupy_status
 
-            n = cupy.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # CUDA driver or runtime missing
-            return False, f"cupy: no usable CUDA runtime ({exc})"
-        if n == 0:
-            return False, "cupy: no CUDA device found"
-        return True, "available"
+        ok, reason = cupy_status()
+        if reason == "cupy: not installed":
+            reason += " (pip install 'lvmcore[cuda]')"
+        return ok, reason
     raise InvalidParameterError(
         f"The 'backend' parameter must be one of {', '.join(map(repr, BACKEND_NAMES))}. "
         f"Got {name!r} instead."

@@ -36,6 +36,7 @@ __all__ = [
     "download_binarized_mnist",
     "DEFAULT_URL",
     "CHECKSUMS",
+    "SIZES",
     "MNIST_FILES",
 ]
 
@@ -55,6 +56,15 @@ CHECKSUMS = {
     "binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
     "binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
     "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
+
+# Exact sizes in bytes of the three public files (784 values "0 " or "1 " per row, with the
+# last separator a newline): 50,000, 10,000 and 10,000 rows of 1,568 bytes. A download stops
+# reading at this size.
+SIZES = {
+    "binarized_mnist_train.amat": 78_400_000,
+    "binarized_mnist_valid.amat": 15_680_000,
+    "binarized_mnist_test.amat": 15_680_000,
 }
 
 _DIGITS_N_VALID = 180
@@ -382,7 +392,13 @@ def load_dataset(name_or_path, *, seed=0):
 
 
 def download_binarized_mnist(
-    dest_dir, base_url=DEFAULT_URL, checksums=CHECKSUMS, progress=True, *, timeout=60.0
+    dest_dir,
+    base_url=DEFAULT_URL,
+    checksums=CHECKSUMS,
+    progress=True,
+    *,
+    timeout=60.0,
+    sizes=SIZES,
 ):
     """Download the three binarized MNIST ``.amat`` files and verify their SHA-256.
 
@@ -398,6 +414,10 @@ def download_binarized_mnist(
         Show a tqdm progress bar per file.
     timeout : float, default 60.0
         Seconds to wait on the server before giving up.
+    sizes : dict of str to int, default SIZES
+        The most bytes to read per file name (the public files' exact sizes). A server that
+        announces (Content-Length) or streams more fails at once: nothing beyond this size is
+        read or written.
 
     Returns
     -------
@@ -407,8 +427,9 @@ def download_binarized_mnist(
     Raises
     ------
     ValueError
-        If ``checksums`` lacks a file, or a downloaded file's digest differs from it (the
-        partial file is removed; the message names the file and both digests).
+        If ``checksums`` or ``sizes`` lacks a file, a server sends more than its size, or a
+        downloaded file's digest differs from its checksum (the partial file is removed; the
+        message names the file and both digests or sizes).
     OSError
         If a file cannot be fetched (network error, HTTP error status).
 
@@ -426,6 +447,14 @@ def download_binarized_mnist(
             f"{func}: expected checksums to give a SHA-256 for {_file_list()}, got none for "
             f"{', '.join(missing)}. Add them, or use the default CHECKSUMS."
         )
+    if not isinstance(sizes, dict) or any(
+        isinstance(sizes.get(n), bool) or not isinstance(sizes.get(n), int) or sizes[n] < 1
+        for n in MNIST_FILES.values()
+    ):
+        raise ValueError(
+            f"{func}: expected sizes to give a positive int (bytes) for {_file_list()}, got "
+            f"{sizes!r}. Use the default SIZES."
+        )
     dest = Path(os.fspath(dest_dir))
     dest.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES.values():
@@ -433,7 +462,8 @@ def download_binarized_mnist(
         expected = checksums[name].lower()
         if target.is_file() and _sha256_file(target) == expected:
             continue
-        _download_one(f"{base_url.rstrip('/')}/{name}", target, expected, progress, timeout, func)
+        url = f"{base_url.rstrip('/')}/{name}"
+        _download_one(url, target, expected, sizes[name], progress, timeout, func)
     return dest
 
 
@@ -445,7 +475,15 @@ def _sha256_file(path):
     return digest.hexdigest()
 
 
-def _download_one(url, target, expected, progress, timeout, func):
+def _too_long(func, target, url, limit, got):
+    return ValueError(
+        f"{func}: expected {target.name} from {url} to be at most {limit} bytes, got {got}. "
+        f"The server holds a different file; nothing beyond {limit} bytes was read. Pass "
+        f"base_url= a trusted mirror."
+    )
+
+
+def _download_one(url, target, expected, limit, progress, timeout, func):
     from tqdm.auto import tqdm
 
     # Same directory as the target, so os.replace is an atomic rename on one file system.
@@ -462,17 +500,26 @@ def _download_one(url, target, expected, progress, timeout, func):
                     f"base_url= a mirror; or place the files in {target.parent} yourself."
                 ) from err
             size = response.headers.get("Content-Length")
+            if size is not None and size.strip().isdigit() and int(size) > limit:
+                response.close()
+                raise _too_long(func, target, url, limit, f"a Content-Length of {int(size)}")
             with (
                 response,
                 tqdm(
-                    total=int(size) if size else None,
+                    total=int(size) if size and size.strip().isdigit() else None,
                     unit="B",
                     unit_scale=True,
                     desc=target.name,
                     disable=not progress,
                 ) as bar,
             ):
-                for block in iter(lambda: response.read(_CHUNK), b""):
+                left = limit
+                # read one byte past the limit at most: a longer stream fails at once, and
+                # no byte beyond the limit is written
+                while block := response.read(min(_CHUNK, left + 1)):
+                    if len(block) > left:
+                        raise _too_long(func, target, url, limit, "more (the stream went on)")
+                    left -= len(block)
                     out.write(block)
                     digest.update(block)
                     bar.update(len(block))

@@ -9,17 +9,27 @@ collectives, and every collective goes through a :class:`Communicator`:
                        CuPy buffers through NCCL, whose id is broadcast by MPI (no device
                        pointer ever reaches MPI: the package-index MPI is not CUDA-aware)
 
-One data-parallel step (B the global batch, P ranks, rank r)::
+One data-parallel step (B the global batch, P ranks, rank r), as ``lvmcore.train.fit`` runs it
+with ``comm=``::
 
-    start, stop = shard_rows(B, r, P)                   # this rank's rows, maybe uneven
-    eps = model.draw_noise(rng, B)[:, start:stop]       # the global batch's noise rows
-    loss_r, cache = model.forward(x[start:stop], eps)   # mean over this rank's rows
-    model.backward(cache)
-    flat.allreduce(comm, scale=(stop - start) / B)      # grads of sum_r share_r * loss_r
+    shard = BatchShard(comm, B, *shard_rows(B, r, P))   # this rank's rows, maybe uneven
+    with model._data_parallel(shard):                   # the model contract's two seams:
+        loss_r, stats_r = model.loss_and_grads(x[shard.local_slice], rng)
+        #   _step_noise: the global batch's noise, rows start:stop (noise_rows)
+        #   _batch_rows: batch statistics over every rank's rows (allgather_rows)
+    flat.allreduce(comm, scale=shard.share)             # grads of sum_r share_r * loss_r
     optimizer.step()                                    # unchanged, on every rank
 
 so the all-reduced gradient is the gradient of the single-process mean over the B rows, and
 the parameters stay equal on every rank (:func:`check_parameters` says when they do not).
+
+Decisions and errors. A decision that could differ between ranks (the run folder, a checkpoint
+to resume, a file to load) is taken once and shared: :meth:`Communicator.run_on_root` (rank 0
+decides, every rank gets its result or its exception) and :meth:`Communicator.run_everywhere`
+(every rank tries; if one fails, every rank raises). Such an exception, and any other that every
+rank raises by construction (:meth:`Communicator.raising_together`: the checksums, a diverged
+step after the all-reduce), ends every rank normally; any other exception inside
+:meth:`Communicator.abort_on_error` aborts the job.
 
 Sharded evaluation assigns the cells of the (evaluation batch, K-chunk) grid to ranks and folds
 the per-cell log-sum-exps on the root in the single-process order
@@ -34,12 +44,14 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import math
 import numbers
 import os
+import pickle
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,7 +64,9 @@ __all__ = [
     "MPICommunicator",
     "get_communicator",
     "select_local_device",
+    "raised_on_every_rank",
     "FlatGradients",
+    "BatchShard",
     "shard_rows",
     "grid_cells",
     "fold_logsumexp_grid",
@@ -67,6 +81,31 @@ _MPI_HINT = (
     "then start the job with mpiexec -n P (or srun)."
 )
 _OPS = ("sum", "max", "min")
+_EVERY_RANK = "lvmcore_raised_on_every_rank"  # attribute set on an exception every rank raises
+
+
+def raised_on_every_rank(exc: BaseException) -> bool:
+    """True when ``exc`` was raised on every rank alike (by :meth:`Communicator.run_on_root`,
+    :meth:`Communicator.run_everywhere` or inside :meth:`Communicator.raising_together`), so each
+    rank may end normally with it; False for an exception of one rank, which must abort the job.
+    """
+    return bool(getattr(exc, _EVERY_RANK, False))
+
+
+def _mark_every_rank(exc):
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _EVERY_RANK, True)
+    return exc
+
+
+def _portable(exc):
+    """``exc`` if it survives pickling (to be sent to the other ranks), else a RuntimeError with
+    its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------------------- communicators
@@ -92,6 +131,11 @@ class Communicator:
         raise NotImplementedError
 
     def _allreduce_device(self, buffer) -> None:
+        raise NotImplementedError
+
+    def _allgatherv_host(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Every rank's C-contiguous ``rows`` (n_r, ...) concatenated in rank order; ``counts``
+        holds every rank's n_r."""
         raise NotImplementedError
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
@@ -190,6 +234,148 @@ class Communicator:
             return out
         return int(out) if isinstance(value, numbers.Integral) else float(out)
 
+    def allgather_rows(self, array, axis: int = 0, count: int | None = None):
+        """Every rank's rows of ``array`` along ``axis``, concatenated in rank order, on every
+        rank: a variable-length all-gather (``MPI_Allgatherv``).
+
+        This is the cross-rank reduction point of the statistics that span a batch
+        (``Model._batch_rows``): with the rows of a global batch split into contiguous blocks
+        in rank order (:func:`shard_rows`), the result is the whole batch's array, bit for bit
+        the one a single process would hold, and the same on every rank.
+
+        Parameters
+        ----------
+        array : ndarray
+            Any dtype (float, int, bool), NumPy or CuPy; a CuPy array goes through the host
+            (the package-index MPI is not CUDA-aware) and comes back as CuPy.
+        axis : int
+            The batch axis.
+        count : int, optional
+            How many of this rank's rows to contribute (the first ``count`` along ``axis``);
+            all when None. 0 for a rank without rows of the batch that ran one stand-in row
+            (:class:`BatchShard`).
+
+        Returns
+        -------
+        ndarray with ``sum_r count_r`` rows along ``axis``; the other axes and the dtype as
+        ``array``'s. In one process, ``array`` itself (or its first ``count`` rows).
+
+        Raises
+        ------
+        ValueError
+            On every rank, when the ranks' arrays differ in dtype or in the other axes.
+        """
+        f = f"{type(self).__name__}.allgather_rows"
+        check_array(array, "array", f, dtype="any", finite=False)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{f}: expected axis to be an int, got {type(axis).__name__}.")
+        if not -array.ndim <= axis < array.ndim:
+            raise ValueError(
+                f"{f}: expected axis in [-{array.ndim}, {array.ndim}) for an array of shape "
+                f"{tuple(array.shape)}, got {axis}."
+            )
+        axis = int(axis) % array.ndim
+        n = array.shape[axis]
+        if count is not None:
+            count = check_param(count, "count", f, kind="int", low=0, low_inclusive=True)
+            if count > n:
+                raise ValueError(
+                    f"{f}: expected count <= {n} (the rows of array along axis {axis}), got "
+                    f"{count}."
+                )
+            n = count
+        xp = get_xp(array)
+        rows = xp.moveaxis(array, axis, 0)[:n]  # (n, ...)
+        if self.size == 1:
+            return array if n == array.shape[axis] else xp.moveaxis(rows, 0, axis)
+        # the sizes first: every rank learns every count, dtype and row shape
+        meta = self.allgather((n, rows.shape[1:], rows.dtype.str))
+        layouts = {(shape, dtype) for _, shape, dtype in meta}
+        if len(layouts) > 1:
+            raise _mark_every_rank(
+                ValueError(
+                    f"{f}: expected one dtype and one shape besides axis {axis} on every rank, "
+                    f"got {[(tuple(m[1]), m[2]) for m in meta]} (in rank order)."
+                )
+            )
+        host = rows.get() if _array_library(rows) == "cupy" else rows
+        out = self._allgatherv_host(np.ascontiguousarray(host), [m[0] for m in meta])
+        if xp is not np:
+            out = xp.asarray(out)
+        return xp.moveaxis(out, 0, axis)
+
+    def run_on_root(self, func: Callable[..., Any], *args, root: int = 0) -> Any:
+        """Run ``func(*args)`` on ``root`` alone; every rank returns its result or raises its
+        exception.
+
+        For a decision that must be the same on every rank and is taken where the files are
+        written: "this folder already holds a run", the checkpoint to resume. The result is
+        broadcast (pickled: keep it small, or send arrays only when needed). The exception is
+        re-raised on every rank (marked :func:`raised_on_every_rank`), so every rank fails
+        the same way.
+        """
+        _check_root(root, self.size, f"{type(self).__name__}.run_on_root")
+        if self.size == 1:
+            try:
+                return func(*args)
+            except Exception as exc:
+                _mark_every_rank(exc)
+                raise
+        payload = None
+        if self.rank == root:
+            try:
+                payload = ("ok", func(*args))
+            except Exception as exc:
+                payload = ("error", _portable(exc))
+                self.bcast(payload, root=root)
+                _mark_every_rank(exc)
+                raise
+        kind, value = self.bcast(payload, root=root)
+        if kind == "error":
+            raise _mark_every_rank(value)
+        return value
+
+    def run_everywhere(self, func: Callable[..., Any], *args) -> Any:
+        """Run ``func(*args)`` on every rank; if it raises on any rank, raise on every rank.
+
+        For work each rank does for itself that can fail on some ranks only (loading the data
+        from a file system a node does not see). The exception of the first failing rank is
+        raised everywhere, its message naming the failing ranks.
+        """
+        try:
+            result, error = func(*args), None
+        except Exception as exc:
+            result, error = None, exc
+        if self.size == 1:
+            if error is not None:
+                raise _mark_every_rank(error)
+            return result
+        errors = self.allgather(None if error is None else _portable(error))
+        failed = [r for r, e in enumerate(errors) if e is not None]
+        if not failed:
+            return result
+        first = errors[failed[0]] if error is None else error
+        where = f" [on rank(s) {failed} of {self.size}]"
+        try:
+            exc = type(first)(f"{first}{where}")
+        except Exception:
+            exc = RuntimeError(f"{type(first).__name__}: {first}{where}")
+        raise _mark_every_rank(exc) from (error if error is not None else None)
+
+    @contextlib.contextmanager
+    def raising_together(self) -> Iterator[None]:
+        """Mark an exception raised in the block as raised on every rank.
+
+        For a block whose outcome is the same on every rank by construction (a check on
+        all-reduced values, a comparison of gathered checksums), so that
+        :meth:`abort_on_error` lets every rank end with it normally instead of aborting.
+        """
+        try:
+            yield
+        except Exception as exc:
+            _mark_every_rank(exc)
+            raise
+
     @contextlib.contextmanager
     def abort_on_error(self) -> Iterator[None]:
         """Run the block; an exception on any rank ends the whole job within seconds.
@@ -197,18 +383,19 @@ class Communicator:
         Without it, the other ranks would wait forever in their next collective. The failing
         rank prints its traceback (prefixed with its rank) to stderr and calls
         ``MPI.COMM_WORLD.Abort(1)``, which ``mpiexec`` and ``srun`` turn into the end of every
-        rank and a non-zero exit status. ``SystemExit(0)`` passes through. A single process
-        only re-raises. (``python -m mpi4py script.py`` installs the same behaviour for a
-        whole script.)
+        rank and a non-zero exit status. ``SystemExit(0)`` passes through, and so does an
+        exception every rank raises alike (:func:`raised_on_every_rank`): each rank then ends
+        normally with it. A single process only re-raises. (``python -m mpi4py script.py``
+        installs the same behaviour for a whole script.)
         """
         try:
             yield
         except SystemExit as exc:
-            if exc.code in (None, 0) or self.size == 1:
+            if exc.code in (None, 0) or self.size == 1 or raised_on_every_rank(exc):
                 raise
             self._fail(exc)
         except BaseException as exc:
-            if self.size == 1:
+            if self.size == 1 or raised_on_every_rank(exc):
                 raise
             self._fail(exc)
 
@@ -228,6 +415,9 @@ class SingleProcess(Communicator):
 
     def _allreduce_device(self, buffer):
         pass
+
+    def _allgatherv_host(self, rows, counts):
+        return rows
 
     def bcast(self, obj, root=0):
         _check_root(root, 1, "SingleProcess.bcast")
@@ -281,6 +471,18 @@ class MPICommunicator(Communicator):
 
     def _allreduce_host(self, buffer):
         self._comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
+
+    def _allgatherv_host(self, rows, counts):
+        # as bytes, so that every dtype (float, int, bool) travels unchanged
+        inner = rows.itemsize * math.prod(rows.shape[1:])
+        out = np.empty((sum(counts),) + rows.shape[1:], dtype=rows.dtype)
+        sizes = [c * inner for c in counts]
+        displs = [sum(sizes[:r]) for r in range(len(sizes))]
+        send = rows.reshape(-1).view(np.uint8)
+        self._comm.Allgatherv(
+            [send, self._MPI.BYTE], [out.reshape(-1).view(np.uint8), sizes, displs, self._MPI.BYTE]
+        )
+        return out
 
     def _allreduce_device(self, buffer):
         import cupy
@@ -599,6 +801,41 @@ def shard_rows(batch_size: int, rank: int, size: int) -> tuple[int, int]:
     return start, start + q + (rank < r)
 
 
+class BatchShard(NamedTuple):
+    """This rank's part of one global batch of a data-parallel step.
+
+    ``comm`` the communicator, ``batch_size`` B of the global batch, ``[start, stop)`` this
+    rank's rows (:func:`shard_rows`). A model given one (``Model._data_parallel``) draws the
+    global batch's noise and keeps rows ``start:stop`` (``_step_noise``), and gathers its batch
+    statistics over every rank (``_batch_rows`` -> :meth:`Communicator.allgather_rows`).
+
+    A rank without rows (B < P: the short last batch of an epoch) still takes part in every
+    collective of the step: it runs the model on one stand-in row (``local_slice``, the batch's
+    first row), contributes none of its rows to the batch statistics and enters the
+    all-reduce with zero gradients and weight 0.
+    """
+
+    comm: Communicator
+    batch_size: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        """n_r, this rank's rows of the batch."""
+        return self.stop - self.start
+
+    @property
+    def share(self) -> float:
+        """n_r / B: this rank's weight in the all-reduce of the gradients of its rows' mean."""
+        return self.rows / self.batch_size
+
+    @property
+    def local_slice(self) -> slice:
+        """The rows of the batch this rank runs: its own, or one stand-in row when it has none."""
+        return slice(self.start, self.stop) if self.rows else slice(0, 1)
+
+
 def grid_cells(n_batches: int, n_chunks: int, rank: int, size: int) -> list[tuple[int, int]]:
     """The cells (batch i, chunk j) of an ``n_batches x n_chunks`` grid that ``rank`` computes.
 
@@ -709,10 +946,13 @@ def _compare(comm, digest, func, what, hint):
     digests = comm.allgather(digest)
     odd = [r for r, d in enumerate(digests) if d != digests[0]]
     if odd:
-        raise ValueError(
-            f"{func}: expected {what} to be identical on every rank, got a checksum on rank(s) "
-            f"{odd} ({digests[odd[0]][:12]}...) that differs from rank 0's "
-            f"({digests[0][:12]}...). {hint}"
+        # every rank sees the same digests, so every rank raises this (and ends normally)
+        raise _mark_every_rank(
+            ValueError(
+                f"{func}: expected {what} to be identical on every rank, got a checksum on "
+                f"rank(s) {odd} ({digests[odd[0]][:12]}...) that differs from rank 0's "
+                f"({digests[0][:12]}...). {hint}"
+            )
         )
 
 

@@ -17,6 +17,15 @@ entropy with zeros):
     ``default_rng([seed, 0, 0, 8])``   the noise of the K-sample NLL (``log_likelihood``)
 
 The training loop's keys (:mod:`lvmcore.train`, streams 1 to 4) never collide with these.
+
+Sharded evaluation
+------------------
+With a communicator of several processes (``comm=``, ``lvmcore eval --distributed``), the
+K-sample log-likelihood's grid of (evaluation batch, K-chunk) cells is split across the
+processes and the per-cell log-sum-exps are folded on rank 0 in the single-process order
+(:func:`lvmcore.distributed.fold_logsumexp_grid`): the result is bit-identical for every number
+of processes, one included. The rest of the report (bound, ELBO, diagnostics) is computed on
+rank 0.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import numpy as np
 
 from ._validation import check_param, to_numpy
 from .backend import engine_kernel_threads, get_backend
+from .distributed import Communicator, SingleProcess, fold_logsumexp_grid
 
 __all__ = [
     "log_likelihood",
@@ -47,7 +57,7 @@ def standard_error(values) -> float:
     return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
 
 
-def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
+def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None, comm=None):
     r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
 
     .. math:: \log \frac1k \sum_{s=1}^k \frac{p(x, z_s)}{q(z_s|x)},\quad z_s \sim q(z|x)
@@ -60,27 +70,34 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
         On the model's device, in its dtype.
     rng : numpy.random.Generator
         Keys the noise; the model decides how (the VAE draws one seed per batch and indexes
-        its Philox stream by sample, the categorical VAE draws fresh noise per chunk).
+        its Philox stream by sample, the base draws one seed per batch and keys each chunk's
+        noise by (seed, chunk start)).
     k : int
         K, samples per row.
     batch_size : int
         Rows per evaluation batch.
     chunk_size : int, optional
         Samples per chunk; about ``model.eval_chunk_rows`` decoder rows when None.
+    comm : lvmcore.distributed.Communicator, optional
+        Split the (batch, chunk) grid across its processes (every process calls this with the
+        same arguments); one process when None.
 
     Returns
     -------
     ndarray of shape (N,), the model's dtype
+        On the model's device; None on the processes other than rank 0 of ``comm``.
 
     Notes
     -----
-    For each batch of rows, the samples are taken chunk by chunk in order; each chunk's
-    log-weights (n, B) go through the fused log-mean-exp kernel (``importance_weights``), and a
-    running log-sum-exp over the chunks is kept in float64:
-    :math:`\ell \leftarrow \mathrm{logaddexp}(\ell, \mathrm{lme}_{\text{chunk}} + \log n)`,
-    then :math:`\ell - \log k`. Peak memory depends on ``chunk_size`` and ``batch_size``, not
-    on k. A data-parallel evaluation may hand (batch, chunk) cells to different processes and
-    fold their partial log-sum-exps in this order, when the model's noise is indexed by sample.
+    The samples of each batch of rows are taken chunk by chunk; each chunk's log-weights
+    (n, B) go through the fused log-mean-exp kernel (``importance_weights``), giving the cell
+    :math:`c_{ij} = \mathrm{lme}_{ij} + \log n_j` in float64, and the cells of a batch are
+    folded in chunk order, :math:`\ell \leftarrow \mathrm{logaddexp}(\ell, c_{ij})` from
+    :math:`-\infty`, then :math:`\ell - \log k`. Peak memory depends on ``chunk_size`` and
+    ``batch_size``, not on k (plus 8 bytes per row and chunk for the cells). The cells are
+    independent (the samplers' noise is keyed by batch and chunk), so with ``comm`` each
+    process computes a contiguous block of them and rank 0 folds them in the same order: the
+    result is bit-identical for every number of processes.
     """
     f = "log_likelihood"
     model._check_x(x, f)
@@ -90,27 +107,60 @@ def log_likelihood(model, x, rng, *, k=5000, batch_size=100, chunk_size=None):
         rows = max(1, min(batch_size, x.shape[0]))
         chunk_size = max(1, min(k, model.eval_chunk_rows // rows))
     chunk_size = check_param(chunk_size, "chunk_size", f, kind="int", low=1, low_inclusive=True)
+    comm = _check_comm(comm, f)
     be = get_backend(x)
     xp = be.xp
     weights = be.kernel("importance_weights")
-    out = []
+    n_batches, n_chunks = -(-x.shape[0] // batch_size), -(-k // chunk_size)
+    samplers = _Samplers(model, x, rng, batch_size)
+
+    def cell(i, j):
+        s = j * chunk_size
+        n = min(chunk_size, k - s)
+        lw = xp.ascontiguousarray(samplers(i)(s, n))  # (n, B)
+        chunk_lme, _ = weights(lw, lw)  # (B,), in place
+        return chunk_lme.astype(np.float64) + math.log(n)  # (B,)
+
     with engine_kernel_threads():
-        for i in range(0, x.shape[0], batch_size):
-            xb = xp.ascontiguousarray(x[i : i + batch_size])  # (B, D)
-            draw = model.log_weight_sampler(xb, rng)
-            lse = xp.full(xb.shape[0], -xp.inf, dtype=np.float64)  # (B,)
-            for s in range(0, k, chunk_size):
-                n = min(chunk_size, k - s)
-                lw = xp.ascontiguousarray(draw(s, n))  # (n, B)
-                chunk_lme, _ = weights(lw, lw)  # (B,), in place
-                lse = xp.logaddexp(lse, chunk_lme.astype(np.float64) + math.log(n))
-            out.append((lse - math.log(k)).astype(model.dtype))
-    if not out:
-        return xp.zeros(0, dtype=model.dtype)
-    return xp.concatenate(out)
+        lse = fold_logsumexp_grid(comm, n_batches, n_chunks, cell)  # (N,) on rank 0
+    if lse is None:
+        return None
+    return xp.asarray((lse - math.log(k)).astype(model.dtype))
 
 
-def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0) -> dict:
+class _Samplers:
+    """The log-weight samplers of the evaluation batches, made in batch order (each takes its
+    draws from the one ``rng``), keeping the last: ``samplers(i)`` for non-decreasing i."""
+
+    def __init__(self, model, x, rng, batch_size):
+        self.model, self.x, self.rng, self.batch_size = model, x, rng, batch_size
+        self.xp = get_backend(x).xp
+        self.made, self.draw = 0, None
+
+    def __call__(self, i):
+        xp = self.xp
+        while self.made <= i:  # batches before this process's first are made for their draws
+            b = self.made * self.batch_size
+            xb = xp.ascontiguousarray(self.x[b : b + self.batch_size])  # (B, D)
+            self.draw = self.model.log_weight_sampler(xb, self.rng)
+            self.made += 1
+        return self.draw
+
+
+def _check_comm(comm, f):
+    if comm is None:
+        return SingleProcess()
+    if not isinstance(comm, Communicator):
+        raise TypeError(
+            f"{f}: expected comm to be a lvmcore.distributed.Communicator or None, got "
+            f"{type(comm).__name__}. Make one with lvmcore.distributed.get_communicator()."
+        )
+    return comm
+
+
+def evaluate(
+    model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0, comm=None
+) -> dict:
     """Evaluate a model on the rows of x: the report of ``lvmcore eval`` (its ``eval.json``).
 
     Parameters
@@ -128,6 +178,9 @@ def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, s
         Rows per batch of the K-sample log-likelihood.
     subset : int
         Estimate the log-likelihood on this many rows drawn at random (0, or N or more: all).
+    comm : lvmcore.distributed.Communicator, optional
+        Shard the K-sample log-likelihood across its processes (module docstring); every
+        process calls this with the same arguments and data.
 
     Returns
     -------
@@ -136,7 +189,7 @@ def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, s
         rows, nats), ``elbo``, ``elbo_sem``, ``seed``; for a Gaussian-latent model
         ``active_units``, ``latent_dim``, ``posterior_mean_variance`` and ``kl_per_dim``; the
         model's ``eval_report`` entries; with k > 0 and a log-likelihood ``nll``, ``nll_sem``,
-        ``nll_k`` and ``nll_n``.
+        ``nll_k`` and ``nll_n``. None on the processes other than rank 0 of ``comm``.
     """
     return evaluate_report(
         model,
@@ -146,21 +199,33 @@ def evaluate(model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, s
         batch_size=batch_size,
         nll_batch_size=nll_batch_size,
         subset=subset,
+        comm=comm,
     )[0]
 
 
 def evaluate_report(
-    model, x, *, k=5000, seed=0, batch_size=1000, nll_batch_size=100, subset=0, split="test"
-) -> tuple[dict, list]:
+    model,
+    x,
+    *,
+    k=5000,
+    seed=0,
+    batch_size=1000,
+    nll_batch_size=100,
+    subset=0,
+    split="test",
+    comm=None,
+) -> tuple[dict | None, list]:
     """:func:`evaluate`, and the lines ``lvmcore eval`` prints (each naming ``split``).
 
     Returns
     -------
     result : dict
-        As :func:`evaluate`.
+        As :func:`evaluate` (None on the processes other than rank 0 of ``comm``).
     lines : list of str
+        Empty on the processes other than rank 0.
     """
     f = "evaluate"
+    comm = _check_comm(comm, f)
     k = check_param(k, "k", f, kind="int", low=0, low_inclusive=True)
     seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
     batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
@@ -171,6 +236,10 @@ def evaluate_report(
     if x.dtype != model.dtype:
         x = x.astype(model.dtype)
     x = model.xp.asarray(x)  # the one copy to the model's device
+    if not comm.is_root:  # the other processes take part in the K-sample log-likelihood only
+        if k > 0 and model.has_log_likelihood:
+            _nll_rows(model, x, k, seed, nll_batch_size, subset, comm)
+        return None, []
 
     # The bound the model trains: the ELBO for a VAE, the K-sample bound for an IWAE.
     bound = to_numpy(
@@ -215,21 +284,7 @@ def evaluate_report(
             f"importance-sampled log-likelihood"
         )
     elif k > 0:
-        xs = x
-        if subset and subset < n:
-            pick = np.sort(
-                np.random.default_rng([seed, SUBSET_STREAM]).choice(n, subset, replace=False)
-            )
-            xs = x[model.xp.asarray(pick)]
-        ll = to_numpy(
-            model.log_likelihood(
-                xs,
-                np.random.default_rng([seed, 0, 0, NLL_STREAM]),
-                k=k,
-                batch_size=nll_batch_size,
-            ),
-            np.float64,
-        )
+        ll = to_numpy(_nll_rows(model, x, k, seed, nll_batch_size, subset, comm), np.float64)
         result.update(
             nll=float(-ll.mean()), nll_sem=standard_error(ll), nll_k=k, nll_n=int(ll.size)
         )
@@ -242,3 +297,19 @@ def evaluate_report(
             + " ".join(f"{v:.2f}" for v in kl_dims)
         )
     return result, lines
+
+
+def _nll_rows(model, x, k, seed, nll_batch_size, subset, comm):
+    """The K-sample log-likelihood of the report's rows (a seeded subset of x, or all of it);
+    collective over ``comm``, the result on rank 0 (None elsewhere)."""
+    n = x.shape[0]
+    xs = x
+    if subset and subset < n:
+        pick = np.sort(
+            np.random.default_rng([seed, SUBSET_STREAM]).choice(n, subset, replace=False)
+        )
+        xs = x[model.xp.asarray(pick)]
+    rng = np.random.default_rng([seed, 0, 0, NLL_STREAM])
+    if comm.size == 1:
+        return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size)
+    return model.log_likelihood(xs, rng, k=k, batch_size=nll_batch_size, comm=comm)

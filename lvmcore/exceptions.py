@@ -26,3 +26,9 @@ class TrainingDivergedError(RuntimeError):
 
 class PerformanceWarning(UserWarning):
     """A slower code path was taken; the message says why and how to avoid it."""
+
+
+class RuntimeDifferenceWarning(UserWarning):
+    """A checkpoint was written under another runtime (BLAS library or thread count, NumPy
+    version, device, ...) than the one resuming or evaluating it: results may differ in the
+    last digits. The message lists each difference."""

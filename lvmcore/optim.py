@@ -7,9 +7,22 @@ sees the new values without copying. Their state is a flat dict of arrays
 """
 
 import math
+from collections.abc import Mapping
 
-from ._validation import check_param, get_xp
+from ._validation import check_array, check_param, check_same_device, get_xp
 from .backend import get_backend
+from .exceptions import InvalidParameterError
+
+
+def _check_grads_mapping(grads, func, name="grads"):
+    if not isinstance(grads, Mapping):
+        raise TypeError(
+            f"{func}: expected {name} to be a dict of name -> array (e.g. "
+            f"model.gradients()), got {type(grads).__name__}."
+        )
+    for k, g in grads.items():
+        check_array(g, f"{name}[{k!r}]", func, finite=False)
+    return grads
 
 
 def clip_grad_norm(grads, max_norm):
@@ -17,8 +30,16 @@ def clip_grad_norm(grads, max_norm):
 
     Returns the norm before clipping. Non-finite norms are returned unscaled so the
     caller can detect divergence rather than silently zeroing gradients.
+
+    Parameters
+    ----------
+    grads : dict of str -> ndarray
+        float32 or float64 arrays, scaled in place.
+    max_norm : float in (0, inf)
     """
-    max_norm = check_param(max_norm, "max_norm", "clip_grad_norm", low=0)
+    f = "clip_grad_norm"
+    _check_grads_mapping(grads, f)
+    max_norm = check_param(max_norm, "max_norm", f, low=0)
     total = math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values()))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / total
@@ -28,23 +49,77 @@ def clip_grad_norm(grads, max_norm):
 
 
 class Optimizer:
+    """Base of the optimizers: the parameter and gradient dicts, the step count, the state.
+
+    Construction checks what the in-place update relies on: ``params`` and ``grads`` are
+    dicts with the same keys; every parameter is a writeable, C-contiguous float32 or
+    float64 array (an update of a strided view or of an integer array would go to a copy,
+    and the parameter would silently stay unchanged); every gradient has its parameter's
+    shape, dtype and array library. ``step`` repeats the cheap part of that check (shapes,
+    dtypes and the gradient arrays present), so a gradient replaced by one of another shape
+    is an error, never an out-of-bounds read or a silently broadcast update.
+    """
+
     def __init__(self, params, grads, lr, clip_norm=None):
+        name = type(self).__name__
+        for arg, d in (("params", params), ("grads", grads)):
+            if not isinstance(d, Mapping):
+                raise TypeError(
+                    f"{name}: expected {arg} to be a dict of name -> array (e.g. "
+                    f"model.parameters() and model.gradients()), got {type(d).__name__}."
+                )
         if set(params) != set(grads):
             raise ValueError(
-                f"{type(self).__name__}: expected params and grads with the same "
+                f"{name}: expected params and grads with the same "
                 f"keys, got {sorted(set(params) ^ set(grads))} in only one."
             )
+        if not params:
+            raise ValueError(f"{name}: expected at least one parameter, got an empty params.")
+        for k, p in params.items():
+            pn = f"params[{k!r}]"
+            check_array(p, pn, name, finite=False)
+            # CuPy arrays have no writeable flag: device memory is always writeable
+            writeable = getattr(p.flags, "writeable", True)
+            if not p.flags.c_contiguous or not writeable:
+                what = "a read-only" if not writeable else "a strided"
+                raise ValueError(
+                    f"{name}: expected {pn} to be a writeable C-contiguous array (it is "
+                    f"updated in place), got {what} array of shape {tuple(p.shape)}. Keep the "
+                    f"parameter in its own contiguous array (numpy.ascontiguousarray) and hand "
+                    f"that to the model."
+                )
+        arrays = list(params.values()) + list(grads.values())
+        check_same_device(
+            arrays, [f"params[{k!r}]" for k in params] + [f"grads[{k!r}]" for k in grads], name
+        )
         self.params, self.grads = params, grads
-        self.lr = check_param(lr, "lr", type(self).__name__, low=0)
+        self._check_grads(name)
+        self.lr = check_param(lr, "lr", name, low=0)
         self.clip_norm = (
-            None
-            if clip_norm is None
-            else check_param(clip_norm, "clip_norm", type(self).__name__, low=0)
+            None if clip_norm is None else check_param(clip_norm, "clip_norm", name, low=0)
         )
         self.t = 0
 
+    def _check_grads(self, func):
+        """Every gradient present, an array of its parameter's shape and dtype: O(#params)."""
+        grads = self.grads
+        for k, p in self.params.items():
+            g = grads.get(k) if isinstance(grads, Mapping) else None
+            if g is None:
+                raise ValueError(f"{func}: expected a gradient for parameter {k!r}, got none.")
+            if getattr(g, "shape", None) != p.shape or getattr(g, "dtype", None) != p.dtype:
+                gn = f"grads[{k!r}]"
+                check_array(g, gn, func, finite=False)
+                raise ValueError(
+                    f"{func}: expected {gn} to have its parameter's shape {tuple(p.shape)} and "
+                    f"dtype {p.dtype} (those of params[{k!r}]), got shape {tuple(g.shape)} and "
+                    f"dtype {g.dtype}. Accumulate into model.gradients(); never replace its "
+                    f"arrays."
+                )
+
     def step(self):
         """Apply one update; returns the gradient norm when clipping is on, else None."""
+        self._check_grads(f"{type(self).__name__}.step")
         norm = clip_grad_norm(self.grads, self.clip_norm) if self.clip_norm else None
         self.t += 1
         for k, p in self.params.items():
@@ -59,7 +134,43 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state):
-        self.t = int(state["t"])
+        """Load a ``state_dict()``: the step count ``t`` and every buffer, same keys and shapes.
+
+        Raises ValueError for a missing, unknown or mis-shaped entry, a negative step count
+        or non-finite values, TypeError for entries that are not real arrays.
+        """
+        f = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{f}: expected state to be a dict, got {type(state).__name__}.")
+        want = {"t"} | {f"{n}.{k}" for n, buf in self._buffers().items() for k in buf}
+        missing, extra = sorted(want - set(state)), sorted(set(state) - want)
+        if missing or extra:
+            raise ValueError(
+                f"{f}: expected state with the keys of this optimizer's state_dict(), got "
+                f"{len(missing)} missing ({missing[:4]}) and {len(extra)} unknown "
+                f"({extra[:4]}). Load the state of an optimizer of the same kind over the "
+                f"same parameters."
+            )
+        t = state["t"]
+        t_arr = t if hasattr(t, "dtype") else None
+        ok = (t_arr is not None and t_arr.shape == () and t_arr.dtype.kind in "iu") or (
+            isinstance(t, int) and not isinstance(t, bool)
+        )
+        if not ok or int(t) < 0:
+            raise ValueError(
+                f"{f}: expected state['t'] to be a non-negative integer step count, got {t!r}."
+            )
+        for name, buf in self._buffers().items():
+            for k, v in buf.items():
+                key = f"{name}.{k}"
+                a = state[key]
+                check_array(a, f"state[{key!r}]", f, shape=tuple(v.shape))
+                if a.dtype != v.dtype:
+                    raise TypeError(
+                        f"{f}: expected state[{key!r}] to have dtype {v.dtype} (its "
+                        f"parameter's), got {a.dtype}."
+                    )
+        self.t = int(t)
         for name, buf in self._buffers().items():
             for k, v in buf.items():
                 v[...] = get_xp(v).asarray(state[f"{name}.{k}"])  # host state onto the device
@@ -108,11 +219,20 @@ class Adam(Optimizer):
     ):
         super().__init__(params, grads, lr, clip_norm)
         self.backend = backend
+        try:
+            pair = tuple(betas)
+        except TypeError:
+            pair = ()
+        if len(pair) != 2:
+            raise InvalidParameterError(
+                f"The 'betas' parameter of Adam must be a pair (beta1, beta2) of floats in "
+                f"[0, 1). Got {betas!r} instead."
+            )
         self.beta1 = check_param(
-            betas[0], "betas[0]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
+            pair[0], "betas[0]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
         )
         self.beta2 = check_param(
-            betas[1], "betas[1]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
+            pair[1], "betas[1]", "Adam", low=0, low_inclusive=True, high=1, high_inclusive=False
         )
         self.eps = check_param(eps, "eps", "Adam", low=0)
         self.m = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
@@ -122,6 +242,8 @@ class Adam(Optimizer):
         return {"m": self.m, "v": self.v}
 
     def step(self):
+        """Apply one fused update per parameter; returns the gradient norm when clipping."""
+        self._check_grads("Adam.step")
         norm = clip_grad_norm(self.grads, self.clip_norm) if self.clip_norm else None
         self.t += 1
         # bias corrections folded into the step size and epsilon:

@@ -6,10 +6,12 @@ displayed, and neither pyplot's global figure list nor the session's backend is 
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
 from ._validation import to_numpy
+from .checkpoint import create_temp
 
 __all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds", "plot_code_usage"]
 
@@ -76,8 +78,21 @@ def _show_grid(ax, grid, title):
 
 
 def _save(fig, path):
+    """Write ``fig`` to ``path`` atomically: into a temporary file beside it, then a rename.
+
+    A reader (or a crash mid-write) never sees a half-written picture, and an existing file at
+    ``path`` stays intact if drawing fails. The format follows the suffix (PNG without one).
+    """
     path = os.fspath(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

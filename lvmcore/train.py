@@ -26,8 +26,21 @@ Steps. ``fit`` reads as its steps: ``_prepare_run`` (check the data, ``_make_opt
 a fresh run folder or load the checkpoint to resume), then per epoch ``_train_epoch`` (each step
 ``_step_gradients`` computes the loss and gradients, ``_apply_update`` refuses a non-finite one
 or steps the optimizer), ``_validate`` and ``_checkpoint_epoch``, and at the end
-``write_pictures``. A data-parallel run goes between ``_step_gradients`` and ``_apply_update``
-(all-reduce the gradients, reduce the step statistics) and lets only one process write files.
+``write_pictures``.
+
+Data-parallel runs (``comm=``, ``lvmcore train --distributed`` under ``mpiexec -n P``): every
+process holds the whole data set and runs the same loop. In ``_step_gradients`` each takes its
+rows of the global batch (``lvmcore.distributed.shard_rows``: contiguous, uneven when P does
+not divide B, as ``numpy.array_split``) and, through the model contract's seams, the matching
+rows of the global batch's noise (``_step_noise``) and the whole batch's rows of every batch
+statistic (``_batch_rows``); its gradients, those of its rows' mean, enter one in-place
+all-reduce of the flat gradient buffer with weight rows / B, and the loss and statistics are
+reduced the same way, so ``_apply_update`` sees the same numbers on every process and the
+unchanged optimizer step keeps the parameters equal (the single-process run's to float
+rounding, whatever P). A process without rows (B < P, the short last batch of an epoch) runs
+one stand-in row with weight 0. Rank 0 alone writes the run folder and decides what depends on
+it (an earlier run, the checkpoint to resume), sharing the outcome; the data are checksummed at
+the start and the parameters after every epoch; the validation bound is computed on rank 0.
 
 The model is used through the contract of :mod:`lvmcore.models.base` only.
 """
@@ -44,8 +57,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._validation import check_array, check_binary, check_param, get_xp
+from ._validation import check_array, check_binary, check_param, get_xp, to_numpy
 from .checkpoint import create_temp, load_checkpoint, save_checkpoint
+from .distributed import (
+    BatchShard,
+    Communicator,
+    FlatGradients,
+    SingleProcess,
+    check_data,
+    check_parameters,
+    shard_rows,
+)
 from .exceptions import InvalidParameterError, TrainingDivergedError
 from .models.base import Model
 from .optim import SGD, Adam
@@ -120,6 +142,7 @@ def fit(
     progress=True,
     eval_batch_size=1000,
     data_source=None,
+    comm=None,
 ):
     """Train ``model`` on ``dataset.train`` and track its bound on ``dataset.valid``.
 
@@ -168,6 +191,10 @@ def fit(
     data_source : str, optional
         How to load the data again (``"digits"``, ``"mnist"`` or a path), recorded in the
         checkpoint for ``lvmcore eval``; defaults to ``dataset.name`` for the embedded digits.
+    comm : lvmcore.distributed.Communicator, optional
+        Train data-parallel over its processes (module docstring): every process calls ``fit``
+        with the same model, data and arguments. One process when None. The model's gradient
+        arrays are rebound to views of one flat buffer (``FlatGradients.bind``).
 
     Returns
     -------
@@ -191,6 +218,10 @@ def fit(
         checkpoint in ``out_dir`` stays the one of the last finished epoch (named in the
         message and in the exception's ``checkpoint`` attribute).
 
+    With ``comm``, each of these is raised on every process alike
+    (``lvmcore.distributed.raised_on_every_rank``), as is a ValueError when the processes'
+    data or parameters differ (checksums at the start and after every epoch).
+
     Notes
     -----
     A fresh run (not ``resume``) first calls ``model.init_output_bias(dataset.train)``. Each
@@ -199,8 +230,14 @@ def fit(
     once here, and ``loss_and_grads`` is called with ``validate=False``.
     """
     f = "fit"
-    hyper = _check_hyper(
-        f,
+    if comm is None:
+        comm = SingleProcess()
+    elif not isinstance(comm, Communicator):
+        raise TypeError(
+            f"{f}: expected comm to be a lvmcore.distributed.Communicator or None, got "
+            f"{type(comm).__name__}. Make one with lvmcore.distributed.get_communicator()."
+        )
+    hyper = dict(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -212,18 +249,15 @@ def fit(
         kl_warmup_epochs=kl_warmup_epochs,
         eval_batch_size=eval_batch_size,
     )
-    if resume and out_dir is None:
-        raise ValueError(
-            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
-            f"folder of the run to continue."
-        )
-    run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, f)
+    # checked on every process, so that a bad value stops every one of them alike
+    hyper = comm.run_everywhere(_check_arguments, f, hyper, resume, out_dir)
+    run = _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f)
     from tqdm.auto import tqdm
 
     with tqdm(
         total=hyper["epochs"] * run.steps_per_epoch,
         initial=run.step,
-        disable=not progress,
+        disable=not progress or not comm.is_root,
         unit="step",
         dynamic_ncols=True,
         leave=True,
@@ -236,7 +270,7 @@ def fit(
             run.history.append(record)
             _checkpoint_epoch(run, epoch)
 
-    if run.out is not None:
+    if run.out is not None and comm.is_root:
         write_pictures(model, run.valid, run.shape, run.history, run.out, hyper["seed"])
     return [dict(r) for r in run.history]
 
@@ -265,6 +299,8 @@ class _Run:
     start_epoch: int  # the first epoch this call trains (1-based)
     step: int  # global steps taken
     last_good: Path | None  # the checkpoint of the last finished epoch, if any
+    comm: Communicator = field(default_factory=SingleProcess)
+    flat: FlatGradients | None = None  # the gradients' one buffer, in a data-parallel run
     grad_list: list = field(default_factory=list)
     valid_note: str = ""  # progress-bar suffix
 
@@ -273,8 +309,20 @@ class _Run:
         return None if self.out is None else self.out / CHECKPOINT
 
 
-def _check_hyper(f, **hyper):
-    """Validate fit's hyper-parameters; returns them (as the checkpoint stores them)."""
+def _check_arguments(f, hyper, resume, out_dir):
+    """Validate fit's hyper-parameters and that a resumed run names its folder."""
+    hyper = _check_hyper(f, hyper)
+    if resume and out_dir is None:
+        raise ValueError(
+            f"{f}: expected out_dir with resume=True, got out_dir=None. Pass the "
+            f"folder of the run to continue."
+        )
+    return hyper
+
+
+def _check_hyper(f, hyper):
+    """Validate fit's hyper-parameters (a dict, updated in place); returns them (as the
+    checkpoint stores them)."""
     pos_int = dict(kind="int", low=1, low_inclusive=True)
     hyper["epochs"] = check_param(hyper["epochs"], "epochs", f, **pos_int)
     hyper["batch_size"] = check_param(hyper["batch_size"], "batch_size", f, **pos_int)
@@ -315,13 +363,22 @@ def _make_optimizer(model, hyper):
     )
 
 
-def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, f):
+def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source, comm, f):
     """Check the data, make the optimizer, and start a fresh run folder or load the checkpoint
-    of the run to resume (parameters, optimizer state, history)."""
+    of the run to resume (parameters, optimizer state, history). In a data-parallel run the
+    data are checked on every process and compared by checksum, the gradients bound to one
+    flat buffer, and the run folder handled on rank 0, which shares the outcome."""
     xp = get_xp(*model.parameters().values())
-    train, valid = _check_dataset(model, dataset, xp, f)
+    train, valid = comm.run_everywhere(_check_dataset, model, dataset, xp, f)
+    # any communicator but SingleProcess takes the data-parallel path, even of one process
+    # (mpiexec -n 1 on one GPU: the NCCL all-reduce at world size 1)
+    distributed = not isinstance(comm, SingleProcess)
+    if distributed:
+        check_data(comm, {"train": train, "valid": valid})
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / hyper["batch_size"])
+    # the views of one buffer are the gradients the optimizer holds: bind before making it
+    flat = FlatGradients.bind(model) if distributed else None
     opt = _make_optimizer(model, hyper)
     name = getattr(dataset, "name", None)
     shape = getattr(dataset, "shape", None)
@@ -350,20 +407,51 @@ def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source,
         start_epoch=1,
         step=0,
         last_good=None,
+        comm=comm,
+        flat=flat,
     )
     if resume:
-        run.history, run.start_epoch, run.step = _resume(
-            run.ckpt_path, model, opt, hyper, data_info, f
+        run.history, run.start_epoch, run.step, arrays = comm.run_on_root(
+            _resume_on_root, run, distributed, f
         )
-        _write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in run.history))
+        if arrays is not None and not comm.is_root:
+            model.load_parameters(arrays[0])
+            opt.load_state_dict(arrays[1])
         run.last_good = run.ckpt_path
     else:
         if out is not None:
-            _start_fresh(out, overwrite, f)
+            comm.run_on_root(_start_fresh, out, overwrite, f)
         model.init_output_bias(train)
+    if distributed:
+        check_parameters(comm, _run_state(run), when="at the start")
     run.grad_list = list(model.gradients().values())
     run.xbuf = xp.empty_like(train)  # (N, D), reused per epoch
     return run
+
+
+def _resume_on_root(run, distributed, f):
+    """Rank 0's part of a resume: load the checkpoint into the model and optimizer and rewrite
+    the metrics; returns (history, next epoch, step, arrays), ``arrays`` the parameters and
+    optimizer state (host copies) for the other processes in a data-parallel run."""
+    history, start_epoch, step = _resume(
+        run.ckpt_path, run.model, run.opt, run.hyper, run.data_info, f
+    )
+    _write_text_atomic(run.out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    arrays = None
+    if distributed:
+        arrays = (
+            {k: to_numpy(v) for k, v in run.model.parameters().items()},
+            {k: to_numpy(v) for k, v in run.opt.state_dict().items()},
+        )
+    return history, start_epoch, step, arrays
+
+
+def _run_state(run):
+    """The arrays every process must hold alike: parameters (state arrays included) and the
+    optimizer's state."""
+    state = dict(run.model.parameters())
+    state.update({f"optim/{k}": v for k, v in run.opt.state_dict().items()})
+    return state
 
 
 def _train_epoch(run, epoch, bar):
@@ -408,49 +496,92 @@ def _train_epoch(run, epoch, bar):
 def _step_gradients(run, xb, rng, kl_weight):
     """Compute one step's loss and gradients into ``model.gradients()``; returns (loss, stats).
 
-    The data were validated once by ``fit``, so the model does not check them again. This is
-    where a data-parallel run would all-reduce the gradients (weighted by each process's share
-    of the rows) and reduce the statistics, before :func:`_apply_update`.
+    The data were validated once by ``fit``, so the model does not check them again. In a
+    data-parallel run this process computes the gradients of its rows' mean (its shard of the
+    batch ``xb``), and they are all-reduced with weight rows / B into the gradients of the
+    batch mean; the loss and the statistics are reduced alike (:func:`_reduce_step`).
     """
-    return run.model.loss_and_grads(xb, rng, kl_weight=kl_weight, validate=False)
+    model = run.model
+    if run.flat is None:
+        return model.loss_and_grads(xb, rng, kl_weight=kl_weight, validate=False)
+    comm, B = run.comm, xb.shape[0]
+    shard = BatchShard(comm, B, *shard_rows(B, comm.rank, comm.size))
+    with model._data_parallel(shard):
+        loss, stats = model.loss_and_grads(
+            xb[shard.local_slice], rng, kl_weight=kl_weight, validate=False
+        )
+    if not shard.rows:
+        model.zero_grad()  # the stand-in row's gradients have weight 0: exactly nothing
+    run.flat.allreduce(comm, scale=shard.share)
+    return _reduce_step(comm, shard, loss, stats)
+
+
+def _reduce_step(comm, shard, loss, stats):
+    """The batch mean of a step's loss and statistics from every process's mean over its rows:
+    sum_r (rows_r / B) value_r, folded in rank order, so every process gets the same bits."""
+    parts = comm.allgather((shard.rows, float(loss), {k: float(v) for k, v in stats.items()}))
+    total, sums = 0.0, dict.fromkeys(stats, 0.0)
+    for rows, part_loss, part_stats in parts:
+        if rows:  # a stand-in row counts for nothing, even a non-finite one
+            w = rows / shard.batch_size
+            total += w * part_loss
+            for k, v in part_stats.items():
+                sums[k] += w * v
+    return total, sums
 
 
 def _apply_update(run, loss, epoch, s):
     """Refuse a non-finite loss or gradient (the update is then not applied), else step the
-    optimizer."""
+    optimizer. In a data-parallel run loss and gradients are the all-reduced ones, so every
+    process takes the same decision."""
     ok, norm = _finite_loss_and_grads(loss, run.grad_list)
     if not ok:
         what = (
             f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss:.6g})"
         )
-        raise _diverged("fit", what, epoch, s + 1, run.steps_per_epoch, run.step, run.last_good)
+        with run.comm.raising_together():
+            raise _diverged("fit", what, epoch, s + 1, run.steps_per_epoch, run.step, run.last_good)
     run.opt.step()
 
 
 def _validate(run, epoch, record):
     """The mean bound on the validation split, with the same noise every epoch
-    (``[seed, 0, 0, 2]``: common random numbers), into ``record["valid_bound"]``."""
+    (``[seed, 0, 0, 2]``: common random numbers), into ``record["valid_bound"]``. Computed
+    on rank 0 and shared in a data-parallel run."""
     if not run.valid.shape[0]:
         return
-    rng = np.random.default_rng([run.hyper["seed"], 0, 0, _VALID])
-    vb = float(run.model.bound(run.valid, rng, batch_size=run.hyper["eval_batch_size"]).mean())
-    if not math.isfinite(vb):
-        raise _diverged(
-            "fit",
-            f"validation bound {vb}",
-            epoch,
-            run.steps_per_epoch,
-            run.steps_per_epoch,
-            run.step,
-            run.last_good,
+
+    def valid_bound():
+        rng = np.random.default_rng([run.hyper["seed"], 0, 0, _VALID])
+        return float(
+            run.model.bound(run.valid, rng, batch_size=run.hyper["eval_batch_size"]).mean()
         )
+
+    vb = valid_bound() if run.comm.size == 1 else run.comm.run_on_root(valid_bound)
+    if not math.isfinite(vb):
+        with run.comm.raising_together():
+            raise _diverged(
+                "fit",
+                f"validation bound {vb}",
+                epoch,
+                run.steps_per_epoch,
+                run.steps_per_epoch,
+                run.step,
+                run.last_good,
+            )
     record["valid_bound"] = vb
     run.valid_note = f", valid {vb:.3f}"
 
 
 def _checkpoint_epoch(run, epoch):
-    """Replace the checkpoint atomically and append the epoch's record to the metrics."""
+    """Replace the checkpoint atomically and append the epoch's record to the metrics (rank 0
+    of a data-parallel run, after comparing every process's parameters)."""
+    if run.flat is not None:
+        check_parameters(run.comm, _run_state(run), when=f"after epoch {epoch}")
     if run.out is None:
+        return
+    if not run.comm.is_root:
+        run.last_good = run.ckpt_path
         return
     state = dict(
         epoch=epoch,

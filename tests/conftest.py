@@ -1,3 +1,13 @@
+import os
+from pathlib import Path
+
+# Numba's on-disk cache in one folder inside the checkout (ignored by git), set before anything
+# imports numba: the compiled kernels then survive between test runs, and the subprocesses the
+# CLI and MPI tests start find what this process compiled.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".numba_cache")
+)
+
 import numpy as np
 import pytest
 

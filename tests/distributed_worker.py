@@ -3,8 +3,11 @@ tests/distributed_worker.py SCENARIO``.
 
 Scenarios: ``suite`` (collectives, checksums, sharded evaluation, data-parallel training, the
 NCCL path on the CUDA emulator), ``nccl`` (that last part alone), ``abort`` (rank 1 raises while
-the others wait in a barrier). Rank 0 prints one line ``RESULT <json>``; a failed check is a
-value in the JSON, not an exception, so one run reports every check.
+the others wait in a barrier), ``families`` (``fit(comm=)`` against one process for every model
+family, the naive local batch statistics, variable-length gathers, sharded log-likelihoods),
+``emulated`` (``fit(comm=)`` of a VAE on the CUDA emulator, gradients through the emulated
+NCCL). Rank 0 prints one line ``RESULT <json>``; a failed check is a value in the JSON, not an
+exception, so one run reports every check.
 """
 
 import json
@@ -251,6 +254,229 @@ def suite(comm):
     return out
 
 
+# Every model family, float64, small: (name, constructor keyword arguments). The runs train
+# 2 epochs of 64 rows in batches of 31 (31, 31, 2: uneven over 2 and 3 ranks, and a last batch
+# that leaves a rank without rows at P = 3).
+FAMILIES = {
+    # a floor between the batch-mean KLs of the dimensions, and between the halves' means of
+    # some: a rank's own rows would hold other dimensions at the floor than the whole batch
+    "vae-free-bits": ("vae", dict(latent_dim=6, free_bits=0.11)),
+    "vae-sampled-free-bits": ("vae", dict(latent_dim=6, kl="sampled", n_samples=2, free_bits=0.11)),
+    "iwae-iwae": ("iwae", dict(latent_dim=4, k=3, estimator="iwae")),
+    "iwae-stl": ("iwae", dict(latent_dim=4, k=3, estimator="stl")),
+    "iwae-dreg": ("iwae", dict(latent_dim=4, k=3, estimator="dreg")),
+    "catvae-gumbel": ("catvae", dict(n_latents=3, n_categories=4, estimator="gumbel")),
+    "catvae-reinforce": ("catvae", dict(n_latents=3, n_categories=4, estimator="reinforce")),
+    "catvae-nvil": ("catvae", dict(n_latents=3, n_categories=4, estimator="nvil")),
+    "catvae-vimco": ("catvae", dict(n_latents=3, n_categories=4, estimator="vimco", k=3)),
+    "vqvae-loss": ("vqvae", dict(codes=12, slots=2, code_dim=3, codebook_update="loss")),
+    "vqvae-ema-reset": (
+        "vqvae",
+        dict(
+            codes=24,
+            slots=2,
+            code_dim=3,
+            codebook_update="ema",
+            dead_code_steps=2,
+            reset_dead_codes=True,
+        ),
+    ),
+}
+# The same runs with each rank's batch statistics taken over its own rows only: the mistake
+# the tests must catch.
+NAIVE = ("vae-free-bits", "catvae-nvil", "vqvae-ema-reset")
+
+
+def _family_model(name):
+    from lvmcore.models import build_model
+
+    kind, kw = FAMILIES[name]
+    kw = dict(kw, hidden=(16,))
+    if kind == "catvae" and kw["estimator"] == "nvil":
+        kw["baseline_hidden"] = 8
+    return build_model(dict(model=kind, data_dim=64, dtype="float64", seed=3, **kw))
+
+
+def _family_fit(name, comm, naive=False):
+    """Parameters (host copies) after 2 epochs of fit, and whether check_parameters raised."""
+    from lvmcore.data import Dataset, load_dataset
+    from lvmcore.train import fit
+
+    d = load_dataset("digits")
+    data = Dataset(d.train[:64], d.valid[:20], d.test[:1], d.name, d.shape)
+    model = _family_model(name)
+    if naive:
+        model._batch_rows = lambda array, axis=0: array  # local statistics: wrong
+    drifted = False
+    try:
+        fit(model, data, epochs=2, batch_size=31, lr=3e-3, progress=False, comm=comm, seed=4)
+    except ValueError as exc:
+        if "check_parameters" not in str(exc):
+            raise
+        drifted = True
+    return {k: np.array(v) for k, v in model.parameters().items()}, drifted
+
+
+def _rel_diff(got, want):
+    return max(
+        float(np.max(np.abs(got[k] - want[k])) / max(1e-30, float(np.max(np.abs(want[k])))))
+        for k in want
+    )
+
+
+def families(comm):
+    """fit(comm=) of every model family against fit in one process, and the naive version."""
+    from lvmcore.distributed import SingleProcess
+
+    P, r = comm.size, comm.rank
+    names = list(FAMILIES)
+    # the one-process references, shared out among the ranks
+    mine = {n: _family_fit(n, SingleProcess())[0] for i, n in enumerate(names) if i % P == r}
+    refs = {}
+    for part in comm.allgather(mine):
+        refs.update(part)
+    out = {"params": {}, "naive": {}, "naive_drifted": {}}
+    for n in names:
+        got, drifted = _family_fit(n, comm)
+        out["params"][n] = None if drifted else _rel_diff(got, refs[n])
+    for n in NAIVE:
+        got, drifted = _family_fit(n, comm, naive=True)
+        out["naive"][n] = _rel_diff(got, refs[n])
+        out["naive_drifted"][n] = drifted
+    out["gather"] = gathers(comm)
+    out["log_likelihood"] = sharded_log_likelihoods(comm)
+    out["emulated"] = emulated(comm)
+    return out
+
+
+def gathers(comm):
+    """allgather_rows: uneven blocks, other axes, int and bool dtypes, a rank contributing
+    nothing."""
+    P, r = comm.size, comm.rank
+    out = {}
+    rows = [np.arange(3 * q, 3 * q + q + 1, dtype=np.float64) for q in range(P)]
+    got = comm.allgather_rows(rows[r])
+    out["uneven_1d"] = bool(np.array_equal(got, np.concatenate(rows)))
+    a = np.arange(2 * (r + 1) * 3).reshape(2, r + 1, 3) + 100 * r  # batch on axis 1, int64
+    got = comm.allgather_rows(a, axis=1)
+    want = np.concatenate(
+        [np.arange(2 * (q + 1) * 3).reshape(2, q + 1, 3) + 100 * q for q in range(P)], axis=1
+    )
+    out["axis_1_int64"] = bool(got.dtype == np.int64 and np.array_equal(got, want))
+    flags = np.array([True, r % 2 == 0, False])
+    got = comm.allgather_rows(flags, count=0 if r == 1 else 3)
+    want = np.concatenate([np.array([True, q % 2 == 0, False]) for q in range(P) if q != 1])
+    out["bool_count"] = bool(got.dtype == np.bool_ and np.array_equal(got, want))
+    try:
+        comm.allgather_rows(np.zeros((2, 3 + (r == P - 1))))
+        out["shape_mismatch_raises"] = False
+    except ValueError as exc:
+        out["shape_mismatch_raises"] = "one dtype and one shape besides axis 0" in str(exc)
+    return out
+
+
+def sharded_log_likelihoods(comm):
+    """model.log_likelihood(comm=) bit-identical to one process for the VAE (Philox by
+    sample) and the categorical VAE (noise keyed by batch and chunk)."""
+    from lvmcore.data import load_dataset
+    from lvmcore.models import VAE, CatVAE
+
+    x = load_dataset("digits").valid[:23].astype(np.float64)
+    out = {}
+    for name, model in (
+        ("vae", VAE(64, 3, (8,), dtype=np.float64)),
+        ("catvae", CatVAE(64, 3, 4, (8,), estimator="vimco", k=2, dtype=np.float64)),
+    ):
+        kw = dict(k=17, batch_size=5, chunk_size=4)
+        got = model.log_likelihood(x, np.random.default_rng(11), comm=comm, **kw)
+        if comm.is_root:
+            ref = model.log_likelihood(x, np.random.default_rng(11), **kw)
+            out[name] = got.tobytes() == ref.tobytes()
+        else:
+            out[name] = got is None
+    return out
+
+
+def emulated(comm):
+    """fit(comm=) of a free-bits VAE on emulated CuPy arrays: the flat device buffer through
+    the emulated NCCL, batch statistics gathered through the host; against the CPU run."""
+    from cuda_emu import fake_cupy
+    from distributed_helpers import install_fake_nccl
+
+    from lvmcore.data import Dataset, load_dataset
+    from lvmcore.distributed import SingleProcess
+    from lvmcore.models import VAE
+    from lvmcore.train import fit
+
+    ok, why = fake_cupy.available()
+    if not ok:
+        return {"skipped": why}
+
+    d = load_dataset("digits")
+    data = Dataset(d.train[:40], d.valid[:10], d.test[:1], d.name, d.shape)
+
+    def run(comm, xp=None):
+        model = VAE(64, 4, (16,), free_bits=0.5, seed=1)
+        if xp is not None:
+            model.to(xp)
+        fit(model, data, epochs=1, batch_size=13, lr=3e-3, progress=False, comm=comm)
+        return {k: (v.get() if xp is not None else v) for k, v in model.parameters().items()}
+
+    ref = run(SingleProcess())
+    with fake_cupy.installed() as cp, install_fake_nccl(cp) as calls:
+        got = run(comm, cp)
+    return {
+        "param_rel_diff": _rel_diff(got, ref),
+        "nccl_calls": len(calls),
+    }
+
+
+def cli(comm):
+    """``lvmcore.cli.main`` on every rank for each command line of the JSON list in
+    ``sys.argv[2]``, recording per rank its exit status, what it printed, and every file it
+    wrote, replaced, removed or made under the folder ``sys.argv[3]`` (an audit hook)."""
+    import contextlib
+    import io
+    import os
+
+    from lvmcore.cli import main as lvmcore_main
+
+    watched = os.path.abspath(sys.argv[3])
+    writes = []
+
+    def under(path):
+        try:
+            path = os.path.abspath(os.fsdecode(path))
+        except TypeError:  # a file descriptor
+            return False
+        return path == watched or path.startswith(watched + os.sep)
+
+    def hook(event, args):
+        if event == "open" and args[0] is not None and under(args[0]):
+            mode, flags = args[1], args[2] or 0
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else False
+            writing |= bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing:
+                writes.append(f"open {os.path.basename(os.fsdecode(args[0]))}")
+        elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir") and under(args[0]):
+            writes.append(f"{event} {os.path.basename(os.fsdecode(args[0]))}")
+
+    sys.addaudithook(hook)
+    out = []
+    for argv in json.loads(sys.argv[2]):
+        writes.clear()
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = lvmcore_main(argv)
+            except SystemExit as exc:
+                status = exc.code
+        mine = {"status": status, "out": stdout.getvalue(), "err": stderr.getvalue()}
+        mine["writes"] = sorted(set(writes))
+        out.append(comm.gather(mine))
+    return out
+
+
 def abort(comm):
     if comm.rank == 1:
         raise RuntimeError("deliberate failure on rank 1")
@@ -258,7 +484,14 @@ def abort(comm):
     return {"finished": True}
 
 
-SCENARIOS = {"suite": suite, "nccl": lambda c: {"nccl": nccl(c)}, "abort": abort}
+SCENARIOS = {
+    "suite": suite,
+    "nccl": lambda c: {"nccl": nccl(c)},
+    "abort": abort,
+    "families": families,
+    "emulated": emulated,
+    "cli": cli,
+}
 
 
 def main():

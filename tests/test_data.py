@@ -17,6 +17,7 @@ from lvmcore.data import (
     load_dataset,
     load_digits_binarized,
 )
+from lvmcore.data import SIZES as MNIST_SIZES
 from lvmcore.exceptions import InvalidParameterError
 
 SHARED_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
@@ -327,6 +328,9 @@ def test_load_dataset_type_error():
 # --------------------------------------------------------------------------------------------
 
 
+_STREAMED = []  # bytes the endless mirror of the server fixture managed to send
+
+
 @pytest.fixture
 def server(tmp_path, rng, monkeypatch):
     """Serve small .amat files on 127.0.0.1; yields (base_url, checksums, splits, requests)."""
@@ -336,6 +340,7 @@ def server(tmp_path, rng, monkeypatch):
     splits = {s: np.loadtxt(served / MNIST_FILES[s], ndmin=2) for s in SIZES}
     checksums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in served.iterdir()}
     requests = []
+    _STREAMED.clear()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -343,6 +348,16 @@ def server(tmp_path, rng, monkeypatch):
 
         def do_GET(self):
             requests.append(self.path)
+            if self.path.startswith("/endless/"):  # a hostile mirror: no length, no end
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(200):  # 200 MiB, unless the client hangs up first
+                        self.wfile.write(bytes(1 << 20))
+                        _STREAMED.append(1 << 20)
+                except OSError:
+                    pass
+                return
             super().do_GET()
 
         def log_message(self, format, *args):  # keep test output quiet
@@ -478,3 +493,76 @@ def test_shared_npz_full_size_amat_round_trip(tmp_path, shared_mnist):
     reread = load_binarized_mnist(tmp_path)
     for split in SIZES:
         np.testing.assert_array_equal(getattr(reread, split), getattr(shared_mnist, split))
+
+
+def _count_writes(monkeypatch):
+    """Record every byte download_binarized_mnist writes to its temporary files."""
+    import lvmcore.data as data_module
+
+    written = []
+    real_fdopen = data_module.os.fdopen
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            written.append(len(b))
+            return self.f.write(b)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(data_module.os, "fdopen", lambda *a, **k: Counting(real_fdopen(*a, **k)))
+    return written
+
+
+def test_download_stops_at_the_expected_size_of_an_endless_stream(tmp_path, server, monkeypatch):
+    # A mirror streaming 200 MiB for a file of known size used to be written out in full
+    # before the checksum failed; now reading stops one byte past the size.
+    base_url, checksums, _, _ = server
+    written = _count_writes(monkeypatch)
+    limit = 3 * (1 << 20) + 5
+    sizes = dict(MNIST_SIZES, **{"binarized_mnist_train.amat": limit})
+    dest = tmp_path / "dest"
+    with pytest.raises(
+        ValueError,
+        match=r"download_binarized_mnist: expected binarized_mnist_train\.amat from "
+        r"http://127\.0\.0\.1:\d+/endless/binarized_mnist_train\.amat to be at most 3145733 "
+        r"bytes, got more \(the stream went on\)\. .* nothing beyond 3145733 bytes was read",
+    ):
+        download_binarized_mnist(dest, base_url + "endless", checksums, progress=False, sizes=sizes)
+    assert sum(written) <= limit
+    assert list(dest.iterdir()) == []  # no file, no temporary
+    assert sum(_STREAMED) < 100 * (1 << 20)  # the client hung up long before the 200 MiB
+
+
+def test_download_refuses_a_longer_content_length_before_reading(tmp_path, server, monkeypatch):
+    base_url, checksums, _, _ = server
+    written = _count_writes(monkeypatch)
+    sizes = dict(MNIST_SIZES, **{"binarized_mnist_valid.amat": 100})
+    dest = tmp_path / "dest"
+    with pytest.raises(
+        ValueError,
+        match=r"expected binarized_mnist_valid\.amat from .* to be at most 100 bytes, got a "
+        r"Content-Length of \d+",
+    ):
+        download_binarized_mnist(dest, base_url, checksums, progress=False, sizes=sizes)
+    assert [p.name for p in dest.iterdir()] == ["binarized_mnist_train.amat"]
+    train_size = (dest / "binarized_mnist_train.amat").stat().st_size
+    assert sum(written) == train_size  # nothing of the valid file was written
+    with pytest.raises(ValueError, match=r"expected sizes to give a positive int"):
+        download_binarized_mnist(dest, base_url, checksums, progress=False, sizes={})
+
+
+def test_default_sizes_are_those_of_the_public_files():
+    # 784 characters "0"/"1" and 784 separators per row
+    assert MNIST_SIZES == {
+        "binarized_mnist_train.amat": 50_000 * 1568,
+        "binarized_mnist_valid.amat": 10_000 * 1568,
+        "binarized_mnist_test.amat": 10_000 * 1568,
+    }

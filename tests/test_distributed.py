@@ -10,6 +10,7 @@ from distributed_helpers import VAELogLikelihoodGrid, local_loss_and_grads
 
 from lvmcore.backend import engine_kernel_threads
 from lvmcore.distributed import (
+    BatchShard,
     Communicator,
     FlatGradients,
     SingleProcess,
@@ -366,3 +367,276 @@ def test_checks_pass_in_one_process():
     model = IWAE(12, 3, (8,), k=2)
     check_parameters(SingleProcess(), model.parameters(), when="after epoch 1")
     check_data(SingleProcess(), {"train": np.zeros((4, 12))})
+
+
+# ------------------------------------------------------------- variable-length gather, decisions
+def test_allgather_rows_in_one_process_is_the_identity_or_the_first_rows():
+    comm = SingleProcess()
+    a = np.arange(12.0).reshape(3, 4)
+    assert comm.allgather_rows(a) is a
+    np.testing.assert_array_equal(comm.allgather_rows(a, axis=1, count=2), a[:, :2])
+    assert comm.allgather_rows(a, count=0).shape == (0, 4)
+    flags = np.array([True, False])
+    assert comm.allgather_rows(flags, axis=-1) is flags
+
+
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (dict(axis=2), ValueError, r"expected axis in \[-2, 2\) for an array of shape \(3, 4\)"),
+        (dict(axis=1.0), TypeError, "expected axis to be an int, got float"),
+        (dict(count=4), ValueError, r"expected count <= 3 \(the rows of array along axis 0\)"),
+        (dict(count=-1), InvalidParameterError, "'count' parameter"),
+    ],
+)
+def test_allgather_rows_bad_input(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        SingleProcess().allgather_rows(np.zeros((3, 4)), **kwargs)
+    with pytest.raises(TypeError, match=r"allgather_rows: expected array to be a numpy"):
+        SingleProcess().allgather_rows([1.0, 2.0])
+
+
+def test_decisions_in_one_process_run_once_and_mark_their_errors():
+    from lvmcore.distributed import raised_on_every_rank
+
+    comm = SingleProcess()
+    calls = []
+    assert comm.run_on_root(lambda a, b: calls.append(a) or a + b, 2, 3) == 5
+    assert comm.run_everywhere(lambda: calls.append(0) or "x") == "x"
+    assert calls == [2, 0]
+    for run in (comm.run_on_root, comm.run_everywhere):
+        with pytest.raises(FileExistsError, match="held") as info:
+            run(lambda: (_ for _ in ()).throw(FileExistsError("held")))
+        assert raised_on_every_rank(info.value)
+    with pytest.raises(KeyError) as info, comm.raising_together():
+        raise KeyError("k")
+    assert raised_on_every_rank(info.value)
+    assert not raised_on_every_rank(KeyError("k"))
+
+
+def test_batch_shard_of_a_rank_without_rows_runs_one_stand_in_row():
+    comm = SingleProcess()
+    shard = BatchShard(comm, 2, *shard_rows(2, 2, 3))
+    assert (shard.rows, shard.share, shard.local_slice) == (0, 0.0, slice(0, 1))
+    shard = BatchShard(comm, 7, *shard_rows(7, 1, 3))
+    assert (shard.start, shard.stop, shard.share, shard.local_slice) == (3, 5, 2 / 7, slice(3, 5))
+
+
+def test_step_noise_of_a_shard_is_its_rows_of_the_global_draw():
+    model = CatVAE(12, n_latents=2, n_categories=3, hidden=(8,), estimator="vimco", k=2)
+    whole = model.draw_noise(np.random.default_rng(4), 7)
+    for r, (start, stop) in enumerate(shard_rows(7, r, 3) for r in range(3)):
+        with model._data_parallel(BatchShard(SingleProcess(), 7, start, stop)):
+            part = model._step_noise(np.random.default_rng(4), stop - start)
+        assert part.tobytes() == np.ascontiguousarray(whole[:, start:stop]).tobytes(), r
+    assert model._shard is None  # the seam is closed again after the block
+
+
+# ------------------------------------------------------------- the reduction point, rank by rank
+class _Recorder(SingleProcess):
+    """One process that records every array a step gathers through _batch_rows."""
+
+    def __init__(self):
+        self.seen = []
+
+    def allgather_rows(self, array, axis=0, count=None):
+        self.seen.append((array.copy(), axis))
+        return array
+
+
+class _Replay(SingleProcess):
+    """Rank ``rank`` of ``size``, simulated in one process: each gather returns the whole batch's
+    array recorded in the one-process step, after checking that this rank's rows are in it at
+    their place (so the replay proves the rows a rank contributes)."""
+
+    def __init__(self, rank, size, recorded, start):
+        self.rank, self.size, self.start = rank, size, start
+        self.recorded = iter(recorded)
+
+    def allgather_rows(self, array, axis=0, count=None):
+        whole, whole_axis = next(self.recorded)
+        assert whole_axis == axis
+        n = array.shape[axis] if count is None else count
+        mine = np.take(array, np.arange(n), axis=axis)
+        theirs = np.take(whole, np.arange(self.start, self.start + n), axis=axis)
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-13)
+        return whole
+
+
+def _free_bits_between_shards(x, P):
+    """A free-bits floor between the whole batch's mean KL of one latent dimension and rank 0's
+    rows' mean of it: that dimension is held at the floor by one and not by the other."""
+    from lvmcore.distributions.kl import kl_normal_std_per_dim
+
+    mu, logvar = VAE(12, 3, (8,), dtype=np.float64).encode(x)
+    kl = kl_normal_std_per_dim(mu, logvar)
+    start, stop = shard_rows(x.shape[0], 0, P)
+    whole, mine = kl.mean(axis=0), kl[start:stop].mean(axis=0)
+    j = int(np.argmax(np.abs(whole - mine)))
+    return float((whole[j] + mine[j]) / 2)
+
+
+_REDUCED = {
+    "vae-free-bits": lambda fb: VAE(12, 3, (8,), free_bits=fb, dtype=np.float64),
+    "vae-sampled-free-bits": lambda fb: VAE(
+        12, 3, (8,), kl="sampled", n_samples=2, free_bits=fb, dtype=np.float64
+    ),
+    "catvae-reinforce": lambda fb: CatVAE(12, 2, 3, (8,), estimator="reinforce", dtype=np.float64),
+    "catvae-nvil": lambda fb: CatVAE(
+        12, 2, 3, (8,), estimator="nvil", baseline_hidden=5, dtype=np.float64
+    ),
+    "vqvae-ema-reset": lambda fb: VQVAE(
+        12,
+        codes=9,
+        slots=2,
+        code_dim=3,
+        hidden=(8,),
+        codebook_update="ema",
+        dead_code_steps=1,
+        reset_dead_codes=True,
+        dtype=np.float64,
+    ),  # fmt: skip
+}
+
+
+def _one_step(model, x, comm, start, stop, naive=False):
+    if naive:  # every rank's statistics over its own rows: the mistake to catch
+        model._batch_rows = lambda array, axis=0: array
+    shard = BatchShard(comm, x.shape[0], start, stop)
+    with model._data_parallel(shard):
+        model.loss_and_grads(x[shard.local_slice], np.random.default_rng(5))
+    return shard
+
+
+@pytest.mark.parametrize("name", list(_REDUCED))
+@pytest.mark.parametrize("B,P", [(9, 2), (7, 3), (2, 3)])
+def test_each_rank_computes_the_whole_batch_statistics_at_the_reduction_point(name, B, P, rng):
+    # Rank by rank, with the gathers replayed from the one-process step: the sum over ranks of
+    # share_r * gradient_r is the one-process gradient, and every rank's state after the step
+    # (EMA codebook and counters, re-seeded codes, moving baselines) is the one-process state.
+    # The same ranks with their own rows' statistics (naive) fail one of the two comparisons.
+    x = _binary(rng, B, 12)
+    fb = _free_bits_between_shards(x, P)
+    one, rec = _REDUCED[name](fb), _Recorder()
+    _one_step(one, x, rec, 0, B)
+    want = {k: g.copy() for k, g in one.gradients().items()}
+    for naive in (False, True):
+        total = {k: np.zeros_like(g) for k, g in want.items()}
+        state_ok = True
+        for r in range(P):
+            model = _REDUCED[name](fb)
+            start, stop = shard_rows(B, r, P)
+            shard = _one_step(model, x, _Replay(r, P, rec.seen, start), start, stop, naive)
+            for k, p in one.parameters().items():
+                state_ok &= np.allclose(model.parameters()[k], p, rtol=1e-12, atol=1e-13)
+            if shard.rows:
+                for k, g in model.gradients().items():
+                    total[k] += shard.share * g
+        grads_ok = all(np.allclose(total[k], g, rtol=1e-10, atol=1e-12) for k, g in want.items())
+        if not naive:
+            assert state_ok and grads_ok, (state_ok, grads_ok)
+        elif B > P or name.startswith("vae"):
+            # (at B=2, P=3 the naive categorical baselines and one-row codebooks can agree)
+            assert not (state_ok and grads_ok), "the naive statistics went unnoticed"
+
+
+def test_vqvae_decides_divergence_over_the_whole_batch(rng):
+    # one rank's rows alone are finite, the batch's are not: both ranks stop with NaN, so both
+    # call the same collectives
+    model = VQVAE(12, codes=5, slots=2, code_dim=3, hidden=(8,), dtype=np.float64)
+    x = _binary(rng, 4, 12)
+    calls = []
+
+    class Comm(SingleProcess):
+        def allgather_rows(self, array, axis=0, count=None):
+            calls.append(array.shape)
+            return np.concatenate([array, np.zeros_like(array)])  # the other rank: not finite
+
+    with model._data_parallel(BatchShard(Comm(), 8, 0, 4)):
+        loss, stats = model.loss_and_grads(x, np.random.default_rng(0))
+    assert np.isnan(loss) and np.isnan(stats["bound"]) and calls == [(4,)]
+
+
+def test_fit_refuses_a_communicator_of_another_kind():
+    from lvmcore.data import load_dataset
+    from lvmcore.train import fit
+
+    with pytest.raises(TypeError, match="fit: expected comm to be a lvmcore.distributed.Commun"):
+        fit(VAE(64, 2, (4,)), load_dataset("digits"), epochs=1, comm="world", progress=False)
+
+
+class _OneProcess(Communicator):
+    """A communicator of one process that is not SingleProcess: fit takes the data-parallel
+    path with it, as with MPICommunicator at world size 1 (mpiexec -n 1, one GPU)."""
+
+    def _allreduce_host(self, buffer):
+        pass
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def allgather(self, obj):
+        return [obj]
+
+
+def test_fit_on_the_data_parallel_path_at_one_process_is_the_plain_run_bit_for_bit():
+    # the flat gradient buffer (views), the reduction of loss and statistics, the shards, the
+    # gathers and the checksums change nothing in one process
+    from lvmcore.data import Dataset, load_dataset
+    from lvmcore.train import fit
+
+    d = load_dataset("digits")
+    data = Dataset(d.train[:50], d.valid[:10], d.test[:1], d.name, d.shape)
+    runs = []
+    for comm in (None, _OneProcess()):
+        model = VQVAE(64, codes=6, slots=2, code_dim=3, hidden=(8,), codebook_update="ema")
+        history = fit(model, data, epochs=2, batch_size=16, progress=False, comm=comm)
+        runs.append(([{k: v for k, v in h.items() if k != "seconds"} for h in history], model))
+    assert runs[0][0] == runs[1][0]
+    assert checksum(runs[0][1].parameters()) == checksum(runs[1][1].parameters())
+    grads = runs[1][1].gradients()  # the second model's gradients are views of one buffer
+    base = grads["encoder.W0"].base
+    assert all(g.base is base for g in grads.values())
+
+
+def test_cli_distributed_without_mpi4py_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    from lvmcore.cli import main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    out = tmp_path / "run"
+    for argv in (
+        ["train", "--distributed", "--out", str(out)],
+        ["eval", str(out), "--distributed"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lvmcore: error: get_communicator: expected mpi4py")
+        assert "pip install 'lvmcore[mpi]'" in err
+    assert not out.exists()
+
+
+def test_cli_moves_each_rank_to_the_gpu_of_its_local_rank_first(monkeypatch):
+    import lvmcore.backend
+    import lvmcore.distributed
+    from lvmcore.cli._common import to_device
+
+    calls = []
+    monkeypatch.setattr(lvmcore.backend, "array_module", lambda device: calls.append(device) or 7)
+    monkeypatch.setattr(lvmcore.distributed, "select_local_device", lambda c: calls.append(c))
+
+    class Model:
+        def to(self, xp):
+            calls.append(("to", xp))
+
+    comm = _OneProcess()
+    comm.size = 2
+    to_device(Model(), "cuda", comm)
+    assert calls == ["cuda", comm, ("to", 7)]
+    calls.clear()
+    to_device(Model(), "cuda", SingleProcess())  # one process: the current device
+    assert calls == ["cuda", ("to", 7)]

@@ -622,3 +622,43 @@ def test_categorical_rejects_bad_inputs():
         r"UniformCategorical",
     ):
         UniformCategorical(0, np.float64)
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        lambda: DiagNormal(np.zeros((2, 3)), np.zeros((2, 3))),
+        lambda: StandardNormal(3, np.float64),
+        lambda: Bernoulli(np.zeros((2, 3))),
+        lambda: Categorical(np.zeros((2, 3))),
+        lambda: UniformCategorical(3, np.float64),
+    ],
+)
+def test_sample_with_a_negative_size_or_a_bad_rng_is_a_clear_error(dist):
+    d = dist()
+    name = type(d).__name__
+    with pytest.raises(
+        InvalidParameterError,
+        match=rf"The 'shape' parameter of {name}.r?sample must be a tuple of non-negative",
+    ):
+        d.sample(np.random.default_rng(0), -1)
+    with pytest.raises(InvalidParameterError, match="Got 'ab' instead"):
+        d.sample(np.random.default_rng(0), "ab")
+    with pytest.raises(TypeError, match=rf"{name}.r?sample: expected rng to be a numpy.random"):
+        d.sample(np.random.RandomState(0), (2,))
+    with pytest.raises(TypeError, match=r"expected rng to be a numpy.random.Generator, got int"):
+        d.sample(3)
+
+
+def test_distribution_arguments_name_the_argument():
+    p = DiagNormal(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"DiagNormal.log_prob: expected value to be a numpy"):
+        p.log_prob([[0.0, 0.0, 0.0]])
+    with pytest.raises(TypeError, match=r"DiagNormal.log_prob: .*got complex128\. lvmcore works"):
+        p.log_prob(np.zeros((2, 3), complex))
+    with pytest.raises(TypeError, match=r"StandardNormal: expected dtype to be float32 or .*None"):
+        StandardNormal(3, None)
+    with pytest.raises(TypeError, match=r"DiagNormal: expected loc .* got float16"):
+        DiagNormal(np.zeros(3, np.float16), np.zeros(3, np.float16))
+    with pytest.raises(TypeError, match=r"Categorical.log_prob: expected value to be an integer"):
+        Categorical(np.zeros(3)).log_prob(np.zeros(2))

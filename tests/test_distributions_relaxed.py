@@ -391,3 +391,48 @@ def test_matches_the_gumbel_softmax_kernel_reference(rng, dtype):
     dl_k, dtau_k = gs.gumbel_softmax_backward_ref(dy, y, 0.4)
     np.testing.assert_allclose(dl, dl_k, **tol)
     assert float(dtau) == pytest.approx(dtau_k, rel=1e-4 if dtype == np.float32 else 1e-10)
+
+
+# --- one Gumbel-Softmax: the distribution runs the kernel ---------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hard", [False, True])
+def test_rsample_is_the_gumbel_softmax_kernel_on_one_philox_key(backend, dtype, hard, rng):
+    import kernels
+    from lvmcore import noise
+    from lvmcore.backend import use_backend
+
+    logits = rng.standard_normal((4, 6)).astype(dtype)
+    d = RelaxedCategorical(logits, 0.6)
+    with use_backend(backend):
+        y, g = d.rsample(np.random.default_rng(21), (3,), hard=hard)
+    seed, stream = noise.philox_key(np.random.default_rng(21))
+    rows = np.ascontiguousarray(np.broadcast_to(logits, (3, 4, 6)).reshape(12, 6))
+    want = kernels.get("gumbel_softmax", backend)(rows, 0.6, seed, stream, 0, hard)
+    np.testing.assert_array_equal(y, want.reshape(3, 4, 6))
+    ref_fill = kernels.get("philox_gumbel", backend)
+    np.testing.assert_array_equal(g, ref_fill(seed, stream, 72, np.dtype(dtype)).reshape(3, 4, 6))
+    if backend == "numpy":  # the readable path on the same noise: the same bits
+        np.testing.assert_array_equal(y, d.reparameterize(g, hard=hard))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_rsample_backward_is_the_gumbel_softmax_kernel_backward(backend, rng):
+    import kernels
+    from lvmcore.backend import use_backend
+
+    logits = rng.standard_normal((4, 6))
+    d = RelaxedCategorical(logits, 0.6)
+    y, g = d.rsample(rng, (3,))
+    dy = rng.standard_normal(y.shape)
+    with use_backend(backend):
+        grads = d.rsample_backward(dy, g)
+    y_soft = d.reparameterize(g)  # (3, 4, 6)
+    a = (logits + g) / 0.6
+    dl, dtau = kernels.get("gumbel_softmax_backward", backend)(
+        dy.reshape(12, 6), y_soft.reshape(12, 6), 0.6, a.reshape(12, 6)
+    )
+    np.testing.assert_allclose(grads["logits"], dl.reshape(3, 4, 6).sum(0), rtol=1e-12, atol=1e-15)
+    assert float(grads["temperature"]) == pytest.approx(dtau, rel=1e-10)

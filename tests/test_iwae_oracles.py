@@ -4,7 +4,7 @@ a pPCA, and a Gaussian mixture."""
 import numpy as np
 
 from lvmcore.models import IWAE
-from lvmcore.oracles import ppca_log_marginal, ppca_posterior
+from lvmcore.testing.oracles import ppca_log_marginal, ppca_posterior
 
 D, Z, SIGMA2 = 6, 2, 0.3
 
@@ -112,7 +112,7 @@ def test_log_likelihood_converges_to_exact_marginal(rng):
 
 
 def test_gaussian_mixture_importance_estimate_converges():
-    from lvmcore.oracles import GMM, gmm_importance_log_marginal, gmm_log_marginal
+    from lvmcore.testing.oracles import GMM, gmm_importance_log_marginal, gmm_log_marginal
 
     rng = np.random.default_rng(5)
     params = GMM(

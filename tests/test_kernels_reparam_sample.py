@@ -1,4 +1,4 @@
-"""Tests of kernels.reparam_sample: the fused generator against kernels.philox, every variant
+"""Tests of kernels.reparam_sample: the fused kernel's noise against kernels.philox, every variant
 against the reference (forward and backward, float32 and float64), the reference's backward
 against central differences, densities against scipy, noise statistics, thread-count
 independence, the float32 IR, and bad input."""
@@ -13,9 +13,9 @@ from numba import njit
 from scipy import stats
 
 import kernels
+from kernels import InvalidParameterError
 from kernels import philox as P
 from kernels import reparam_sample as R
-from lvmcore.exceptions import InvalidParameterError
 from lvmcore.testing import gradcheck
 
 DTYPES = [np.float32, np.float64]
@@ -58,83 +58,8 @@ def threads():
 
 
 # ---------------------------------------------------------------------------------------------
-# The fused generator reproduces kernels.philox
+# The fused kernel draws kernels.philox's normals (the generator itself: test_kernels_philox.py)
 # ---------------------------------------------------------------------------------------------
-
-KAT = [  # Random123 kat_vectors, philox4x32 10: counter, key, expected
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    (
-        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
-        (0xFFFFFFFF, 0xFFFFFFFF),
-        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
-    ),
-    (
-        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
-        (0xA4093822, 0x299F31D0),
-        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
-    ),
-]
-
-
-@njit
-def _words_many(blocks, s0, s1, k0, k1, out):
-    for i in range(blocks.size):
-        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = R._philox_words(blocks[i], s0, s1, k0, k1)
-
-
-@pytest.mark.parametrize("counter, key, expected", KAT)
-def test_philox_words_known_answers(counter, key, expected):
-    b = np.uint64(counter[0] | (counter[1] << 32))
-    got = R._philox_words(
-        b, np.uint64(counter[2]), np.uint64(counter[3]), np.uint64(key[0]), np.uint64(key[1])
-    )
-    assert tuple(int(w) for w in got) == expected
-
-
-def test_philox_words_match_reference(rng):
-    blocks = rng.integers(0, 2**63, size=1000, dtype=np.uint64)
-    blocks[:3] = [0, 2**32 - 1, 2**32]
-    got = np.empty((blocks.size, 4), np.uint64)
-    k0, k1, s0, s1 = (np.uint64(w) for w in P.key_words(SEED, STREAM))
-    _words_many(blocks, s0, s1, k0, k1, got)
-    counter = np.stack(
-        [
-            blocks & 0xFFFFFFFF,
-            blocks >> 32,
-            np.full_like(blocks, int(s0)),
-            np.full_like(blocks, int(s1)),
-        ],
-        axis=1,
-    ).astype(np.uint32)
-    want = P.philox4x32_10_ref(counter, np.array([int(k0), int(k1)], np.uint32))
-    np.testing.assert_array_equal(got, want.astype(np.uint64))
-
-
-@njit
-def _uniforms_f32(first, s0, s1, k0, k1, out):
-    for i in range(out.shape[0]):
-        w0, w1, w2, w3 = R._philox_words(first + np.uint64(i), s0, s1, k0, k1)
-        out[i, 0], out[i, 1] = R._u01_f32(w0), R._u01_f32(w1)
-        out[i, 2], out[i, 3] = R._u01_f32(w2), R._u01_f32(w3)
-
-
-@njit
-def _uniforms_f64(first, s0, s1, k0, k1, out):
-    for i in range(out.shape[0]):
-        w0, w1, w2, w3 = R._philox_words(first + np.uint64(i), s0, s1, k0, k1)
-        out[i, 0], out[i, 1] = R._u01_f64(w0, w1), R._u01_f64(w2, w3)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_uniform_conversions_are_bit_identical_to_philox(dtype):
-    per = 4 if dtype == np.float32 else 2
-    first = 2**32 - 3  # crosses the low counter word's wrap
-    out = np.empty((4099, per), dtype)
-    k0, k1, s0, s1 = (np.uint64(w) for w in P.key_words(SEED, STREAM))
-    (_uniforms_f32 if dtype == np.float32 else _uniforms_f64)(np.uint64(first), s0, s1, k0, k1, out)
-    np.testing.assert_array_equal(
-        out.ravel(), P.uniform_ref(SEED, STREAM, out.size, dtype, per * first)
-    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -150,31 +75,6 @@ def test_z_is_the_philox_normal_when_mu_0_logvar_0(dtype, offset):
     assert np.all(np.abs(z - want) <= tol)
     tail, _, _ = R.reparam_sample(zeros, zeros, k - 40, SEED, STREAM, offset + 40 * b * zd)
     np.testing.assert_array_equal(tail, z[40:])
-
-
-@njit
-def _sincos_many(t, s, c):
-    for i in range(t.size):
-        s[i], c[i] = R._sincos(t[i])
-
-
-@pytest.mark.skipif(
-    np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps,
-    reason="needs an extended-precision long double as the reference",
-)
-def test_sincos_on_every_float32_angle():
-    # Every angle the float32 Box-Muller can produce: t = float32(2 pi) * U32 over the whole
-    # 2^23-point grid. Measured: <= 1.43 ulp in float64, and the float32 rounding equals the
-    # correctly rounded sin/cos everywhere.
-    u = ((np.arange(2**23, dtype=np.float64) + 0.5) * 2.0**-23).astype(np.float32)
-    t = (np.float32(2 * math.pi) * u).astype(np.float64)
-    s, c = np.empty_like(t), np.empty_like(t)
-    _sincos_many(t, s, c)
-    tl = t.astype(np.longdouble)
-    for got, want in ((s, np.sin(tl)), (c, np.cos(tl))):
-        ulp = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float64))
-        assert ulp.max() <= 2
-        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -444,3 +444,16 @@ def test_kl_rejects_mismatched_pairs():
         r"float32 or float64, got int64",
     ):
         kl_normal_std_per_dim(np.zeros(3), np.zeros(3, dtype=np.int64))
+
+
+def test_kl_divergence_of_an_array_is_the_promised_type_error():
+    q = StandardNormal(3, np.float64)
+    with pytest.raises(TypeError, match=r"kl_divergence: expected p to be an lvmcore distrib"):
+        kl_divergence(np.zeros((2, 3)), q)
+    with pytest.raises(TypeError, match=r"kl_divergence_backward: expected q to be an lvmcore"):
+        kl_divergence_backward(DiagNormal(np.zeros(3), np.zeros(3)), np.zeros(3))
+    _, cache = kl_normal_std_per_dim_forward(np.zeros(3), np.zeros(3))
+    with pytest.raises(TypeError, match=r"kl_normal_std_per_dim_backward: expected cache to be"):
+        kl_normal_std_per_dim_backward(np.ones(3), (np.zeros(3), np.zeros(3)))
+    with pytest.raises(ValueError, match=r"kl_normal_std_per_dim_backward: expected dkl to have"):
+        kl_normal_std_per_dim_backward(np.ones(4), cache)

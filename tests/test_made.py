@@ -234,3 +234,58 @@ def test_made_rejects_bad_input(rng):
     y, cache = made.forward(x, c)
     with pytest.raises(ValueError, match="MADE.backward: expected dy to have the forward"):
         made.backward(y[:2], cache)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("order", ["natural", "random"])
+def test_grouped_inputs_share_their_dimensions_degree(rng, direct, order):
+    """With input_width W, the W columns of input j reach output i only if j precedes i."""
+    Z, W = 4, 3
+    made = _made(
+        rng, Z=Z, hidden=(7, 5), n_outputs_per_dim=2, input_width=W, order=order, direct=direct
+    )
+    rank = _rank(made)
+    x = rng.standard_normal((5, Z * W))
+    y0 = made.forward(x)[0]
+    assert y0.shape == (5, 2, Z)
+    for j in range(Z):
+        for w in range(W):
+            xp = x.copy()
+            xp[:, j * W + w] += 2.0
+            y1 = made.forward(xp)[0]
+            after = rank > rank[j]
+            np.testing.assert_array_equal(y1[..., ~after], y0[..., ~after])
+            assert np.all(np.abs(y1[..., after] - y0[..., after]).max(axis=0) > 0)
+
+
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_grouped_inputs_backward_every_parameter_and_input(rng, context_dim):
+    made = _made(
+        rng,
+        Z=3,
+        hidden=(5,),
+        n_outputs_per_dim=3,
+        input_width=2,
+        direct=True,
+        context_dim=context_dim,
+    )
+    x = rng.standard_normal((2, 4, 6))
+    c = rng.standard_normal((4, context_dim)) if context_dim else None
+    y, cache = made.forward(x, c)
+    G = rng.standard_normal(y.shape)
+    made.zero_grad()
+    dx, dc = made.backward(G, cache)
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(made.input_vjp(G, cache), dx, rtol=1e-14)
+    inputs, analytic = {**made.params, "x": x}, {**made.grads, "x": dx}
+    if context_dim:
+        inputs["c"], analytic["c"] = c, dc
+    gradcheck(lambda: np.sum(made.forward(x, c)[0] * G), inputs, analytic)
+
+
+def test_input_width_is_validated(rng):
+    with pytest.raises(InvalidParameterError, match="'input_width' parameter of MADE"):
+        MADE(3, (3,), rng, input_width=0)
+    made = _made(rng, Z=3, hidden=(3,), input_width=2)
+    with pytest.raises(ValueError, match=r"MADE.forward: expected x.shape\[-1\] == 6"):
+        made.forward(rng.standard_normal((2, 3)))

@@ -159,3 +159,121 @@ def test_logsumexp_all_minus_inf_gives_minus_inf_zero_weights_zero_grad():
 def test_logsumexp_large_values_do_not_overflow():
     x = np.array([1e4, 1e4], dtype=np.float32)
     assert ops.logsumexp(x) == pytest.approx(1e4 + np.log(2))
+
+
+# --- bad input: shapes and dtypes are checked before any kernel or arithmetic -------------
+
+
+def test_bernoulli_nll_checks_shapes_before_the_kernel():
+    # logits wider than x made the Numba kernel read past x (a segfault at this width)
+    with pytest.raises(ValueError, match=r"bernoulli_nll_forward: expected x.shape\[1\] =="):
+        bernoulli_nll_forward(np.zeros((2, 10**7), np.float32), np.ones((2, 6), np.float32))
+    # x wider than logits, and rows that are not a multiple of x's, gave wrong numbers
+    with pytest.raises(ValueError, match=r"expected x.shape\[1\] == logits.shape\[1\] \(6\)"):
+        bernoulli_nll_forward(np.zeros((2, 6), np.float32), np.ones((2, 9), np.float32))
+    with pytest.raises(ValueError, match=r"logits.shape\[0\] to be a multiple S \* B of x"):
+        bernoulli_nll_forward(np.zeros((5, 6), np.float32), np.ones((2, 6), np.float32))
+    with pytest.raises(ValueError, match=r"multiple S \* B of x.shape\[0\] \(0\)"):
+        bernoulli_nll_forward(np.zeros((0, 6), np.float32), np.ones((0, 6), np.float32))
+    with pytest.raises(ValueError, match="bernoulli_nll_forward: expected x to have 2 dim"):
+        bernoulli_nll_forward(np.zeros((2, 6)), np.ones(6))
+    with pytest.raises(TypeError, match=r"expected x to have dtype float32 \(logits'\)"):
+        bernoulli_nll_forward(np.zeros((2, 6), np.float32), np.ones((2, 6), np.uint8))
+
+
+def test_bernoulli_nll_strided_input_is_copied_and_correct(rng):
+    logits = rng.standard_normal((6, 8))
+    x = (rng.random((3, 8)) < 0.5).astype(float)
+    want, _ = bernoulli_nll_forward(logits, x)
+    big = np.zeros((6, 16))
+    big[:, ::2] = logits
+    got, cache = bernoulli_nll_forward(big[:, ::2], np.asfortranarray(x), overwrite_logits=True)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(big[:, 1::2] == 0)  # the strided input was not written through
+    with pytest.raises(ValueError, match=r"bernoulli_nll_backward: expected dnll to have shape"):
+        bernoulli_nll_backward(np.ones(3), cache)
+    _, no_grad = bernoulli_nll_forward(logits, x, need_grad=False)
+    with pytest.raises(ValueError, match="made with need_grad=False"):
+        bernoulli_nll_backward(np.ones(6), no_grad)
+
+
+def test_log_softmax_propagates_nan():
+    x = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0], [-np.inf, -np.inf, -np.inf]])
+    y, cache = ops.log_softmax_forward(x, axis=1)
+    assert np.isnan(y[0]).all()  # not -inf: the NaN is not mistaken for a masked row
+    assert np.isfinite(y[1]).all() and np.isneginf(y[2]).all()
+    assert np.isnan(cache.probs[0]).all() and not np.isnan(cache.probs[1:]).any()
+    assert np.isnan(ops.softmax(x, axis=1)[0]).all()
+    assert np.isnan(ops.logsumexp(x, axis=1)[0])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: ops.log_softmax_forward(a),
+        lambda a: ops.softmax(a),
+        lambda a: ops.logsumexp(a),
+        lambda a: gaussian_nll_forward(a, np.zeros(3), np.zeros((2, 3))),
+        lambda a: gaussian_nll_forward(np.zeros((2, 3)), np.zeros(3), a),
+        lambda a: ops.sigmoid(a),
+        lambda a: bernoulli_nll_forward(a, np.ones((2, 3))),
+        lambda a: kl_term_forward(a),
+    ],
+)
+def test_integer_input_is_a_type_error_not_cast_back(call):
+    # integer input was cast back to integers (log_softmax, gaussian_nll: wrong values)
+    with pytest.raises(TypeError, match=r"got int64\. Integer and boolean input is never cast"):
+        call(np.arange(6).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda a: ops.sigmoid(a), "sigmoid: expected x"),
+        (
+            lambda a: bernoulli_nll_forward(a, np.ones((2, 3))),
+            "bernoulli_nll_forward: expected logits",
+        ),
+        (lambda a: kl_term_forward(a), "kl_term_forward: expected kl_per_dim"),
+        (lambda a: ops.log_softmax_forward(a), "log_softmax_forward: expected x"),
+    ],
+)
+def test_complex_input_is_a_type_error_never_drops_the_imaginary_part(call, name):
+    z = np.full((2, 3), 1.0 + 2.0j)
+    with pytest.raises(
+        TypeError, match=rf"{name} to have dtype float32 or float64, got complex128"
+    ):
+        call(z)
+
+
+def test_non_arrays_and_bad_shapes_name_the_argument():
+    with pytest.raises(TypeError, match=r"sigmoid: expected x to be a numpy.ndarray .* got list"):
+        ops.sigmoid([0.0, 1.0])
+    with pytest.raises(TypeError, match=r"softplus: expected x .* got float"):
+        ops.softplus(1.0)
+    with pytest.raises(
+        TypeError, match=r"tanh_forward: expected x .* got object\. An array of Python objects"
+    ):
+        ops.tanh_forward(np.array([1.0, None]))
+    with pytest.raises(TypeError, match=r"relu_forward: .* got float16\. float16 is not supp"):
+        ops.relu_forward(np.zeros(3, np.float16))
+    with pytest.raises(ValueError, match=r"linear_forward: expected W to have shape \(3, \*\)"):
+        ops.linear_forward(np.zeros((2, 3)), np.zeros((4, 5)), np.zeros(5))
+    with pytest.raises(ValueError, match=r"linear_forward: expected b to have shape \(5\)"):
+        ops.linear_forward(np.zeros((2, 3)), np.zeros((3, 5)), np.zeros(4))
+    y, cache = ops.tanh_forward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"tanh_backward: expected dy to have shape \(2, 3\)"):
+        ops.tanh_backward(np.zeros((3, 2)), cache)
+    with pytest.raises(ValueError, match=r"logsumexp: expected x to have at least one entry"):
+        ops.logsumexp(np.zeros((2, 0)))
+    with pytest.raises(ValueError, match=r"The 'axis' parameter of softmax must be an int in"):
+        ops.softmax(np.zeros((2, 3)), axis=2)
+    _, c = ops.logsumexp_forward(np.zeros((2, 3)), axis=0)
+    with pytest.raises(ValueError, match=r"logsumexp_backward: expected dout to have shape \(3\)"):
+        ops.logsumexp_backward(np.zeros(2), c)
+    with pytest.raises(TypeError, match=r"softmax_backward: expected cache to be the Softmax"):
+        ops.softmax_backward(np.zeros((2, 3)), (np.zeros((2, 3)), 0))
+    with pytest.raises(ValueError, match=r"gaussian_nll_forward: expected logvar to have shape"):
+        gaussian_nll_forward(np.zeros((2, 3)), np.zeros(2), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"kl_term_forward: expected kl_per_dim to have at le"):
+        kl_term_forward(np.zeros((0, 3)))

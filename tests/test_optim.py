@@ -97,3 +97,91 @@ def test_bad_hyper_parameters():
         Adam(P, G, eps=-1e-8)
     with pytest.raises(ValueError, match="same keys"):
         Adam(P, {"v": np.zeros(2)})
+
+
+# --- bad input: every gradient checked against its parameter, parameters updatable --------
+
+
+def test_shorter_or_longer_gradient_is_refused_not_read_past():
+    # A (3,) gradient for a large parameter used to be read past its end (a segfault for
+    # (5 * 10**7,)); a longer one was truncated. Both are ValueErrors, at construction.
+    P = {"w": np.zeros(10**6, np.float32)}
+    with pytest.raises(ValueError, match=r"Adam: expected grads\['w'\] to have its parameter's"):
+        Adam(P, {"w": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match=r"SGD: expected grads\['w'\] to have its parameter's"):
+        SGD(P, {"w": np.zeros(2 * 10**6, np.float32)})
+    # and per step, when a gradient array is replaced after construction
+    G = {"w": np.zeros(10**6, np.float32)}
+    opt = Adam(P, G)
+    G["w"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"Adam.step: expected grads\['w'\] .* shape \(1000000,\)"):
+        opt.step()
+    sgd = SGD({"w": np.zeros(4)}, {"w": np.zeros(4)}, lr=0.1)
+    sgd.grads["w"] = np.ones(1)  # would broadcast silently into every entry
+    with pytest.raises(ValueError, match=r"SGD.step: expected grads\['w'\]"):
+        sgd.step()
+
+
+def test_gradient_dtype_must_match_parameter():
+    P = {"w": np.zeros(4, np.float32)}
+    with pytest.raises(
+        ValueError,
+        match=r"dtype float32 \(those of params\[.w.\]\), got shape \(4,\) and dtype float64",
+    ):
+        Adam(P, {"w": np.zeros(4)})
+    with pytest.raises(TypeError, match=r"Adam: expected grads\['w'\] to have dtype float32 or"):
+        Adam(P, {"w": np.zeros(4, np.int64)})
+
+
+@pytest.mark.parametrize("make", [Adam, SGD])
+def test_non_contiguous_or_integer_parameters_are_refused(make):
+    # The update of a strided view or of an integer array went to a copy: the parameter
+    # stayed unchanged without an error.
+    base = np.zeros((4, 6))
+    with pytest.raises(ValueError, match=r"expected params\['w'\] to be a writeable C-contig"):
+        make({"w": base.T}, {"w": np.zeros((6, 4))}, lr=0.1)
+    with pytest.raises(ValueError, match=r"a strided array of shape \(4, 3\)"):
+        make({"w": base[:, ::2]}, {"w": np.zeros((4, 3))}, lr=0.1)
+    with pytest.raises(TypeError, match=r"expected params\['w'\] to have dtype float32 or .*int"):
+        make({"w": np.zeros(3, np.int64)}, {"w": np.zeros(3, np.int64)}, lr=0.1)
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="a read-only array"):
+        make({"w": ro}, {"w": np.zeros(3)}, lr=0.1)
+
+
+def test_bad_optimizer_arguments_give_clear_errors():
+    P, G = {"w": np.zeros(2)}, {"w": np.zeros(2)}
+    with pytest.raises(InvalidParameterError, match=r"'betas' parameter of Adam must be a pair"):
+        Adam(P, G, betas=(0.9,))
+    with pytest.raises(InvalidParameterError, match=r"'betas' parameter of Adam must be a pair"):
+        Adam(P, G, betas=0.9)
+    with pytest.raises(TypeError, match="Adam: expected params to be a dict of name -> array"):
+        Adam([np.zeros(2)], [np.zeros(2)])
+    with pytest.raises(TypeError, match="SGD: expected grads to be a dict"):
+        SGD(P, [np.zeros(2)])
+    with pytest.raises(InvalidParameterError, match="'lr' parameter of Adam must be a float in"):
+        Adam(P, G, lr=-1e-3)
+    with pytest.raises(InvalidParameterError, match="'lr' parameter of SGD"):
+        SGD(P, G, lr="0.1")
+    with pytest.raises(InvalidParameterError, match="'eps' parameter of Adam"):
+        Adam(P, G, eps=-1.0)
+    with pytest.raises(ValueError, match="expected at least one parameter"):
+        Adam({}, {})
+    with pytest.raises(TypeError, match=r"clip_grad_norm: expected grads\['w'\] to be a numpy"):
+        clip_grad_norm({"w": [1.0, 2.0]}, 1.0)
+
+
+def test_load_state_dict_checks_keys_and_shapes(rng):
+    P, G = {"w": rng.standard_normal(3)}, {"w": rng.standard_normal(3)}
+    opt = Adam(P, G)
+    opt.step()
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=r"1 missing \(\['v.w'\]\)"):
+        Adam(P, G).load_state_dict({k: v for k, v in state.items() if k != "v.w"})
+    with pytest.raises(ValueError, match=r"state\['m.w'\] to have shape \(3\), got \(1,\)"):
+        Adam(P, G).load_state_dict(dict(state, **{"m.w": np.zeros(1)}))
+    with pytest.raises(ValueError, match=r"state\['t'\] to be a non-negative integer"):
+        Adam(P, G).load_state_dict(dict(state, t=np.array(-1)))
+    with pytest.raises(ValueError, match=r"state\['v.w'\] to contain no NaN"):
+        Adam(P, G).load_state_dict(dict(state, **{"v.w": np.full(3, np.nan)}))

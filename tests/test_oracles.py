@@ -1,4 +1,4 @@
-"""Exact oracles (lvmcore.oracles): PPCA and diagonal Gaussian mixtures.
+"""Exact oracles (lvmcore.testing.oracles): PPCA and diagonal Gaussian mixtures.
 
 Each closed form is checked against an independent computation (SciPy densities, brute-force
 Gaussian conditioning, Bayes' rule), the fitters against their defining properties, and the
@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from lvmcore.exceptions import InvalidParameterError
-from lvmcore.oracles import (
+from lvmcore.testing.oracles import (
     GMM,
     PPCA,
     gmm_fit_em,

@@ -8,16 +8,9 @@ import timeit
 
 import numpy as np
 
-from kernels import (
-    adam_update,
-    bernoulli_loglik,
-    gumbel_softmax,
-    importance_weights,
-    nearest_code,
-    reparam_sample,
-)
+import kernels
 
-from .common import Benchmark, binary, grid, normal, variants
+from .common import Benchmark, binary, grid, kernel_variant, normal, variants
 
 DTYPES = ["float32", "float64"]
 
@@ -29,7 +22,7 @@ def _gbps(fn, nbytes):
 
 class BernoulliLoglik(Benchmark):
     params = [
-        variants(bernoulli_loglik),
+        variants("bernoulli_loglik"),
         grid([(100, 784), (5000, 784)], [(100, 784), (5000, 784), (50000, 784)]),
         DTYPES,
     ]
@@ -37,7 +30,7 @@ class BernoulliLoglik(Benchmark):
 
     def setup(self, variant, shape, dtype):
         super().setup()
-        self.fn = bernoulli_loglik.VARIANTS[variant]
+        self.fn = kernel_variant("bernoulli_loglik", variant)
         self.logits = normal(shape, dtype) * 3
         self.x = binary((min(shape[0], 100), shape[1]), dtype)
         self.grad = np.empty_like(self.logits)
@@ -58,7 +51,7 @@ class BernoulliLoglik(Benchmark):
 
 class ImportanceWeights(Benchmark):
     params = [
-        variants(importance_weights),
+        variants("importance_weights"),
         grid([(50, 100), (5000, 1000)], [(50, 100), (5000, 100), (5000, 1000)]),
         DTYPES,
     ]
@@ -66,7 +59,7 @@ class ImportanceWeights(Benchmark):
 
     def setup(self, variant, shape, dtype):
         super().setup()
-        self.fn = importance_weights.VARIANTS[variant]
+        self.fn = kernel_variant("importance_weights", variant)
         self.log_w = normal(shape, dtype) * 5
         self.out = np.empty_like(self.log_w)
         self.fn(self.log_w, self.out)
@@ -82,7 +75,7 @@ class ImportanceWeights(Benchmark):
 
 class ReparamSample(Benchmark):
     params = [
-        variants(reparam_sample),
+        variants("reparam_sample"),
         grid([(50, 20, 50), (5000, 100, 50)], [(1, 100, 50), (50, 20, 50), (5000, 100, 50)]),
         DTYPES,
     ]
@@ -93,10 +86,8 @@ class ReparamSample(Benchmark):
         k, b, z = kbz
         if variant == "ref" and k * b * z > 10**6:
             raise NotImplementedError("the NumPy reference is too slow at this size")
-        self.fn = reparam_sample.VARIANTS[variant]
-        self.bwd = reparam_sample.BACKWARD_VARIANTS[
-            "ref" if variant == "ref" else reparam_sample.BACKWARD_DEFAULT
-        ]
+        self.fn = kernel_variant("reparam_sample", variant)
+        self.bwd = kernels.get("reparam_sample_backward", "numpy" if variant == "ref" else "numba")
         self.k = k
         self.mu, self.logvar = normal((b, z), dtype), normal((b, z), dtype, seed=1) * 0.3
         self.z = np.empty((k, b, z), dtype=dtype)
@@ -114,7 +105,7 @@ class ReparamSample(Benchmark):
 
 class GumbelSoftmax(Benchmark):
     params = [
-        variants(gumbel_softmax),
+        variants("gumbel_softmax"),
         grid([(100000, 10), (10000, 512)], [(1000, 10), (100000, 10), (10000, 512)]),
         DTYPES,
     ]
@@ -122,8 +113,8 @@ class GumbelSoftmax(Benchmark):
 
     def setup(self, variant, shape, dtype):
         super().setup()
-        self.fn = gumbel_softmax.VARIANTS[variant]
-        self.bwd = gumbel_softmax.BACKWARD_VARIANTS[variant]
+        self.fn = kernel_variant("gumbel_softmax", variant)
+        self.bwd = kernel_variant("gumbel_softmax_backward", variant)
         self.logits = normal(shape, dtype)
         self.y = np.empty_like(self.logits)
         self.dy = normal(shape, dtype, seed=4)
@@ -139,7 +130,7 @@ class GumbelSoftmax(Benchmark):
 
 class NearestCode(Benchmark):
     params = [
-        variants(nearest_code),
+        variants("nearest_code"),
         grid(
             [(65536, 64, 512)],
             [
@@ -161,7 +152,7 @@ class NearestCode(Benchmark):
         n, e, m = nem
         if variant == "ref" and n * m > 65536 * 512:
             raise NotImplementedError("the NumPy reference is too slow at this size")
-        self.fn = nearest_code.VARIANTS[variant]
+        self.fn = kernel_variant("nearest_code", variant)
         self.x, self.codebook = normal((n, e), dtype), normal((m, e), dtype, seed=5)
         self.fn(self.x[:100], self.codebook)
 
@@ -180,12 +171,12 @@ class NearestCode(Benchmark):
 
 
 class AdamUpdate(Benchmark):
-    params = [variants(adam_update), [156800, 1 << 22], DTYPES]
+    params = [variants("adam_update"), [156800, 1 << 22], DTYPES]
     param_names = ["variant", "size", "dtype"]
 
     def setup(self, variant, size, dtype):
         super().setup()
-        self.fn = adam_update.VARIANTS[variant]
+        self.fn = kernel_variant("adam_update", variant)
         self.p, self.g = normal((size,), dtype).copy(), normal((size,), dtype, seed=6)
         self.m, self.v = np.zeros_like(self.p), np.ones_like(self.p)
         self.fn(self.p, self.g, self.m, self.v, 1e-3, 0.9, 0.999, 1e-8)
@@ -208,8 +199,6 @@ class PhiloxFill(Benchmark):
 
     def setup(self, backend, kind, n, dtype):
         super().setup()
-        import kernels
-
         self.fn = kernels.get(f"philox_{kind}", backend)
         self.out = np.empty(n, dtype)
         self.fn(1, 0, n, np.dtype(dtype), out=self.out)

@@ -50,9 +50,20 @@ def mnist_like(n=1000, dtype=np.float32):
     return binary((n, 784), dtype)
 
 
-def variants(module):
-    """The Numba and NumPy variants of a kernel module, by name."""
-    return [name for name in module.VARIANTS if not name.startswith("cupy")]
+def variants(op):
+    """The CPU variants of kernel ``op`` by name (the NumPy reference, the Numba default and
+    any alternative), read from the kernel registry (``kernels.records``)."""
+    import kernels
+
+    return [r.variant for r in kernels.records(op) if r.backend != "cupy"]
+
+
+def kernel_variant(op, name):
+    """The function of variant ``name`` of kernel ``op``, from the kernel registry."""
+    import kernels
+
+    (func,) = (r.func for r in kernels.records(op) if r.variant == name)
+    return func
 
 
 class Benchmark:

@@ -8,6 +8,8 @@ Examples
     lvmcore eval runs/vae-digits
     lvmcore train --model vqvae --codes 512 --slots 8 --codebook-update ema --kmeans-init
     lvmcore download-mnist ~/mnist
+    mpiexec -n 4 lvmcore train --distributed --model iwae --k 50 --data ~/mnist
+    mpiexec -n 4 lvmcore eval runs/iwae-mnist --distributed --k 5000
 
 Models come from the one registry, :data:`lvmcore.models.MODELS`: a model registered there
 (:func:`lvmcore.models.register_model`) is available as ``lvmcore train --model NAME`` with the
@@ -18,6 +20,12 @@ Layout: ``_types`` (argument types), ``_common`` (flags and helpers the subcomma
 
 User errors (a bad flag value, a missing file, a diverged run) end with one line
 ``lvmcore: error: ...`` on stderr and exit status 2 (1 for a diverged run), without a traceback.
+
+With ``--distributed`` (``train``, ``eval``) the command runs as one rank of an MPI job: rank 0
+alone prints and writes files. An error every rank meets alike (a decision rank 0 takes and
+shares, a check on all-reduced values, a checksum mismatch) ends every rank with that status and
+rank 0's one line; an exception on some ranks only aborts the whole job within seconds, with
+the failing rank's traceback.
 """
 
 import argparse
@@ -25,6 +33,7 @@ import contextlib
 import sys
 
 from .. import __version__
+from ..distributed import SingleProcess, get_communicator
 from ..exceptions import BackendUnavailableError, TrainingDivergedError
 from ._common import PROG
 
@@ -73,17 +82,26 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("train", "eval"):
-        from .._blas import blas_advice
+    comm = SingleProcess()
 
-        advice = blas_advice()
-        if advice:
-            print(f"{PROG}: {advice}")
+    def end(status, message):
+        # every rank ends with the status; rank 0 alone says why
+        parser.exit(status, message if comm.is_root else None)
+
     try:
-        with _blas_threads(getattr(args, "threads", None)):
+        # the job's communicator (SingleProcess without --distributed, or outside mpiexec)
+        comm = get_communicator(bool(getattr(args, "distributed", False)))
+        args.comm = comm
+        if args.command in ("train", "eval") and comm.is_root:
+            from .._blas import blas_advice
+
+            advice = blas_advice()
+            if advice:
+                print(f"{PROG}: {advice}")
+        with comm.abort_on_error(), _blas_threads(getattr(args, "threads", None)):
             return args.func(args)
     except TrainingDivergedError as err:
-        parser.exit(1, f"{PROG}: error: {err}\n")
+        end(1, f"{PROG}: error: {err}\n")
     except KeyboardInterrupt:
         hint = (
             " (the run folder keeps the checkpoint of the last finished epoch; continue "
@@ -91,12 +109,12 @@ def main(argv=None):
             if args.command == "train"
             else ""
         )
-        parser.exit(130, f"{PROG}: interrupted{hint}\n")
+        end(130, f"{PROG}: interrupted{hint}\n")
     except (OSError, ValueError, TypeError, BackendUnavailableError) as err:
         # User errors: invalid values (InvalidParameterError is a ValueError), missing or
         # corrupt files, network failures. Programming errors of other kinds keep their
         # traceback.
-        parser.exit(2, f"{PROG}: error: {err}\n")
+        end(2, f"{PROG}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ The flags every model reads (``--latent``, ``--hidden``, ``--activation``, ``--l
 (``Model.flags``, see :mod:`lvmcore.models.base`), and ``lvmcore train --help`` lists them in
 one group per model. Every model flag defaults to None at parse time, so ``--resume`` can tell
 a flag the user gave from one left out; the defaults are filled in afterwards.
+
+``--distributed`` (under ``mpiexec -n P`` or ``srun``): every rank builds the same model and
+loads the same data (checked by checksum), ``fit`` trains data-parallel over the ranks, and
+rank 0 alone reads the checkpoint to resume, prints and writes the run folder. A failure some
+ranks meet and others do not (a data file one node cannot read) is raised on every rank.
 """
 
 import time
@@ -14,10 +19,12 @@ from ..models.base import Flag, add_flags
 from ._common import (
     PROG,
     add_device_argument,
+    add_distributed_argument,
     add_threads_argument,
     data_label,
     data_source,
     plural,
+    recorded_data,
     to_device,
 )
 from ._types import (
@@ -147,6 +154,7 @@ def add_parser(sub):
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_device_argument(t)
     add_threads_argument(t, "; 1 is often fastest for small models and on a busy machine")
+    add_distributed_argument(t, "train data-parallel")
 
     o = t.add_argument_group("training")
     o.add_argument(
@@ -205,80 +213,40 @@ def _model_flag_defaults():
 
 
 def run(args):
-    from ..checkpoint import load_checkpoint
-    from ..data import load_dataset
-    from ..models import build_model, family_selectors, model_class
+    from ..distributed import SingleProcess
     from ..train import CHECKPOINT, PICTURES, fit
 
+    comm = getattr(args, "comm", None) or SingleProcess()
     model_defaults = _model_flag_defaults()
     args.given = {k for k in (*TRAIN_DEFAULTS, *model_defaults) if getattr(args, k) is not None}
-    model_flags = [k for k in model_defaults if k in args.given]
     out = (
         Path(args.out)
         if args.out
         else Path("runs") / f"{args.model}-{data_label(args.data or 'digits')}"
     )
     if args.resume:
-        if model_flags:
-            flags = ", ".join("--" + k.replace("_", "-") for k in model_flags)
-            raise ValueError(
-                f"expected no model flags with --resume, got {flags}. The model "
-                f"comes from the checkpoint in {out}; start a new run to change it."
-            )
-        config, _, _, state = load_checkpoint(out / CHECKPOINT)
+        comm.run_everywhere(_check_resume_flags, args, model_defaults, out)
+        # rank 0 reads the checkpoint (the run folder may be on its file system only)
+        config, state = comm.run_on_root(_checkpoint_info, out / CHECKPOINT)
         saved = state.get("hyper", {})
         for k, default in TRAIN_DEFAULTS.items():
             if getattr(args, k) is None:
                 setattr(args, k, saved.get(k, default))
-        data = args.data or state.get("dataset", {}).get("source")
-        if data is None:
-            raise ValueError(
-                f"expected --data: the run in {out} does not record where its data came from."
-            )
+        data = comm.run_everywhere(recorded_data, args.data, state, out)
         if state.get("epoch", 0) >= args.epochs:
-            print(
-                f"{PROG}: the run in {out} has finished {state.get('epoch')} of {args.epochs} "
-                f"epochs; pass --epochs N with N > {state.get('epoch')} to train it further."
-            )
+            if comm.is_root:
+                print(
+                    f"{PROG}: the run in {out} has finished {state.get('epoch')} of "
+                    f"{args.epochs} epochs; pass --epochs N with N > {state.get('epoch')} to "
+                    f"train it further."
+                )
             return 0
-        dataset = load_dataset(data)
-        model = build_model(config)
+        dataset, model = comm.run_everywhere(_resumed_model, config, data, args.device, comm)
     else:
-        # The flags that select a variant of the name (--stochastic-layers, --posterior) pick
-        # the class; left at their defaults they give the registered class itself.
-        cls = model_class(args.model, vars(args))
-        selectors = family_selectors(args.model)
-        # The chosen model's own defaults first: models may share a flag (--k, --estimator)
-        # with different defaults, and a shared flag is not foreign to the chosen model.
-        own = cls.flag_defaults()
-        for table in (TRAIN_DEFAULTS, own, model_defaults):
-            for k, default in table.items():
-                if getattr(args, k) is None:
-                    setattr(args, k, default)
-        chosen = args.model + "".join(
-            f" --{k.replace('_', '-')} {getattr(args, k)}" for k in selectors if k in args.given
-        )
-        cls._refuse_flags(
-            args,
-            [
-                k
-                for k in model_defaults
-                if k not in own and k not in selectors and k not in MODEL_DEFAULTS
-            ],
-            what=chosen,
-        )
-        if isinstance(args.latent, tuple) and "stochastic_layers" not in own:
-            raise ValueError(
-                f"expected one --latent width with --model {chosen} (one stochastic layer), "
-                f"got {','.join(map(str, args.latent))}. Give one width per layer with "
-                f"--stochastic-layers {len(args.latent)}."
-            )
         data = args.data or "digits"
-        dataset = load_dataset(data)
-        model = cls.from_args(args, dataset.train.shape[1])
+        dataset, model = comm.run_everywhere(_new_model, args, model_defaults, data, comm)
         config = model.config()
 
-    to_device(model, args.device)
     desc = ", ".join(
         f"{k}={config[k]}"
         for k in (
@@ -299,13 +267,15 @@ def run(args):
         )
         if config.get(k) is not None
     )
-    print(
-        f"{PROG}: {'resuming' if args.resume else 'training'} {config.get('model')} "
-        f"({desc}) on {data_label(data)} ({dataset.train.shape[0]} train, "
-        f"{dataset.valid.shape[0]} valid, D={dataset.train.shape[1]}) on {args.device} for "
-        f"{plural(args.epochs, 'epoch')} -> {out}",
-        flush=True,
-    )
+    ranks = f" x {comm.size} processes (data-parallel)" if comm.size > 1 else ""
+    if comm.is_root:
+        print(
+            f"{PROG}: {'resuming' if args.resume else 'training'} {config.get('model')} "
+            f"({desc}) on {data_label(data)} ({dataset.train.shape[0]} train, "
+            f"{dataset.valid.shape[0]} valid, D={dataset.train.shape[1]}) on {args.device}"
+            f"{ranks} for {plural(args.epochs, 'epoch')} -> {out}",
+            flush=True,
+        )
     t0 = time.perf_counter()
     history = fit(
         model,
@@ -324,8 +294,11 @@ def run(args):
         overwrite=args.overwrite,
         progress=args.progress,
         data_source=data_source(data),
+        comm=comm,
     )
     seconds = time.perf_counter() - t0
+    if not comm.is_root:
+        return 0
     if history:
         last = history[-1]
         valid = "n/a" if last["valid_bound"] is None else f"{last['valid_bound']:.3f}"
@@ -337,3 +310,70 @@ def run(args):
     files = [p for p in (CHECKPOINT, "metrics.jsonl") + PICTURES if (out / p).exists()]
     print(f"{PROG}: wrote {out}: {', '.join(files)}")
     return 0
+
+
+def _check_resume_flags(args, model_defaults, out):
+    model_flags = [k for k in model_defaults if k in args.given]
+    if model_flags:
+        flags = ", ".join("--" + k.replace("_", "-") for k in model_flags)
+        raise ValueError(
+            f"expected no model flags with --resume, got {flags}. The model "
+            f"comes from the checkpoint in {out}; start a new run to change it."
+        )
+
+
+def _checkpoint_info(path):
+    """(config, state) of the checkpoint to resume."""
+    from ..checkpoint import load_checkpoint
+
+    config, _, _, state = load_checkpoint(path)
+    return config, state
+
+
+def _resumed_model(config, data, device, comm):
+    """The data set and the model of ``config`` on its device (its parameters come from the
+    checkpoint in ``fit``)."""
+    from ..data import load_dataset
+    from ..models import build_model
+
+    dataset = load_dataset(data)
+    return dataset, to_device(build_model(config), device, comm)
+
+
+def _new_model(args, model_defaults, data, comm):
+    """The data set and the model the flags ask for, on its device."""
+    from ..data import load_dataset
+    from ..models import family_selectors, model_class
+
+    # The flags that select a variant of the name (--stochastic-layers, --posterior) pick
+    # the class; left at their defaults they give the registered class itself.
+    cls = model_class(args.model, vars(args))
+    selectors = family_selectors(args.model)
+    # The chosen model's own defaults first: models may share a flag (--k, --estimator)
+    # with different defaults, and a shared flag is not foreign to the chosen model.
+    own = cls.flag_defaults()
+    for table in (TRAIN_DEFAULTS, own, model_defaults):
+        for k, default in table.items():
+            if getattr(args, k) is None:
+                setattr(args, k, default)
+    chosen = args.model + "".join(
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in selectors if k in args.given
+    )
+    cls._refuse_flags(
+        args,
+        [
+            k
+            for k in model_defaults
+            if k not in own and k not in selectors and k not in MODEL_DEFAULTS
+        ],
+        what=chosen,
+    )
+    if isinstance(args.latent, tuple) and "stochastic_layers" not in own:
+        raise ValueError(
+            f"expected one --latent width with --model {chosen} (one stochastic layer), "
+            f"got {','.join(map(str, args.latent))}. Give one width per layer with "
+            f"--stochastic-layers {len(args.latent)}."
+        )
+    dataset = load_dataset(data)
+    model = cls.from_args(args, dataset.train.shape[1])
+    return dataset, to_device(model, args.device, comm)

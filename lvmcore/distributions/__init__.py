@@ -11,6 +11,7 @@ Reparameterizable ones add ``rsample(rng, shape) -> (z, noise)`` and
 Randomness enters only through an explicit ``numpy.random.Generator`` argument.
 """
 
+from .base import Distribution
 from .bernoulli import Bernoulli
 from .categorical import Categorical, UniformCategorical
 from .gumbel import Gumbel, gumbel_max, gumbel_max_sample, standard_gumbel
@@ -24,7 +25,7 @@ from .kl import (
     register_kl,
     register_kl_backward,
 )
-from .normal import DiagNormal, Distribution, StandardNormal
+from .normal import DiagNormal, StandardNormal
 from .relaxed import ExpRelaxedCategorical, RelaxedCategorical
 
 __all__ = [

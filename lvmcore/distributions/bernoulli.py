@@ -5,18 +5,10 @@ they stay finite and keep full relative accuracy for logits as large as +-1e30 i
 float32 and float64: e.g. ``log_prob(x=1)`` at ``l = -1e4`` is exactly ``-1e4``.
 """
 
-from .._validation import check_array, check_param, get_xp
-from ..ops.activations import sigmoid, softplus
-from .normal import (
-    Distribution,
-    _broadcast_value,
-    _check_dout,
-    _check_float_arg,
-    _event_axes,
-    _sample_shape,
-    _sum_to,
-    _uniform,
-)
+from .._validation import check_array, check_param, check_sample_shape, get_xp
+from ..ops.activations import _sigmoid as sigmoid
+from ..ops.activations import _softplus as softplus
+from .base import Distribution, _broadcast_value, _event_axes, _sum_to, _uniform
 
 __all__ = ["Bernoulli"]
 
@@ -108,7 +100,7 @@ class Bernoulli(Distribution):
         return dout.reshape(tuple(dout.shape) + (1,) * self.event_ndim)
 
     def _check_value(self, value, func, finite=False):
-        _check_float_arg(value, "value", self.dtype, self.xp, func, finite=finite)
+        self._check_arg(value, "value", func, finite=finite)
         full = _broadcast_value(value, "value", self.logits.shape, self.event_ndim, func)
         if self.validate:
             bad = (value < 0) | (value > 1)
@@ -135,7 +127,7 @@ class Bernoulli(Distribution):
             ``1`` where :math:`u < \\sigma(l)` for :math:`u \\sim U[0, 1)`.
         """
         func = "Bernoulli.sample"
-        shape = _sample_shape(shape, func)
+        shape = check_sample_shape(shape, func)
         u = _uniform(rng, shape + tuple(self.logits.shape), self.dtype, self.xp, func)
         return (u < self.probs).astype(self.dtype)
 
@@ -184,7 +176,7 @@ class Bernoulli(Distribution):
         func = "Bernoulli.log_prob_backward"
         full = self._check_value(value, func)
         out_shape = full[: len(full) - self.event_ndim]
-        dout = self._expand_event(_check_dout(dout, out_shape, self.dtype, self.xp, func))
+        dout = self._expand_event(self._check_dout(dout, out_shape, func, source="value"))
         lg = self.logits
         resid = value * sigmoid(-lg) - (1 - value) * sigmoid(lg)  # x - sigma(l), (*S, ...)
         return {"logits": _sum_to(dout * resid, lg.shape), "value": _sum_to(dout * lg, value.shape)}
@@ -228,7 +220,7 @@ class Bernoulli(Distribution):
         :math:`0 \\cdot l = 0` rather than an overflow.
         """
         func = "Bernoulli.entropy_backward"
-        dout = self._expand_event(_check_dout(dout, self.batch_shape, self.dtype, self.xp, func))
+        dout = self._expand_event(self._check_dout(dout, self.batch_shape, func))
         lg = self.logits
         s = sigmoid(lg) * sigmoid(-lg)  # p (1 - p), underflows to 0 for |l| > ~750
         return {"logits": -(dout * (s * lg))}

@@ -10,19 +10,17 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..ops.softmax import log_softmax_forward
-from .normal import (
-    Distribution,
-    _check_device,
-    _check_dout,
-    _check_float_dtype,
-    _check_rng,
-    _check_xp,
-    _sample_shape,
-    _sum_to,
-    _uniform,
+from .._validation import (
+    check_array,
+    check_float_dtype,
+    check_param,
+    check_rng,
+    check_sample_shape,
+    check_xp,
+    get_xp,
 )
+from ..ops.softmax import log_softmax_forward
+from .base import Distribution, _sum_to, _uniform
 
 __all__ = ["Categorical", "UniformCategorical"]
 
@@ -40,8 +38,7 @@ def _finite_log(logp, p):
 
 def _check_index(value, num_categories, batch_shape, xp, func, validate):
     """An integer index array broadcastable to batch_shape; returns the output shape."""
-    check_array(value, "value", func, dtype="any", finite=False)
-    _check_device(value, "value", xp, func)
+    check_array(value, "value", func, dtype="any", finite=False, xp=xp, ref="the distribution")
     if value.dtype.kind not in "iu":
         raise TypeError(
             f"{func}: expected value to be an integer array of category indices, got dtype "
@@ -162,7 +159,7 @@ class Categorical(Distribution):
         :math:`p > 0` in case rounding makes :math:`u F_{C-1}` reach :math:`F_{C-1}`.
         """
         func = "Categorical.sample"
-        shape = _sample_shape(shape, func)
+        shape = check_sample_shape(shape, func)
         xp = self.xp
         p = self.probs  # (..., C)
         cdf = xp.cumsum(p, axis=-1)  # (..., C)
@@ -219,7 +216,7 @@ class Categorical(Distribution):
         func = "Categorical.log_prob_backward"
         out_shape = _check_index(value, self.num_categories, self.batch_shape, self.xp, func, False)
         xp = self.xp
-        dout = _check_dout(dout, out_shape, self.dtype, xp, func)[..., None]
+        dout = self._check_dout(dout, out_shape, func, source="value")[..., None]
         p = self.probs  # (..., C)
         onehot = (xp.arange(self.num_categories) == value[..., None]).astype(self.dtype)
         return {"logits": _sum_to(dout * (onehot - p), self.logits.shape)}
@@ -254,7 +251,7 @@ class Categorical(Distribution):
         = -p_i(\\log p_i + 1) + p_i(1 - H) = -p_i(\\log p_i + H)`.
         """
         func = "Categorical.entropy_backward"
-        dout = _check_dout(dout, self.batch_shape, self.dtype, self.xp, func)[..., None]
+        dout = self._check_dout(dout, self.batch_shape, func)[..., None]
         logp, p = _log_softmax_and_probs(self.logits)
         flog = _finite_log(logp, p)  # (..., C)
         h = -(p * flog).sum(axis=-1, keepdims=True)  # (..., 1)
@@ -289,7 +286,7 @@ class UniformCategorical(Distribution):
         self.num_categories = check_param(
             num_categories, "num_categories", func, kind="int", low=1, low_inclusive=True
         )
-        super().__init__((), (), _check_float_dtype(dtype, func), _check_xp(xp, func))
+        super().__init__((), (), check_float_dtype(dtype, func), check_xp(xp, func))
 
     @property
     def logits(self):
@@ -309,8 +306,8 @@ class UniformCategorical(Distribution):
     def sample(self, rng, shape=()):
         """Uniform indices, int64 of shape ``shape``."""
         func = "UniformCategorical.sample"
-        shape = _sample_shape(shape, func)
-        rng = _check_rng(rng, func)
+        shape = check_sample_shape(shape, func)
+        rng = check_rng(rng, func)
         return self.xp.asarray(rng.integers(0, self.num_categories, size=shape, dtype=np.int64))
 
     def log_prob(self, value):

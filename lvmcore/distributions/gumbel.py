@@ -16,17 +16,19 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_same_device, check_same_dtype, check_same_shape, get_xp
-from ..exceptions import InvalidParameterError
-from .normal import (
-    Distribution,
-    _broadcast_value,
-    _check_dout,
-    _check_float_arg,
-    _check_rng,
-    _sample_shape,
-    _sum_to,
+from .._validation import (
+    check_array,
+    check_float_dtype,
+    check_rng,
+    check_same_device,
+    check_same_dtype,
+    check_same_shape,
+    check_sample_shape,
+    check_xp,
+    get_xp,
 )
+from ..exceptions import InvalidParameterError
+from .base import Distribution, _broadcast_value, _sum_to
 
 __all__ = ["Gumbel", "standard_gumbel", "gumbel_max", "gumbel_max_sample", "EULER_GAMMA"]
 
@@ -50,14 +52,13 @@ def standard_gumbel(rng, shape, dtype=np.float64, xp=None):
         Finite: the exponential is floored at ``finfo(dtype).tiny`` (see the module notes).
     """
     func = "standard_gumbel"
-    rng = _check_rng(rng, func)
-    shape = _sample_shape(shape, func)
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{func}: expected dtype float32 or float64, got {dt}.")
+    rng = check_rng(rng, func)
+    shape = check_sample_shape(shape, func)
+    dt = check_float_dtype(dtype, func)
+    xp = check_xp(xp, func)
     e = rng.standard_exponential(shape, dtype=dt)
     g = -np.log(np.maximum(e, np.finfo(dt).tiny))
-    return g if xp is None or xp is np else xp.asarray(g)
+    return g if xp is np else xp.asarray(g)
 
 
 def gumbel_max(logits, g):
@@ -82,8 +83,26 @@ def gumbel_max(logits, g):
     :math:`\\log\\sum_c e^{l_c}`, and the argmax is independent of it.) A -inf logit gives
     -inf + g = -inf and is never chosen while the row has a finite entry.
     """
+    func = "gumbel_max"
+    _check_logits_and_noise(logits, g, func)
     xp = get_xp(logits, g)
     return xp.argmax(logits + g, axis=-1).astype(np.int64)
+
+
+def _check_logits_and_noise(logits, g, func):
+    """logits (..., C) and noise broadcastable against them, of one dtype and device.
+
+    NaN is refused in both (an argmax over NaN returns an index with no meaning); -inf
+    logits are allowed (they mask a category).
+    """
+    check_array(logits, "logits", func, allow_inf=True)
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(
+            f"{func}: expected logits to have shape (..., C) with C >= 1, got "
+            f"{tuple(logits.shape)}."
+        )
+    check_array(g, "g", func, allow_inf=True, dtype=logits.dtype, xp=get_xp(logits), ref="logits'")
+    _broadcast_value(g, "g", logits.shape, 1, func, against="logits'")
 
 
 def gumbel_max_sample(rng, logits, shape=()):
@@ -103,10 +122,14 @@ def gumbel_max_sample(rng, logits, shape=()):
         The Gumbel noise that produced it (``gumbel_max(logits, g) == index``).
     """
     func = "gumbel_max_sample"
-    check_array(logits, "logits", func, finite=False)
-    if logits.ndim < 1:
-        raise ValueError(f"{func}: expected logits to have shape (..., C), got a 0-d array.")
-    shape = _sample_shape(shape, func)
+    rng = check_rng(rng, func)
+    check_array(logits, "logits", func, allow_inf=True)
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(
+            f"{func}: expected logits to have shape (..., C) with C >= 1, got "
+            f"{tuple(logits.shape)}."
+        )
+    shape = check_sample_shape(shape, func)
     g = standard_gumbel(rng, shape + tuple(logits.shape), logits.dtype, get_xp(logits))
     return gumbel_max(logits, g), g
 
@@ -183,7 +206,7 @@ class Gumbel(Distribution):
     def reparameterize(self, g):
         """:math:`x = \\mu + \\beta g` for fixed standard-Gumbel noise g (broadcasts)."""
         func = "Gumbel.reparameterize"
-        _check_float_arg(g, "g", self.dtype, self.xp, func)
+        self._check_arg(g, "g", func)
         _broadcast_value(g, "g", self.loc.shape, 0, func)
         return self.loc + self.scale * g
 
@@ -197,7 +220,7 @@ class Gumbel(Distribution):
         g : ndarray of shape (*S, ...)
             The standard Gumbel noise; pass it to ``rsample_backward``.
         """
-        shape = _sample_shape(shape, "Gumbel.rsample")
+        shape = check_sample_shape(shape, "Gumbel.rsample")
         g = standard_gumbel(rng, shape + tuple(self.loc.shape), self.dtype, self.xp)
         return self.loc + self.scale * g, g
 
@@ -214,13 +237,13 @@ class Gumbel(Distribution):
             ``"loc"``: :math:`\\sum_S dx`; ``"scale"``: :math:`\\sum_S dx\\,g`.
         """
         func = "Gumbel.rsample_backward"
-        _check_float_arg(g, "g", self.dtype, self.xp, func)
+        self._check_arg(g, "g", func)
         full = _broadcast_value(g, "g", self.loc.shape, 0, func)
-        dx = _check_dout(dx, full, self.dtype, self.xp, func, name="dx")
+        dx = self._check_dout(dx, full, func, name="dx", source="g")
         return {"loc": _sum_to(dx, self.loc.shape), "scale": _sum_to(dx * g, self.loc.shape)}
 
     def _z(self, value, func):
-        _check_float_arg(value, "value", self.dtype, self.xp, func, finite=self.validate)
+        self._check_arg(value, "value", func, finite=self.validate)
         full = _broadcast_value(value, "value", self.loc.shape, 0, func)
         return (value - self.loc) / self.scale, full
 
@@ -253,7 +276,7 @@ class Gumbel(Distribution):
         """
         func = "Gumbel.log_prob_backward"
         z, full = self._z(value, func)
-        dout = _check_dout(dout, full, self.dtype, self.xp, func)
+        dout = self._check_dout(dout, full, func, source="value")
         with np.errstate(over="ignore"):
             t = -self.xp.expm1(-z)  # 1 - e^{-z}
         inv = 1 / self.scale
@@ -278,7 +301,7 @@ class Gumbel(Distribution):
     def icdf(self, u):
         """Quantile :math:`\\mu - \\beta\\log(-\\log u)` for u in (0, 1)."""
         func = "Gumbel.icdf"
-        _check_float_arg(u, "u", self.dtype, self.xp, func)
+        self._check_arg(u, "u", func)
         _broadcast_value(u, "u", self.loc.shape, 0, func)
         return self.loc - self.scale * self.xp.log(-self.xp.log(u))
 
@@ -289,5 +312,5 @@ class Gumbel(Distribution):
     def entropy_backward(self, dout):
         """``{"loc": 0, "scale": dout / scale}``."""
         func = "Gumbel.entropy_backward"
-        dout = _check_dout(dout, self.batch_shape, self.dtype, self.xp, func)
+        dout = self._check_dout(dout, self.batch_shape, func)
         return {"loc": self.xp.zeros_like(self.loc), "scale": dout / self.scale}

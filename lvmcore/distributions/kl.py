@@ -31,11 +31,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_same_device, check_same_dtype, check_same_shape, get_xp
-from ..ops.activations import sigmoid, softplus
+from .._validation import (
+    check_array,
+    check_cache,
+    check_dout,
+    check_same_device,
+    check_same_dtype,
+    check_same_shape,
+    get_xp,
+)
+from ..ops.activations import _sigmoid as sigmoid
+from ..ops.activations import _softplus as softplus
+from .base import Distribution, _event_axes, _sum_to
 from .bernoulli import Bernoulli
 from .categorical import Categorical, UniformCategorical, _log_softmax_and_probs
-from .normal import DiagNormal, Distribution, StandardNormal, _check_dout, _event_axes, _sum_to
+from .normal import DiagNormal, StandardNormal
 
 __all__ = [
     "register_kl",
@@ -122,13 +132,18 @@ def _lookup(table, p, q, func, what):
     return best
 
 
-def _check_pair(p, q, func):
-    """Same device, dtype and event shape; returns the broadcast batch shape."""
+def _check_distributions(p, q, func):
     for name, d in (("p", p), ("q", q)):
         if not isinstance(d, Distribution):
             raise TypeError(
-                f"{func}: expected {name} to be an lvmcore distribution, got {type(d).__name__}."
+                f"{func}: expected {name} to be an lvmcore distribution, got "
+                f"{type(d).__name__}. Wrap arrays in one first, e.g. DiagNormal(loc, logvar)."
             )
+
+
+def _check_pair(p, q, func):
+    """Same device, dtype and event shape; returns the broadcast batch shape."""
+    _check_distributions(p, q, func)
     if p.xp is not q.xp:
         raise TypeError(
             f"{func}: expected p and q on one device, got p on {p.xp.__name__} and q on "
@@ -171,12 +186,13 @@ def kl_divergence(p, q):
     NotImplementedError
         No rule is registered for the pair; the message lists the registered pairs.
     TypeError
-        Different dtypes or devices.
+        p or q not a Distribution (e.g. an array), or different dtypes or devices.
     ValueError
         Different event shapes (or numbers of categories), or batch shapes that do
         not broadcast.
     """
     func = "kl_divergence"
+    _check_distributions(p, q, func)
     fn = _lookup(_KL_FORWARD, p, q, func, "")
     _check_pair(p, q, func)
     return fn(p, q)
@@ -205,9 +221,10 @@ def kl_divergence_backward(p, q, dkl=1.0):
         No backward is registered for the pair.
     """
     func = "kl_divergence_backward"
+    _check_distributions(p, q, func)
     fn = _lookup(_KL_BACKWARD, p, q, func, " backward")
     out_shape = _check_pair(p, q, func)
-    dkl = _check_dout(dkl, out_shape, p.dtype, p.xp, func, name="dkl")
+    dkl = check_dout(dkl, out_shape, p.dtype, p.xp, func, name="dkl")
     return fn(p, q, dkl)
 
 
@@ -288,9 +305,10 @@ def kl_normal_std_per_dim_backward(dkl, cache):
     :math:`\\partial/\\partial\\mu = \\mu` and
     :math:`\\partial/\\partial\\ell = \\tfrac12(e^{\\ell} - 1)`.
     """
-    loc, logvar = cache
+    func = "kl_normal_std_per_dim_backward"
+    loc, logvar = check_cache(cache, KLNormalStdCache, func)
     xp = get_xp(loc)
-    dkl = _check_dout(dkl, loc.shape, loc.dtype, xp, "kl_normal_std_per_dim_backward", name="dkl")
+    dkl = check_dout(dkl, loc.shape, loc.dtype, xp, func, name="dkl")
     return dkl * loc, 0.5 * dkl * xp.expm1(logvar)
 
 

@@ -23,6 +23,15 @@ Gradients. Every forward method has a hand-derived backward returning a dict key
 ``"logits"``, ``"temperature"`` (a 0-d array: :math:`\\tau` is one scalar) and, for densities,
 ``"value"``; sums over sample and batch axes accumulate in float64 before the cast.
 
+One home for the Gumbel-Softmax. ``RelaxedCategorical.rsample`` is the fused kernel
+``gumbel_softmax`` (``kernels/gumbel_softmax.py``, dispatched by ``lvmcore.backend``: the NumPy
+reference, Numba or CUDA), fed one Philox key from the noise front door ``lvmcore.noise``; the
+noise it returns is that key's Gumbel stream. The soft sample's backward (``rsample_backward``,
+``relaxed_softmax_backward``) is the kernel ``gumbel_softmax_backward``. ``relaxed_softmax``
+keeps the same shifted-score formula for noise the caller already holds (``reparameterize``);
+tests/test_distributions_relaxed.py proves it equal to the kernel's reference on the same
+stream, and the distribution's path equal to the kernel's.
+
 References
 ----------
 Maddison, Mnih & Teh, "The Concrete Distribution: A Continuous Relaxation of Discrete Random
@@ -35,17 +44,18 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_param, get_xp
-from ..ops.softmax import log_softmax_forward
-from .gumbel import standard_gumbel
-from .normal import (
-    Distribution,
-    _broadcast_value,
-    _check_dout,
-    _check_float_arg,
-    _sample_shape,
-    _sum_to,
+from .. import noise
+from .._validation import (
+    check_array,
+    check_dout,
+    check_param,
+    check_rng,
+    check_sample_shape,
+    get_xp,
 )
+from ..backend import get_backend
+from ..ops.softmax import log_softmax_forward
+from .base import Distribution, _broadcast_value, _sum_to
 
 __all__ = [
     "RelaxedCategorical",
@@ -95,9 +105,27 @@ def relaxed_softmax(logits, tau, g, hard=False):
     Returns
     -------
     y : ndarray of shape broadcast(logits, g).shape
+
+    Raises
+    ------
+    TypeError
+        Non-float logits, or g of another dtype or device.
+    ValueError
+        logits not of shape (..., C) with C >= 1, or g that does not broadcast against them.
+    InvalidParameterError
+        tau not a float in (0, inf).
     """
+    tau, _ = _check_draw_args(logits, tau, g, "relaxed_softmax")
     d, y, _ = _scores(logits, logits.dtype.type(tau), g)
     return _one_hot_argmax(d) if hard else y
+
+
+def _check_draw_args(logits, tau, g, func):
+    """Check the arguments of a Gumbel-Softmax draw; returns (tau, the draw's shape)."""
+    tau = check_param(tau, "tau", func, low=0)
+    _check_logits(logits, func, validate=False)
+    check_array(g, "g", func, finite=False, dtype=logits.dtype, xp=get_xp(logits), ref="logits'")
+    return tau, _broadcast_value(g, "g", logits.shape, 1, func, against="logits'")
 
 
 def _softmax_vjp_to_params(v, d, tau, logits_shape):
@@ -140,13 +168,38 @@ def relaxed_softmax_backward(dy, logits, tau, g, log_space=False):
     ``_softmax_vjp_to_params`` for the shift that keeps a finite). Entries with y = 0 have
     v = 0 in the first case, so an exact one-hot at tiny tau contributes exactly 0.
     """
+    func = "relaxed_softmax_backward"
+    tau, full = _check_draw_args(logits, tau, g, func)
+    dy = check_dout(
+        dy, full, logits.dtype, get_xp(logits), func, "dy", scalar=False, source="logits and g"
+    )
     t = logits.dtype.type(tau)
     d, y, _ = _scores(logits, t, g)
     if log_space:
         v = dy - y * dy.sum(axis=-1, keepdims=True)
-    else:
-        v = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
-    return _softmax_vjp_to_params(v, d, t, logits.shape)
+        return _softmax_vjp_to_params(v, d, t, logits.shape)
+    return _kernel_backward(dy, y, d, t, logits.shape)
+
+
+def _rows(xp, a, shape):
+    """``a`` broadcast to ``shape`` (..., C) as C-contiguous rows (M, C) for a kernel."""
+    return xp.ascontiguousarray(xp.broadcast_to(a, shape).reshape(-1, shape[-1]))
+
+
+def _kernel_backward(dy, y, d, tau, logits_shape):
+    """The soft sample's VJP by the ``gumbel_softmax_backward`` kernel, on rows (M, C).
+
+    The kernel takes the softmax argument a = (l + g)/tau; the shifted d = a - max(a) is
+    passed instead (a per-row constant drops out, see ``_softmax_vjp_to_params``), so a stays
+    finite at any temperature. Returns dlogits summed to ``logits_shape`` and dtau (0-d).
+    """
+    be = get_backend(y)
+    xp = be.xp
+    full = tuple(y.shape)
+    dl, dtau = be.kernel("gumbel_softmax_backward")(
+        _rows(xp, dy, full), _rows(xp, y, full), tau, _rows(xp, d, full)
+    )
+    return _sum_to(dl.reshape(full), logits_shape), xp.asarray(dtau, dtype=y.dtype)
 
 
 # --- the ExpConcrete density and its backward ----------------------------------------------
@@ -244,7 +297,7 @@ class ExpRelaxedCategorical(Distribution):
         return self.dtype.type(self.temperature)
 
     def _check_noise(self, g, func):
-        _check_float_arg(g, "g", self.dtype, self.xp, func)
+        self._check_arg(g, "g", func)
         return _broadcast_value(g, "g", self.logits.shape, 1, func)
 
     def reparameterize(self, g):
@@ -255,8 +308,8 @@ class ExpRelaxedCategorical(Distribution):
 
     def rsample(self, rng, shape=()):
         """Reparameterized draw ``(x, g)``: x (*S, ..., C) and its Gumbel noise g."""
-        shape = _sample_shape(shape, f"{type(self).__name__}.rsample")
-        g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
+        shape = check_sample_shape(shape, f"{type(self).__name__}.rsample")
+        g = noise.standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.logits)
         return self.reparameterize(g), g
 
     def sample(self, rng, shape=()):
@@ -278,12 +331,12 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.rsample_backward"
         full = self._check_noise(g, func)
-        dx = _check_dout(dx, full, self.dtype, self.xp, func, name="dx")
+        dx = self._check_dout(dx, full, func, name="dx", source="g")
         dlogits, dtau = relaxed_softmax_backward(dx, self.logits, self._tau, g, log_space=True)
         return {"logits": dlogits, "temperature": dtau}
 
     def _check_x(self, value, func):
-        _check_float_arg(value, "value", self.dtype, self.xp, func, finite=self.validate)
+        self._check_arg(value, "value", func, finite=self.validate)
         return _broadcast_value(value, "value", self.logits.shape, 1, func)
 
     def log_prob(self, value):
@@ -316,7 +369,7 @@ class ExpRelaxedCategorical(Distribution):
         """
         func = f"{type(self).__name__}.log_prob_backward"
         full = self._check_x(value, func)
-        dout = _check_dout(dout, full[:-1], self.dtype, self.xp, func)[..., None]
+        dout = self._check_dout(dout, full[:-1], func, source="value")[..., None]
         C = self.num_categories
         tau = self._tau
         _, w, xs = _exp_concrete_log_prob(self.logits, tau, value)
@@ -402,10 +455,23 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         """Reparameterized draw ``(y, g)``: y (*S, ..., C) (one-hot if ``hard``) and its noise.
 
         Use the returned g with ``rsample_backward`` (see "Gradient flow").
+
+        Notes
+        -----
+        One Philox key from ``rng`` (``lvmcore.noise.philox_key``) feeds the fused
+        ``gumbel_softmax`` kernel of the logits' backend, on the logits broadcast to rows
+        (S * batch, C); g is that key's Gumbel stream (``lvmcore.noise.philox_fill``). On the
+        "numpy" backend y is ``reparameterize(g, hard)`` bit for bit; the Numba and CUDA
+        kernels generate the same stream with their own vectorized log, to a few ulp.
         """
-        shape = _sample_shape(shape, "RelaxedCategorical.rsample")
-        g = standard_gumbel(rng, shape + tuple(self.logits.shape), self.dtype, self.xp)
-        return self.reparameterize(g, hard=hard), g
+        func = "RelaxedCategorical.rsample"
+        full = check_sample_shape(shape, func) + tuple(self.logits.shape)
+        key = noise.philox_key(check_rng(rng, func))
+        be = get_backend(self.logits)
+        rows = _rows(be.xp, self.logits, full)  # (S * batch, C)
+        y = be.kernel("gumbel_softmax")(rows, self._tau, *key, 0, bool(hard))
+        g = noise.philox_fill("gumbel", key, full, self.dtype, self.logits)
+        return y.reshape(full), g
 
     def sample(self, rng, shape=(), hard=False):
         """``rsample(rng, shape, hard)[0]``."""
@@ -434,8 +500,8 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         """
         func = "RelaxedCategorical.rsample_backward"
         full = self._check_noise(g, func)
-        dy = _check_dout(dy, full, self.dtype, self.xp, func, name="dy")
-        dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)
+        dy = self._check_dout(dy, full, func, name="dy", source="g")
+        dlogits, dtau = relaxed_softmax_backward(dy, self.logits, self._tau, g)  # the kernel's
         return {"logits": dlogits, "temperature": dtau}
 
     def _log_value(self, value, log_space, func):
@@ -483,7 +549,7 @@ class RelaxedCategorical(ExpRelaxedCategorical):
         func = "RelaxedCategorical.log_prob_backward"
         x = self._log_value(value, log_space, func)
         full = _broadcast_value(x, "value", self.logits.shape, 1, func)
-        dout = _check_dout(dout, full[:-1], self.dtype, self.xp, func)
+        dout = self._check_dout(dout, full[:-1], func, source="value")
         grads = ExpRelaxedCategorical.log_prob_backward(self, dout, x)
         dx = grads["value"] - _sum_to(self.xp.broadcast_to(dout[..., None], full), x.shape)
         grads["value"] = dx if log_space else dx / value

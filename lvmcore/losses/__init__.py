@@ -1,5 +1,13 @@
 """Loss terms with their backward: likelihoods, the KL term, and the bounds built from them."""
 
+from .adversarial import (
+    DiscriminatorLossCache,
+    GeneratorLossCache,
+    discriminator_loss_backward,
+    discriminator_loss_forward,
+    generator_loss_backward,
+    generator_loss_forward,
+)
 from .kl_term import KLTermCache, kl_term_backward, kl_term_forward
 from .likelihoods import (
     BernoulliNLLCache,

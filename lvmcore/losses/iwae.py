@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import get_xp
+from .._validation import check_array, check_cache, check_param, get_xp
 from ..backend import get_backend
 
 
@@ -52,14 +52,46 @@ def importance_weights_forward(log_w, backend=None):
         :math:`\\log \\tfrac1K \\sum_k e^{\\log w_k}`; -inf for an all -inf column.
     cache : ImportanceWeightsCache
         w~ = softmax over K; all zeros for an all -inf column (never NaN).
+
+    Raises
+    ------
+    TypeError
+        Not an array, or a dtype other than float32/float64.
+    ValueError
+        log_w not 2-D, or K == 0 (checked before the kernel, which trusts its input).
+
+    Notes
+    -----
+    A strided (non-C-contiguous) log_w is copied once into C order, explicitly: the
+    kernel reads columns from raw memory.
     """
+    f = "importance_weights_forward"
+    _check_log_w(log_w, f)
     be = get_backend(log_w, backend=backend)
+    if log_w.shape[1] == 0:  # no columns: nothing to reduce (the kernel needs B >= 1)
+        xp = be.xp
+        return xp.empty(0, log_w.dtype), ImportanceWeightsCache(xp.empty_like(log_w))
     bound, weights = be.kernel("importance_weights")(be.xp.ascontiguousarray(log_w))
     return bound, ImportanceWeightsCache(weights)
 
 
 def importance_weights_backward(dbound, cache):
-    """:math:`\\partial/\\partial \\log w_k = dbound \\cdot \\tilde w_k`; (K, B)."""
+    """:math:`\\partial/\\partial \\log w_k = dbound \\cdot \\tilde w_k`; (K, B).
+
+    ``dbound`` (B,) has the dtype of the forward's log_w.
+    """
+    f = "importance_weights_backward"
+    w = check_cache(cache, ImportanceWeightsCache, f).weights
+    check_array(
+        dbound,
+        "dbound",
+        f,
+        shape=(w.shape[1],),
+        dtype=w.dtype,
+        finite=False,
+        xp=get_xp(w),
+        ref="log_w's",
+    )
     return cache.weights * dbound[None, :]
 
 
@@ -82,6 +114,15 @@ class BoundWeights(NamedTuple):
     encoder_dreg: object
     encoder_over_decoder: object
     dreg_over_decoder: object
+
+
+def _check_log_w(log_w, f):
+    check_array(log_w, "log_w", f, ndim=2, finite=False)
+    if log_w.shape[0] == 0:
+        raise ValueError(
+            f"{f}: expected log_w to have K >= 1 rows (samples), got shape "
+            f"{tuple(log_w.shape)}. Pass log_w of shape (K, B)."
+        )
 
 
 def _grouped(log_w, groups):
@@ -107,7 +148,25 @@ def bound_forward(log_w, objective="iwae", groups=1, beta=0.5):
         The value of the objective per data point (PIWAE reports its decoder target L_S).
     weights : BoundWeights
         Weights for the gradient of ``bound.mean()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        log_w not a float (S, B) array with S >= 1 (InvalidParameterError, both at once,
+        for objective, groups and beta out of range, or S not a multiple of groups).
     """
+    f = "bound_forward"
+    _check_log_w(log_w, f)
+    objective = check_param(objective, "objective", f, kind="choice", choices=OBJECTIVES)
+    if objective in ("miwae", "piwae"):
+        groups = check_param(groups, "groups", f, kind="int", low=1, low_inclusive=True)
+        if log_w.shape[0] % groups != 0:
+            raise ValueError(
+                f"{f}: expected log_w.shape[0] to be a multiple M * K of groups ({groups}), "
+                f"got log_w of shape {tuple(log_w.shape)}."
+            )
+    if objective == "ciwae":
+        beta = check_param(beta, "beta", f, low=0, low_inclusive=True, high=1)
     xp = get_xp(log_w)
     S, B = log_w.shape
     dt = log_w.dtype.type

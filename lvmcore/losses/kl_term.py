@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from .._validation import get_xp
+from .._validation import check_array, check_cache, check_param, get_xp
 
 
 class KLTermCache(NamedTuple):
@@ -18,9 +18,9 @@ def kl_term_forward(kl_per_dim, free_bits=0.0):
 
     Parameters
     ----------
-    kl_per_dim : ndarray of shape (N, Z)
+    kl_per_dim : ndarray of shape (N, Z), float32 or float64, N >= 1
         KL (analytic or sampled) of each row and latent dimension.
-    free_bits : float
+    free_bits : float in [0, inf)
         The floor :math:`\\lambda` in nats per dimension (0 disables it).
 
     Returns
@@ -34,6 +34,14 @@ def kl_term_forward(kl_per_dim, free_bits=0.0):
     autoregressive flow", eq. 15): a dimension whose minibatch-average KL is below
     :math:`\\lambda` contributes the constant :math:`\\lambda` and so no gradient.
     """
+    f = "kl_term_forward"
+    check_array(kl_per_dim, "kl_per_dim", f, ndim=2, finite=False)
+    if kl_per_dim.shape[0] == 0:
+        raise ValueError(
+            f"{f}: expected kl_per_dim to have at least one row to average, got shape "
+            f"{tuple(kl_per_dim.shape)}."
+        )
+    free_bits = check_param(free_bits, "free_bits", f, low=0, low_inclusive=True)
     xp = get_xp(kl_per_dim)
     mean_kl = kl_per_dim.mean(axis=0)  # (Z,)
     if free_bits > 0:
@@ -46,5 +54,11 @@ def kl_term_forward(kl_per_dim, free_bits=0.0):
 
 
 def kl_term_backward(dterm, cache):
-    """Gradient with respect to kl_per_dim: dterm * active_j / N for every row; (1, Z)."""
+    """Gradient with respect to kl_per_dim: dterm * active_j / N for every row; (1, Z).
+
+    ``dterm`` is a real number (the term is a scalar).
+    """
+    f = "kl_term_backward"
+    cache = check_cache(cache, KLTermCache, f)
+    dterm = check_param(dterm, "dterm", f, low=None)
     return (dterm / cache.n) * cache.active[None, :]

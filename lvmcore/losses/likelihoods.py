@@ -2,6 +2,11 @@
 
 Reduction: each returns one value per row (the sum over the D data dimensions);
 callers average over samples and batch.
+
+Validation: every argument is checked before any arithmetic or kernel call (array
+library, float32/float64 dtype, shapes against each other); integer, boolean, complex,
+float16 and object arrays are a TypeError (integer input is never promoted: cast it
+yourself). Values are not scanned: NaN propagates to the rows it touches.
 """
 
 import math
@@ -9,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_same_device, check_same_dtype, get_xp
+from .._validation import check_array, check_cache, check_same_device, check_same_dtype, get_xp
 from ..backend import get_backend
 
 
@@ -29,7 +34,8 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
     logits : ndarray of shape (N, D)
         N = S B rows: row r is scored against ``x[r % B]`` (S samples per data point,
         sample-major), so x is never tiled.
-    x : ndarray of shape (B, D), entries in {0, 1}
+    x : ndarray of shape (B, D), entries in {0, 1}, the dtype of logits
+        B >= 1, and N must be a multiple of B.
     need_grad : bool
         Also compute what backward needs (in the same pass).
     overwrite_logits : bool
@@ -43,16 +49,47 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
     nll : ndarray of shape (N,)
     cache : BernoulliNLLCache
 
+    Raises
+    ------
+    TypeError
+        A non-array, a dtype other than float32/float64, x of another dtype or array
+        library than logits.
+    ValueError
+        logits or x not 2-D, x.shape[1] != logits.shape[1], B == 0, or N not a multiple of
+        B. These are checked before the kernel runs: it reads x[r % B] for every row r of
+        logits and trusts the shapes.
+
     Notes
     -----
+    Strided (non-C-contiguous) logits or x are copied once into C order, explicitly: the
+    fused kernel reads each row as one block of memory. With ``overwrite_logits`` the
+    gradient then goes into that copy (it is in the cache either way).
+
     One fused kernel (``kernels.bernoulli_loglik``) computes softplus(l) = max(l, 0) +
     log1p(exp(-|l|)) and sigmoid(l) from the same exp(-|l|): exact for any finite logit,
     so the NLL of a confidently wrong pixel with logit -1e4 is exactly 1e4, never inf.
     """
+    f = "bernoulli_nll_forward"
+    check_array(logits, "logits", f, ndim=2, finite=False)
+    xp = get_xp(logits)
+    check_array(x, "x", f, ndim=2, dtype=logits.dtype, finite=False, xp=xp, ref="logits'")
+    N, D = logits.shape
+    B = x.shape[0]
+    if x.shape[1] != D:
+        raise ValueError(
+            f"{f}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape "
+            f"{tuple(x.shape)} and logits of shape {tuple(logits.shape)}."
+        )
+    if B == 0 or N % B != 0:
+        raise ValueError(
+            f"{f}: expected logits.shape[0] to be a multiple S * B of x.shape[0] ({B}), got "
+            f"logits of shape {tuple(logits.shape)}. Order the logits sample-major, (S, B, D) "
+            f"reshaped to (S * B, D), and pass at least one row of x."
+        )
     be = get_backend(logits, x, backend=backend)
-    xp = be.xp
+    # the fused kernel reads rows as blocks of memory: strided views are copied, explicitly
     logits = xp.ascontiguousarray(logits)
-    x = xp.ascontiguousarray(x, dtype=logits.dtype)
+    x = xp.ascontiguousarray(x)
     grad = None
     if need_grad:
         grad = logits if overwrite_logits else xp.empty_like(logits)
@@ -63,9 +100,17 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
 def bernoulli_nll_backward(dnll, cache):
     """:math:`\\partial/\\partial l_d = dnll \\cdot (\\sigma(l_d) - x_d)`; returns dlogits (N, D).
 
-    Overwrites the cached gradient in place (a cache serves one backward).
+    ``dnll`` (N,) is a float32 or float64 array (cast to the forward's dtype). Overwrites the
+    cached gradient in place (a cache serves one backward).
     """
-    grad, be = cache
+    f = "bernoulli_nll_backward"
+    grad, be = check_cache(cache, BernoulliNLLCache, f)
+    if grad is None:
+        raise ValueError(
+            f"{f}: expected a cache holding the gradient, got one made with need_grad=False. "
+            f"Call bernoulli_nll_forward(..., need_grad=True) before a backward."
+        )
+    check_array(dnll, "dnll", f, shape=(grad.shape[0],), finite=False, xp=be.xp, ref="logits'")
     dloglik = be.xp.ascontiguousarray(-dnll, dtype=grad.dtype)
     return be.kernel("bernoulli_loglik_backward")(dloglik, grad, grad)
 
@@ -82,17 +127,37 @@ def gaussian_nll_forward(mean, logvar, x):
 
     Parameters
     ----------
-    mean : ndarray of shape (N, D)
-    logvar : ndarray of shape (D,) or (N, D)
+    mean : ndarray of shape (N, D), float32 or float64
+    logvar : ndarray of shape (D,) or (N, D), the dtype of mean
         Log-variance per dimension (a learned vector or a fixed constant array).
-    x : ndarray of shape (N, D)
+    x : ndarray of shape (N, D), the dtype of mean
 
     Returns
     -------
     nll : ndarray of shape (N,)
     cache : GaussianNLLCache
+
+    Raises
+    ------
+    TypeError
+        A non-array or a dtype other than float32/float64 (integer data are not promoted:
+        cast them with x.astype(numpy.float32)), or arguments of different dtypes or array
+        libraries.
+    ValueError
+        Shapes that do not match as above.
     """
+    f = "gaussian_nll_forward"
+    check_array(mean, "mean", f, ndim=2, finite=False)
     xp = get_xp(mean)
+    N, D = mean.shape
+    kw = dict(finite=False, dtype=mean.dtype, xp=xp, ref="mean's")
+    check_array(logvar, "logvar", f, ndim=(1, 2), **kw)
+    if tuple(logvar.shape) not in ((D,), (N, D)):
+        raise ValueError(
+            f"{f}: expected logvar to have shape ({D},) or ({N}, {D}) (that of mean's rows "
+            f"or of mean), got {tuple(logvar.shape)}."
+        )
+    check_array(x, "x", f, shape=(N, D), shape_of="mean", **kw)
     diff = x - mean  # (N, D)
     inv_var = xp.exp(-logvar)
     half_log_2pi = mean.dtype.type(0.5 * math.log(2 * math.pi))
@@ -109,7 +174,18 @@ def gaussian_nll_backward(dnll, cache):
     :math:`\\partial/\\partial v_d = \\tfrac12 - \\tfrac12 (x_d - m_d)^2 e^{-v_d}`; a logvar
     vector shared by all rows gets the sum over rows.
     """
-    diff, inv_var = cache
+    f = "gaussian_nll_backward"
+    diff, inv_var = check_cache(cache, GaussianNLLCache, f)
+    check_array(
+        dnll,
+        "dnll",
+        f,
+        shape=(diff.shape[0],),
+        dtype=diff.dtype,
+        finite=False,
+        xp=get_xp(diff),
+        ref="mean's",
+    )
     d = dnll[..., None]
     dmean = -d * diff * inv_var
     dlogvar = d * (0.5 - 0.5 * diff * diff * inv_var)
@@ -209,7 +285,19 @@ def logistic_nll_backward(dnll, cache):
     :math:`\\partial/\\partial x = \\tanh(t/2)/s` (what a variational dequantizer needs:
     the density's gradient at the dequantized point).
     """
-    xp = get_xp(cache.t)
+    f = "logistic_nll_backward"
+    t, inv_scale, *_ = check_cache(cache, LogisticNLLCache, f)
+    xp = get_xp(t)
+    check_array(
+        dnll,
+        "dnll",
+        f,
+        shape=t.shape[:-1],
+        dtype=t.dtype,
+        finite=False,
+        xp=xp,
+        ref="the broadcast (mean, x)'s",
+    )
     d = dnll[..., None]
     th = xp.tanh(0.5 * cache.t)  # (..., D)
     dmean = -d * th * cache.inv_scale  # (..., D)

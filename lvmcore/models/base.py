@@ -81,12 +81,16 @@ per dimension that decides which dimensions free bits holds at the floor, the VQ
 cluster sizes and sums, its code counts (dead codes) and the rows that re-seed dead codes, the
 categorical VAE's moving baselines (the mean and variance of the learning signal). Each is
 computed from the rows returned by :meth:`_batch_rows`, the one reduction point: in one process
-it returns its argument, and a data-parallel run overrides it to gather every process's rows in
-batch order, so each process computes the statistic of the whole batch exactly as one process
-would and the state stays the same on every process. Per-row terms of the loss and their
-gradients stay local: a process's loss and gradient are those of its own rows' mean, to be
-weighted by its share of the rows when the gradients are summed. ``_step_noise`` is the other
-seam of a data-parallel step: it draws this process's rows of the global batch's noise.
+it returns its argument; in a data-parallel step (``_data_parallel(shard)``, set by the trainer)
+it gathers every process's rows in batch order (``Communicator.allgather_rows``, a
+variable-length all-gather), so each process computes the statistic of the whole batch exactly
+as one process would and the state stays the same on every process. Per-row terms of the loss
+and their gradients stay local: a process's loss and gradient are those of its own rows' mean,
+to be weighted by its share of the rows when the gradients are summed. ``_step_noise`` is the
+other seam of a data-parallel step: it draws the global batch's noise and keeps this process's
+rows (``noise_rows``), so the noise does not depend on the process count. A decision that
+depends on the batch (VQ-VAE: is the encoder output finite?) is taken on gathered rows too, so
+that every process takes the same branch and calls the same collectives.
 
 Bounds and evaluation
 ---------------------
@@ -100,7 +104,10 @@ Bounds and evaluation
     ``has_log_likelihood = True`` and implementing ``log_weights(x, noise) -> (K, B)``
     (log w = log p(x|z) + log p(z) - log q(z|x)); ``log_weight_sampler`` may be overridden
     with a faster path (the VAE's fused sampling kernel); ``eval_chunk_rows`` sets the decoder
-    rows of a chunk. Otherwise ``log_likelihood`` raises NotImplementedError.
+    rows of a chunk. Otherwise ``log_likelihood`` raises NotImplementedError. A sampler's
+    ``draw(start, n)`` depends only on the sampler's creation and (start, n), never on the
+    chunks drawn before, so the (batch, chunk) cells of an evaluation can be computed in any
+    order and on different processes (sharded evaluation).
 
 Optional capabilities, declared (a flag or a base method with a neutral default)
 -------------------------------------------------------------------------------
@@ -141,7 +148,8 @@ library is a TypeError, never a silent copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -205,6 +213,9 @@ class Model:
     # about 2**13 keeps the GEMMs large and the peak memory the same for every K above a few
     # hundred.
     eval_chunk_rows: ClassVar[int] = 1 << 13
+    # This process's part of the global batch during a data-parallel step
+    # (lvmcore.distributed.BatchShard, set by _data_parallel); None in one process.
+    _shard: Any = None
     data_dim: int
     dtype: np.dtype
 
@@ -385,9 +396,14 @@ class Model:
         return loss, self._step_end(loss, cache, rng)
 
     def _step_noise(self, rng: np.random.Generator, batch_size: int):
-        """The noise of this process's rows of a training step (``draw_noise`` in one process;
-        a data-parallel run draws the global batch's noise and keeps its ``noise_rows``)."""
-        return self.draw_noise(rng, batch_size)
+        """The noise of this process's rows of a training step: ``draw_noise`` in one process;
+        in a data-parallel step the global batch's noise, rows ``start:stop`` of the shard (one
+        stand-in row for a process without rows)."""
+        shard = self._shard
+        if shard is None:
+            return self.draw_noise(rng, batch_size)
+        rows = shard.local_slice
+        return self.noise_rows(self.draw_noise(rng, shard.batch_size), rows.start, rows.stop)
 
     def _step_forward(self, x, noise, kl_weight):
         """The forward of a training step (``loss_and_grads``)."""
@@ -400,8 +416,23 @@ class Model:
     def _batch_rows(self, array, axis: int = 0):
         """The whole batch's rows of a per-row ``array`` (batch along ``axis``): the one
         reduction point of the statistics that span the batch (module docstring). The identity
-        in one process; a data-parallel run gathers every process's rows in batch order."""
-        return array
+        in one process; in a data-parallel step every process's rows in batch order, the same
+        on every process (a process without rows contributes none)."""
+        shard = self._shard
+        if shard is None:
+            return array
+        return shard.comm.allgather_rows(array, axis=axis, count=shard.rows)
+
+    @contextlib.contextmanager
+    def _data_parallel(self, shard) -> Iterator[None]:
+        """Within the block, training steps are data-parallel over ``shard``
+        (:class:`lvmcore.distributed.BatchShard`): ``_step_noise`` keeps this process's rows of
+        the global batch's noise and ``_batch_rows`` gathers over ``shard.comm``."""
+        self._shard = shard
+        try:
+            yield
+        finally:
+            del self._shard
 
     # ------------------------------------------------------------------ bounds
     def bound(self, x, rng: np.random.Generator, batch_size: int = 1000):
@@ -420,15 +451,23 @@ class Model:
 
     def log_weight_sampler(self, x, rng: np.random.Generator) -> Callable[[int, int], Any]:
         """For one evaluation batch x (B, D): ``draw(start, n) -> log w (n, B)`` of samples
-        start, ..., start + n - 1 of every row, called in order by the chunked evaluation.
+        start, ..., start + n - 1 of every row.
 
-        Base: fresh noise from ``rng`` for each chunk (``draw_noise(rng, B, n)``) and
-        :meth:`log_weights`; a model may override it with a path whose noise is indexed by
-        sample, so that the estimate does not depend on the chunking (the VAE's).
+        ``draw`` may be called for the chunks in any order, on any process: its result depends
+        only on ``rng`` at the sampler's creation and on (start, n).
+
+        Base: one seed per batch drawn from ``rng`` here, and for each chunk the noise of
+        ``draw_noise(default_rng([seed, start]), B, n)`` through :meth:`log_weights`: the noise
+        is keyed by (batch, chunk), so the estimate depends on the chunk size but not on the
+        order or place the chunks are computed in. A model may override it with a path whose
+        noise is indexed by sample, so that the estimate does not depend on the chunking either
+        (the VAE's).
         """
+        seed = int(rng.integers(0, 2**63))
 
         def draw(start, n):
-            return self.log_weights(x, self.draw_noise(rng, x.shape[0], n))
+            chunk_rng = np.random.default_rng([seed, start])
+            return self.log_weights(x, self.draw_noise(chunk_rng, x.shape[0], n))
 
         return draw
 
@@ -439,12 +478,16 @@ class Model:
         k: int = 5000,
         batch_size: int = 100,
         chunk_size: int | None = None,
+        comm=None,
     ):
         r"""Importance-sampled estimate of log p(x) per row with k samples, shape (N,).
 
         :math:`\log \tfrac1k \sum_{s=1}^k p(x, z_s) / q(z_s|x)`, z_s ~ q(z|x), computed by
         :func:`lvmcore.evaluate.log_likelihood` chunk by chunk over k with a running
         log-sum-exp, so peak memory depends on ``chunk_size`` and ``batch_size`` but not on k.
+        With a communicator ``comm`` of several processes the (batch, chunk) cells are shared
+        among them and the result (bit-identical for every process count) is returned on rank
+        0, None elsewhere.
 
         Raises
         ------
@@ -459,7 +502,9 @@ class Model:
             )
         from ..evaluate import log_likelihood
 
-        return log_likelihood(self, x, rng, k=k, batch_size=batch_size, chunk_size=chunk_size)
+        return log_likelihood(
+            self, x, rng, k=k, batch_size=batch_size, chunk_size=chunk_size, comm=comm
+        )
 
     # ------------------------------------------------------------------ capabilities
     def init_output_bias(self, x_train) -> None:

@@ -197,8 +197,8 @@ class CatVAE(Model):
     has_log_likelihood = True
     has_sample = True
     has_reconstruct = True
-    # The K-sample evaluation draws fresh Gumbel noise per chunk (log_weight_sampler of the
-    # base), so the chunk size is part of the estimate's keying: 2**15 decoder rows, as ever.
+    # The K-sample evaluation keys its Gumbel noise by (batch, chunk) (log_weight_sampler of
+    # the base), so the chunk size is part of the estimate's keying: 2**15 decoder rows.
     eval_chunk_rows = 1 << 15
     flags = (
         Flag(

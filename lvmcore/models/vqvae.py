@@ -496,7 +496,9 @@ class VQVAE(Model):
             self._check_x(x, "VQVAE.loss_and_grads")
         self.zero_grad()
         h, enc = self.encoder.forward(x)  # (B, S*E)
-        if not bool(get_xp(h).isfinite(h).all()):
+        # over the whole batch's rows, so that every process of a data-parallel step takes the
+        # same branch (and the same collectives below)
+        if not bool(self._batch_rows(get_xp(h).isfinite(h).all(axis=1)).all()):
             nan = math.nan
             return nan, dict(
                 bound=nan,

@@ -1,11 +1,13 @@
 """MADE: a masked autoencoder whose j-th outputs depend only on inputs earlier in an order.
 
-Shape letters: N rows (all leading axes flattened), Z autoregressive inputs, C context width,
-H hidden width, P outputs per input dimension (e.g. 2: a mean and a scale).
+Shape letters: N rows (all leading axes flattened), Z autoregressive inputs, W input features
+per autoregressive input (1 for a real-valued input; M for a one-hot M-way code, E for an
+embedded one), C context width, H hidden width, P outputs per input dimension (e.g. 2: a mean
+and a scale; M: the logits of an M-way categorical).
 
 Forward, with masked weights :math:`\\tilde W = W \\odot M` formed once per call::
 
-    a_1 = x W~_0 + c W_c + b_0          (N, H_1)   c: context, unmasked
+    a_1 = x W~_0 + c W_c + b_0          (N, H_1)   x: (N, Z*W); c: context, unmasked
     h_l = act(a_l)                       (N, H_l)
     a_{l+1} = h_l W~_l + b_l             (N, H_{l+1})
     y = h_L W~_L + b_L [+ x W~_d]        (N, P*Z)  -> (..., P, Z)
@@ -67,7 +69,7 @@ def made_degrees(n_in, hidden, order):
 class MADECache(NamedTuple):
     """What MADE.backward needs.
 
-    x : (N, Z) input rows; context : (M, C) context rows or None; lead : x's leading shape;
+    x : (N, Z*W) input rows; context : (M, C) context rows or None; lead : x's leading shape;
     ctx_lead : context's leading shape; linear : per layer LinearCache (masked W inside);
     activation : per hidden layer activation cache.
     """
@@ -94,6 +96,10 @@ class MADE(Module):
         Draws the Glorot-uniform weights (and the order when ``order="random"``).
     n_outputs_per_dim : int, default 1
         P output heads, each of Z values: output (p, i) depends only on the inputs before i.
+    input_width : int, default 1
+        W, the features per autoregressive input: x has Z*W columns, dimension-major (columns
+        ``i*W ... i*W + W - 1`` belong to input i and share its degree), so an input can be a
+        one-hot or embedded category. Outputs stay (P, Z).
     context_dim : int, default 0
         C, the width of an unmasked conditioning input added into the first hidden layer
         (the IAF's h). 0: no context.
@@ -118,7 +124,8 @@ class MADE(Module):
     -----
     Parameters: ``W0`` (Z, H_1), ``b0``, ``Wc`` (C, H_1) with a context, ``W1 ... W<L>``
     (the output weight (H_L, P*Z), columns head-major: column p*Z + i is head p of input i),
-    ``b<l>``, and ``Wd`` (Z, P*Z) with ``direct``. The masks (Germain et al. eqs. 12-13) are
+    ``b<l>``, and ``Wd`` (Z, P*Z) with ``direct`` (``W0`` and ``Wd`` have Z*W rows with an
+    input width W > 1). The masks (Germain et al. eqs. 12-13) are
 
     .. math::
 
@@ -143,6 +150,7 @@ class MADE(Module):
         rng,
         *,
         n_outputs_per_dim=1,
+        input_width=1,
         context_dim=0,
         order="natural",
         direct=False,
@@ -168,6 +176,7 @@ class MADE(Module):
         P = check_param(
             n_outputs_per_dim, "n_outputs_per_dim", func, kind="int", low=1, low_inclusive=True
         )
+        W = check_param(input_width, "input_width", func, kind="int", low=1, low_inclusive=True)
         C = check_param(context_dim, "context_dim", func, kind="int", low=0, low_inclusive=True)
         self.activation = check_param(
             activation,
@@ -181,13 +190,16 @@ class MADE(Module):
             raise TypeError(f"{func}: expected dtype float32 or float64, got {dtype}.")
         self.order = self._make_order(order, Z, rng, func)
         self.n_in, self.hidden, self.n_outputs_per_dim = Z, hidden, P
+        self.input_width = W
         self.context_dim, self.direct = C, bool(direct)
         self.degrees = made_degrees(Z, hidden, self.order)
 
-        m_in, widths = self.degrees[0], (Z, *hidden)
+        m_in, widths = self.degrees[0], (Z * W, *hidden)
+        m_cols = np.repeat(m_in, W)  # (Z*W,): an input's W features share its degree
         self.masks = {}
         for l in range(len(hidden)):  # hidden layers: m_l(k) >= m_{l-1}(k')
-            mask = self.degrees[l + 1][None, :] >= self.degrees[l][:, None]
+            m_prev = m_cols if l == 0 else self.degrees[l]
+            mask = self.degrees[l + 1][None, :] >= m_prev[:, None]
             self._add_masked(f"W{l}", mask, widths[l], widths[l + 1], rng, dtype)
             self._add_param(f"b{l}", np.zeros(widths[l + 1], dtype=dtype))
             if l == 0 and C:
@@ -197,8 +209,8 @@ class MADE(Module):
         self._add_masked(f"W{L}", out_mask, hidden[-1], P * Z, rng, dtype)
         self._add_param(f"b{L}", np.zeros(P * Z, dtype=dtype))
         if self.direct:
-            d_mask = np.tile(m_in[None, :] > m_in[:, None], (1, P))  # (Z, P*Z)
-            self._add_masked("Wd", d_mask, Z, P * Z, rng, dtype)
+            d_mask = np.tile(m_in[None, :] > m_cols[:, None], (1, P))  # (Z*W, P*Z)
+            self._add_masked("Wd", d_mask, Z * W, P * Z, rng, dtype)
 
     @staticmethod
     def _make_order(order, Z, rng, func):
@@ -243,7 +255,7 @@ class MADE(Module):
 
         Parameters
         ----------
-        x : ndarray of shape (..., Z)
+        x : ndarray of shape (..., Z*W)
         context : ndarray of shape (..., C), optional
             Required when ``context_dim > 0``. Its leading shape equals x's or a trailing part
             of it (e.g. h (B, C) for x (K, B, Z)): it is broadcast over x's leading axes.
@@ -265,7 +277,7 @@ class MADE(Module):
         func = "MADE.forward"
         W0 = self.params["W0"]
         xp = get_xp(W0)
-        check_input(x, "x", func, dtype=W0.dtype, xp=xp, last=self.n_in)
+        check_input(x, "x", func, dtype=W0.dtype, xp=xp, last=self.n_in * self.input_width)
         if self.context_dim:
             if context is None:
                 raise ValueError(
@@ -285,7 +297,7 @@ class MADE(Module):
         """Forward on checked input (also the inner loop of the IAF's Jacobian solves)."""
         act_forward, _ = ACTIVATIONS[self.activation]
         lead = tuple(x.shape[:-1])
-        x2 = x.reshape(-1, self.n_in)  # (N, Z)
+        x2 = x.reshape(-1, self.n_in * self.input_width)  # (N, Z*W)
         c2, ctx_lead = None, ()
         lin, acts = [], []
         h = x2
@@ -315,7 +327,7 @@ class MADE(Module):
 
         Returns
         -------
-        dx : ndarray of shape (..., Z)
+        dx : ndarray of shape (..., Z*W)
         dcontext : ndarray of the context's shape, or None without a context
             Summed over the leading axes the context was broadcast over.
         """
@@ -333,12 +345,12 @@ class MADE(Module):
 
     def _backward(self, dy, cache, grads):
         _, act_backward = ACTIVATIONS[self.activation]
-        N, Z = cache.x.shape
+        N, ZW = cache.x.shape
         da = dy.reshape(N, -1)  # (N, P*Z)
         dx_direct = None
         if self.direct:
             Wd = self._masked("Wd")
-            dx_direct = da @ Wd.T  # (N, Z)
+            dx_direct = da @ Wd.T  # (N, Z*W)
             if grads is not None:
                 grads["Wd"] += (cache.x.T @ da) * self.masks["Wd"]
         dcontext, dh = None, None
@@ -363,4 +375,4 @@ class MADE(Module):
             grads[f"W{l}"] += dW * self.masks[f"W{l}"]
             grads[f"b{l}"] += db
         dx = dh if dx_direct is None else dh + dx_direct
-        return dx.reshape(cache.lead + (Z,)), dcontext
+        return dx.reshape(cache.lead + (ZW,)), dcontext

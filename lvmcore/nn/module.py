@@ -4,9 +4,24 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_param, to_numpy
+from .._validation import check_array, check_cache, check_param, check_xp, get_xp, to_numpy
 from ..ops import ACTIVATIONS, linear_backward, linear_forward
 from .init import glorot_uniform
+
+
+def _check_input(x, W, func):
+    """x (N, I) of the first weight's dtype and array library, I = W.shape[0]."""
+    check_array(
+        x,
+        "x",
+        func,
+        ndim=2,
+        shape=(None, W.shape[0]),
+        dtype=W.dtype,
+        finite=False,
+        xp=get_xp(W),
+        ref="the parameters'",
+    )
 
 
 class Module:
@@ -31,6 +46,7 @@ class Module:
 
     def to(self, xp):
         """Move parameters and gradients to the array module ``xp`` (numpy or cupy)."""
+        xp = check_xp(xp, f"{type(self).__name__}.to")
         asarray = xp.asarray if xp is not np else to_numpy
         self.params = {k: asarray(v) for k, v in self.params.items()}
         self.grads = {k: asarray(v) for k, v in self.grads.items()}
@@ -42,11 +58,16 @@ class Linear(Module):
 
     def __init__(self, n_in, n_out, rng, dtype=np.float32):
         super().__init__()
+        n_in = check_param(n_in, "n_in", "Linear", kind="int", low=1, low_inclusive=True)
+        n_out = check_param(n_out, "n_out", "Linear", kind="int", low=1, low_inclusive=True)
         self._add_param("W", glorot_uniform(rng, n_in, n_out, dtype))
         self._add_param("b", np.zeros(n_out, dtype=dtype))
 
     def forward(self, x):
-        return linear_forward(x, self.params["W"], self.params["b"])
+        """x (N, I) -> y (N, O) and a LinearCache; x has the parameters' dtype and device."""
+        W = self.params["W"]
+        _check_input(x, W, "Linear.forward")
+        return linear_forward(x, W, self.params["b"])
 
     def backward(self, dy, cache):
         dx, dW, db = linear_backward(dy, cache)
@@ -81,6 +102,12 @@ class MLP(Module):
 
     def __init__(self, sizes, activation, rng, dtype=np.float32):
         super().__init__()
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise TypeError(
+                f"MLP: expected sizes to be a sequence of ints, got {type(sizes).__name__}."
+            ) from None
         sizes = [
             check_param(s, "sizes", "MLP", kind="int", low=1, low_inclusive=True) for s in sizes
         ]
@@ -106,6 +133,7 @@ class MLP(Module):
 
     def forward(self, x):
         """x (N, sizes[0]) -> y (N, sizes[-1]) and an MLPCache."""
+        _check_input(x, self.params["W0"], "MLP.forward")
         act_forward, _ = ACTIVATIONS[self.activation]
         lin_caches, act_caches = [], []
         h = x
@@ -123,6 +151,11 @@ class MLP(Module):
         With ``need_dx=False`` (an encoder fed with data) the first layer's dx GEMM is
         skipped and None is returned.
         """
+        f = "MLP.backward"
+        cache = check_cache(cache, MLPCache, f)
+        x = cache.linear[0].x
+        out = (x.shape[0], self.sizes[-1])
+        check_array(dy, "dy", f, shape=out, dtype=x.dtype, finite=False, ref="the output's")
         _, act_backward = ACTIVATIONS[self.activation]
         dh = dy
         for i in reversed(range(self.n_layers)):

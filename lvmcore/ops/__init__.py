@@ -1,5 +1,9 @@
 """Stateless forward/backward pairs: ``<op>_forward(...) -> (out, cache)`` and
-``<op>_backward(dout, cache) -> (d<arg>, ...)``."""
+``<op>_backward(dout, cache) -> (d<arg>, ...)``.
+
+Every public function checks its arguments at the boundary through :mod:`lvmcore._validation`
+(array library, float32/float64 dtype, shapes against each other, a backward's upstream
+gradient against its cache) and raises ValueError or TypeError naming the argument."""
 
 from .activations import (
     ACTIVATIONS,
@@ -18,8 +22,12 @@ from .activations import (
     tanh_forward,
 )
 from .linear import LinearCache, linear_backward, linear_forward
+from .poe import PoECache, poe_backward, poe_forward
 from .reparam import ReparamCache, reparam_backward, reparam_forward
 from .softmax import (
+    LogSoftmaxCache,
+    LogSumExpCache,
+    SoftmaxCache,
     log_softmax_backward,
     log_softmax_forward,
     logsumexp,

@@ -11,7 +11,15 @@ gradient steps (k-means, dead-code reset). All per-code sums go through
 
 import numpy as np
 
-from .._validation import check_array, check_param, check_same_dtype, get_xp, to_numpy
+from .._validation import (
+    check_array,
+    check_param,
+    check_rng,
+    check_same_device,
+    check_same_dtype,
+    get_xp,
+    to_numpy,
+)
 from ..backend import get_backend
 from .vq import code_counts, code_sums
 
@@ -61,10 +69,14 @@ def ema_codebook_update(cluster_size, code_sum, z, index, decay=0.99, eps=1e-5):
     f = "ema_codebook_update"
     decay = check_param(decay, "decay", f, low=0, high=1, high_inclusive=False)
     eps = check_param(eps, "eps", f, low=0)
+    check_array(cluster_size, "cluster_size", f, ndim=1)
     M = cluster_size.shape[0]
-    check_array(code_sum, "code_sum", f, shape=(M, None))
-    check_array(z, "z", f, ndim=2, shape=(None, code_sum.shape[1]))
+    check_array(code_sum, "code_sum", f, shape=(M, None), shape_of="cluster_size")
+    check_array(z, "z", f, ndim=2, shape=(None, code_sum.shape[1]), shape_of="code_sum")
     check_same_dtype([cluster_size, code_sum, z], ["cluster_size", "code_sum", "z"], f)
+    check_array(index, "index", f, shape=(z.shape[0],), dtype="int", finite=False, shape_of="z")
+    names = ["cluster_size", "code_sum", "z", "index"]
+    check_same_device([cluster_size, code_sum, z, index], names, f)
     dt = z.dtype.type
     n = code_counts(index, M).astype(z.dtype)  # (M,)
     s = code_sums(index, z, M)  # (M, E)
@@ -113,6 +125,12 @@ def kmeans_codebook(z, n_codes, rng, iters=10):
     M = check_param(n_codes, "n_codes", f, kind="int", low=1, low_inclusive=True)
     iters = check_param(iters, "iters", f, kind="int", low=0, low_inclusive=True)
     check_array(z, "z", f, ndim=2)
+    rng = check_rng(rng, f)
+    if z.shape[1] < 1:
+        raise ValueError(
+            f"{f}: expected z to have at least one column (E >= 1), got z of shape "
+            f"{tuple(z.shape)}."
+        )
     N = z.shape[0]
     if N < M:
         raise ValueError(
@@ -173,6 +191,14 @@ def reseed_codes(codebook, dead, z, rng):
     reseeded : ndarray of int64 of shape (R,)
         The indices of the re-seeded codes, increasing.
     """
+    f = "reseed_codes"
+    check_array(codebook, "codebook", f, ndim=2, finite=False)
+    M, E = codebook.shape
+    check_array(dead, "dead", f, shape=(M,), dtype=bool, finite=False, shape_of="codebook")
+    check_array(z, "z", f, ndim=2, shape=(None, E), finite=False, shape_of="codebook")
+    check_same_device([codebook, dead, z], ["codebook", "dead", "z"], f)
+    check_same_dtype([codebook, z], ["codebook", "z"], f)
+    rng = check_rng(rng, f)
     xp = get_xp(codebook)
     reseeded = xp.flatnonzero(dead)  # (R,)
     codebook = codebook.copy()

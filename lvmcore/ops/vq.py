@@ -47,6 +47,7 @@ import numpy as np
 
 from .._validation import (
     check_array,
+    check_cache,
     check_param,
     check_same_device,
     check_same_dtype,
@@ -139,6 +140,11 @@ def vq_forward(z_e, codebook, beta=0.25, index=None, frozen=None):
     check_same_device([z_e, codebook], ["z_e", "codebook"], f)
     check_same_dtype([z_e, codebook], ["z_e", "codebook"], f)
     B, S, E = z_e.shape
+    if B < 1 or E < 1:
+        raise ValueError(
+            f"{f}: expected z_e to have at least one row and one code dimension (B >= 1, "
+            f"E >= 1: the losses are means over B), got z_e of shape {tuple(z_e.shape)}."
+        )
     M = codebook.shape[0]
     if codebook.shape[1] != E:
         raise ValueError(
@@ -200,8 +206,14 @@ def vq_backward(dz_q, cache, dcodebook_loss=1.0, dcommit=1.0):
     1/B sum_{k[n]=m} ||sg[z_e[n]] - e_m||^2 is (2/B) sum (e_m - z_e[n]). The per-code sum is a
     serial, race-free scatter-add (:func:`code_sums`).
     """
-    diff, index, M, (B, S, E), beta = cache
+    f = "vq_backward"
+    diff, index, M, (B, S, E), beta = check_cache(cache, VQCache, f)
     xp = get_xp(diff)
+    check_array(
+        dz_q, "dz_q", f, shape=(B, S, E), dtype=diff.dtype, finite=False, xp=xp, ref="z_e's"
+    )
+    dcodebook_loss = check_param(dcodebook_loss, "dcodebook_loss", f, low=None)
+    dcommit = check_param(dcommit, "dcommit", f, low=None)
     dt = diff.dtype.type
     dz_e = dz_q.reshape(B * S, E)  # (N, E)
     if dcommit != 0 and beta != 0:
@@ -216,22 +228,36 @@ def vq_backward(dz_q, cache, dcodebook_loss=1.0, dcommit=1.0):
 
 
 def _check_index(index, B, S, M, f):
-    if not hasattr(index, "dtype") or index.dtype.kind not in "iu":
-        raise TypeError(
-            f"{f}: expected index to be an integer array, got "
-            f"{getattr(index, 'dtype', type(index).__name__)}."
-        )
+    check_array(index, "index", f, dtype="int", finite=False)
     if tuple(index.shape) not in ((B * S,), (B, S)):
         raise ValueError(
             f"{f}: expected index of shape ({B * S},) or ({B}, {S}), got {tuple(index.shape)}."
         )
     index = index.reshape(B * S).astype(np.int64, copy=False)
+    _check_index_range(index, M, "index", f)
+    return index
+
+
+def _check_index_range(index, M, name, f):
+    """Every entry of the integer array ``index`` in [0, M)."""
     if index.size and (int(index.min()) < 0 or int(index.max()) >= M):
         raise ValueError(
-            f"{f}: expected every index in [0, {M}), got values in "
+            f"{f}: expected every {name} in [0, {M}), got values in "
             f"[{int(index.min())}, {int(index.max())}]."
         )
-    return index
+
+
+def _check_codes(index, n_codes, f, rows=None):
+    """index (N,) of ints in [0, n_codes); rows, if given, (N, E) floats on index's device."""
+    M = check_param(n_codes, "n_codes", f, kind="int", low=0, low_inclusive=True)
+    check_array(index, "index", f, ndim=1, dtype="int", finite=False)
+    _check_index_range(index, M, "index", f)
+    if rows is not None:
+        check_array(
+            rows, "rows", f, ndim=2, shape=(index.shape[0], None), finite=False, shape_of="index"
+        )
+        check_same_device([index, rows], ["index", "rows"], f)
+    return M
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,8 +266,12 @@ def _check_index(index, B, S, M, f):
 
 
 def code_counts(index, n_codes):
-    """How many rows each code got: ``bincount(index, minlength=M)``, int64 (M,)."""
-    return get_xp(index).bincount(index, minlength=n_codes)
+    """How many rows each code got: ``bincount(index, minlength=M)``, int64 (M,).
+
+    ``index`` is a 1-D integer array with every entry in [0, n_codes).
+    """
+    M = _check_codes(index, n_codes, "code_counts")
+    return get_xp(index).bincount(index, minlength=M)
 
 
 def code_sums(index, rows, n_codes):
@@ -252,9 +282,13 @@ def code_sums(index, rows, n_codes):
     for bit on every run (``np.add.at`` gives the same sums but is ~4x slower for rows; a
     ``prange`` scatter, or ``cupyx.scatter_add``'s atomics, would add in a varying order). Cost
     O(N log N + N E).
+
+    ``index`` (N,) is an integer array with every entry in [0, n_codes); ``rows`` (N, E) a
+    float32 or float64 array on the same device.
     """
+    M = _check_codes(index, n_codes, "code_sums", rows)
     xp = get_xp(rows)
-    M, E = n_codes, rows.shape[1]
+    E = rows.shape[1]
     out = xp.zeros((M, E), dtype=rows.dtype)  # (M, E)
     if index.size == 0:
         return out
@@ -273,7 +307,19 @@ def perplexity(counts):
     1 when one code takes every row, M when all M codes are used equally; 0 log 0 = 0. An empty
     histogram (no rows) has perplexity 1 by this convention (entropy 0).
     """
+    f = "perplexity"
+    check_array(counts, "counts", f, ndim=1, dtype="any", finite=False)
+    if counts.dtype.kind not in "iuf" or counts.dtype == np.float16:
+        raise TypeError(
+            f"{f}: expected counts to be an integer or float32/float64 array, got "
+            f"{counts.dtype}. Pass code_counts(index, M)."
+        )
     c = to_numpy(counts, np.float64)
+    if not (np.isfinite(c).all() and (c >= 0).all()):
+        raise ValueError(
+            f"{f}: expected counts to be finite and non-negative, got values in "
+            f"[{c.min()}, {c.max()}]. Pass code_counts(index, M)."
+        )
     total = c.sum()
     if total <= 0:
         return 1.0
