@@ -685,7 +685,14 @@ class _PriorDecoder(LogWeightModel):
         return self._decoder_mean(mu, x)
 
     def encode(self, x):
-        """Gaussian posterior moments (mu, logvar), each (B, Z)."""
+        """Gaussian posterior moments (mu, logvar), each (B, Z).
+
+        Declared (``has_gaussian_latents``) for the standard prior only: the evaluation reads
+        them as the KL per unit to N(0, I), which a learned prior's KL is not; its
+        ``eval_report`` gives the sampled KL and the active units instead.
+        """
+        if not self.has_gaussian_latents:
+            return super().encode(x)
         x = self._check_x(x, f"{type(self).__name__}.encode")
         (mu, logvar), _ = self.encoder.forward(self._encoder_input(x))
         return mu, logvar
