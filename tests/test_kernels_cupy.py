@@ -572,6 +572,39 @@ def test_mixture_logprob_rows_without_a_component(cp, dtype, rng):
     assert np.all(cp.asnumpy(log_p) == -np.inf) and not cp.asnumpy(resp).any()
 
 
+def test_mixture_and_vamp_priors_on_the_device_run_the_kernel(cp, rng):
+    """The priors' log-density and backward on device arrays: the "cupy" kernel, equal to the
+    host's."""
+    from lvmcore.nn import GaussianLayer
+    from lvmcore.priors import MixturePrior, VampPrior
+
+    z = rng.standard_normal((3, 4, 2))
+    G = rng.standard_normal((3, 4))
+
+    def make():
+        r = np.random.default_rng(5)
+        enc = GaussianLayer((5, 4, 2), "tanh", r, np.float64)
+        vamp = VampPrior((enc.forward, enc.backward), 3, 5, 2, r, dtype=np.float64)
+        return [MixturePrior(2, 4, r, dtype=np.float64), vamp], enc
+
+    def body(xp):
+        priors, enc = make()
+        if xp is cp:
+            enc.to(cp)
+            for p in priors:
+                p.to(cp)
+        out = []
+        for p in priors:
+            log_p, cache = p.log_prob(xp.asarray(z))
+            dz = p.log_prob_backward(xp.asarray(G), cache)
+            out += [log_p, dz, *p.grads.values()]
+        out += list(enc.grads.values())
+        return [_host(xp, a) for a in out]
+
+    for g, w in zip(body(cp), body(np)):
+        _assert_parity(g, w, np.float64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registration, dispatch from the engine, bad input
 # ---------------------------------------------------------------------------------------------
