@@ -628,8 +628,9 @@ class _PriorDecoder(LogWeightModel):
 
     def init_output_bias(self, x_train):
         """Start the decoder at the data's marginals: the logit of the pixel means (Bernoulli,
-        factorized or MADE), the mean (Gaussian, logistic; of (x + 1/2) / L for dequantized
-        levels) or the log-frequency of each level (categorical, with one pseudo-count)."""
+        factorized or MADE), the mean and the variance (Gaussian) or scale (logistic) of each
+        dimension (of (x + u) / L for dequantized levels), or the log-frequency of each level
+        (categorical, with one pseudo-count)."""
         xp = get_xp(x_train)
         if self.decoder_kind == "made":
             mean = xp.clip(x_train.mean(axis=0).astype(np.float64), 1e-3, 1 - 1e-3)
@@ -642,10 +643,20 @@ class _PriorDecoder(LogWeightModel):
             logp = xp.log(counts / counts.sum(axis=1, keepdims=True))
             b = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
             b[...] = logp.reshape(-1).astype(self.dtype)
-        elif self.dequantize != "none":
-            mean = (x_train.astype(np.float64) + 0.5).mean(axis=0) / self.levels
+        elif self.likelihood in ("gaussian", "logistic"):
+            # the mean, and the scale of each dimension's marginal: of y = (x + u) / L for
+            # dequantized levels (u adds 1 / (12 L^2) to the variance), of x otherwise
+            x64 = x_train.astype(np.float64)
+            if self.dequantize != "none":
+                x64 = (x64 + 0.5) / self.levels
+            var = x64.var(axis=0) + (1 / (12 * self.levels**2) if self.levels else 0.0) + 1e-4
             b = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
-            b[...] = mean.astype(self.dtype)
+            b[...] = x64.mean(axis=0).astype(self.dtype)
+            if self.likelihood == "gaussian":
+                self.decoder.params["logvar"][...] = xp.log(var).astype(self.dtype)
+            else:  # a logistic of scale s has variance s^2 pi^2 / 3
+                s = xp.sqrt(3 * var) / math.pi
+                self.decoder.params["log_scale"][...] = xp.log(s).astype(self.dtype)
         else:
             self._init_output_bias_to_data_mean(x_train, self.decoder)
 
