@@ -134,6 +134,8 @@ def train_and_evaluate(
         train_seconds=train_s,
         eval_seconds=time.perf_counter() - t1,
     )
+    if "kl_per_dim" in ev:  # the standard prior's closed-form KL of each unit
+        row["units_kl_above_0.1"] = sum(v > 0.1 for v in ev["kl_per_dim"])
     if "nats_to_bits_per_dim" in ev:
         f = ev["nats_to_bits_per_dim"]
         row.update(nll_bpd=ev["nll"] * f, elbo_bpd=-ev["elbo"] * f)

@@ -861,22 +861,29 @@ class _PriorDecoder(LogWeightModel):
 
         Notes
         -----
-        Noise from ``default_rng([seed, 0, 0, EVAL_STREAM])``: EVAL_DRAWS samples per row for
-        the KL and the ELBO, then one per row for I(x; z).
+        Noise from ``default_rng([seed, 0, 0, EVAL_STREAM])``, batch by batch: EVAL_DRAWS samples
+        per row for the KL (and, for levels, one for the ELBO), then one per row for I(x; z).
         """
         f = f"{type(self).__name__}.eval_report"
         self._check_x(x, f)
         batch_size = check_param(batch_size, "batch_size", f, kind="int", low=1, low_inclusive=True)
         rng = np.random.default_rng([self.seed, 0, 0, EVAL_STREAM])
         mus, logvars, kl, elbo = [], [], 0.0, 0.0
+        Z = self.latent_dim
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            eps = self.draw_noise(rng, xb.shape[0], EVAL_DRAWS)
-            terms, c = self._terms_forward(xb, eps, need_grad=False)
-            mus.append(to_numpy(c.mu, np.float64))
-            logvars.append(c.logvar)
-            kl += float((terms.log_qz - terms.log_pz).astype(np.float64).mean(axis=0).sum())
-            elbo += float(terms.log_w.astype(np.float64).mean(axis=0).sum())
+            # the KL needs the encoder and the prior only (no decoder pass: a MADE decoder's
+            # would cost D times more than the rest)
+            (mu, logvar), _ = self.encoder.forward(self._encoder_input(xb))  # (B, Z) each
+            eps = noise.standard_normal(rng, (EVAL_DRAWS, xb.shape[0], Z), self.dtype, mu)
+            (z, log_q), _ = gaussian_rsample_forward(mu, logvar, eps)  # (S, B, Z), (S, B)
+            log_p, _ = self.prior_block.log_prob(z)
+            mus.append(to_numpy(mu, np.float64))
+            logvars.append(logvar)
+            kl += float((log_q - log_p).astype(np.float64).mean(axis=0).sum())
+            if self._levels_data:  # one draw per row for the ELBO in bits per dimension
+                lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0], 1))
+                elbo += float(lw.astype(np.float64).sum())
         N = max(x.shape[0], 1)
         kl, elbo = kl / N, elbo / N
         var = np.concatenate(mus).var(axis=0) if mus else np.zeros(self.latent_dim)
