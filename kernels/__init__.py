@@ -43,6 +43,8 @@ OPS = {
     "bernoulli_loglik": "bernoulli_loglik",
     "bernoulli_loglik_backward": "bernoulli_loglik",
     "importance_weights": "importance_weights",
+    "mixture_logprob": "mixture_logprob",
+    "mixture_logprob_backward": "mixture_logprob",
     "reparam_sample": "reparam_sample",
     "reparam_sample_backward": "reparam_sample",
     "gumbel_softmax": "gumbel_softmax",

@@ -9,7 +9,8 @@ Two sources, one return type (:class:`Dataset`):
   original ``binarized_mnist_{train,valid,test}.amat`` text files (``download_binarized_mnist``
   fetches them) or an ``.npz`` holding ``train``, ``valid`` and ``test`` arrays, bit-packed or not.
 
-``load_dataset`` picks one by name (``"digits"``, ``"mnist"``) or by path.
+``load_dataset`` picks one by name (``"digits"``, ``"mnist"``) or by path; ``"digits-levels"``
+names the same digits unbinarized (integers 0..16, for the categorical and dequantized models).
 
 Every array is float32 of shape (N, D) with entries exactly 0.0 or 1.0, ready for
 ``bernoulli_nll``; ``Dataset.shape`` gives the image shape for plotting.
@@ -38,6 +39,7 @@ from ._validation import check_binary, check_param
 __all__ = [
     "Dataset",
     "load_digits_binarized",
+    "load_digits_levels",
     "load_binarized_mnist",
     "load_dataset",
     "download_binarized_mnist",
@@ -165,6 +167,33 @@ def load_digits_binarized(seed=0):
     train, valid, test = np.split(x[perm], cut)
     labels = np.split(y[perm], cut)
     return Dataset(train, valid, test, "digits", (8, 8), *labels, n_classes=10)
+
+
+def load_digits_levels(seed=0):
+    """Scikit-learn's 8x8 digits at their 17 grey levels (0..16), split as the binarized ones.
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Seed of the split permutation; the same seed puts the same images in each split as
+        ``load_digits_binarized``.
+
+    Returns
+    -------
+    Dataset
+        ``train`` (1437, 64), ``valid`` (180, 64), ``test`` (180, 64), float32 holding the
+        integers 0..16 (not binary: for the categorical decoder over 17 levels and the
+        dequantized models); ``name="digits-levels"``, ``shape=(8, 8)``.
+    """
+    f = "load_digits_levels"
+    seed = check_param(seed, "seed", f, kind="int", low=0, low_inclusive=True)
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float32)  # (1797, 64), integers 0..16
+    perm = np.random.default_rng(seed).permutation(x.shape[0])
+    n_train = x.shape[0] - _DIGITS_N_VALID - _DIGITS_N_TEST
+    train, valid, test = np.split(x[perm], [n_train, n_train + _DIGITS_N_VALID])
+    return Dataset(train, valid, test, "digits-levels", (8, 8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +448,7 @@ def load_dataset(name_or_path, *, seed=0):
     ----------
     name_or_path : str or os.PathLike
         ``"digits"``: the embedded 8x8 digits (``load_digits_binarized``).
+        ``"digits-levels"``: the same digits at their 17 grey levels (``load_digits_levels``).
         ``"mnist"``: binarized MNIST from the path in the ``LVMCORE_MNIST`` environment variable.
         Anything else: a directory of ``.amat`` files or an ``.npz`` file, read by
         ``load_binarized_mnist``.
@@ -446,6 +476,8 @@ def load_dataset(name_or_path, *, seed=0):
         )
     if name_or_path == "digits":
         return load_digits_binarized(seed=seed)
+    if name_or_path == "digits-levels":
+        return load_digits_levels(seed=seed)
     if name_or_path == "mnist":
         env = os.environ.get("LVMCORE_MNIST")
         if not env:

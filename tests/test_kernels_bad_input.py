@@ -33,6 +33,7 @@ import kernels
 from kernels import bernoulli_loglik as BL
 from kernels import gumbel_softmax as GS
 from kernels import importance_weights as IW
+from kernels import mixture_logprob as ML
 from kernels import philox as P
 from kernels import reparam_sample as RS
 from lvmcore.testing import PARITY_TOLERANCES
@@ -127,6 +128,27 @@ def _gmax(dtype, n, rng):
     return dict(logits=_normal(rng, (n, 5), dtype), seed=5, stream=1, offset=3)
 
 
+def _ml(dtype, n, rng):
+    return dict(
+        z=_normal(rng, (n, 3), dtype),
+        mu=_normal(rng, (4, 3), dtype),
+        logvar=_normal(rng, (4, 3), dtype, 0.3),
+        log_weights=np.log(np.full(4, 0.25, dtype)),
+    )
+
+
+def _ml_bwd(dtype, n, rng):
+    resp = rng.random((n, 4)).astype(dtype)
+    return dict(
+        dlog_p=_normal(rng, (n,), dtype),
+        z=_normal(rng, (n, 3), dtype),
+        mu=_normal(rng, (4, 3), dtype),
+        logvar=_normal(rng, (4, 3), dtype, 0.3),
+        resp=resp / resp.sum(axis=1, keepdims=True),
+        need_params=True,
+    )
+
+
 def _nc(dtype, n, rng):
     return dict(x=_normal(rng, (n + 2, 3), dtype), codebook=_normal(rng, (4, 3), dtype))
 
@@ -157,6 +179,8 @@ BUILDS = {
     "bernoulli_loglik": (_bl, ()),
     "bernoulli_loglik_backward": (_bl_bwd, ()),
     "importance_weights": (_iw, ()),
+    "mixture_logprob": (_ml, ()),
+    "mixture_logprob_backward": (_ml_bwd, ()),
     "reparam_sample": (_rs, ()),
     "reparam_sample_backward": (_rs_bwd, ()),
     "gumbel_softmax": (_gs, ()),
@@ -181,6 +205,8 @@ def _entries():
         "bernoulli_loglik": BL.bernoulli_loglik,
         "bernoulli_loglik_backward": BL.bernoulli_loglik_backward,
         "importance_weights": IW.importance_weights,
+        "mixture_logprob": ML.mixture_logprob,
+        "mixture_logprob_backward": ML.mixture_logprob_backward,
         "reparam_sample": RS.reparam_sample,
         "reparam_sample_backward": RS.reparam_sample_backward,
         "gumbel_softmax": GS.gumbel_softmax,

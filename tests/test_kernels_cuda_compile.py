@@ -24,6 +24,7 @@ MODULES = {
     "bernoulli_loglik.cu": "kernels.bernoulli_loglik",
     "gumbel_softmax.cu": "kernels.gumbel_softmax",
     "importance_weights.cu": "kernels.importance_weights",
+    "mixture_logprob.cu": "kernels.mixture_logprob",
     "nearest_code.cu": "kernels.nearest_code",
     "philox.cu": "kernels.philox",
     "reparam_sample.cu": "kernels.reparam_sample",

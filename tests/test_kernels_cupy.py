@@ -522,6 +522,90 @@ def test_adam_update(cp, dtype, shape, rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# Mixture of diagonal Gaussians: log-density over the components and its backward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "N, C, Z", [(1, 1, 1), (5, 3, 2), (37, 33, 3), (70, 5, 1), (3, 65, 4), (0, 4, 2)]
+)
+def test_mixture_logprob(cp, dtype, N, C, Z, rng):
+    z = rng.standard_normal((N, Z)).astype(dtype)
+    mu = rng.standard_normal((C, Z)).astype(dtype)
+    logvar = (0.3 * rng.standard_normal((C, Z))).astype(dtype)
+    log_w = np.log(rng.dirichlet(np.ones(C))).astype(dtype)
+    if C > 2:
+        log_w[1] = -np.inf  # a component switched off
+    dlog_p = rng.standard_normal(N).astype(dtype)
+
+    def body(xp, get):
+        args = [xp.asarray(a) for a in (z, mu, logvar, log_w)]
+        log_p, resp = get("mixture_logprob")(*args)
+        grads = get("mixture_logprob_backward")(xp.asarray(dlog_p), *args[:3], resp)
+        dz_only = get("mixture_logprob_backward")(xp.asarray(dlog_p), *args[:3], resp, False)
+        assert dz_only[1:] == (None, None, None)
+        return [_host(xp, a) for a in (log_p, resp, *grads, dz_only[0])]
+
+    want, got = _both(cp, body)
+    names = ["log_p", "resp", "dz", "dmu", "dlogvar", "dlog_weights", "dz (alone)"]
+    for g, w, name in zip(got, want, names):
+        assert g.dtype == np.dtype(dtype) and g.shape == w.shape, name
+        # float32 gradients: sums of up to max(N, C) terms of either sign
+        tol = None if dtype == np.float64 or name in ("log_p", "resp") else 2e-5 * max(N, C)
+        if tol is None:
+            _assert_parity(g, w, dtype, name)
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=tol, err_msg=name)
+    if C > 2 and N:
+        assert np.all(got[1][:, 1] == 0) and got[5][1] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixture_logprob_rows_without_a_component(cp, dtype, rng):
+    z = rng.standard_normal((6, 2)).astype(dtype)
+    mu, logvar = np.zeros((3, 2), dtype), np.zeros((3, 2), dtype)
+    off = np.full(3, -np.inf, dtype)
+    log_p, resp = kernels.get("mixture_logprob", "cupy")(
+        *(cp.asarray(a) for a in (z, mu, logvar, off))
+    )
+    assert np.all(cp.asnumpy(log_p) == -np.inf) and not cp.asnumpy(resp).any()
+
+
+def test_mixture_and_vamp_priors_on_the_device_run_the_kernel(cp, rng):
+    """The priors' log-density and backward on device arrays: the "cupy" kernel, equal to the
+    host's."""
+    from lvmcore.nn import GaussianLayer
+    from lvmcore.priors import MixturePrior, VampPrior
+
+    z = rng.standard_normal((3, 4, 2))
+    G = rng.standard_normal((3, 4))
+
+    def make():
+        r = np.random.default_rng(5)
+        enc = GaussianLayer((5, 4, 2), "tanh", r, np.float64)
+        vamp = VampPrior((enc.forward, enc.backward), 3, 5, 2, r, dtype=np.float64)
+        return [MixturePrior(2, 4, r, dtype=np.float64), vamp], enc
+
+    def body(xp):
+        priors, enc = make()
+        if xp is cp:
+            enc.to(cp)
+            for p in priors:
+                p.to(cp)
+        out = []
+        for p in priors:
+            log_p, cache = p.log_prob(xp.asarray(z))
+            dz = p.log_prob_backward(xp.asarray(G), cache)
+            out += [log_p, dz, *p.grads.values()]
+        out += list(enc.grads.values())
+        return [_host(xp, a) for a in out]
+
+    for g, w in zip(body(cp), body(np)):
+        _assert_parity(g, w, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration, dispatch from the engine, bad input
 # ---------------------------------------------------------------------------------------------
 
@@ -529,6 +613,8 @@ OPS = [
     "bernoulli_loglik",
     "bernoulli_loglik_backward",
     "importance_weights",
+    "mixture_logprob",
+    "mixture_logprob_backward",
     "reparam_sample",
     "reparam_sample_backward",
     "gumbel_softmax",

@@ -21,14 +21,19 @@ from lvmcore.models import (
     VQVAE,
     CatVAE,
     Model,
+    PriorDecoderIWAE,
+    PriorDecoderVAE,
     build_model,
     get_model_class,
     register_model,
 )
+from lvmcore.models.logweight import IWAETraining
 
 D = 7
 
-# One small float64 instance of each model family and of its variants with batch statistics.
+# One small float64 instance of each model family and of its variants with batch statistics,
+# and of the learned-prior, autoregressive and categorical decoder and dequantized variants (the
+# binary data are levels in [0, 3) for the last ones).
 CASES = {
     "vae": lambda: VAE(D, 3, (5,), n_samples=2, seed=1, dtype=np.float64),
     "vae-free-bits": lambda: VAE(
@@ -39,6 +44,45 @@ CASES = {
     "piwae": lambda: IWAE(D, 3, (5,), k=2, objective="piwae", groups=2, seed=1, dtype=np.float64),
     "catvae-nvil": lambda: CatVAE(D, 2, 3, (5,), estimator="nvil", seed=1, dtype=np.float64),
     "catvae-vimco": lambda: CatVAE(D, 2, 3, (5,), estimator="vimco", k=3, seed=1, dtype=np.float64),
+    "vae-mog-prior": lambda: PriorDecoderVAE(
+        D, 3, (5,), prior="mog", prior_components=3, n_samples=2, seed=1, dtype=np.float64
+    ),
+    "iwae-vamp-prior-dreg": lambda: PriorDecoderIWAE(
+        D, 3, (5,), prior="vamp", prior_components=3, k=3, estimator="dreg", dtype=np.float64
+    ),
+    "vae-flow-prior": lambda: PriorDecoderVAE(
+        D, 3, (5,), prior="flow", prior_flow_hidden=(4,), seed=1, dtype=np.float64
+    ),
+    "vae-made-context-dropout-free-bits": lambda: PriorDecoderVAE(
+        D,
+        3,
+        (5,),
+        decoder="made",
+        ar_context=3,
+        ar_dropout=0.3,
+        kl="sampled",
+        n_samples=2,
+        free_bits=0.2,
+        seed=1,
+        dtype=np.float64,
+    ),
+    "iwae-categorical": lambda: PriorDecoderIWAE(
+        D, 3, (5,), decoder="categorical", levels=3, k=3, estimator="stl", dtype=np.float64
+    ),
+    "vae-uniform-dequantized": lambda: PriorDecoderVAE(
+        D, 3, (5,), dequantize="uniform", likelihood="logistic", levels=3, dtype=np.float64
+    ),
+    "iwae-variational-dequantized": lambda: PriorDecoderIWAE(
+        D,
+        3,
+        (5,),
+        dequantize="variational",
+        likelihood="gaussian",
+        levels=3,
+        k=2,
+        seed=1,
+        dtype=np.float64,
+    ),
     "vqvae-ema": lambda: VQVAE(
         D,
         codes=5,
@@ -65,7 +109,7 @@ def _data(rng, B=10):
 
 def _per_row(model, cache):
     """The per-row quantities of a forward cache, each with its batch axis."""
-    if isinstance(model, IWAE):
+    if isinstance(model, (IWAE, IWAETraining)):
         _, _, stats = cache
         return {"bound": (stats["bound"], 0), "log_w": (stats["log_w"], 1)}
     if isinstance(model, VQVAE):

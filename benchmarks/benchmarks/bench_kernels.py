@@ -73,6 +73,55 @@ class ImportanceWeights(Benchmark):
     track_gbps.unit = "GB/s"
 
 
+class MixtureLogprob(Benchmark):
+    """The mixture (and VampPrior) log-density: N = K B rows, C components, Z latent units.
+    (5000, 500, 40) is an IWAE step with K = 50, B = 100 under Tomczak and Welling's VampPrior
+    (500 pseudo-inputs, 40 units)."""
+
+    params = [
+        variants("mixture_logprob"),
+        grid([(5000, 10, 40), (5000, 500, 40)], [(100, 10, 8), (5000, 10, 40), (5000, 500, 40)]),
+        DTYPES,
+    ]
+    param_names = ["variant", "ncz", "dtype"]
+
+    def setup(self, variant, ncz, dtype):
+        super().setup()
+        n, c, z = ncz
+        if variant == "ref" and n * c * z > 2 * 10**7:
+            raise NotImplementedError("the NumPy reference is too slow at this size")
+        self.fn = kernel_variant("mixture_logprob", variant)
+        self.bwd = kernel_variant("mixture_logprob_backward", variant)
+        self.z = normal((n, z), dtype)
+        self.mu = normal((c, z), dtype, seed=1)
+        self.logvar = normal((c, z), dtype, seed=2) * 0.3
+        self.log_w = np.full(c, -np.log(c), dtype=dtype)
+        self.dlog_p = normal((n,), dtype, seed=3)
+        _, self.resp = self.fn(self.z, self.mu, self.logvar, self.log_w)
+        self.bwd(self.dlog_p, self.z, self.mu, self.logvar, self.resp)
+
+    def time_forward(self, variant, ncz, dtype):
+        self.fn(self.z, self.mu, self.logvar, self.log_w)
+
+    def time_backward(self, variant, ncz, dtype):
+        self.bwd(self.dlog_p, self.z, self.mu, self.logvar, self.resp)
+
+    def time_backward_dz_only(self, variant, ncz, dtype):
+        self.bwd(self.dlog_p, self.z, self.mu, self.logvar, self.resp, False)
+
+    def track_gflops(self, variant, ncz, dtype):
+        # 3 flops per (row, component, unit) in the forward's quadratic form
+        n, c, z = ncz
+        t = min(
+            timeit.repeat(
+                lambda: self.fn(self.z, self.mu, self.logvar, self.log_w), number=1, repeat=3
+            )
+        )
+        return 3 * n * c * z / t / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
 class ReparamSample(Benchmark):
     params = [
         variants("reparam_sample"),

@@ -7,7 +7,9 @@ name: ``MODELS`` is the one registry the trainer, the checkpoints and the comman
 
 A registered name may also serve *variants*: classes chosen by a flag of that name's family,
 registered with :func:`register_variant`. ``lvmcore train --model iwae --stochastic-layers 2``
-builds :class:`HierarchicalIWAE`, ``--model vae --posterior iaf`` builds :class:`FlowVAE`;
+builds :class:`HierarchicalIWAE`, ``--model vae --posterior iaf`` builds :class:`FlowVAE`,
+``--model vae --prior vamp`` (or ``--decoder made``, ``--dequantize uniform``) builds
+:class:`PriorDecoderVAE`;
 their checkpoints keep ``"model": "iwae"`` (or ``"vae"``) and :func:`build_model` picks the
 variant from the config in the same way (:func:`model_class`). Left at their defaults, the
 selecting flags build the registered class itself.
@@ -23,6 +25,7 @@ from .flowvae import FlowIWAE, FlowVAE
 from .hvae import HierarchicalIWAE, HierarchicalVAE
 from .iwae import ESTIMATORS, IWAE
 from .mvae import MVAE
+from .priordecoder import PriorDecoderIWAE, PriorDecoderVAE
 from .vae import VAE, VAECache
 from .vqvae import VQVAE
 
@@ -53,6 +56,8 @@ __all__ = [
     "HierarchicalIWAE",
     "FlowVAE",
     "FlowIWAE",
+    "PriorDecoderVAE",
+    "PriorDecoderIWAE",
 ]
 
 MODELS: dict[str, type[Model]] = {}
@@ -184,6 +189,15 @@ def build_model(config: dict) -> Model:
 
 for _cls in (VAE, IWAE, VQVAE, CatVAE, CVAE, MVAE, AAE):
     register_model(_cls)
-for _cls in (HierarchicalVAE, HierarchicalIWAE, FlowVAE, FlowIWAE):
+# The prior/decoder variants first: given with --posterior or --stochastic-layers, they are
+# chosen and refuse the combination by name, instead of a posterior variant ignoring --prior.
+for _cls in (
+    PriorDecoderVAE,
+    PriorDecoderIWAE,
+    HierarchicalVAE,
+    HierarchicalIWAE,
+    FlowVAE,
+    FlowIWAE,
+):
     register_variant(_cls)
 del _cls

@@ -42,6 +42,7 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_array, check_param, get_xp, to_numpy
+from ..losses import kl_term_backward, kl_term_forward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from .base import Model
 from .iwae import ESTIMATORS, IWAE
@@ -81,6 +82,9 @@ class TermGrads(NamedTuple):
     enters the posterior (1 for the ELBO; the encoder-over-decoder weights of
     :class:`lvmcore.losses.iwae.BoundWeights` for an IWAE, finite everywhere).
     ``path``: True for STL and DReG (see the module docstring).
+    ``kl``: None, or, when the ELBO takes the KL dimension by dimension
+    (:class:`ELBOTraining`, analytic or under free bits), d loss / d KL_{bj} of the per-row,
+    per-dimension KL, broadcastable to (B, Z); ``pz`` and ``qz`` are then zero.
     """
 
     px: object
@@ -88,6 +92,7 @@ class TermGrads(NamedTuple):
     qz: object
     ratio: object
     path: bool
+    kl: object = None
 
 
 class PosteriorMeanVariance:
@@ -208,25 +213,45 @@ class LogWeightModel(Model):
 
 class ELBOCache(NamedTuple):
     """``terms``: the model's cache of its terms; ``kl_weight``: w; ``shape``: (L, B);
-    ``stats``: per-example ``log_px_z`` and ``kl`` (B,), for reporting."""
+    ``stats``: per-example ``log_px_z`` and ``kl`` (B,), for reporting; ``kl_term``: the
+    KLTermCache of a KL taken by dimension, else None."""
 
     terms: object
     kl_weight: float
     shape: tuple
     stats: dict
+    kl_term: object = None
 
 
 class ELBOTraining(LogWeightModel):
     """Training by the ELBO with L samples and a KL weight: the ``vae`` of a family.
 
     ``n_samples`` (L) and ``beta`` are :class:`lvmcore.models.VAE`'s, with its flags
-    ``--samples`` and ``--beta``; the KL is always the sampled one,
-    :math:`\\log q(z|x) - \\log p(z)` (no closed form exists for a hierarchy or a flow), and
-    free bits does not apply.
+    ``--samples`` and ``--beta``. The KL is the sampled one,
+    :math:`\\log q(z|x) - \\log p(z)` (no closed form exists for a hierarchy or a flow),
+    unless the model takes it dimension by dimension: a model whose posterior and prior both
+    factorize over the latent units may set ``kl = "analytic"`` or ``free_bits > 0`` and
+    implement ``_kl_per_dim(cache) -> (B, Z)`` (the closed form, or the sampled KL of each
+    unit averaged over L); the loss then uses :func:`lvmcore.losses.kl_term_forward` on it,
+    as :class:`lvmcore.models.VAE` does, and the backward hands the model
+    d loss / d KL_{bj} as ``TermGrads.kl``.
     """
 
     bound_name = "ELBO"
     training_flags = tuple(f for f in VAE.flags if f.dest in ("samples", "beta"))
+    # The KL of the loss: "sampled" and no floor, unless a model that can split the KL by
+    # latent unit sets these (see the class docstring).
+    kl = "sampled"
+    free_bits = 0.0
+
+    @property
+    def _kl_by_dimension(self) -> bool:
+        return self.kl == "analytic" or self.free_bits > 0
+
+    def _kl_per_dim(self, cache):
+        """The per-row, per-dimension KL (B, Z) from the terms' cache (see the class
+        docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _kl_per_dim().")
 
     def _init_training(self, n_samples, beta, func):
         self.n_samples = check_param(
@@ -271,9 +296,19 @@ class ELBOTraining(LogWeightModel):
         w = self.beta if kl_weight is None else float(kl_weight)
         terms, tc = self._terms_forward(x, eps)
         kl = terms.log_qz - terms.log_pz  # (L, B)
-        loss = -float(terms.log_px_z.mean()) + w * float(kl.mean())
-        stats = dict(log_px_z=terms.log_px_z.mean(axis=0), kl=kl.mean(axis=0))
-        return loss, ELBOCache(tc, w, tuple(kl.shape), stats)
+        klc = None
+        if self._kl_by_dimension:
+            kl_dim = self._kl_per_dim(tc)  # (B, Z)
+            # Free bits compares the batch-mean KL of each unit with the floor: a statistic of
+            # the whole batch (lvmcore.models.base); its gradient is that of these rows' mean.
+            kl_value, klc = kl_term_forward(self._batch_rows(kl_dim), self.free_bits)
+            klc = klc._replace(n=x.shape[0])
+            kl_row = kl_dim.sum(axis=1)  # (B,)
+        else:
+            kl_value, kl_row = float(kl.mean()), kl.mean(axis=0)
+        loss = -float(terms.log_px_z.mean()) + w * kl_value
+        stats = dict(log_px_z=terms.log_px_z.mean(axis=0), kl=kl_row)
+        return loss, ELBOCache(tc, w, tuple(kl.shape), stats, klc)
 
     def backward(self, cache, dloss=1.0):
         """Accumulate the gradient of ``dloss * loss`` into every parameter's gradient.
@@ -282,7 +317,8 @@ class ELBOTraining(LogWeightModel):
         -----
         Each of the L B samples has weight 1/(LB): d loss / d log p(x|z) = -1/(LB), and
         :math:`\\mp w/(LB)` for log p(z) and log q(z|x); the total derivative (no estimator
-        choice: the ELBO's gradient at fixed noise).
+        choice: the ELBO's gradient at fixed noise). A KL taken by dimension gets
+        ``kl_term_backward``'s w active_j / B per row instead (``TermGrads.kl``).
         """
         xp = get_xp(cache.stats["kl"])
         L, B = cache.shape
@@ -290,7 +326,13 @@ class ELBOTraining(LogWeightModel):
         w = dt(cache.kl_weight)
         full = xp.full((L, B), dt(dloss / (L * B)), dtype=self.dtype)
         ones = xp.ones((L, B), dtype=self.dtype)
-        self._terms_backward(cache.terms, TermGrads(-full, -w * full, w * full, ones, False))
+        if cache.kl_term is not None:
+            zero = xp.zeros((L, B), dtype=self.dtype)
+            dkl = kl_term_backward(dt(dloss * cache.kl_weight), cache.kl_term)  # (1, Z)
+            grads = TermGrads(-full, zero, zero, ones, False, dkl.astype(self.dtype))
+        else:
+            grads = TermGrads(-full, -w * full, w * full, ones, False)
+        self._terms_backward(cache.terms, grads)
 
     def _step_end(self, loss, cache, rng):
         """Step statistics (means over the batch): ``elbo`` (w = 1), ``recon``, ``kl``."""
@@ -415,11 +457,17 @@ class IWAETraining(LogWeightModel):
         return dict(bound=-loss)
 
     def bound(self, x, rng, batch_size=100):
-        """The model's training bound per example (N,), for fixed fresh noise."""
+        """The model's training bound per example (N,), for fixed fresh noise.
+
+        It is computed from :meth:`log_weights`, the evaluation path: nothing is kept for a
+        backward, and what only training applies (a decoder's input dropout) is left out.
+        """
         return self._per_row(
             x,
             rng,
             batch_size,
             f"{type(self).__name__}.bound",
-            lambda xb, eps: self.forward(xb, eps)[1][2]["bound"],
+            lambda xb, eps: bound_forward(
+                self.log_weights(xb, eps), self.objective, self.groups, self.ciwae_beta
+            )[0],
         )

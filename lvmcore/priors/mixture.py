@@ -13,7 +13,10 @@ Tomczak and Welling's experiments) is, for every row n, a log-sum-exp over the c
 :math:`z_{nj} - \\mu_{cj}` formed directly (no :math:`z^2 - 2z\\mu + \\mu^2` expansion, which
 cancels in float32 when z is near a far-out mean), in row blocks so that the (rows, C, Z)
 temporary stays bounded. It is the reference a fused kernel for this op is checked against:
-one pass per row over C with a running maximum, no (N, C, Z) temporary.
+one pass per row over C with a running maximum, no (N, C, Z) temporary. That kernel is
+``kernels/mixture_logprob.py`` (NumPy reference, Numba, CuPy): :func:`mixture_log_prob_forward`
+and :func:`mixture_log_prob_backward`, the entry points the priors call, run it through the
+backend of the arrays.
 """
 
 import math
@@ -30,6 +33,7 @@ from .._validation import (
     check_param,
     get_xp,
 )
+from ..backend import get_backend
 from ..ops.softmax import log_softmax_backward, log_softmax_forward, logsumexp_forward, softmax
 from .base import Prior
 
@@ -207,14 +211,18 @@ def mixture_log_prob_forward(z, mu, logvar, log_weights):
 
     Notes
     -----
-    See :func:`mixture_log_prob_ref`, which this validates for.
+    The math of :func:`mixture_log_prob_ref`, computed by the backend's fused kernel
+    (``kernels.mixture_logprob``) after the arguments are validated.
     """
     func = "mixture_log_prob_forward"
     xp, dtype, C, Z = _check_components(mu, logvar, log_weights, func)
     check_input(z, "z", func, dtype=dtype, xp=xp, last=Z)
     lead = tuple(z.shape[:-1])
-    z2 = z.reshape(-1, Z)  # (N, Z)
-    log_p, resp = mixture_log_prob_ref(z2, mu, logvar, log_weights)
+    z2 = xp.ascontiguousarray(z.reshape(-1, Z))  # (N, Z)
+    mu, logvar, log_weights = (xp.ascontiguousarray(a) for a in (mu, logvar, log_weights))
+    # the fused kernel of the backend (kernels/mixture_logprob.py); equal to
+    # mixture_log_prob_ref (tests/test_kernels_mixture_logprob.py)
+    log_p, resp = get_backend(z2).kernel("mixture_logprob")(z2, mu, logvar, log_weights)
     return log_p.reshape(lead), MixtureCache(z2, mu, logvar, resp, lead)
 
 
@@ -236,12 +244,15 @@ def mixture_log_prob_backward(dlog_p, cache, need_params=True):
 
     Notes
     -----
-    See :func:`mixture_log_prob_backward_ref`.
+    The math of :func:`mixture_log_prob_backward_ref`, computed by the backend's fused kernel
+    (``kernels.mixture_logprob_backward``).
     """
     check_cache(cache, MixtureCache, "mixture_log_prob_backward")
     check_grad(dlog_p, "dlog_p", cache.lead, "mixture_log_prob_backward", dtype=cache.z.dtype)
-    dz, dmu, dlv, dlw = mixture_log_prob_backward_ref(
-        dlog_p.reshape(-1), cache.z, cache.mu, cache.logvar, cache.resp, need_params
+    xp = get_xp(cache.z)
+    dlog_p = xp.ascontiguousarray(dlog_p.reshape(-1))  # (N,)
+    dz, dmu, dlv, dlw = get_backend(cache.z).kernel("mixture_logprob_backward")(
+        dlog_p, cache.z, cache.mu, cache.logvar, cache.resp, bool(need_params)
     )
     return dz.reshape(cache.lead + (cache.z.shape[1],)), dmu, dlv, dlw
 
