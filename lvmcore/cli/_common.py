@@ -10,6 +10,10 @@ from ._types import positive_int
 PROG = "lvmcore"
 
 
+# The data sets lvmcore.data.load_dataset knows by name (a checkpoint records the name, not a path)
+NAMED_DATA = ("digits", "digits-levels", "mnist")
+
+
 def add_device_argument(parser):
     parser.add_argument(
         "--device",
@@ -63,14 +67,14 @@ def plural(n, noun):
 
 
 def data_label(data):
-    if data in ("digits", "mnist"):
+    if data in NAMED_DATA:
         return data
     return Path(data).stem or "data"
 
 
 def data_source(data):
     """What the checkpoint records: a name, or an absolute path so eval works from anywhere."""
-    return data if data in ("digits", "mnist") else os.path.abspath(data)
+    return data if data in NAMED_DATA else os.path.abspath(data)
 
 
 def recorded_data(data, state, where):
