@@ -33,7 +33,7 @@ from ..losses import bernoulli_nll_backward, gaussian_nll_backward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from ..ops import reparam_backward
 from .base import Flag
-from .vae import VAE
+from .vae import VAE, FusedReparam
 
 ESTIMATORS = ("iwae", "stl", "dreg")
 
@@ -171,7 +171,8 @@ class IWAE(VAE):
 
     def forward(self, x, eps, kl_weight=None):
         """Negative bound averaged over the batch, for fixed noise eps (K, B, Z) (M K for
-        MIWAE and PIWAE).
+        MIWAE and PIWAE): an array (the readable path) or its NoiseKey (the fused kernel, see
+        :mod:`lvmcore.models.vae`).
 
         ``kl_weight`` is accepted for the trainer's sake and must be None or 1.
         """
@@ -181,9 +182,7 @@ class IWAE(VAE):
                 f"not apply to an importance-weighted bound), got {kl_weight}."
             )
         p = self._forward_samples(x, eps)
-        log_w = p.log_px_z + 0.5 * (
-            (p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1)
-        )  # (K, B)
+        log_w = self._log_w(p)  # (K, B)
         bound, weights = bound_forward(log_w, self.objective, self.groups, self.ciwae_beta)
         loss = -float(bound.mean())
         stats = dict(bound=bound, log_w=log_w)
@@ -193,8 +192,7 @@ class IWAE(VAE):
         """Accumulate the gradient of ``dloss * loss`` with the chosen estimator."""
         p, bw, _ = cache
         xp = get_xp(p.mu)
-        eps, std = p.reparam
-        K, B, Z = eps.shape
+        K, B, Z = p.z.shape
         dt = self.dtype.type
         c = dt(-dloss)  # loss = -mean bound; the weights are for the bound
         dnll = (dt(dloss) * bw.decoder).reshape(K * B)
@@ -209,13 +207,27 @@ class IWAE(VAE):
             s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
         else:
             s, ratio = bw.encoder, bw.encoder_over_decoder
-        cs = (c * s)[..., None]  # (K, B, 1)
-        dz = ratio[..., None] * dz_dec - cs * p.z  # log p(z) term
-        if self.estimator != "iwae":
-            dz += cs * (eps / std)  # -log q through z only
-        dmu, dlogvar = reparam_backward(dz, p.reparam)
-        if self.estimator == "iwae":
-            dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
+        cs = c * s  # (K, B)
+        dz = ratio[..., None] * dz_dec  # (K, B, Z)
+        if isinstance(p.reparam, FusedReparam):
+            # log p(z) and log q(z|x) go to the kernel's regenerating backward as their
+            # upstream gradients; STL and DReG keep only log q's path through z, eps / std =
+            # (z - mu) / var, and pass no dlog_q (its total derivative holds the score term)
+            dlog_q = None
+            if self.estimator != "iwae":
+                dz += cs[..., None] * ((p.z - p.mu) * xp.exp(-p.logvar))
+            else:
+                dlog_q = -cs
+            dmu, dlogvar = self._reparam_grads(p, dz, dlog_q, cs)
+        else:
+            eps, std = p.reparam
+            cs = cs[..., None]  # (K, B, 1)
+            dz -= cs * p.z  # log p(z) term
+            if self.estimator != "iwae":
+                dz += cs * (eps / std)  # -log q through z only
+            dmu, dlogvar = reparam_backward(dz, p.reparam)
+            if self.estimator == "iwae":
+                dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), p.enc, need_dx=False)
 
     def _step_forward(self, x, noise, kl_weight):
@@ -228,25 +240,24 @@ class IWAE(VAE):
         return dict(bound=-loss)
 
     def elbo(self, x, rng, batch_size=100):
-        """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples."""
+        """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples (the
+        fused path, with the noise ``draw_noise`` would draw from ``rng``)."""
         self._check_x(x, "IWAE.elbo")
         xp = get_xp(x)
-        return xp.concatenate(
-            [
-                self.log_weights(
-                    x[i : i + batch_size], self.draw_noise(rng, x[i : i + batch_size].shape[0])
-                ).mean(axis=0)
-                for i in range(0, x.shape[0], batch_size)
-            ]
-        )
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            out.append(self.log_weights(xb, self.draw_key(rng, xb.shape[0])).mean(axis=0))
+        return xp.concatenate(out)
 
     def bound(self, x, rng, batch_size=100):
-        """The model's training bound per example (B,), for fixed fresh noise."""
+        """The model's training bound per example (B,), for fixed fresh noise (the fused
+        path, with the noise ``draw_noise`` would draw from ``rng``)."""
         self._check_x(x, "IWAE.bound")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            _, (_, _, stats) = self.forward(xb, self.draw_noise(rng, xb.shape[0]))
+            _, (_, _, stats) = self.forward(xb, self.draw_key(rng, xb.shape[0]))
             out.append(stats["bound"])
         return xp.concatenate(out)
