@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lvmcore.backend import get_backend, use_backend
-from lvmcore.models import IWAE, VAE
+from lvmcore.models import IWAE, VAE, CatVAE
 from lvmcore.models.noise_key import NoiseKey, draw_key
 from lvmcore.models.vae import FusedReparam
 from lvmcore.testing import gradcheck
@@ -158,3 +158,67 @@ def test_fused_path_runs_the_backend_of_the_data(rng):
         with use_backend(backend):
             _, c = model.forward(x, model.draw_key(rng, 5))
         assert c.reparam.backend == get_backend(x, backend=backend)
+
+
+# --- the categorical VAE on the Gumbel kernels --------------------------------------------------
+
+CAT_CONFIGS = [
+    dict(estimator="gumbel", tau=0.7),
+    dict(estimator="st-gumbel", tau=0.5),
+    dict(estimator="reinforce"),
+    dict(estimator="nvil"),
+    dict(estimator="vimco", k=3),
+]
+
+
+def _catvae(cfg, dtype):
+    model = CatVAE(D, 4, 3, (6,), dtype=dtype, seed=2, **cfg)
+    bias = np.random.default_rng(2)
+    for k, v in model.parameters().items():
+        if not k.startswith("state") and k.split(".")[1].startswith("b"):
+            v += (0.3 * bias.standard_normal(v.shape)).astype(dtype)
+    return model
+
+
+@pytest.mark.parametrize("cfg", CAT_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_catvae_fused_path_equals_the_readable_path(cfg, dtype, rng):
+    model = _catvae(cfg, dtype)
+    x = _data(rng, model, B=6)
+    key = model.draw_key(np.random.default_rng(7), x.shape[0])
+    g = model.draw_noise(np.random.default_rng(7), x.shape[0])
+    np.testing.assert_array_equal(key.fill(model.dtype, x), g)
+    loss_f, g_f = _grads(model, x, key)
+    _, cache = model.forward(x, key)
+    assert (cache.y_soft is not None) == (cfg["estimator"] in ("gumbel", "st-gumbel"))
+    loss_r, g_r = _grads(model, x, g)
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    assert loss_f == pytest.approx(loss_r, rel=tol, abs=tol)
+    for k in g_r:
+        scale = float(np.abs(g_r[k]).max()) + 1e-30
+        np.testing.assert_allclose(g_f[k], g_r[k], rtol=tol, atol=tol * scale, err_msg=k)
+
+
+def test_catvae_fused_relaxed_backward_is_the_gradient_of_its_forward(rng):
+    model = _catvae(dict(estimator="gumbel", tau=0.8), np.float64)
+    x = _data(rng, model, B=4)
+    key = model.draw_key(rng, 4)
+    _, analytic = _grads(model, x, key)
+    params = {k: v for k, v in model.parameters().items() if not k.startswith("state")}
+    gradcheck(lambda: model.forward(x, key)[0], params, analytic)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel", "st-gumbel", "vimco"])
+def test_catvae_step_runs_the_fused_kernels_and_survives_a_nan_encoder(estimator, rng):
+    cfg = dict(estimator=estimator, k=3) if estimator == "vimco" else dict(estimator=estimator)
+    model = _catvae(cfg, np.float32)
+    x = _data(rng, model, B=6)
+    loss, stats = model.loss_and_grads(x, np.random.default_rng(4))
+    step = {k: v.copy() for k, v in model.gradients().items()}
+    want_loss, want = _grads(model, x, model.draw_noise(np.random.default_rng(4), 6))
+    assert loss == pytest.approx(want_loss, rel=2e-5) and stats["tau"] == model.tau
+    for k in want:
+        scale = float(np.abs(want[k]).max()) + 1e-30
+        np.testing.assert_allclose(step[k], want[k], rtol=2e-4, atol=2e-4 * scale, err_msg=k)
+    model.encoder.params["W0"][0, 0] = np.nan
+    assert np.isnan(model.loss_and_grads(x, rng)[0])
