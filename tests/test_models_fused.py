@@ -115,15 +115,24 @@ def test_a_training_step_is_the_fused_path_on_the_step_generator(backend, rng):
 
 def test_a_step_and_an_evaluation_read_one_stream(rng):
     """Sample s of row b is element (s*B + b)*Z + j of the seed's normal stream in the step
-    (a NoiseKey) and in the K-sample evaluation (log_weight_sampler): the same z, bit for bit."""
+    (a NoiseKey) and in the K-sample evaluation (log_weight_sampler): the same z, bit for bit,
+    and the same log w to float rounding (the step's fused activations against the
+    evaluation's readable ones)."""
+    from kernels import reparam_sample
+
     model = VAE(D, 3, (6,), dtype=np.float32, seed=2)
     x = _data(rng, model, B=4)
     K = 6
     seed = int(np.random.default_rng(9).integers(0, 2**63))  # the evaluation's per-batch seed
+    key = NoiseKey("normal", seed, 0, (K, 4, 3))
     draw = model.log_weight_sampler(x, np.random.default_rng(9))
-    step = model.log_weights(x, NoiseKey("normal", seed, 0, (K, 4, 3)))
-    np.testing.assert_array_equal(step, draw(0, K))
-    np.testing.assert_allclose(step[2:5], draw(2, 3), rtol=1e-6)  # other GEMM shapes
+    want = draw(0, K)
+    _, cache = model.forward(x, key)
+    # draw(0, K)'s call of the kernel, on the step's moments
+    z_eval, _, _ = reparam_sample.reparam_sample(cache.mu, cache.logvar, K, seed, 0, 0 * 4 * 3)
+    np.testing.assert_array_equal(cache.z, z_eval)
+    np.testing.assert_allclose(model.log_weights(x, key), want, rtol=1e-5)
+    np.testing.assert_allclose(model.log_weights(x, key)[2:5], draw(2, 3), rtol=1e-5)
 
 
 def test_a_diverged_encoder_reaches_the_loss_as_nan(rng):

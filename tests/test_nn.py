@@ -107,6 +107,12 @@ def test_buffered_mlp_gradient_and_reuse(rng):
     assert mlp.backward(G[:3], c2, need_dx=False) is None  # backward dispatches on the cache
     with pytest.raises(ValueError, match=r"expected dy to have shape \(3, 3\)"):
         mlp.backward_buffered(G, mlp.forward_buffered(x[:3])[1])
+    for act in ("tanh", "relu", "softplus", "sigmoid"):  # the exact form: forward's bits
+        exact = MLP((4, 6, 5, 3), act, rng, dtype=np.float32)
+        xe = x.astype(np.float32)
+        np.testing.assert_array_equal(
+            exact.forward_buffered(xe, fused=False)[0], exact.forward(xe)[0]
+        )
     z = mlp.input_buffer(5)
     z[...] = x[:5]
     np.testing.assert_allclose(mlp.forward_buffered(z)[0], mlp.forward(x[:5])[0], rtol=1e-14)

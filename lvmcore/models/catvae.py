@@ -98,7 +98,7 @@ from ..distributions.kl import kl_divergence, kl_divergence_backward
 from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
 from ..exceptions import InvalidParameterError
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
-from ..nn import MLP, Module
+from ..nn import MLP, BufferedMLPCache, Module
 from ..ops import sigmoid
 from ..ops.softmax import log_softmax_forward, logsumexp_forward
 from ..schedules import temperature_schedule
@@ -574,12 +574,15 @@ class CatVAE(Model):
         # row r = (k*B + b)*N + n of the (K*B*N, C) rows draws elements r*C .. r*C + C-1
         rows = xp.ascontiguousarray(xp.broadcast_to(logits, key.shape).reshape(-1, C))
         y_soft = None
+        y_out = self.decoder.input_buffer(K * B).reshape(-1, C)  # the decoder's input rows
         if mode == "soft":
-            y = y_soft = be.kernel("gumbel_softmax")(rows, tau, key.seed, key.stream, 0)
+            y = y_soft = be.kernel("gumbel_softmax")(
+                rows, tau, key.seed, key.stream, 0, False, y_out
+            )
         elif mode == "st":
             y_soft = xp.empty_like(rows)
             y = be.kernel("gumbel_softmax")(
-                rows, tau, key.seed, key.stream, 0, True, None, y_soft_out=y_soft
+                rows, tau, key.seed, key.stream, 0, True, y_out, y_soft_out=y_soft
             )
         else:
             y = self._one_hot(be.kernel("gumbel_max")(rows, key.seed, key.stream, 0))
@@ -651,13 +654,17 @@ class CatVAE(Model):
         )
         dt = self.dtype.type
         K, B, N, C = g.shape
-        h, enc = self.encoder.forward(x)  # (B, N*C)
+        # the fused path runs the MLPs in their buffered form (lvmcore.nn.MLP)
+        fused = isinstance(g, NoiseKey)
+        h, enc = (self.encoder.forward_buffered if fused else self.encoder.forward)(x)
         logits = h.reshape(B, N, C)  # (B, N, C)
         mode = {"gumbel": "soft", "st-gumbel": "st"}.get(est, "hard")
         y, y_soft, g = self._sample(x, logits, g, mode, tau)  # (K, B, N, C)
-        out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
-        xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
-        nll, lik = bernoulli_nll_forward(out, xs)
+        if fused:
+            out, dec = self.decoder.forward_buffered(y.reshape(K * B, N * C))  # a buffer
+        else:
+            out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
+        nll, lik = bernoulli_nll_forward(out, x, overwrite_logits=fused)  # row r: x[r % B]
         log_px_z = -nll.reshape(K, B)  # (K, B)
         kl = self._kl(logits).sum(axis=-1)  # (B,)
         stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
@@ -734,9 +741,15 @@ class CatVAE(Model):
         K, B, N, C = cache.g.shape
         dt = self.dtype.type
         dnll = (dt(dloss) * cache.w_rec).reshape(K * B)
-        dout = bernoulli_nll_backward(dnll, cache.lik)  # (K*B, D)
         relaxed = est in ("gumbel", "st-gumbel")
-        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (K*B, N*C) or None
+        if isinstance(cache.dec, BufferedMLPCache):
+            # the likelihood's gradient x - sigmoid(l) as it is, the weights as its row scale
+            dy = self.decoder.backward_buffered(
+                cache.lik.grad, cache.dec, row_scale=-dnll, need_dx=relaxed
+            )  # (K*B, N*C) or None
+        else:
+            dout = bernoulli_nll_backward(dnll, cache.lik)  # (K*B, D)
+            dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (K*B, N*C) or None
         if relaxed and cache.y_soft is not None:
             # the kernel's VJP from the soft sample alone, summed over the K samples
             be = get_backend(cache.y_soft)

@@ -29,13 +29,27 @@ import numpy as np
 
 from .._validation import check_param, get_xp
 from ..cli._types import nonneg_float, positive_int
-from ..losses import bernoulli_nll_backward, gaussian_nll_backward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from ..ops import reparam_backward
 from .base import Flag
 from .vae import VAE, FusedReparam
 
 ESTIMATORS = ("iwae", "stl", "dreg")
+# A weight this far below the largest of its array drops out of the fused step's gradient
+# (float32 only): its share, below 2^-60, is far under float rounding, and products of such
+# weights with the layers' arrays are what goes subnormal and slows the GEMMs down.
+_TINY = 2.0**-60
+
+
+def _flush_tiny(w):
+    """Zero the entries of a weight array (K, B) whose magnitude is below _TINY times the
+    largest (float32; float64 arrays are returned as they are): the fused step keeps
+    subnormal numbers from being produced instead of relying on the FPU's flush-to-zero."""
+    if w.dtype != np.float32 or w.size == 0:
+        return w
+    xp = get_xp(w)
+    m = xp.abs(w).max()
+    return xp.where(xp.abs(w) < m * np.float32(_TINY), np.float32(0), w)
 
 
 class IWAE(VAE):
@@ -195,21 +209,19 @@ class IWAE(VAE):
         K, B, Z = p.z.shape
         dt = self.dtype.type
         c = dt(-dloss)  # loss = -mean bound; the weights are for the bound
-        dnll = (dt(dloss) * bw.decoder).reshape(K * B)
-        if self.likelihood == "bernoulli":
-            dout = bernoulli_nll_backward(dnll, p.lik)
-        else:
-            dout, dlv = gaussian_nll_backward(dnll, p.lik)
-            if self.decoder_variance == "learned":
-                self.decoder.grads["logvar"] += dlv
-        dz_dec = self.decoder.backward(dout, p.dec).reshape(K, B, Z)  # = -dloss a dlogp/dz
+        fused = isinstance(p.reparam, FusedReparam)
+        dec_w = _flush_tiny(bw.decoder) if fused else bw.decoder
+        dnll = (dt(dloss) * dec_w).reshape(K * B)
+        dz_dec = self._decoder_backward(dnll, p).reshape(K, B, Z)  # = -dloss a dlogp/dz
         if self.estimator == "dreg":
             s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
         else:
             s, ratio = bw.encoder, bw.encoder_over_decoder
+        if fused:
+            s, ratio = _flush_tiny(s), _flush_tiny(ratio)
         cs = c * s  # (K, B)
         dz = ratio[..., None] * dz_dec  # (K, B, Z)
-        if isinstance(p.reparam, FusedReparam):
+        if fused:
             # log p(z) and log q(z|x) go to the kernel's regenerating backward as their
             # upstream gradients; STL and DReG keep only log q's path through z, eps / std =
             # (z - mu) / var, and pass no dlog_q (its total derivative holds the score term)

@@ -65,7 +65,7 @@ from ..losses import (
     kl_term_backward,
     kl_term_forward,
 )
-from ..nn import MLP
+from ..nn import MLP, BufferedMLPCache
 from ..ops import reparam_backward, reparam_forward, sigmoid
 from .base import Flag, Model
 from .noise_key import NoiseKey, draw_key
@@ -323,14 +323,15 @@ class VAE(Model):
         be = get_backend(x)
         xp = be.xp
         K, B, Z = key.shape
-        h, enc = self.encoder.forward(x)  # (B, 2Z)
+        h, enc = self.encoder.forward_buffered(x)  # (B, 2Z)
         if not bool(xp.isfinite(h).all()):
             # The kernel refuses non-finite moments; a diverging encoder's NaN must reach the
             # loss instead, where the trainer stops on it: the readable path lets it through.
             return self._forward_samples(x, key.fill(self.dtype, x), need_grad)
         mu, logvar = xp.ascontiguousarray(h[:, :Z]), xp.ascontiguousarray(h[:, Z:])  # (B, Z)
-        z, log_q, log_p = be.kernel("reparam_sample")(mu, logvar, K, key.seed, key.stream, 0)
-        out, dec = self.decoder.forward(z.reshape(K * B, Z))  # (K*B, D)
+        z = self.decoder.input_buffer(K * B).reshape(K, B, Z)  # the kernel writes z there
+        z, log_q, log_p = be.kernel("reparam_sample")(mu, logvar, K, key.seed, key.stream, 0, z)
+        out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z))  # (K*B, D), a buffer
         lik, log_px_z = self._likelihood(xp, out, x, K, need_grad)
         rep = FusedReparam(key, log_q, log_p, be)
         return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
@@ -377,6 +378,23 @@ class VAE(Model):
         # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
         return p.log_px_z + 0.5 * ((p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1))
 
+    def _decoder_backward(self, dnll, p):
+        """The decoder's parameter gradients for the per-row weights dnll (K*B,) of
+        -log p(x|z); returns dz (K*B, Z).
+
+        On the fused path (a buffered decoder), the Bernoulli likelihood's cached gradient
+        x - sigmoid(l) goes to the decoder as it is, with -dnll as its row scale: the weights
+        multiply the (K*B, H) arrays of the last layer instead of the (K*B, D) logits."""
+        if self.likelihood == "bernoulli":
+            if isinstance(p.dec, BufferedMLPCache):
+                return self.decoder.backward_buffered(p.lik.grad, p.dec, row_scale=-dnll)
+            dout = bernoulli_nll_backward(dnll, p.lik)
+        else:
+            dout, dlv = gaussian_nll_backward(dnll, p.lik)
+            if self.decoder_variance == "learned":
+                self.decoder.grads["logvar"] += dlv
+        return self.decoder.backward(dout, p.dec)
+
     @staticmethod
     def _reparam_grads(p, dz, dlog_q=None, dlog_p=None):
         """dmu, dlogvar (B, Z) of L = sum dz z + sum dlog_q log q + sum dlog_p log p, with
@@ -415,10 +433,13 @@ class VAE(Model):
         mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(x))
 
         def draw(start, n):
-            z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z)  # (n, B, Z), (n, B)
-            logits, _ = self.decoder.forward(z.reshape(n * B, -1))  # (n*B, D)
+            z = self.decoder.input_buffer(n * B).reshape(n, B, Z)
+            z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z, z)  # (n, B, Z)
+            # reused buffers, with the readable activations' exact values (fused=False): the
+            # estimate stays bit for bit what it has been
+            logits, _ = self.decoder.forward_buffered(z.reshape(n * B, -1), fused=False)
             if self.likelihood == "bernoulli":
-                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)
+                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)  # (n*B,)
             else:
                 xs = xp.broadcast_to(x, (n,) + x.shape).reshape(n * B, -1)
                 nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
@@ -500,13 +521,7 @@ class VAE(Model):
         L, B, Z = cache.z.shape
         dt = self.dtype.type
         dnll = xp.full(L * B, dt(dloss / (L * B)), dtype=self.dtype)
-        if self.likelihood == "bernoulli":
-            dout = bernoulli_nll_backward(dnll, cache.lik)
-        else:
-            dout, dlv = gaussian_nll_backward(dnll, cache.lik)
-            if self.decoder_variance == "learned":
-                self.decoder.grads["logvar"] += dlv
-        dz = self.decoder.backward(dout, cache.dec).reshape(L, B, Z)  # (L, B, Z)
+        dz = self._decoder_backward(dnll, cache).reshape(L, B, Z)  # (L, B, Z)
         dkl = kl_term_backward(dt(dloss * cache.kl_weight), cache.kl_term)  # (1, Z)
         if self.kl == "analytic":
             dmu, dlogvar = self._reparam_grads(cache, dz)

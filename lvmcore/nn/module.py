@@ -101,6 +101,16 @@ class MLPCache(NamedTuple):
     activation: list
 
 
+def _activation_in_place(xp, a, activation):
+    """The readable activation (``ops.ACTIVATIONS``) written over a, with its exact values."""
+    if activation == "tanh":
+        xp.tanh(a, out=a)
+    elif activation == "relu":
+        xp.multiply(a, a > 0, out=a)
+    else:
+        a[...] = ACTIVATIONS[activation][0](a)[0]
+
+
 class BufferedMLPCache(NamedTuple):
     """What ``MLP.backward_buffered`` needs: the input ``x`` (N, sizes[0]) and each hidden
     layer's activation output ``h[i]`` (N, sizes[i+1]), views of the MLP's buffers, valid until
@@ -238,13 +248,17 @@ class MLP(Module):
         W = self.params["W0"]
         return self._buffers.rows("x", n, self.sizes[0], W.dtype, get_xp(W))
 
-    def forward_buffered(self, x):
+    def forward_buffered(self, x, fused=True):
         """``forward`` with reused buffers and one fused bias+activation pass per hidden layer.
 
         Parameters
         ----------
         x : ndarray of shape (N, sizes[0])
             The parameters' dtype and device.
+        fused : bool
+            True: the ``bias_act`` kernel (one pass). False: the bias added and the readable
+            activation applied in place (NumPy's or CuPy's own tanh, ...): bit for bit the
+            values of ``forward``, for a caller whose results are pinned to it.
 
         Returns
         -------
@@ -276,8 +290,12 @@ class MLP(Module):
             xp.matmul(h, self.params[f"W{i}"], out=a)
             if last:
                 a += self.params[f"b{i}"]
-            else:
+            elif fused:
                 fwd(a, self.params[f"b{i}"], self.activation, a)
+                hidden.append(a)
+            else:
+                a += self.params[f"b{i}"]
+                _activation_in_place(xp, a, self.activation)
                 hidden.append(a)
             h = a
         return h, BufferedMLPCache(x, tuple(hidden), buf.generation)
