@@ -368,7 +368,7 @@ class MLP(Module):
                 hs = buf.rows("hs", n, self.sizes[i], dtype, xp)  # (N, sizes[i])
                 xp.multiply(h_in, scale[:, None], out=hs)
                 self._add_weight_grad(i, hs, d)
-                self.grads[f"b{i}"] += scale @ d  # (sizes[-1],), a GEMV
+                self.grads[f"b{i}"] += xp.matmul(scale, d)  # (sizes[-1],), a GEMV
             else:
                 self._add_weight_grad(i, h_in, d)
                 self.grads[f"b{i}"] += d.sum(axis=0)
