@@ -35,9 +35,18 @@ from .base import Flag
 from .vae import VAE, FusedReparam
 
 ESTIMATORS = ("iwae", "stl", "dreg")
-# A weight this far below the largest of its array drops out of the fused step's gradient
-# (float32 only): its share, below 2^-60, is far under float rounding, and products of such
-# weights with the layers' arrays are what goes subnormal and slows the GEMMs down.
+# Subnormals. A weight this far below the largest of its array drops out of the fused step's
+# gradient (float32 only): its share, below 2^-60, is far under float rounding, and products of
+# such weights with the layers' arrays are what goes subnormal (the weights / B of poor samples
+# reach 1e-40). Together with the kernels' exp, which flushes what would be subnormal to 0 (the
+# likelihood gradient x - sigmoid(l), the weights themselves), no subnormal is produced, so the
+# step does not depend on the FPU's flush-to-zero: that is per-thread MXCSR state, set before
+# every pool (BLAS, Numba) starts and invisible to a user, which the engine does not touch.
+# Measured (benchmarks/compare_peers.py --only subnormals, 2026-12-02): on the Intel machines
+# of PERF-NOTES subnormal GEMM operands cost 4x; on the AMD EPYC (Zen 4) of this run they cost
+# nothing measurable (a GEMM with 0-100 % subnormal rows, the same time), and the step with
+# 4 % subnormal weights ran at the same speed with and without this flush. Its cost is one pass
+# over the (K, B) weights.
 _TINY = 2.0**-60
 
 
