@@ -2,12 +2,19 @@
 
     python benchmarks/compare_peers.py [--threads 2] [--repeat 15] [--only NAME,...]
 
-Peers, each timed only when installed: NumPy, PyTorch CPU (eager, and no_grad for
-evaluation) and FAISS. Every library runs with the same thread count, one library at a
-time (their thread pools fight on a small machine). Prints the median time of each, the
-ratio peer / lvmcore, and the fraction of this machine's memory bandwidth (memory-bound
-kernels, against a read-only stream and a copy measured in the same run) or SGEMM rate
-(search, training steps) that lvmcore reaches.
+Peers, each timed only when installed: NumPy, PyTorch CPU (eager, with and without
+flush-to-zero, and no_grad for evaluation) and FAISS. Every library runs with the same thread
+count, set explicitly (Numba, and BLAS through threadpoolctl; PyTorch in its own process), one
+library at a time (their thread pools fight on a small machine); lvmcore's kernels inside a
+model step run on ``LVMCORE_KERNEL_THREADS`` (default 1) between the BLAS calls. Prints the
+median time of each, the ratio peer / lvmcore, and the fraction of this machine's memory
+bandwidth (memory-bound kernels, against a read-only stream and a copy measured in the same run)
+or SGEMM rate (search, training steps) that lvmcore reaches.
+
+The bound of a training step and of the K-sample evaluation: the same GEMMs alone
+(``benchmarks/benchmarks/gemm_bound.py``: the products of the step, on preallocated arrays, with
+nothing else), timed in the same run; "x GEMMs" is the step's time over theirs (1.00 is the
+bound).
 """
 
 import argparse
@@ -20,6 +27,9 @@ import time
 import numpy as np
 
 import lvmcore  # noqa: F401  (first: it may choose OpenBLAS's kernels before NumPy loads)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.gemm_bound import eval_gemms, step_flops, step_gemms
 
 
 def median_ms(fn, repeat, warmup=2):
@@ -272,25 +282,110 @@ def bench_training(P, R, repeat):
 
         for _ in range(20):
             ours_step()
-        ours = median_ms(ours_step, repeat * 2)
-        peers = {}
+        gemms = step_gemms(batch, k)
+        # the step and its GEMMs alternate, so that a load spike on a shared machine hits both
+        ours, bare = median_pair(ours_step, gemms, repeat * 2)
+        peers = {"GEMMs alone": bare}
         if P.torch:
             for ftz in (False, True):
                 peers["torch" + (" FTZ" if ftz else "")] = _torch_worker(
                     P.threads, "train", batch, k, repeat * 2, ftz
                 )
-        # GEMM work: decoder on B*K rows (forward, dW and dx), encoder on B rows (no dx for
-        # its first layer)
-        dec = 50 * 200 + 200 * 200 + 200 * 784
-        enc = 784 * 200 + 200 * 200 + 200 * 100
-        flops = 6 * batch * k * dec + 6 * batch * enc - 2 * batch * 784 * 200
-        gf = flops / (ours / 1e3) / 1e9
+        gf = step_flops(batch, k) / (ours / 1e3) / 1e9
         row(
             f"IWAE-paper train step B={batch} K={k}",
             ours,
             peers,
-            f"{gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM",
+            f"{ours / bare:.2f} x GEMMs; {gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM",
         )
+
+
+def median_pair(a, b, repeat):
+    """Medians (ms) of a and b timed alternately, ``repeat`` times each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeat):
+        for fn, ts in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+
+
+def bench_subnormals(P, R, repeat):
+    """The fused step keeps subnormal numbers from being produced (tiny float32 importance
+    weights flushed to zero, lvmcore.models.iwae._TINY) instead of setting the FPU's
+    flush-to-zero: an IWAE step whose log-weights spread over hundreds of nats, with the
+    flush and without it."""
+    from lvmcore.models import IWAE
+    from lvmcore.models import iwae as iwae_module
+
+    X = (np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32)
+    m = IWAE(784, 50, (200, 200), k=50)
+    m.init_output_bias(X)
+    # wide posteriors (sigma = e): the normalized weights spread over hundreds of nats; with
+    # this model about 4 % of the weights / B are subnormal and 40 % below the flush threshold
+    m.encoder.params["b2"][50:] += 2.0
+    xb = X[:100]
+    rng = np.random.default_rng(0)
+    _, cache = m.forward(xb, m.draw_key(rng, 100))
+    w = cache[1].decoder
+    tiny = float(np.mean((w > 0) & (w < np.finfo(np.float32).tiny)))
+    flush = float(np.mean((w > 0) & (w < w.max() * iwae_module._TINY)))
+
+    def step():
+        m.loss_and_grads(xb, rng, validate=False)
+
+    saved = iwae_module._TINY
+    try:
+        flushed = median_ms(step, repeat)
+        iwae_module._TINY = 0.0
+        kept = median_ms(step, repeat)
+    finally:
+        iwae_module._TINY = saved
+    row(
+        "IWAE step B=100 K=50, weights spread",
+        flushed,
+        {"subnormals kept": kept},
+        f"weights/B: {tiny:.0%} subnormal, {flush:.0%} flushed to 0",
+    )
+
+
+def bench_bias_act(P, R, repeat):
+    from kernels import bias_act as ba
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5000, 200)).astype(np.float32)
+    b = rng.standard_normal(200).astype(np.float32)
+    y = np.tanh(a)
+    out = np.empty_like(a)
+    fwd = median_ms(lambda: ba.bias_act(a, b, "tanh", out), repeat)
+    bwd = median_ms(lambda: ba.bias_act_backward(a, y, "tanh", None, out), repeat)
+
+    def np_fwd():
+        np.add(a, b, out=out)
+        np.tanh(out, out=out)
+
+    def np_bwd():
+        np.multiply(y, y, out=out)
+        np.subtract(1, out, out=out)
+        np.multiply(a, out, out=out)
+        out.sum(axis=0)
+
+    gbs = 2 * a.nbytes / (fwd / 1e3) / 1e9
+    row(
+        "bias+tanh (5000,200) f32, in place",
+        fwd,
+        {"numpy add,tanh": median_ms(np_fwd, repeat)},
+        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
+    gbs = 3 * a.nbytes / (bwd / 1e3) / 1e9
+    row(
+        "its backward (da and db)",
+        bwd,
+        {"numpy 4 passes": median_ms(np_bwd, repeat)},
+        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
 
 
 def bench_eval(P, R, repeat):
@@ -300,23 +395,48 @@ def bench_eval(P, R, repeat):
     m = VAE(784, 50, (200, 200))
     m.init_output_bias(X)
     n = 20
-    ours = median_ms(
+    gemms, flops = eval_gemms(n, 5000, chunk_rows=m.eval_chunk_rows)
+    ours, bare = median_pair(
         lambda: m.log_likelihood(X[:n], np.random.default_rng(0), k=5000),
+        gemms,
         max(3, repeat // 5),
-        warmup=1,
     )
-    peers = {}
+    peers = {"GEMMs alone": bare}
     if P.torch:
         peers["torch no_grad"] = _torch_worker(P.threads, "eval", n, 5000, max(3, repeat // 5))
-    rows = n * 5000
-    flops = 2 * rows * (50 * 200 + 200 * 200 + 200 * 784)
     gf = flops / (ours / 1e3) / 1e9
     row(
         f"K=5000 log-likelihood, {n} images",
         ours,
         peers,
-        f"{n / (ours / 1e3):.1f} images/s; {gf:.0f} GFLOP/s = {gf / R[2]:.0%} of SGEMM",
+        f"{ours / bare:.2f} x GEMMs; {n / (ours / 1e3):.1f} images/s; {gf:.0f} GFLOP/s = "
+        f"{gf / R[2]:.0%} of SGEMM",
     )
+
+
+def bench_catvae(P, R, repeat):
+    from lvmcore.models import CatVAE
+    from lvmcore.optim import Adam
+
+    X = (np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32)
+    m = CatVAE(784, 20, 10, (512, 256), estimator="gumbel", tau=1.0)
+    m.init_output_bias(X)
+    opt = Adam(m.parameters(), m.gradients(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    it = iter(range(10**9))
+
+    def step():
+        i = next(it) * 100 % 2000
+        m.loss_and_grads(X[i : i + 100], rng, validate=False)
+        opt.step()
+
+    for _ in range(10):
+        step()
+    ours = median_ms(step, repeat * 2)
+    peers = {}
+    if P.torch:
+        peers["torch F.gumbel_softmax"] = _torch_worker(P.threads, "catvae", 100, 1, repeat * 2)
+    row("CatVAE step 20x10, (512,256), B=100", ours, peers)
 
 
 def _torch_worker(threads, kind, batch, k, repeat, ftz=False):
@@ -338,6 +458,33 @@ def _torch_worker(threads, kind, batch, k, repeat, ftz=False):
     return float(out.strip().splitlines()[-1])
 
 
+def _torch_catvae(torch):
+    """The categorical VAE of bench_catvae in PyTorch eager, with F.gumbel_softmax."""
+    nn, F = torch.nn, torch.nn.functional
+
+    def mlp(sizes):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
+        return nn.Sequential(*layers)
+
+    enc, dec = mlp([784, 512, 256, 200]), mlp([200, 256, 512, 784])
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+
+    def step(x):
+        logits = enc(x).view(-1, 20, 10)
+        y = F.gumbel_softmax(logits, tau=1.0).view(-1, 200)
+        rec = -F.binary_cross_entropy_with_logits(dec(y), x, reduction="none").sum(-1)
+        q = F.softmax(logits, -1)
+        kl = (q * (F.log_softmax(logits, -1) + np.log(10))).sum((-2, -1))
+        loss = (kl - rec).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def torch_worker_main(spec):
     threads, kind, batch, k, repeat, ftz = spec.split(",")
     threads, batch, k, repeat = int(threads), int(batch), int(k), int(repeat)
@@ -347,8 +494,8 @@ def torch_worker_main(spec):
     torch.set_flush_denormal(bool(int(ftz)))
     torch.manual_seed(0)
     X = torch.from_numpy((np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32))
-    step, evaluate = _torch_model(torch, k if kind == "train" else 1)
-    if kind == "train":
+    if kind in ("train", "catvae"):
+        step = _torch_model(torch, k)[0] if kind == "train" else _torch_catvae(torch)
         it = iter(range(10**9))
 
         def fn():
@@ -359,6 +506,7 @@ def torch_worker_main(spec):
             fn()
         print(median_ms(fn, repeat))
     else:
+        evaluate = _torch_model(torch, 1)[1]
         print(median_ms(lambda: evaluate(X[:batch], k), repeat, warmup=1))
 
 
@@ -368,8 +516,11 @@ BENCHES = {
     "reparam": bench_reparam,
     "gumbel": bench_gumbel,
     "nearest": bench_nearest,
+    "bias_act": bench_bias_act,
     "train": bench_training,
+    "subnormals": bench_subnormals,
     "eval": bench_eval,
+    "catvae": bench_catvae,
 }
 
 

@@ -40,6 +40,8 @@ BACKENDS = ("numpy", "numba", "cupy")
 # op -> the module (under kernels/) that declares its records
 OPS = {
     "adam_update": "adam_update",
+    "bias_act": "bias_act",
+    "bias_act_backward": "bias_act",
     "bernoulli_loglik": "bernoulli_loglik",
     "bernoulli_loglik_backward": "bernoulli_loglik",
     "importance_weights": "importance_weights",

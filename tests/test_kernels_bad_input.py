@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import bernoulli_loglik as BL
+from kernels import bias_act as BA
 from kernels import gumbel_softmax as GS
 from kernels import importance_weights as IW
 from kernels import mixture_logprob as ML
@@ -166,6 +167,22 @@ def _adam(dtype, n, rng):
     )
 
 
+def _ba(dtype, n, rng):
+    return dict(
+        a=_normal(rng, (n, 4), dtype, 3.0), b=_normal(rng, (4,), dtype), act="tanh", out=None
+    )
+
+
+def _ba_bwd(dtype, n, rng):
+    return dict(
+        dy=_normal(rng, (n, 4), dtype),
+        y=np.tanh(_normal(rng, (n, 4), dtype)),
+        act="softplus",
+        row_scale=_normal(rng, (n,), dtype),
+        out=None,
+    )
+
+
 def _fill(dtype, n, rng):
     return dict(seed=7, stream=2, n=n + 3, dtype=dtype, offset=1, out=np.empty(n + 3, dtype))
 
@@ -188,6 +205,8 @@ BUILDS = {
     "gumbel_max": (_gmax, ()),
     "nearest_code": (_nc, ()),
     "adam_update": (_adam, ("p", "m", "v")),
+    "bias_act": (_ba, ()),
+    "bias_act_backward": (_ba_bwd, ()),
     "philox_uniform": (_fill, ()),
     "philox_normal": (_fill, ()),
     "philox_gumbel": (_fill, ()),
@@ -212,6 +231,8 @@ def _entries():
         "gumbel_softmax": GS.gumbel_softmax,
         "gumbel_softmax_backward": GS.gumbel_softmax_backward,
         "gumbel_max": GS.gumbel_max,
+        "bias_act": BA.bias_act,
+        "bias_act_backward": BA.bias_act_backward,
     }
     for op, func in wrappers.items():
         out.append(Entry(f"{op}[wrapper]", func, BUILDS[op][0], _ref_of(op)))

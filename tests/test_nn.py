@@ -53,3 +53,66 @@ def test_mlp_rejects_bad_sizes(rng):
         MLP((4, 0, 2), "tanh", rng)
     with pytest.raises(ValueError, match="'activation' parameter of MLP must be one of"):
         MLP((4, 2), "gelu", rng)
+
+
+# --- the buffered form: the same MLP through reused buffers and the bias_act kernel -------------
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "softplus", "sigmoid"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("sizes", [(4, 6, 5, 3), (4, 3)])
+def test_buffered_mlp_equals_the_readable_one(rng, activation, dtype, scaled, sizes):
+    from lvmcore.testing import PARITY_TOLERANCES
+
+    mlp = MLP(sizes, activation, rng, dtype=dtype)
+    for k, v in mlp.params.items():
+        if k.startswith("b"):
+            v += (0.3 * rng.standard_normal(v.shape)).astype(dtype)
+    x = rng.standard_normal((7, 4)).astype(dtype)
+    G = rng.standard_normal((7, sizes[-1])).astype(dtype)
+    s = rng.standard_normal(7).astype(dtype) if scaled else None
+    y, cache = mlp.forward(x)
+    mlp.zero_grad()
+    dx = mlp.backward(G if s is None else G * s[:, None], cache)
+    want = {k: g.copy() for k, g in mlp.grads.items()}
+    yb, cb = mlp.forward_buffered(x)
+    tol = dict(PARITY_TOLERANCES[np.dtype(dtype)])
+    np.testing.assert_allclose(yb, y, **tol)
+    mlp.zero_grad()
+    dxb = mlp.backward_buffered(G, cb, row_scale=s)
+    tol["atol"] *= 10  # sums over rows in other orders
+    np.testing.assert_allclose(dxb, dx, **tol)
+    for k in want:
+        np.testing.assert_allclose(mlp.grads[k], want[k], err_msg=k, **tol)
+
+
+def test_buffered_mlp_gradient_and_reuse(rng):
+    mlp = MLP((4, 6, 5, 3), "tanh", rng, dtype=np.float64)
+    x = rng.standard_normal((7, 4))
+    G, s = rng.standard_normal((7, 3)), rng.random(7)
+    y, cache = mlp.forward_buffered(x)
+    mlp.zero_grad()
+    dx = mlp.backward_buffered(G, cache, row_scale=s).copy()
+    analytic = {k: g.copy() for k, g in mlp.grads.items()}
+    analytic["x"] = dx
+    loss = lambda: np.sum(mlp.forward_buffered(x)[0] * G * s[:, None])  # noqa: E731
+    gradcheck(loss, {**mlp.params, "x": x}, analytic)
+    # the buffers are reused: same arrays for the same row count, views for fewer rows
+    y1, c1 = mlp.forward_buffered(x)
+    y2, c2 = mlp.forward_buffered(x[:3])
+    assert np.shares_memory(y1, y2) and y2.flags.c_contiguous and y2.shape == (3, 3)
+    with pytest.raises(ValueError, match="expected the cache of the MLP's last buffered forward"):
+        mlp.backward_buffered(G, c1)
+    assert mlp.backward(G[:3], c2, need_dx=False) is None  # backward dispatches on the cache
+    with pytest.raises(ValueError, match=r"expected dy to have shape \(3, 3\)"):
+        mlp.backward_buffered(G, mlp.forward_buffered(x[:3])[1])
+    for act in ("tanh", "relu", "softplus", "sigmoid"):  # the exact form: forward's bits
+        exact = MLP((4, 6, 5, 3), act, rng, dtype=np.float32)
+        xe = x.astype(np.float32)
+        np.testing.assert_array_equal(
+            exact.forward_buffered(xe, fused=False)[0], exact.forward(xe)[0]
+        )
+    z = mlp.input_buffer(5)
+    z[...] = x[:5]
+    np.testing.assert_allclose(mlp.forward_buffered(z)[0], mlp.forward(x[:5])[0], rtol=1e-14)

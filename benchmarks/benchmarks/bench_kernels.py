@@ -259,3 +259,40 @@ class PhiloxFill(Benchmark):
         return _gbps(lambda: self.fn(1, 0, n, np.dtype(dtype), out=self.out), self.out.nbytes)
 
     track_gbps.unit = "GB/s"
+
+
+class BiasAct(Benchmark):
+    """A hidden layer's bias + activation pass over its GEMM output, and the backward pass
+    (da and db), in place; the NumPy reference allocates."""
+
+    params = [
+        variants("bias_act"),
+        grid([(5000, 200)], [(100, 200), (5000, 200), (8192, 200)]),
+        ["tanh", "relu", "softplus"],
+        DTYPES,
+    ]
+    param_names = ["variant", "shape", "act", "dtype"]
+
+    def setup(self, variant, shape, act, dtype):
+        super().setup()
+        self.fwd = kernel_variant("bias_act", variant)
+        self.bwd = kernel_variant("bias_act_backward", variant)
+        self.a = normal(shape, dtype).copy()
+        self.b = normal((shape[1],), dtype, seed=1)
+        self.y = self.fwd(self.a, self.b, act)
+        self.dy = normal(shape, dtype, seed=2).copy()
+        self.out = np.empty_like(self.a)
+        self.fwd(self.a, self.b, act, self.out)
+        self.bwd(self.dy, self.y, act, None, self.out)
+
+    def time_forward(self, variant, shape, act, dtype):
+        self.fwd(self.a, self.b, act, self.out)
+
+    def time_backward(self, variant, shape, act, dtype):
+        self.bwd(self.dy, self.y, act, None, self.out)
+
+    def track_gbps(self, variant, shape, act, dtype):
+        # forward: reads a, writes y; backward: reads dy and y, writes da
+        return _gbps(lambda: self.fwd(self.a, self.b, act, self.out), 2 * self.a.nbytes)
+
+    track_gbps.unit = "GB/s"

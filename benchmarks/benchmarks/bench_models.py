@@ -1,5 +1,12 @@
 """Whole training steps and K=5000 evaluation of the IWAE-paper architecture
-(784-200-200-50 tanh encoder, mirrored Bernoulli decoder, Adam eps 1e-4)."""
+(784-200-200-50 tanh encoder, mirrored Bernoulli decoder, Adam eps 1e-4).
+
+``track_gemm_ratio`` is the bound itself: the step's (or the evaluation's) time over the time of
+its own GEMMs alone (``gemm_bound``), both measured in the same run (min of 7 repeats each);
+1.0 is the GEMM bound.
+"""
+
+import timeit
 
 import numpy as np
 
@@ -7,6 +14,11 @@ from lvmcore.models import IWAE, VAE
 from lvmcore.optim import Adam
 
 from .common import Benchmark, grid, mnist_like
+from .gemm_bound import eval_gemms, step_gemms
+
+
+def _best(fn, repeat=7):
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 def _model(k, dtype=np.float32):
@@ -43,6 +55,13 @@ class TrainStep(Benchmark):
     def peakmem_step(self, batch_k, dtype):
         self.time_step(batch_k, dtype)
 
+    def track_gemm_ratio(self, batch_k, dtype):
+        gemms = step_gemms(*batch_k, np.dtype(dtype))
+        gemms()
+        return _best(lambda: self.time_step(batch_k, dtype)) / _best(gemms)
+
+    track_gemm_ratio.unit = "step / GEMMs"
+
 
 class Evaluate(Benchmark):
     """Importance-sampled log-likelihood with K samples for 20 test images.
@@ -67,3 +86,11 @@ class Evaluate(Benchmark):
 
     def peakmem_log_likelihood(self, k):
         self.model.log_likelihood(self.x, np.random.default_rng(0), k=k)
+
+    def track_gemm_ratio(self, k):
+        gemms, _ = eval_gemms(20, k, chunk_rows=self.model.eval_chunk_rows)
+        gemms()
+        run = lambda: self.time_log_likelihood(k)  # noqa: E731
+        return _best(run, 3) / _best(gemms, 3)
+
+    track_gemm_ratio.unit = "evaluation / GEMMs"

@@ -123,6 +123,8 @@ class AAE(VAE):
     ``disc_adam.v.<name>`` and ``disc_adam.t`` (1,), the step count as a float.
     """
 
+    fused_step = False  # the discriminator passes read eps: explicit noise, not the fused key
+
     name = "aae"
     help = "adversarial autoencoder: a discriminator on z matches q(z) to a Gaussian or mixture"
     bound_name = "reconstruction term E_q log p(x|z)"

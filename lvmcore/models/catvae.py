@@ -35,6 +35,22 @@ function (the KL's gradient is exact). All of them are unbiased for the gradient
 (VIMCO: of the K-sample bound); ``tests/test_models_catvae.py`` checks that against exact
 enumeration over a small latent space.
 
+The noise, and the kernels that draw it
+---------------------------------------
+``forward(x, g)`` takes the Gumbel noise as an array (K, B, N, C) (``draw_noise``: the
+readable path, ``relaxed_softmax`` and ``relaxed_softmax_backward``, argmax for exact samples)
+or as its :class:`~lvmcore.models.noise_key.NoiseKey` of kind "gumbel" (the fused path: the
+kernels of ``kernels/gumbel_softmax.py`` of the data's backend draw g from the key as they use
+it). On the fused path the relaxed sample is ``gumbel_softmax``, the straight-through sample is
+its ``hard=True`` form with the soft sample kept for backward, both backpropagated by
+``gumbel_softmax_backward`` from the soft sample alone; the score-function estimators take
+their exact samples from ``gumbel_max``. A training step (``loss_and_grads``), ``elbo`` and
+``bound`` take the fused path. Keying: the step's generator gives one seed
+(``lvmcore.noise.philox_key``, stream 0) and g[k, b, n, c] is element
+``((k*B + b)*N + n)*C + c`` of its Gumbel stream, exactly the array ``draw_noise`` draws from a
+generator in the same state (the fused kernels' Gumbels agree with it to a few ulp, the
+uniforms behind them bit for bit), so the two paths agree to float rounding (tested).
+
 Gradient flow
 -------------
 ``backward`` accumulates the gradient of the *surrogate*
@@ -75,17 +91,19 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_float_dtype, check_param, check_sizes, get_xp
+from ..backend import get_backend
 from ..cli._types import nonneg_float, positive_float, positive_int
 from ..distributions.categorical import Categorical, UniformCategorical
 from ..distributions.kl import kl_divergence, kl_divergence_backward
 from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
 from ..exceptions import InvalidParameterError
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
-from ..nn import MLP, Module
+from ..nn import MLP, BufferedMLPCache, Module
 from ..ops import sigmoid
 from ..ops.softmax import log_softmax_forward, logsumexp_forward
 from ..schedules import temperature_schedule
 from .base import Flag, Model
+from .noise_key import NoiseKey, draw_key
 
 __all__ = ["CatVAE", "CatVAECache", "CATVAE_ESTIMATORS", "vimco_signals"]
 
@@ -112,7 +130,7 @@ class CatVAECache(NamedTuple):
     x: object  # (B, D)
     enc: object  # encoder MLPCache
     logits: object  # (B, N, C)
-    g: object  # (K, B, N, C) Gumbel noise
+    g: object  # (K, B, N, C) Gumbel noise, or its NoiseKey (the fused kernels)
     tau: float
     y: object  # (K, B, N, C) decoder input: relaxed or one-hot
     dec: object  # decoder MLPCache over (K*B, N*C)
@@ -123,6 +141,7 @@ class CatVAECache(NamedTuple):
     enc_scale: float  # 1/sigma (NVIL normalisation) or 1
     base: object  # REINFORCE, NVIL: (baseline MLPCache or None, residual (K, B)); else None
     stats: dict  # per-example quantities for reporting
+    y_soft: object = None  # (K*B*N, C) the kernel's soft sample (fused gumbel, st-gumbel)
 
 
 def vimco_signals(log_w):
@@ -524,12 +543,76 @@ class CatVAE(Model):
         return info, lines
 
     # ------------------------------------------------------------------ objective
+    def draw_key(self, rng, batch_size, n_samples=None):
+        """The NoiseKey of the noise ``draw_noise(rng, batch_size, n_samples)`` would return:
+        the fused kernels' form of the same Gumbels (it consumes ``rng`` the same way)."""
+        K = self.n_samples if n_samples is None else n_samples
+        return draw_key("gumbel", rng, (K, batch_size, self.n_latents, self.n_categories))
+
+    def _step_noise(self, rng, batch_size):
+        """A training step's noise as its key: the step runs the fused Gumbel kernels. A
+        data-parallel step takes its rows of the global batch's noise as an array instead
+        (``Model._step_noise``), the readable path, equal to the fused one to float rounding."""
+        if self._shard is not None:
+            return super()._step_noise(rng, batch_size)
+        return self.draw_key(rng, batch_size)
+
+    def _sample(self, x, logits, g, mode, tau=None):
+        """y (K, B, N, C) for noise g (an array or its NoiseKey) and the noise kept for
+        backward; ``mode`` "soft" (relaxed), "st" (one-hot, the soft sample kept) or "hard".
+
+        Returns (y, y_soft, g): y_soft the fused kernel's soft sample (K*B*N, C) or None; g the
+        noise for backward, an array on the readable path (also when the fused path falls
+        back to it because the logits are not finite: the kernels refuse or NaN such rows, and
+        a diverging encoder's NaN must reach the loss)."""
+        xp = get_xp(x)
+        if isinstance(g, NoiseKey):
+            self._check_key(g, x)
+            if bool(xp.isfinite(logits).all()):
+                return self._sample_fused(x, logits, g, mode, tau)
+            g = g.fill(self.dtype, x)
+        if mode == "soft":
+            return relaxed_softmax(logits, tau, g), None, g  # (K, B, N, C)
+        return self._one_hot(xp.argmax(logits + g, axis=-1)), None, g  # (K, B, N, C)
+
+    def _sample_fused(self, x, logits, key, mode, tau):
+        be = get_backend(x)
+        xp = be.xp
+        K, B, N, C = key.shape
+        # row r = (k*B + b)*N + n of the (K*B*N, C) rows draws elements r*C .. r*C + C-1
+        rows = xp.ascontiguousarray(xp.broadcast_to(logits, key.shape).reshape(-1, C))
+        y_soft = None
+        y_out = self.decoder.input_buffer(K * B).reshape(-1, C)  # the decoder's input rows
+        if mode == "soft":
+            y = y_soft = be.kernel("gumbel_softmax")(
+                rows, tau, key.seed, key.stream, 0, False, y_out
+            )
+        elif mode == "st":
+            y_soft = xp.empty_like(rows)
+            y = be.kernel("gumbel_softmax")(
+                rows, tau, key.seed, key.stream, 0, True, y_out, y_soft_out=y_soft
+            )
+        else:
+            y = self._one_hot(be.kernel("gumbel_max")(rows, key.seed, key.stream, 0))
+        return y.reshape(K, B, N, C), y_soft, key
+
+    def _check_key(self, key, x):
+        want = (x.shape[0], self.n_latents, self.n_categories)
+        shape = tuple(key.shape)
+        if key.kind != "gumbel" or len(shape) != 4 or shape[0] < 1 or shape[1:] != want:
+            raise ValueError(
+                f"CatVAE.forward: expected a gumbel NoiseKey of shape (K, {', '.join(map(str, want))}) "
+                f"with K >= 1, got kind {key.kind!r} and shape {shape}. Draw it with "
+                f"model.draw_key(rng, B)."
+            )
+
     def _hard_terms(self, x, g):
-        """log p(x|z) (K, B), log q(z|x) (K, B) and KL (B,) for z = argmax(logits + g)."""
+        """log p(x|z) (K, B), log q(z|x) (K, B) and KL (B,) for z = argmax(logits + g) (g an
+        array or its NoiseKey)."""
         xp = get_xp(x)
         K, B = g.shape[:2]
         logits = self.posterior_logits(x)  # (B, N, C)
-        y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (K, B, N, C)
+        y, _, _ = self._sample(x, logits, g, "hard")  # (K, B, N, C)
         out, _ = self.decoder.forward(y.reshape(K * B, -1))  # (K*B, D)
         xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
         nll, _ = bernoulli_nll_forward(out, xs)
@@ -548,8 +631,9 @@ class CatVAE(Model):
         Parameters
         ----------
         x : ndarray of shape (B, D)
-        g : ndarray of shape (K, B, N, C)
-            Standard Gumbel noise (``draw_noise``); K = 1 but for VIMCO.
+        g : ndarray of shape (K, B, N, C), or its NoiseKey
+            Standard Gumbel noise (``draw_noise``; K = 1 but for VIMCO), or its key
+            (``draw_key``): the fused kernels (module docstring).
         kl_weight : float, optional
             Weight w of the KL term (1 when None); must be None or 1 for VIMCO.
         tau : float, optional
@@ -578,15 +662,17 @@ class CatVAE(Model):
         )
         dt = self.dtype.type
         K, B, N, C = g.shape
-        h, enc = self.encoder.forward(x)  # (B, N*C)
+        # the fused path runs the MLPs in their buffered form (lvmcore.nn.MLP)
+        fused = isinstance(g, NoiseKey)
+        h, enc = (self.encoder.forward_buffered if fused else self.encoder.forward)(x)
         logits = h.reshape(B, N, C)  # (B, N, C)
-        if est == "gumbel":
-            y = relaxed_softmax(logits, tau, g)  # (K, B, N, C)
+        mode = {"gumbel": "soft", "st-gumbel": "st"}.get(est, "hard")
+        y, y_soft, g = self._sample(x, logits, g, mode, tau)  # (K, B, N, C)
+        if fused:
+            out, dec = self.decoder.forward_buffered(y.reshape(K * B, N * C))  # a buffer
         else:
-            y = self._one_hot(xp.argmax(logits + g, axis=-1))  # (K, B, N, C)
-        out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
-        xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
-        nll, lik = bernoulli_nll_forward(out, xs)
+            out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
+        nll, lik = bernoulli_nll_forward(out, x, overwrite_logits=fused)  # row r: x[r % B]
         log_px_z = -nll.reshape(K, B)  # (K, B)
         kl = self._kl(logits).sum(axis=-1)  # (B,)
         stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
@@ -624,7 +710,21 @@ class CatVAE(Model):
                 w_score = resid / (K * B)
                 base = (bcache, resid)
         cache = CatVAECache(
-            x, enc, logits, g, float(tau), y, dec, lik, w_rec, w_score, w, enc_scale, base, stats
+            x,
+            enc,
+            logits,
+            g,
+            float(tau),
+            y,
+            dec,
+            lik,
+            w_rec,
+            w_score,
+            w,
+            enc_scale,
+            base,
+            stats,
+            y_soft,
         )
         return loss, cache
 
@@ -649,10 +749,23 @@ class CatVAE(Model):
         K, B, N, C = cache.g.shape
         dt = self.dtype.type
         dnll = (dt(dloss) * cache.w_rec).reshape(K * B)
-        dout = bernoulli_nll_backward(dnll, cache.lik)  # (K*B, D)
         relaxed = est in ("gumbel", "st-gumbel")
-        dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (K*B, N*C) or None
-        if relaxed:
+        if isinstance(cache.dec, BufferedMLPCache):
+            # the likelihood's gradient x - sigmoid(l) as it is, the weights as its row scale
+            dy = self.decoder.backward_buffered(
+                cache.lik.grad, cache.dec, row_scale=-dnll, need_dx=relaxed
+            )  # (K*B, N*C) or None
+        else:
+            dout = bernoulli_nll_backward(dnll, cache.lik)  # (K*B, D)
+            dy = self.decoder.backward(dout, cache.dec, need_dx=relaxed)  # (K*B, N*C) or None
+        if relaxed and cache.y_soft is not None:
+            # the kernel's VJP from the soft sample alone, summed over the K samples
+            be = get_backend(cache.y_soft)
+            dl, _ = be.kernel("gumbel_softmax_backward")(
+                dy.reshape(K * B * N, C), cache.y_soft, cache.tau
+            )  # (K*B*N, C)
+            dlogits = dl.reshape(K, B, N, C).sum(axis=0)  # (B, N, C)
+        elif relaxed:
             dlogits, _ = relaxed_softmax_backward(
                 dy.reshape(K, B, N, C), cache.logits, cache.tau, cache.g
             )  # (B, N, C)
@@ -709,7 +822,7 @@ class CatVAE(Model):
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            log_px_z, _, kl = self._hard_terms(xb, self.draw_noise(rng, xb.shape[0], 1))
+            log_px_z, _, kl = self._hard_terms(xb, self.draw_key(rng, xb.shape[0], 1))
             out.append(log_px_z[0] - kl)
         return self._rows(out, xp)
 
@@ -724,6 +837,6 @@ class CatVAE(Model):
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            lw = self.log_weights(xb, self.draw_noise(rng, xb.shape[0]))  # (K, B)
+            lw = self.log_weights(xb, self.draw_key(rng, xb.shape[0]))  # (K, B)
             out.append(logsumexp_forward(lw, axis=0)[0] - self.dtype.type(math.log(self.k)))
         return self._rows(out, xp)

@@ -81,6 +81,8 @@ class CVAE(VAE):
     (``needs_labels``); ``sample`` draws one class after another when no labels are given.
     """
 
+    fused_step = False  # its forward samples z beside the label: explicit noise, not the fused key
+
     name = "cvae"
     help = "class-conditional VAE: the one-hot label into encoder and decoder (needs labels)"
     needs_labels = True

@@ -29,13 +29,36 @@ import numpy as np
 
 from .._validation import check_param, get_xp
 from ..cli._types import nonneg_float, positive_int
-from ..losses import bernoulli_nll_backward, gaussian_nll_backward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from ..ops import reparam_backward
 from .base import Flag
-from .vae import VAE
+from .vae import VAE, FusedReparam
 
 ESTIMATORS = ("iwae", "stl", "dreg")
+# Subnormals. A weight this far below the largest of its array drops out of the fused step's
+# gradient (float32 only): its share, below 2^-60, is far under float rounding, and products of
+# such weights with the layers' arrays are what goes subnormal (the weights / B of poor samples
+# reach 1e-40). Together with the kernels' exp, which flushes what would be subnormal to 0 (the
+# likelihood gradient x - sigmoid(l), the weights themselves), no subnormal is produced, so the
+# step does not depend on the FPU's flush-to-zero: that is per-thread MXCSR state, set before
+# every pool (BLAS, Numba) starts and invisible to a user, which the engine does not touch.
+# Measured (benchmarks/compare_peers.py --only subnormals, 2026-12-02): on the Intel machines
+# of PERF-NOTES subnormal GEMM operands cost 4x; on the AMD EPYC (Zen 4) of this run they cost
+# nothing measurable (a GEMM with 0-100 % subnormal rows, the same time), and the step with
+# 4 % subnormal weights ran at the same speed with and without this flush. Its cost is one pass
+# over the (K, B) weights.
+_TINY = 2.0**-60
+
+
+def _flush_tiny(w):
+    """Zero the entries of a weight array (K, B) whose magnitude is below _TINY times the
+    largest (float32; float64 arrays are returned as they are): the fused step keeps
+    subnormal numbers from being produced instead of relying on the FPU's flush-to-zero."""
+    if w.dtype != np.float32 or w.size == 0:
+        return w
+    xp = get_xp(w)
+    m = xp.abs(w).max()
+    return xp.where(xp.abs(w) < m * np.float32(_TINY), np.float32(0), w)
 
 
 class IWAE(VAE):
@@ -171,7 +194,8 @@ class IWAE(VAE):
 
     def forward(self, x, eps, kl_weight=None):
         """Negative bound averaged over the batch, for fixed noise eps (K, B, Z) (M K for
-        MIWAE and PIWAE).
+        MIWAE and PIWAE): an array (the readable path) or its NoiseKey (the fused kernel, see
+        :mod:`lvmcore.models.vae`).
 
         ``kl_weight`` is accepted for the trainer's sake and must be None or 1.
         """
@@ -181,9 +205,7 @@ class IWAE(VAE):
                 f"not apply to an importance-weighted bound), got {kl_weight}."
             )
         p = self._forward_samples(x, eps)
-        log_w = p.log_px_z + 0.5 * (
-            (p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1)
-        )  # (K, B)
+        log_w = self._log_w(p)  # (K, B)
         bound, weights = bound_forward(log_w, self.objective, self.groups, self.ciwae_beta)
         loss = -float(bound.mean())
         stats = dict(bound=bound, log_w=log_w)
@@ -193,29 +215,40 @@ class IWAE(VAE):
         """Accumulate the gradient of ``dloss * loss`` with the chosen estimator."""
         p, bw, _ = cache
         xp = get_xp(p.mu)
-        eps, std = p.reparam
-        K, B, Z = eps.shape
+        K, B, Z = p.z.shape
         dt = self.dtype.type
         c = dt(-dloss)  # loss = -mean bound; the weights are for the bound
-        dnll = (dt(dloss) * bw.decoder).reshape(K * B)
-        if self.likelihood == "bernoulli":
-            dout = bernoulli_nll_backward(dnll, p.lik)
-        else:
-            dout, dlv = gaussian_nll_backward(dnll, p.lik)
-            if self.decoder_variance == "learned":
-                self.decoder.grads["logvar"] += dlv
-        dz_dec = self.decoder.backward(dout, p.dec).reshape(K, B, Z)  # = -dloss a dlogp/dz
+        fused = isinstance(p.reparam, FusedReparam)
+        dec_w = _flush_tiny(bw.decoder) if fused else bw.decoder
+        dnll = (dt(dloss) * dec_w).reshape(K * B)
+        dz_dec = self._decoder_backward(dnll, p).reshape(K, B, Z)  # = -dloss a dlogp/dz
         if self.estimator == "dreg":
             s, ratio = bw.encoder_dreg, bw.dreg_over_decoder
         else:
             s, ratio = bw.encoder, bw.encoder_over_decoder
-        cs = (c * s)[..., None]  # (K, B, 1)
-        dz = ratio[..., None] * dz_dec - cs * p.z  # log p(z) term
-        if self.estimator != "iwae":
-            dz += cs * (eps / std)  # -log q through z only
-        dmu, dlogvar = reparam_backward(dz, p.reparam)
-        if self.estimator == "iwae":
-            dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
+        if fused:
+            s, ratio = _flush_tiny(s), _flush_tiny(ratio)
+        cs = c * s  # (K, B)
+        dz = ratio[..., None] * dz_dec  # (K, B, Z)
+        if fused:
+            # log p(z) and log q(z|x) go to the kernel's regenerating backward as their
+            # upstream gradients; STL and DReG keep only log q's path through z, eps / std =
+            # (z - mu) / var, and pass no dlog_q (its total derivative holds the score term)
+            dlog_q = None
+            if self.estimator != "iwae":
+                dz += cs[..., None] * ((p.z - p.mu) * xp.exp(-p.logvar))
+            else:
+                dlog_q = -cs
+            dmu, dlogvar = self._reparam_grads(p, dz, dlog_q, cs)
+        else:
+            eps, std = p.reparam
+            cs = cs[..., None]  # (K, B, 1)
+            dz -= cs * p.z  # log p(z) term
+            if self.estimator != "iwae":
+                dz += cs * (eps / std)  # -log q through z only
+            dmu, dlogvar = reparam_backward(dz, p.reparam)
+            if self.estimator == "iwae":
+                dlogvar += dt(0.5) * cs.sum(axis=0)  # total d(-log q)/dlogvar
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), p.enc, need_dx=False)
 
     def _step_forward(self, x, noise, kl_weight):
@@ -228,26 +261,24 @@ class IWAE(VAE):
         return dict(bound=-loss)
 
     def elbo(self, x, rng, batch_size=100):
-        """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples."""
+        """Per-example ELBO (B,): the mean of log w over the model's K (M K) samples (the
+        fused path, with the noise ``draw_noise`` would draw from ``rng``)."""
         batch_size = self._check_eval(x, rng, batch_size, "IWAE.elbo")
         xp = get_xp(x)
-        return self._rows(
-            [
-                self.log_weights(
-                    x[i : i + batch_size], self.draw_noise(rng, x[i : i + batch_size].shape[0])
-                ).mean(axis=0)
-                for i in range(0, x.shape[0], batch_size)
-            ],
-            xp,
-        )
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            out.append(self.log_weights(xb, self.draw_key(rng, xb.shape[0])).mean(axis=0))
+        return self._rows(out, xp)
 
     def bound(self, x, rng, batch_size=100):
-        """The model's training bound per example (B,), for fixed fresh noise."""
+        """The model's training bound per example (B,), for fixed fresh noise (the fused
+        path, with the noise ``draw_noise`` would draw from ``rng``)."""
         batch_size = self._check_eval(x, rng, batch_size, "IWAE.bound")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            _, (_, _, stats) = self.forward(xb, self.draw_noise(rng, xb.shape[0]))
+            _, (_, _, stats) = self.forward(xb, self.draw_key(rng, xb.shape[0]))
             out.append(stats["bound"])
         return self._rows(out, xp)

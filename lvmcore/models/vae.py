@@ -15,10 +15,36 @@ Forward (one step):
 The backward walks the same steps in reverse; every piece has a finite-difference test.
 The batch-mean KL of free bits spans the batch: it is taken over ``_batch_rows`` (see
 :mod:`lvmcore.models.base`).
+
+Two paths of the sampling step, one noise
+-----------------------------------------
+``forward(x, noise)`` takes the noise in either of two forms of the same Philox stream:
+
+- an array eps (L, B, Z) (``draw_noise``): the readable path, ``ops.reparam_forward`` and
+  ``ops.reparam_backward``, with log q(z|x) and log p(z) written out from eps;
+- a :class:`~lvmcore.models.noise_key.NoiseKey` of kind "normal" and shape (L, B, Z): the fused
+  path. The kernel ``reparam_sample`` of the data's backend draws eps from the key, writes z and
+  sums log q(z|x) and log p(z) in one pass, and its ``reparam_sample_backward`` regenerates eps
+  from the key for dmu and dlogvar, so eps is never stored.
+
+A training step (``loss_and_grads``), ``bound`` and ``elbo`` take the fused path. Keying, for a
+caller who replays a step: the step's generator ``rng`` gives one 64-bit seed,
+``seed = rng.integers(0, 2**64, dtype=uint64)`` (``lvmcore.noise.philox_key``; stream 0), and
+eps[l, b, j] is element ``(l*B + b)*Z + j`` of that seed's normal stream, so
+``draw_noise(rng, B)`` from a generator in the same state returns the step's eps (equal to the
+kernel's to its few ulp; the uniforms behind them bit for bit). The K-sample evaluation
+(``log_weight_sampler``) reads the same stream the same way: sample s of row b is element
+``(s*B + b)*Z + j`` of the normal stream of a seed drawn once per evaluation batch, so a step
+and an evaluation with one seed see the same z. Tests prove both paths equal to float rounding
+in float32 and float64.
+
+A data-parallel process that draws the global batch's noise and keeps its rows
+(``noise_rows(draw_noise(rng, B), a, b)``, see :mod:`lvmcore.models.base`) passes an array,
+and so takes the readable path with the same noise.
 """
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -39,11 +65,22 @@ from ..losses import (
     kl_term_backward,
     kl_term_forward,
 )
-from ..nn import MLP
+from ..nn import MLP, BufferedMLPCache
 from ..ops import reparam_backward, reparam_forward, sigmoid
 from .base import Flag, Model
+from .noise_key import NoiseKey, draw_key
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class FusedReparam(NamedTuple):
+    """The fused kernel's side of the sample path: its key, its densities and the backend
+    whose ``reparam_sample_backward`` regenerates eps from the key (eps is never stored)."""
+
+    key: NoiseKey  # the normal stream of eps (K, B, Z)
+    log_q: object  # (K, B) log q(z|x)
+    log_p: object  # (K, B) log p(z)
+    backend: object
 
 
 class SampleForward(NamedTuple):
@@ -54,7 +91,7 @@ class SampleForward(NamedTuple):
     mu: object  # (B, Z)
     logvar: object  # (B, Z)
     z: object  # (K, B, Z)
-    reparam: object  # ReparamCache, eps (K, B, Z)
+    reparam: object  # ReparamCache (eps (K, B, Z) held) or FusedReparam (eps regenerated)
     dec: object  # decoder MLPCache
     lik: object  # likelihood cache over (K*B, D)
     log_px_z: object  # (K, B)
@@ -67,7 +104,7 @@ class VAECache(NamedTuple):
     enc: object  # encoder MLPCache
     mu: object  # (B, Z)
     logvar: object  # (B, Z)
-    reparam: object  # ReparamCache, eps (L, B, Z)
+    reparam: object  # ReparamCache, eps (L, B, Z), or FusedReparam (eps regenerated)
     z: object  # (L, B, Z)
     dec: object  # decoder MLPCache
     lik: object  # likelihood cache over (L*B, D)
@@ -264,13 +301,55 @@ class VAE(Model):
 
     # ------------------------------------------------------------------ objective
     def _forward_samples(self, x, eps, need_grad=True):
-        """Encoder, reparameterization, decoder and likelihood for K samples per row."""
+        """Encoder, reparameterization, decoder and likelihood for K samples per row; ``eps``
+        the noise array (K, B, Z) or its NoiseKey (the fused path)."""
+        if isinstance(eps, NoiseKey):
+            return self._forward_samples_fused(x, eps, need_grad)
         xp = get_xp(x)
         K, B, Z = eps.shape
         h, enc = self.encoder.forward(x)  # (B, 2Z)
         mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z)
         z, rep = reparam_forward(mu, logvar, eps)  # (K, B, Z)
         out, dec = self.decoder.forward(z.reshape(K * B, Z))  # (K*B, D)
+        lik, log_px_z = self._likelihood(xp, out, x, K, need_grad)
+        return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
+
+    def _forward_samples_fused(self, x, key, need_grad=True):
+        """The sample path through the fused kernel ``reparam_sample`` (module docstring)."""
+        self._check_key(key, x)
+        be = get_backend(x)
+        xp = be.xp
+        K, B, Z = key.shape
+        h, enc = self.encoder.forward_buffered(x)  # (B, 2Z)
+        if not bool(xp.isfinite(h).all()):
+            # The kernel refuses non-finite moments; a diverging encoder's NaN must reach the
+            # loss instead, where the trainer stops on it: the readable path lets it through.
+            return self._forward_samples(x, key.fill(self.dtype, x), need_grad)
+        mu, logvar = xp.ascontiguousarray(h[:, :Z]), xp.ascontiguousarray(h[:, Z:])  # (B, Z)
+        z = self.decoder.input_buffer(K * B).reshape(K, B, Z)  # the kernel writes z there
+        z, log_q, log_p = be.kernel("reparam_sample")(mu, logvar, K, key.seed, key.stream, 0, z)
+        out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z))  # (K*B, D), a buffer
+        lik, log_px_z = self._likelihood(xp, out, x, K, need_grad)
+        rep = FusedReparam(key, log_q, log_p, be)
+        return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
+
+    def _check_key(self, key, x):
+        K_B_Z = key.shape
+        if (
+            key.kind != "normal"
+            or len(K_B_Z) != 3
+            or K_B_Z[0] < 1
+            or tuple(K_B_Z[1:]) != (x.shape[0], self.latent_dim)
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.forward: expected a normal NoiseKey of shape (K, "
+                f"{x.shape[0]}, {self.latent_dim}) with K >= 1, got kind {key.kind!r} and shape "
+                f"{tuple(K_B_Z)}. Draw it with draw_key('normal', rng, (K, B, Z))."
+            )
+
+    def _likelihood(self, xp, out, x, K, need_grad):
+        """The likelihood of the decoder output (K*B, D): (cache, log p(x|z) (K, B))."""
+        B = x.shape[0]
         if self.likelihood == "bernoulli":
             # row r of out is scored against x[r % B]; the logits are a temporary, so the
             # fused kernel writes the gradient over them
@@ -278,13 +357,60 @@ class VAE(Model):
         else:
             xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
             nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp), xs)
-        return SampleForward(enc, mu, logvar, z, rep, dec, lik, -nll.reshape(K, B))
+        return lik, -nll.reshape(K, B)
 
-    def log_weights(self, x, eps):
-        """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (K, B, Z); (K, B)."""
-        p = self._forward_samples(x, eps, need_grad=False)
+    @staticmethod
+    def _eps(p):
+        """eps (K, B, Z) of a sample path: held by the readable path, recovered as
+        (z - mu) exp(-logvar/2) from the fused one (to rounding)."""
+        if isinstance(p.reparam, FusedReparam):
+            return (p.z - p.mu) * get_xp(p.z).exp(-0.5 * p.logvar)
+        return p.reparam.eps
+
+    @staticmethod
+    def _log_w(p):
+        """log w = log p(x|z) + log p(z) - log q(z|x) of a sample path, (K, B)."""
+        if isinstance(p.reparam, FusedReparam):
+            return p.reparam.log_p - p.reparam.log_q + p.log_px_z  # as log_weight_sampler
         # the 2 pi terms of log p(z) and log q(z|x) cancel; (z - mu) / std = eps
         return p.log_px_z + 0.5 * ((p.reparam.eps**2 - p.z**2).sum(axis=-1) + p.logvar.sum(axis=-1))
+
+    def _decoder_backward(self, dnll, p):
+        """The decoder's parameter gradients for the per-row weights dnll (K*B,) of
+        -log p(x|z); returns dz (K*B, Z).
+
+        On the fused path (a buffered decoder), the Bernoulli likelihood's cached gradient
+        x - sigmoid(l) goes to the decoder as it is, with -dnll as its row scale: the weights
+        multiply the (K*B, H) arrays of the last layer instead of the (K*B, D) logits."""
+        if self.likelihood == "bernoulli":
+            if isinstance(p.dec, BufferedMLPCache):
+                return self.decoder.backward_buffered(p.lik.grad, p.dec, row_scale=-dnll)
+            dout = bernoulli_nll_backward(dnll, p.lik)
+        else:
+            dout, dlv = gaussian_nll_backward(dnll, p.lik)
+            if self.decoder_variance == "learned":
+                self.decoder.grads["logvar"] += dlv
+        return self.decoder.backward(dout, p.dec)
+
+    @staticmethod
+    def _reparam_grads(p, dz, dlog_q=None, dlog_p=None):
+        """dmu, dlogvar (B, Z) of L = sum dz z + sum dlog_q log q + sum dlog_p log p, with
+        log q's total derivative (path and score): 0 for mu, -1/2 for each logvar_j.
+
+        The fused path hands all three to the kernel's regenerating backward; the readable
+        path has dlog_q = dlog_p = None (its callers fold the density terms into dz)."""
+        rep = p.reparam
+        if isinstance(rep, FusedReparam):
+            key = rep.key
+            return rep.backend.kernel("reparam_sample_backward")(
+                dz, dlog_q, dlog_p, p.mu, p.logvar, key.seed, key.stream, 0
+            )
+        return reparam_backward(dz, rep)
+
+    def log_weights(self, x, eps):
+        """log w = log p(x|z) + log p(z) - log q(z|x) for fixed noise eps (K, B, Z) (an array
+        or its NoiseKey); (K, B)."""
+        return self._log_w(self._forward_samples(x, eps, need_grad=False))
 
     def log_weight_sampler(self, x, rng):
         """``draw(start, n) -> log w (n, B)`` for the chunked K-sample evaluation of x (B, D).
@@ -304,10 +430,13 @@ class VAE(Model):
         mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(x))
 
         def draw(start, n):
-            z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z)  # (n, B, Z), (n, B)
-            logits, _ = self.decoder.forward(z.reshape(n * B, -1))  # (n*B, D)
+            z = self.decoder.input_buffer(n * B).reshape(n, B, Z)
+            z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z, z)  # (n, B, Z)
+            # reused buffers, with the readable activations' exact values (fused=False): the
+            # estimate stays bit for bit what it has been
+            logits, _ = self.decoder.forward_buffered(z.reshape(n * B, -1), fused=False)
             if self.likelihood == "bernoulli":
-                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)
+                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)  # (n*B,)
             else:
                 xs = xp.broadcast_to(x, (n,) + x.shape).reshape(n * B, -1)
                 nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
@@ -326,13 +455,33 @@ class VAE(Model):
             rng, (L, batch_size, self.latent_dim), self.dtype, self._like()
         )
 
+    def draw_key(self, rng, batch_size, n_samples=None):
+        """The NoiseKey of the eps ``draw_noise(rng, batch_size, n_samples)`` would return: the
+        fused path's form of the same noise (it consumes ``rng`` the same way)."""
+        L = self.n_samples if n_samples is None else n_samples
+        return draw_key("normal", rng, (L, batch_size, self.latent_dim))
+
+    # A subclass whose forward samples z itself (it reads eps) trains on explicit noise.
+    fused_step: ClassVar[bool] = True
+
+    def _step_noise(self, rng, batch_size):
+        """A training step's noise as its key: the step runs the fused sampling kernel. A
+        data-parallel step takes its rows of the global batch's noise as an array instead
+        (``Model._step_noise``: ``noise_rows`` of ``draw_noise``), the readable path, equal to
+        the fused one to float rounding."""
+        if self._shard is not None or not self.fused_step:
+            return super()._step_noise(rng, batch_size)
+        return self.draw_key(rng, batch_size)
+
     def forward(self, x, eps, kl_weight=None):
         """Negative ELBO averaged over the batch, for fixed noise.
 
         Parameters
         ----------
         x : ndarray of shape (B, D)
-        eps : ndarray of shape (L, B, Z)
+        eps : ndarray of shape (L, B, Z), or its NoiseKey
+            The noise: an array takes the readable path, a key the fused kernel (module
+            docstring); both give the same loss and gradients to float rounding.
         kl_weight : float, optional
             Weight of the KL term; ``beta`` when None.
 
@@ -344,12 +493,13 @@ class VAE(Model):
         """
         w = self.beta if kl_weight is None else float(kl_weight)
         p = self._forward_samples(x, eps)
-        mu, logvar, z, eps = p.mu, p.logvar, p.z, p.reparam.eps
+        mu, logvar, z = p.mu, p.logvar, p.z
         log_px_z = p.log_px_z
         if self.kl == "analytic":
             kl_dim = kl_normal_std_per_dim(mu, logvar)  # (B, Z)
         else:
             # log q(z|x) - log p(z) per dimension, in terms of eps: (z - mu) / std = eps
+            eps = self._eps(p)
             kl_dim = (0.5 * (z * z - eps * eps) - 0.5 * logvar).mean(axis=0)  # (B, Z)
         # Free bits compares the batch-mean KL of each dimension with the floor: a statistic of
         # the whole batch. Its gradient is that of this process's rows' mean (n = B).
@@ -376,20 +526,13 @@ class VAE(Model):
         dependence of log q on z cancels that on mu, sigma along eps).
         """
         xp = get_xp(cache.mu)
-        eps = cache.reparam.eps
-        L, B, Z = eps.shape
+        L, B, Z = cache.z.shape
         dt = self.dtype.type
         dnll = xp.full(L * B, dt(dloss / (L * B)), dtype=self.dtype)
-        if self.likelihood == "bernoulli":
-            dout = bernoulli_nll_backward(dnll, cache.lik)
-        else:
-            dout, dlv = gaussian_nll_backward(dnll, cache.lik)
-            if self.decoder_variance == "learned":
-                self.decoder.grads["logvar"] += dlv
-        dz = self.decoder.backward(dout, cache.dec).reshape(L, B, Z)  # (L, B, Z)
+        dz = self._decoder_backward(dnll, cache).reshape(L, B, Z)  # (L, B, Z)
         dkl = kl_term_backward(dt(dloss * cache.kl_weight), cache.kl_term)  # (1, Z)
         if self.kl == "analytic":
-            dmu, dlogvar = reparam_backward(dz, cache.reparam)
+            dmu, dlogvar = self._reparam_grads(cache, dz)
             dmu_kl, dlogvar_kl = kl_normal_std_per_dim_backward(
                 xp.broadcast_to(dkl, cache.mu.shape), KLNormalStdCache(cache.mu, cache.logvar)
             )
@@ -397,7 +540,7 @@ class VAE(Model):
             dlogvar += dlogvar_kl
         else:
             dz = dz + (dkl / L) * cache.z
-            dmu, dlogvar = reparam_backward(dz, cache.reparam)
+            dmu, dlogvar = self._reparam_grads(cache, dz)
             dlogvar = dlogvar - 0.5 * dkl
         self.encoder.backward(xp.concatenate([dmu, dlogvar], axis=1), cache.enc, need_dx=False)
 
@@ -416,12 +559,13 @@ class VAE(Model):
         return self.elbo(x, rng, batch_size)
 
     def elbo(self, x, rng, batch_size=1000):
-        """Per-example ELBO (B,) with beta = 1, no free bits, and the model's L."""
+        """Per-example ELBO (B,) with beta = 1, no free bits, and the model's L (the fused
+        path, with the noise ``draw_noise`` would draw from ``rng``)."""
         batch_size = self._check_eval(x, rng, batch_size, "VAE.elbo")
         xp = get_xp(x)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            _, c = self.forward(xb, self.draw_noise(rng, xb.shape[0]), kl_weight=1.0)
+            _, c = self.forward(xb, self.draw_key(rng, xb.shape[0]), kl_weight=1.0)
             out.append(c.stats["log_px_z"] - c.stats["kl"])
         return self._rows(out, xp)

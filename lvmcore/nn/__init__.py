@@ -4,5 +4,5 @@ from .code_prior import CodePrior, fit_code_prior
 from .discriminator import Discriminator
 from .init import glorot_uniform
 from .made import MADE
-from .module import MLP, Linear, MLPCache, Module
+from .module import MLP, BufferedMLPCache, Linear, MLPCache, Module
 from .stochastic import GaussianLayer
