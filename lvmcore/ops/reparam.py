@@ -9,7 +9,7 @@ log q(z|x) and log p(z) in the same pass; tests/test_noise.py proves the two equ
 
 from typing import NamedTuple
 
-from .._validation import check_array, check_same_device, check_same_dtype, get_xp
+from .._validation import check_array, check_cache, check_same_device, check_same_dtype, get_xp
 
 
 class ReparamCache(NamedTuple):
@@ -83,8 +83,9 @@ def reparam_backward(dz, cache):
     :math:`\\partial z/\\partial v = \\tfrac12 e^{v/2}\\epsilon`; leading sample axes of
     ``dz`` are summed so that the gradients have the shape of mu.
     """
-    eps, std = cache
-    check_array(dz, "dz", "reparam_backward", finite=False)
+    f = "reparam_backward"
+    eps, std = check_cache(cache, ReparamCache, f)
+    check_array(dz, "dz", f, dtype=eps.dtype, finite=False, xp=get_xp(eps), ref="eps'")
     if dz.shape != eps.shape:
         raise ValueError(
             f"reparam_backward: expected dz to have the shape of the forward's z "
