@@ -1,23 +1,27 @@
 // Just enough of CUDA's execution model to run lvmcore's kernels (kernels/cuda/*.cu) on the CPU,
 // for tests on machines without a GPU.
 //
-// Every CUDA thread of a block is a std::thread; blocks run one after another, so __shared__
-// variables can be plain statics. __syncthreads() is a barrier over the block, __syncwarp() and
-// the shuffles are barriers over the warp (32 consecutive linear thread ids): a kernel whose lanes
-// call them a different number of times deadlocks here, as it would misbehave on a GPU. The math
-// functions are glibc's, so transcendental results differ from CUDA's in the last bits; integer
-// code, the Philox words and the exact uniform conversions are bit-identical.
+// Every CUDA thread of a block is a fiber (ucontext) on the launching OS thread; blocks run one
+// after another, so __shared__ variables can be plain statics. A fiber runs until it reaches a
+// barrier (__syncthreads() over the block; __syncwarp() and the shuffles over its warp of 32
+// consecutive linear thread ids) or returns; the scheduler then runs the next fiber that can go
+// on, and a barrier opens when every thread it spans has arrived. A kernel without barriers thus
+// runs its threads one after another at full speed (creating an OS thread per CUDA thread, as an
+// earlier version did, cost about a third of a second per launch). A kernel whose lanes call the
+// barriers a different number of times would misbehave on a GPU: here the launch stops with
+// an error instead of hanging. The math functions are glibc's, so transcendental results differ
+// from CUDA's in the last bits; integer code, the Philox words and the exact uniform conversions
+// are bit-identical.
 //
 // A kernel is launched the way cuLaunchKernel does it: argv[i] points to the value of parameter i.
 #ifndef LVM_CUDA_EMU_H
 #define LVM_CUDA_EMU_H
 
-#include <barrier>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
+#include <ucontext.h>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -35,22 +39,61 @@ struct dim3 {
 };
 
 inline dim3 gridDim, blockDim;
-inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 threadIdx, blockIdx;  // of the running fiber
 static const int warpSize = 32;
 
 namespace emu {
 
-struct Block {
-    explicit Block(unsigned int n) : all(n), xchg(n) {
-        for (unsigned int w = 0; w < n / 32; ++w) warps.emplace_back(new std::barrier<>(32));
-    }
-    std::barrier<> all;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    std::vector<unsigned long long> xchg;  // one 8-byte slot per thread for the shuffles
+// One barrier: arrivals counted against the threads it spans; a generation number that moves on
+// when it opens.
+struct Barrier {
+    unsigned int expected = 0, arrived = 0;
+    unsigned long long generation = 0;
 };
 
-inline thread_local Block* block = nullptr;
-inline thread_local unsigned int tid = 0;  // linear thread index in the block
+struct Fiber {
+    ucontext_t ctx;
+    bool done = false;
+    const Barrier* waiting = nullptr;  // the barrier it waits at, closed while generation == gen
+    unsigned long long gen = 0;
+};
+
+struct Block {
+    explicit Block(unsigned int n) : n(n), fibers(n), stacks(n), xchg(n), warps(n / 32) {
+        all.expected = n;
+        for (auto& w : warps) w.expected = 32;
+        for (auto& st : stacks) st.reset(new char[kStack]);
+    }
+    static constexpr std::size_t kStack = 256 * 1024;
+    unsigned int n;
+    Barrier all;
+    std::vector<Fiber> fibers;
+    std::vector<std::unique_ptr<char[]>> stacks;
+    std::vector<unsigned long long> xchg;  // one 8-byte slot per thread for the shuffles
+    std::vector<Barrier> warps;
+    ucontext_t scheduler;
+    bool progress = false;  // did a fiber arrive at a barrier or finish since the last sweep?
+};
+
+inline Block* block = nullptr;
+inline unsigned int tid = 0;  // linear thread index in the block of the running fiber
+
+inline void yield() { swapcontext(&block->fibers[tid].ctx, &block->scheduler); }
+
+inline void arrive_and_wait(Barrier& b) {
+    const unsigned long long gen = b.generation;
+    block->progress = true;  // an arrival changes the state: the next sweep may differ
+    if (++b.arrived == b.expected) {
+        b.arrived = 0;
+        ++b.generation;
+        return;
+    }
+    Fiber& me = block->fibers[tid];
+    me.waiting = &b;
+    me.gen = gen;
+    while (b.generation == gen) yield();
+    me.waiting = nullptr;
+}
 
 template <typename T>
 inline T shfl_xor(T v, int lane_mask, int width) {
@@ -59,12 +102,12 @@ inline T shfl_xor(T v, int lane_mask, int width) {
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     block->xchg[tid] = bits;
-    block->warps[warp]->arrive_and_wait();
+    arrive_and_wait(block->warps[warp]);
     unsigned int src = lane ^ (unsigned int)lane_mask;
     const unsigned int seg = ~(unsigned int)(width - 1);
     if ((src & seg) > (lane & seg)) src = lane;  // a later segment: own value (CUDA semantics)
     bits = block->xchg[warp * 32 + src];
-    block->warps[warp]->arrive_and_wait();
+    arrive_and_wait(block->warps[warp]);
     T out;
     std::memcpy(&out, &bits, sizeof(T));
     return out;
@@ -75,30 +118,74 @@ inline void call(void (*f)(A...), void** argv, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(argv[I])...);
 }
 
-// Returns 0, or 1 when the block size is not a multiple of 32.
+// The running launch, read by the fibers' entry point (makecontext passes only ints).
+inline void (*entry_body)(void*) = nullptr;
+inline void* entry_state = nullptr;
+
+inline void fiber_entry() {
+    entry_body(entry_state);
+    block->fibers[tid].done = true;
+    block->progress = true;
+    // returning resumes uc_link, the scheduler
+}
+
+inline void set_thread_index(unsigned int t, dim3 b) {
+    tid = t;
+    threadIdx = dim3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
+}
+
+// Returns 0; 1 when the block size is not a multiple of 32; 2 when the threads of a block wait
+// at barriers that can never open (they call them a different number of times).
 template <typename... A>
 inline int launch(void (*f)(A...), dim3 g, dim3 b, void** argv) {
     const unsigned int n = b.x * b.y * b.z;
     if (n == 0 || n % 32 != 0) return 1;
     gridDim = g;
     blockDim = b;
+    struct State {
+        void (*f)(A...);
+        void** argv;
+    } state{f, argv};
+    entry_body = [](void* p) {
+        auto* s = static_cast<State*>(p);
+        call(s->f, s->argv, std::index_sequence_for<A...>{});
+    };
+    entry_state = &state;
+    Block blk(n);
+    block = &blk;
     for (unsigned int bz = 0; bz < g.z; ++bz)
         for (unsigned int by = 0; by < g.y; ++by)
             for (unsigned int bx = 0; bx < g.x; ++bx) {
-                Block blk(n);
-                std::vector<std::thread> threads;
-                threads.reserve(n);
+                blockIdx = dim3(bx, by, bz);
+                blk.all.arrived = 0;
+                for (auto& w : blk.warps) w.arrived = 0;
                 for (unsigned int t = 0; t < n; ++t) {
-                    threads.emplace_back([&, t] {
-                        block = &blk;
-                        tid = t;
-                        threadIdx = dim3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
-                        blockIdx = dim3(bx, by, bz);
-                        call(f, argv, std::index_sequence_for<A...>{});
-                    });
+                    Fiber& fb = blk.fibers[t];
+                    fb.done = false;
+                    fb.waiting = nullptr;
+                    getcontext(&fb.ctx);
+                    fb.ctx.uc_stack.ss_sp = blk.stacks[t].get();
+                    fb.ctx.uc_stack.ss_size = Block::kStack;
+                    fb.ctx.uc_link = &blk.scheduler;
+                    makecontext(&fb.ctx, fiber_entry, 0);
                 }
-                for (auto& th : threads) th.join();
+                unsigned int left = n;
+                while (left) {
+                    blk.progress = false;
+                    for (unsigned int t = 0; t < n; ++t) {
+                        const Fiber& fb = blk.fibers[t];
+                        if (fb.done || (fb.waiting && fb.waiting->generation == fb.gen)) continue;
+                        set_thread_index(t, b);
+                        swapcontext(&blk.scheduler, &blk.fibers[t].ctx);
+                        if (blk.fibers[t].done) --left;
+                    }
+                    if (left && !blk.progress) {
+                        block = nullptr;
+                        return 2;
+                    }
+                }
             }
+    block = nullptr;
     return 0;
 }
 
@@ -135,9 +222,9 @@ inline std::string signature(void (*)(A...)) {
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::block->all.arrive_and_wait(); }
+inline void __syncthreads() { emu::arrive_and_wait(emu::block->all); }
 inline void __syncwarp(unsigned int = 0xffffffffu) {
-    emu::block->warps[emu::tid / 32]->arrive_and_wait();
+    emu::arrive_and_wait(emu::block->warps[emu::tid / 32]);
 }
 
 template <typename T>

@@ -5,7 +5,8 @@ transfers cross, as CuPy's are, so engine code that mixes host and device arrays
 implicitly fails here as it would on a GPU; ``cupy.*`` functions are NumPy's, limited to the
 names CuPy 14 has (cupy_names.py); ``cupyx.scatter_add`` is there too. ``RawModule``
 compiles the kernel source with the host C++ compiler against ``cuda_emu.h`` (each CUDA thread a
-std::thread, see there) and launches the instantiations named in ``name_expressions``; a launch checks every argument against the kernel's parameter types
+fiber, see there) and launches the instantiations named in ``name_expressions``; a launch
+checks every argument against the kernel's parameter types
 (array dtype for a pointer, exact scalar type otherwise), so a wrapper that passes a Python int
 or the wrong dtype fails here as it would misbehave on a GPU. ``ElementwiseKernel`` compiles its
 operation into a C++ loop over the broadcast arguments. ``memoize`` caches by arguments;
@@ -72,7 +73,9 @@ def available():
 
 def _compile(code):
     """Shared library of ``code`` (cached by content); returns a ctypes.CDLL."""
-    key = hashlib.sha256((" ".join(CXXFLAGS) + "\n" + code).encode()).hexdigest()[:24]
+    with open(os.path.join(HERE, "cuda_emu.h"), "rb") as f:  # the emulator is part of the key
+        header = f.read()
+    key = hashlib.sha256((" ".join(CXXFLAGS) + "\n" + code).encode() + header).hexdigest()[:24]
     os.makedirs(_CACHE, exist_ok=True)
     lib = os.path.join(_CACHE, f"{key}.so")
     if not os.path.exists(lib):
@@ -183,9 +186,14 @@ class _Function:
                 ptrs.append(holder.ctypes.data)
         argv = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
         rc = self._launch(*_dim3(grid, "grid"), *_dim3(block, "block"), argv)
-        if rc != 0:
+        if rc == 1:
             raise ValueError(
                 f"fake cupy: {self.name}: block size must be a multiple of 32, got {block}"
+            )
+        if rc != 0:
+            raise RuntimeError(
+                f"fake cupy: {self.name}: the threads of a block wait at barriers that never "
+                f"open (__syncthreads/__syncwarp/shuffles called a different number of times)"
             )
 
 
