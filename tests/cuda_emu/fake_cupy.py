@@ -61,7 +61,7 @@ _SCALAR_CODES = {
 
 
 def available():
-    """(ok, reason): whether a C++20 compiler with <barrier> is usable."""
+    """(ok, reason): whether a C++20 compiler that builds the emulator is usable."""
     if CXX is None:
         return False, "no C++ compiler (g++) on PATH"
     try:
