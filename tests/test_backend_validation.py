@@ -70,3 +70,47 @@ def test_check_param_messages():
     with pytest.raises(InvalidParameterError):
         check_param(float("nan"), "lr", "g", low=0)
     assert check_param(np.int64(3), "k", "g", kind="int") == 3
+
+
+def test_small_numba_kernel_calls_run_on_the_calling_thread():
+    """Backend.kernel runs a call whose arrays are all small on one Numba thread (a parallel
+    region's wake-up costs more than a small loop), a large call on the caller's threads, and
+    restores the thread count afterwards, also when the kernel raises; the result is the
+    kernel's own, bit for bit."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    from lvmcore.backend import SERIAL_BELOW, serial_when_small
+
+    seen = []
+
+    def probe(x, *, out=None):
+        seen.append(numba.get_num_threads())
+        if out is not None and out.size == 1:
+            raise ValueError("probe: refused")
+        return x.sum()
+
+    run = serial_when_small(probe)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        small, large = np.ones(SERIAL_BELOW - 1), np.ones(SERIAL_BELOW)
+        assert run(small) == small.sum()
+        assert run(small, out=large) == small.sum()  # keyword arrays count as work too
+        assert run(large) == large.sum()
+        with pytest.raises(ValueError, match="probe: refused"):
+            run(small, out=np.ones(1))
+        assert seen == [1, 2, 2, 1]
+        assert numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(before)
+
+    # the engine's kernels: the same bits on either side of the threshold
+    kernel = get_backend("numba").kernel("bias_act")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 33))
+    b = rng.standard_normal(33)
+    import kernels
+
+    want = kernels.get("bias_act", "numba")(a, b, "tanh")
+    np.testing.assert_array_equal(kernel(a, b, "tanh"), want)
