@@ -1,7 +1,8 @@
 // Just enough of CUDA's execution model to run lvmcore's kernels (kernels/cuda/*.cu) on the CPU,
 // for tests on machines without a GPU.
 //
-// Every CUDA thread of a block is a fiber (ucontext) on the launching OS thread; blocks run one
+// Every CUDA thread of a block is a fiber on the launching OS thread (started with makecontext,
+// switched with _setjmp/_longjmp, which unlike swapcontext make no system call); blocks run one
 // after another, so __shared__ variables can be plain statics. A fiber runs until it reaches a
 // barrier (__syncthreads() over the block; __syncwarp() and the shuffles over its warp of 32
 // consecutive linear thread ids) or returns; the scheduler then runs the next fiber that can go
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <csetjmp>
 #include <ucontext.h>
 #include <type_traits>
 #include <utility>
@@ -52,7 +54,9 @@ struct Barrier {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    ucontext_t start;  // the entry point on the fiber's stack, for the first switch
+    jmp_buf env;       // where it yielded, for the later ones
+    bool started = false;
     bool done = false;
     const Barrier* waiting = nullptr;  // the barrier it waits at, closed while generation == gen
     unsigned long long gen = 0;
@@ -71,14 +75,17 @@ struct Block {
     std::vector<std::unique_ptr<char[]>> stacks;
     std::vector<unsigned long long> xchg;  // one 8-byte slot per thread for the shuffles
     std::vector<Barrier> warps;
-    ucontext_t scheduler;
+    ucontext_t scheduler_uc;  // written by the first switch into each fiber, never resumed
+    jmp_buf scheduler;
     bool progress = false;  // did a fiber arrive at a barrier or finish since the last sweep?
 };
 
 inline Block* block = nullptr;
 inline unsigned int tid = 0;  // linear thread index in the block of the running fiber
 
-inline void yield() { swapcontext(&block->fibers[tid].ctx, &block->scheduler); }
+inline void yield() {
+    if (!_setjmp(block->fibers[tid].env)) _longjmp(block->scheduler, 1);
+}
 
 inline void arrive_and_wait(Barrier& b) {
     const unsigned long long gen = b.generation;
@@ -122,11 +129,11 @@ inline void call(void (*f)(A...), void** argv, std::index_sequence<I...>) {
 inline void (*entry_body)(void*) = nullptr;
 inline void* entry_state = nullptr;
 
-inline void fiber_entry() {
+[[noreturn]] inline void fiber_entry() {
     entry_body(entry_state);
     block->fibers[tid].done = true;
     block->progress = true;
-    // returning resumes uc_link, the scheduler
+    _longjmp(block->scheduler, 1);  // never returns: its stack is reused by the next block
 }
 
 inline void set_thread_index(unsigned int t, dim3 b) {
@@ -162,12 +169,13 @@ inline int launch(void (*f)(A...), dim3 g, dim3 b, void** argv) {
                 for (unsigned int t = 0; t < n; ++t) {
                     Fiber& fb = blk.fibers[t];
                     fb.done = false;
+                    fb.started = false;
                     fb.waiting = nullptr;
-                    getcontext(&fb.ctx);
-                    fb.ctx.uc_stack.ss_sp = blk.stacks[t].get();
-                    fb.ctx.uc_stack.ss_size = Block::kStack;
-                    fb.ctx.uc_link = &blk.scheduler;
-                    makecontext(&fb.ctx, fiber_entry, 0);
+                    getcontext(&fb.start);
+                    fb.start.uc_stack.ss_sp = blk.stacks[t].get();
+                    fb.start.uc_stack.ss_size = Block::kStack;
+                    fb.start.uc_link = nullptr;
+                    makecontext(&fb.start, fiber_entry, 0);
                 }
                 unsigned int left = n;
                 while (left) {
@@ -176,7 +184,12 @@ inline int launch(void (*f)(A...), dim3 g, dim3 b, void** argv) {
                         const Fiber& fb = blk.fibers[t];
                         if (fb.done || (fb.waiting && fb.waiting->generation == fb.gen)) continue;
                         set_thread_index(t, b);
-                        swapcontext(&blk.scheduler, &blk.fibers[t].ctx);
+                        if (!_setjmp(blk.scheduler)) {
+                            Fiber& f = blk.fibers[t];
+                            if (f.started) _longjmp(f.env, 1);
+                            f.started = true;
+                            swapcontext(&blk.scheduler_uc, &f.start);
+                        }
                         if (blk.fibers[t].done) --left;
                     }
                     if (left && !blk.progress) {
