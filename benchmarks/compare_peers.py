@@ -388,6 +388,52 @@ def bench_bias_act(P, R, repeat):
     )
 
 
+def bench_iaf_gate(P, R, repeat):
+    from kernels import iaf_gate as ig
+
+    rng = np.random.default_rng(0)
+    n, Z = 5000, 50  # an IWAE step at K = 50, B = 100 with Z = 50
+    y = (3 * rng.standard_normal((n, 2, Z))).astype(np.float32)
+    z = rng.standard_normal((n, Z)).astype(np.float32)
+    g, dl = rng.standard_normal((n, Z)).astype(np.float32), np.ones(n, np.float32)
+    outs = [np.empty((n, Z), np.float32) for _ in range(3)] + [np.empty(n, np.float32)]
+    _, s, oms, _ = ig.iaf_gate(y, z, 1.0)
+    dy, dz = np.empty_like(y), np.empty_like(z)
+    fwd = median_ms(lambda: ig.iaf_gate(y, z, 1.0, *outs), repeat)
+    bwd = median_ms(lambda: ig.iaf_gate_backward(g, dl, y, z, s, oms, dy, dz), repeat)
+    peers = {"numpy": median_ms(lambda: ig.iaf_gate_ref(y, z, 1.0, *outs), repeat)}
+    peers_b = {"numpy": median_ms(lambda: ig.iaf_gate_backward_ref(g, dl, y, z, s, oms), repeat)}
+    if P.torch:
+        T = P.torch
+        ty, tz, tg, tdl = (T.from_numpy(a) for a in (y, z, g, dl))
+        ts, toms = T.from_numpy(s), T.from_numpy(oms)
+
+        def torch_fwd():
+            t = ty[:, 1] + 1.0
+            ss, om = T.sigmoid(t), T.sigmoid(-t)
+            return ss * tz + om * ty[:, 0], T.nn.functional.logsigmoid(t).sum(-1)
+
+        def torch_bwd():
+            return tg * toms, toms * (tg * (tz - ty[:, 0]) * ts + tdl[:, None]), tg * ts
+
+        peers["torch"] = median_ms(torch_fwd, repeat)
+        peers_b["torch"] = median_ms(torch_bwd, repeat)
+    gbs = 6 * z.nbytes / (fwd / 1e3) / 1e9  # reads y, z; writes z_new, s, 1 - s
+    row(
+        "IAF gate (5000,50) f32",
+        fwd,
+        peers,
+        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
+    gbs = 8 * z.nbytes / (bwd / 1e3) / 1e9  # reads dz', m, z, s, 1 - s; writes dy, dz
+    row(
+        "its backward (dy and dz)",
+        bwd,
+        peers_b,
+        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
+
+
 def bench_eval(P, R, repeat):
     from lvmcore.models import VAE
 
@@ -517,6 +563,7 @@ BENCHES = {
     "gumbel": bench_gumbel,
     "nearest": bench_nearest,
     "bias_act": bench_bias_act,
+    "iaf_gate": bench_iaf_gate,
     "train": bench_training,
     "subnormals": bench_subnormals,
     "eval": bench_eval,

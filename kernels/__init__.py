@@ -44,6 +44,8 @@ OPS = {
     "bias_act_backward": "bias_act",
     "bernoulli_loglik": "bernoulli_loglik",
     "bernoulli_loglik_backward": "bernoulli_loglik",
+    "iaf_gate": "iaf_gate",
+    "iaf_gate_backward": "iaf_gate",
     "importance_weights": "importance_weights",
     "mixture_logprob": "mixture_logprob",
     "mixture_logprob_backward": "mixture_logprob",

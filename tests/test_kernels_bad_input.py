@@ -33,6 +33,7 @@ import kernels
 from kernels import bernoulli_loglik as BL
 from kernels import bias_act as BA
 from kernels import gumbel_softmax as GS
+from kernels import iaf_gate as IG
 from kernels import importance_weights as IW
 from kernels import mixture_logprob as ML
 from kernels import philox as P
@@ -183,6 +184,34 @@ def _ba_bwd(dtype, n, rng):
     )
 
 
+def _ig(dtype, n, rng):
+    return dict(
+        y=_normal(rng, (n, 2, 3), dtype, 3.0),
+        z=_normal(rng, (n, 3), dtype),
+        forget_bias=1.0,
+        z_new_out=None,
+        s_out=None,
+        oms_out=None,
+        logdet_out=None,
+    )
+
+
+def _ig_bwd(dtype, n, rng):
+    y, z = _normal(rng, (n, 2, 3), dtype, 3.0), _normal(rng, (n, 3), dtype)
+    s = (1 / (1 + np.exp(-y[:, 1]))).astype(dtype)
+    return dict(
+        dz_new=_normal(rng, (n, 3), dtype),
+        dlogdet=_normal(rng, (n,), dtype),
+        y=y,
+        z=z,
+        s=s,
+        oms=(1 - s).astype(dtype),
+        dy_out=None,
+        dz_out=None,
+        need_dz=True,
+    )
+
+
 def _fill(dtype, n, rng):
     return dict(seed=7, stream=2, n=n + 3, dtype=dtype, offset=1, out=np.empty(n + 3, dtype))
 
@@ -207,6 +236,8 @@ BUILDS = {
     "adam_update": (_adam, ("p", "m", "v")),
     "bias_act": (_ba, ()),
     "bias_act_backward": (_ba_bwd, ()),
+    "iaf_gate": (_ig, ()),
+    "iaf_gate_backward": (_ig_bwd, ()),
     "philox_uniform": (_fill, ()),
     "philox_normal": (_fill, ()),
     "philox_gumbel": (_fill, ()),
@@ -233,6 +264,8 @@ def _entries():
         "gumbel_max": GS.gumbel_max,
         "bias_act": BA.bias_act,
         "bias_act_backward": BA.bias_act_backward,
+        "iaf_gate": IG.iaf_gate,
+        "iaf_gate_backward": IG.iaf_gate_backward,
     }
     for op, func in wrappers.items():
         out.append(Entry(f"{op}[wrapper]", func, BUILDS[op][0], _ref_of(op)))

@@ -23,6 +23,7 @@ SOURCES = sorted(p.name for p in CUDA_DIR.iterdir() if p.name.endswith(".cu"))
 MODULES = {
     "bernoulli_loglik.cu": "kernels.bernoulli_loglik",
     "gumbel_softmax.cu": "kernels.gumbel_softmax",
+    "iaf_gate.cu": "kernels.iaf_gate",
     "importance_weights.cu": "kernels.importance_weights",
     "mixture_logprob.cu": "kernels.mixture_logprob",
     "nearest_code.cu": "kernels.nearest_code",

@@ -296,3 +296,49 @@ class BiasAct(Benchmark):
         return _gbps(lambda: self.fwd(self.a, self.b, act, self.out), 2 * self.a.nbytes)
 
     track_gbps.unit = "GB/s"
+
+
+class IAFGate(Benchmark):
+    """An IAF step's gate over its MADE output (N = K B rows of Z), and its backward: the full
+    one (dy and dz, both upstream gradients) and the Jacobian-transpose solve's sweep (dy from
+    g alone, no dz). (1, 100, 50) is a VAE step, (50, 100, 50) an IWAE step at K = 50; the
+    outputs are preallocated, the NumPy reference allocates."""
+
+    params = [
+        variants("iaf_gate"),
+        grid([(1, 100, 50), (50, 100, 50)], [(1, 100, 50), (50, 100, 50), (5000, 1, 50)]),
+        DTYPES,
+    ]
+    param_names = ["variant", "kbz", "dtype"]
+
+    def setup(self, variant, kbz, dtype):
+        super().setup()
+        k, b, z = kbz
+        n = k * b
+        self.fwd = kernel_variant("iaf_gate", variant)
+        self.bwd = kernel_variant("iaf_gate_backward", variant)
+        self.y = normal((n, 2, z), dtype) * 3
+        self.z = normal((n, z), dtype, seed=1)
+        self.dz_new = normal((n, z), dtype, seed=2)
+        self.dlogdet = normal((n,), dtype, seed=3)
+        self.outs = [np.empty((n, z), dtype) for _ in range(3)] + [np.empty(n, dtype)]
+        _, self.s, self.oms, _ = self.fwd(self.y, self.z, 1.0)
+        self.dy, self.dz = np.empty((n, 2, z), dtype), np.empty((n, z), dtype)
+        self.fwd(self.y, self.z, 1.0, *self.outs)
+        self.time_backward(variant, kbz, dtype)
+        self.time_backward_solve_sweep(variant, kbz, dtype)
+
+    def time_forward(self, variant, kbz, dtype):
+        self.fwd(self.y, self.z, 1.0, *self.outs)
+
+    def time_backward(self, variant, kbz, dtype):
+        self.bwd(self.dz_new, self.dlogdet, self.y, self.z, self.s, self.oms, self.dy, self.dz)
+
+    def time_backward_solve_sweep(self, variant, kbz, dtype):
+        self.bwd(self.dz_new, None, self.y, self.z, self.s, self.oms, self.dy, None, False)
+
+    def track_gbps(self, variant, kbz, dtype):
+        # forward: reads y and z (3 N Z), writes z_new, s, 1 - s (3 N Z)
+        return _gbps(lambda: self.time_forward(variant, kbz, dtype), 6 * self.z.nbytes)
+
+    track_gbps.unit = "GB/s"

@@ -11,6 +11,11 @@ Forward of one step, for z (*S, B, Z) and h (B, C)::
 
 ``1 - s`` is computed as ``sigmoid(-(s_raw + forget_bias))`` and ``log s`` as
 ``log_sigmoid(...)``: both exact where ``s`` rounds to 1 or 0.
+
+The gate (everything after the MADE) and its backward run as one fused pass each, the kernel
+``iaf_gate`` / ``iaf_gate_backward`` of the array's backend (``kernels/iaf_gate.py``, whose
+NumPy reference is the readable form of the math above), on the step's arrays viewed as
+(N, Z) rows, N the product of the leading axes.
 """
 
 from typing import NamedTuple
@@ -18,20 +23,31 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validation import check_cache, check_grad, check_input, check_lead, check_param, get_xp
+from ..backend import get_backend
 from ..nn.made import MADE
-from ..ops import log_sigmoid, sigmoid
 
 __all__ = ["IAFStep", "IAFCache"]
 
 
 class IAFCache(NamedTuple):
-    """made : MADECache; z, m, s, oms (= 1 - s) : (*S, B, Z) each."""
+    """made : MADECache; z : (*S, B, Z) the step's input; y : (*S, B, 2, Z) the MADE output
+    (m, s_raw); s, oms (= 1 - s) : (*S, B, Z). All C-contiguous; ``m`` is a view of y."""
 
     made: object
     z: object
-    m: object
+    y: object
     s: object
     oms: object
+
+    @property
+    def m(self):
+        """(*S, B, Z): the shift, ``y[..., 0, :]``."""
+        return self.y[..., 0, :]
+
+
+def _rows(xp, a, width):
+    """(..., width) as a C-contiguous (N, width) view (a copy only for a strided input)."""
+    return xp.ascontiguousarray(a).reshape(-1, width)
 
 
 class IAFStep(MADE):
@@ -138,11 +154,21 @@ class IAFStep(MADE):
             )
 
     def _gate(self, z, h):
+        """MADE, then the fused gate: (z_new, logdet, cache) on checked input."""
         y, mc = self._forward(z, h)  # (..., 2, Z)
-        m, s_raw = y[..., 0, :], y[..., 1, :]
-        t = s_raw + z.dtype.type(self.forget_bias)
-        s, oms = sigmoid(t), sigmoid(-t)  # 1 - s without cancellation
-        return t, m, s, oms, mc
+        xp, Z, lead = get_xp(y), self.n_in, tuple(z.shape[:-1])
+        y2 = xp.ascontiguousarray(y).reshape(-1, 2, Z)  # (N, 2, Z)
+        z2 = _rows(xp, z, Z)  # (N, Z)
+        gate = get_backend(z).kernel("iaf_gate")
+        z_new, s, oms, logdet = gate(y2, z2, self.forget_bias)  # (N, Z) x3, (N,)
+        cache = IAFCache(
+            mc,
+            z2.reshape(lead + (Z,)),
+            y2.reshape(lead + (2, Z)),
+            s.reshape(lead + (Z,)),
+            oms.reshape(lead + (Z,)),
+        )
+        return z_new.reshape(lead + (Z,)), logdet.reshape(lead), cache
 
     def forward(self, z, h=None):
         """Apply the step.
@@ -161,24 +187,21 @@ class IAFStep(MADE):
         cache : IAFCache
         """
         self._check(z, h, "IAFStep.forward")
-        t, m, s, oms, mc = self._gate(z, h)
-        z_new = s * z + oms * m  # (*S, B, Z)
-        logdet = log_sigmoid(t).sum(axis=-1)  # (*S, B)
-        return z_new, logdet, IAFCache(mc, z, m, s, oms)
+        return self._gate(z, h)  # (*S, B, Z), (*S, B), cache
 
     def _dy(self, dz_new, dlogdet, cache):
-        """The MADE output gradient (dm, ds_raw) and the direct path dz' * s."""
-        xp = get_xp(cache.s)
-        z, m, s, oms = cache.z, cache.m, cache.s, cache.oms
-        dy = xp.zeros(z.shape[:-1] + (2, z.shape[-1]), dtype=z.dtype)  # (..., 2, Z)
-        dz = xp.zeros_like(z)
-        if dz_new is not None:
-            dy[..., 0, :] = dz_new * oms
-            dy[..., 1, :] = dz_new * (z - m) * s * oms
-            dz = dz_new * s
-        if dlogdet is not None:
-            dy[..., 1, :] += dlogdet[..., None] * oms
-        return dy, dz
+        """The MADE output gradient (dm, ds_raw) and the direct path dz' * s, fused."""
+        xp, Z, lead = get_xp(cache.s), self.n_in, tuple(cache.z.shape[:-1])
+        bwd = get_backend(cache.z).kernel("iaf_gate_backward")
+        dy, dz = bwd(
+            None if dz_new is None else _rows(xp, dz_new, Z),
+            None if dlogdet is None else xp.ascontiguousarray(dlogdet).reshape(-1),
+            cache.y.reshape(-1, 2, Z),
+            cache.z.reshape(-1, Z),
+            cache.s.reshape(-1, Z),
+            cache.oms.reshape(-1, Z),
+        )  # (N, 2, Z), (N, Z)
+        return dy.reshape(lead + (2, Z)), dz.reshape(lead + (Z,))
 
     def _check_grads(self, dz_new, dlogdet, cache, func):
         check_cache(cache, IAFCache, func)
@@ -234,16 +257,20 @@ class IAFStep(MADE):
         """
         check_cache(cache, IAFCache, "IAFStep.solve_transpose")
         check_grad(r, "r", cache.z.shape, "IAFStep.solve_transpose", dtype=cache.z.dtype)
-        z, m, s, oms = cache.z, cache.m, cache.s, cache.oms
-        xp = get_xp(s)
-        a, b = oms, (z - m) * s * oms
+        xp, Z, lead = get_xp(cache.s), self.n_in, tuple(cache.z.shape[:-1])
+        bwd = get_backend(cache.z).kernel("iaf_gate_backward")
+        y, z = cache.y.reshape(-1, 2, Z), cache.z.reshape(-1, Z)  # (N, 2, Z), (N, Z)
+        s, oms = cache.s.reshape(-1, Z), cache.oms.reshape(-1, Z)
+        r = _rows(xp, r, Z)  # (N, Z)
         g = r / s
-        dy = xp.empty(z.shape[:-1] + (2, z.shape[-1]), dtype=z.dtype)
-        for _ in range(self.n_in - 1):
-            dy[..., 0, :] = g * a
-            dy[..., 1, :] = g * b
-            g = (r - MADE.input_vjp(self, dy, cache.made)) / s
-        return g
+        dy = xp.empty_like(y)  # (N, 2, Z), reused by every sweep
+        for _ in range(Z - 1):
+            # (g (1 - s), g (z - m) s (1 - s)): the gate's backward with dz' = g, no dlogdet
+            bwd(g, None, y, z, s, oms, dy, None, False)
+            v = MADE.input_vjp(self, dy.reshape(lead + (2, Z)), cache.made)  # (..., Z)
+            xp.subtract(r, v.reshape(-1, Z), out=g)
+            xp.divide(g, s, out=g)
+        return g.reshape(lead + (Z,))
 
     def inverse(self, z_new, h=None):
         """The z that the step maps to ``z_new`` (no backward; for densities and tests).
@@ -257,6 +284,6 @@ class IAFStep(MADE):
         self._check(z_new, h, "IAFStep.inverse", zname="z_new")
         z = get_xp(z_new).zeros_like(z_new)
         for i in self.order:  # dimension i's m and s see only dimensions already solved
-            _, m, s, oms, _ = self._gate(z, h)
-            z[..., i] = (z_new[..., i] - oms[..., i] * m[..., i]) / s[..., i]
+            _, _, c = self._gate(z, h)
+            z[..., i] = (z_new[..., i] - c.oms[..., i] * c.m[..., i]) / c.s[..., i]
         return z
