@@ -48,7 +48,8 @@ def _env(**extra):
     env = dict(os.environ)
     for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"):
         env.pop(var, None)
-    env.update(OPENBLAS_NUM_THREADS="1", LVMCORE_KERNEL_THREADS="1")
+    # one thread of each kind per rank: 2 and 3 ranks already fill the 2-core machine
+    env.update(OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", LVMCORE_KERNEL_THREADS="1")
     # the workers import this checkout's lvmcore, not another installed copy
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
