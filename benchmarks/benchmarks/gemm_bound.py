@@ -21,9 +21,15 @@ Training step (``lvmcore.nn.MLP.forward_buffered`` / ``backward_buffered``)::
 
 Evaluation (``lvmcore.evaluate.log_likelihood``): per batch of B rows the encoder forward once,
 then per chunk of n samples (n B = ``eval_chunk_rows`` decoder rows) the decoder forward.
+
+The GEMMs run on the thread split of an engine step (``lvmcore.backend.engine_kernel_threads``:
+BLAS on ``engine_blas_threads()``, one thread on a two-CPU machine by default), so that the
+bound is that of the same BLAS configuration the step runs on.
 """
 
 import numpy as np
+
+from lvmcore.backend import engine_kernel_threads
 
 __all__ = ["step_gemms", "eval_gemms", "step_flops", "CATVAE_SIZES"]
 
@@ -62,6 +68,10 @@ def step_gemms(batch, k, dtype=np.float32, seed=0, sizes=None):
     db = np.empty(D_out, dtype)
 
     def run():
+        with engine_kernel_threads():
+            products()
+
+    def products():
         # forward
         inp = x
         for W, h in zip(We, he):
@@ -126,6 +136,10 @@ def eval_gemms(n_images, k, batch=100, chunk_rows=1 << 13, dtype=np.float32, see
         flops += 2 * rows * k * (Z * H + H * H + H * D)
 
     def run():
+        with engine_kernel_threads():
+            products()
+
+    def products():
         for rows in batches:
             inp = x[:rows]
             for W, h in zip(We, he):
