@@ -101,16 +101,22 @@ def adam_update_ref(p, g, m, v, step_size, beta1, beta2, eps_hat):
     p -= t(step_size) * m / (np.sqrt(v) + t(eps_hat))
 
 
-@njit(cache=True, fastmath={"contract", "arcp"})
+# Vectorization. The loop runs over slices indexed from 0 (no negative-index wraparound to
+# check) under error_model="numpy" (a division raises no ZeroDivisionError, so the loop body has
+# no branch): LLVM then emits packed sqrt and division. Indexed from ``lo`` under the default
+# error model the loop stayed scalar, 10x slower (2.4-3.9 against 0.3 ns per element, measured
+# on the 2-core machine, one thread); the packed sqrt and division round as the scalar ones do.
+@njit(cache=True, fastmath={"contract", "arcp"}, error_model="numpy")
 def _adam_serial(p, g, m, v, step_size, b1, b2, eps_hat, lo, hi):
     one = p.dtype.type(1)
-    for i in range(lo, hi):
-        gi = g[i]
-        mi = b1 * m[i] + (one - b1) * gi
-        vi = b2 * v[i] + (one - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step_size * mi / (np.sqrt(vi) + eps_hat)
+    ps, gs, ms, vs = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for i in range(hi - lo):
+        gi = gs[i]
+        mi = b1 * ms[i] + (one - b1) * gi
+        vi = b2 * vs[i] + (one - b2) * gi * gi
+        ms[i] = mi
+        vs[i] = vi
+        ps[i] -= step_size * mi / (np.sqrt(vi) + eps_hat)
 
 
 @njit(cache=True, parallel=True)
@@ -178,7 +184,9 @@ def adam_update_cupy_v1(p, g, m, v, step_size, beta1, beta2, eps_hat):
 
 
 # DEFAULT numba_v2: on the IWAE-paper model (12 arrays, 0.42 M parameters, float32) one Adam
-# step takes about 0.25 ms against about 1.8 ms for the eight-pass NumPy update (2 threads).
+# step takes about 0.25 ms against about 1.8 ms for the eight-pass NumPy update (2 threads);
+# 0.56 against 1.95 ms on a loaded day (2026-12-03, one thread), the loop at 0.3 ns per element
+# on arrays in cache (vectorized: see _adam_serial).
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", adam_update_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v1", adam_update_numba_v1, "alternative"),

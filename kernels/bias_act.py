@@ -117,13 +117,26 @@ def _check_forward(func, a, b, act, out, lib="numpy"):
             f"{func}: expected b of shape ({a.shape[1]},) (the columns of a, at least one), "
             f"got a of shape {tuple(a.shape)} and b of shape {tuple(b.shape)}."
         )
-    if out is not None and lib == "numpy":
+    if out is a and lib == "numpy" and _in_place_ok(a, {"b": b}):
+        pass  # the training step's call: check_out's overlap scan would find only a itself
+    elif out is not None and lib == "numpy":
         check_out(out, "out", func, a.shape, a.dtype, {"a": a, "b": b}, in_place="a")
     elif out is not None:
         from . import _cupy
 
         _cupy.check_out(out, "out", func, a.shape, a.dtype)
     return act
+
+
+def _in_place_ok(a, others):
+    """Whether ``a`` may be written in place as it is (C-contiguous, writeable, overlapping
+    none of ``others``): the cheap test for ``out is a``; False sends the call through
+    ``check_out``, whose message names the problem."""
+    return (
+        a.flags.c_contiguous
+        and a.flags.writeable
+        and not any(o is not None and np.may_share_memory(a, o) for o in others.values())
+    )
 
 
 def _check_backward(func, dy, y, act, row_scale, out, lib="numpy"):
@@ -147,7 +160,9 @@ def _check_backward(func, dy, y, act, row_scale, out, lib="numpy"):
                 f"({dy.shape[0]},) (one scale per row of dy), got {row_scale.dtype} "
                 f"{tuple(row_scale.shape)}."
             )
-    if out is not None and lib == "numpy":
+    if out is dy and lib == "numpy" and _in_place_ok(dy, {"y": y, "row_scale": row_scale}):
+        pass  # the training step's call, as in _check_forward
+    elif out is not None and lib == "numpy":
         inputs = {"dy": dy, "y": y, "row_scale": row_scale}
         check_out(out, "out", func, dy.shape, dy.dtype, inputs, in_place="dy")
     elif out is not None:
@@ -422,7 +437,7 @@ def bias_act_numba_v1(a, b, act, out=None):
     ``bias_act_ref`` (out of place: a copied into the output first)."""
     act = _check_forward(_FUNC, a, b, act, out)
     y = np.empty(a.shape, a.dtype) if out is None else out  # (N, O)
-    if not same_buffer(y, a):
+    if y is not a and not same_buffer(y, a):
         np.copyto(y, a)
     _forward_v1(y, np.ascontiguousarray(b), _CODE[act], _rows(a.shape[1]))
     return y
@@ -434,7 +449,7 @@ def bias_act_backward_numba_v1(dy, y, act, row_scale=None, out=None):
     act = _check_backward(_FUNC_BWD, dy, y, act, row_scale, out)
     n, o = dy.shape
     da = np.empty(dy.shape, dy.dtype) if out is None else out  # (N, O)
-    if not same_buffer(da, dy):
+    if da is not dy and not same_buffer(da, dy):
         np.copyto(da, dy)
     rows = _rows(o)
     acc = np.zeros((max(1, -(-n // rows)), o), np.float64)  # (chunks, O)

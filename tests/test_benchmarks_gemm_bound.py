@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmcore.models import IWAE, VAE
+from lvmcore.models import IWAE, VAE, CatVAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmarks import gemm_bound
@@ -39,6 +39,21 @@ def test_step_gemms_are_the_steps(monkeypatch, batch, k):
     assert sorted(calls) == ours
     flops = sum(2 * a[0] * b[-1] * a[-1] if len(a) == 2 else 2 * b[0] * b[1] for a, b, *_ in ours)
     assert gemm_bound.step_flops(batch, k) == flops
+
+
+def test_step_gemms_are_the_categorical_vaes_step(monkeypatch):
+    model = CatVAE(784, 20, 10, (512, 256), estimator="gumbel")
+    x = (np.random.default_rng(0).random((3, 784)) < 0.2).astype(np.float32)
+    model.loss_and_grads(x, np.random.default_rng(1))
+    run = gemm_bound.step_gemms(3, 1, sizes=gemm_bound.CATVAE_SIZES)
+    calls = _record(monkeypatch)
+    model.loss_and_grads(x, np.random.default_rng(1))
+    ours = sorted(calls)
+    calls.clear()
+    run()
+    assert sorted(calls) == ours
+    flops = sum(2 * a[0] * b[-1] * a[-1] if len(a) == 2 else 2 * b[0] * b[1] for a, b, *_ in ours)
+    assert gemm_bound.step_flops(3, 1, sizes=gemm_bound.CATVAE_SIZES) == flops
 
 
 def test_eval_gemms_are_the_evaluations(monkeypatch):

@@ -23,7 +23,7 @@ from lvmcore.distributions.relaxed import relaxed_softmax
 from lvmcore.exceptions import InvalidParameterError
 from lvmcore.losses import bernoulli_nll_forward
 from lvmcore.models import MODELS, CatVAE, build_model
-from lvmcore.models.catvae import vimco_signals
+from lvmcore.models.catvae import categorical_kl_terms, vimco_signals
 from lvmcore.optim import Adam
 from lvmcore.oracles.enumeration import catvae_exact_bound, one_hot_configurations
 from lvmcore.testing import gradcheck
@@ -58,6 +58,33 @@ def _grads(model, x, g, **kw):
 
 def _select(d, prefix):
     return {k: v for k, v in d.items() if k.startswith(prefix)}
+
+
+# --- the fused path's KL against the registered one --------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("categories", [3, 10, 40])  # 40: the reduction along the last axis
+def test_fused_kl_terms_equal_the_registered_kl_and_its_backward(rng, dtype, categories):
+    from lvmcore.distributions import Categorical
+    from lvmcore.distributions.categorical import UniformCategorical
+    from lvmcore.distributions.kl import kl_divergence, kl_divergence_backward
+    from lvmcore.ops.softmax import log_softmax_forward
+
+    logits = (3 * rng.standard_normal((5, 4, categories))).astype(dtype)
+    logits[0, 0, 0] = 120.0  # the other categories' p underflows to 0 (exp(-120) in float32)
+    logits[1, 2] = 0.0  # uniform: KL exactly 0
+    p, q = Categorical(logits), UniformCategorical(categories, dtype)
+    terms = categorical_kl_terms(logits, np.dtype(dtype))
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(terms.kl[..., 0], kl_divergence(p, q), **tol)
+    assert terms.kl[1, 2, 0] == 0 and terms.kl.dtype == dtype
+    dkl = rng.standard_normal((5, 4)).astype(dtype)
+    want = kl_divergence_backward(p, q, dkl)[0]["logits"]
+    np.testing.assert_allclose(dkl[..., None] * terms.p * (terms.diff - terms.kl), want, **tol)
+    logp, (probs, _) = log_softmax_forward(logits)
+    np.testing.assert_allclose(terms.logp, logp, **tol)
+    np.testing.assert_allclose(terms.p, probs, **tol)
 
 
 # --- exact gradients with fixed noise -----------------------------------------------------

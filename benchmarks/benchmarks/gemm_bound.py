@@ -21,27 +21,40 @@ Training step (``lvmcore.nn.MLP.forward_buffered`` / ``backward_buffered``)::
 
 Evaluation (``lvmcore.evaluate.log_likelihood``): per batch of B rows the encoder forward once,
 then per chunk of n samples (n B = ``eval_chunk_rows`` decoder rows) the decoder forward.
+
+The GEMMs run on the thread split of an engine step (``lvmcore.backend.engine_kernel_threads``:
+BLAS on ``engine_blas_threads()``, one thread on a two-CPU machine by default), so that the
+bound is that of the same BLAS configuration the step runs on.
 """
 
 import numpy as np
 
-__all__ = ["step_gemms", "eval_gemms", "step_flops"]
+from lvmcore.backend import engine_kernel_threads
+
+__all__ = ["step_gemms", "eval_gemms", "step_flops", "CATVAE_SIZES"]
 
 D, H, Z = 784, 200, 50
+# The categorical VAE of compare_peers.py: 20 x 10 latents, hidden 512, 256.
+CATVAE_SIZES = ((D, 512, 256, 200), (200, 256, 512, D))
 
 
 def _weights(sizes, dtype, rng):
     return [rng.standard_normal((a, b)).astype(dtype) * 0.05 for a, b in zip(sizes, sizes[1:])]
 
 
-def step_gemms(batch, k, dtype=np.float32, seed=0):
-    """A function running the GEMMs of one training step at (B, K), on preallocated arrays."""
+def step_gemms(batch, k, dtype=np.float32, seed=0, sizes=None):
+    """A function running the GEMMs of one training step at (B, K), on preallocated arrays.
+
+    ``sizes`` = (encoder widths, decoder widths), each of three layers; the IWAE paper's
+    ((D, H, H, 2Z), (Z, H, H, D)) when None (``CATVAE_SIZES``: the categorical VAE's).
+    """
     rng = np.random.default_rng(seed)
     n = batch * k
-    enc_sizes, dec_sizes = (D, H, H, 2 * Z), (Z, H, H, D)
+    enc_sizes, dec_sizes = sizes or ((D, H, H, 2 * Z), (Z, H, H, D))
+    D_out = dec_sizes[-1]
     We, Wd = _weights(enc_sizes, dtype, rng), _weights(dec_sizes, dtype, rng)
-    x = (rng.random((batch, D)) < 0.13).astype(dtype)
-    z = rng.standard_normal((n, Z)).astype(dtype)
+    x = (rng.random((batch, enc_sizes[0])) < 0.13).astype(dtype)
+    z = rng.standard_normal((n, dec_sizes[0])).astype(dtype)
     s = rng.random(n).astype(dtype)
 
     def acts(rows, sizes):
@@ -52,9 +65,13 @@ def step_gemms(batch, k, dtype=np.float32, seed=0):
     gd = [np.empty_like(w) for w in Wd]
     de = [np.empty((batch, w), dtype) for w in enc_sizes[:-1]]
     dd = [np.empty((n, w), dtype) for w in dec_sizes[:-1]]
-    db = np.empty(D, dtype)
+    db = np.empty(D_out, dtype)
 
     def run():
+        with engine_kernel_threads():
+            products()
+
+    def products():
         # forward
         inp = x
         for W, h in zip(We, he):
@@ -84,12 +101,19 @@ def step_gemms(batch, k, dtype=np.float32, seed=0):
     return run
 
 
-def step_flops(batch, k):
-    """Floating-point operations of ``step_gemms(batch, k)`` (the GEMV included)."""
+def step_flops(batch, k, sizes=None):
+    """Floating-point operations of ``step_gemms(batch, k, sizes=sizes)`` (the GEMV
+    included)."""
     n = batch * k
-    dec = Z * H + H * H + H * D
-    enc = D * H + H * H + H * 2 * Z
-    return 6 * n * dec + 2 * n * D + 6 * batch * enc - 2 * batch * D * H
+    enc_sizes, dec_sizes = sizes or ((D, H, H, 2 * Z), (Z, H, H, D))
+    dec = sum(a * b for a, b in zip(dec_sizes, dec_sizes[1:]))
+    enc = sum(a * b for a, b in zip(enc_sizes, enc_sizes[1:]))
+    return (
+        6 * n * dec
+        + 2 * n * dec_sizes[-1]
+        + 6 * batch * enc
+        - 2 * batch * enc_sizes[0] * enc_sizes[1]
+    )
 
 
 def eval_gemms(n_images, k, batch=100, chunk_rows=1 << 13, dtype=np.float32, seed=0):
@@ -112,6 +136,10 @@ def eval_gemms(n_images, k, batch=100, chunk_rows=1 << 13, dtype=np.float32, see
         flops += 2 * rows * k * (Z * H + H * H + H * D)
 
     def run():
+        with engine_kernel_threads():
+            products()
+
+    def products():
         for rows in batches:
             inp = x[:rows]
             for W, h in zip(We, he):

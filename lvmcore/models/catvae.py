@@ -105,7 +105,14 @@ from ..schedules import temperature_schedule
 from .base import Flag, Model
 from .noise_key import NoiseKey, draw_key
 
-__all__ = ["CatVAE", "CatVAECache", "CATVAE_ESTIMATORS", "vimco_signals"]
+__all__ = [
+    "CatVAE",
+    "CatVAECache",
+    "CATVAE_ESTIMATORS",
+    "CategoricalKLTerms",
+    "categorical_kl_terms",
+    "vimco_signals",
+]
 
 CATVAE_ESTIMATORS = ("gumbel", "st-gumbel", "reinforce", "nvil", "vimco")
 _SCORE = ("reinforce", "nvil", "vimco")
@@ -142,6 +149,58 @@ class CatVAECache(NamedTuple):
     base: object  # REINFORCE, NVIL: (baseline MLPCache or None, residual (K, B)); else None
     stats: dict  # per-example quantities for reporting
     y_soft: object = None  # (K*B*N, C) the kernel's soft sample (fused gumbel, st-gumbel)
+    kl_terms: object = None  # CategoricalKLTerms of the fused path (None: the readable one)
+
+
+class CategoricalKLTerms(NamedTuple):
+    """The analytic KL(q(z|x) || uniform) of the fused path and what its backward and the
+    score estimators read, formed once per step from the logits (B, N, C)."""
+
+    logp: object  # (B, N, C) log q(z_n = c|x)
+    p: object  # (B, N, C) q(z_n = c|x)
+    diff: object  # (B, N, C) log p + log C (0 where p = 0)
+    kl: object  # (B, N, 1) sum_c p diff
+
+
+def categorical_kl_terms(logits, dtype):
+    """KL(softmax(logits) || uniform) per latent with its terms, in a few array passes.
+
+    The arithmetic of ``kl_divergence(Categorical(logits), UniformCategorical(C))``
+    (``log_softmax_forward``, then ``_categorical_terms``), written out for the training step,
+    where the general path's dispatch and checks cost more than the work on (B, N, C) arrays.
+    ``logits`` must be finite (the fused path's are: it falls back to the readable path
+    otherwise), so log p is finite and a p that underflows to 0 contributes exactly 0 to KL
+    and to its gradient without the readable path's mask. Tests prove both equal in float32
+    and float64.
+    """
+    xp = get_xp(logits)
+    dt = dtype.type
+    C = logits.shape[-1]
+    rows = logits.reshape(-1, C)  # (B*N, C)
+    m = _row_reduce(xp.maximum, rows)  # (B*N, 1)
+    e = xp.exp(rows - m)
+    s = _row_reduce(xp.add, e)
+    logp = rows - (xp.log(s) + m)  # (B*N, C)
+    p = e / s
+    diff = logp - dt(-math.log(C))
+    kl = _row_reduce(xp.add, p * diff)  # (B*N, 1)
+    shape = logits.shape
+    return CategoricalKLTerms(
+        logp.reshape(shape), p.reshape(shape), diff.reshape(shape), kl.reshape(shape[:-1] + (1,))
+    )
+
+
+def _row_reduce(ufunc, a):
+    """``ufunc.reduce(a, axis=1, keepdims=True)`` for a (R, C) array. For few columns, one
+    pass per column over all rows: a reduction along a short last axis pays a loop per row
+    (90 against 25 us for the max of (2000, 10) float32, measured)."""
+    C = a.shape[1]
+    if C > 16:
+        return ufunc.reduce(a, axis=1, keepdims=True)
+    out = a[:, :1].copy()
+    for c in range(1, C):
+        ufunc(out, a[:, c : c + 1], out=out)
+    return out
 
 
 def vimco_signals(log_w):
@@ -674,11 +733,16 @@ class CatVAE(Model):
             out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
         nll, lik = bernoulli_nll_forward(out, x, overwrite_logits=fused)  # row r: x[r % B]
         log_px_z = -nll.reshape(K, B)  # (K, B)
-        kl = self._kl(logits).sum(axis=-1)  # (B,)
+        terms = None
+        if isinstance(g, NoiseKey):  # the fused kernels ran: the logits are finite
+            terms = categorical_kl_terms(logits, self.dtype)
+            kl = terms.kl[..., 0].sum(axis=-1)  # (B,)
+        else:
+            kl = self._kl(logits).sum(axis=-1)  # (B,)
         stats = dict(recon=log_px_z.mean(axis=0), kl=kl)
         w_score, enc_scale, base = None, 1.0, None
         if est == "vimco":
-            logp, _ = log_softmax_forward(logits, axis=-1)
+            logp = log_softmax_forward(logits, axis=-1)[0] if terms is None else terms.logp
             log_q = (y * logp).sum(axis=(-2, -1))  # (K, B)
             log_w = log_px_z - dt(N * math.log(C)) - log_q  # (K, B)
             lse, lsec = logsumexp_forward(log_w, axis=0)  # (B,)
@@ -725,6 +789,7 @@ class CatVAE(Model):
             base,
             stats,
             y_soft,
+            terms,
         )
         return loss, cache
 
@@ -770,10 +835,15 @@ class CatVAE(Model):
                 dy.reshape(K, B, N, C), cache.logits, cache.tau, cache.g
             )  # (B, N, C)
         else:
-            p = log_softmax_forward(cache.logits, axis=-1)[1][0]  # (B, N, C)
+            terms = cache.kl_terms
+            p = log_softmax_forward(cache.logits, axis=-1)[1][0] if terms is None else terms.p
             dlogq = -dt(dloss) * cache.w_score  # (K, B)
-            dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)
-        if cache.kl_weight != 0:
+            dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)  # (B, N, C)
+        if cache.kl_weight != 0 and cache.kl_terms is not None:
+            # d KL_n / d logits = p (log p + log C - KL_n), as the registered KL backward
+            t = cache.kl_terms
+            dlogits += dt(dloss * cache.kl_weight / B) * t.p * (t.diff - t.kl)
+        elif cache.kl_weight != 0:
             dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
             prior = UniformCategorical(C, self.dtype, xp=xp)
             dlogits += kl_divergence_backward(Categorical(cache.logits), prior, dkl)[0]["logits"]
