@@ -179,8 +179,31 @@ def _cpu_count():
         return os.cpu_count() or 1
 
 
+_blas_choice = contextvars.ContextVar("lvmcore_blas_threads", default=None)
+
+
+@contextlib.contextmanager
+def use_blas_threads(n):
+    """Give engine steps ``n`` BLAS threads inside the block (None: no choice made here).
+
+    The command line's ``--threads N`` sets this and the BLAS library's own limit together, so
+    an explicit choice beats ``LVMCORE_BLAS_THREADS`` and the two-CPU default.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InvalidParameterError(
+            f"The 'n' parameter of use_blas_threads must be an int in [1, inf) or None. "
+            f"Got {n!r} instead."
+        )
+    token = _blas_choice.set(n)
+    try:
+        yield
+    finally:
+        _blas_choice.reset(token)
+
+
 def engine_blas_threads():
-    """The BLAS threads of an engine step: ``LVMCORE_BLAS_THREADS`` when it is an integer;
+    """The BLAS threads of an engine step: the count of an enclosing :func:`use_blas_threads`
+    (the command line's ``--threads``), else ``LVMCORE_BLAS_THREADS`` when it is an integer;
     when it is unset or ``auto``, 1 on a machine with at most two CPUs for this process and None
     (the process's own BLAS setting) on a larger one.
 
@@ -189,6 +212,9 @@ def engine_blas_threads():
     InvalidParameterError
         ``LVMCORE_BLAS_THREADS`` neither ``auto`` nor an integer >= 1.
     """
+    chosen = _blas_choice.get()
+    if chosen is not None:
+        return chosen
     raw = os.environ.get("LVMCORE_BLAS_THREADS", "auto").strip().lower()
     if raw in ("", "auto"):
         return 1 if _cpu_count() <= 2 else None

@@ -314,7 +314,9 @@ def runtime_info(like=None):
     dict
         ``device``; ``numpy`` (version); ``lvmcore`` (version); ``blas``: one entry per BLAS
         library loaded (threadpoolctl's ``internal_api``, ``version``, ``architecture``,
-        ``threading_layer``, ``num_threads`` and the library's file name); ``numba``:
+        ``threading_layer``, ``process_threads`` (the library's own setting), ``num_threads``
+        (the threads an engine step's GEMMs run on: ``process_threads`` lowered to
+        ``lvmcore.backend.engine_blas_threads()``) and the library's file name); ``numba``:
         ``version``, ``threading_layer`` (None until a parallel kernel has run),
         ``num_threads`` and ``kernel_threads`` (``LVMCORE_KERNEL_THREADS``, the threads
         engine steps give their kernels).
@@ -329,14 +331,18 @@ def runtime_info(like=None):
     from threadpoolctl import threadpool_info
 
     from . import __version__
+    from .backend import engine_blas_threads
 
+    step = engine_blas_threads()
     blas = []
     for d in threadpool_info():
         if d.get("user_api") != "blas":
             continue
         entry = {k: d.get(k) for k in ("internal_api", "version", "architecture")}
         entry["threading_layer"] = d.get("threading_layer")
-        entry["num_threads"] = int(d.get("num_threads") or 0)
+        own = int(d.get("num_threads") or 0)
+        entry["process_threads"] = own
+        entry["num_threads"] = min(own, step) if step is not None and own else own
         entry["library"] = os.path.basename(d.get("filepath") or "") or None
         blas.append(entry)
     blas.sort(key=lambda e: str(e["library"]))
@@ -373,9 +379,10 @@ def compare_runtime(saved, current=None):
     Returns
     -------
     list of str
-        One line per difference, e.g. ``"BLAS threads: 2 when saved, 1 now (OpenBLAS
-        libscipy_openblas64_.so); results depend on the BLAS thread count, set
-        OPENBLAS_NUM_THREADS=2 to reproduce them"``; empty when nothing differs.
+        One line per difference, e.g. ``"BLAS threads (openblas libscipy_openblas64_.so): 2
+        when saved, 1 now; results depend on the BLAS thread count, set
+        LVMCORE_BLAS_THREADS=2 (or --threads 2) to reproduce them bit for bit"``; empty when
+        nothing differs.
     """
     if not isinstance(saved, dict):
         return [
@@ -406,13 +413,12 @@ def compare_runtime(saved, current=None):
             "; GEMM results may differ in the last digits",
         )
         threads_a, threads_b = a.get("num_threads"), b.get("num_threads")
-        env = "OPENBLAS_NUM_THREADS" if a.get("internal_api") == "openblas" else "OMP_NUM_THREADS"
         differ(
             f"BLAS threads ({name})",
             threads_a,
             threads_b,
-            f"; results depend on the BLAS thread count, set {env}={threads_a} to reproduce "
-            f"them bit for bit",
+            f"; results depend on the BLAS thread count, set LVMCORE_BLAS_THREADS={threads_a} "
+            f"(or --threads {threads_a}) to reproduce them bit for bit",
         )
     old_nb, new_nb = saved.get("numba") or {}, now.get("numba") or {}
     differ("Numba version", old_nb.get("version"), new_nb.get("version"))

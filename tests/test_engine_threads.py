@@ -65,3 +65,22 @@ def test_a_step_restores_the_threads_when_it_fails(monkeypatch, two_blas_threads
     with pytest.raises(RuntimeError, match="inside the step"):
         model.loss_and_grads(x, np.random.default_rng(0))
     assert set(seen[0]) == {1} and _blas_threads() == before
+
+
+def test_an_explicit_thread_count_beats_the_default_and_is_recorded(monkeypatch):
+    """--threads N (use_blas_threads) gives engine steps N BLAS threads over
+    LVMCORE_BLAS_THREADS and the two-CPU default, and the runtime record holds the count a
+    step's GEMMs run on, beside the library's own."""
+    from lvmcore.backend import engine_blas_threads, use_blas_threads
+    from lvmcore.checkpoint import runtime_info
+
+    monkeypatch.setenv("LVMCORE_BLAS_THREADS", "3")
+    assert engine_blas_threads() == 3
+    with use_blas_threads(2):
+        assert engine_blas_threads() == 2
+        for entry in runtime_info()["blas"]:
+            assert entry["num_threads"] == min(entry["process_threads"], 2)
+    assert engine_blas_threads() == 3
+    with pytest.raises(InvalidParameterError, match="use_blas_threads"):
+        with use_blas_threads(0):
+            pass

@@ -76,7 +76,8 @@ def build_parser():
 
 @contextlib.contextmanager
 def _blas_threads(n):
-    """Limit BLAS threads to ``n`` for the command (None: leave them alone).
+    """Limit BLAS threads to ``n`` for the command, engine steps included (None: leave them
+    alone; steps then follow ``lvmcore.backend.engine_blas_threads``).
 
     Small GEMMs gain nothing from threads, and an oversubscribed machine makes spinning BLAS
     threads very slow (a 784-200-200-50 VAE step: 13 ms with 1 thread, 110 ms with 2 on a
@@ -87,7 +88,9 @@ def _blas_threads(n):
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=n, user_api="blas"):
+    from ..backend import use_blas_threads
+
+    with threadpool_limits(limits=n, user_api="blas"), use_blas_threads(n):
         yield
 
 
