@@ -414,6 +414,7 @@ def _scan_row(lr, sr):
 # Indices inside the per-row loops are unsigned: a signed index gets NumPy's wraparound select.
 # Large rows (C >= _WIDE) take the row loops instead, which vectorize along the row.
 _WIDE = 32
+_LANES = 16  # where _row_max_wide stops halving: one AVX-512 vector of float32
 
 
 @njit(cache=True, error_model="numpy", fastmath=False, inline="always")
@@ -438,6 +439,47 @@ def _row_max(s, o, c):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+def _max_pairs(a, b, out):
+    """out[i] = max(a[i], b[i]) (NaN in b never wins); out overlaps neither input."""
+    for i in range(out.size):
+        x = a[i]
+        y = b[i]
+        out[i] = y if y > x else x
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _row_max_wide(x, scratch):
+    """max of x (x.size >= 2 _LANES) by halving: elementwise maxima of the two halves, then of
+    the halves of that, ... down to _LANES values (long elementwise loops vectorize where a max
+    reduction does not; the levels alternate between two halves of ``scratch``, of x.size, so
+    no loop reads what it writes). Max is exact, so the order does not change the result."""
+    h = x.size // 2
+    m = x[x.size - 1]  # the odd element out, if any (else compared twice)
+    b1 = scratch[:h]
+    b2 = scratch[h : 2 * h]
+    _max_pairs(x[:h], x[h : 2 * h], b1)
+    src, dst = b1, b2
+    while h > _LANES:
+        h2 = h // 2
+        if h & 1:
+            v = src[h - 1]
+            m = v if v > m else m
+        _max_pairs(src[:h2], src[h2 : 2 * h2], dst[:h2])
+        src, dst = dst, src
+        h = h2
+    for i in range(h):
+        v = src[i]
+        m = v if v > m else m
+    return m
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _shifted(v, m, tau):
+    """(v - m) / tau with strict flags (compiled apart, inlined by LLVM into reassoc loops)."""
+    return (v - m) / tau
+
+
+@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
 def _row_total(e, o, c):
     """sum of e[o : o + c] (c >= 1, short rows): two interleaved partial sums."""
     u = np.uint64
@@ -455,12 +497,12 @@ def _row_total(e, o, c):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _exp_row_sum(d, e):
-    """e <- exp(d) for d <= 0 and return its sum; reassoc vectorizes the sum only (exp is
-    compiled apart with strict flags, see kernels.fastmath)."""
-    acc = d[0] - d[0]
-    for j in range(d.size):
-        v = exp_nonpos(d[j])
+def _exp_row_sum(s, m, tau, e):
+    """e <- exp((s - m) / tau) (<= 0: exp_nonpos) and return its sum; reassoc vectorizes the
+    sum only (the shift and exp are compiled apart with strict flags, see kernels.fastmath)."""
+    acc = tau - tau
+    for j in range(s.size):
+        v = exp_nonpos(_shifted(s[j], m, tau))
         e[j] = v
         acc += v
     return acc
@@ -507,13 +549,10 @@ def _soft_chunk_v2(lf, s, add, c, tau, out, rb):
     else:
         for r in range(nr):
             o = r * c
-            m = _row_max(s, u(o), c)
             sr = s[o : o + c]
-            dr = rb[o : o + c]
-            for j in range(c):
-                dr[j] = (sr[j] - m) / tau  # <= 0; -inf for masked entries
+            m = _row_max_wide(sr, rb[:c])
             yr = out[o : o + c]
-            t = _exp_row_sum(dr, yr)
+            t = _exp_row_sum(sr, m, tau, yr)  # (s - m) / tau <= 0; -inf for masked entries
             for j in range(c):
                 yr[j] = yr[j] / t
 

@@ -465,3 +465,14 @@ def test_gumbel_max_validation():
         G.gumbel_max(LOGITS, -2)
     with pytest.raises(ValueError, match="gumbel_max: expected logits to have 2 dimensions"):
         G.gumbel_max(np.zeros(3), 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_max_by_halving_is_the_max(dtype, rng):
+    # the wide-row max of the forward (C >= 32): every size from 32 to 140, odd ones included,
+    # the max anywhere in the row, and -inf entries
+    for c in list(range(32, 141)) + [511, 513, 1000]:
+        x = rng.standard_normal(c).astype(dtype)
+        x[rng.integers(c)] = 7.0
+        x[rng.integers(c)] = -np.inf
+        assert G._row_max_wide(x, np.empty(c, dtype)) == x.max()
