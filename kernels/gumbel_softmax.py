@@ -56,6 +56,26 @@ without ``y_soft_out`` skips the softmax entirely.
 Shapes: logits (N, C), y and y_soft (N, C), dy (N, C), dlogits (N, C), dtau a Python float,
 gumbel_max -> (N,) int64. N >= 0, C >= 1; float32 or float64, one dtype.
 
+Against the machine
+-------------------
+The soft forward is bound by its noise and transcendentals:
+``benchmarks/benchmarks/machine_bounds.gumbel_bound`` does only the work every element needs, on
+the same threads (a quarter Philox4x32-10 block, -log(-log u), the exp and the normalization's
+division, in an L1 buffer), about 2.2-2.3 ns per float32 element on one core, 1.9 of them the
+Gumbels alone. What v2 adds: reading the logits and writing y (8 bytes per element), and per
+row its max and its sum. Measured on one core (CPU time, tau 0.5, 2026-12-03; the 2-thread
+figures at RECORDS):
+
+- (10000, 512): 75-76 % of the bound (v1 58-60 %): the row max by halving and the fused
+  shift-exp-sum leave the logits read and y write and the division as the overhead.
+- (100000, 10): 44-53 % of the bound (v1 39-46 %), below the 70 % aimed at. A row of 10
+  elements is shorter than one 16-lane vector, so the max and the sum of each row run as
+  scalar loops and broadcast back per element: ~1 ns per element (max and its broadcast
+  ~0.6, sum and its broadcast ~0.4, measured by stopping the kernel after each pass), about
+  half the generator's own cost, on top of ~0.3 ns for the logits read. Across-row variants
+  were measured slower: gathers of one column of 16 rows (0.37-0.60 ns per element for the max
+  alone against 0.29 for the scalar loop). 70 % would need all per-row work under ~0.7 ns.
+
 Variants
 --------
 Every variant checks its arguments (types, dtypes, shapes, contiguity, outputs, tau and the

@@ -47,6 +47,29 @@ AVX-512), with per-column maxima and sums in (B,)-shaped buffers. Indexing uses 
 plain ``range`` index: ``src[k, b0 + j]`` gets NumPy wraparound handling and vectorizes only as
 gathers (10x slower, measured).
 
+Against the machine
+-------------------
+``benchmarks/compare_peers.py`` holds the kernel to the copy bandwidth (log_w read, the weights
+written: 8 bytes per element), measured in the same run. At (5000, 1000) float32 it stays well
+below it, for two measured reasons (development VM, AMD EPYC Zen 4, 2 vCPUs shared with other
+jobs, 2026-12-03; figures at RECORDS):
+
+- Traffic. A weight is final only once its column's sum over all K rows is known, so 20 MB of
+  log_w (bigger than the 1 MiB L2 of a core, and than any safe share of a 32 MiB L3 the VM
+  shares with other tenants) is read twice (v5) or its block-shifted exps are written and read
+  back (v4). With a separate weights_out every written line is first read (write-allocate):
+  80 MB of DRAM traffic for v5 and 100 MB for v4, where the copy the bound times moves 40 MB
+  (glibc's 256 MiB copy streams with non-temporal stores, which Numba cannot emit). In place,
+  as the K-sample evaluation calls it, v5 moves 60 MB.
+- exp. One core computes ``fastmath.exp_nonpos`` at 0.26 ns per element (0.41 for the general
+  exp: 13-20 cycles per 16 lanes, Zen 4 running 512-bit vectors on 256-bit units); v5 needs
+  two per element, 2.6 ms of arithmetic for 5 M elements on one core against 1.6 ms for the
+  whole 40 MB copy on one core (~25 GB/s). One thread measures 31-33 % of the copy bandwidth
+  (v4 and v5 alike, in place or not, CPU time).
+- Tried: column panels narrow enough for all K rows of a panel to stay in L2 (one DRAM read,
+  one write): they read each row in 128 B to 2 KiB pieces at a 4 KB stride, and ran 2.5-3.5x
+  slower than v4 on one core at 128-500 columns (11-15 ms), with or without software prefetch.
+
 Variants
 --------
 Every variant checks its arguments (types, dtypes, shape, contiguity, K >= 1, the output buffer
