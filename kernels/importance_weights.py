@@ -56,16 +56,16 @@ jobs, 2026-12-03; figures at RECORDS):
 
 - Traffic. A weight is final only once its column's sum over all K rows is known, so 20 MB of
   log_w (bigger than the 1 MiB L2 of a core, and than any safe share of a 32 MiB L3 the VM
-  shares with other tenants) is read twice (v5) or its block-shifted exps are written and read
-  back (v4). With a separate weights_out every written line is first read (write-allocate):
-  80 MB of DRAM traffic for v5 and 100 MB for v4, where the copy the bound times moves 40 MB
-  (glibc's 256 MiB copy streams with non-temporal stores, which Numba cannot emit). In place,
-  as the K-sample evaluation calls it, v5 moves 60 MB.
+  shares with other tenants) cannot go from DRAM to the weights in one pass: v4 writes the
+  block-shifted exps, then reads and rewrites them. With a separate weights_out every written
+  line is first read (write-allocate): 100 MB of DRAM traffic, where the copy the bound times
+  moves 40 MB (glibc's 256 MiB copy streams with non-temporal stores, which Numba cannot emit);
+  80 MB in place, as the K-sample evaluation calls it. Reading log_w twice instead and writing
+  the weights once (v5, in the lab) moves 80 MB but computes every exp twice, and lost.
 - exp. One core computes ``fastmath.exp_nonpos`` at 0.26 ns per element (0.41 for the general
-  exp: 13-20 cycles per 16 lanes, Zen 4 running 512-bit vectors on 256-bit units); v5 needs
-  two per element, 2.6 ms of arithmetic for 5 M elements on one core against 1.6 ms for the
-  whole 40 MB copy on one core (~25 GB/s). One thread measures 31-33 % of the copy bandwidth
-  (v4 and v5 alike, in place or not, CPU time).
+  exp: 13-20 cycles per 16 lanes, Zen 4 running 512-bit vectors on 256-bit units): 1.3 ms for
+  the 5 M exps on one core, against 1.6 ms for the whole 40 MB copy on one core (~25 GB/s).
+  One thread measures 38 % of the copy bandwidth, 42 % in place (CPU time, v4).
 - Tried: column panels narrow enough for all K rows of a panel to stay in L2 (one DRAM read,
   one write): they read each row in 128 B to 2 KiB pieces at a 4 KB stride, and ran 2.5-3.5x
   slower than v4 on one core at 128-500 columns (11-15 ms), with or without software prefetch.
@@ -88,15 +88,15 @@ and its overlap with log_w) before any loop or launch; ``importance_weights`` pi
   block maxima and sums (sum_b s_b exp(m_b - m)) into the bound and a per-block factor
   exp(m_b - m) / sum, and a last pass multiplies each block by it. Every pass streams whole
   rows, two passes over memory instead of three, and each block owns its row of the (nblocks, B)
-  tables, so no shared accumulation. DEFAULT (the ``"numba"`` backend).
-- ``importance_weights_numba_v5``: two passes over v4's row blocks, nothing stored by the
-  first: per block its column maxima, NaN flags and float64 sums of exp(lw - block max) (read
-  from DRAM once, the exp loop from L2); the merge gives each column its max m, the bound and
-  1 / sum; the second pass writes w = exp(lw - m) / sum. log_w is read twice and the weights
-  written once, where v4 writes the block-shifted exps and then reads and rewrites them; two
-  exps per element instead of one, so it trades bandwidth for arithmetic. Every exp argument is
-  <= 0, so both use ``fastmath.exp_nonpos`` (exp bit for bit, less work). NaN and +inf columns
-  are settled in the merge (same results as v4 and the reference). Shipped as an alternative.
+  tables, so no shared accumulation. Every exp argument is <= 0 (a +inf block shifts by +inf,
+  its column settled in the merge from the NaN flags the max pass collects), so the exps are
+  ``fastmath.exp_nonpos`` (exp bit for bit, 0.26 against 0.41 ns per element on one core).
+  DEFAULT (the ``"numba"`` backend).
+- v5 (moved to benchmarks/lab/importance_weights.py): two passes over v4's row blocks, nothing
+  stored by the first (block maxima, NaN flags, sums of exp), the weights exp(lw - m) / sum
+  written once by the second. 20 % less DRAM traffic than v4 (log_w read twice and the weights
+  written once, instead of the exps written, read back and rewritten), but two exps per element:
+  on one core (CPU time, 2026-12-03) 4.4 ms against v4's 4.1 (4.5 against 3.6 in place).
 - Tried and deleted: two exps per element so the weights are written once and never re-read
   (v2), and an online running max per column chunk (v3); with column chunks the rows are read in
   pieces of 64 B to 2 KiB at a stride of B * 4 bytes, and on one thread v1 at full width ran in
@@ -238,25 +238,29 @@ def _finish(s, m, bound, inv, b0, log_k, one, zero):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _block_exp(src, dst, k0, k1, bmax, bsum, zero, inf, sub):
-    """Rows k0..k1, all columns: bmax = the block's column maxima (raw), dst = exp(lw - shift)
-    with shift = bmax made finite, bsum = the block's column sums of dst (float64)."""
+def _block_exp(src, dst, k0, k1, bmax, bnan, bsum, zero, inf, sub):
+    """Rows k0..k1, all columns: bmax = the block's column maxima (raw), bnan = whether the
+    column holds a NaN, dst = exp(lw - shift) with shift = bmax (0 for an all -inf block), bsum =
+    the block's column sums of dst (float64). Every exp argument is <= 0, -inf or NaN (a +inf
+    block's shift is +inf: its exps are 0, and NaN at the +inf entries), so exp_nonpos serves."""
     B = src.shape[1]
     for j in range(B):
         bmax[j] = -inf
+        bnan[j] = 0
         bsum[j] = 0.0
     for k in range(k0, k1):  # the block is read from DRAM here and stays in L2 for the next loop
         for j in range(B):
             v = src[k, j]
             bmax[j] = v if v > bmax[j] else bmax[j]
+            bnan[j] |= np.uint8(v != v)
     shift = np.empty(B, dtype=src.dtype)
     s32 = np.zeros(B, dtype=src.dtype)
     for j in range(B):
-        shift[j] = _finite_or(bmax[j], zero, inf)
+        shift[j] = zero if bmax[j] == -inf else bmax[j]
     for r0 in range(k0, k1, sub):
         for k in range(r0, min(r0 + sub, k1)):
             for j in range(B):
-                e = exp(src[k, j] - shift[j])
+                e = exp_nonpos(src[k, j] - shift[j])
                 dst[k, j] = e
                 s32[j] += e
         for j in range(B):  # sums of `sub` terms in the dtype, then in float64
@@ -265,22 +269,27 @@ def _block_exp(src, dst, k0, k1, bmax, bsum, zero, inf, sub):
 
 
 @njit(cache=True, error_model="numpy")
-def _combine(bmax, bsum, bound, b0, b1, log_k, zero, one, inf):
+def _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf):
     """Columns b0..b1: merge the block maxima and sums into the bound, and overwrite bmax with
-    the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by."""
+    the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by.
+    A column holding +inf and no NaN: bound +inf, factors 0 (its +inf block's sum is NaN)."""
     n = b1 - b0
     nb = bmax.shape[0]
     m = np.empty(n, dtype=bmax.dtype)
+    nan = np.zeros(n, dtype=np.uint8)
     s = np.zeros(n, dtype=np.float64)
     inv = np.empty(n, dtype=bmax.dtype)
     for j in range(n):
         m[j] = -inf
     for ib in range(nb):
-        row = bmax[ib, b0:b1]
+        row, nrow = bmax[ib, b0:b1], bnan[ib, b0:b1]
         for j in range(n):
             v = row[j]
             m[j] = v if v > m[j] else m[j]
+            nan[j] |= nrow[j]
+    posinf = np.empty(n, dtype=np.uint8)
     for j in range(n):
+        posinf[j] = np.uint8(m[j] == inf and nan[j] == 0)
         m[j] = _finite_or(m[j], zero, inf)
     for ib in range(nb):
         row, srow = bmax[ib, b0:b1], bsum[ib, b0:b1]
@@ -289,6 +298,10 @@ def _combine(bmax, bsum, bound, b0, b1, log_k, zero, one, inf):
             row[j] = f
             s[j] += srow[j] * f
     _finish(s, m, bound, inv, b0, log_k, one, zero)
+    for j in range(n):
+        if posinf[j]:
+            bound[b0 + j] = inf
+            inv[j] = zero
     for ib in range(nb):
         row = bmax[ib, b0:b1]
         for j in range(n):  # inv == 0 (empty or +inf column): factor 0, never inf * 0
@@ -314,7 +327,9 @@ def _scale_block(dst, k0, k1, factor, zero, tiny):
 # loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
 # inputs take the serial kernel (see _PARALLEL_MIN).
 @njit(cache=True, parallel=True, error_model="numpy")
-def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny):
+def _kernel_v4(
+    log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
+):
     if weights is None:
         dst = log_w
     else:
@@ -322,18 +337,18 @@ def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, 
     K, B = log_w.shape
     nb = bmax.shape[0]
     for ib in prange(nb):
-        _block_exp(
-            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
-        )
+        k0, k1 = ib * rows, min(ib * rows + rows, K)
+        _block_exp(log_w, dst, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
     for c in prange((B + cols - 1) // cols):
-        _combine(bmax, bsum, bound, c * cols, min(c * cols + cols, B), log_k, zero, one, inf)
+        b0, b1 = c * cols, min(c * cols + cols, B)
+        _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf)
     for ib in prange(nb):
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
 
 @njit(cache=True, error_model="numpy")
 def _kernel_v4_serial(
-    log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
+    log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
 ):
     if weights is None:
         dst = log_w
@@ -341,10 +356,9 @@ def _kernel_v4_serial(
         dst = weights
     K, B = log_w.shape
     for ib in range(bmax.shape[0]):
-        _block_exp(
-            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
-        )
-    _combine(bmax, bsum, bound, 0, B, log_k, zero, one, inf)
+        k0, k1 = ib * rows, min(ib * rows + rows, K)
+        _block_exp(log_w, dst, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
+    _combine(bmax, bnan, bsum, bound, 0, B, log_k, zero, one, inf)
     for ib in range(bmax.shape[0]):
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
@@ -367,6 +381,7 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
     nb = -(-K // rows)
     bound = np.empty(B, dtype=log_w.dtype)  # (B,)
     bmax = np.empty((nb, B), dtype=log_w.dtype)  # (nblocks, B): block maxima, then factors
+    bnan = np.empty((nb, B), dtype=np.uint8)  # (nblocks, B): NaN flags
     bsum = np.empty((nb, B), dtype=np.float64)  # (nblocks, B): block sums
     if weights_out is None:
         weights_out = np.empty_like(log_w)  # (K, B)
@@ -377,219 +392,8 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
         dst,
         bound,
         bmax,
-        bsum,
-        rows,
-        _SUM_BLOCK,
-        _COMBINE_COLS,
-        np.float64(math.log(K)),
-        dt(0),
-        dt(1),
-        dt(np.inf),
-        dt(np.finfo(dt).tiny),
-    )
-    return bound, weights_out
-
-
-# v5: two passes over row blocks, the exp computed in each. Pass 1 (per block, read once from
-# DRAM, then from L2): the block's column maxima, NaN flags and sums of exp(lw - block max),
-# nothing written. The merge: per column the max m, the bound and 1 / sum. Pass 2 (per block):
-# weights = exp(lw - m) / sum, written once. Memory traffic: log_w read twice and the weights
-# written once, where v4 reads log_w once but writes the block-shifted exps and then reads and
-# rewrites them (one more write stream, and a read of a buffer that has left the caches).
-# Every exp argument is <= 0 (or -inf or NaN): the cheaper fastmath.exp_nonpos, bit for bit exp.
-# Columns holding NaN or +inf are settled in the merge (see _combine_v5).
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _block_stats(src, k0, k1, bmax, bnan, bsum, zero, inf, sub):
-    """Rows k0..k1: bmax = the block's column maxima (raw), bnan = whether a column holds a
-    NaN, bsum = the column sums of exp(lw - shift) in float64, shift = bmax if finite, 0 for an
-    all -inf block, +inf for a block holding +inf (every argument <= 0 or NaN)."""
-    B = src.shape[1]
-    for j in range(B):
-        bmax[j] = -inf
-        bnan[j] = 0
-        bsum[j] = 0.0
-    for k in range(k0, k1):  # read from DRAM here; the block stays in L2 for the exp loop
-        row = src[k]
-        for j in range(B):
-            v = row[j]
-            bmax[j] = v if v > bmax[j] else bmax[j]
-            bnan[j] |= np.uint8(v != v)
-    shift = np.empty(B, dtype=src.dtype)
-    s32 = np.zeros(B, dtype=src.dtype)
-    for j in range(B):
-        shift[j] = zero if bmax[j] == -inf else bmax[j]
-    for r0 in range(k0, k1, sub):
-        for k in range(r0, min(r0 + sub, k1)):
-            row = src[k]
-            for j in range(B):
-                s32[j] += exp_nonpos(row[j] - shift[j])
-        for j in range(B):  # sums of `sub` terms in the dtype, then in float64
-            bsum[j] += s32[j]
-            s32[j] = zero
-
-
-@njit(cache=True, error_model="numpy")
-def _combine_v5(bmax, bnan, bsum, bound, shift, inv, b0, b1, log_k, zero, one, inf):
-    """Columns b0..b1: the column max, the bound and the pass-2 shift and scale.
-
-    finite max m: s = sum over blocks of bsum * exp(block max - m) (all -inf blocks add 0),
-    bound = log(s) + m - log K, shift m, inv 1 / s. All -inf column: bound -inf, weights 0.
-    A NaN anywhere: bound NaN, inv NaN (every weight NaN). Else +inf present: bound +inf,
-    shift +inf, inv 0, so the weights are NaN at the +inf entries (inf - inf) and 0 elsewhere,
-    as the reference gives them (inf / inf and finite / inf)."""
-    n = b1 - b0
-    nb = bmax.shape[0]
-    m = np.empty(n, dtype=bmax.dtype)
-    nan = np.zeros(n, dtype=np.uint8)
-    s = np.zeros(n, dtype=np.float64)
-    for j in range(n):
-        m[j] = -inf
-    for ib in range(nb):
-        row, nrow = bmax[ib, b0:b1], bnan[ib, b0:b1]
-        for j in range(n):
-            v = row[j]
-            m[j] = v if v > m[j] else m[j]
-            nan[j] |= nrow[j]
-    for ib in range(nb):
-        row, srow = bmax[ib, b0:b1], bsum[ib, b0:b1]
-        for j in range(n):
-            mj = m[j]
-            if row[j] > -inf and mj < inf:  # finite block max <= finite m
-                s[j] += srow[j] * exp_nonpos(np.float64(row[j]) - np.float64(mj))
-    for j in range(n):
-        mj = m[j]
-        if nan[j]:
-            bound[b0 + j] = zero / zero
-            shift[b0 + j] = zero
-            inv[b0 + j] = zero / zero
-        elif mj == inf:
-            bound[b0 + j] = inf
-            shift[b0 + j] = inf
-            inv[b0 + j] = zero
-        elif mj == -inf:
-            bound[b0 + j] = -inf
-            shift[b0 + j] = zero
-            inv[b0 + j] = zero
-        else:
-            sj = s[j]  # >= 1: the block holding the max adds exp(0) = 1 at least
-            bound[b0 + j] = log(sj) + np.float64(mj) - log_k
-            shift[b0 + j] = mj
-            inv[b0 + j] = one / sj
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _write_block(src, dst, k0, k1, shift, inv, zero, tiny):
-    for k in range(k0, k1):
-        row = src[k]
-        out = dst[k]
-        for j in range(src.shape[1]):
-            v = exp_nonpos(row[j] - shift[j]) * inv[j]
-            out[j] = zero if v < tiny else v  # no subnormal weights; NaN stays NaN
-
-
-# As v4: block ib owns row ib of the (nblocks, B) tables; the merge is its own loop over column
-# chunks; in place (weights None) is a compile-time case, so src and dst are one array.
-@njit(cache=True, parallel=True, error_model="numpy")
-def _kernel_v5(
-    log_w,
-    weights,
-    bound,
-    bmax,
-    bnan,
-    bsum,
-    shift,
-    inv,
-    rows,
-    sub,
-    cols,
-    log_k,
-    zero,
-    one,
-    inf,
-    tiny,
-):
-    if weights is None:
-        dst = log_w
-    else:
-        dst = weights
-    K, B = log_w.shape
-    nb = bmax.shape[0]
-    for ib in prange(nb):
-        k0, k1 = ib * rows, min(ib * rows + rows, K)
-        _block_stats(log_w, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
-    for c in prange((B + cols - 1) // cols):
-        b0, b1 = c * cols, min(c * cols + cols, B)
-        _combine_v5(bmax, bnan, bsum, bound, shift, inv, b0, b1, log_k, zero, one, inf)
-    for ib in prange(nb):
-        _write_block(log_w, dst, ib * rows, min(ib * rows + rows, K), shift, inv, zero, tiny)
-
-
-@njit(cache=True, error_model="numpy")
-def _kernel_v5_serial(
-    log_w,
-    weights,
-    bound,
-    bmax,
-    bnan,
-    bsum,
-    shift,
-    inv,
-    rows,
-    sub,
-    cols,
-    log_k,
-    zero,
-    one,
-    inf,
-    tiny,
-):
-    if weights is None:
-        dst = log_w
-    else:
-        dst = weights
-    K, B = log_w.shape
-    for ib in range(bmax.shape[0]):
-        k0, k1 = ib * rows, min(ib * rows + rows, K)
-        _block_stats(log_w, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
-    _combine_v5(bmax, bnan, bsum, bound, shift, inv, 0, B, log_k, zero, one, inf)
-    for ib in range(bmax.shape[0]):
-        _write_block(log_w, dst, ib * rows, min(ib * rows + rows, K), shift, inv, zero, tiny)
-
-
-def importance_weights_numba_v5(log_w, weights_out=None, *, rows=None):
-    """Numba, two passes over row blocks (statistics, then weights), the exp computed in each
-    (input assumed valid). ``rows`` as in v4; results do not depend on the thread count."""
-    _prepare("importance_weights_numba_v5", log_w, weights_out)
-    K, B = log_w.shape
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
-        raise ValueError(
-            f"importance_weights_numba_v5: expected rows to be an int >= 1, got {rows!r}."
-        )
-    dt = log_w.dtype.type
-    if rows is None:
-        rows = max(_SUM_BLOCK, _BLOCK_BYTES // (B * log_w.itemsize) // _SUM_BLOCK * _SUM_BLOCK)
-    nb = -(-K // rows)
-    bound = np.empty(B, dtype=log_w.dtype)  # (B,)
-    bmax = np.empty((nb, B), dtype=log_w.dtype)  # (nblocks, B): block maxima
-    bnan = np.empty((nb, B), dtype=np.uint8)  # (nblocks, B): NaN flags
-    bsum = np.empty((nb, B), dtype=np.float64)  # (nblocks, B): block sums
-    shift = np.empty(B, dtype=log_w.dtype)  # (B,)
-    inv = np.empty(B, dtype=log_w.dtype)  # (B,)
-    if weights_out is None:
-        weights_out = np.empty_like(log_w)  # (K, B)
-    dst = None if same_buffer(weights_out, log_w) else weights_out  # None: in place
-    kernel = _kernel_v5 if K * B >= _PARALLEL_MIN else _kernel_v5_serial
-    kernel(
-        log_w,
-        dst,
-        bound,
-        bmax,
         bnan,
         bsum,
-        shift,
-        inv,
         rows,
         _SUM_BLOCK,
         _COMBINE_COLS,
@@ -652,7 +456,6 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", importance_weights_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v4", importance_weights_numba_v4, "default"),
-    KernelRecord(_FUNC, "numba", "numba_v5", importance_weights_numba_v5, "alternative"),
     KernelRecord(_FUNC, "cupy", "cupy_v1", importance_weights_cupy_v1, "default"),
 )
 VARIANTS = variants(RECORDS, _FUNC)
