@@ -501,14 +501,17 @@ def bernoulli_loglik_backward_cupy_v1(dloglik, grad, out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v2. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs; float32,
-# D = 784, x of B = 100 rows, grad_out preallocated; one library per process, medians of 30 runs;
-# CPU time on 1 thread, which the other jobs disturb least; Nov 2026):
-#   N = 100:    v2 0.085 ms, v1 0.145 ms, PyTorch 0.199 ms (BCE-with-logits + sigmoid, no autograd)
-#   N = 5000:   v2 4.26 ms,  v1 8.29 ms,  PyTorch 12.9 ms
-#   N = 50000:  v2 39.9 ms,  v1 78.7 ms,  PyTorch 404 ms
-# 2 threads, wall time, in a quiet minute: N = 50000 with B = 50000 (x as large as the logits),
-# v2 41.8 ms (11.3 GB/s of reads and writes) vs PyTorch 214 ms.
+# DEFAULT: numba_v3. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs: pytest runs and a training run kept both cores busy), float32 (50000, 784), x of
+# B = 1000 rows, grad_out preallocated, one thread, CPU time of the thread (what the other jobs
+# disturb least), medians of 9-15:
+#   v3 28.2 ms (11.1 GB/s read + written) [34.5 ms in the loaded compare_peers run below],
+#   v2 47.7 ms (6.6 GB/s), copy bandwidth of one thread 23-25 GB/s.
+#   compare_peers --threads 1 --clock cpu (same day): v3 at 39 % of the copy bandwidth,
+#   23.7x NumPy, 18.6x PyTorch (BCE-with-logits + sigmoid, no autograd).
+# Earlier (Nov 2026, Zen 5 VM, CPU time, 1 thread, D = 784, B = 100): N = 100 v2 0.085 ms,
+# v1 0.145, PyTorch 0.199; N = 5000 v2 4.26, v1 8.29, PyTorch 12.9; N = 50000 v2 39.9, v1 78.7,
+# PyTorch 404. The fraction on two threads: see the module docstring, "Against the machine".
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", bernoulli_loglik_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v3", bernoulli_loglik_numba_v3, "default"),

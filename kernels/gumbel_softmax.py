@@ -900,16 +900,16 @@ def gumbel_max_cupy_v1(logits, seed, stream=0, offset=0):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v1 for all three (the only Numba variants). Evidence, 2026-11-21, project VM
-# (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4), float32, 2 Numba / 2
-# torch threads, medians of 33 calls (min in brackets), y_out preallocated; peer
-# torch.nn.functional.gumbel_softmax(logits, tau=0.5) (forward only):
-#   (100000, 10):  forward 8.0-12.0 ms [1.6-2.2] vs torch 72-107 ms [42-71] (8.9-9.0x);
-#                  gumbel_max 8.0-12.0 ms [1.0-1.5]; backward 8.0-9.8 ms [1.6-2.6].
-#   (10000, 512):  forward 16-24 ms [15.5-16] vs torch 131-216 ms [95-169] (8.1-9.0x);
-#                  gumbel_max 15-25 ms [12-14]; backward 8-13 ms [2.1-8].
-# The medians are inflated by the load (whole 4 ms scheduler ticks); the minima are the kernels'
-# own cost. On a quiet moment (load ~2): forward 1.9 / 7.3 ms vs torch 24 / 117 ms (12-16x).
+# DEFAULT: numba_v2 for the forward, numba_v1 for the backward and gumbel_max (their only Numba
+# variants). Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with other
+# jobs that kept both cores busy), float32, tau 0.5, y_out preallocated, one thread, CPU time of
+# the thread, medians of 15 (v1 from benchmarks/lab/gumbel_softmax.py, same run):
+#   (100000, 10):  v2 4.0-4.4 ms, v1 4.8-5.4 ms, Gumbel generator bound 2.2-2.3 ms
+#   (10000, 512):  v2 14.3-15.4 ms, v1 18.4-19.7 ms, bound 10.9-11.6 ms
+#   compare_peers --threads 1 --clock cpu (same day): v2 at 44 % / 72 % of the bound, 8.1x /
+#   7.9x torch.nn.functional.gumbel_softmax.
+# Nov 2026 (v1, 2 threads, quiet moment): forward 1.9 / 7.3 ms vs torch 24 / 117 ms; backward
+# 1.6-2.6 / 2.1-8 ms [minima]; gumbel_max 1.0-1.5 / 12-14 ms [minima].
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", gumbel_softmax_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v2", gumbel_softmax_numba_v2, "default"),

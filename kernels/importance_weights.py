@@ -448,11 +448,15 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v4. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs;
-# (K, B) = (5000, 1000) float32, weights_out preallocated; one library per process; Nov 2026):
-#   1 thread, CPU time, medians of 30: v4 3.93 ms, v1 4.47 ms, PyTorch logsumexp + softmax 16.7 ms
-#   2 threads, wall time, quiet minute: v4 1.81 ms (11 GB/s of log_w read, 22 GB/s read + write),
-#   PyTorch 7.3 ms (4.0x); v1 3.2 ms (its two column halves stream at half the rate).
+# DEFAULT: numba_v4. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs that kept both cores busy), (K, B) = (5000, 1000) float32, one thread, CPU time
+# of the thread, medians of 15: v4 (exp_nonpos) 4.3 ms [min 4.1], in place 3.9 [3.6]; v5 4.8
+# [4.4], in place 4.9 [4.5] (benchmarks/lab); a one-thread copy 21-23 GB/s. compare_peers
+# --threads 1 --clock cpu (same day, loaded): v4 at 34 % of the copy bandwidth (35 % in place),
+# 10x NumPy, 6.7x PyTorch logsumexp + softmax.
+# Nov 2026 (Zen 5 VM): 1 thread, CPU time, medians of 30: v4 (general exp) 3.93 ms, v1 4.47 ms,
+# PyTorch 16.7 ms; 2 threads, wall time, quiet minute: v4 1.81 ms (22 GB/s read + written),
+# PyTorch 7.3 ms, v1 3.2 ms (its two column halves stream at half the rate).
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", importance_weights_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v4", importance_weights_numba_v4, "default"),

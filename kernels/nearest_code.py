@@ -115,12 +115,19 @@ Variants
   float64 against the chosen code. Duplicate codes are collapsed on the host as above. The
   ``"cupy"`` backend; not yet run on a device.
 
-Performance (N = 65536, E = 64, float32, 2 threads; numbers in the DEFAULT comment)
------------------------------------------------------------------------------------
-v2 runs at 82-92 % of the rate of the same tiled GEMM without the search (the search, norms and
-dist2 cost the rest), 96-124 % of NumPy's chunked SGEMM ``x @ e.T``, 4.4-5.2x torch.cdist+argmin
-and 1.3-1.6x FAISS 1.15.1 IndexFlatL2 (k = 1). That FAISS already runs at 64-92 % of the SGEMM
-rate (not the 141 ms / 2 s of PERF-NOTES), so no GEMM-based kernel can be 3x faster than it here.
+Against the machine (N = 65536, E = 64, float32; numbers in the DEFAULT comment)
+---------------------------------------------------------------------------------
+The bound is the SGEMM rate of x @ E^T alone, the faster of NumPy's chunked matmul and the
+kernel's own tiles without the search (``benchmarks/benchmarks/machine_bounds.sgemm_tiles``), timed
+alternately with the kernel by ``benchmarks/compare_peers.py``. What the search adds on top of its
+GEMMs: the running minimum (about 1 add, 1 compare and 2 selects per score, ~4 % of the GEMM at
+E = 64), dist2 (~2 %), the duplicate check and norms of the codebook (<1 %). On one core (CPU
+time) v3 reaches 89-93 % of the tiles' GEMM rate at M = 512 and 94-97 % at M = 8192 (v2: 85 %
+and 95 %). Two threads: each worker runs its own one-thread GEMMs, so the fraction is the same
+work split in two; the 2-thread figures are in the report of the comparison run.
+The Nov 2026 comparison: v2 ran at 82-92 % of the same tiled GEMM without the search,
+96-124 % of NumPy's chunked SGEMM, 4.4-5.2x torch.cdist + argmin and 1.3-1.6x FAISS 1.15.1
+IndexFlatL2 (k = 1), which itself ran at 64-92 % of the SGEMM rate.
 """
 
 import functools
@@ -537,18 +544,19 @@ def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
     return index, dist2
 
 
-# DEFAULT: numba_v2. Evidence, 2026-11-21, development VM (AMD EPYC Zen 4, 2 vCPUs
-# shared with other jobs, OpenBLAS 0.3.30 Haswell kernels, FAISS 1.15.1, torch 2.13), N = 65536,
-# E = 64, float32, 2 threads everywhere, rounds interleaved, median ms over the quietest run
-# (31 rounds at M = 512, 7 at M = 8192):
-#                         M = 512            M = 8192
-#   numba_v2               27.7 (155 GF/s)    393 (175 GF/s)
-#   same tiles, GEMM only  22.6 (190 GF/s)    361 (191 GF/s)
-#   NumPy SGEMM x @ e.T    26.7 (161 GF/s)    489 (141 GF/s)   chunks of 4096 rows, out= reused
-#   FAISS IndexFlatL2 k=1  41.8 (103 GF/s)    529 (130 GF/s)
-#   torch.cdist + argmin  131   ( 33 GF/s)   2061 ( 33 GF/s)   chunks of 16384 rows
-#   numba_v1 (other run)   27.5 min vs v2 24.7 min; medians 469 vs 48 with the cores contended
-# GF/s = 2 N M E / time. Under contention v2 degrades least (its BLAS never spins a pool).
+# DEFAULT: numba_v3. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs that kept both cores busy; OpenBLAS 0.3.30, torch 2.13, no FAISS installed),
+# N = 65536, E = 64, float32, one thread (one-thread BLAS), CPU time of the thread, medians of
+# 9-15, against the same tiles' GEMMs alone:
+#                           M = 512          M = 8192
+#   same tiles, GEMM only   47.6-50.6 ms     786-856 ms
+#   numba_v3                51.6-56.7 (89-93 %)  829-901 (94-97 %)
+#   numba_v2                58.7 (85 %)      853 (95 %)
+#   NumPy SGEMM x @ e.T     50.8-66.2        958-1138     chunks of 4096 rows, out= reused
+#   torch.cdist + argmin    180              3159         chunks of 8192 rows
+# Nov 2026 (2 threads, quiet run): v2 27.7 / 393 ms, same tiles GEMM only 22.6 / 361, NumPy
+# SGEMM 26.7 / 489, FAISS IndexFlatL2 k=1 41.8 / 529, torch.cdist 131 / 2061; v1 27.5 min vs v2
+# 24.7 min, medians 469 vs 48 with the cores contended (v1's OpenBLAS pool spins).
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", nearest_code_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v3", nearest_code_numba_v3, "default"),

@@ -642,6 +642,10 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
 # Tables
 # --------------------------------------------------------------------------------------------
 
+# Against the normal generator bound (benchmarks/benchmarks/machine_bounds.py), 2026-12-03, same
+# VM shared with jobs that kept both cores busy, (5000, 100, 50) float32, one thread, CPU time:
+# forward 52.8-54.2 ms against 38.1-38.7 ms for the bound (72-73 %); compare_peers --threads 1
+# --clock cpu (same day, loaded): 70 % of the bound, 5.7x PyTorch.
 # DEFAULT: numba_v1 (forward, the only variant) and numba_v2 (backward). Evidence, 2026-11-21,
 # project VM (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4 during the
 # runs), float32, 2 Numba / 2 torch threads, medians of 33 calls (min in brackets), z_out
