@@ -1,6 +1,7 @@
 """Time lvmcore's kernels and training steps beside the peers a user would otherwise run.
 
     python benchmarks/compare_peers.py [--threads 2] [--repeat 15] [--only NAME,...]
+                                       [--clock {wall,cpu}]
 
 Peers, each timed only when installed: NumPy, PyTorch CPU (eager, with and without
 flush-to-zero, and no_grad for evaluation) and FAISS. Every library runs with the same thread
@@ -10,6 +11,19 @@ model step run on ``LVMCORE_KERNEL_THREADS`` (default 1) between the BLAS calls.
 median time of each, the ratio peer / lvmcore, and the fraction of this machine's memory
 bandwidth (memory-bound kernels, against a read-only stream and a copy measured in the same run)
 or SGEMM rate (search, training steps) that lvmcore reaches.
+
+The bound of each kernel (``benchmarks/benchmarks/machine_bounds.py`` defines and measures
+them, on the same threads as the kernels), timed alternately with the kernel, so that a load
+spike on a shared machine hits both; the last column is the kernel's fraction of it:
+
+- importance weights, Bernoulli likelihood + gradient: copy bandwidth (they read one array and
+  write one), the faster of NumPy's one-thread copy and a Numba prange copy of 256 MiB;
+- reparameterized sampling: the normal generator bound, a loop doing per element only what it
+  must (a quarter Philox4x32-10 block, half a Box-Muller pair: log, sqrt, sincos) and summing;
+- Gumbel-Softmax: the Gumbel generator bound (a quarter Philox block, two logs, one exp and
+  the normalization's division per element);
+- nearest-code search: the SGEMM rate of x @ E^T alone, the faster of NumPy's chunked matmul
+  and the kernel's own tiles with the search left out.
 
 The bound of a training step and of the K-sample evaluation: the same GEMMs alone
 (``benchmarks/benchmarks/gemm_bound.py``: the products of the step, on preallocated arrays, with
@@ -33,15 +47,17 @@ import lvmcore  # noqa: F401  (first: it may choose OpenBLAS's kernels before Nu
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmarks.gemm_bound import CATVAE_SIZES, eval_gemms, step_flops, step_gemms
 
+from benchmarks import machine_bounds as mb
+
 
 def median_ms(fn, repeat, warmup=2):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = mb.CLOCK()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(mb.CLOCK() - t)
     return 1e3 * statistics.median(times)
 
 
@@ -67,17 +83,24 @@ class Peers:
             self.faiss = faiss
 
 
-def machine_rates(repeat):
-    """Read-only and copy bandwidth (GB/s) and SGEMM rate (GFLOP/s), measured now."""
-    a = np.ones(1 << 26, dtype=np.float32)  # 256 MiB
-    b = np.empty_like(a)
-    read = a.nbytes / (median_ms(lambda: a.sum(), repeat) / 1e3) / 1e9
-    copy = 2 * a.nbytes / (median_ms(lambda: np.copyto(b, a), repeat) / 1e3) / 1e9
+def machine_rates(threads, repeat):
+    """Read and copy bandwidth (GB/s, the faster of NumPy on one thread and Numba on
+    ``threads``) and the SGEMM rate (GFLOP/s, BLAS on ``threads``), measured now."""
+    read, copy, detail = mb.read_copy_gbps(threads, repeat)
     x = np.random.default_rng(0).random((4096, 1024), dtype=np.float32)
     w = np.random.default_rng(1).random((1024, 1024), dtype=np.float32)
     out = np.empty((4096, 1024), np.float32)
     gemm = 2 * 4096 * 1024 * 1024 / (median_ms(lambda: np.matmul(x, w, out=out), repeat) / 1e3)
-    return read, copy, gemm / 1e9
+    return read, copy, gemm / 1e9, detail
+
+
+def _copy_bound(threads, detail):
+    """The faster copy of machine_rates as a timed function, and the bytes it moves."""
+    a = np.ones(1 << 26, dtype=np.float32)
+    b = np.empty_like(a)
+    if detail["copy numba"] >= detail["copy numpy"]:
+        return (lambda: mb.copy_parallel(a, b, max(1, threads))), 2 * a.nbytes
+    return (lambda: np.copyto(b, a)), 2 * a.nbytes
 
 
 def row(name, ours_ms, peers, extra=""):
@@ -85,22 +108,43 @@ def row(name, ours_ms, peers, extra=""):
     print(f"{name:<38} lvmcore {ours_ms:8.2f} ms  {cells}  {extra}", flush=True)
 
 
+def bound_row(name, ours_ms, peers, frac, definition):
+    """A kernel row: its time, the peers, and its fraction of the machine bound it is held to."""
+    row(name, ours_ms, peers, f"{frac:4.0%} of {definition}")
+
+
 def bench_importance_weights(P, R, repeat):
     from kernels import importance_weights as iw
 
     lw = (np.random.default_rng(0).standard_normal((5000, 1000)) * 5).astype(np.float32)
     out = np.empty_like(lw)
-    ours = median_ms(lambda: iw.importance_weights(lw, out), repeat)
+    copy, copy_bytes = _copy_bound(P.threads, R[3])
+    ours, bound = median_pair(lambda: iw.importance_weights(lw, out), copy, repeat)
     peers = {"numpy": median_ms(lambda: iw.importance_weights_ref(lw, out), max(3, repeat // 3))}
     if P.torch:
         t = P.torch.from_numpy(lw)
         peers["torch"] = median_ms(lambda: (P.torch.logsumexp(t, 0), P.torch.softmax(t, 0)), repeat)
-    gbs = lw.nbytes / (ours / 1e3) / 1e9
-    row(
+    gbs = 2 * lw.nbytes / (ours / 1e3) / 1e9  # log_w read, weights written
+    cbs = copy_bytes / (bound / 1e3) / 1e9
+    bound_row(
         "importance weights (5000,1000) f32",
         ours,
         peers,
-        f"{gbs:.1f} GB/s read = {gbs / R[0]:.0%} of read bandwidth",
+        gbs / cbs,
+        f"copy bandwidth ({gbs:.1f} of {cbs:.1f} GB/s read + written)",
+    )
+    # in place, as the K-sample evaluation calls it (lvmcore.evaluate): each call turns the
+    # previous weights into the next ones, the same work on every call
+    work = lw.copy()
+    ours, bound = median_pair(lambda: iw.importance_weights(work, work), copy, repeat)
+    gbs = 2 * lw.nbytes / (ours / 1e3) / 1e9
+    cbs = copy_bytes / (bound / 1e3) / 1e9
+    bound_row(
+        "  the same, in place",
+        ours,
+        {},
+        gbs / cbs,
+        f"copy bandwidth ({gbs:.1f} of {cbs:.1f} GB/s read + written)",
     )
 
 
@@ -111,7 +155,8 @@ def bench_bernoulli(P, R, repeat):
     logits = (rng.standard_normal((50000, 784)) * 3).astype(np.float32)
     x = (rng.random((1000, 784)) < 0.13).astype(np.float32)
     grad = np.empty_like(logits)
-    ours = median_ms(lambda: bl.bernoulli_loglik(logits, x, grad), repeat)
+    copy, copy_bytes = _copy_bound(P.threads, R[3])
+    ours, bound = median_pair(lambda: bl.bernoulli_loglik(logits, x, grad), copy, repeat)
     xt = np.tile(x, (50, 1))
     peers = {"numpy": median_ms(lambda: (np.logaddexp(0, logits) - xt * logits).sum(1), 3)}
     if P.torch:
@@ -124,12 +169,14 @@ def bench_bernoulli(P, R, repeat):
             ),
             repeat,
         )
-    gbs = 2 * logits.nbytes / (ours / 1e3) / 1e9
-    row(
+    gbs = 2 * logits.nbytes / (ours / 1e3) / 1e9  # logits read, gradient written
+    cbs = copy_bytes / (bound / 1e3) / 1e9
+    bound_row(
         "bernoulli loglik+grad (50000,784) f32",
         ours,
         peers,
-        f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+        gbs / cbs,
+        f"copy bandwidth ({gbs:.1f} of {cbs:.1f} GB/s read + written)",
     )
 
 
@@ -140,7 +187,9 @@ def bench_reparam(P, R, repeat):
     mu = rng.standard_normal((100, 50)).astype(np.float32)
     lv = (0.3 * rng.standard_normal((100, 50))).astype(np.float32)
     z = np.empty((5000, 100, 50), np.float32)
-    ours = median_ms(lambda: rs.reparam_sample(mu, lv, 5000, 1, 0, 0, z), repeat)
+    ours, bound = median_pair(
+        lambda: rs.reparam_sample(mu, lv, 5000, 1, 0, 0, z), mb.normal_bound(z.size), repeat
+    )
     g = np.random.default_rng(1)
     peers = {
         "numpy": median_ms(
@@ -152,12 +201,14 @@ def bench_reparam(P, R, repeat):
         peers["torch"] = median_ms(
             lambda: tm + P.torch.exp(0.5 * tl) * P.torch.randn(5000, 100, 50), repeat
         )
-    gbs = z.nbytes / (ours / 1e3) / 1e9
-    row(
+    rate = z.size / (ours / 1e3) / 1e9
+    bound_row(
         "reparam sample+densities (5000,100,50)",
         ours,
         peers,
-        f"{gbs:.1f} GB/s written = {gbs / R[1]:.0%} of copy bandwidth",
+        bound / ours,
+        f"normal generator bound ({rate:.2f} of {z.size / (bound / 1e3) / 1e9:.2f} G/s: "
+        f"Philox + log, sqrt, sincos per element)",
     )
 
 
@@ -167,19 +218,25 @@ def bench_gumbel(P, R, repeat):
     for shape in [(100000, 10), (10000, 512)]:
         logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         y = np.empty_like(logits)
-        ours = median_ms(lambda: gs.gumbel_softmax(logits, 0.5, 1, 0, 0, False, y), repeat)
+        ours, bound = median_pair(
+            lambda: gs.gumbel_softmax(logits, 0.5, 1, 0, 0, False, y),
+            mb.gumbel_bound(logits.size),
+            repeat,
+        )
         peers = {}
         if P.torch:
             tl = P.torch.from_numpy(logits)
             peers["torch"] = median_ms(
                 lambda: P.torch.nn.functional.gumbel_softmax(tl, tau=0.5), repeat
             )
-        gbs = 2 * logits.nbytes / (ours / 1e3) / 1e9
-        row(
+        rate = logits.size / (ours / 1e3) / 1e9
+        bound_row(
             f"gumbel-softmax tau 0.5 {shape}",
             ours,
             peers,
-            f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+            bound / ours,
+            f"Gumbel generator bound ({rate:.2f} of {logits.size / (bound / 1e3) / 1e9:.2f} "
+            f"G/s: Philox + 2 log + exp + division per element)",
         )
 
 
@@ -191,15 +248,17 @@ def bench_nearest(P, R, repeat):
     for m in (512, 8192):
         cb = rng.standard_normal((m, 64)).astype(np.float32)
         rep = repeat if m == 512 else max(3, repeat // 3)
-        ours = median_ms(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), rep)
         out = np.empty((4096, m), np.float32)
 
         def sgemm():
             for i in range(0, 65536, 4096):
                 np.matmul(x[i : i + 4096], cb.T, out=out)
 
-        bare = median_ms(sgemm, rep)
-        peers = {"sgemm x@E^T": bare}
+        tiles = mb.sgemm_tiles(x, cb, P.threads)
+        ours, bare = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), sgemm, rep)
+        ours2, bare_tiles = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), tiles, rep)
+        ours = statistics.median([ours, ours2])
+        peers = {"sgemm x@E^T": bare, "same tiles, GEMM only": bare_tiles}
         if P.faiss:
             index = P.faiss.IndexFlatL2(64)
             index.add(cb)
@@ -212,13 +271,16 @@ def bench_nearest(P, R, repeat):
                     P.torch.cdist(tx[i : i + 8192], tc).argmin(1)
 
             peers["torch cdist"] = median_ms(cdist, max(3, rep // 3))
-        gflops = 2 * 65536 * m * 64 / (ours / 1e3) / 1e9
-        row(
+        flops = 2 * 65536 * m * 64
+        gflops = flops / (ours / 1e3) / 1e9
+        best = min(bare, bare_tiles)
+        bound_row(
             f"nearest code N=65536 E=64 M={m}",
             ours,
             peers,
-            f"{gflops:.0f} GFLOP/s = {gflops / R[2]:.0%} of SGEMM, "
-            f"{bare / ours:.0%} of bare x@E^T rate",
+            best / ours,
+            f"the SGEMM rate of x @ E^T alone ({gflops:.0f} of {flops / (best / 1e3) / 1e9:.0f} "
+            f"GFLOP/s)",
         )
 
 
@@ -320,9 +382,9 @@ def median_pair(a, b, repeat):
     ta, tb = [], []
     for _ in range(repeat):
         for fn, ts in ((a, ta), (b, tb)):
-            t = time.perf_counter()
+            t = mb.CLOCK()
             fn()
-            ts.append(time.perf_counter() - t)
+            ts.append(mb.CLOCK() - t)
     median_pair.best = min(ta) / min(tb)
     return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
 
@@ -603,15 +665,28 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--only", default=",".join(BENCHES))
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu (with --threads 1): time in-process work by the calling thread's CPU time, "
+        "which other jobs on a shared machine disturb far less (PyTorch steps, timed in their "
+        "own processes, stay wall time)",
+    )
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.torch_worker:
         torch_worker_main(a.torch_worker)
         return 0
+    if a.clock == "cpu":
+        if a.threads != 1:
+            p.error("--clock cpu measures one thread: pass --threads 1")
+        mb.CLOCK = time.thread_time
     P = Peers(a.threads)
-    R = machine_rates(a.repeat)
+    R = machine_rates(a.threads, a.repeat)
     print(
-        f"threads {a.threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
+        f"threads {a.threads}; clock {a.clock}; "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
         f"torch {P.torch.__version__ if P.torch else 'absent'}; "
         f"faiss {'present' if P.faiss else 'absent'}"
     )
@@ -619,6 +694,7 @@ def main(argv=None):
         f"machine: read {R[0]:.1f} GB/s, copy {R[1]:.1f} GB/s, SGEMM {R[2]:.0f} GFLOP/s "
         f"(ratios below are peer time / lvmcore time)"
     )
+    print("  bandwidth, 256 MiB: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in R[3].items()))
     for name in a.only.split(","):
         BENCHES[name](P, R, a.repeat)
     return 0

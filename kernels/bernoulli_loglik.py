@@ -20,23 +20,35 @@ Numerics
 --------
 - Exact for any finite logit: t = exp(-|l|) is in [0, 1], so nothing overflows; for x = 1 and
   l = -1e4 the term is exactly -1e4, for x = 0 and l = -1e4 exactly 0 (tested).
-- log1p(t) = log(w) + c / w with w = fl(1 + t) and c = t - (w - 1) its exact rounding error
-  (Fast2Sum, |t| <= 1); 1 / w is the one division and serves sigmoid too.
+- float64 (and v2 for both dtypes): log1p(t) = log(w) + c / w with w = fl(1 + t) and
+  c = t - (w - 1) its exact rounding error (Fast2Sum, |t| <= 1); 1 / w is the one division and
+  serves sigmoid too.
 - exp / log are the vectorizable ``kernels.fastmath`` versions (<= 1 ulp); for l below -87.3
   (float32) / -708.4 (float64) t is flushed to 0 instead of becoming subnormal, so sigmoid(l) is
   returned as 0 rather than a subnormal (error below the smallest normal; no subnormal gradients
   reach the backward GEMMs, PERF-NOTES "Denormals").
+- float32 in v3 (the default): t = ``fastmath.exp_nonpos_f32(-|l|)`` (exp_f32 bit for bit, with
+  the work only positive arguments need left out); log1p(t) = t P(t) with P a degree-9
+  polynomial fitted to log1p(t) / t on [0, 1] (at most 1.46 ulp measured, fastmath.log1p_f32
+  1.44), since t is in [0, 1] no range reduction is needed; sigmoid = (1 or t) / (1 + t), one
+  correctly rounded division (v2 took t * (1 / w), within 1 ulp of it). float64 keeps v2's
+  math: a float64 polynomial would need degree ~25.
 - Row sums (``fastmath={"reassoc"}`` on the row loop only, so LLVM may split the sum into vector
-  partial sums; the element math keeps strict flags, see kernels.fastmath):
-  v1 accumulates in float64 for both dtypes (float32 terms widened before the add): measured max
-  relative error of float32 loglik 6e-8 at D = 784, i.e. the final rounding only; but the
-  widening halves the vector width of the whole loop.
-  v2 accumulates in the data dtype: 16 lanes x 4 interleaved partial sums of about D / 64 terms
-  each, then a tree: <= (D/64 + 6) ulp in the worst case since every term is <= 0 (no
-  cancellation), measured max relative error 2.9e-7 at D = 784 (PARITY_TOLERANCES allow 2e-5).
-  For float64 data both variants are the same code. ``logits`` must be finite: 0 * inf is NaN,
-  and an infinite logit is a model that has already diverged (the public wrapper checks with
-  ``check_values=True``).
+  partial sums; the element math keeps strict flags, see kernels.fastmath): accumulated in the
+  data dtype, 16 lanes x 4 interleaved partial sums of about D / 64 terms each, then a tree:
+  <= (D/64 + 6) ulp in the worst case since every term is <= 0 (no cancellation), measured max
+  relative error 2.9e-7 at D = 784 (v2 and v3 alike; PARITY_TOLERANCES allow 2e-5). A float64
+  accumulator (v1) is good to the last rounding but halves the vector width of the whole loop.
+  ``logits`` must be finite: 0 * inf is NaN, and an infinite logit is a model that has already
+  diverged (the public wrapper checks with ``check_values=True``).
+
+Against the machine (compare_peers, float32 (50000, 784), x of 1000 rows, 2 threads): the
+kernel reads 4 bytes and writes 4 per element, so its limit is the copy bandwidth. One core
+computes v3's element math at about 1.4 G elements/s (CPU time, 28 ms for 39 M elements: exp,
+one division, a degree-9 polynomial and the selects, 16 lanes at a time; v2 0.83 G/s), i.e.
+11 GB/s of the 24-27 GB/s a one-thread copy reaches on the development VM. So it is
+compute-bound on one core and needs both cores to approach the copy bandwidth; see the
+evidence at RECORDS for the fraction measured.
 
 Variants
 --------
@@ -46,15 +58,18 @@ its overlap with the inputs) before any loop or launch; ``bernoulli_loglik`` and
 
 - ``bernoulli_loglik_ref``: NumPy, computed in float64 and cast back; the oracle and the
   ``"numpy"`` backend.
-- ``bernoulli_loglik_numba_v2``: rows are independent (each writes its own loglik[r] and
+- ``bernoulli_loglik_numba_v3``: rows are independent (each writes its own loglik[r] and
   gradient row); a serial loop over a row range, run directly below 2^18 elements and from a
   ``prange`` over chunks of 8 rows above; the inner loop over D is vectorized, the row sums
-  accumulate in the data dtype. In place (``grad_out is logits``) is a compile-time case of the
-  same kernel (the gradient argument is None), so the loop reads and writes one array and still
+  accumulate in the data dtype; float32 element math by the polynomial log1p and the
+  non-positive exp above. In place (``grad_out is logits``) is a compile-time case of the same
+  kernel (the gradient argument is None), so the loop reads and writes one array and still
   vectorizes. DEFAULT (the ``"numba"`` backend); see the evidence at RECORDS.
-- v1 (moved to benchmarks/lab/bernoulli_loglik.py): the same kernels with a float64 row
-  accumulator. Twice as slow on float32 (the widening halves the vector width of the whole
-  loop) for an error v2 keeps well inside the float32 tolerance.
+- v2 (moved to benchmarks/lab/bernoulli_loglik.py): the same kernels with the general
+  ``fastmath`` exp and log (log1p(t) = log(1 + t) + c / (1 + t)); 1.6-1.7x slower on float32.
+- v1 (in benchmarks/lab/bernoulli_loglik.py): v2 with a float64 row accumulator. Twice as slow
+  on float32 (the widening halves the vector width of the whole loop) for an error v2 keeps
+  well inside the float32 tolerance.
 - ``bernoulli_loglik_backward_ref``, ``bernoulli_loglik_backward_numba_v1``: dlogits =
   dloglik[:, None] * grad, the Numba one a serial or row-chunked loop (in place allowed).
 - ``bernoulli_loglik_cupy_v1`` (kernels/cuda/bernoulli_loglik.cu): a group of up to 32 lanes per
@@ -64,17 +79,18 @@ its overlap with the inputs) before any loop or launch; ``bernoulli_loglik`` and
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._checks import check_array, check_backend, check_dtype_of, same_buffer
 from ._registry import KernelRecord, default_variant, implementations, variants
-from .fastmath import exp, log
+from .fastmath import _fma, exp, exp_nonpos_f32, log
 
 __all__ = [
     "bernoulli_loglik",
     "bernoulli_loglik_backward",
     "bernoulli_loglik_ref",
-    "bernoulli_loglik_numba_v2",
+    "bernoulli_loglik_numba_v3",
     "bernoulli_loglik_backward_ref",
     "bernoulli_loglik_backward_numba_v1",
     "bernoulli_loglik_cupy_v1",
@@ -227,6 +243,70 @@ def _term_grad(l, xv, zero, one):
     return xv * l - softplus, xv - sig
 
 
+# v3's float32 element math. The same t = exp(-|l|) as _term_grad, bit for bit
+# (fastmath.exp_nonpos_f32 is exp_f32 for arguments <= 0, with less work); sigmoid as one
+# division, (1 or t) / (1 + t), correctly rounded from t (v2's t * (1 / w) rounds twice: the two
+# differ by at most 1 ulp); and log1p(t) straight from t by a polynomial instead of
+# log(w) + c / w, which needed the reciprocal too: t lies in [0, 1], where
+# log1p(t) / t is smooth, so one degree-9 polynomial (least-squares fit of the relative error,
+# float64 error 4.7e-9) does, with no range reduction and no exponent bit work. Measured against
+# long double over 2.1 M points of [0, 1] plus every power of two down to 2^-125: at most 1.46
+# ulp, as fastmath.log1p_f32 (1.44). float64 data keeps _term_grad (a polynomial would need
+# degree ~25 for float64 accuracy).
+_F32 = np.float32
+_LOG1P32 = tuple(
+    _F32(v)
+    for v in (
+        0.9999999952858488,
+        -0.4999990240071168,
+        0.33329961831116595,
+        -0.24954127669302476,
+        0.19675908575031273,
+        -0.15305504193364722,
+        0.10603505288671687,
+        -0.05695805799916925,
+        0.019850676541557206,
+        -0.00324385084806118,
+    )
+)
+
+
+@njit(cache=True, error_model="numpy")
+def _log1p_unit_f32(t):
+    """log(1 + t) for float32 t in [0, 1]: t * P(t), Horner with fused multiply-adds."""
+    c = _LOG1P32
+    p = _fma(c[9], t, c[8])
+    p = _fma(p, t, c[7])
+    p = _fma(p, t, c[6])
+    p = _fma(p, t, c[5])
+    p = _fma(p, t, c[4])
+    p = _fma(p, t, c[3])
+    p = _fma(p, t, c[2])
+    p = _fma(p, t, c[1])
+    p = _fma(p, t, c[0])
+    return t * p
+
+
+@njit(cache=True, error_model="numpy")
+def _term_grad_f32(l, xv, zero, one):
+    """_term_grad for float32 with log1p(t) by _log1p_unit_f32 and sigmoid as one division."""
+    t = exp_nonpos_f32(-abs(l))
+    softplus = (l if l > zero else zero) + _log1p_unit_f32(t)
+    sig = (one if l >= zero else t) / (one + t)  # correctly rounded from t
+    return xv * l - softplus, xv - sig
+
+
+def _term_grad_v3(l, xv, zero, one):
+    """v3's element math: _term_grad_f32 for float32, _term_grad for float64 (Numba only)."""
+
+
+@overload(_term_grad_v3)
+def _term_grad_v3_overload(l, xv, zero, one):
+    if l == types.float32:
+        return lambda l, xv, zero, one: _term_grad_f32(l, xv, zero, one)
+    return lambda l, xv, zero, one: _term_grad(l, xv, zero, one)
+
+
 # Each kernel is a serial loop over a row range, called directly for small inputs and from a
 # ``prange`` wrapper over chunks of rows for large ones: a parallel region costs 2-17 us on a warm
 # pool and, on a loaded machine, a scheduler tick (4 ms) whenever the worker is not running, so
@@ -235,11 +315,13 @@ def _term_grad(l, xv, zero, one):
 # fastmath={"reassoc"} lets LLVM split the row sum into vector partial sums; nothing else in these
 # loops reassociates (the element math lives in _term_grad / kernels.fastmath with strict flags).
 # No nnan/ninf: NaN logits must propagate to the loglik. ``acc0`` is the accumulator's zero: its
-# type (float64, or the data dtype) picks the accumulation precision, i.e. the variant.
+# type (float64, or the data dtype) picks the accumulation precision; ``poly`` None keeps v2's
+# element math (_term_grad), anything else takes v3's (_term_grad_v3). Both are compile-time
+# choices (Numba prunes a branch on ``is None`` by the argument's type).
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one):
+def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly):
     """loglik[r] and the gradient row for rows r0..r1, written to ``grad``, or over ``logits``
     when ``grad`` is None. None is resolved at compile time, so in place the loop reads and
     writes one array, a distance-0 dependence that vectorizes; two arguments aliasing one buffer
@@ -254,14 +336,17 @@ def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one):
         b = r % B
         acc = acc0
         for d in range(D):
-            term, g = _term_grad(logits[r, d], x[b, d], zero, one)
+            if poly is None:
+                term, g = _term_grad(logits[r, d], x[b, d], zero, one)
+            else:
+                term, g = _term_grad_v3(logits[r, d], x[b, d], zero, one)
             out[r, d] = g
             acc += term
         loglik[r] = acc
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one):
+def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly):
     """loglik[r] only, rows r0..r1 (the sigmoid is dead code and disappears)."""
     D = logits.shape[1]
     B = x.shape[0]
@@ -269,50 +354,54 @@ def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one):
         b = r % B
         acc = acc0
         for d in range(D):
-            term, _ = _term_grad(logits[r, d], x[b, d], zero, one)
+            if poly is None:
+                term, _ = _term_grad(logits[r, d], x[b, d], zero, one)
+            else:
+                term, _ = _term_grad_v3(logits[r, d], x[b, d], zero, one)
             acc += term
         loglik[r] = acc
 
 
 # Rows are independent: each chunk writes its own loglik[r] and gradient rows, no shared slots.
 @njit(cache=True, parallel=True)
-def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one):
+def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one, poly):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
-        _rows_grad(logits, x, grad, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one)
+        r0, r1 = c * rows, min(c * rows + rows, N)
+        _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly)
 
 
 @njit(cache=True, parallel=True)
-def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one):
+def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one, poly):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
-        _rows_loglik(logits, x, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one)
+        _rows_loglik(logits, x, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one, poly)
 
 
-def _run(logits, x, grad_out, acc0):
+def _run(logits, x, grad_out, acc0, poly=None):
     N, D = logits.shape
     dt = logits.dtype.type
     loglik = np.empty(N, dtype=logits.dtype)  # (N,)
     parallel = N * D >= _PARALLEL_MIN and N > _ROWS_PER_TASK
     if grad_out is None:
         if parallel:
-            _rows_loglik_par(logits, x, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1))
+            _rows_loglik_par(logits, x, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1), poly)
         else:
-            _rows_loglik(logits, x, loglik, 0, N, acc0, dt(0), dt(1))
+            _rows_loglik(logits, x, loglik, 0, N, acc0, dt(0), dt(1), poly)
         return loglik, None
     grad = None if same_buffer(grad_out, logits) else grad_out  # None: in place
     if parallel:
-        _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1))
+        _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1), poly)
     else:
-        _rows_grad(logits, x, grad, loglik, 0, N, acc0, dt(0), dt(1))
+        _rows_grad(logits, x, grad, loglik, 0, N, acc0, dt(0), dt(1), poly)
     return loglik, grad_out
 
 
-def bernoulli_loglik_numba_v2(logits, x, grad_out=None):
-    """Numba, row accumulator in the data dtype (vector partial sums); the contract of
-    ``bernoulli_loglik_ref``."""
+def bernoulli_loglik_numba_v3(logits, x, grad_out=None):
+    """Numba, v2 with log1p(exp(-|l|)) by a polynomial in t = exp(-|l|) for float32 (float64
+    runs v2's math); the contract of ``bernoulli_loglik_ref``."""
     _prepare(_FUNC, logits, x, grad_out)
-    return _run(logits, x, grad_out, logits.dtype.type(0))
+    return _run(logits, x, grad_out, logits.dtype.type(0), poly=True)
 
 
 @njit(cache=True)
@@ -412,17 +501,20 @@ def bernoulli_loglik_backward_cupy_v1(dloglik, grad, out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v2. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs; float32,
-# D = 784, x of B = 100 rows, grad_out preallocated; one library per process, medians of 30 runs;
-# CPU time on 1 thread, which the other jobs disturb least; Nov 2026):
-#   N = 100:    v2 0.085 ms, v1 0.145 ms, PyTorch 0.199 ms (BCE-with-logits + sigmoid, no autograd)
-#   N = 5000:   v2 4.26 ms,  v1 8.29 ms,  PyTorch 12.9 ms
-#   N = 50000:  v2 39.9 ms,  v1 78.7 ms,  PyTorch 404 ms
-# 2 threads, wall time, in a quiet minute: N = 50000 with B = 50000 (x as large as the logits),
-# v2 41.8 ms (11.3 GB/s of reads and writes) vs PyTorch 214 ms.
+# DEFAULT: numba_v3. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs: pytest runs and a training run kept both cores busy), float32 (50000, 784), x of
+# B = 1000 rows, grad_out preallocated, one thread, CPU time of the thread (what the other jobs
+# disturb least), medians of 9-15:
+#   v3 28.2 ms (11.1 GB/s read + written) [34.5 ms in the loaded compare_peers run below],
+#   v2 47.7 ms (6.6 GB/s), copy bandwidth of one thread 23-25 GB/s.
+#   compare_peers --threads 1 --clock cpu (same day): v3 at 39 % of the copy bandwidth,
+#   23.7x NumPy, 18.6x PyTorch (BCE-with-logits + sigmoid, no autograd).
+# Earlier (Nov 2026, Zen 5 VM, CPU time, 1 thread, D = 784, B = 100): N = 100 v2 0.085 ms,
+# v1 0.145, PyTorch 0.199; N = 5000 v2 4.26, v1 8.29, PyTorch 12.9; N = 50000 v2 39.9, v1 78.7,
+# PyTorch 404. The fraction on two threads: see the module docstring, "Against the machine".
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", bernoulli_loglik_ref, "reference"),
-    KernelRecord(_FUNC, "numba", "numba_v2", bernoulli_loglik_numba_v2, "default"),
+    KernelRecord(_FUNC, "numba", "numba_v3", bernoulli_loglik_numba_v3, "default"),
     KernelRecord(_FUNC, "cupy", "cupy_v1", bernoulli_loglik_cupy_v1, "default"),
     KernelRecord(_FUNC_BWD, "numpy", "ref", bernoulli_loglik_backward_ref, "reference"),
     KernelRecord(_FUNC_BWD, "numba", "numba_v1", bernoulli_loglik_backward_numba_v1, "default"),

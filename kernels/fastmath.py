@@ -117,6 +117,8 @@ from numba.extending import intrinsic, overload
 __all__ = [
     "exp_f32",
     "exp_f64",
+    "exp_nonpos_f32",
+    "exp_nonpos_f64",
     "log_f32",
     "log_f64",
     "log1p_f32",
@@ -124,6 +126,7 @@ __all__ = [
     "exp",
     "log",
     "log1p",
+    "exp_nonpos",
     "EXP_LIMITS",
     "ULP_BOUNDS",
 ]
@@ -175,6 +178,21 @@ def _ldexp(typingctx, p, n):
         return builder.fmul(builder.fmul(pv, s1), s2)
 
     return p(p, n), codegen
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n for an integral float n in [emin, emax]: one normal float built from exponent bits."""
+    if n not in _FLOATS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ity, bias, mbits, _ = _layout(signature.return_type)
+        ni = builder.fptosi(args[0], ity)
+        e = builder.shl(builder.add(ni, ir.Constant(ity, bias)), ir.Constant(ity, mbits))
+        return builder.bitcast(e, args[0].type)
+
+    return n(n), codegen
 
 
 def _split(builder, fty, xv):
@@ -307,6 +325,30 @@ def exp_f32(x):
 
 
 @njit(cache=True, error_model="numpy")
+def exp_nonpos_f32(x):
+    """exp(x) for float32 x <= 0 (and NaN, -inf): exp_f32's result bit for bit, with less work.
+
+    After the clamp at LO, n = rint(x / ln2) lies in [-126, 0], so 2^n is a single normal float
+    (exp_f32 multiplies by two factors to reach |n| up to 254); both scalings are exact powers
+    of two applied to the same p, so the results are identical (tested). x > 0 is out of
+    contract (no overflow clamp): the result is garbage there.
+    """
+    xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
+    n = (xc * _LOG2E32 + _MAGIC32) - _MAGIC32
+    r = _fma(n, -_C1_32, xc)
+    r = _fma(n, -_C2_32, r)
+    p = _fma(_E0_32, r, _E1_32)
+    p = _fma(p, r, _E2_32)
+    p = _fma(p, r, _E3_32)
+    p = _fma(p, r, _E4_32)
+    p = _fma(p, r, _E5_32)
+    p = _fma(p, r * r, r) + _ONE32
+    y = p * _pow2(n)
+    y = y if x >= _LO32 else _ZERO32
+    return y if x == x else x
+
+
+@njit(cache=True, error_model="numpy")
 def log_f32(x):
     """log(x) for float32 x; <= 1 ulp; log(0) = -inf, log(inf) = inf, log(<0) = NaN."""
     sub = x < _TINY32
@@ -372,6 +414,27 @@ def exp_f64(x):
 
 
 @njit(cache=True, error_model="numpy")
+def exp_nonpos_f64(x):
+    """exp(x) for float64 x <= 0 (and NaN, -inf): exp_f64's result bit for bit (n in
+    [-1022, 0] after the clamp, one power-of-two factor); x > 0 is out of contract."""
+    xc = x if x >= _LO64 else _LO64
+    n = (xc * _LOG2E64 + _MAGIC64) - _MAGIC64
+    hi = _fma(n, -_LN2HI64, xc)
+    lo = n * _LN2LO64
+    r = hi - lo
+    t = r * r
+    c = _fma(t, _P5_64, _P4_64)
+    c = _fma(c, t, _P3_64)
+    c = _fma(c, t, _P2_64)
+    c = _fma(c, t, _P1_64)
+    c = _fma(-t, c, r)
+    p = _ONE64 - ((lo - (r * c) / (_TWO64 - c)) - hi)
+    y = p * _pow2(n)
+    y = y if x >= _LO64 else _ZERO64
+    return y if x == x else x
+
+
+@njit(cache=True, error_model="numpy")
 def log_f64(x):
     """log(x) for float64 x; <= 1 ulp; log(0) = -inf, log(inf) = inf, log(<0) = NaN."""
     sub = x < _TINY64
@@ -431,3 +494,4 @@ def _generic(f32, f64, name):
 exp = _generic(exp_f32, exp_f64, "exp")
 log = _generic(log_f32, log_f64, "log")
 log1p = _generic(log1p_f32, log1p_f64, "log1p")
+exp_nonpos = _generic(exp_nonpos_f32, exp_nonpos_f64, "exp_nonpos")

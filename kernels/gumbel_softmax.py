@@ -56,6 +56,26 @@ without ``y_soft_out`` skips the softmax entirely.
 Shapes: logits (N, C), y and y_soft (N, C), dy (N, C), dlogits (N, C), dtau a Python float,
 gumbel_max -> (N,) int64. N >= 0, C >= 1; float32 or float64, one dtype.
 
+Against the machine
+-------------------
+The soft forward is bound by its noise and transcendentals:
+``benchmarks/benchmarks/machine_bounds.gumbel_bound`` does only the work every element needs, on
+the same threads (a quarter Philox4x32-10 block, -log(-log u), the exp and the normalization's
+division, in an L1 buffer), about 2.2-2.3 ns per float32 element on one core, 1.9 of them the
+Gumbels alone. What v2 adds: reading the logits and writing y (8 bytes per element), and per
+row its max and its sum. Measured on one core (CPU time, tau 0.5, 2026-12-03; the 2-thread
+figures at RECORDS):
+
+- (10000, 512): 75-76 % of the bound (v1 58-60 %): the row max by halving and the fused
+  shift-exp-sum leave the logits read and y write and the division as the overhead.
+- (100000, 10): 44-53 % of the bound (v1 39-46 %), below the 70 % aimed at. A row of 10
+  elements is shorter than one 16-lane vector, so the max and the sum of each row run as
+  scalar loops and broadcast back per element: ~1 ns per element (max and its broadcast
+  ~0.6, sum and its broadcast ~0.4, measured by stopping the kernel after each pass), about
+  half the generator's own cost, on top of ~0.3 ns for the logits read. Across-row variants
+  were measured slower: gathers of one column of 16 rows (0.37-0.60 ns per element for the max
+  alone against 0.29 for the scalar loop). 70 % would need all per-row work under ~0.7 ns.
+
 Variants
 --------
 Every variant checks its arguments (types, dtypes, shapes, contiguity, outputs, tau and the
@@ -63,15 +83,20 @@ noise arguments) before any loop or launch; the module wrappers pick one by ``ba
 
 - ``gumbel_softmax_ref``, ``gumbel_softmax_backward_ref``, ``gumbel_max_ref``: NumPy, noise from
   ``philox.gumbel_ref``. The oracles and the ``"numpy"`` backend.
-- ``gumbel_softmax_numba_v1``: ``prange`` over chunks of rows (about 4096 elements, fixed by the
+- ``gumbel_softmax_numba_v2``: ``prange`` over chunks of rows (about 4096 elements, fixed by the
   wrapper, so results do not depend on the thread count). Per chunk: the Gumbels of the chunk's
   contiguous element range into an L1-resident buffer by ``kernels.philox._gumbels`` (vectorized
   Philox + two ``fastmath.log``: uniforms bit-identical to ``philox.uniform_ref``, Gumbels within
-  3 ulp of max(|g|, 1) of ``gumbel_ref``); per row one pass
-  for s, its max and argmax; then d = (s - max)/tau per row, one flat vectorized exp over the
-  whole chunk (so C = 10 vectorizes as well as C = 512), row sums (reassociated, vectorized),
-  division. DEFAULT, the ``"numba"`` backend (the only Numba variant; it beats torch's
-  gumbel_softmax by 8-16x, see the evidence at RECORDS).
+  3 ulp of max(|g|, 1) of ``gumbel_ref``); s = logits + g as one flat loop; per row only what a
+  row needs, its max and later its sum, each stored once per element of the row into a scratch
+  buffer; every per-element step as one vector loop over the whole chunk: d = (s - max) / tau
+  and exp(d) (``fastmath.exp_nonpos``: d <= 0), then y = e / sum. Rows of C >= 32 take per-row
+  loops instead, which vectorize along the row. The hard sample (one-hot of the first argmax)
+  keeps v1's per-row scan. DEFAULT, the ``"numba"`` backend.
+- v1 (moved to benchmarks/lab/gumbel_softmax.py): the same chunks and noise, then the shift, the
+  division by tau and the normalization in per-row loops; with C = 10 those are 10-element
+  scalar loops with a scalar division per element. v2 is 1.2x faster at (100000, 10) and 1.1x
+  at (10000, 512); the two agree to the last bit but for the order of the row sums (C < 32).
 - ``gumbel_softmax_backward_numba_v1``: ``prange`` over chunks of rows; per row the dot
   sum(dy y), dlogits, and dlogits * log y summed into a float64 per-chunk partial of dtau. DEFAULT.
 - ``gumbel_max_numba_v1``: the forward's first pass only. DEFAULT.
@@ -94,7 +119,7 @@ from ._checks import (
     check_param,
 )
 from ._registry import KernelRecord, default_variant, implementations, variants
-from .fastmath import exp, log
+from .fastmath import exp_nonpos, log
 from .philox import _gumbels, gumbel_ref, key_words, per_block
 
 __all__ = [
@@ -104,7 +129,7 @@ __all__ = [
     "gumbel_softmax_ref",
     "gumbel_softmax_backward_ref",
     "gumbel_max_ref",
-    "gumbel_softmax_numba_v1",
+    "gumbel_softmax_numba_v2",
     "gumbel_softmax_backward_numba_v1",
     "gumbel_max_numba_v1",
     "gumbel_softmax_cupy_v1",
@@ -117,6 +142,8 @@ __all__ = [
     "BACKWARD_IMPLEMENTATIONS",
     "MAX_IMPLEMENTATIONS",
     "DEFAULT",
+    "BACKWARD_DEFAULT",
+    "MAX_DEFAULT",
 ]
 
 _FUNC = "gumbel_softmax"
@@ -399,13 +426,168 @@ def _scan_row(lr, sr):
     return m, am
 
 
+# v2: the soft sample in flat, vectorized passes over a chunk. Rows of C = 10 make every per-row
+# loop a short scalar loop; v1 ran the shift, the division by tau and the normalization in such
+# loops (scalar divisions, 3-4 cycles each). v2 keeps per-row work to what only a row can do
+# (its max and its sum, each stored once per element of the row into a chunk-sized buffer) and
+# runs everything per element as one loop over the whole chunk, which vectorizes for any C.
+# Indices inside the per-row loops are unsigned: a signed index gets NumPy's wraparound select.
+# Large rows (C >= _WIDE) take the row loops instead, which vectorize along the row.
+_WIDE = 32
+_LANES = 16  # where _row_max_wide stops halving: one AVX-512 vector of float32
+
+
+@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+def _row_max(s, o, c):
+    """max of s[o : o + c] (c >= 1), two interleaved running maxima (max is exact, so the order
+    does not change the result); NaN never wins, as in ``_scan_row``."""
+    u = np.uint64
+    cu = u(c)
+    m0 = s[o]
+    m1 = m0
+    j = u(1)
+    while j + u(1) < cu:
+        v0 = s[o + j]
+        v1 = s[o + j + u(1)]
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        j += u(2)
+    if j < cu:
+        v0 = s[o + j]
+        m0 = v0 if v0 > m0 else m0
+    return m1 if m1 > m0 else m0
+
+
+@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+def _max_pairs(a, b, out):
+    """out[i] = max(a[i], b[i]) (NaN in b never wins); out overlaps neither input."""
+    for i in range(out.size):
+        x = a[i]
+        y = b[i]
+        out[i] = y if y > x else x
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _row_max_wide(x, scratch):
+    """max of x (x.size >= 2 _LANES) by halving: elementwise maxima of the two halves, then of
+    the halves of that, ... down to _LANES values (long elementwise loops vectorize where a max
+    reduction does not; the levels alternate between two halves of ``scratch``, of x.size, so
+    no loop reads what it writes). Max is exact, so the order does not change the result."""
+    h = x.size // 2
+    m = x[x.size - 1]  # the odd element out, if any (else compared twice)
+    b1 = scratch[:h]
+    b2 = scratch[h : 2 * h]
+    _max_pairs(x[:h], x[h : 2 * h], b1)
+    src, dst = b1, b2
+    while h > _LANES:
+        h2 = h // 2
+        if h & 1:
+            v = src[h - 1]
+            m = v if v > m else m
+        _max_pairs(src[:h2], src[h2 : 2 * h2], dst[:h2])
+        src, dst = dst, src
+        h = h2
+    for i in range(h):
+        v = src[i]
+        m = v if v > m else m
+    return m
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _shifted(v, m, tau):
+    """(v - m) / tau with strict flags (compiled apart, inlined by LLVM into reassoc loops)."""
+    return (v - m) / tau
+
+
+@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+def _row_total(e, o, c):
+    """sum of e[o : o + c] (c >= 1, short rows): two interleaved partial sums."""
+    u = np.uint64
+    cu = u(c)
+    a0 = e[o] - e[o]
+    a1 = a0
+    j = u(0)
+    while j + u(1) < cu:
+        a0 += e[o + j]
+        a1 += e[o + j + u(1)]
+        j += u(2)
+    if j < cu:
+        a0 += e[o + j]
+    return a0 + a1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _exp_row_sum(s, m, tau, e):
+    """e <- exp((s - m) / tau) (<= 0: exp_nonpos) and return its sum; reassoc vectorizes the
+    sum only (the shift and exp are compiled apart with strict flags, see kernels.fastmath)."""
+    acc = tau - tau
+    for j in range(s.size):
+        v = exp_nonpos(_shifted(s[j], m, tau))
+        e[j] = v
+        acc += v
+    return acc
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _soft_chunk_v2(lf, s, add, c, tau, out, rb):
+    """out <- the soft samples of the chunk's rows, flat (rows * C,): s holds the chunk's
+    Gumbels, ``add`` True (s <- lf + s first), or already logits + g; rb is scratch of s's size."""
+    u = np.uint64
+    n = s.size
+    if add:
+        for i in range(n):
+            s[i] = lf[i] + s[i]
+    nr = n // c
+    cu = u(c)
+    if c < _WIDE:
+        for r in range(nr):
+            o = u(r) * cu
+            m0 = s[o]
+            m1 = m0
+            j = u(1)
+            while j + u(1) < cu:
+                v0 = s[o + j]
+                v1 = s[o + j + u(1)]
+                m0 = v0 if v0 > m0 else m0
+                m1 = v1 if v1 > m1 else m1
+                j += u(2)
+            if j < cu:
+                v0 = s[o + j]
+                m0 = v0 if v0 > m0 else m0
+            m = m1 if m1 > m0 else m0
+            for q in range(c):
+                rb[o + u(q)] = m
+        for i in range(n):  # one vector loop over the chunk; the argument is <= 0 (or NaN)
+            out[i] = exp_nonpos((s[i] - rb[i]) / tau)
+        for r in range(nr):
+            o = u(r) * cu
+            t = _row_total(out, o, c)  # >= 1: the argmax term is exp(0) = 1
+            for q in range(c):
+                rb[o + u(q)] = t
+        for i in range(n):
+            out[i] = out[i] / rb[i]
+    else:
+        for r in range(nr):
+            o = r * c
+            sr = s[o : o + c]
+            m = _row_max_wide(sr, rb[:c])
+            yr = out[o : o + c]
+            t = _exp_row_sum(sr, m, tau, yr)  # (s - m) / tau <= 0; -inf for masked entries
+            for j in range(c):
+                yr[j] = yr[j] / t
+
+
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
-def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard, soft, y, y_soft):
-    # logits, y, y_soft (N, C); tau, zero, one: scalars of logits' dtype (a literal 1 would make
-    # float64). Chunks of `rows` rows (fixed by the wrapper); each chunk writes only its own
-    # rows. hard: y <- one-hot; soft: y_soft (hard) or y (not hard) <- softmax.
+def _forward_v2(
+    logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard, soft, y, soft_flat
+):
+    # As _forward_v1 (same chunks, same noise, same hard path); the soft sample by
+    # _soft_chunk_v2 into soft_flat, the soft output (y or y_soft) flattened by the wrapper:
+    # a C-contiguous 1-D type, so the chunk loops vectorize (a slice of an array picked at run
+    # time would be typed 'A', any layout). Each chunk writes only its own rows.
     n, c = logits.shape
     nchunks = (n + rows - 1) // rows
+    lflat = logits.reshape(-1)
     for ch in prange(nchunks):
         r0 = ch * rows
         r1 = min(r0 + rows, n)
@@ -415,10 +597,11 @@ def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard,
         buf = np.empty(nblk * per, dtype=logits.dtype)
         _gumbels(buf, k0, k1, s0, s1, first)
         e0 = g0 - first * per
-        for r in range(r0, r1):
-            sr = buf[e0 + (r - r0) * c : e0 + (r - r0 + 1) * c]
-            m, am = _scan_row(logits[r], sr)
-            if hard:
+        s = buf[e0 : e0 + (r1 - r0) * c]
+        if hard:
+            for r in range(r0, r1):
+                sr = s[(r - r0) * c : (r - r0 + 1) * c]
+                _, am = _scan_row(logits[r], sr)  # sr <- logits + g
                 yr = y[r]
                 for j in range(c):
                     yr[j] = zero
@@ -427,20 +610,10 @@ def _forward_v1(logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard,
                 else:  # no valid max: NaN, as the soft sample of such a row is
                     for j in range(c):
                         yr[j] = zero / zero
-            if soft:
-                for j in range(c):
-                    sr[j] = (sr[j] - m) / tau  # <= 0; -inf for masked entries
         if soft:
-            out = y_soft if hard else y
-            flat = out[r0:r1].reshape(-1)
-            d = buf[e0 : e0 + (r1 - r0) * c]
-            for i in range(flat.size):  # one vector loop per chunk, whatever C is
-                flat[i] = exp(d[i])
-            for r in range(r0, r1):
-                yr = out[r]
-                tot = _row_sum(yr)  # >= 1: the argmax term is exp(0) = 1
-                for j in range(c):
-                    yr[j] = yr[j] / tot
+            rb = np.empty(s.size, dtype=logits.dtype)
+            out = soft_flat[r0 * c : r1 * c]
+            _soft_chunk_v2(lflat[r0 * c : r1 * c], s, not hard, c, tau, out, rb)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
@@ -489,10 +662,10 @@ def _max_v1(logits, k0, k1, s0, s1, offset, per, rows, out):
             out[r] = am
 
 
-def gumbel_softmax_numba_v1(
+def gumbel_softmax_numba_v2(
     logits, tau, seed, stream=0, offset=0, hard=False, y_out=None, y_soft_out=None
 ):
-    """Numba, fused noise + softmax, parallel over chunks of rows. Contract of
+    """Numba, fused noise + softmax in flat vectorized passes per chunk of rows. Contract of
     ``gumbel_softmax_ref``."""
     logits, tau, seed, stream, offset, hard, y_out, y_soft_out = _prepare(
         _FUNC, logits, tau, seed, stream, offset, hard, y_out, y_soft_out
@@ -505,7 +678,7 @@ def gumbel_softmax_numba_v1(
     soft = (not hard) or (y_soft_out is not None)
     y_soft = y if y_soft_out is None else y_soft_out  # (N, C)
     k0, k1, s0, s1 = key_words(seed, stream)
-    _forward_v1(
+    _forward_v2(
         logits,
         dtype(tau),
         dtype(0),
@@ -520,7 +693,7 @@ def gumbel_softmax_numba_v1(
         bool(hard),
         soft,
         y,
-        y_soft,
+        y_soft.reshape(-1),
     )
     return y
 
@@ -727,19 +900,19 @@ def gumbel_max_cupy_v1(logits, seed, stream=0, offset=0):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v1 for all three (the only Numba variants). Evidence, 2026-11-21, project VM
-# (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4), float32, 2 Numba / 2
-# torch threads, medians of 33 calls (min in brackets), y_out preallocated; peer
-# torch.nn.functional.gumbel_softmax(logits, tau=0.5) (forward only):
-#   (100000, 10):  forward 8.0-12.0 ms [1.6-2.2] vs torch 72-107 ms [42-71] (8.9-9.0x);
-#                  gumbel_max 8.0-12.0 ms [1.0-1.5]; backward 8.0-9.8 ms [1.6-2.6].
-#   (10000, 512):  forward 16-24 ms [15.5-16] vs torch 131-216 ms [95-169] (8.1-9.0x);
-#                  gumbel_max 15-25 ms [12-14]; backward 8-13 ms [2.1-8].
-# The medians are inflated by the load (whole 4 ms scheduler ticks); the minima are the kernels'
-# own cost. On a quiet moment (load ~2): forward 1.9 / 7.3 ms vs torch 24 / 117 ms (12-16x).
+# DEFAULT: numba_v2 for the forward, numba_v1 for the backward and gumbel_max (their only Numba
+# variants). Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with other
+# jobs that kept both cores busy), float32, tau 0.5, y_out preallocated, one thread, CPU time of
+# the thread, medians of 15 (v1 from benchmarks/lab/gumbel_softmax.py, same run):
+#   (100000, 10):  v2 4.0-4.4 ms, v1 4.8-5.4 ms, Gumbel generator bound 2.2-2.3 ms
+#   (10000, 512):  v2 14.3-15.4 ms, v1 18.4-19.7 ms, bound 10.9-11.6 ms
+#   compare_peers --threads 1 --clock cpu (same day): v2 at 44 % / 72 % of the bound, 8.1x /
+#   7.9x torch.nn.functional.gumbel_softmax.
+# Nov 2026 (v1, 2 threads, quiet moment): forward 1.9 / 7.3 ms vs torch 24 / 117 ms; backward
+# 1.6-2.6 / 2.1-8 ms [minima]; gumbel_max 1.0-1.5 / 12-14 ms [minima].
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", gumbel_softmax_ref, "reference"),
-    KernelRecord(_FUNC, "numba", "numba_v1", gumbel_softmax_numba_v1, "default"),
+    KernelRecord(_FUNC, "numba", "numba_v2", gumbel_softmax_numba_v2, "default"),
     KernelRecord(_FUNC, "cupy", "cupy_v1", gumbel_softmax_cupy_v1, "default"),
     KernelRecord(_FUNC_BWD, "numpy", "ref", gumbel_softmax_backward_ref, "reference"),
     KernelRecord(_FUNC_BWD, "numba", "numba_v1", gumbel_softmax_backward_numba_v1, "default"),
@@ -755,6 +928,8 @@ IMPLEMENTATIONS = implementations(RECORDS, _FUNC)
 BACKWARD_IMPLEMENTATIONS = implementations(RECORDS, _FUNC_BWD)
 MAX_IMPLEMENTATIONS = implementations(RECORDS, _FUNC_MAX)
 DEFAULT = default_variant(RECORDS, _FUNC)
+BACKWARD_DEFAULT = default_variant(RECORDS, _FUNC_BWD)
+MAX_DEFAULT = default_variant(RECORDS, _FUNC_MAX)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,29 @@ AVX-512), with per-column maxima and sums in (B,)-shaped buffers. Indexing uses 
 plain ``range`` index: ``src[k, b0 + j]`` gets NumPy wraparound handling and vectorizes only as
 gathers (10x slower, measured).
 
+Against the machine
+-------------------
+``benchmarks/compare_peers.py`` holds the kernel to the copy bandwidth (log_w read, the weights
+written: 8 bytes per element), measured in the same run. At (5000, 1000) float32 it stays well
+below it, for two measured reasons (development VM, AMD EPYC Zen 4, 2 vCPUs shared with other
+jobs, 2026-12-03; figures at RECORDS):
+
+- Traffic. A weight is final only once its column's sum over all K rows is known, so 20 MB of
+  log_w (bigger than the 1 MiB L2 of a core, and than any safe share of a 32 MiB L3 the VM
+  shares with other tenants) cannot go from DRAM to the weights in one pass: v4 writes the
+  block-shifted exps, then reads and rewrites them. With a separate weights_out every written
+  line is first read (write-allocate): 100 MB of DRAM traffic, where the copy the bound times
+  moves 40 MB (glibc's 256 MiB copy streams with non-temporal stores, which Numba cannot emit);
+  80 MB in place, as the K-sample evaluation calls it. Reading log_w twice instead and writing
+  the weights once (v5, in the lab) moves 80 MB but computes every exp twice, and lost.
+- exp. One core computes ``fastmath.exp_nonpos`` at 0.26 ns per element (0.41 for the general
+  exp: 13-20 cycles per 16 lanes, Zen 4 running 512-bit vectors on 256-bit units): 1.3 ms for
+  the 5 M exps on one core, against 1.6 ms for the whole 40 MB copy on one core (~25 GB/s).
+  One thread measures 38 % of the copy bandwidth, 42 % in place (CPU time, v4).
+- Tried: column panels narrow enough for all K rows of a panel to stay in L2 (one DRAM read,
+  one write): they read each row in 128 B to 2 KiB pieces at a 4 KB stride, and ran 2.5-3.5x
+  slower than v4 on one core at 128-500 columns (11-15 ms), with or without software prefetch.
+
 Variants
 --------
 Every variant checks its arguments (types, dtypes, shape, contiguity, K >= 1, the output buffer
@@ -65,7 +88,15 @@ and its overlap with log_w) before any loop or launch; ``importance_weights`` pi
   block maxima and sums (sum_b s_b exp(m_b - m)) into the bound and a per-block factor
   exp(m_b - m) / sum, and a last pass multiplies each block by it. Every pass streams whole
   rows, two passes over memory instead of three, and each block owns its row of the (nblocks, B)
-  tables, so no shared accumulation. DEFAULT (the ``"numba"`` backend).
+  tables, so no shared accumulation. Every exp argument is <= 0 (a +inf block shifts by +inf,
+  its column settled in the merge from the NaN flags the max pass collects), so the exps are
+  ``fastmath.exp_nonpos`` (exp bit for bit, 0.26 against 0.41 ns per element on one core).
+  DEFAULT (the ``"numba"`` backend).
+- v5 (moved to benchmarks/lab/importance_weights.py): two passes over v4's row blocks, nothing
+  stored by the first (block maxima, NaN flags, sums of exp), the weights exp(lw - m) / sum
+  written once by the second. 20 % less DRAM traffic than v4 (log_w read twice and the weights
+  written once, instead of the exps written, read back and rewritten), but two exps per element:
+  on one core (CPU time, 2026-12-03) 4.4 ms against v4's 4.1 (4.5 against 3.6 in place).
 - Tried and deleted: two exps per element so the weights are written once and never re-read
   (v2), and an online running max per column chunk (v3); with column chunks the rows are read in
   pieces of 64 B to 2 KiB at a stride of B * 4 bytes, and on one thread v1 at full width ran in
@@ -87,7 +118,7 @@ from numba import njit, prange
 
 from ._checks import check_array, check_backend, check_dtype_of, same_buffer
 from ._registry import KernelRecord, default_variant, implementations, variants
-from .fastmath import exp, log
+from .fastmath import exp, exp_nonpos, log
 
 __all__ = [
     "importance_weights",
@@ -207,25 +238,29 @@ def _finish(s, m, bound, inv, b0, log_k, one, zero):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _block_exp(src, dst, k0, k1, bmax, bsum, zero, inf, sub):
-    """Rows k0..k1, all columns: bmax = the block's column maxima (raw), dst = exp(lw - shift)
-    with shift = bmax made finite, bsum = the block's column sums of dst (float64)."""
+def _block_exp(src, dst, k0, k1, bmax, bnan, bsum, zero, inf, sub):
+    """Rows k0..k1, all columns: bmax = the block's column maxima (raw), bnan = whether the
+    column holds a NaN, dst = exp(lw - shift) with shift = bmax (0 for an all -inf block), bsum =
+    the block's column sums of dst (float64). Every exp argument is <= 0, -inf or NaN (a +inf
+    block's shift is +inf: its exps are 0, and NaN at the +inf entries), so exp_nonpos serves."""
     B = src.shape[1]
     for j in range(B):
         bmax[j] = -inf
+        bnan[j] = 0
         bsum[j] = 0.0
     for k in range(k0, k1):  # the block is read from DRAM here and stays in L2 for the next loop
         for j in range(B):
             v = src[k, j]
             bmax[j] = v if v > bmax[j] else bmax[j]
+            bnan[j] |= np.uint8(v != v)
     shift = np.empty(B, dtype=src.dtype)
     s32 = np.zeros(B, dtype=src.dtype)
     for j in range(B):
-        shift[j] = _finite_or(bmax[j], zero, inf)
+        shift[j] = zero if bmax[j] == -inf else bmax[j]
     for r0 in range(k0, k1, sub):
         for k in range(r0, min(r0 + sub, k1)):
             for j in range(B):
-                e = exp(src[k, j] - shift[j])
+                e = exp_nonpos(src[k, j] - shift[j])
                 dst[k, j] = e
                 s32[j] += e
         for j in range(B):  # sums of `sub` terms in the dtype, then in float64
@@ -234,22 +269,27 @@ def _block_exp(src, dst, k0, k1, bmax, bsum, zero, inf, sub):
 
 
 @njit(cache=True, error_model="numpy")
-def _combine(bmax, bsum, bound, b0, b1, log_k, zero, one, inf):
+def _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf):
     """Columns b0..b1: merge the block maxima and sums into the bound, and overwrite bmax with
-    the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by."""
+    the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by.
+    A column holding +inf and no NaN: bound +inf, factors 0 (its +inf block's sum is NaN)."""
     n = b1 - b0
     nb = bmax.shape[0]
     m = np.empty(n, dtype=bmax.dtype)
+    nan = np.zeros(n, dtype=np.uint8)
     s = np.zeros(n, dtype=np.float64)
     inv = np.empty(n, dtype=bmax.dtype)
     for j in range(n):
         m[j] = -inf
     for ib in range(nb):
-        row = bmax[ib, b0:b1]
+        row, nrow = bmax[ib, b0:b1], bnan[ib, b0:b1]
         for j in range(n):
             v = row[j]
             m[j] = v if v > m[j] else m[j]
+            nan[j] |= nrow[j]
+    posinf = np.empty(n, dtype=np.uint8)
     for j in range(n):
+        posinf[j] = np.uint8(m[j] == inf and nan[j] == 0)
         m[j] = _finite_or(m[j], zero, inf)
     for ib in range(nb):
         row, srow = bmax[ib, b0:b1], bsum[ib, b0:b1]
@@ -258,6 +298,10 @@ def _combine(bmax, bsum, bound, b0, b1, log_k, zero, one, inf):
             row[j] = f
             s[j] += srow[j] * f
     _finish(s, m, bound, inv, b0, log_k, one, zero)
+    for j in range(n):
+        if posinf[j]:
+            bound[b0 + j] = inf
+            inv[j] = zero
     for ib in range(nb):
         row = bmax[ib, b0:b1]
         for j in range(n):  # inv == 0 (empty or +inf column): factor 0, never inf * 0
@@ -283,7 +327,9 @@ def _scale_block(dst, k0, k1, factor, zero, tiny):
 # loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
 # inputs take the serial kernel (see _PARALLEL_MIN).
 @njit(cache=True, parallel=True, error_model="numpy")
-def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny):
+def _kernel_v4(
+    log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
+):
     if weights is None:
         dst = log_w
     else:
@@ -291,18 +337,18 @@ def _kernel_v4(log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, 
     K, B = log_w.shape
     nb = bmax.shape[0]
     for ib in prange(nb):
-        _block_exp(
-            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
-        )
+        k0, k1 = ib * rows, min(ib * rows + rows, K)
+        _block_exp(log_w, dst, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
     for c in prange((B + cols - 1) // cols):
-        _combine(bmax, bsum, bound, c * cols, min(c * cols + cols, B), log_k, zero, one, inf)
+        b0, b1 = c * cols, min(c * cols + cols, B)
+        _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf)
     for ib in prange(nb):
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
 
 @njit(cache=True, error_model="numpy")
 def _kernel_v4_serial(
-    log_w, weights, bound, bmax, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
+    log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
 ):
     if weights is None:
         dst = log_w
@@ -310,10 +356,9 @@ def _kernel_v4_serial(
         dst = weights
     K, B = log_w.shape
     for ib in range(bmax.shape[0]):
-        _block_exp(
-            log_w, dst, ib * rows, min(ib * rows + rows, K), bmax[ib], bsum[ib], zero, inf, sub
-        )
-    _combine(bmax, bsum, bound, 0, B, log_k, zero, one, inf)
+        k0, k1 = ib * rows, min(ib * rows + rows, K)
+        _block_exp(log_w, dst, k0, k1, bmax[ib], bnan[ib], bsum[ib], zero, inf, sub)
+    _combine(bmax, bnan, bsum, bound, 0, B, log_k, zero, one, inf)
     for ib in range(bmax.shape[0]):
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
@@ -336,6 +381,7 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
     nb = -(-K // rows)
     bound = np.empty(B, dtype=log_w.dtype)  # (B,)
     bmax = np.empty((nb, B), dtype=log_w.dtype)  # (nblocks, B): block maxima, then factors
+    bnan = np.empty((nb, B), dtype=np.uint8)  # (nblocks, B): NaN flags
     bsum = np.empty((nb, B), dtype=np.float64)  # (nblocks, B): block sums
     if weights_out is None:
         weights_out = np.empty_like(log_w)  # (K, B)
@@ -346,6 +392,7 @@ def importance_weights_numba_v4(log_w, weights_out=None, *, rows=None):
         dst,
         bound,
         bmax,
+        bnan,
         bsum,
         rows,
         _SUM_BLOCK,
@@ -401,11 +448,15 @@ def importance_weights_cupy_v1(log_w, weights_out=None):
 # Tables
 # --------------------------------------------------------------------------------------------
 
-# DEFAULT: numba_v4. Evidence (2 vCPU AMD EPYC Zen 5 VM, AVX-512, shared with other jobs;
-# (K, B) = (5000, 1000) float32, weights_out preallocated; one library per process; Nov 2026):
-#   1 thread, CPU time, medians of 30: v4 3.93 ms, v1 4.47 ms, PyTorch logsumexp + softmax 16.7 ms
-#   2 threads, wall time, quiet minute: v4 1.81 ms (11 GB/s of log_w read, 22 GB/s read + write),
-#   PyTorch 7.3 ms (4.0x); v1 3.2 ms (its two column halves stream at half the rate).
+# DEFAULT: numba_v4. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs that kept both cores busy), (K, B) = (5000, 1000) float32, one thread, CPU time
+# of the thread, medians of 15: v4 (exp_nonpos) 4.3 ms [min 4.1], in place 3.9 [3.6]; v5 4.8
+# [4.4], in place 4.9 [4.5] (benchmarks/lab); a one-thread copy 21-23 GB/s. compare_peers
+# --threads 1 --clock cpu (same day, loaded): v4 at 34 % of the copy bandwidth (35 % in place),
+# 10x NumPy, 6.7x PyTorch logsumexp + softmax.
+# Nov 2026 (Zen 5 VM): 1 thread, CPU time, medians of 30: v4 (general exp) 3.93 ms, v1 4.47 ms,
+# PyTorch 16.7 ms; 2 threads, wall time, quiet minute: v4 1.81 ms (22 GB/s read + written),
+# PyTorch 7.3 ms, v1 3.2 ms (its two column halves stream at half the rate).
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", importance_weights_ref, "reference"),
     KernelRecord(_FUNC, "numba", "numba_v4", importance_weights_numba_v4, "default"),

@@ -8,7 +8,7 @@ For queries ``x`` of shape (N, E) and a codebook ``e`` of shape (M, E):
 
 With ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2 and ||x_n||^2 the same for every m, the argmin is that
 of the score ``s[n, m] = ||e_m||^2 - 2 x_n.e_m``, whose x.e part for a block of rows is one GEMM.
-Cost: 2 N M E flops in the GEMM, about 2 N M more for the scores and the running minimum.
+Cost: 2 N M E flops in the GEMM, about N M more for the scores and the running minimum.
 
 Shapes
 ------
@@ -20,15 +20,17 @@ Algorithm (every variant)
 The N x M score matrix is never built. Queries go in tiles of TN rows and the codebook in chunks of
 TM rows; for each (tile, chunk) one BLAS GEMM writes the *transposed* block
 
-    S = e[m0:m1] @ x[n0:n1].T                      # (TM, TN), a preallocated per-worker buffer
+    S = (-2 e[m0:m1]) @ x[n0:n1].T                 # (TM, TN), a preallocated per-worker buffer
 
-and a running minimum walks S row by row (code by code), over the tile's queries:
+(the codebook scaled by -2 once per call: exact, so S is exactly -2 times the unscaled GEMM and a
+score costs one add) and a running minimum walks S code by code, over the tile's queries:
 
-    v = ||e_m||^2 - (S[m, r] + S[m, r]);  if v < best[r]: best[r], bidx[r] = v, m
+    v = ||e_m||^2 + S[m, r];  if v < best[r]: best[r], bidx[r] = v, m
 
-The inner loop runs along contiguous queries with independent lanes, so LLVM turns it into AVX-512
-compare-and-masked-moves: 8.9 us for a 512 x 256 block, ~15 G scores/s on one core, ~20x the rate
-at which a one-thread SGEMM produces them at E = 64 (~0.7 G/s). The row-major (TN, TM) block with
+four codes per pass over best and bidx (v3; v2 took one, so loaded and stored both arrays per
+code). The inner loop runs along contiguous queries with independent lanes, so LLVM turns it
+into AVX-512 compare-and-masked-moves: 8.9 us for a 512 x 256 block in v2, ~15 G scores/s on one
+core, ~20x the rate at which a one-thread SGEMM produces them at E = 64 (~0.7 G/s). The row-major (TN, TM) block with
 a per-row argmin needs a horizontal reduction, which LLVM left scalar even with 16 explicit lanes:
 114 us for the same block (13x slower), so that layout was dropped. Measured 2026-11-21 on the
 development VM (AMD EPYC Zen 4, 2 vCPUs, 1 MiB L2 per core), min of 9 runs.
@@ -45,14 +47,17 @@ that every worker gets a tile. Extra memory: workers * TM * TN floats plus (M,) 
 Numerics
 --------
 - The scores and the running minimum are computed in the input dtype; float32 never promotes
-  (2 S is written ``S + S``, exact; the initial +inf is passed in as a dtype scalar).
+  (the -2 is applied to the codebook, exactly; the initial +inf is passed in as a dtype scalar).
+  The scores are the same numbers as v2's ||e||^2 - (S + S): scaling a GEMM operand by a power
+  of two scales every product and partial sum exactly.
 - ``dist2`` is *not* taken from the expansion. ``||x||^2 + min_m s`` cancels catastrophically when
   x sits near a code: its absolute error is a few eps * (||x||^2 + ||e||^2), which at
   ||x - e||^2 ~ 0 is a 100 % relative error, and it can even come out negative (a clamp at 0 would
   only hide that rounding error, it would not fix it). Instead the distance to the chosen code is
-  recomputed directly, sum_e (x_e - c_e)^2, accumulated in float64 and rounded once to the dtype
-  (E flops per row, N E in all, nothing next to the GEMM's 2 N M E). So dist2 is the exact squared
-  distance to ``codebook[index]`` up to one rounding (float64: E ulp at worst), never negative.
+  recomputed directly, sum_e (x_e - c_e)^2, accumulated in float64 (in vector partial sums, an
+  order fixed by the compiled kernel) and rounded once to the dtype (E flops per row, N E in all,
+  nothing next to the GEMM's 2 N M E). So dist2 is the exact squared distance to
+  ``codebook[index]`` up to one rounding (float64: E ulp at worst), never negative.
 - ``index`` is the exact argmin of the *computed* scores. It can differ from the true argmin only
   between codes whose true distances differ by less than the scores' rounding error,
   about E * eps * (||x|| ||e|| + ||e||^2) (E eps = 8e-6 for E = 64 in float32); on data with any
@@ -78,9 +83,13 @@ searches the distinct rows in their original order, and the result is mapped bac
 Validation
 ----------
 x and codebook: 2-D NumPy arrays of one float dtype, E equal, M >= 1, E >= 1, both finite (NaN or
-Inf is a ValueError; the pass over x costs ~0.5 ms at N = 65536, E = 64, 2 % of the M = 512 time).
-Non-C-contiguous inputs are copied (an N E copy, small next to the GEMM). A squared distance that
-overflows the dtype (float32 data near 1e19) is a ValueError, raised after the search.
+Inf is a ValueError). The codebook is checked up front. The reference checks x up front too; the
+Numba variant checks it through the search: a NaN or Inf in a row of x makes that row's dist2 NaN
+or inf (the search itself only compares and never indexes with a value), so a non-finite dist2
+triggers the same check of x, with the same message, after the search (an isfinite pass over x
+cost 2-3 % of the search at N = 65536, E = 64, M = 512). Non-C-contiguous inputs are copied (an
+N E copy, small next to the GEMM). A squared distance that overflows the dtype (float32 data
+near 1e19) is a ValueError, raised after the search.
 
 Variants
 --------
@@ -90,25 +99,35 @@ Variants
   thread pool as it is configured (2 threads), the score walk runs on one thread. Lost to v2:
   on a quiet machine ~10 % slower (min 27.5 vs 24.7 ms at M = 512), and when other work shares
   the cores, OpenBLAS's spinning pool makes it ~10x slower (median 469 vs 48 ms).
-- ``nearest_code_numba_v2``: ``prange`` over workers, each with its own block, best and index
+- v2 (moved to benchmarks/lab/nearest_code.py): v3's tiles and threads with the unscaled GEMM,
+  one code per pass of the running minimum, a strict float64 dist2 chain and an isfinite pass
+  over x up front; 85 % of the same tiles' GEMM alone at M = 512 against v3's 88-92 %.
+- ``nearest_code_numba_v3``: ``prange`` over workers, each with its own block, best and index
   buffers and a contiguous run of tiles (no shared accumulation: every tile writes only its own
   output rows); BLAS limited to one thread for the call (threadpoolctl), so the two pools never
-  run at once and each GEMM runs at one-core speed with no fork/join. DEFAULT (the ``"numba"``
-  backend). The limit is
-  process-wide while the call runs: BLAS work started meanwhile by another Python thread also
-  runs on one thread.
+  run at once and each GEMM runs at one-core speed with no fork/join; the GEMM on the -2-scaled
+  codebook and the four-code running minimum above. DEFAULT (the ``"numba"`` backend). The
+  limit is process-wide while the call runs: BLAS work started meanwhile by another Python
+  thread also runs on one thread.
 - ``nearest_code_cupy_v1`` (kernels/cuda/nearest_code.cu): per tile of queries one cuBLAS GEMM
   (``cupy.matmul(out=)``) into a reused (tile, M) block of at most 64 MiB, then a kernel with a
   group of lanes per query: argmin by warp shuffles (lower index on equal scores), dist2 in
   float64 against the chosen code. Duplicate codes are collapsed on the host as above. The
   ``"cupy"`` backend; not yet run on a device.
 
-Performance (N = 65536, E = 64, float32, 2 threads; numbers in the DEFAULT comment)
------------------------------------------------------------------------------------
-v2 runs at 82-92 % of the rate of the same tiled GEMM without the search (the search, norms and
-dist2 cost the rest), 96-124 % of NumPy's chunked SGEMM ``x @ e.T``, 4.4-5.2x torch.cdist+argmin
-and 1.3-1.6x FAISS 1.15.1 IndexFlatL2 (k = 1). That FAISS already runs at 64-92 % of the SGEMM
-rate (not the 141 ms / 2 s of PERF-NOTES), so no GEMM-based kernel can be 3x faster than it here.
+Against the machine (N = 65536, E = 64, float32; numbers in the DEFAULT comment)
+---------------------------------------------------------------------------------
+The bound is the SGEMM rate of x @ E^T alone, the faster of NumPy's chunked matmul and the
+kernel's own tiles without the search (``benchmarks/benchmarks/machine_bounds.sgemm_tiles``), timed
+alternately with the kernel by ``benchmarks/compare_peers.py``. What the search adds on top of its
+GEMMs: the running minimum (about 1 add, 1 compare and 2 selects per score, ~4 % of the GEMM at
+E = 64), dist2 (~2 %), the duplicate check and norms of the codebook (<1 %). On one core (CPU
+time) v3 reaches 89-93 % of the tiles' GEMM rate at M = 512 and 94-97 % at M = 8192 (v2: 85 %
+and 95 %). Two threads: each worker runs its own one-thread GEMMs, so the fraction is the same
+work split in two; the 2-thread figures are in the report of the comparison run.
+The Nov 2026 comparison: v2 ran at 82-92 % of the same tiled GEMM without the search,
+96-124 % of NumPy's chunked SGEMM, 4.4-5.2x torch.cdist + argmin and 1.3-1.6x FAISS 1.15.1
+IndexFlatL2 (k = 1), which itself ran at 64-92 % of the SGEMM rate.
 """
 
 import functools
@@ -122,7 +141,7 @@ from ._registry import KernelRecord, default_variant, implementations, variants
 
 __all__ = [
     "nearest_code_ref",
-    "nearest_code_numba_v2",
+    "nearest_code_numba_v3",
     "nearest_code_cupy_v1",
     "RECORDS",
     "VARIANTS",
@@ -145,9 +164,10 @@ _REF_BLOCK_BYTES = 4 * 1024 * 1024
 # --------------------------------------------------------------------------------------------
 
 
-def _check(x, codebook, codebook_sqnorm, lib="numpy"):
-    """The argument checks every variant runs (finiteness included: one pass over x and the
-    codebook)."""
+def _check(x, codebook, codebook_sqnorm, lib="numpy", check_x=True):
+    """The argument checks every variant runs (finiteness included: one pass over the codebook
+    and, with ``check_x``, over x; a variant that skips x checks it through dist2 in
+    ``_finish``)."""
     check_array(x, "x", _FUNC, ndim=2, lib=lib)
     check_array(codebook, "codebook", _FUNC, ndim=2, lib=lib)
     check_same_dtype([x, codebook], ["x", "codebook"], _FUNC)
@@ -168,7 +188,8 @@ def _check(x, codebook, codebook_sqnorm, lib="numpy"):
             f"{_FUNC}: expected codebook to have at least one row, got codebook of "
             f"shape {tuple(codebook.shape)}."
         )
-    check_array(x, "x", _FUNC, lib=lib, finite=True)
+    if check_x:
+        check_array(x, "x", _FUNC, lib=lib, finite=True)
     check_array(codebook, "codebook", _FUNC, lib=lib, finite=True)
     if codebook_sqnorm is not None:
         check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, lib=lib)
@@ -181,9 +202,9 @@ def _check(x, codebook, codebook_sqnorm, lib="numpy"):
         check_array(codebook_sqnorm, "codebook_sqnorm", _FUNC, lib=lib, finite=True)
 
 
-def _prepare(x, codebook, codebook_sqnorm):
+def _prepare(x, codebook, codebook_sqnorm, check_x=True):
     """Check the arguments; return C-contiguous x, codebook, the (M,) norms and the outputs."""
-    _check(x, codebook, codebook_sqnorm)
+    _check(x, codebook, codebook_sqnorm, check_x=check_x)
     n = x.shape[0]
     x = np.ascontiguousarray(x)
     codebook = np.ascontiguousarray(codebook)
@@ -216,10 +237,12 @@ def _first_of_duplicates(codebook):
 
 
 def _finish(x, keep, index, dist2):
-    """Map indices back to the full codebook; raise if a squared distance overflowed (x and the
-    codebook are finite, so a non-finite dist2 can only be that)."""
+    """Map indices back to the full codebook; raise if x holds NaN or Inf (a variant that did
+    not check x up front: such a row's dist2 is NaN or inf), else if a squared distance
+    overflowed (x and the codebook finite, a non-finite dist2 can only be that)."""
     bad = ~np.isfinite(dist2)
     if bad.any():
+        check_array(x, "x", _FUNC, finite=True)
         raise ValueError(
             f"{_FUNC}: expected the squared distances to fit in {x.dtype}, got {int(bad.sum())} "
             f"rows whose squared distance overflows. Rescale x and codebook, or use float64."
@@ -301,10 +324,77 @@ def nearest_code_ref(x, codebook, codebook_sqnorm=None):
 # --------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _sqdist64(a, b):
+    """sum_e (a_e - b_e)^2 in float64. reassoc lets LLVM keep vector partial sums (one order per
+    compiled kernel, so deterministic); a strict left-to-right float64 sum is a chain of E
+    dependent adds, 4 cycles each, which cost ~10 % of the whole search at E = 64."""
+    acc = 0.0
+    for i in range(a.size):
+        d = np.float64(a[i]) - np.float64(b[i])
+        acc += d * d
+    return acc
+
+
 @njit(cache=True, inline="always")
-def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
-    """Nearest code for queries n0:n1. buf (>= tile_m * (n1 - n0),), best, bidx (>= n1 - n0,)."""
-    e_dim = x.shape[1]
+def _scan(s, cn, m0, mb, nb, best, bidx):
+    """Running minimum over the block s (mb, nb) = -2 e.x for codes m0 .. m0 + mb - 1: the
+    score of code m at query r is cn[m] + s[m - m0, r]. Four codes per pass over the tile's
+    best / bidx (one load and store of each per four codes), compared in increasing m with a
+    strict < (the lowest index wins ties); vectorizes along r (independent lanes)."""
+    j = 0
+    while j + 4 <= mb:
+        c0 = cn[m0 + j]
+        c1 = cn[m0 + j + 1]
+        c2 = cn[m0 + j + 2]
+        c3 = cn[m0 + j + 3]
+        i0 = np.int32(m0 + j)
+        i1 = np.int32(m0 + j + 1)
+        i2 = np.int32(m0 + j + 2)
+        i3 = np.int32(m0 + j + 3)
+        s0 = s[j]
+        s1 = s[j + 1]
+        s2 = s[j + 2]
+        s3 = s[j + 3]
+        for r in range(nb):
+            b = best[r]
+            k = bidx[r]
+            v = c0 + s0[r]
+            lt = v < b
+            b = v if lt else b
+            k = i0 if lt else k
+            v = c1 + s1[r]
+            lt = v < b
+            b = v if lt else b
+            k = i1 if lt else k
+            v = c2 + s2[r]
+            lt = v < b
+            b = v if lt else b
+            k = i2 if lt else k
+            v = c3 + s3[r]
+            lt = v < b
+            b = v if lt else b
+            k = i3 if lt else k
+            best[r] = b
+            bidx[r] = k
+        j += 4
+    while j < mb:
+        c = cn[m0 + j]
+        jj = np.int32(m0 + j)
+        srow = s[j]
+        for r in range(nb):
+            v = c + srow[r]
+            b = best[r]
+            lt = v < b
+            best[r] = v if lt else b
+            bidx[r] = jj if lt else bidx[r]
+        j += 1
+
+
+@njit(cache=True, inline="always")
+def _tile_v3(x, cb, cb2, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
+    """Nearest code for queries n0:n1. cb2 = -2 cb (exact), so the GEMM writes -2 e.x and a
+    score is one add; buf (>= tile_m * (n1 - n0),), best, bidx (>= n1 - n0,)."""
     m = cb.shape[0]
     nb = n1 - n0
     for r in range(nb):
@@ -314,30 +404,16 @@ def _tile(x, cb, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
     for m0 in range(0, m, tile_m):
         m1 = min(m0 + tile_m, m)
         s = buf[: (m1 - m0) * nb].reshape(m1 - m0, nb)  # (mb, nb)
-        np.dot(cb[m0:m1], xt.T, s)  # BLAS GEMM
-        for j in range(m1 - m0):
-            c = cn[m0 + j]
-            jj = np.int32(m0 + j)
-            srow = s[j]
-            # Vectorizes along r (independent lanes); strict < keeps the lowest index on ties.
-            for r in range(nb):
-                v = c - (srow[r] + srow[r])
-                b = best[r]
-                lt = v < b
-                best[r] = v if lt else b
-                bidx[r] = jj if lt else bidx[r]
+        np.dot(cb2[m0:m1], xt.T, s)  # BLAS GEMM: -2 e.x
+        _scan(s, cn, m0, m1 - m0, nb, best, bidx)
     for r in range(nb):
         k = bidx[r]
-        acc = 0.0  # float64 on purpose: E flops per row, buys a once-rounded dist2
-        for i in range(e_dim):
-            d = np.float64(x[n0 + r, i]) - np.float64(cb[k, i])
-            acc += d * d
         index[n0 + r] = k
-        dist2[n0 + r] = acc
+        dist2[n0 + r] = _sqdist64(x[n0 + r], cb[k])  # float64 on purpose: a once-rounded dist2
 
 
 @njit(cache=True, parallel=True)
-def _nearest_code_v2(x, cb, cn, tile_n, tile_m, big, workers, index, dist2):
+def _nearest_code_v3(x, cb, cb2, cn, tile_n, tile_m, big, workers, index, dist2):
     n = x.shape[0]
     ntiles = (n + tile_n - 1) // tile_n
     bufs = np.empty((workers, tile_m * tile_n), dtype=x.dtype)
@@ -348,9 +424,10 @@ def _nearest_code_v2(x, cb, cn, tile_n, tile_m, big, workers, index, dist2):
     for w in prange(workers):
         for t in range(w * ntiles // workers, (w + 1) * ntiles // workers):
             n0 = t * tile_n
-            _tile(
+            _tile_v3(
                 x,
                 cb,
+                cb2,
                 cn,
                 n0,
                 min(n0 + tile_n, n),
@@ -374,16 +451,20 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def nearest_code_numba_v2(x, codebook, codebook_sqnorm=None):
-    """Nearest code; Numba, parallel tiles, one-thread BLAS. Contract of ``nearest_code_ref``."""
-    x, codebook, cn, keep, index, dist2 = _prepare(x, codebook, codebook_sqnorm)
+def nearest_code_numba_v3(x, codebook, codebook_sqnorm=None):
+    """Nearest code; Numba, parallel tiles, one-thread BLAS, -2 folded into the GEMM. Contract
+    of ``nearest_code_ref``."""
+    # x's NaN/Inf are found through dist2 (a row with one gets a NaN or inf dist2) in _finish:
+    # a pass over x up front (isfinite(x).all(), an N E mask) cost 2-3 % of the search
+    x, codebook, cn, keep, index, dist2 = _prepare(x, codebook, codebook_sqnorm, check_x=False)
     if x.shape[0] == 0:
         return index, dist2
     workers = numba.get_num_threads()
     tile_n, tile_m = _tiles(x.shape[0], codebook.shape[0], x.itemsize, workers)
+    cb2 = codebook * x.dtype.type(-2)  # (M', E), exact
     with _blas_controller().limit(limits=1, user_api="blas"):
-        _nearest_code_v2(
-            x, codebook, cn, tile_n, tile_m, x.dtype.type(np.inf), workers, index, dist2
+        _nearest_code_v3(
+            x, codebook, cb2, cn, tile_n, tile_m, x.dtype.type(np.inf), workers, index, dist2
         )
     return _finish(x, keep, index, dist2)
 
@@ -463,21 +544,22 @@ def nearest_code_cupy_v1(x, codebook, codebook_sqnorm=None):
     return index, dist2
 
 
-# DEFAULT: numba_v2. Evidence, 2026-11-21, development VM (AMD EPYC Zen 4, 2 vCPUs
-# shared with other jobs, OpenBLAS 0.3.30 Haswell kernels, FAISS 1.15.1, torch 2.13), N = 65536,
-# E = 64, float32, 2 threads everywhere, rounds interleaved, median ms over the quietest run
-# (31 rounds at M = 512, 7 at M = 8192):
-#                         M = 512            M = 8192
-#   numba_v2               27.7 (155 GF/s)    393 (175 GF/s)
-#   same tiles, GEMM only  22.6 (190 GF/s)    361 (191 GF/s)
-#   NumPy SGEMM x @ e.T    26.7 (161 GF/s)    489 (141 GF/s)   chunks of 4096 rows, out= reused
-#   FAISS IndexFlatL2 k=1  41.8 (103 GF/s)    529 (130 GF/s)
-#   torch.cdist + argmin  131   ( 33 GF/s)   2061 ( 33 GF/s)   chunks of 16384 rows
-#   numba_v1 (other run)   27.5 min vs v2 24.7 min; medians 469 vs 48 with the cores contended
-# GF/s = 2 N M E / time. Under contention v2 degrades least (its BLAS never spins a pool).
+# DEFAULT: numba_v3. Evidence, 2026-12-03, development VM (AMD EPYC Zen 4, 2 vCPUs, shared with
+# other jobs that kept both cores busy; OpenBLAS 0.3.30, torch 2.13, no FAISS installed),
+# N = 65536, E = 64, float32, one thread (one-thread BLAS), CPU time of the thread, medians of
+# 9-15, against the same tiles' GEMMs alone:
+#                           M = 512          M = 8192
+#   same tiles, GEMM only   47.6-50.6 ms     786-856 ms
+#   numba_v3                51.6-56.7 (89-93 %)  829-901 (94-97 %)
+#   numba_v2                58.7 (85 %)      853 (95 %)
+#   NumPy SGEMM x @ e.T     50.8-66.2        958-1138     chunks of 4096 rows, out= reused
+#   torch.cdist + argmin    180              3159         chunks of 8192 rows
+# Nov 2026 (2 threads, quiet run): v2 27.7 / 393 ms, same tiles GEMM only 22.6 / 361, NumPy
+# SGEMM 26.7 / 489, FAISS IndexFlatL2 k=1 41.8 / 529, torch.cdist 131 / 2061; v1 27.5 min vs v2
+# 24.7 min, medians 469 vs 48 with the cores contended (v1's OpenBLAS pool spins).
 RECORDS = (
     KernelRecord(_FUNC, "numpy", "ref", nearest_code_ref, "reference"),
-    KernelRecord(_FUNC, "numba", "numba_v2", nearest_code_numba_v2, "default"),
+    KernelRecord(_FUNC, "numba", "numba_v3", nearest_code_numba_v3, "default"),
     KernelRecord(_FUNC, "cupy", "cupy_v1", nearest_code_cupy_v1, "default"),
 )
 VARIANTS = variants(RECORDS, _FUNC)

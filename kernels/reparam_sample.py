@@ -64,6 +64,16 @@ philox.py's bit for bit; its normals agree with ``normal_ref`` to <= 3 ulp of ma
 are not bit-identical to ``normal_numba``. Backward regenerates with the same code as forward,
 so forward and backward are consistent bit for bit.
 
+Against the machine
+-------------------
+The kernel is bound by its noise: ``benchmarks/benchmarks/machine_bounds.normal_bound`` does only
+the work every element needs, on the same threads (a quarter Philox4x32-10 block and half a
+Box-Muller pair per float32 element: log, sqrt and the float64 sincos, the same ``_normals``
+into an L1 buffer, summed), about 0.65 G normals/s per core. The forward adds mu + sigma eps,
+the two row sums over Z and the store of z (4 bytes per element to DRAM): on one core (CPU
+time, (5000, 100, 50) float32, 2026-12-03) 72-73 % of the bound; figures of the 2-thread run at
+RECORDS.
+
 Variants
 --------
 Every variant checks its arguments (types, dtypes, shapes, contiguity of outputs, finite mu and
@@ -632,6 +642,10 @@ def reparam_sample_backward_cupy_v1(dz, dlog_q, dlog_p, mu, logvar, seed, stream
 # Tables
 # --------------------------------------------------------------------------------------------
 
+# Against the normal generator bound (benchmarks/benchmarks/machine_bounds.py), 2026-12-03, same
+# VM shared with jobs that kept both cores busy, (5000, 100, 50) float32, one thread, CPU time:
+# forward 52.8-54.2 ms against 38.1-38.7 ms for the bound (72-73 %); compare_peers --threads 1
+# --clock cpu (same day, loaded): 70 % of the bound, 5.7x PyTorch.
 # DEFAULT: numba_v1 (forward, the only variant) and numba_v2 (backward). Evidence, 2026-11-21,
 # project VM (2 vCPU AMD EPYC Zen 4, AVX-512, shared and loaded: load average 3-4 during the
 # runs), float32, 2 Numba / 2 torch threads, medians of 33 calls (min in brackets), z_out

@@ -4,6 +4,7 @@ lvmcore's Bernoulli NLL, bad input."""
 
 import numpy as np
 import pytest
+from numba import njit
 
 import kernels
 from kernels import bernoulli_loglik as BL
@@ -182,7 +183,7 @@ def test_sigmoid_is_flushed_not_subnormal():
     logits = np.linspace(-104, -86, 4097, dtype=np.float32).reshape(1, -1)
     x = np.zeros_like(logits)
     grad = np.empty_like(logits)
-    BL.bernoulli_loglik_numba_v2(logits, x, grad)
+    BL.bernoulli_loglik_numba_v3(logits, x, grad)
     tiny = np.finfo(np.float32).tiny
     assert not np.any((grad != 0) & (np.abs(grad) < tiny))
 
@@ -324,3 +325,28 @@ def test_backward_bad_input_is_rejected():
         BL.bernoulli_loglik_backward(np.zeros(6, np.float64), grad)
     with pytest.raises(ValueError, match="overlapping grad"):
         BL.bernoulli_loglik_backward(np.zeros(6, np.float32), grad, base[2:26].reshape(6, 4))
+
+
+def test_float32_log1p_polynomial_is_within_two_ulp():
+    # v3's log1p(t) on [0, 1] (t = exp(-|l|)): every float32 of [2^-20, 1] at a stride, all
+    # powers of two below, and 0; against long double, in ulps of the float32 result.
+    @njit
+    def fn(t, out):
+        for i in range(t.size):
+            out[i] = BL._log1p_unit_f32(t[i])
+
+    lo, hi = np.float32(2.0**-20).view(np.int32), np.float32(1.0).view(np.int32)
+    t = np.concatenate(
+        [
+            np.arange(lo, hi + 1, 37, dtype=np.int32).view(np.float32),
+            np.float32(2.0) ** -np.arange(21, 127, dtype=np.float32),
+            np.array([0.0, 1.0], np.float32),
+        ]
+    )
+    got = np.empty_like(t)
+    fn(t, got)
+    want = np.log1p(t.astype(np.longdouble))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.longdouble)
+    err = np.abs(got.astype(np.longdouble) - want)
+    assert got[-2] == 0.0
+    assert np.max(err[:-2] / ulp[:-2]) <= 2.0

@@ -278,3 +278,36 @@ def test_caller_fastmath_flags_do_not_change_results():
         make(flags)(x, *got)
         for g, s in zip(got, strict):
             np.testing.assert_array_equal(g, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# exp_nonpos: exp for arguments <= 0, bit for bit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_exp_nonpos_is_exp_bit_for_bit_on_nonpositive_float32():
+    # every 7th non-positive float32 bit pattern (sign bit set), plus -0, -inf, NaN and LO
+    bits = np.arange(1 << 31, 1 << 32, 7, dtype=np.int64).astype(np.uint32)
+    lo = fm.EXP_LIMITS[np.dtype(np.float32)][0]
+    edges = [0.0, -0.0, -np.inf, np.nan, lo, np.nextafter(lo, np.float32(0)), -87.5, -1e-45]
+    x = np.concatenate([bits.view(np.float32), np.array(edges, np.float32)])
+    got, want = np.empty_like(x), _apply("exp_f32", x)
+    _loop(fm.exp_nonpos_f32)(x, got)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_exp_nonpos_is_exp_bit_for_bit_on_nonpositive_float64(rng):
+    lo = fm.EXP_LIMITS[np.dtype(np.float64)][0]
+    x = np.concatenate(
+        [
+            -np.abs(rng.standard_normal(1 << 20)) * 200,
+            -rng.random(1 << 16) * 1e-300,
+            np.linspace(lo - 1, lo + 1, 4097),
+            [0.0, -0.0, -np.inf, np.nan, lo, -745.2, -1e308],
+        ]
+    )
+    got, want = np.empty_like(x), _apply("exp_f64", x)
+    _loop(fm.exp_nonpos_f64)(x, got)
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    assert fm.exp_nonpos(np.float32(-1.0)) == fm.exp(np.float32(-1.0))
+    assert fm.exp_nonpos(-1.0) == fm.exp(-1.0)

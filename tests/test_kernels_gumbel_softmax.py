@@ -101,8 +101,9 @@ def test_gumbel_max_and_hard_forward_match_reference(variant, dtype, shape, offs
     assert index.dtype == np.int64 and index.shape == (n,)
     s = logits + _g_ref(n, c, dtype, offset)
     np.testing.assert_array_equal(index, np.argmax(s, axis=1))
-    hard = G.VARIANTS[variant](logits, 0.5, SEED, STREAM, offset, hard=True)
-    np.testing.assert_array_equal(hard, _one_hot(index, c, dtype))
+    for forward in _cpu(G.VARIANTS):  # every forward's hard sample is the one-hot of that argmax
+        hard = G.VARIANTS[forward](logits, 0.5, SEED, STREAM, offset, hard=True)
+        np.testing.assert_array_equal(hard, _one_hot(index, c, dtype))
 
 
 def test_ties_go_to_the_lowest_index():
@@ -335,7 +336,7 @@ def test_float32_kernels_do_no_float64_arithmetic():
     # contain a single double-precision arithmetic op or widening in their float32 versions.
     logits = np.zeros((5, 3), np.float32)
     opts = dict(parallel=True, error_model="numpy", fastmath=False)
-    fwd = njit(**opts)(G._forward_v1.py_func)
+    fwd = njit(**opts)(G._forward_v2.py_func)
     y = np.empty_like(logits)
     fwd(
         logits,
@@ -349,7 +350,7 @@ def test_float32_kernels_do_no_float64_arithmetic():
         True,
         True,
         y,
-        y.copy(),
+        y.copy().reshape(-1),
     )
     mx = njit(**opts)(G._max_v1.py_func)
     mx(logits, *P.key_words(1, 2), np.int64(0), 4, 2, np.empty(5, np.int64))
@@ -368,8 +369,8 @@ def test_float32_kernels_do_no_float64_arithmetic():
 def test_registry(rng):
     assert kernels.get("gumbel_softmax", "numpy") is G.gumbel_softmax_ref
     assert kernels.get("gumbel_softmax", "numba") is G.VARIANTS[G.DEFAULT]
-    assert G.BACKWARD_IMPLEMENTATIONS["numba"] is G.BACKWARD_VARIANTS[G.DEFAULT]
-    assert G.MAX_IMPLEMENTATIONS["numba"] is G.MAX_VARIANTS[G.DEFAULT]
+    assert G.BACKWARD_IMPLEMENTATIONS["numba"] is G.BACKWARD_VARIANTS[G.BACKWARD_DEFAULT]
+    assert G.MAX_IMPLEMENTATIONS["numba"] is G.MAX_VARIANTS[G.MAX_DEFAULT]
 
 
 def test_empty_and_non_contiguous_inputs(rng):
@@ -464,3 +465,14 @@ def test_gumbel_max_validation():
         G.gumbel_max(LOGITS, -2)
     with pytest.raises(ValueError, match="gumbel_max: expected logits to have 2 dimensions"):
         G.gumbel_max(np.zeros(3), 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_max_by_halving_is_the_max(dtype, rng):
+    # the wide-row max of the forward (C >= 32): every size from 32 to 140, odd ones included,
+    # the max anywhere in the row, and -inf entries
+    for c in list(range(32, 141)) + [511, 513, 1000]:
+        x = rng.standard_normal(c).astype(dtype)
+        x[rng.integers(c)] = 7.0
+        x[rng.integers(c)] = -np.inf
+        assert G._row_max_wide(x, np.empty(c, dtype)) == x.max()

@@ -25,7 +25,9 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", ["bernoulli_loglik", "importance_weights", "nearest_code"])
+@pytest.mark.parametrize(
+    "name", ["bernoulli_loglik", "gumbel_softmax", "importance_weights", "nearest_code"]
+)
 def test_lab_variant_matches_the_shipped_reference(name, rng):
     _load(name).check(rng)
 

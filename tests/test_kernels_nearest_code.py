@@ -104,7 +104,7 @@ def test_variant_matches_ref_and_brute_force(rng, variant, dtype, n, m, e):
     )
 
 
-@pytest.mark.parametrize("variant", ["numba_v2"])
+@pytest.mark.parametrize("variant", ["numba_v3"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_tiles_and_chunks(rng, variant, dtype):
     """The tiling logic at odd sizes: calls the Numba kernels with tiles that leave short last
@@ -115,7 +115,8 @@ def test_small_tiles_and_chunks(rng, variant, dtype):
     for tile_n, tile_m in [(16, 1), (16, 7), (48, 60), (208, 61), (16, 64)]:
         index = np.empty(203, dtype=np.int64)
         dist2 = np.empty(203, dtype=dtype)
-        K._nearest_code_v2(x, codebook, cn, tile_n, tile_m, big, 3, index, dist2)
+        cb2 = codebook * dtype(-2)
+        K._nearest_code_v3(x, codebook, cb2, cn, tile_n, tile_m, big, 3, index, dist2)
         np.testing.assert_array_equal(index, true)
         np.testing.assert_allclose(
             dist2, _exact_dist2(x, codebook, index), rtol=_dist2_rtol(dtype, 5), atol=0
@@ -230,9 +231,9 @@ def test_thread_count_does_not_change_the_result(rng):
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = K.nearest_code_numba_v2(x, codebook)
+        one = K.nearest_code_numba_v3(x, codebook)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = K.nearest_code_numba_v2(x, codebook)
+        many = K.nearest_code_numba_v3(x, codebook)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one[0], many[0])
@@ -275,7 +276,7 @@ def _vm_kib(field):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
-@pytest.mark.parametrize("variant", ["numba_v2"])
+@pytest.mark.parametrize("variant", ["numba_v3"])
 def test_numba_does_not_allocate_n_by_m(rng, variant):
     """Numba's allocations are invisible to tracemalloc, so this resets the peak resident set
     (/proc/self/clear_refs) and checks that the call raised it by far less than N x M floats."""

@@ -1,7 +1,10 @@
 """Every kernel over a grid of sizes and dtypes, each variant beside its NumPy reference.
 
 Inputs are built and each kernel is called once in ``setup``, so Numba compilation stays
-out of the timings. ``track_gbps`` reports the bytes the kernel must move per second.
+out of the timings. ``track_gbps`` reports the bytes the kernel must move per second;
+``track_fraction_of_bound`` the kernel's fraction of the machine limit that binds it, measured
+alternately with it (``machine_bounds``: copy bandwidth, the generator bounds, the SGEMM rate of
+x @ E^T alone).
 """
 
 import timeit
@@ -10,7 +13,8 @@ import numpy as np
 
 import kernels
 
-from .common import Benchmark, binary, grid, kernel_variant, normal, variants
+from . import machine_bounds as mb
+from .common import THREADS, Benchmark, binary, grid, kernel_variant, normal, variants
 
 DTYPES = ["float32", "float64"]
 
@@ -18,6 +22,23 @@ DTYPES = ["float32", "float64"]
 def _gbps(fn, nbytes):
     t = min(timeit.repeat(fn, number=1, repeat=5))
     return nbytes / t / 1e9
+
+
+def _fraction(fn, bound_fn, repeat=5):
+    """time(bound) / time(fn), their minima over ``repeat`` alternating calls."""
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(min(timeit.repeat(fn, number=1, repeat=1)))
+        tb.append(min(timeit.repeat(bound_fn, number=1, repeat=1)))
+    return min(tb) / min(ta)
+
+
+def _copy_fraction(fn, nbytes):
+    """(nbytes / time(fn)) over the copy bandwidth, a 256 MiB copy on the benchmark threads."""
+    a = np.ones(1 << 26, dtype=np.float32)
+    b = np.empty_like(a)
+    frac = _fraction(fn, lambda: mb.copy_parallel(a, b, THREADS))
+    return frac * nbytes / (2 * a.nbytes)
 
 
 class BernoulliLoglik(Benchmark):
@@ -48,6 +69,13 @@ class BernoulliLoglik(Benchmark):
 
     track_gbps.unit = "GB/s"
 
+    def track_fraction_of_bound(self, variant, shape, dtype):
+        # of the copy bandwidth: the kernel reads the logits and writes the gradient
+        fn = lambda: self.fn(self.logits, self.x, self.grad)  # noqa: E731
+        return _copy_fraction(fn, 2 * self.logits.nbytes)
+
+    track_fraction_of_bound.unit = "fraction"
+
 
 class ImportanceWeights(Benchmark):
     params = [
@@ -71,6 +99,12 @@ class ImportanceWeights(Benchmark):
         return _gbps(lambda: self.fn(self.log_w, self.out), 2 * self.log_w.nbytes)
 
     track_gbps.unit = "GB/s"
+
+    def track_fraction_of_bound(self, variant, shape, dtype):
+        # of the copy bandwidth: the kernel reads log_w and writes the weights
+        return _copy_fraction(lambda: self.fn(self.log_w, self.out), 2 * self.log_w.nbytes)
+
+    track_fraction_of_bound.unit = "fraction"
 
 
 class MixtureLogprob(Benchmark):
@@ -151,6 +185,13 @@ class ReparamSample(Benchmark):
     def time_backward(self, variant, kbz, dtype):
         self.bwd(self.dz, self.dl, self.dl, self.mu, self.logvar, 7)
 
+    def track_fraction_of_bound(self, variant, kbz, dtype):
+        # of the normal generator bound (Philox + Box-Muller per element, nothing stored)
+        fn = lambda: self.fn(self.mu, self.logvar, self.k, 7, 0, 0, self.z)  # noqa: E731
+        return _fraction(fn, mb.normal_bound(self.z.size, np.dtype(dtype)))
+
+    track_fraction_of_bound.unit = "fraction"
+
 
 class GumbelSoftmax(Benchmark):
     params = [
@@ -163,7 +204,7 @@ class GumbelSoftmax(Benchmark):
     def setup(self, variant, shape, dtype):
         super().setup()
         self.fn = kernel_variant("gumbel_softmax", variant)
-        self.bwd = kernel_variant("gumbel_softmax_backward", variant)
+        self.bwd = kernels.get("gumbel_softmax_backward", "numpy" if variant == "ref" else "numba")
         self.logits = normal(shape, dtype)
         self.y = np.empty_like(self.logits)
         self.dy = normal(shape, dtype, seed=4)
@@ -175,6 +216,13 @@ class GumbelSoftmax(Benchmark):
 
     def time_backward(self, variant, shape, dtype):
         self.bwd(self.dy, self.y, 0.5)
+
+    def track_fraction_of_bound(self, variant, shape, dtype):
+        # of the Gumbel generator bound (Philox, two logs and an exp per element)
+        fn = lambda: self.fn(self.logits, 0.5, 3, 0, 0, False, self.y)  # noqa: E731
+        return _fraction(fn, mb.gumbel_bound(self.logits.size, np.dtype(dtype)))
+
+    track_fraction_of_bound.unit = "fraction"
 
 
 class NearestCode(Benchmark):
@@ -217,6 +265,13 @@ class NearestCode(Benchmark):
         return 2 * n * m * e / t / 1e9
 
     track_gflops.unit = "GFLOP/s"
+
+    def track_fraction_of_bound(self, variant, nem, dtype):
+        # of the SGEMM rate of x @ E^T alone, in the Numba kernel's own tiles
+        bound = mb.sgemm_tiles(self.x, self.codebook, THREADS)
+        return _fraction(lambda: self.fn(self.x, self.codebook), bound, repeat=3)
+
+    track_fraction_of_bound.unit = "fraction"
 
 
 class AdamUpdate(Benchmark):
