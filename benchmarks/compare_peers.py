@@ -28,9 +28,9 @@ spike on a shared machine hits both; the last column is the kernel's fraction of
 The bound of a training step and of the K-sample evaluation: the same GEMMs alone
 (``benchmarks/benchmarks/gemm_bound.py``: the products of the step, on preallocated arrays, with
 nothing else), timed in the same run; "x GEMMs" is the step's time over theirs (1.00 is the
-bound). An engine step picks its own BLAS threads (``lvmcore.backend.engine_blas_threads``: one
-on a two-CPU machine unless ``LVMCORE_BLAS_THREADS`` says otherwise), and its GEMMs alone run on
-the same split; each row says how many it used. PyTorch runs on ``--threads``.
+bound). An engine step runs its GEMMs on the count ``LVMCORE_BLAS_THREADS`` chooses, else on
+the process's setting, here ``--threads`` (``lvmcore.backend.engine_kernel_threads``), and its
+GEMMs alone run on the same split; each row says which. PyTorch runs on ``--threads``.
 """
 
 import argparse
@@ -332,7 +332,7 @@ def _engine_split():
     from lvmcore.backend import engine_blas_threads
 
     blas = engine_blas_threads()
-    return f"step BLAS {blas if blas is not None else 'process'} thr"
+    return f"step BLAS {blas} thr" if blas is not None else "step BLAS auto"
 
 
 def bench_training(P, R, repeat):

@@ -171,14 +171,6 @@ def get_backend(*arrays, backend=None):
     return _make(name)
 
 
-def _cpu_count():
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 _blas_choice = contextvars.ContextVar("lvmcore_blas_threads", default=None)
 
 
@@ -202,10 +194,10 @@ def use_blas_threads(n):
 
 
 def engine_blas_threads():
-    """The BLAS threads of an engine step: the count of an enclosing :func:`use_blas_threads`
-    (the command line's ``--threads``), else ``LVMCORE_BLAS_THREADS`` when it is an integer;
-    when it is unset or ``auto``, 1 on a machine with at most two CPUs for this process and None
-    (the process's own BLAS setting) on a larger one.
+    """The BLAS threads of an engine step's GEMMs when a count was chosen: the count of an
+    enclosing :func:`use_blas_threads` (the command line's ``--threads``), else
+    ``LVMCORE_BLAS_THREADS`` when it is an integer. None when it is unset or ``auto``: the
+    process's own BLAS setting.
 
     Raises
     ------
@@ -217,7 +209,7 @@ def engine_blas_threads():
         return chosen
     raw = os.environ.get("LVMCORE_BLAS_THREADS", "auto").strip().lower()
     if raw in ("", "auto"):
-        return 1 if _cpu_count() <= 2 else None
+        return None
     try:
         n = int(raw)
     except ValueError:
@@ -245,7 +237,8 @@ def _blas_libraries():
 def engine_kernel_threads():
     """Run the block (a model's training step, the K-sample evaluation) on the engine's thread
     split: its Numba kernels on ``LVMCORE_KERNEL_THREADS`` threads (default 1) and its GEMMs on
-    :func:`engine_blas_threads` BLAS threads (by default one on a two-CPU machine).
+    :func:`engine_blas_threads` BLAS threads when a count was chosen, else on the process's
+    BLAS setting.
 
     Inside a model step the kernels sit between BLAS calls, and OpenBLAS's workers keep
     spinning for a while after each GEMM: a Numba parallel region launched then fights
@@ -254,17 +247,16 @@ def engine_kernel_threads():
     evaluation ran at 50 against 57 images/s. The kernels give the same results for any
     thread count, so this changes speed only.
 
-    BLAS: on the project's 2-vCPU machine, shared with other work, every engine step ran
-    faster on one BLAS thread than on two, the GEMMs of a step being small (B*K rows of a
-    hundred to a few thousand): wall-clock medians on a loaded day (2026-12-03), one BLAS
-    thread against two, the IWAE-paper step at (B, K) = (100, 1) 24 against 46 ms, (20, 50) 61
-    against 131 ms, (100, 50) 99 against 594 ms, the categorical VAE step 46 against 191 ms,
-    K=5000 evaluation of 20 images 1.2 against 1.8 s: the second thread of every GEMM and the
-    spinning worker wait for a core. On an idle 2-core machine two threads would run the
-    GEMMs alone 1.4-1.7x faster. ``LVMCORE_BLAS_THREADS=N`` sets the count; a machine with
-    more CPUs keeps the process's setting unless it is set. OpenBLAS's results depend on
-    its thread count in the last digits: a step's depend on this count, not on the process's
-    (on a two-CPU machine by default).
+    BLAS: on the idle 2-vCPU machine (2026-12-03; one run of ``benchmarks/compare_peers.py``
+    each, every GEMM on two threads against one), the IWAE-paper step at (B, K) = (20, 50) took
+    13.1 against 17.8 ms, (100, 50) 52.5 against 81.3, the categorical VAE step 7.5 against
+    11.3, K=5000 evaluation of 20 images 0.37 against 0.57 s; at (100, 1) the two were even
+    (5.8-5.9 ms, interleaved). Running only the smaller products on one thread gained nothing
+    measurable. On the same machine shared with other jobs, one thread was 1.5-6x faster (the
+    second thread of each GEMM waits for a core): ``LVMCORE_BLAS_THREADS=1`` (or
+    ``--threads 1``) is the setting for a busy machine. OpenBLAS's results depend on its
+    thread count in the last digits: a step's depend on the chosen count, else on the
+    process's.
     Standalone kernel calls and GEMMs outside engine steps keep their threads.
     """
     blas = engine_blas_threads()

@@ -1,5 +1,6 @@
 """The thread split of engine steps (lvmcore.backend.engine_kernel_threads): BLAS threads from
-LVMCORE_BLAS_THREADS (by default one on a two-CPU machine), restored after the step."""
+LVMCORE_BLAS_THREADS or --threads when chosen, else the process's setting, restored after the
+step."""
 
 import numpy as np
 import pytest
@@ -32,15 +33,20 @@ def test_the_step_runs_blas_on_the_engine_count_and_restores_it(monkeypatch, two
         assert _blas_threads() == before
 
 
-def test_auto_is_one_thread_on_two_cpus_and_the_process_setting_above(monkeypatch):
+def test_auto_leaves_the_count_to_the_process(monkeypatch):
     monkeypatch.delenv("LVMCORE_BLAS_THREADS", raising=False)
-    monkeypatch.setattr(backend, "_cpu_count", lambda: 2)
-    assert backend.engine_blas_threads() == 1
+    assert backend.engine_blas_threads() is None
     monkeypatch.setenv("LVMCORE_BLAS_THREADS", "auto")
-    monkeypatch.setattr(backend, "_cpu_count", lambda: 16)
     assert backend.engine_blas_threads() is None
     monkeypatch.setenv("LVMCORE_BLAS_THREADS", "3")
     assert backend.engine_blas_threads() == 3
+
+
+def test_auto_keeps_the_process_setting_inside_the_step(monkeypatch, two_blas_threads):
+    monkeypatch.delenv("LVMCORE_BLAS_THREADS", raising=False)
+    before = _blas_threads()
+    with backend.engine_kernel_threads():
+        assert _blas_threads() == before
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
@@ -69,7 +75,7 @@ def test_a_step_restores_the_threads_when_it_fails(monkeypatch, two_blas_threads
 
 def test_an_explicit_thread_count_beats_the_default_and_is_recorded(monkeypatch):
     """--threads N (use_blas_threads) gives engine steps N BLAS threads over
-    LVMCORE_BLAS_THREADS and the two-CPU default, and the runtime record holds the count a
+    LVMCORE_BLAS_THREADS and the automatic choice, and the runtime record holds the count a
     step's GEMMs run on, beside the library's own."""
     from lvmcore.backend import engine_blas_threads, use_blas_threads
     from lvmcore.checkpoint import runtime_info

@@ -23,8 +23,8 @@ Evaluation (``lvmcore.evaluate.log_likelihood``): per batch of B rows the encode
 then per chunk of n samples (n B = ``eval_chunk_rows`` decoder rows) the decoder forward.
 
 The GEMMs run on the thread split of an engine step (``lvmcore.backend.engine_kernel_threads``:
-BLAS on ``engine_blas_threads()``, one thread on a two-CPU machine by default), so that the
-bound is that of the same BLAS configuration the step runs on.
+BLAS on ``engine_blas_threads()`` when a count was chosen, else the process's setting), so
+that the bound is that of the same BLAS configuration the step runs on.
 """
 
 import numpy as np
