@@ -40,6 +40,7 @@ BACKENDS = ("numpy", "numba", "cupy")
 # op -> the module (under kernels/) that declares its records
 OPS = {
     "adam_update": "adam_update",
+    "adam_update_group": "adam_update",
     "bias_act": "bias_act",
     "bias_act_backward": "bias_act",
     "bernoulli_loglik": "bernoulli_loglik",

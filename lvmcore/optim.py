@@ -212,6 +212,10 @@ class Adam(Optimizer):
     :math:`v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2`,
     :math:`p \\leftarrow p - \\eta\\,\\hat m / (\\sqrt{\\hat v} + \\epsilon)` with bias-corrected
     :math:`\\hat m, \\hat v`. The IWAE paper uses epsilon = 1e-4.
+
+    A step updates every parameter in one kernel call (``adam_update_group`` over a
+    ``kernels.adam_update.AdamGroup`` of every (p, g, m, v), checked when built): bit for bit
+    one ``adam_update`` per parameter, without a dozen calls' checks and dispatch.
     """
 
     def __init__(
@@ -237,12 +241,27 @@ class Adam(Optimizer):
         self.eps = check_param(eps, "eps", "Adam", low=0)
         self.m = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: get_xp(p).zeros_like(p) for k, p in params.items()}
+        self._adam_group = None  # built at the first step (see _group)
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}
 
+    def _group(self, be):
+        """Every (p, g, m, v) as one ``kernels.adam_update.AdamGroup``, checked when built and
+        rebuilt whenever an array was replaced (a loaded state, a swapped gradient)."""
+        from kernels.adam_update import AdamGroup
+
+        keys = list(self.params)
+        arrays = [[d[k] for k in keys] for d in (self.params, self.grads, self.m, self.v)]
+        group = self._adam_group
+        lib = "cupy" if be.device == "cuda" else "numpy"
+        if group is None or group.lib != lib or not group.holds(*arrays):
+            group = AdamGroup(*arrays, names=keys, lib=lib)
+            self._adam_group = group
+        return group
+
     def step(self):
-        """Apply one fused update per parameter; returns the gradient norm when clipping."""
+        """Apply the fused update to every parameter; returns the gradient norm when clipping."""
         self._check_grads("Adam.step")
         norm = clip_grad_norm(self.grads, self.clip_norm) if self.clip_norm else None
         self.t += 1
@@ -250,9 +269,6 @@ class Adam(Optimizer):
         # lr m_hat / (sqrt(v_hat) + eps) == step_size m / (sqrt(v) + eps_hat)
         step_size = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
         eps_hat = self.eps * math.sqrt(1 - self.beta2**self.t)
-        update = get_backend(*self.params.values(), backend=self.backend).kernel("adam_update")
-        for k, p in self.params.items():
-            update(
-                p, self.grads[k], self.m[k], self.v[k], step_size, self.beta1, self.beta2, eps_hat
-            )
+        be = get_backend(*self.params.values(), backend=self.backend)
+        be.kernel("adam_update_group")(self._group(be), step_size, self.beta1, self.beta2, eps_hat)
         return norm

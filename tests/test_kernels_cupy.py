@@ -521,6 +521,27 @@ def test_adam_update(cp, dtype, shape, rng):
         _assert_parity(g, w, dtype, name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_group(cp, dtype, rng):
+    """A whole optimizer's arrays in one call, on the device as on the host."""
+    from kernels.adam_update import AdamGroup
+
+    shapes = [(7, 3), (1,), (0,), (1001,)]
+    host = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(4)]
+
+    def body(xp, get):
+        ps, gs, ms, vs = ([xp.array(a) for a in arrays] for arrays in host)
+        vs = [abs(v) for v in vs]
+        lib = "numpy" if xp is np else "cupy"
+        get("adam_update_group")(AdamGroup(ps, gs, ms, vs, lib=lib), 1e-3, 0.9, 0.999, 1e-8)
+        return [_host(xp, a) for a in ps + ms + vs]
+
+    want, got = _both(cp, body)
+    for g, w in zip(got, want):
+        assert g.dtype == np.dtype(dtype)
+        _assert_parity(g, w, dtype, "adam group")
+
+
 # ---------------------------------------------------------------------------------------------
 # Mixture of diagonal Gaussians: log-density over the components and its backward
 # ---------------------------------------------------------------------------------------------

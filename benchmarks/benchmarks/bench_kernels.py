@@ -289,6 +289,50 @@ class AdamUpdate(Benchmark):
         self.fn(self.p, self.g, self.m, self.v, 1e-3, 0.9, 0.999, 1e-8)
 
 
+class AdamUpdateGroup(Benchmark):
+    """One optimizer step of the IWAE-paper model (12 arrays, 0.42 M parameters): every array
+    in one adam_update_group call, beside twelve adam_update calls of the same arrays."""
+
+    params = [variants("adam_update_group") + ["twelve calls"], DTYPES]
+    param_names = ["variant", "dtype"]
+
+    def setup(self, variant, dtype):
+        super().setup()
+        from kernels.adam_update import AdamGroup
+
+        widths = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
+        shapes = [s for a, b in widths for s in ((a, b), (b,))]
+        self.quads = [
+            (
+                normal(s, dtype).copy(),
+                normal(s, dtype, seed=6),
+                np.zeros(s, dtype),
+                np.ones(s, dtype),
+            )
+            for s in shapes
+        ]
+        if variant == "twelve calls":
+            single = kernel_variant("adam_update", "numba_v2")
+            quads = self.quads
+
+            def run():
+                for q in quads:
+                    single(*q, 1e-3, 0.9, 0.999, 1e-8)
+
+        else:
+            fn = kernel_variant("adam_update_group", variant)
+            group = AdamGroup(*(list(a) for a in zip(*self.quads)))
+
+            def run():
+                fn(group, 1e-3, 0.9, 0.999, 1e-8)
+
+        self.run = run
+        run()
+
+    def time_step(self, variant, dtype):
+        self.run()
+
+
 class PhiloxFill(Benchmark):
     """The models' noise (lvmcore.noise): Philox fills, the Numba kernel beside the NumPy
     reference; the (50, 100, 50) size is one IWAE-paper step's eps at K=50."""
