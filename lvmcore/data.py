@@ -102,6 +102,9 @@ class Dataset(NamedTuple):
         labels (binarized MNIST from ``.amat`` files, an ``.npz`` without them).
     n_classes : int or None
         One more than the largest class id of any split; None without labels.
+    source : str or None
+        Where ``load_dataset`` found it: the name it was given ("digits", "mnist", ...) or the
+        absolute path; training records it, so that ``lvmcore eval`` finds the data again.
     """
 
     train: np.ndarray
@@ -113,6 +116,7 @@ class Dataset(NamedTuple):
     valid_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     n_classes: int | None = None
+    source: str | None = None
 
     def labels(self, split):
         """The labels of ``split`` ("train", "valid" or "test"), or None."""
@@ -475,9 +479,9 @@ def load_dataset(name_or_path, *, seed=0):
             f"{type(name_or_path).__name__}."
         )
     if name_or_path == "digits":
-        return load_digits_binarized(seed=seed)
+        return load_digits_binarized(seed=seed)._replace(source="digits")
     if name_or_path == "digits-levels":
-        return load_digits_levels(seed=seed)
+        return load_digits_levels(seed=seed)._replace(source="digits-levels")
     if name_or_path == "mnist":
         env = os.environ.get("LVMCORE_MNIST")
         if not env:
@@ -487,7 +491,7 @@ def load_dataset(name_or_path, *, seed=0):
                 f"instead of 'mnist', or run `lvmcore download-mnist DIR` and set "
                 f"LVMCORE_MNIST=DIR."
             )
-        return load_binarized_mnist(env)
+        return load_binarized_mnist(env)._replace(source="mnist")
     path = Path(os.fspath(name_or_path))
     if not path.exists():
         raise FileNotFoundError(
@@ -495,7 +499,7 @@ def load_dataset(name_or_path, *, seed=0):
             f"binarized_mnist_*.amat files or an .npz file, got {str(name_or_path)!r}, which is "
             f"neither a known name nor an existing path. {_DOWNLOAD_HINT}"
         )
-    return load_binarized_mnist(path)
+    return load_binarized_mnist(path)._replace(source=str(path.resolve()))
 
 
 # --------------------------------------------------------------------------------------------

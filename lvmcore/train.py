@@ -216,7 +216,8 @@ def fit(
         Rows per chunk when evaluating the validation bound.
     data_source : str, optional
         How to load the data again (``"digits"``, ``"mnist"`` or a path), recorded in the
-        checkpoint for ``lvmcore eval``; defaults to ``dataset.name`` for the embedded digits.
+        checkpoint for ``lvmcore eval``; defaults to ``dataset.source`` (what ``load_dataset``
+        was given), else ``dataset.name`` for the embedded digits.
     comm : lvmcore.distributed.Communicator, optional
         Train data-parallel over its processes (module docstring): every process calls ``fit``
         with the same model, data and arguments. One process when None. The model's gradient
@@ -438,7 +439,9 @@ def _prepare_run(model, dataset, hyper, out_dir, resume, overwrite, data_source,
     shape = getattr(dataset, "shape", None)
     data_info = dict(
         name=name,
-        source=data_source if data_source is not None else (name if name == "digits" else None),
+        source=data_source
+        if data_source is not None
+        else getattr(dataset, "source", None) or (name if name == "digits" else None),
         shape=None if shape is None else [int(s) for s in shape],
         n_train=int(n),
         n_valid=int(valid.shape[0]),

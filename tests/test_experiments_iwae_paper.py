@@ -92,3 +92,28 @@ def test_short_schedule_still_runs(tmp_path, capsys):
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["model"] for r in rows] == ["vae", "dreg50"] and rows[0]["nll_n"] == 10
     assert "| IWAE-DReG, K=50 | 1 |" in capsys.readouterr().out
+
+
+def test_a_run_records_its_data_so_eval_needs_no_data_flag(tmp_path, rng, capsys, monkeypatch):
+    """The schedule trains on a data file; its checkpoint records the file's absolute path
+    (load_dataset's ``source``), so ``lvmcore eval`` on the run folder, from another
+    directory, finds the data without --data."""
+    from lvmcore.cli import main
+
+    splits = {
+        s: (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        for s, n in (("train", 60), ("valid", 20), ("test", 20))
+    }
+    np.savez(tmp_path / "tiny.npz", **{s: np.packbits(x, axis=1) for s, x in splits.items()})
+    monkeypatch.chdir(tmp_path)
+    args = ["--schedule", "paper", "--data", "tiny.npz", "--nll-k", "3", "--curve-subset", "5"]
+    E.main([*args, "--nll-subset", "5", "--no-progress", "--stages", "1", "--out", "run"])
+    state = load_checkpoint(tmp_path / "run" / "vae" / "checkpoint.npz")[3]
+    assert state["dataset"]["source"] == str((tmp_path / "tiny.npz").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "vae"), "--k", "3", "--subset", "5"]) == 0
+    assert "test NLL" in capsys.readouterr().out
+    assert load_dataset("digits").source == "digits"

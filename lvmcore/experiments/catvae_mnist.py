@@ -155,7 +155,12 @@ def main(argv=None):
     data = load_dataset(args.data)
     if args.train_subset:
         data = Dataset(
-            data.train[: args.train_subset], data.valid, data.test, data.name, data.shape
+            data.train[: args.train_subset],
+            data.valid,
+            data.test,
+            data.name,
+            data.shape,
+            source=data.source,
         )
     hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
     rows = []
