@@ -163,11 +163,13 @@ def main(argv=None):
         comm = get_communicator(bool(getattr(args, "distributed", False)))
         args.comm = comm
         if args.command in ("train", "eval") and comm.is_root:
-            from .._blas import blas_advice
+            from .._blas import blas_advice, busy_machine_advice
+            from ..backend import engine_blas_threads
 
-            advice = blas_advice()
-            if advice:
-                print(f"{PROG}: {advice}")
+            chosen = getattr(args, "threads", None) or engine_blas_threads()
+            for advice in (blas_advice(), busy_machine_advice(chosen)):
+                if advice:
+                    print(f"{PROG}: {advice}")
         with (
             comm.abort_on_error(),
             _sigterm_as_interrupt(),
