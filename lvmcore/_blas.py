@@ -49,17 +49,17 @@ def _cpus():
         return os.cpu_count() or 1
 
 
-def busy_machine_advice(chosen_threads=None, loadavg=None, cpus=None):
+def busy_machine_advice(chosen_threads=None, loadavg=None, cpus=None, blas_threads=None):
     """A one-line note when the machine is already busy (its 1-minute load average at or above
     this process's CPUs) and engine steps will run their GEMMs on the BLAS library's own thread
-    count (``chosen_threads`` None: neither ``--threads`` nor ``LVMCORE_BLAS_THREADS``), else
-    None.
+    count (``chosen_threads`` None: neither ``--threads`` nor ``LVMCORE_BLAS_THREADS``) of more
+    than one (``blas_threads``, when known), else None.
 
     On the 2-vCPU development machine shared with other jobs, every engine step ran 1.5-6x
     faster on one BLAS thread than on two (the second thread of each GEMM waits for a core);
     on the idle machine two were faster (``lvmcore.backend.engine_kernel_threads``).
     """
-    if chosen_threads is not None:
+    if chosen_threads is not None or (blas_threads is not None and blas_threads <= 1):
         return None
     if loadavg is None:
         try:

@@ -233,6 +233,12 @@ def _blas_libraries():
     return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
+def process_blas_threads():
+    """The largest thread count of the BLAS libraries loaded (None when none is known)."""
+    counts = [lib.num_threads for lib in _blas_libraries()]
+    return max(counts) if counts else None
+
+
 @contextlib.contextmanager
 def engine_kernel_threads():
     """Run the block (a model's training step, the K-sample evaluation) on the engine's thread

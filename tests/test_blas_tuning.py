@@ -14,6 +14,7 @@ def test_busy_machine_advice_only_when_the_load_meets_the_cpus_and_no_count_was_
     assert busy_machine_advice(None, loadavg=1.2, cpus=2) is None
     assert busy_machine_advice(1, loadavg=9.0, cpus=2) is None  # a count was chosen
     assert busy_machine_advice(None, loadavg=5.0, cpus=1) is None  # one CPU: one thread anyway
+    assert busy_machine_advice(None, loadavg=5.0, cpus=2, blas_threads=1) is None
 
 
 def test_the_command_line_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
@@ -21,6 +22,7 @@ def test_the_command_line_says_when_the_machine_is_busy(tmp_path, capsys, monkey
 
     monkeypatch.delenv("LVMCORE_BLAS_THREADS", raising=False)
     monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.setattr("lvmcore.backend.process_blas_threads", lambda: 2)
     args = ["train", "--epochs", "1", "--latent", "2", "--hidden", "8", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert "the machine is busy" in capsys.readouterr().out

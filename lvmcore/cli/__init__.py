@@ -164,10 +164,11 @@ def main(argv=None):
         args.comm = comm
         if args.command in ("train", "eval") and comm.is_root:
             from .._blas import blas_advice, busy_machine_advice
-            from ..backend import engine_blas_threads
+            from ..backend import engine_blas_threads, process_blas_threads
 
             chosen = getattr(args, "threads", None) or engine_blas_threads()
-            for advice in (blas_advice(), busy_machine_advice(chosen)):
+            busy = busy_machine_advice(chosen, blas_threads=process_blas_threads())
+            for advice in (blas_advice(), busy):
                 if advice:
                     print(f"{PROG}: {advice}")
         with (
