@@ -30,7 +30,7 @@ Variants:
 
 A whole optimizer's update in one call, ``adam_update_group(group, step_size, beta1, beta2,
 eps_hat)``: ``AdamGroup(ps, gs, ms, vs)`` checks every (p, g, m, v) once, as a single update
-checks them (and g C-contiguous too), and holds them; each call then checks only the scalars.
+checks them, and holds them; each call then checks only the scalars.
 A model's step updates a dozen arrays: called one by one, the checks and the dispatch cost
 more than the arithmetic (IWAE-paper model, 12 arrays, 0.42 M parameters, float32, one thread:
 0.40 ms a step through twelve calls, 0.15 ms in one).
@@ -229,11 +229,15 @@ class AdamGroup:
     ps, gs, ms, vs : sequences of arrays, of one length
         Quadruple i: a parameter, its gradient and its two moment buffers, as one
         ``adam_update`` call takes them (float32 or float64, one shape and dtype per
-        quadruple; p, m, v writeable, and for NumPy arrays all four C-contiguous and
-        non-overlapping). Dtypes may differ between quadruples.
+        quadruple; p, m, v writeable, and for NumPy arrays C-contiguous and non-overlapping).
+        Dtypes may differ between quadruples.
     names : sequence of str, optional
         A label per quadruple for messages (e.g. the parameter names); its index otherwise.
     lib : {"numpy", "cupy"}
+    roles : four str, default ("p", "g", "m", "v")
+        What messages call the four arrays: ``"g[W0]"`` names quadruple W0's gradient.
+    func : str
+        The caller named in messages.
 
     Notes
     -----
@@ -244,8 +248,9 @@ class AdamGroup:
 
     __slots__ = ("quads", "lib", "_numba")
 
-    def __init__(self, ps, gs, ms, vs, names=None, lib="numpy"):
-        func = "AdamGroup"
+    def __init__(
+        self, ps, gs, ms, vs, names=None, lib="numpy", roles=("p", "g", "m", "v"), func="AdamGroup"
+    ):
         seqs = [list(a) if isinstance(a, (list, tuple)) else None for a in (ps, gs, ms, vs)]
         for name, seq in zip(("ps", "gs", "ms", "vs"), seqs):
             if seq is None:
@@ -264,8 +269,7 @@ class AdamGroup:
                 func,
                 *quad,
                 lib=lib,
-                names=tuple(f"{w}[{label}]" for w in ("p", "g", "m", "v")),
-                g_contiguous=True,
+                names=tuple(f"{w}[{label}]" for w in roles),
             )
         self.quads = tuple(zip(*seqs))
         self.lib = lib
@@ -282,20 +286,22 @@ class AdamGroup:
         )
 
     def _numba_lists(self):
-        """Per dtype, typed lists of the flat views of the small quadruples; the large ones."""
+        """Per dtype, typed lists of the flat views of the small quadruples; the others (above
+        PARALLEL_THRESHOLD, or with a strided g, which each update copies as adam_update
+        does)."""
         if self._numba is None:
             from numba import typed
 
-            small, large = {}, []
+            small, rest = {}, []
             for quad in self.quads:
-                flat = tuple(a.reshape(-1) for a in quad)  # views: all C-contiguous
-                if flat[0].size >= PARALLEL_THRESHOLD:
-                    large.append(flat)
+                if quad[0].size >= PARALLEL_THRESHOLD or not quad[1].flags.c_contiguous:
+                    rest.append(quad)
                     continue
+                flat = tuple(a.reshape(-1) for a in quad)  # views: all C-contiguous
                 lists = small.setdefault(flat[0].dtype, tuple(typed.List() for _ in range(4)))
                 for lst, a in zip(lists, flat):
                     lst.append(a)
-            self._numba = (small, tuple(large))
+            self._numba = (small, tuple(rest))
         return self._numba
 
 
@@ -333,12 +339,22 @@ def adam_update_group_numba_v1(group, step_size, beta1, beta2, eps_hat):
     ``adam_update_numba_v2`` on each quadruple."""
     _check_group(_FUNC_GROUP, group)
     scalars = _check_scalars(_FUNC_GROUP, step_size, beta1, beta2, eps_hat)
-    small, large = group._numba_lists()
+    small, rest = group._numba_lists()
     for dtype, lists in small.items():
         t = dtype.type
         _adam_lists(*lists, *(t(x) for x in scalars))
-    for p, g, m, v in large:
-        _adam_blocks(p, g, m, v, *_scalars(p, *scalars), 1 << 14)
+    for p, g, m, v in rest:
+        if p.size < PARALLEL_THRESHOLD:
+            _serial(p, g, m, v, *scalars)
+        else:
+            _adam_blocks(
+                p.reshape(-1),
+                g.reshape(-1),
+                m.reshape(-1),
+                v.reshape(-1),
+                *_scalars(p, *scalars),
+                1 << 14,
+            )
 
 
 def adam_update_group_cupy_v1(group, step_size, beta1, beta2, eps_hat):

@@ -256,7 +256,13 @@ class Adam(Optimizer):
         group = self._adam_group
         lib = "cupy" if be.device == "cuda" else "numpy"
         if group is None or group.lib != lib or not group.holds(*arrays):
-            group = AdamGroup(*arrays, names=keys, lib=lib)
+            group = AdamGroup(
+                *arrays,
+                names=[repr(k) for k in keys],
+                lib=lib,
+                roles=("params", "grads", "m", "v"),
+                func="Adam.step",
+            )
             self._adam_group = group
         return group
 
