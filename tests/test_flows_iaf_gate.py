@@ -101,26 +101,6 @@ def test_iaf_step_takes_strided_input(rng):
 
 # --- on device arrays: a GPU, or the CUDA emulator (tests/cuda_emu) ---------------------------
 
-_CUPY = lvmcore.available_backends()["cupy"]
-
-
-@pytest.fixture(params=["device", "emulated"])
-def cp(request):
-    if request.param == "device":
-        if _CUPY != "available":
-            pytest.skip(_CUPY)
-        import cupy
-
-        yield cupy
-        return
-    from cuda_emu import fake_cupy
-
-    ok, why = fake_cupy.available()
-    if not ok:
-        pytest.skip(why)
-    with fake_cupy.installed() as fake:
-        yield fake
-
 
 def test_iaf_step_on_device_arrays_runs_the_cupy_kernels(cp, rng, monkeypatch):
     """The step on (emulated) device arrays: the "cupy" kernels, equal to the host's."""

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import kernels
-import lvmcore
 from kernels import bias_act as K
 from lvmcore.testing import PARITY_TOLERANCES, numerical_gradient
 
@@ -215,31 +214,6 @@ def test_registry_and_engine_dispatch():
 
 
 # --- CuPy: on a device, or in the CUDA emulator (tests/cuda_emu) -----------------------------
-
-_CUPY = lvmcore.available_backends()["cupy"]
-
-
-def _emulator():
-    from cuda_emu import fake_cupy
-
-    return fake_cupy
-
-
-@pytest.fixture(params=["device", "emulated"])
-def cp(request):
-    if request.param == "device":
-        if _CUPY != "available":
-            pytest.skip(_CUPY)
-        import cupy
-
-        yield cupy
-        return
-    fake_cupy = _emulator()
-    ok, why = fake_cupy.available()
-    if not ok:
-        pytest.skip(why)
-    with fake_cupy.installed() as fake:
-        yield fake
 
 
 @pytest.mark.parametrize("act", ACTS)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import kernels
-import lvmcore
 from kernels import iaf_gate as K
 from lvmcore.testing import PARITY_TOLERANCES, gradcheck
 
@@ -336,26 +335,6 @@ def test_registry_and_engine_dispatch():
 
 
 # --- CuPy: on a device, or in the CUDA emulator (tests/cuda_emu) -----------------------------
-
-_CUPY = lvmcore.available_backends()["cupy"]
-
-
-@pytest.fixture(params=["device", "emulated"])
-def cp(request):
-    if request.param == "device":
-        if _CUPY != "available":
-            pytest.skip(_CUPY)
-        import cupy
-
-        yield cupy
-        return
-    from cuda_emu import fake_cupy
-
-    ok, why = fake_cupy.available()
-    if not ok:
-        pytest.skip(why)
-    with fake_cupy.installed() as fake:
-        yield fake
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
