@@ -304,11 +304,10 @@ _SUB_SCALE64, _SUB_K64 = _F64(2.0**52), _F64(52.0)
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
-def exp_f32(x):
-    """exp(x) for float32 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
-    xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
-    xc = xc if xc <= _HI32 else _HI32
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_core_f32(xc):
+    """(p, n) with exp(xc) = p 2^n for a clamped float32 xc: n = rint(xc / ln2), the Cody-Waite
+    reduction and the degree-5 polynomial p of exp(r), r = xc - n ln2 (exp_f32, exp_nonpos_f32)."""
     n = (xc * _LOG2E32 + _MAGIC32) - _MAGIC32  # rint(x / ln2), |n| <= 128
     r = _fma(n, -_C1_32, xc)
     r = _fma(n, -_C2_32, r)
@@ -317,7 +316,15 @@ def exp_f32(x):
     p = _fma(p, r, _E3_32)
     p = _fma(p, r, _E4_32)
     p = _fma(p, r, _E5_32)
-    p = _fma(p, r * r, r) + _ONE32
+    return _fma(p, r * r, r) + _ONE32, n
+
+
+@njit(cache=True, error_model="numpy")
+def exp_f32(x):
+    """exp(x) for float32 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
+    xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
+    xc = xc if xc <= _HI32 else _HI32
+    p, n = _exp_core_f32(xc)
     y = _ldexp(p, n)
     y = y if x >= _LO32 else _ZERO32
     y = y if x <= _HI32 else _INF32
@@ -334,15 +341,7 @@ def exp_nonpos_f32(x):
     contract (no overflow clamp): the result is garbage there.
     """
     xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
-    n = (xc * _LOG2E32 + _MAGIC32) - _MAGIC32
-    r = _fma(n, -_C1_32, xc)
-    r = _fma(n, -_C2_32, r)
-    p = _fma(_E0_32, r, _E1_32)
-    p = _fma(p, r, _E2_32)
-    p = _fma(p, r, _E3_32)
-    p = _fma(p, r, _E4_32)
-    p = _fma(p, r, _E5_32)
-    p = _fma(p, r * r, r) + _ONE32
+    p, n = _exp_core_f32(xc)
     y = p * _pow2(n)
     y = y if x >= _LO32 else _ZERO32
     return y if x == x else x
@@ -391,11 +390,10 @@ def log1p_f32(x):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
-def exp_f64(x):
-    """exp(x) for float64 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
-    xc = x if x >= _LO64 else _LO64
-    xc = xc if xc <= _HI64 else _HI64
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_core_f64(xc):
+    """(p, n) with exp(xc) = p 2^n for a clamped float64 xc: fdlibm's reduction by ln2 in two
+    parts and its rational approximation (exp_f64, exp_nonpos_f64)."""
     n = (xc * _LOG2E64 + _MAGIC64) - _MAGIC64  # |n| <= 1024
     hi = _fma(n, -_LN2HI64, xc)  # exact: LN2HI has 32 trailing zero bits
     lo = n * _LN2LO64
@@ -406,7 +404,15 @@ def exp_f64(x):
     c = _fma(c, t, _P2_64)
     c = _fma(c, t, _P1_64)
     c = _fma(-t, c, r)
-    p = _ONE64 - ((lo - (r * c) / (_TWO64 - c)) - hi)
+    return _ONE64 - ((lo - (r * c) / (_TWO64 - c)) - hi), n
+
+
+@njit(cache=True, error_model="numpy")
+def exp_f64(x):
+    """exp(x) for float64 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
+    xc = x if x >= _LO64 else _LO64
+    xc = xc if xc <= _HI64 else _HI64
+    p, n = _exp_core_f64(xc)
     y = _ldexp(p, n)
     y = y if x >= _LO64 else _ZERO64
     y = y if x <= _HI64 else _INF64
@@ -418,17 +424,7 @@ def exp_nonpos_f64(x):
     """exp(x) for float64 x <= 0 (and NaN, -inf): exp_f64's result bit for bit (n in
     [-1022, 0] after the clamp, one power-of-two factor); x > 0 is out of contract."""
     xc = x if x >= _LO64 else _LO64
-    n = (xc * _LOG2E64 + _MAGIC64) - _MAGIC64
-    hi = _fma(n, -_LN2HI64, xc)
-    lo = n * _LN2LO64
-    r = hi - lo
-    t = r * r
-    c = _fma(t, _P5_64, _P4_64)
-    c = _fma(c, t, _P3_64)
-    c = _fma(c, t, _P2_64)
-    c = _fma(c, t, _P1_64)
-    c = _fma(-t, c, r)
-    p = _ONE64 - ((lo - (r * c) / (_TWO64 - c)) - hi)
+    p, n = _exp_core_f64(xc)
     y = p * _pow2(n)
     y = y if x >= _LO64 else _ZERO64
     return y if x == x else x
