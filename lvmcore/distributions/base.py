@@ -26,6 +26,7 @@ helpers, so there is no import cycle between them.
 
 import numpy as np
 
+from .. import noise
 from .._validation import check_array, check_dout, check_rng
 
 __all__ = ["Distribution"]
@@ -35,15 +36,17 @@ __all__ = ["Distribution"]
 
 
 def _standard_normal(rng, size, dtype, xp, func):
-    """N(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp``."""
+    """N(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp``: the engine's
+    Philox stream keyed by one draw of ``rng`` (``lvmcore.noise``), made on that device."""
     rng = check_rng(rng, func)
-    return xp.asarray(rng.standard_normal(size, dtype=dtype))
+    return noise.standard_normal(rng, size, dtype, xp.empty(0, dtype))
 
 
 def _uniform(rng, size, dtype, xp, func):
-    """U[0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp``."""
+    """U(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp`` (``lvmcore.noise``,
+    as ``_standard_normal``)."""
     rng = check_rng(rng, func)
-    return xp.asarray(rng.random(size, dtype=dtype))
+    return noise.uniform(rng, size, dtype, xp.empty(0, dtype))
 
 
 def _sum_to(g, shape):

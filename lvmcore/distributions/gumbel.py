@@ -6,16 +6,16 @@ noise g the relaxed categoricals and the categorical VAE take as an explicit arg
 ``gumbel_max`` turns logits and such noise into an exact categorical sample.
 
 Noise. A standard Gumbel is :math:`g = -\\log E` with :math:`E = -\\log U \\sim \\mathrm{Exp}(1)`;
-it is drawn as ``-log(rng.standard_exponential(...))``, one exponential per entry, in the
-requested dtype. E is floored at the dtype's smallest normal number (an exponential draw of
-exactly 0 has probability below 2**-50), so g is always finite: g <= 87.3 in float32 and
-708.4 in float64.
+it is the engine's Philox stream (``lvmcore.noise.standard_gumbel``: one draw of ``rng`` keys
+it, element i of the C-ordered array is element i of the stream, made on the array's device),
+whose uniforms lie strictly inside (0, 1), so g is always finite.
 """
 
 import math
 
 import numpy as np
 
+from .. import noise
 from .._validation import (
     check_array,
     check_float_dtype,
@@ -44,21 +44,20 @@ def standard_gumbel(rng, shape, dtype=np.float64, xp=None):
     shape : tuple of int
     dtype : float32 or float64
     xp : module, optional
-        numpy (default) or cupy: where the result lives (drawn on the host).
+        numpy (default) or cupy: where the noise is made (the same numbers on either).
 
     Returns
     -------
     g : ndarray of ``shape`` and ``dtype``
-        Finite: the exponential is floored at ``finfo(dtype).tiny`` (see the module notes).
+        Finite (see the module notes): ``lvmcore.noise.standard_gumbel`` checked as the
+        distributions check their arguments.
     """
     func = "standard_gumbel"
     rng = check_rng(rng, func)
     shape = check_sample_shape(shape, func)
     dt = check_float_dtype(dtype, func)
     xp = check_xp(xp, func)
-    e = rng.standard_exponential(shape, dtype=dt)
-    g = -np.log(np.maximum(e, np.finfo(dt).tiny))
-    return g if xp is np else xp.asarray(g)
+    return noise.standard_gumbel(rng, shape, dt, xp.empty(0, dt))
 
 
 def gumbel_max(logits, g):
