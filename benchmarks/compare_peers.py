@@ -23,7 +23,11 @@ spike on a shared machine hits both; the last column is the kernel's fraction of
 - Gumbel-Softmax: the Gumbel generator bound (a quarter Philox block, two logs, one exp and
   the normalization's division per element);
 - nearest-code search: the SGEMM rate of x @ E^T alone, the faster of NumPy's chunked matmul
-  and the kernel's own tiles with the search left out.
+  (timed on its own: OpenBLAS's workers spin for about 0.1 s after a call and would hold the
+  kernel's second core) and the kernel's own tiles with the search left out.
+
+Each kernel's timing starts after a pause (``settle``) for the same reason: a previous row's
+peers leave spinning worker threads behind.
 
 The bound of a training step and of the K-sample evaluation: the same GEMMs alone
 (``benchmarks/benchmarks/gemm_bound.py``: the products of the step, on preallocated arrays, with
@@ -128,6 +132,7 @@ def bench_importance_weights(P, R, repeat):
     lw = (np.random.default_rng(0).standard_normal((5000, 1000)) * 5).astype(np.float32)
     out = np.empty_like(lw)
     copy, copy_bytes = _copy_bound(P.threads, R[3])
+    settle()
     ours, bound = median_pair(lambda: iw.importance_weights(lw, out), copy, repeat)
     peers = {"numpy": median_ms(lambda: iw.importance_weights_ref(lw, out), max(3, repeat // 3))}
     if P.torch:
@@ -145,6 +150,7 @@ def bench_importance_weights(P, R, repeat):
     # in place, as the K-sample evaluation calls it (lvmcore.evaluate): each call turns the
     # previous weights into the next ones, the same work on every call
     work = lw.copy()
+    settle()
     ours, bound = median_pair(lambda: iw.importance_weights(work, work), copy, repeat)
     gbs = 2 * lw.nbytes / (ours / 1e3) / 1e9
     cbs = copy_bytes / (bound / 1e3) / 1e9
@@ -165,6 +171,7 @@ def bench_bernoulli(P, R, repeat):
     x = (rng.random((1000, 784)) < 0.13).astype(np.float32)
     grad = np.empty_like(logits)
     copy, copy_bytes = _copy_bound(P.threads, R[3])
+    settle()
     ours, bound = median_pair(lambda: bl.bernoulli_loglik(logits, x, grad), copy, repeat)
     xt = np.tile(x, (50, 1))
     peers = {"numpy": median_ms(lambda: (np.logaddexp(0, logits) - xt * logits).sum(1), 3)}
@@ -196,6 +203,7 @@ def bench_reparam(P, R, repeat):
     mu = rng.standard_normal((100, 50)).astype(np.float32)
     lv = (0.3 * rng.standard_normal((100, 50))).astype(np.float32)
     z = np.empty((5000, 100, 50), np.float32)
+    settle()
     ours, bound = median_pair(
         lambda: rs.reparam_sample(mu, lv, 5000, 1, 0, 0, z), mb.normal_bound(z.size), repeat
     )
@@ -227,6 +235,7 @@ def bench_gumbel(P, R, repeat):
     for shape in [(100000, 10), (10000, 512)]:
         logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         y = np.empty_like(logits)
+        settle()
         ours, bound = median_pair(
             lambda: gs.gumbel_softmax(logits, 0.5, 1, 0, 0, False, y),
             mb.gumbel_bound(logits.size),
@@ -264,9 +273,13 @@ def bench_nearest(P, R, repeat):
                 np.matmul(x[i : i + 4096], cb.T, out=out)
 
         tiles = mb.sgemm_tiles(x, cb, P.threads)
-        ours, bare = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), sgemm, rep)
-        ours2, bare_tiles = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), tiles, rep)
-        ours = statistics.median([ours, ours2])
+        # NumPy's SGEMM alone, then a pause: OpenBLAS's workers keep spinning for about 0.1 s
+        # after a call, and timed alternately with it the kernel's second thread shared a core
+        # with that spin (M=512, 2 threads: 44 ms against 30 ms run alone). The kernel and its
+        # own tiles (both Numba) alternate.
+        bare = median_ms(sgemm, rep)
+        settle()
+        ours, bare_tiles = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), tiles, rep)
         peers = {"sgemm x@E^T": bare, "same tiles, GEMM only": bare_tiles}
         if P.faiss:
             index = P.faiss.IndexFlatL2(64)
@@ -381,6 +394,12 @@ def bench_training(P, R, repeat):
             f"{gf / R[2]:.0%} of SGEMM; "
             f"{_engine_split()}{torch_ceiling(peers)}",
         )
+
+
+def settle(seconds=0.3):
+    """Let other libraries' worker threads (OpenBLAS's, PyTorch's OpenMP pool) stop spinning
+    before a timing: they hold a core for up to about 0.1 s after their last call."""
+    time.sleep(seconds)
 
 
 def median_pair(a, b, repeat):
