@@ -81,11 +81,19 @@ def records(op=None):
     return out
 
 
+# (op, backend) -> the function it runs: the registry is fixed once its module is imported
+_CHOSEN = {}
+
+
 def get(op, backend):
     """The implementation of ``op`` that ``backend`` ("numpy", "numba" or "cupy") runs."""
+    func = _CHOSEN.get((op, backend))
+    if func is not None:
+        return func
     found = [r for r in _module(op).RECORDS if r.op == op and r.status != "alternative"]
     for r in found:
         if r.backend == backend:
+            _CHOSEN[op, backend] = r.func
             return r.func
     raise NotImplementedError(
         f"kernels.get: kernel {op!r} has no {backend!r} implementation; has "

@@ -19,6 +19,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _array_library(x):
+    if type(x) is np.ndarray:
+        return "numpy"
     module = type(x).__module__.split(".")[0]
     return "cupy" if module == "cupy" else ("numpy" if isinstance(x, np.ndarray) else module)
 

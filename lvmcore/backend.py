@@ -121,6 +121,11 @@ def available_backends():
     return {name: _availability(name)[1] for name in BACKEND_NAMES}
 
 
+# The CPU backends, built once (get_backend runs a dozen times a step); a CuPy backend is
+# built per call, from whatever ``cupy`` imports now.
+_CPU_BACKENDS = {name: Backend(name, np, "cpu") for name in ("numpy", "numba")}
+
+
 def _make(name):
     ok, reason = _availability(name)
     if not ok:
@@ -129,7 +134,7 @@ def _make(name):
         import cupy
 
         return Backend(name, cupy, "cuda")
-    return Backend(name, np, "cpu")
+    return _CPU_BACKENDS[name]
 
 
 @contextlib.contextmanager
