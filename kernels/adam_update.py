@@ -251,6 +251,8 @@ class AdamGroup:
     def __init__(
         self, ps, gs, ms, vs, names=None, lib="numpy", roles=("p", "g", "m", "v"), func="AdamGroup"
     ):
+        if lib not in ("numpy", "cupy"):
+            raise ValueError(f"{func}: expected lib to be 'numpy' or 'cupy', got {lib!r}.")
         seqs = [list(a) if isinstance(a, (list, tuple)) else None for a in (ps, gs, ms, vs)]
         for name, seq in zip(("ps", "gs", "ms", "vs"), seqs):
             if seq is None:
@@ -261,6 +263,8 @@ class AdamGroup:
                 f"{[len(seq) for seq in seqs]}. Pass one gradient and two moment buffers per "
                 f"parameter."
             )
+        if names is not None and not isinstance(names, (list, tuple)):
+            raise TypeError(f"{func}: expected names to be a list or tuple of str.")
         labels = [str(i) for i in range(len(seqs[0]))] if names is None else [str(n) for n in names]
         if len(labels) != len(seqs[0]):
             raise ValueError(f"{func}: expected one name per parameter, got {len(labels)}.")

@@ -120,6 +120,10 @@ def test_a_bad_group_is_refused_when_built_naming_the_array(rng):
         K.AdamGroup(q[0], q[1][0], q[2], q[3])
     with pytest.raises(ValueError, match="one name per parameter"):
         K.AdamGroup(*q, names=["a", "b"])
+    with pytest.raises(TypeError, match="expected names to be a list or tuple"):
+        K.AdamGroup(*q, names="a")
+    with pytest.raises(ValueError, match="expected lib to be 'numpy' or 'cupy'"):
+        K.AdamGroup(*q, lib="torch")
     p = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match=r"Adam.step: expected grads\['w'\] to match"):
         K.AdamGroup(
