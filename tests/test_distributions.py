@@ -662,3 +662,31 @@ def test_distribution_arguments_name_the_argument():
         DiagNormal(np.zeros(3, np.float16), np.zeros(3, np.float16))
     with pytest.raises(TypeError, match=r"Categorical.log_prob: expected value to be an integer"):
         Categorical(np.zeros(3)).log_prob(np.zeros(2))
+
+
+def test_a_numpy_generator_keys_the_engine_noise_and_a_cupy_one_draws_itself(rng):
+    """A NumPy Generator keys the engine's Philox stream (lvmcore.noise), the same stream the
+    models draw; a cupy.random.Generator (here a stand-in whose type lives in 'cupy') is
+    drawn from directly, as on a device."""
+    from lvmcore import noise
+
+    loc, logvar = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    p = DiagNormal(loc, logvar)
+    _, eps = p.rsample(np.random.default_rng(5), (2,))
+    want = noise.standard_normal(np.random.default_rng(5), (2, 3, 4), np.float64, loc)
+    np.testing.assert_array_equal(eps, want)
+
+    drawn = []
+
+    class CupyLike:
+        def __init__(self):
+            self.inner = np.random.default_rng(7)
+
+        def standard_normal(self, size, dtype):
+            drawn.append(size)
+            return self.inner.standard_normal(size, dtype=dtype)
+
+    CupyLike.__module__ = "cupy.random._generator"
+    _, eps2 = p.rsample(CupyLike(), (2,))
+    assert drawn == [(2, 3, 4)]
+    np.testing.assert_array_equal(eps2, np.random.default_rng(7).standard_normal((2, 3, 4)))

@@ -5,10 +5,11 @@ Conventions, shared by every distribution (torch.distributions names):
 - The parameters have shape ``batch_shape + event_shape``. ``log_prob`` and
   ``entropy`` sum over the event axes and return ``batch_shape`` (broadcast with any
   leading sample dimensions of the value).
-- Randomness enters only through an explicit ``rng``: a ``numpy.random.Generator``
-  (or a ``cupy.random.Generator`` for CuPy parameters, which draws on the device; a
-  NumPy Generator with CuPy parameters draws on the host and the noise is copied
-  over, which is slower but bit-identical across devices). No global state.
+- Randomness enters only through an explicit ``rng``: a ``numpy.random.Generator`` keys
+  the engine's Philox stream (``lvmcore.noise``: one draw of ``rng`` per sample call, the
+  noise made on the parameters' device, the same numbers on either), or a
+  ``cupy.random.Generator`` for CuPy parameters draws with it on the device. No global
+  state.
 - Every forward method has a hand-derived backward, ``<method>_backward(dout, ...)``,
   returning a dict of gradients keyed like ``params`` (plus ``"value"`` where the
   argument is differentiable). Gradients are fresh arrays of each parameter's
@@ -37,15 +38,20 @@ __all__ = ["Distribution"]
 
 def _standard_normal(rng, size, dtype, xp, func):
     """N(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp``: the engine's
-    Philox stream keyed by one draw of ``rng`` (``lvmcore.noise``), made on that device."""
+    Philox stream keyed by one draw of a NumPy ``rng`` (``lvmcore.noise``), made on that
+    device; a CuPy Generator's own draw."""
     rng = check_rng(rng, func)
+    if not isinstance(rng, np.random.Generator):  # a cupy.random.Generator
+        return xp.asarray(rng.standard_normal(size, dtype=dtype))
     return noise.standard_normal(rng, size, dtype, xp.empty(0, dtype))
 
 
 def _uniform(rng, size, dtype, xp, func):
-    """U(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp`` (``lvmcore.noise``,
-    as ``_standard_normal``)."""
+    """U(0, 1) noise of shape ``size`` and ``dtype`` on the device of ``xp``, as
+    ``_standard_normal`` draws it."""
     rng = check_rng(rng, func)
+    if not isinstance(rng, np.random.Generator):  # a cupy.random.Generator
+        return xp.asarray(rng.random(size, dtype=dtype))
     return noise.uniform(rng, size, dtype, xp.empty(0, dtype))
 
 

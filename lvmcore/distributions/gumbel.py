@@ -40,7 +40,7 @@ def standard_gumbel(rng, shape, dtype=np.float64, xp=None):
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator (or cupy.random.Generator, which draws with itself)
     shape : tuple of int
     dtype : float32 or float64
     xp : module, optional
@@ -57,6 +57,9 @@ def standard_gumbel(rng, shape, dtype=np.float64, xp=None):
     shape = check_sample_shape(shape, func)
     dt = check_float_dtype(dtype, func)
     xp = check_xp(xp, func)
+    if not isinstance(rng, np.random.Generator):  # a cupy.random.Generator draws itself
+        e = rng.standard_exponential(shape, dtype=dt)
+        return -xp.log(xp.maximum(e, np.finfo(dt).tiny))
     return noise.standard_gumbel(rng, shape, dt, xp.empty(0, dt))
 
 
