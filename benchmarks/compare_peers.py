@@ -26,8 +26,8 @@ spike on a shared machine hits both; the last column is the kernel's fraction of
   (timed on its own: OpenBLAS's workers spin for about 0.1 s after a call and would hold the
   kernel's second core) and the kernel's own tiles with the search left out.
 
-Each kernel's timing starts after a pause (``settle``) for the same reason: a previous row's
-peers leave spinning worker threads behind.
+Every timing of lvmcore against its bound starts after a pause (``settle``) for the same
+reason: a previous row's peers leave spinning worker threads behind.
 
 The bound of a training step and of the K-sample evaluation: the same GEMMs alone
 (``benchmarks/benchmarks/gemm_bound.py``: the products of the step, on preallocated arrays, with
@@ -132,7 +132,6 @@ def bench_importance_weights(P, R, repeat):
     lw = (np.random.default_rng(0).standard_normal((5000, 1000)) * 5).astype(np.float32)
     out = np.empty_like(lw)
     copy, copy_bytes = _copy_bound(P.threads, R[3])
-    settle()
     ours, bound = median_pair(lambda: iw.importance_weights(lw, out), copy, repeat)
     peers = {"numpy": median_ms(lambda: iw.importance_weights_ref(lw, out), max(3, repeat // 3))}
     if P.torch:
@@ -150,7 +149,6 @@ def bench_importance_weights(P, R, repeat):
     # in place, as the K-sample evaluation calls it (lvmcore.evaluate): each call turns the
     # previous weights into the next ones, the same work on every call
     work = lw.copy()
-    settle()
     ours, bound = median_pair(lambda: iw.importance_weights(work, work), copy, repeat)
     gbs = 2 * lw.nbytes / (ours / 1e3) / 1e9
     cbs = copy_bytes / (bound / 1e3) / 1e9
@@ -171,7 +169,6 @@ def bench_bernoulli(P, R, repeat):
     x = (rng.random((1000, 784)) < 0.13).astype(np.float32)
     grad = np.empty_like(logits)
     copy, copy_bytes = _copy_bound(P.threads, R[3])
-    settle()
     ours, bound = median_pair(lambda: bl.bernoulli_loglik(logits, x, grad), copy, repeat)
     xt = np.tile(x, (50, 1))
     peers = {"numpy": median_ms(lambda: (np.logaddexp(0, logits) - xt * logits).sum(1), 3)}
@@ -203,7 +200,6 @@ def bench_reparam(P, R, repeat):
     mu = rng.standard_normal((100, 50)).astype(np.float32)
     lv = (0.3 * rng.standard_normal((100, 50))).astype(np.float32)
     z = np.empty((5000, 100, 50), np.float32)
-    settle()
     ours, bound = median_pair(
         lambda: rs.reparam_sample(mu, lv, 5000, 1, 0, 0, z), mb.normal_bound(z.size), repeat
     )
@@ -235,7 +231,6 @@ def bench_gumbel(P, R, repeat):
     for shape in [(100000, 10), (10000, 512)]:
         logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         y = np.empty_like(logits)
-        settle()
         ours, bound = median_pair(
             lambda: gs.gumbel_softmax(logits, 0.5, 1, 0, 0, False, y),
             mb.gumbel_bound(logits.size),
@@ -278,7 +273,6 @@ def bench_nearest(P, R, repeat):
         # with that spin (M=512, 2 threads: 44 ms against 30 ms run alone). The kernel and its
         # own tiles (both Numba) alternate.
         bare = median_ms(sgemm, rep)
-        settle()
         ours, bare_tiles = median_pair(lambda: nc.IMPLEMENTATIONS["numba"](x, cb), tiles, rep)
         peers = {"sgemm x@E^T": bare, "same tiles, GEMM only": bare_tiles}
         if P.faiss:
@@ -403,9 +397,11 @@ def settle(seconds=0.3):
 
 
 def median_pair(a, b, repeat):
-    """Medians (ms) of a and b timed alternately, ``repeat`` times each; ``median_pair.best``
-    holds the ratio of their best times (on a shared machine a longer call is interrupted more
-    often, which the medians' ratio counts against it and the best times' ratio does not)."""
+    """Medians (ms) of a and b timed alternately, ``repeat`` times each, after ``settle``;
+    ``median_pair.best`` holds the ratio of their best times (on a shared machine a longer call
+    is interrupted more often, which the medians' ratio counts against it and the best times'
+    ratio does not)."""
+    settle()
     a(), b()
     ta, tb = [], []
     for _ in range(repeat):
@@ -490,6 +486,47 @@ def bench_bias_act(P, R, repeat):
         bwd,
         {"numpy 4 passes": median_ms(np_bwd, repeat)},
         f"{gbs:.1f} GB/s = {gbs / R[1]:.0%} of copy bandwidth",
+    )
+
+
+# The IWAE-paper model's parameters: W and b of each of its six layers.
+_ADAM_WIDTHS = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
+_ADAM_SHAPES = [sh for a, b in _ADAM_WIDTHS for sh in ((a, b), (b,))]
+
+
+def bench_adam(P, R, repeat):
+    """One Adam step over the IWAE-paper model's 12 arrays (0.42 M parameters, float32): the
+    engine's one-call update (``adam_update_group``), the twelve single calls it replaced, and
+    PyTorch's ``Adam`` (foreach, its default) on arrays of the same shapes, in its own process
+    (beside Numba's threads it took 20 ms instead of 1.2). The 12 MB of arrays stay in
+    the last-level cache between steps, so the rate (p, g, m, v read, p, m, v written: 28 bytes
+    an element) is a cache rate, not held to DRAM copy bandwidth."""
+    from kernels import adam_update as au
+
+    rng = np.random.default_rng(0)
+    quads = [
+        tuple(rng.standard_normal(sh).astype(np.float32) for _ in range(3))
+        + (rng.random(sh).astype(np.float32),)
+        for sh in _ADAM_SHAPES
+    ]
+    group = au.AdamGroup(*(list(a) for a in zip(*quads)))
+    one = au.adam_update_group_numba_v1
+    ours = median_ms(lambda: one(group, 1e-5, 0.9, 0.999, 1e-8), repeat * 4)
+
+    def twelve():
+        for q in quads:
+            au.adam_update_numba_v2(*q, 1e-5, 0.9, 0.999, 1e-8)
+
+    peers = {"twelve calls": median_ms(twelve, repeat * 4)}
+    if P.torch:
+        peers["torch Adam"] = _torch_worker(P.threads, "adam", 0, 0, repeat * 4)
+    n = sum(q[0].size for q in quads)
+    gbs = 28 * n / (ours / 1e3) / 1e9
+    row(
+        "Adam step, 12 arrays (0.42 M params)",
+        ours,
+        peers,
+        f"{gbs:.1f} GB/s moved (in cache)",
     )
 
 
@@ -601,7 +638,7 @@ def bench_catvae(P, R, repeat):
 
 
 def _torch_worker(threads, kind, batch, k, repeat, ftz=False):
-    """Median ms of a PyTorch training step or evaluation, timed in a fresh process so that
+    """Median ms of a PyTorch training step, evaluation or Adam step, timed in a fresh process so that
     no other library's thread pool is spinning beside it."""
     import subprocess
 
@@ -655,7 +692,13 @@ def torch_worker_main(spec):
     torch.set_flush_denormal(bool(int(ftz)))
     torch.manual_seed(0)
     X = torch.from_numpy((np.random.default_rng(0).random((2000, 784)) < 0.13).astype(np.float32))
-    if kind in ("train", "catvae"):
+    if kind == "adam":
+        params = [torch.randn(*sh, requires_grad=True) for sh in _ADAM_SHAPES]
+        for t in params:
+            t.grad = torch.randn(*t.shape)
+        opt = torch.optim.Adam(params, lr=1e-5, eps=1e-8)
+        print(median_ms(opt.step, repeat, warmup=5))
+    elif kind in ("train", "catvae"):
         step = _torch_model(torch, k)[0] if kind == "train" else _torch_catvae(torch)
         it = iter(range(10**9))
 
@@ -679,6 +722,7 @@ BENCHES = {
     "nearest": bench_nearest,
     "bias_act": bench_bias_act,
     "iaf_gate": bench_iaf_gate,
+    "adam": bench_adam,
     "train": bench_training,
     "subnormals": bench_subnormals,
     "eval": bench_eval,
