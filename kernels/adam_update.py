@@ -136,7 +136,7 @@ def adam_update_ref(p, g, m, v, step_size, beta1, beta2, eps_hat):
 # no branch): LLVM then emits packed sqrt and division. Indexed from ``lo`` under the default
 # error model the loop stayed scalar, 10x slower (2.4-3.9 against 0.3 ns per element, measured
 # on the 2-core machine, one thread); the packed sqrt and division round as the scalar ones do.
-@njit(cache=True, fastmath={"contract", "arcp"}, error_model="numpy")
+@njit(nogil=True, cache=True, fastmath={"contract", "arcp"}, error_model="numpy")
 def _adam_serial(p, g, m, v, step_size, b1, b2, eps_hat, lo, hi):
     one = p.dtype.type(1)
     ps, gs, ms, vs = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
@@ -149,7 +149,7 @@ def _adam_serial(p, g, m, v, step_size, b1, b2, eps_hat, lo, hi):
         ps[i] -= step_size * mi / (np.sqrt(vi) + eps_hat)
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _adam_blocks(p, g, m, v, step_size, b1, b2, eps_hat, block):
     n = p.size
     nblocks = (n + block - 1) // block
@@ -330,7 +330,7 @@ def adam_update_group_ref(group, step_size, beta1, beta2, eps_hat):
         adam_update_ref(p, g, m, v, *scalars)
 
 
-@njit(cache=True, fastmath={"contract", "arcp"}, error_model="numpy")
+@njit(nogil=True, cache=True, fastmath={"contract", "arcp"}, error_model="numpy")
 def _adam_lists(ps, gs, ms, vs, step_size, b1, b2, eps_hat):
     for i in range(len(ps)):
         p = ps[i]

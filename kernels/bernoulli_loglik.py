@@ -227,7 +227,7 @@ def bernoulli_loglik_backward_ref(dloglik, grad, out=None):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _term_grad(l, xv, zero, one):
     """(x l - softplus(l), x - sigmoid(l)) for one element; constants typed like l.
 
@@ -271,7 +271,7 @@ _LOG1P32 = tuple(
 )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _log1p_unit_f32(t):
     """log(1 + t) for float32 t in [0, 1]: t * P(t), Horner with fused multiply-adds."""
     c = _LOG1P32
@@ -287,7 +287,7 @@ def _log1p_unit_f32(t):
     return t * p
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _term_grad_f32(l, xv, zero, one):
     """_term_grad for float32 with log1p(t) by _log1p_unit_f32 and sigmoid as one division."""
     t = exp_nonpos_f32(-abs(l))
@@ -320,7 +320,7 @@ def _term_grad_v3_overload(l, xv, zero, one):
 # choices (Numba prunes a branch on ``is None`` by the argument's type).
 
 
-@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+@njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly):
     """loglik[r] and the gradient row for rows r0..r1, written to ``grad``, or over ``logits``
     when ``grad`` is None. None is resolved at compile time, so in place the loop reads and
@@ -345,7 +345,7 @@ def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly):
         loglik[r] = acc
 
 
-@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+@njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly):
     """loglik[r] only, rows r0..r1 (the sigmoid is dead code and disappears)."""
     D = logits.shape[1]
@@ -363,7 +363,7 @@ def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly):
 
 
 # Rows are independent: each chunk writes its own loglik[r] and gradient rows, no shared slots.
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one, poly):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
@@ -371,7 +371,7 @@ def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one, poly):
         _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly)
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one, poly):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
@@ -404,7 +404,7 @@ def bernoulli_loglik_numba_v3(logits, x, grad_out=None):
     return _run(logits, x, grad_out, logits.dtype.type(0), poly=True)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _scale_rows(dloglik, grad, out, r0, r1):
     """out[r] = dloglik[r] * grad[r] for rows r0..r1; over ``grad`` when ``out`` is None."""
     if out is None:
@@ -417,7 +417,7 @@ def _scale_rows(dloglik, grad, out, r0, r1):
             dst[r, d] = s * grad[r, d]
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _scale_rows_par(dloglik, grad, out, rows):
     N = grad.shape[0]
     for c in prange((N + rows - 1) // rows):

@@ -261,7 +261,7 @@ def bias_act_backward_ref(dy, y, act, row_scale=None, out=None):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def tanh_f32(x):
     """tanh for float32, vectorizable (module docstring): Eigen's rational approximation."""
     c = np.float32(7.90531110763549805)  # beyond it tanh rounds to within 2 ulp of +-1
@@ -283,7 +283,7 @@ def tanh_f32(x):
     return x + x if x != x else r  # NaN in, NaN out (min/max would drop it)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def tanh_f64(x):
     """tanh for float64, vectorizable (module docstring): Cephes ``tanh``."""
     ax = abs(x)
@@ -301,7 +301,7 @@ def tanh_f64(x):
 tanh = _generic(tanh_f32, tanh_f64, "tanh")
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def dsoftplus_f32(y):
     """sigmoid(a) from y = softplus(a) >= 0 in float32: -expm1(-y), vectorizable."""
     # y < 1/2: the Taylor series of 1 - e^{-y} to y^9 (truncation below 2^-27 relative);
@@ -320,7 +320,7 @@ def dsoftplus_f32(y):
     return small if y < np.float32(0.5) else big
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def dsoftplus_f64(y):
     """sigmoid(a) from y = softplus(a) >= 0 in float64: -expm1(-y), vectorizable."""
     # y < 1/2: the Taylor series to y^17 (truncation below 2^-56 relative)
@@ -339,7 +339,7 @@ def dsoftplus_f64(y):
 dsoftplus = _generic(dsoftplus_f32, dsoftplus_f64, "dsoftplus")
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _act(v, code, zero, one):
     # code: 0 tanh, 1 relu, 2 sigmoid, 3 softplus; zero, one: typed constants of v's dtype
     if code == 0:
@@ -352,7 +352,7 @@ def _act(v, code, zero, one):
     return (v if v > zero else zero) + log1p(e)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _dact(y, code, zero, one):
     if code == 0:
         return one - y * y
@@ -368,7 +368,7 @@ def _dact(y, code, zero, one):
 # slower); so an out-of-place call copies its input into the output first.
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _forward_v1(y, b, code, rows):
     # y <- f(y + b); chunks of `rows` rows, each row written by one iteration (no shared writes)
     n, o = y.shape
@@ -392,7 +392,7 @@ def _forward_v1(y, b, code, rows):
                     yr[j] = _act(yr[j] + b[j], 3, zero, one)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _backward_v1(d, y, s, scaled, acc, code, rows):
     # d <- s d f'(y) in place; chunk c owns acc[c] (float64 partial of db): no shared writes,
     # and the wrapper sums acc over c in order, so db does not depend on the thread count

@@ -304,7 +304,7 @@ _SUB_SCALE64, _SUB_K64 = _F64(2.0**52), _F64(52.0)
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _exp_core_f32(xc):
     """(p, n) with exp(xc) = p 2^n for a clamped float32 xc: n = rint(xc / ln2), the Cody-Waite
     reduction and the degree-5 polynomial p of exp(r), r = xc - n ln2 (exp_f32, exp_nonpos_f32)."""
@@ -319,7 +319,7 @@ def _exp_core_f32(xc):
     return _fma(p, r * r, r) + _ONE32, n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def exp_f32(x):
     """exp(x) for float32 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
     xc = x if x >= _LO32 else _LO32  # NaN -> LO: keeps the arithmetic finite
@@ -331,7 +331,7 @@ def exp_f32(x):
     return y if x == x else x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def exp_nonpos_f32(x):
     """exp(x) for float32 x <= 0 (and NaN, -inf): exp_f32's result bit for bit, with less work.
 
@@ -347,7 +347,7 @@ def exp_nonpos_f32(x):
     return y if x == x else x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def log_f32(x):
     """log(x) for float32 x; <= 1 ulp; log(0) = -inf, log(inf) = inf, log(<0) = NaN."""
     sub = x < _TINY32
@@ -374,7 +374,7 @@ def log_f32(x):
     return y
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def log1p_f32(x):
     """log(1 + x) for float32 x; <= 2 ulp (1 measured); log1p(-1) = -inf, log1p(<-1) = NaN."""
     w = x + _ONE32
@@ -390,7 +390,7 @@ def log1p_f32(x):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _exp_core_f64(xc):
     """(p, n) with exp(xc) = p 2^n for a clamped float64 xc: fdlibm's reduction by ln2 in two
     parts and its rational approximation (exp_f64, exp_nonpos_f64)."""
@@ -407,7 +407,7 @@ def _exp_core_f64(xc):
     return _ONE64 - ((lo - (r * c) / (_TWO64 - c)) - hi), n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def exp_f64(x):
     """exp(x) for float64 x; <= 1 ulp; 0 below LO (no subnormals), inf above HI, NaN -> NaN."""
     xc = x if x >= _LO64 else _LO64
@@ -419,7 +419,7 @@ def exp_f64(x):
     return y if x == x else x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def exp_nonpos_f64(x):
     """exp(x) for float64 x <= 0 (and NaN, -inf): exp_f64's result bit for bit (n in
     [-1022, 0] after the clamp, one power-of-two factor); x > 0 is out of contract."""
@@ -430,7 +430,7 @@ def exp_nonpos_f64(x):
     return y if x == x else x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def log_f64(x):
     """log(x) for float64 x; <= 1 ulp; log(0) = -inf, log(inf) = inf, log(<0) = NaN."""
     sub = x < _TINY64
@@ -451,7 +451,7 @@ def log_f64(x):
     return y
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def log1p_f64(x):
     """log(1 + x) for float64 x; <= 2 ulp (1 measured); log1p(-1) = -inf, log1p(<-1) = NaN."""
     w = x + _ONE64

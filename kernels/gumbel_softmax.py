@@ -388,7 +388,7 @@ def gumbel_max_ref(logits, seed, stream=0, offset=0):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 def _row_sum(x):
     # Reassociation lets LLVM keep 16-lane partial sums; this helper calls nothing, so the
     # flag cannot reach exp/log (explicit flags are not inherited by or from callers).
@@ -398,7 +398,7 @@ def _row_sum(x):
     return acc
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 def _row_dot(x, y):
     acc = x[0] - x[0]
     for j in range(x.size):
@@ -406,7 +406,7 @@ def _row_dot(x, y):
     return acc
 
 
-@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False, inline="always")
 def _scan_row(lr, sr):
     """sr <- lr + sr (the Gumbels become s); return (max s, first argmax), the argmax -1 when
     the row holds a NaN or its max is not finite (all -inf, or +inf)."""
@@ -437,7 +437,7 @@ _WIDE = 32
 _LANES = 16  # where _row_max_wide stops halving: one AVX-512 vector of float32
 
 
-@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False, inline="always")
 def _row_max(s, o, c):
     """max of s[o : o + c] (c >= 1), two interleaved running maxima (max is exact, so the order
     does not change the result); NaN never wins, as in ``_scan_row``."""
@@ -458,7 +458,7 @@ def _row_max(s, o, c):
     return m1 if m1 > m0 else m0
 
 
-@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False, inline="always")
 def _max_pairs(a, b, out):
     """out[i] = max(a[i], b[i]) (NaN in b never wins); out overlaps neither input."""
     for i in range(out.size):
@@ -467,7 +467,7 @@ def _max_pairs(a, b, out):
         out[i] = y if y > x else x
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _row_max_wide(x, scratch):
     """max of x (x.size >= 2 _LANES) by halving: elementwise maxima of the two halves, then of
     the halves of that, ... down to _LANES values (long elementwise loops vectorize where a max
@@ -493,13 +493,13 @@ def _row_max_wide(x, scratch):
     return m
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _shifted(v, m, tau):
     """(v - m) / tau with strict flags (compiled apart, inlined by LLVM into reassoc loops)."""
     return (v - m) / tau
 
 
-@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False, inline="always")
 def _row_total(e, o, c):
     """sum of e[o : o + c] (c >= 1, short rows): two interleaved partial sums."""
     u = np.uint64
@@ -516,7 +516,7 @@ def _row_total(e, o, c):
     return a0 + a1
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 def _exp_row_sum(s, m, tau, e):
     """e <- exp((s - m) / tau) (<= 0: exp_nonpos) and return its sum; reassoc vectorizes the
     sum only (the shift and exp are compiled apart with strict flags, see kernels.fastmath)."""
@@ -528,7 +528,7 @@ def _exp_row_sum(s, m, tau, e):
     return acc
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _soft_chunk_v2(lf, s, add, c, tau, out, rb):
     """out <- the soft samples of the chunk's rows, flat (rows * C,): s holds the chunk's
     Gumbels, ``add`` True (s <- lf + s first), or already logits + g; rb is scratch of s's size."""
@@ -577,7 +577,7 @@ def _soft_chunk_v2(lf, s, add, c, tau, out, rb):
                 yr[j] = yr[j] / t
 
 
-@njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy", fastmath=False)
 def _forward_v2(
     logits, tau, zero, one, k0, k1, s0, s1, offset, per, rows, hard, soft, y, soft_flat
 ):
@@ -616,7 +616,7 @@ def _forward_v2(
             _soft_chunk_v2(lflat[r0 * c : r1 * c], s, not hard, c, tau, out, rb)
 
 
-@njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy", fastmath=False)
 def _backward_v1(dy, y, a, has_a, tau, zero, rows, dlogits, partial):
     # partial (nchunks,) float64: chunk ch's sum of dlogits * a over its rows; the wrapper adds
     # the chunks in order (deterministic for any thread count). The float64 accumulation of
@@ -644,7 +644,7 @@ def _backward_v1(dy, y, a, has_a, tau, zero, rows, dlogits, partial):
         partial[ch] = acc
 
 
-@njit(cache=True, parallel=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy", fastmath=False)
 def _max_v1(logits, k0, k1, s0, s1, offset, per, rows, out):
     n, c = logits.shape
     nchunks = (n + rows - 1) // rows

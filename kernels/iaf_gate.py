@@ -304,7 +304,7 @@ def iaf_gate_backward_ref(dz_new, dlogdet, y, z, s, oms, dy_out=None, dz_out=Non
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _forward_rows(y, z, fb, z_new, s, oms, logdet, ls, r0, r1):
     # rows r0..r1; ls (Z,) holds one row's log-sigmoid terms, summed in order after the
     # vectorized loop (an accumulator inside it would be a serial dependency chain)
@@ -337,7 +337,7 @@ def _forward_rows(y, z, fb, z_new, s, oms, logdet, ls, r0, r1):
         logdet[r] = acc
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _forward_par(y, z, fb, z_new, s, oms, logdet, ls, rows):
     # chunk c owns rows c*rows .. and its scratch row ls[c]: no shared writes
     n = z.shape[0]
@@ -345,7 +345,7 @@ def _forward_par(y, z, fb, z_new, s, oms, logdet, ls, rows):
         _forward_rows(y, z, fb, z_new, s, oms, logdet, ls[c], c * rows, min(n, (c + 1) * rows))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _backward_rows(dz_new, dlogdet, y, z, s, oms, dy, dz, has_dz_new, has_dlogdet, need_dz, r0, r1):
     # the reference's expression order, so float64 results agree to the last bit where no
     # dlogdet is added; one loop per case (the flags are hoisted out of the vector loops)
@@ -385,7 +385,7 @@ def _backward_rows(dz_new, dlogdet, y, z, s, oms, dy, dz, has_dz_new, has_dlogde
                 dsr[j] = g * (zr[j] - mr[j]) * sr[j] * o + dl * o
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _backward_par(dz_new, dlogdet, y, z, s, oms, dy, dz, has_dz_new, has_dlogdet, need_dz, rows):
     n = z.shape[0]
     for c in prange((n + rows - 1) // rows):

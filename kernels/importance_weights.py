@@ -223,12 +223,12 @@ def importance_weights_ref(log_w, weights_out=None):
 # LLVM can only vectorize as gathers (measured 10x slower).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _finite_or(v, zero, inf):
     return v if (v > -inf) & (v < inf) else zero
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _finish(s, m, bound, inv, b0, log_k, one, zero):
     """bound = log(s) + m - log K, in float64; inv = 1 / s, 0 for an empty (all -inf) column."""
     for j in range(s.shape[0]):
@@ -237,7 +237,7 @@ def _finish(s, m, bound, inv, b0, log_k, one, zero):
         inv[j] = one / sj if sj != 0.0 else zero
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _block_exp(src, dst, k0, k1, bmax, bnan, bsum, zero, inf, sub):
     """Rows k0..k1, all columns: bmax = the block's column maxima (raw), bnan = whether the
     column holds a NaN, dst = exp(lw - shift) with shift = bmax (0 for an all -inf block), bsum =
@@ -268,7 +268,7 @@ def _block_exp(src, dst, k0, k1, bmax, bnan, bsum, zero, inf, sub):
             s32[j] = zero
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf):
     """Columns b0..b1: merge the block maxima and sums into the bound, and overwrite bmax with
     the factor exp(shift_block - shift) / sum that the scale pass multiplies each block by.
@@ -308,7 +308,7 @@ def _combine(bmax, bnan, bsum, bound, b0, b1, log_k, zero, one, inf):
             row[j] = row[j] * inv[j] if inv[j] != zero else zero
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _scale_block(dst, k0, k1, factor, zero, tiny):
     for k in range(k0, k1):
         for j in range(dst.shape[1]):
@@ -326,7 +326,7 @@ def _scale_block(dst, k0, k1, factor, zero, tiny):
 # (nblocks, B) tables bmax and bsum, so no two iterations write one slot; the merge is its own
 # loop over column chunks. Three parallel regions, about 2 us each when the pool is warm; small
 # inputs take the serial kernel (see _PARALLEL_MIN).
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _kernel_v4(
     log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
 ):
@@ -346,7 +346,7 @@ def _kernel_v4(
         _scale_block(dst, ib * rows, min(ib * rows + rows, K), bmax[ib], zero, tiny)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _kernel_v4_serial(
     log_w, weights, bound, bmax, bnan, bsum, rows, sub, cols, log_k, zero, one, inf, tiny
 ):

@@ -292,7 +292,7 @@ def _tables(mu, logvar, log_weights):
     return muT, ivT, half, const
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _forward_rows(z, muT, half, const, log_p, resp, r0, r1, zero, inf):
     Z = z.shape[1]
     C = const.shape[0]
@@ -322,7 +322,7 @@ def _forward_rows(z, muT, half, const, log_p, resp, r0, r1, zero, inf):
             a[c] = a[c] * inv
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _forward_par(z, muT, half, const, log_p, resp, rows, zero, inf):
     N = z.shape[0]
     for b in prange((N + rows - 1) // rows):  # rows are independent: no shared slot
@@ -331,7 +331,7 @@ def _forward_par(z, muT, half, const, log_p, resp, rows, zero, inf):
         )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _forward_serial(z, muT, half, const, log_p, resp, zero, inf):
     _forward_rows(z, muT, half, const, log_p, resp, 0, z.shape[0], zero, inf)
 
@@ -359,7 +359,7 @@ def mixture_logprob_numba_v1(z, mu, logvar, log_weights):
 # and its (C,) float64 sum of g: no two iterations of the prange write one slot. The blocks are
 # merged afterwards in float64 in block order, and their number depends on N only, so the sums
 # do not depend on the threads.
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _backward_rows(dlog_p, z, muT, ivT, resp, dz, s1, s2, sg, r0, r1, need):
     Z = z.shape[1]
     C = muT.shape[1]
@@ -389,7 +389,7 @@ def _backward_rows(dlog_p, z, muT, ivT, resp, dz, s1, s2, sg, r0, r1, need):
                     row2[c] += t[c] * (zj - mrow[c])
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _backward_par(dlog_p, z, muT, ivT, resp, dz, s1, s2, sg, rows, need):
     N = z.shape[0]
     for b in prange(s1.shape[0]):
@@ -409,7 +409,7 @@ def _backward_par(dlog_p, z, muT, ivT, resp, dz, s1, s2, sg, rows, need):
         )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _backward_serial(dlog_p, z, muT, ivT, resp, dz, s1, s2, sg, rows, need):
     N = z.shape[0]
     for b in range(s1.shape[0]):

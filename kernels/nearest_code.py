@@ -324,7 +324,7 @@ def nearest_code_ref(x, codebook, codebook_sqnorm=None):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _sqdist64(a, b):
     """sum_e (a_e - b_e)^2 in float64. reassoc lets LLVM keep vector partial sums (one order per
     compiled kernel, so deterministic); a strict left-to-right float64 sum is a chain of E
@@ -336,7 +336,7 @@ def _sqdist64(a, b):
     return acc
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _scan(s, cn, m0, mb, nb, best, bidx):
     """Running minimum over the block s (mb, nb) = -2 e.x for codes m0 .. m0 + mb - 1: the
     score of code m at query r is cn[m] + s[m - m0, r]. Four codes per pass over the tile's
@@ -391,7 +391,7 @@ def _scan(s, cn, m0, mb, nb, best, bidx):
         j += 1
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _tile_v3(x, cb, cb2, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2):
     """Nearest code for queries n0:n1. cb2 = -2 cb (exact), so the GEMM writes -2 e.x and a
     score is one add; buf (>= tile_m * (n1 - n0),), best, bidx (>= n1 - n0,)."""
@@ -412,7 +412,7 @@ def _tile_v3(x, cb, cb2, cn, n0, n1, tile_m, big, buf, best, bidx, index, dist2)
         dist2[n0 + r] = _sqdist64(x[n0 + r], cb[k])  # float64 on purpose: a once-rounded dist2
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _nearest_code_v3(x, cb, cb2, cn, tile_n, tile_m, big, workers, index, dist2):
     n = x.shape[0]
     ntiles = (n + tile_n - 1) // tile_n

@@ -113,7 +113,7 @@ Variants
 --------
 - ``*_ref``: NumPy, vectorized over blocks with uint64 arithmetic. The oracle and the
   ``"numpy"`` backend of the ``philox_uniform`` / ``philox_normal`` / ``philox_gumbel`` kernels.
-- ``*_numba``: ``@njit(parallel=True)``, ``prange`` over blocks; each block writes its own E
+- ``*_numba``: ``@njit(nogil=True, parallel=True)``, ``prange`` over blocks; each block writes its own E
   outputs, so there is no shared accumulation and no race. The ``"numba"`` backend (the only
   Numba fill: the vectorized in-kernel fills above are not thread-parallel and differ in the
   last bits).
@@ -363,7 +363,7 @@ def gumbel_ref(seed, stream, n, dtype, offset=0, *, out=None):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _rounds(c0, c1, c2, c3, k0, k1):
     """The ten Philox4x32 rounds on uint64 words holding 32-bit values.
 
@@ -385,7 +385,7 @@ def _rounds(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of one counter (c0, c1, c2, c3) under key (k0, k1) -> 4 uint32 words."""
     w0, w1, w2, w3 = _rounds(
@@ -414,7 +414,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return _philox4x32_10(*(np.uint32(w) for w in words))
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _philox_words(b, s0, s1, k0, k1):
     """Words of block ``b`` as uint64 (counter (b mod 2^32, b >> 32, s0, s1), key (k0, k1), all
     uint64 holding 32-bit values): the form for kernels whose loops over blocks vectorize."""
@@ -455,27 +455,27 @@ def _fill_by_dtype(fill_f32, fill_f64, doc):
     return fill
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block(k0, k1, s0, s1, b):
     """Words of block ``b`` (int, >= 0) for key words (k0, k1) and stream words (s0, s1)."""
     ub = np.uint64(b)
     return _philox4x32_10(ub & _MASK32, ub >> _SHIFT32, s0, s1, k0, k1)
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _uniform01_f32(w):
     """uint32 word -> float32 in [2**-24, 1 - 2**-24]: (float32(w >> 9) + 0.5) * 2**-23, exact."""
     return (np.float32(np.uint64(w) >> _SHIFT9) + _HALF_F32) * _TWO_M23
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _uniform01_f64(a, b):
     """Two uint32 words -> float64 in [2**-53, 1 - 2**-53], exact (a supplies the high bits)."""
     x = ((np.uint64(a) << _SHIFT32) | np.uint64(b)) >> _SHIFT12
     return (np.float64(x) + _HALF_F64) * _TWO_M52
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normal_pair_f32(w0, w1):
     """Box-Muller in float32: radius from word w0, angle from word w1 -> (z0, z1)."""
     r = math.sqrt(_MINUS_TWO_F32 * math.log(_uniform01_f32(w0)))
@@ -483,7 +483,7 @@ def _normal_pair_f32(w0, w1):
     return r * math.cos(t), r * math.sin(t)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normal_pair_f64(w0, w1, w2, w3):
     """Box-Muller in float64: radius from words (w0, w1), angle from (w2, w3) -> (z0, z1)."""
     r = math.sqrt(_MINUS_TWO_F64 * math.log(_uniform01_f64(w0, w1)))
@@ -491,17 +491,17 @@ def _normal_pair_f64(w0, w1, w2, w3):
     return r * math.cos(t), r * math.sin(t)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _gumbel_f32(w):
     return -math.log(-math.log(_uniform01_f32(w)))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _gumbel_f64(a, b):
     return -math.log(-math.log(_uniform01_f64(a, b)))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _pick4(w0, w1, w2, w3, s):
     if s == 0:
         return w0
@@ -512,21 +512,21 @@ def _pick4(w0, w1, w2, w3, s):
     return w3
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _uniform_f32_at(k0, k1, s0, s1, g):
     """float32 uniform of global element g (block g // 4, word g % 4)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 4)
     return _uniform01_f32(_pick4(w0, w1, w2, w3, g % 4))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _gumbel_f32_at(k0, k1, s0, s1, g):
     """float32 Gumbel of global element g (block g // 4, word g % 4)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 4)
     return _gumbel_f32(_pick4(w0, w1, w2, w3, g % 4))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normal_f32_at(k0, k1, s0, s1, g):
     """float32 normal of global element g (block g // 4; pair (g % 4) // 2; cos if g even)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 4)
@@ -537,7 +537,7 @@ def _normal_f32_at(k0, k1, s0, s1, g):
     return z0 if g % 2 == 0 else z1
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _uniform_f64_at(k0, k1, s0, s1, g):
     """float64 uniform of global element g (block g // 2, words 2 (g % 2) and 2 (g % 2) + 1)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 2)
@@ -546,7 +546,7 @@ def _uniform_f64_at(k0, k1, s0, s1, g):
     return _uniform01_f64(w2, w3)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _gumbel_f64_at(k0, k1, s0, s1, g):
     """float64 Gumbel of global element g (same words as ``_uniform_f64_at``)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 2)
@@ -555,7 +555,7 @@ def _gumbel_f64_at(k0, k1, s0, s1, g):
     return _gumbel_f64(w2, w3)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normal_f64_at(k0, k1, s0, s1, g):
     """float64 normal of global element g (block g // 2; cos if g even, sin if odd)."""
     w0, w1, w2, w3 = _block(k0, k1, s0, s1, g // 2)
@@ -567,7 +567,7 @@ def _normal_f64_at(k0, k1, s0, s1, g):
 _UNIFORM, _NORMAL, _GUMBEL = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _values_f32(kind, w0, w1, w2, w3):
     """The 4 float32 values of one block, in slot order."""
     if kind == _UNIFORM:
@@ -579,7 +579,7 @@ def _values_f32(kind, w0, w1, w2, w3):
     return z0, z1, z2, z3
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _values_f64(kind, w0, w1, w2, w3):
     """The 2 float64 values of one block, in slot order."""
     if kind == _UNIFORM:
@@ -589,7 +589,7 @@ def _values_f64(kind, w0, w1, w2, w3):
     return _normal_pair_f64(w0, w1, w2, w3)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _value_f32_at(kind, k0, k1, s0, s1, g):
     if kind == _UNIFORM:
         return _uniform_f32_at(k0, k1, s0, s1, g)
@@ -598,7 +598,7 @@ def _value_f32_at(kind, k0, k1, s0, s1, g):
     return _normal_f32_at(k0, k1, s0, s1, g)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _value_f64_at(kind, k0, k1, s0, s1, g):
     if kind == _UNIFORM:
         return _uniform_f64_at(k0, k1, s0, s1, g)
@@ -607,7 +607,7 @@ def _value_f64_at(kind, k0, k1, s0, s1, g):
     return _normal_f64_at(k0, k1, s0, s1, g)
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _fill_f32(out, k0, k1, s0, s1, offset, kind):
     # out: (n,) float32 = elements offset .. offset + n - 1. The partial blocks at either end
     # (at most 3 elements each) go element by element; the whole blocks between them run in a
@@ -632,7 +632,7 @@ def _fill_f32(out, k0, k1, s0, s1, offset, kind):
         out[j + 3] = v3
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _fill_f64(out, k0, k1, s0, s1, offset, kind):
     # As _fill_f32 with 2 values per block.
     n = out.size
@@ -724,7 +724,7 @@ def _sqrt(typingctx, x):
     return x(x), codegen
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _sincos(t):
     """(sin t, cos t) for float64 t in [0, 2 pi], branch-free; error ~1 ulp (fdlibm kernels)."""
     n = (t * _INVPIO2 + _RINT_MAGIC) - _RINT_MAGIC  # rint(t / (pi/2)), 0..4
@@ -746,7 +746,7 @@ def _sincos(t):
     return sn, cs
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _normals_f32(buf, k0, k1, s0, s1, first):
     """buf (4 m,) float32 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
     kk0, kk1 = np.uint64(k0), np.uint64(k1)
@@ -764,7 +764,7 @@ def _normals_f32(buf, k0, k1, s0, s1, first):
         buf[4 * i + 3] = rb * np.float32(sb)
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _normals_f64(buf, k0, k1, s0, s1, first):
     """buf (2 m,) float64 <- the normals of blocks first .. first + m - 1 (philox.py slots)."""
     kk0, kk1 = np.uint64(k0), np.uint64(k1)
@@ -786,7 +786,7 @@ _normals = _fill_by_dtype(
 )
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _gumbels_f32(buf, k0, k1, s0, s1, first):
     """buf (4 m,) float32 <- -log(-log u) for the 4 words of blocks first .. first + m - 1."""
     kk0, kk1 = np.uint64(k0), np.uint64(k1)
@@ -800,7 +800,7 @@ def _gumbels_f32(buf, k0, k1, s0, s1, first):
         buf[4 * i + 3] = -log_f32(-log_f32(_uniform01_f32(w3)))
 
 
-@njit(cache=True, error_model="numpy", fastmath=False)
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
 def _gumbels_f64(buf, k0, k1, s0, s1, first):
     """buf (2 m,) float64 <- -log(-log u) for words (w0, w1), (w2, w3) of each block."""
     kk0, kk1 = np.uint64(k0), np.uint64(k1)

@@ -340,7 +340,7 @@ def reparam_sample_backward_ref(dz, dlog_q, dlog_p, mu, logvar, seed, stream=0, 
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True, error_model="numpy", fastmath={"reassoc"})
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy", fastmath={"reassoc"})
 def _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, offset, per, rows, z, log_q, log_p):
     # z (K*B, Z), log_q / log_p (K*B,): row r = k*B + b. c_q (B,) = -Z log(2pi)/2 - sum logvar/2,
     # c_p = -Z log(2pi)/2. Chunks of `rows` rows, fixed by the wrapper (not by the thread count);
@@ -376,7 +376,7 @@ def _forward_v1(mu, sigma, c_q, c_p, half, k0, k1, s0, s1, offset, per, rows, z,
             log_p[r] = c_p - half * ap
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
 def _backward_v2(
     dz, dlog_p, mu, sigma, k0, k1, s0, s1, offset, per, nkc, bt, kstep, acc_mu, acc_lv
 ):

@@ -295,6 +295,78 @@ def engine_kernel_threads():
             lib.set_num_threads(n)
 
 
+def engine_worker_count():
+    """Threads for engine work that splits into independent pieces (the K-sample evaluation's
+    chunks): the engine's chosen BLAS thread count (:func:`engine_blas_threads`), else the
+    BLAS library's own, at most the CPUs this process may run on; 1 when neither is known."""
+    n = engine_blas_threads() or process_blas_threads() or 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(n, cpus))
+
+
+@functools.cache
+def _numba_layer_takes_threads():
+    """Whether Numba's threading layer may launch parallel kernels from several threads at
+    once: "omp" and "tbb" may, "workqueue" aborts the process when they do."""
+    try:
+        import numba
+        from numba.np.ufunc.parallel import _launch_threads
+    except ImportError:  # no Numba: nothing to launch
+        return True
+    try:
+        _launch_threads()  # starts the layer without compiling anything
+        return numba.threading_layer() in ("omp", "tbb")
+    except Exception:  # a Numba without this private entry point: stay on one thread
+        return False
+
+
+@contextlib.contextmanager
+def engine_worker_threads(n):
+    """A pool of ``n`` threads for independent pieces of engine work, each piece running its
+    GEMMs on one BLAS thread and its Numba kernels on one thread.
+
+    Yields a ``concurrent.futures.ThreadPoolExecutor``, or None (run the pieces on the calling
+    thread as usual) when ``n`` < 2 or Numba's threading layer cannot take kernel launches
+    from several threads. The BLAS libraries' thread count is process-wide, so it is set to one
+    for the block and restored after; NumPy's GEMMs and the Numba kernels (compiled with
+    ``nogil``) release the GIL, so the pieces run on the cores at once.
+
+    Two whole chunks side by side keep both cores busy with GEMMs and the elementwise kernels
+    alike, where one chunk at a time on two BLAS threads leaves the kernels between the GEMMs
+    on one core (their second Numba thread would meet OpenBLAS's spinning worker, see
+    :func:`engine_kernel_threads`).
+    """
+    if n < 2 or not _numba_layer_takes_threads():
+        yield None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    saved = []
+    for lib in _blas_libraries():
+        if lib.num_threads != 1:
+            saved.append((lib, lib.num_threads))
+            lib.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(
+            n, thread_name_prefix="lvmcore-worker", initializer=_one_numba_thread
+        ) as pool:
+            yield pool
+    finally:
+        for lib, k in reversed(saved):
+            lib.set_num_threads(k)
+
+
+def _one_numba_thread():
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(1)  # a thread's own setting: the calling thread keeps its count
+
+
 def array_module(name_or_device):
     """The array module for a device name ("cpu" or "cuda")."""
     if name_or_device in ("cpu", "numpy", "numba"):

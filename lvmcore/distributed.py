@@ -44,6 +44,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import itertools
 import math
 import numbers
 import os
@@ -51,6 +52,7 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -856,6 +858,7 @@ def fold_logsumexp_grid(
     n_chunks: int,
     cell: Callable[[int, int], Any],
     root: int = 0,
+    executor: Executor | None = None,
 ) -> np.ndarray | None:
     """Sharded K-sample evaluation: compute the grid's cells on all ranks, fold on ``root``.
 
@@ -870,6 +873,10 @@ def fold_logsumexp_grid(
         it: its noise is keyed by (batch, sample offset), not by rank. Called by each rank for
         its cells of :func:`grid_cells`, in row-major order. A CuPy result is copied to the host.
     root : int
+    executor : concurrent.futures.Executor, optional
+        Computes the cells of one batch at the same time (``executor.map``), batch after batch;
+        ``cell`` must then be safe to call from several threads for cells of one batch. The
+        cells and their fold are the same as without it.
 
     Returns
     -------
@@ -895,12 +902,24 @@ def fold_logsumexp_grid(
     if not callable(cell):
         raise TypeError(f"{f}: expected cell to be callable (i, j) -> array, got {cell!r}.")
     _check_root(root, comm.size, f)
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"{f}: expected executor to be a concurrent.futures.Executor or None, got "
+            f"{type(executor).__name__}."
+        )
     mine = {}
-    for i, j in grid_cells(n_batches, n_chunks, comm.rank, comm.size):
-        part = cell(i, j)
-        check_array(part, f"cell({i}, {j})", f, ndim=1, dtype=np.float64, finite=False)
-        host = part.get() if _array_library(part) == "cupy" else part  # MPI sees host memory
-        mine[(i, j)] = np.ascontiguousarray(host)
+    for i, ijs in itertools.groupby(
+        grid_cells(n_batches, n_chunks, comm.rank, comm.size), key=lambda ij: ij[0]
+    ):
+        ijs = list(ijs)
+        if executor is None or len(ijs) == 1:
+            parts = [cell(*ij) for ij in ijs]
+        else:
+            parts = list(executor.map(cell, *zip(*ijs)))
+        for (i, j), part in zip(ijs, parts):
+            check_array(part, f"cell({i}, {j})", f, ndim=1, dtype=np.float64, finite=False)
+            host = part.get() if _array_library(part) == "cupy" else part  # MPI sees host
+            mine[(i, j)] = np.ascontiguousarray(host)
     gathered = comm.gather(mine, root=root)
     if comm.rank != root:
         return None

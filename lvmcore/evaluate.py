@@ -31,11 +31,17 @@ rank 0.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from ._validation import check_param, to_numpy
-from .backend import engine_kernel_threads, get_backend
+from .backend import (
+    engine_kernel_threads,
+    engine_worker_count,
+    engine_worker_threads,
+    get_backend,
+)
 from .distributed import Communicator, SingleProcess, fold_logsumexp_grid
 
 __all__ = [
@@ -102,6 +108,14 @@ def log_likelihood(
     independent (the samplers' noise is keyed by batch and chunk), so with ``comm`` each
     process computes a contiguous block of them and rank 0 folds them in the same order: the
     result is bit-identical for every number of processes.
+
+    On the CPU, a model whose draws may run at once (``concurrent_draws``: the VAE and IWAE)
+    has the chunks of each batch computed on :func:`lvmcore.backend.engine_worker_count`
+    threads (``--threads``, ``LVMCORE_BLAS_THREADS``, else the BLAS library's count), each
+    with one BLAS and one Numba thread: the cells and their fold do not depend on the count.
+    The GEMMs then run on one BLAS thread each, so the result is that of a one-thread
+    evaluation, which can differ from a one-process evaluation on several BLAS threads in the
+    last bits (OpenBLAS's results depend on its thread count).
     """
     f = "log_likelihood"
     model._check_x(x, f)
@@ -126,8 +140,9 @@ def log_likelihood(
         chunk_lme, _ = weights(lw, lw)  # (B,), in place
         return chunk_lme.astype(np.float64) + math.log(n)  # (B,)
 
-    with engine_kernel_threads():
-        lse = fold_logsumexp_grid(comm, n_batches, n_chunks, cell)  # (N,) on rank 0
+    workers = engine_worker_count() if model.concurrent_draws and xp is np else 1
+    with engine_kernel_threads(), engine_worker_threads(workers) as pool:
+        lse = fold_logsumexp_grid(comm, n_batches, n_chunks, cell, executor=pool)  # on rank 0
     if lse is None:
         return None
     return xp.asarray((lse - math.log(k)).astype(model.dtype))
@@ -135,25 +150,28 @@ def log_likelihood(
 
 class _Samplers:
     """The log-weight samplers of the evaluation batches, made in batch order (each takes its
-    draws from the one ``rng``), keeping the last: ``samplers(i)`` for non-decreasing i."""
+    draws from the one ``rng``), keeping the last: ``samplers(i)`` for non-decreasing i (the
+    cells of one batch run together, batch after batch)."""
 
     def __init__(self, model, x, rng, batch_size, labels=None):
         self.model, self.x, self.rng, self.batch_size = model, x, rng, batch_size
         self.labels = labels
         self.xp = get_backend(x).xp
         self.made, self.draw = 0, None
+        self.lock = threading.Lock()  # the chunks of one batch may ask for it at once
 
     def __call__(self, i):
         xp = self.xp
-        while self.made <= i:  # batches before this process's first are made for their draws
-            b = self.made * self.batch_size
-            xb = xp.ascontiguousarray(self.x[b : b + self.batch_size])  # (B, D)
-            given = {}
-            if self.labels is not None:
-                given["labels"] = self.labels[b : b + self.batch_size]
-            self.draw = self.model.log_weight_sampler(xb, self.rng, **given)
-            self.made += 1
-        return self.draw
+        with self.lock:
+            while self.made <= i:  # batches before this process's first are made for their draws
+                b = self.made * self.batch_size
+                xb = xp.ascontiguousarray(self.x[b : b + self.batch_size])  # (B, D)
+                given = {}
+                if self.labels is not None:
+                    given["labels"] = self.labels[b : b + self.batch_size]
+                self.draw = self.model.log_weight_sampler(xb, self.rng, **given)
+                self.made += 1
+            return self.draw
 
 
 def _check_comm(comm, f):

@@ -183,11 +183,23 @@ def test_mvae_likelihoods_and_cross_generation(rng):
     model = MVAE(D, latent_dim=2, hidden=(4,), dtype=np.float64, seed=1)
     x = _x(rng, B=4)
     exact_joint, exact_top = _quadrature_log_likelihoods(model, x)
-    for seed in (0, 1):
-        joint = model.log_likelihood(x, np.random.default_rng(seed), k=3000)
-        top = model.modality_log_likelihood(x, np.random.default_rng(seed), "top", k=3000)
-        np.testing.assert_allclose(joint, exact_joint, atol=0.4)
-        np.testing.assert_allclose(top, exact_top, atol=0.4)
+    # The joint's proposal, PoE(prior, q_top, q_bottom) of an untrained model, gives heavy-tailed
+    # weights: one estimate at K=3000 spreads by up to 0.3 nats across seeds with a bias of -0.3
+    # at a row (measured over 40 seeds), so the median over ten seeds is checked, at K=20000
+    # for the joint; and the estimates, log of unbiased estimates, lie below log p on average.
+    joints = np.array(
+        [model.log_likelihood(x, np.random.default_rng(s), k=20000) for s in range(10)]
+    )
+    tops = np.array(
+        [
+            model.modality_log_likelihood(x, np.random.default_rng(s), "top", k=3000)
+            for s in range(10)
+        ]
+    )
+    np.testing.assert_allclose(np.median(joints, axis=0), exact_joint, atol=0.4)
+    np.testing.assert_allclose(np.median(tops, axis=0), exact_top, atol=0.2)
+    sem = joints.std(axis=0, ddof=1) / np.sqrt(len(joints))
+    assert np.all(joints.mean(axis=0) <= exact_joint + 3 * sem)
     assert np.all(model.elbo(x, np.random.default_rng(3)) < exact_joint)
     # log p(bottom | top) = log p(x) - log p(top), the two estimates drawn in turn
     cross = model.cross_log_likelihood(x, np.random.default_rng(4), given=0, k=500)

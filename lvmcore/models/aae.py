@@ -421,6 +421,8 @@ class AAE(VAE):
         log_q = log_q - self.dtype.type(Z * _HALF_LOG_2PI)  # (K, B)
         return p.log_px_z + self.target_log_prob(p.z) - log_q
 
+    concurrent_draws = False  # its own sampler, through the readable forward
+
     def log_weight_sampler(self, x, rng):
         """The base sampler (fresh noise per chunk): the VAE's fused kernel assumes N(0, I)."""
         return Model.log_weight_sampler(self, x, rng)

@@ -244,6 +244,11 @@ class Model:
     # about 2**13 keeps the GEMMs large and the peak memory the same for every K above a few
     # hundred.
     eval_chunk_rows: ClassVar[int] = 1 << 13
+    # Whether the draws of one log_weight_sampler may run on several threads at once (each
+    # thread with its own buffers, nothing written to the model): then the K-sample
+    # evaluation computes a batch's chunks side by side on the CPU. A model that overrides
+    # log_weight_sampler, or what its draws call, decides again.
+    concurrent_draws: ClassVar[bool] = False
     # This process's part of the global batch during a data-parallel step
     # (lvmcore.distributed.BatchShard, set by _data_parallel); None in one process.
     _shard: Any = None

@@ -249,14 +249,19 @@ class CVAE(VAE):
         labels = self._check_labels(labels, x.shape[0], "CVAE.log_weights")
         return VAE.log_weights(self, self._with_label(x, labels), eps)
 
+    concurrent_draws = False  # its own sampler, through the readable forward
+
     def log_weight_sampler(self, x, rng, labels=None):
-        """``draw(start, n) -> log w (n, B)``: fresh noise from ``rng`` per chunk (the base
-        sampler; the VAE's fused kernel decodes z alone, without the label)."""
+        """``draw(start, n) -> log w (n, B)``: the base sampler's noise (one seed per batch
+        from ``rng``, each chunk's eps from ``default_rng([seed, start])``), decoded with the
+        label (the VAE's fused kernel decodes z alone)."""
         labels = self._check_labels(labels, x.shape[0], "CVAE.log_weight_sampler")
         xc = self._with_label(x, labels)
+        seed = int(rng.integers(0, 2**63))
 
         def draw(start, n):
-            return VAE.log_weights(self, xc, self.draw_noise(rng, x.shape[0], n))
+            chunk_rng = np.random.default_rng([seed, start])
+            return VAE.log_weights(self, xc, self.draw_noise(chunk_rng, x.shape[0], n))
 
         return draw
 

@@ -499,12 +499,17 @@ class MVAE(Model):
         return self._log_weights(x, eps, (True, True))
 
     def log_weight_sampler(self, x, rng, present=(True, True)):
-        """``draw(start, n) -> log w (n, B)`` with fresh noise (n, B, Z) per chunk; ``present``
-        picks the modalities whose marginal likelihood is estimated."""
+        """``draw(start, n) -> log w (n, B)`` with the base sampler's noise (one seed per batch
+        from ``rng``, each chunk's eps (n, B, Z) from ``default_rng([seed, start])``);
+        ``present`` picks the modalities whose marginal likelihood is estimated."""
+        seed = int(rng.integers(0, 2**63))
 
         def draw(start, n):
             eps = noise.standard_normal(
-                rng, (n, x.shape[0], self.latent_dim), self.dtype, self._like()
+                np.random.default_rng([seed, start]),
+                (n, x.shape[0], self.latent_dim),
+                self.dtype,
+                self._like(),
             )
             return self._log_weights(x, eps, present)
 

@@ -412,6 +412,9 @@ class VAE(Model):
         or its NoiseKey); (K, B)."""
         return self._log_w(self._forward_samples(x, eps, need_grad=False))
 
+    # Each thread's draws decode into its own buffers of the decoder (nn.module._Buffers).
+    concurrent_draws: ClassVar[bool] = True
+
     def log_weight_sampler(self, x, rng):
         """``draw(start, n) -> log w (n, B)`` for the chunked K-sample evaluation of x (B, D).
 

@@ -17,6 +17,7 @@ An :class:`MLP` has two forms of one computation:
 Tests prove the two forms equal to float rounding (float32 and float64, every activation).
 """
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -123,23 +124,50 @@ class BufferedMLPCache(NamedTuple):
 
 class _Buffers:
     """Arrays an MLP reuses across calls, one per name, grown to the largest row count seen
-    (a call with fewer rows uses the first rows: a C-contiguous view). Replaced on ``to``."""
+    (a call with fewer rows uses the first rows: a C-contiguous view). Replaced on ``to``.
+
+    Each thread has its own arrays and generation count, so threads may run buffered forwards
+    of one MLP at the same time (the K-sample evaluation's chunks do); a thread's arrays go
+    when the thread ends.
+    """
 
     def __init__(self):
-        self.arrays = {}
-        self.generation = 0
+        self._local = threading.local()
+
+    def _mine(self):
+        """This thread's state: ``arrays`` by name and ``generation``, the buffered forwards it
+        has run (a cache is valid while its generation is current)."""
+        local = self._local
+        if not hasattr(local, "arrays"):
+            local.arrays, local.generation = {}, 0
+        return local
+
+    @property
+    def arrays(self):
+        return self._mine().arrays
+
+    @property
+    def generation(self):
+        return self._mine().generation
+
+    def next_generation(self):
+        local = self._mine()
+        local.generation += 1
+        return local.generation
 
     def rows(self, name, n, width, dtype, xp):
-        a = self.arrays.get(name)
+        arrays = self.arrays
+        a = arrays.get(name)
         if a is None or a.shape[0] < n or a.shape[1] != width or a.dtype != dtype:
             a = xp.empty((max(n, 1), width), dtype)
-            self.arrays[name] = a
+            arrays[name] = a
         return a[:n]
 
     def fixed(self, name, shape, dtype, xp):
-        a = self.arrays.get(name)
+        arrays = self.arrays
+        a = arrays.get(name)
         if a is None or a.shape != shape or a.dtype != dtype:
-            a = self.arrays[name] = xp.empty(shape, dtype)
+            a = arrays[name] = xp.empty(shape, dtype)
         return a
 
 
@@ -280,7 +308,7 @@ class MLP(Module):
         xp, dtype, n = get_xp(W0), W0.dtype, x.shape[0]
         fwd = get_backend(x).kernel("bias_act")
         buf = self._buffers
-        buf.generation += 1
+        generation = buf.next_generation()
         hidden = []
         h = x
         for i in range(self.n_layers):
@@ -298,7 +326,7 @@ class MLP(Module):
                 _activation_in_place(xp, a, self.activation)
                 hidden.append(a)
             h = a
-        return h, BufferedMLPCache(x, tuple(hidden), buf.generation)
+        return h, BufferedMLPCache(x, tuple(hidden), generation)
 
     def backward_buffered(self, dy, cache, row_scale=None, need_dx=True):
         r"""``backward`` of a buffered forward: accumulate the parameter gradients of
