@@ -16,6 +16,10 @@ Shapes: logits (N, D) and x (B, D), both C-contiguous and of one dtype (float32 
 loglik (N,); grad_out (N, D), preallocated by the caller, either ``logits`` itself (the gradient
 overwrites the logits in place) or memory that overlaps neither input.
 
+Output bias: with ``bias`` (D,) of the same dtype, every formula reads l = logits[r, d] +
+bias[d], added in the data dtype (the value the decoder's own ``logits += bias`` would have
+stored, bit for bit): the decoder's last bias add, a pass over (N, D), rides along in this one.
+
 Numerics
 --------
 - Exact for any finite logit: t = exp(-|l|) is in [0, 1], so nothing overflows; for x = 1 and
@@ -144,7 +148,7 @@ def _check_out(out, name, src, src_name, inputs, func, lib="numpy", contiguous=T
         )
 
 
-def _prepare(func, logits, x, grad_out, lib="numpy", contiguous=True):
+def _prepare(func, logits, x, grad_out, bias=None, lib="numpy", contiguous=True):
     """Check a forward call; ``contiguous`` False for the NumPy reference, which takes
     strides."""
     check_array(logits, "logits", func, ndim=2, lib=lib, contiguous=contiguous)
@@ -157,6 +161,14 @@ def _prepare(func, logits, x, grad_out, lib="numpy", contiguous=True):
             f"{func}: expected x.shape[1] == logits.shape[1] ({D}), got x of shape "
             f"{tuple(x.shape)}."
         )
+    if bias is not None:
+        check_array(bias, "bias", func, ndim=1, lib=lib, contiguous=contiguous)
+        check_dtype_of(bias, "bias", logits, "logits", func)
+        if bias.shape[0] != D:
+            raise ValueError(
+                f"{func}: expected bias of shape ({D},), one per column of logits, got "
+                f"{tuple(bias.shape)}."
+            )
     if B == 0 or N % B != 0:
         raise ValueError(
             f"{func}: expected logits.shape[0] to be a multiple S * B of "
@@ -165,6 +177,8 @@ def _prepare(func, logits, x, grad_out, lib="numpy", contiguous=True):
         )
     if grad_out is not None:
         inputs = {"logits": logits, "x": x}
+        if bias is not None:
+            inputs["bias"] = bias
         _check_out(grad_out, "grad_out", logits, "logits", inputs, func, lib, contiguous)
 
 
@@ -187,7 +201,7 @@ def _prepare_backward(func, dloglik, grad, out, lib="numpy", contiguous=True):
 # --------------------------------------------------------------------------------------------
 
 
-def bernoulli_loglik_ref(logits, x, grad_out=None):
+def bernoulli_loglik_ref(logits, x, grad_out=None, bias=None):
     """Plain NumPy, in float64 whatever the input dtype; results cast to the input dtype.
 
     Parameters
@@ -196,15 +210,19 @@ def bernoulli_loglik_ref(logits, x, grad_out=None):
     x : ndarray of shape (B, D), entries 0 or 1, N = S * B; row r of logits uses x[r % B]
     grad_out : ndarray of shape (N, D), optional
         Receives x - sigmoid(logits); may be ``logits`` itself.
+    bias : ndarray of shape (D,), optional
+        Added to every row of logits (in their dtype) before anything else.
 
     Returns
     -------
     loglik : ndarray of shape (N,)
     grad_out : ndarray of shape (N, D) or None
     """
-    _prepare(_FUNC, logits, x, grad_out, contiguous=False)
+    _prepare(_FUNC, logits, x, grad_out, bias, contiguous=False)
     N, D = logits.shape
     B = x.shape[0]
+    if bias is not None:
+        logits = logits + bias  # (N, D), the data dtype's rounding, as the kernels add it
     l = logits.astype(np.float64).reshape(N // B, B, D)  # (S, B, D)
     xx = x.astype(np.float64)[None]  # (1, B, D)
     t = np.exp(-np.abs(l))  # (S, B, D), in [0, 1]
@@ -321,11 +339,12 @@ def _term_grad_v3_overload(l, xv, zero, one):
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly):
+def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly, bias):
     """loglik[r] and the gradient row for rows r0..r1, written to ``grad``, or over ``logits``
     when ``grad`` is None. None is resolved at compile time, so in place the loop reads and
     writes one array, a distance-0 dependence that vectorizes; two arguments aliasing one buffer
-    would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured)."""
+    would fail LLVM's runtime overlap check and run the scalar loop (20x slower, measured).
+    ``bias`` None (compile time too) or (D,), added to each row's logits."""
     if grad is None:
         out = logits
     else:
@@ -336,17 +355,21 @@ def _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly):
         b = r % B
         acc = acc0
         for d in range(D):
-            if poly is None:
-                term, g = _term_grad(logits[r, d], x[b, d], zero, one)
+            if bias is None:
+                l = logits[r, d]
             else:
-                term, g = _term_grad_v3(logits[r, d], x[b, d], zero, one)
+                l = logits[r, d] + bias[d]
+            if poly is None:
+                term, g = _term_grad(l, x[b, d], zero, one)
+            else:
+                term, g = _term_grad_v3(l, x[b, d], zero, one)
             out[r, d] = g
             acc += term
         loglik[r] = acc
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly):
+def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly, bias):
     """loglik[r] only, rows r0..r1 (the sigmoid is dead code and disappears)."""
     D = logits.shape[1]
     B = x.shape[0]
@@ -354,54 +377,60 @@ def _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly):
         b = r % B
         acc = acc0
         for d in range(D):
-            if poly is None:
-                term, _ = _term_grad(logits[r, d], x[b, d], zero, one)
+            if bias is None:
+                l = logits[r, d]
             else:
-                term, _ = _term_grad_v3(logits[r, d], x[b, d], zero, one)
+                l = logits[r, d] + bias[d]
+            if poly is None:
+                term, _ = _term_grad(l, x[b, d], zero, one)
+            else:
+                term, _ = _term_grad_v3(l, x[b, d], zero, one)
             acc += term
         loglik[r] = acc
 
 
 # Rows are independent: each chunk writes its own loglik[r] and gradient rows, no shared slots.
 @njit(nogil=True, cache=True, parallel=True)
-def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one, poly):
+def _rows_grad_par(logits, x, grad, loglik, rows, acc0, zero, one, poly, bias):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
         r0, r1 = c * rows, min(c * rows + rows, N)
-        _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly)
+        _rows_grad(logits, x, grad, loglik, r0, r1, acc0, zero, one, poly, bias)
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one, poly):
+def _rows_loglik_par(logits, x, loglik, rows, acc0, zero, one, poly, bias):
     N = logits.shape[0]
     for c in prange((N + rows - 1) // rows):
-        _rows_loglik(logits, x, loglik, c * rows, min(c * rows + rows, N), acc0, zero, one, poly)
+        r0, r1 = c * rows, min(c * rows + rows, N)
+        _rows_loglik(logits, x, loglik, r0, r1, acc0, zero, one, poly, bias)
 
 
-def _run(logits, x, grad_out, acc0, poly=None):
+def _run(logits, x, grad_out, acc0, poly=None, bias=None):
     N, D = logits.shape
     dt = logits.dtype.type
     loglik = np.empty(N, dtype=logits.dtype)  # (N,)
     parallel = N * D >= _PARALLEL_MIN and N > _ROWS_PER_TASK
+    c = (acc0, dt(0), dt(1), poly, bias)
     if grad_out is None:
         if parallel:
-            _rows_loglik_par(logits, x, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1), poly)
+            _rows_loglik_par(logits, x, loglik, _ROWS_PER_TASK, *c)
         else:
-            _rows_loglik(logits, x, loglik, 0, N, acc0, dt(0), dt(1), poly)
+            _rows_loglik(logits, x, loglik, 0, N, *c)
         return loglik, None
     grad = None if same_buffer(grad_out, logits) else grad_out  # None: in place
     if parallel:
-        _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, acc0, dt(0), dt(1), poly)
+        _rows_grad_par(logits, x, grad, loglik, _ROWS_PER_TASK, *c)
     else:
-        _rows_grad(logits, x, grad, loglik, 0, N, acc0, dt(0), dt(1), poly)
+        _rows_grad(logits, x, grad, loglik, 0, N, *c)
     return loglik, grad_out
 
 
-def bernoulli_loglik_numba_v3(logits, x, grad_out=None):
+def bernoulli_loglik_numba_v3(logits, x, grad_out=None, bias=None):
     """Numba, v2 with log1p(exp(-|l|)) by a polynomial in t = exp(-|l|) for float32 (float64
     runs v2's math); the contract of ``bernoulli_loglik_ref``."""
-    _prepare(_FUNC, logits, x, grad_out)
-    return _run(logits, x, grad_out, logits.dtype.type(0), poly=True)
+    _prepare(_FUNC, logits, x, grad_out, bias)
+    return _run(logits, x, grad_out, logits.dtype.type(0), poly=True, bias=bias)
 
 
 @njit(nogil=True, cache=True)
@@ -443,16 +472,19 @@ def bernoulli_loglik_backward_numba_v1(dloglik, grad, out=None):
 # --------------------------------------------------------------------------------------------
 
 _CUPY_NAMES = tuple(
-    f"lvm_bernoulli_loglik_v1<{t}, {g}>" for t in ("float", "double") for g in ("true", "false")
+    f"lvm_bernoulli_loglik_v1<{t}, {g}, {b}>"
+    for t in ("float", "double")
+    for g in ("true", "false")
+    for b in ("true", "false")
 )
 
 
-def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
+def bernoulli_loglik_cupy_v1(logits, x, grad_out=None, bias=None):
     """CuPy: a group of up to 32 lanes per row, partial sums in the dtype combined by warp
     shuffles, the gradient written in the same pass. Contract of ``bernoulli_loglik_ref`` on
     cupy arrays; checks types, dtypes, shapes and contiguity (not values)."""
     func = "bernoulli_loglik_cupy_v1"
-    _prepare(func, logits, x, grad_out, lib="cupy")
+    _prepare(func, logits, x, grad_out, bias, lib="cupy")
     from . import _cupy
 
     cupy = _cupy.cupy
@@ -462,7 +494,7 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
     if N == 0:
         return loglik, grad_out
     W = _cupy.group_width(D)
-    name = _CUPY_NAMES[2 * (logits.dtype == np.float64) + (grad_out is None)]
+    name = _CUPY_NAMES[4 * (logits.dtype == np.float64) + 2 * (grad_out is None) + (bias is None)]
     kernel = _cupy.raw_module("bernoulli_loglik.cu", _CUPY_NAMES).get_function(name)
     kernel(
         (_cupy.grid(N * W, _cupy.THREADS),),
@@ -470,6 +502,7 @@ def bernoulli_loglik_cupy_v1(logits, x, grad_out=None):
         (
             logits,
             x,
+            logits if bias is None else bias,  # not read without BIAS
             loglik if grad_out is None else grad_out,
             loglik,
             np.int64(N),
@@ -532,7 +565,7 @@ DEFAULT = default_variant(RECORDS, _FUNC)
 # --------------------------------------------------------------------------------------------
 
 
-def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=False):
+def bernoulli_loglik(logits, x, grad_out=None, *, bias=None, backend="numba", check_values=False):
     """Per-row Bernoulli log-likelihood from logits, and optionally its gradient in place.
 
     Parameters
@@ -544,9 +577,12 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
     grad_out : ndarray of shape (N, D), optional
         Receives d loglik / d logits = x - sigmoid(logits). May be ``logits`` itself (the logits
         are overwritten); otherwise it must overlap neither input.
+    bias : ndarray of shape (D,), optional
+        Same dtype; the formulas read logits + bias (a decoder's output bias, added here
+        instead of in a pass of its own). The gradient is then that of logits + bias.
     backend : {"numba", "numpy", "cupy"}
     check_values : bool
-        Also check that logits are finite and x is binary (one extra pass over each).
+        Also check that logits and bias are finite and x is binary (one extra pass over each).
 
     Returns
     -------
@@ -565,13 +601,14 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
     func = _FUNC
     impl = check_backend(backend, IMPLEMENTATIONS, func)
     if check_values:
-        _prepare(func, logits, x, grad_out, lib="cupy" if backend == "cupy" else "numpy")
-        bad = ~np.isfinite(logits)
-        if bad.any():
-            raise ValueError(
-                f"{func}: expected logits to contain no NaN or Inf values, got "
-                f"{int(bad.sum())} of {logits.size}. Check the decoder output."
-            )
+        _prepare(func, logits, x, grad_out, bias, lib="cupy" if backend == "cupy" else "numpy")
+        for name, a in (("logits", logits), ("bias", bias)):
+            bad = None if a is None else ~np.isfinite(a)
+            if bad is not None and bad.any():
+                raise ValueError(
+                    f"{func}: expected {name} to contain no NaN or Inf values, got "
+                    f"{int(bad.sum())} of {a.size}. Check the decoder output."
+                )
         nonbin = (x != 0) & (x != 1)
         if nonbin.any():
             raise ValueError(
@@ -579,7 +616,9 @@ def bernoulli_loglik(logits, x, grad_out=None, *, backend="numba", check_values=
                 f"{int(nonbin.sum())} other values, e.g. "
                 f"{float(x[nonbin][0])!r}. Binarize the data (x > 0.5)."
             )
-    return impl(logits, x, grad_out)
+    if bias is None:
+        return impl(logits, x, grad_out)
+    return impl(logits, x, grad_out, bias)
 
 
 def bernoulli_loglik_backward(dloglik, grad, out=None, *, backend="numba"):

@@ -97,6 +97,34 @@ def test_rows_use_x_of_row_mod_b(dtype, rng):
         )
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S, B, D", [(1, 1, 1), (3, 5, 7), (2, 3, 784), (4, 1, 33)])
+def test_bias_is_the_bias_added_first_bit_for_bit(variant, dtype, S, B, D, rng, path):
+    """bias (D,) reads logits + bias, rounded in the dtype: exactly what adding it to the
+    logits first and calling without it gives, loglik and gradient, in place or not."""
+    logits, x = _data(rng, S, B, D, dtype)
+    bias = (2.0 * rng.standard_normal(D)).astype(dtype)
+    bias[::5] = np.resize(np.array([0.0, -1e4, 1e4, 88.0, -88.0], dtype), bias[::5].size)
+    added = logits + bias
+    want_ll, want_g = BL.VARIANTS[variant](added, x, np.empty_like(added))
+    ll, g = BL.VARIANTS[variant](logits, x, np.empty_like(logits), bias)
+    np.testing.assert_array_equal(ll, want_ll)
+    np.testing.assert_array_equal(g, want_g)
+    ll_only, none = BL.VARIANTS[variant](logits, x, None, bias)
+    assert none is None
+    np.testing.assert_array_equal(ll_only, want_ll)
+    work = logits.copy()
+    ll_in, g_in = BL.VARIANTS[variant](work, x, work, bias)
+    assert g_in is work
+    np.testing.assert_array_equal(ll_in, want_ll)
+    np.testing.assert_array_equal(work, want_g)
+    via_wrapper = BL.bernoulli_loglik(
+        logits, x, bias=bias, backend="numpy" if variant == "ref" else "numba"
+    )
+    np.testing.assert_array_equal(via_wrapper[0], want_ll)
+
+
 # ---------------------------------------------------------------------------------------------
 # Edge logits and exact values
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +241,22 @@ def test_reference_gradient_by_finite_differences(rng):
     check_vjp(forward, backward, [logits], names=["logits"])
 
 
+def test_reference_gradient_with_bias_by_finite_differences(rng):
+    """d loglik / d bias[d] = sum over rows of the gradient column: the cached gradient is the
+    gradient of logits + bias, for the logits and the bias alike."""
+    logits, x = _data(rng, 2, 3, 5, np.float64, scale=2.0)
+    bias = rng.standard_normal(5)
+
+    def forward(l, b):
+        return BL.bernoulli_loglik_ref(l, x, np.empty_like(l), b)
+
+    def backward(dloglik, grad):
+        dlogits = BL.bernoulli_loglik_backward_ref(dloglik, grad)
+        return dlogits, dlogits.sum(axis=0)
+
+    check_vjp(forward, backward, [logits, bias], names=["logits", "bias"])
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_backward_matches_reference_and_runs_in_place(backend, dtype, rng, path):
@@ -302,6 +346,27 @@ def test_bad_grad_out_is_rejected():
         BL.bernoulli_loglik(big[:6], x, big[3:])
     with pytest.raises(ValueError, match="backend"):
         BL.bernoulli_loglik(logits, x, backend="fortran")
+
+
+def test_bad_bias_is_rejected():
+    logits, x = _valid()
+    with pytest.raises(ValueError, match=r"expected bias of shape \(4,\)"):
+        BL.bernoulli_loglik(logits, x, bias=np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="dtype of logits"):
+        BL.bernoulli_loglik(logits, x, bias=np.zeros(4, np.float64))
+    with pytest.raises(ValueError, match="1 dimension"):
+        BL.bernoulli_loglik(logits, x, bias=np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        BL.bernoulli_loglik(logits, x, bias=np.zeros(8, np.float32)[::2])
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        BL.bernoulli_loglik(logits, x, bias=[0.0] * 4)
+    big = np.zeros(28, np.float32)
+    with pytest.raises(ValueError, match="overlapping bias"):
+        BL.bernoulli_loglik(logits, x, big[:24].reshape(6, 4), bias=big[20:24])
+    bias = np.zeros(4, np.float32)
+    bias[2] = np.nan
+    with pytest.raises(ValueError, match="expected bias to contain no NaN or Inf"):
+        BL.bernoulli_loglik(logits, x, bias=bias, check_values=True)
 
 
 def test_check_values():

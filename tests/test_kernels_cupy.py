@@ -167,6 +167,33 @@ def test_bernoulli_loglik(cp, dtype, S, B, D, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S, B, D", [(1, 1, 1), (3, 5, 33), (2, 4, 784)])
+def test_bernoulli_loglik_with_bias(cp, dtype, S, B, D, rng):
+    """The output bias read inside the kernel: what adding it first gives, with and without
+    the gradient, in place."""
+    logits = (3.0 * rng.standard_normal((S * B, D))).astype(dtype)
+    x = (rng.random((B, D)) < 0.5).astype(dtype)
+    bias = (2.0 * rng.standard_normal(D)).astype(dtype)
+
+    def body(xp, get):
+        fwd = get("bernoulli_loglik")
+        lg, xx, bb = xp.asarray(logits), xp.asarray(x), xp.asarray(bias)
+        ll, grad = fwd(lg, xx, xp.empty_like(lg), bb)
+        ll_only, _ = fwd(lg, xx, None, bb)
+        work = lg.copy()
+        ll_in, _ = fwd(work, xx, work, bb)
+        first, grad_first = fwd(lg + bb, xx, xp.empty_like(lg))
+        return [_host(xp, a) for a in (ll, grad, ll_only, ll_in, work, first, grad_first)]
+
+    want, got = _both(cp, body)
+    for g, w in zip(got, want):
+        _assert_parity(g, w, dtype, "bernoulli_loglik with bias")
+    ll, grad, ll_only, ll_in, work, first, grad_first = got
+    for a, b in ((ll, first), (ll_only, first), (ll_in, first), (grad, grad_first), (work, grad)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli_loglik_huge_logits_are_exact(cp, dtype):
     # x l - softplus(l) for |l| = 1e4 is exactly -1e4 or 0, and the gradient exactly +-1 or 0.
     logits = cp.asarray(np.array([[-1e4], [1e4], [-1e4], [1e4]], dtype))

@@ -61,6 +61,37 @@ def test_bernoulli_nll_backward(rng):
     )
 
 
+def test_bernoulli_nll_with_bias_backward(rng):
+    """The output bias read inside the kernel: finite differences over logits and bias (the
+    bias gradient is the column sum of the cached gradient), and the values of adding it
+    first, bit for bit, on both CPU backends."""
+    logits = rng.standard_normal((6, 9)) * 3
+    x = (rng.random((3, 9)) < 0.5).astype(float)
+    bias = rng.standard_normal(9)
+
+    def backward(d, c):
+        dl = bernoulli_nll_backward(d, c)
+        return dl, dl.sum(axis=0)
+
+    check_vjp(
+        lambda l, b: bernoulli_nll_forward(l, x, bias=b),
+        backward,
+        [logits, bias],
+        names=["logits", "bias"],
+    )
+    for dtype in (np.float32, np.float64):
+        l32, x32, b32 = (a.astype(dtype) for a in (logits, x, bias))
+        for backend in ("numba", "numpy"):
+            want, wc = bernoulli_nll_forward(l32 + b32, x32, backend=backend)
+            got, gc = bernoulli_nll_forward(l32, x32, bias=b32, backend=backend)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(gc.grad, wc.grad)
+    with pytest.raises(ValueError, match=r"bernoulli_nll_forward: expected bias to have shape"):
+        bernoulli_nll_forward(logits, x, bias=np.zeros(8))
+    with pytest.raises(TypeError, match=r"expected bias to have dtype float64 \(logits'\)"):
+        bernoulli_nll_forward(logits, x, bias=np.zeros(9, np.float32))
+
+
 @pytest.mark.parametrize("shared_logvar", [True, False])
 def test_gaussian_nll_backward(rng, shared_logvar):
     mean, x = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))

@@ -7,11 +7,13 @@
 // Error of the float32 sum: each lane adds about D / W terms, then log2(W) levels, all terms
 // <= 0 (no cancellation): about (D / 32 + 5) ulp in the worst case, 1.8e-6 relative at D = 784.
 // In place (grad == logits) is safe: each element is read, then written, by the same lane.
+// With BIAS every formula reads l = logits[r, d] + bias[d] (added in T, as the decoder would).
 #include "common.cuh"
 
-template <typename T, bool GRAD>
-__global__ void lvm_bernoulli_loglik_v1(const T* logits, const T* x, T* grad, T* loglik,
-                                        long long N, long long D, long long B, int W) {
+template <typename T, bool GRAD, bool BIAS>
+__global__ void lvm_bernoulli_loglik_v1(const T* logits, const T* x, const T* bias, T* grad,
+                                        T* loglik, long long N, long long D, long long B,
+                                        int W) {
     typedef lvm_math<T> M;
     const lvm_group grp = lvm_group_make(W);
     for (long long base = grp.warp0; base < N; base += grp.count) {
@@ -23,7 +25,7 @@ __global__ void lvm_bernoulli_loglik_v1(const T* logits, const T* x, T* grad, T*
         T* gr = grad + (active ? r : 0) * D;
         T acc = T(0);
         for (long long d = grp.lane; d < n; d += W) {
-            const T l = lr[d];
+            const T l = BIAS ? lr[d] + bias[d] : lr[d];
             const T xv = xr[d];
             const T t = M::exp(-M::abs(l));                 // in [0, 1]: nothing overflows
             const T softplus = (l > T(0) ? l : T(0)) + M::log1p(t);
@@ -35,15 +37,27 @@ __global__ void lvm_bernoulli_loglik_v1(const T* logits, const T* x, T* grad, T*
     }
 }
 
-template __global__ void lvm_bernoulli_loglik_v1<float, true>(const float*, const float*, float*,
-                                                              float*, long long, long long,
-                                                              long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<float, false>(const float*, const float*, float*,
-                                                               float*, long long, long long,
-                                                               long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, true>(const double*, const double*,
-                                                               double*, double*, long long,
-                                                               long long, long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, false>(const double*, const double*,
-                                                                double*, double*, long long,
-                                                                long long, long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<float, true, true>(
+    const float*, const float*, const float*, float*, float*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<float, true, false>(
+    const float*, const float*, const float*, float*, float*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<float, false, true>(
+    const float*, const float*, const float*, float*, float*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<float, false, false>(
+    const float*, const float*, const float*, float*, float*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<double, true, true>(
+    const double*, const double*, const double*, double*, double*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<double, true, false>(
+    const double*, const double*, const double*, double*, double*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<double, false, true>(
+    const double*, const double*, const double*, double*, double*, long long, long long,
+    long long, int);
+template __global__ void lvm_bernoulli_loglik_v1<double, false, false>(
+    const double*, const double*, const double*, double*, double*, long long, long long,
+    long long, int);

@@ -26,7 +26,9 @@ class BernoulliNLLCache(NamedTuple):
     backend: object
 
 
-def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, backend=None):
+def bernoulli_nll_forward(
+    logits, x, *, bias=None, need_grad=True, overwrite_logits=False, backend=None
+):
     """:math:`-\\log p(x \\mid l) = \\sum_d \\mathrm{softplus}(l_d) - x_d l_d` per row.
 
     Parameters
@@ -36,6 +38,11 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
         sample-major), so x is never tiled.
     x : ndarray of shape (B, D), entries in {0, 1}, the dtype of logits
         B >= 1, and N must be a multiple of B.
+    bias : ndarray of shape (D,), optional
+        The dtype of logits: l = logits + bias (added in that dtype, inside the kernel's one
+        pass), for a decoder whose last layer left its bias out (``MLP.forward_buffered(...,
+        output_bias=False)``). The cached gradient is then the gradient of l, i.e. of the
+        logits and, summed over rows, of the bias.
     need_grad : bool
         Also compute what backward needs (in the same pass).
     overwrite_logits : bool
@@ -86,6 +93,10 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
             f"logits of shape {tuple(logits.shape)}. Order the logits sample-major, (S, B, D) "
             f"reshaped to (S * B, D), and pass at least one row of x."
         )
+    if bias is not None:
+        check_array(
+            bias, "bias", f, shape=(D,), dtype=logits.dtype, finite=False, xp=xp, ref="logits'"
+        )
     be = get_backend(logits, x, backend=backend)
     # the fused kernel reads rows as blocks of memory: strided views are copied, explicitly
     logits = xp.ascontiguousarray(logits)
@@ -93,7 +104,10 @@ def bernoulli_nll_forward(logits, x, *, need_grad=True, overwrite_logits=False, 
     grad = None
     if need_grad:
         grad = logits if overwrite_logits else xp.empty_like(logits)
-    loglik, grad = be.kernel("bernoulli_loglik")(logits, x, grad)
+    if bias is None:
+        loglik, grad = be.kernel("bernoulli_loglik")(logits, x, grad)
+    else:
+        loglik, grad = be.kernel("bernoulli_loglik")(logits, x, grad, xp.ascontiguousarray(bias))
     return -loglik, BernoulliNLLCache(grad, be)
 
 

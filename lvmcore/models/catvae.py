@@ -727,11 +727,14 @@ class CatVAE(Model):
         logits = h.reshape(B, N, C)  # (B, N, C)
         mode = {"gumbel": "soft", "st-gumbel": "st"}.get(est, "hard")
         y, y_soft, g = self._sample(x, logits, g, mode, tau)  # (K, B, N, C)
-        if fused:
-            out, dec = self.decoder.forward_buffered(y.reshape(K * B, N * C))  # a buffer
+        bias = None
+        if fused:  # a buffer; the likelihood kernel adds the output bias in its pass
+            out, dec = self.decoder.forward_buffered(y.reshape(K * B, N * C), output_bias=False)
+            bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
         else:
             out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
-        nll, lik = bernoulli_nll_forward(out, x, overwrite_logits=fused)  # row r: x[r % B]
+        # row r: x[r % B]
+        nll, lik = bernoulli_nll_forward(out, x, bias=bias, overwrite_logits=fused)
         log_px_z = -nll.reshape(K, B)  # (K, B)
         terms = None
         if isinstance(g, NoiseKey):  # the fused kernels ran: the logits are finite

@@ -328,8 +328,11 @@ class VAE(Model):
         mu, logvar = xp.ascontiguousarray(h[:, :Z]), xp.ascontiguousarray(h[:, Z:])  # (B, Z)
         z = self.decoder.input_buffer(K * B).reshape(K, B, Z)  # the kernel writes z there
         z, log_q, log_p = be.kernel("reparam_sample")(mu, logvar, K, key.seed, key.stream, 0, z)
-        out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z))  # (K*B, D), a buffer
-        lik, log_px_z = self._likelihood(xp, out, x, K, need_grad)
+        # (K*B, D), a buffer; a Bernoulli likelihood adds the output bias in its own pass
+        bernoulli = self.likelihood == "bernoulli"
+        out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z), output_bias=not bernoulli)
+        bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"] if bernoulli else None
+        lik, log_px_z = self._likelihood(xp, out, x, K, need_grad, bias)
         rep = FusedReparam(key, log_q, log_p, be)
         return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
 
@@ -347,13 +350,16 @@ class VAE(Model):
                 f"{tuple(K_B_Z)}. Draw it with draw_key('normal', rng, (K, B, Z))."
             )
 
-    def _likelihood(self, xp, out, x, K, need_grad):
-        """The likelihood of the decoder output (K*B, D): (cache, log p(x|z) (K, B))."""
+    def _likelihood(self, xp, out, x, K, need_grad, bias=None):
+        """The likelihood of the decoder output (K*B, D): (cache, log p(x|z) (K, B)); ``bias``
+        the decoder's output bias when ``out`` left it out (Bernoulli only)."""
         B = x.shape[0]
         if self.likelihood == "bernoulli":
             # row r of out is scored against x[r % B]; the logits are a temporary, so the
             # fused kernel writes the gradient over them
-            nll, lik = bernoulli_nll_forward(out, x, need_grad=need_grad, overwrite_logits=True)
+            nll, lik = bernoulli_nll_forward(
+                out, x, bias=bias, need_grad=need_grad, overwrite_logits=True
+            )
         else:
             xs = x if K == 1 else xp.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
             nll, lik = gaussian_nll_forward(out, self._decoder_logvar(xp), xs)
@@ -431,16 +437,20 @@ class VAE(Model):
         B, Z = x.shape[0], self.latent_dim
         seed = int(rng.integers(0, 2**63))
         mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(x))
+        bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"]  # (D,)
 
         def draw(start, n):
             z = self.decoder.input_buffer(n * B).reshape(n, B, Z)
             z, log_q, log_p = sample(mu, logvar, n, seed, 0, start * B * Z, z)  # (n, B, Z)
-            # reused buffers, with the readable activations' exact values (fused=False): the
+            # reused buffers, with the readable activations' exact values (fused=False) and
+            # the output bias added by the likelihood kernel (the same float adds): the
             # estimate stays bit for bit what it has been
-            logits, _ = self.decoder.forward_buffered(z.reshape(n * B, -1), fused=False)
+            zs = z.reshape(n * B, -1)
             if self.likelihood == "bernoulli":
-                nll, _ = bernoulli_nll_forward(logits, x, need_grad=False)  # (n*B,)
+                logits, _ = self.decoder.forward_buffered(zs, fused=False, output_bias=False)
+                nll, _ = bernoulli_nll_forward(logits, x, bias=bias, need_grad=False)  # (n*B,)
             else:
+                logits, _ = self.decoder.forward_buffered(zs, fused=False)
                 xs = xp.broadcast_to(x, (n,) + x.shape).reshape(n * B, -1)
                 nll, _ = gaussian_nll_forward(logits, self._decoder_logvar(xp), xs)
             return log_p - log_q - nll.reshape(n, B)  # (n, B)

@@ -276,7 +276,7 @@ class MLP(Module):
         W = self.params["W0"]
         return self._buffers.rows("x", n, self.sizes[0], W.dtype, get_xp(W))
 
-    def forward_buffered(self, x, fused=True):
+    def forward_buffered(self, x, fused=True, output_bias=True):
         """``forward`` with reused buffers and one fused bias+activation pass per hidden layer.
 
         Parameters
@@ -287,6 +287,10 @@ class MLP(Module):
             True: the ``bias_act`` kernel (one pass). False: the bias added and the readable
             activation applied in place (NumPy's or CuPy's own tanh, ...): bit for bit the
             values of ``forward``, for a caller whose results are pinned to it.
+        output_bias : bool
+            False: the last layer's bias is left out of y, for a caller that adds it inside
+            the pass that reads y next (the Bernoulli likelihood kernel's ``bias``), saving a
+            pass over (N, sizes[-1]). ``backward_buffered`` is the same either way.
 
         Returns
         -------
@@ -317,7 +321,8 @@ class MLP(Module):
             a = buf.rows("y" if last else f"h{i}", n, width, dtype, xp)  # (N, sizes[i+1])
             xp.matmul(h, self.params[f"W{i}"], out=a)
             if last:
-                a += self.params[f"b{i}"]
+                if output_bias:
+                    a += self.params[f"b{i}"]
             elif fused:
                 fwd(a, self.params[f"b{i}"], self.activation, a)
                 hidden.append(a)
