@@ -351,6 +351,14 @@ def _engine_split():
     return f"step BLAS {blas} thr" if blas is not None else "step BLAS auto"
 
 
+def _eval_split():
+    """How the K-sample evaluation splits its threads here, for its row."""
+    from lvmcore.backend import engine_worker_count
+
+    n = engine_worker_count()
+    return f"chunks on {n} threads x 1 BLAS thread" if n > 1 else "chunks on 1 thread"
+
+
 def bench_training(P, R, repeat):
     from lvmcore.models import IWAE, VAE
     from lvmcore.optim import Adam
@@ -599,7 +607,7 @@ def bench_eval(P, R, repeat):
         peers,
         f"{ours / bare:.2f} x GEMMs (best {median_pair.best:.2f}); {n / (ours / 1e3):.1f} "
         f"images/s; {gf:.0f} GFLOP/s = "
-        f"{gf / R[2]:.0%} of SGEMM; {_engine_split()}{torch_ceiling(peers)}",
+        f"{gf / R[2]:.0%} of SGEMM; {_eval_split()}{torch_ceiling(peers)}",
     )
 
 
