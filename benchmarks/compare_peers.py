@@ -49,7 +49,13 @@ import numpy as np
 import lvmcore  # noqa: F401  (first: it may choose OpenBLAS's kernels before NumPy loads)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmarks.gemm_bound import CATVAE_SIZES, eval_gemms, step_flops, step_gemms
+from benchmarks.gemm_bound import (
+    CATVAE_SIZES,
+    eval_gemms,
+    parameter_shapes,
+    step_flops,
+    step_gemms,
+)
 
 from benchmarks import machine_bounds as mb
 
@@ -498,8 +504,7 @@ def bench_bias_act(P, R, repeat):
 
 
 # The IWAE-paper model's parameters: W and b of each of its six layers.
-_ADAM_WIDTHS = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
-_ADAM_SHAPES = [sh for a, b in _ADAM_WIDTHS for sh in ((a, b), (b,))]
+_ADAM_SHAPES = parameter_shapes()
 
 
 def bench_adam(P, R, repeat):

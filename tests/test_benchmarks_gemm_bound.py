@@ -68,3 +68,12 @@ def test_eval_gemms_are_the_evaluations(monkeypatch):
     run()
     assert flops == sum(2 * a[0] * a[1] * b[1] for a, b, *_ in calls)
     assert sorted(c[:2] for c in calls if c[0][0] not in (3, 2)) == decoder  # 3 + 2 rows
+
+
+def test_parameter_shapes_are_the_models():
+    """The benchmarks' one list of the IWAE-paper and categorical models' parameter shapes."""
+    iwae_paper = [p.shape for p in VAE(784, 50, (200, 200)).parameters().values()]
+    assert gemm_bound.parameter_shapes() == iwae_paper
+    catvae = CatVAE(784, 20, 10, (512, 256), estimator="gumbel")  # as compare_peers times it
+    want = [p.shape for k, p in catvae.parameters().items() if not k.startswith("state.")]
+    assert gemm_bound.parameter_shapes(gemm_bound.CATVAE_SIZES) == want

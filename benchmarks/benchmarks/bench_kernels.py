@@ -15,6 +15,7 @@ import kernels
 
 from . import machine_bounds as mb
 from .common import THREADS, Benchmark, binary, grid, kernel_variant, normal, variants
+from .gemm_bound import parameter_shapes
 
 DTYPES = ["float32", "float64"]
 
@@ -306,8 +307,7 @@ class AdamUpdateGroup(Benchmark):
         super().setup()
         from kernels.adam_update import AdamGroup
 
-        widths = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
-        shapes = [s for a, b in widths for s in ((a, b), (b,))]
+        shapes = parameter_shapes()
         self.quads = [
             (
                 normal(s, dtype).copy(),

@@ -31,11 +31,26 @@ import numpy as np
 
 from lvmcore.backend import engine_kernel_threads
 
-__all__ = ["step_gemms", "eval_gemms", "step_flops", "CATVAE_SIZES"]
+__all__ = [
+    "step_gemms",
+    "eval_gemms",
+    "step_flops",
+    "parameter_shapes",
+    "IWAE_PAPER_SIZES",
+    "CATVAE_SIZES",
+]
 
 D, H, Z = 784, 200, 50
+# The IWAE paper's one-layer model: (encoder widths, decoder widths).
+IWAE_PAPER_SIZES = ((D, H, H, 2 * Z), (Z, H, H, D))
 # The categorical VAE of compare_peers.py: 20 x 10 latents, hidden 512, 256.
 CATVAE_SIZES = ((D, 512, 256, 200), (200, 256, 512, D))
+
+
+def parameter_shapes(sizes=IWAE_PAPER_SIZES):
+    """The shapes of a model's parameters, W (a, b) then b (b,) for each layer of each MLP,
+    in the order the engine lists them (the IWAE-paper model's twelve arrays by default)."""
+    return [sh for widths in sizes for a, b in zip(widths, widths[1:]) for sh in ((a, b), (b,))]
 
 
 def _weights(sizes, dtype, rng):
@@ -50,7 +65,7 @@ def step_gemms(batch, k, dtype=np.float32, seed=0, sizes=None):
     """
     rng = np.random.default_rng(seed)
     n = batch * k
-    enc_sizes, dec_sizes = sizes or ((D, H, H, 2 * Z), (Z, H, H, D))
+    enc_sizes, dec_sizes = sizes or IWAE_PAPER_SIZES
     D_out = dec_sizes[-1]
     We, Wd = _weights(enc_sizes, dtype, rng), _weights(dec_sizes, dtype, rng)
     x = (rng.random((batch, enc_sizes[0])) < 0.13).astype(dtype)
@@ -105,7 +120,7 @@ def step_flops(batch, k, sizes=None):
     """Floating-point operations of ``step_gemms(batch, k, sizes=sizes)`` (the GEMV
     included)."""
     n = batch * k
-    enc_sizes, dec_sizes = sizes or ((D, H, H, 2 * Z), (Z, H, H, D))
+    enc_sizes, dec_sizes = sizes or IWAE_PAPER_SIZES
     dec = sum(a * b for a, b in zip(dec_sizes, dec_sizes[1:]))
     enc = sum(a * b for a, b in zip(enc_sizes, enc_sizes[1:]))
     return (
