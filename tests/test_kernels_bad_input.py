@@ -66,6 +66,7 @@ def _bl(dtype, n, rng):
         logits=_normal(rng, (2 * n, 4), dtype, 3.0),
         x=(rng.random((n, 4)) < 0.5).astype(dtype),
         grad_out=np.empty((2 * n, 4), dtype),
+        bias=_normal(rng, (4,), dtype),
     )
 
 
