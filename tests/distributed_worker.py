@@ -377,18 +377,28 @@ def gathers(comm):
 
 def sharded_log_likelihoods(comm):
     """model.log_likelihood(comm=) bit-identical to one process for the VAE (Philox by
-    sample) and the categorical VAE (noise keyed by batch and chunk)."""
+    sample), the categorical VAE and the MVAE (noise keyed by batch and chunk), and for the
+    VAE with each rank's cells on two threads ("vae-threads")."""
+    import lvmcore.evaluate
     from lvmcore.data import load_dataset
-    from lvmcore.models import VAE, CatVAE
+    from lvmcore.models import MVAE, VAE, CatVAE
 
     x = load_dataset("digits").valid[:23].astype(np.float64)
     out = {}
+    one_thread = lvmcore.evaluate.engine_worker_count
     for name, model in (
         ("vae", VAE(64, 3, (8,), dtype=np.float64)),
+        ("vae-threads", VAE(64, 3, (8,), dtype=np.float64)),
         ("catvae", CatVAE(64, 3, 4, (8,), estimator="vimco", k=2, dtype=np.float64)),
+        ("mvae", MVAE(64, latent_dim=2, hidden=(8,), dtype=np.float64)),
     ):
         kw = dict(k=17, batch_size=5, chunk_size=4)
-        got = model.log_likelihood(x, np.random.default_rng(11), comm=comm, **kw)
+        if name == "vae-threads":
+            lvmcore.evaluate.engine_worker_count = lambda: 2
+        try:
+            got = model.log_likelihood(x, np.random.default_rng(11), comm=comm, **kw)
+        finally:
+            lvmcore.evaluate.engine_worker_count = one_thread
         if comm.is_root:
             ref = model.log_likelihood(x, np.random.default_rng(11), **kw)
             out[name] = got.tobytes() == ref.tobytes()
