@@ -21,7 +21,6 @@ import contextvars
 import functools
 import importlib.util
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -345,13 +344,19 @@ def engine_worker_threads(n):
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with (
-        one_blas_thread(),
-        ThreadPoolExecutor(
+    saved = []
+    for lib in _blas_libraries():
+        if lib.num_threads != 1:
+            saved.append((lib, lib.num_threads))
+            lib.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(
             n, thread_name_prefix="lvmcore-worker", initializer=_one_numba_thread
-        ) as pool,
-    ):
-        yield pool
+        ) as pool:
+            yield pool
+    finally:
+        for lib, k in reversed(saved):
+            lib.set_num_threads(k)
 
 
 def _one_numba_thread():
@@ -360,58 +365,6 @@ def _one_numba_thread():
     except ImportError:
         return
     numba.set_num_threads(1)  # a thread's own setting: the calling thread keeps its count
-
-
-# Decoder rows (K * B) from which a VAE or IWAE training step on the CPU decodes its samples
-# in two halves on two threads (see ``split_step``). On the 2-core machine (IWAE-paper model,
-# interleaved in one process, 2026-12-03): B=100, K=50 (5000 rows) 56.6 -> 52.4 and 59.7 ->
-# 54.9 ms a step; B=20, K=50 (1000 rows) 15.0 -> 15.0 and 15.9 -> 18.9 ms, so not there.
-SPLIT_MIN_ROWS = 4096
-
-_helper = None
-_helper_lock = threading.Lock()
-
-
-def step_helper():
-    """The engine steps' one helper thread (a ``ThreadPoolExecutor`` of one worker, running
-    its Numba kernels on one thread), made on first use and kept: the buffers its MLP calls
-    make (per thread, see ``lvmcore.nn``) are reused from step to step."""
-    global _helper
-    with _helper_lock:
-        # a forked child inherits the executor but not its thread: it makes its own
-        if _helper is None or _helper[0] != os.getpid():
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(
-                1, thread_name_prefix="lvmcore-step", initializer=_one_numba_thread
-            )
-            _helper = (os.getpid(), pool)
-        return _helper[1]
-
-
-def split_step(rows):
-    """Whether a training step with ``rows`` decoder rows on the CPU splits its decoder over
-    two threads: at least ``SPLIT_MIN_ROWS`` rows, at least two engine workers
-    (:func:`engine_worker_count`) and a Numba threading layer that takes launches from several
-    threads."""
-    return rows >= SPLIT_MIN_ROWS and engine_worker_count() >= 2 and _numba_layer_takes_threads()
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """Every BLAS library on one thread inside the block (restored after): for work that runs
-    its own threads side by side, where a GEMM's second BLAS thread, and OpenBLAS's worker
-    spinning after it, would only take a core from them."""
-    saved = []
-    for lib in _blas_libraries():
-        if lib.num_threads != 1:
-            saved.append((lib, lib.num_threads))
-            lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, k in reversed(saved):
-            lib.set_num_threads(k)
 
 
 def array_module(name_or_device):

@@ -519,16 +519,11 @@ class Model:
             self._check_labels(labels, x.shape[0], f)
         given = {} if labels is None else {"labels": labels}
         self.zero_grad()
-        with engine_kernel_threads(), self._step_threads(x.shape[0]):
+        with engine_kernel_threads():
             noise = self._step_noise(rng, x.shape[0])
             loss, cache = self._step_forward(x, noise, kl_weight, **given)
             self.backward(cache)
         return loss, self._step_end(loss, cache, rng)
-
-    def _step_threads(self, batch_size: int):
-        """A context around a training step's forward and backward that sets up the threads
-        of the model's own (base: none; the VAE's may decode on two)."""
-        return contextlib.nullcontext()
 
     def _step_noise(self, rng: np.random.Generator, batch_size: int):
         """The noise of this process's rows of a training step: ``draw_noise`` in one process;

@@ -41,20 +41,8 @@ in float32 and float64.
 A data-parallel process that draws the global batch's noise and keeps its rows
 (``noise_rows(draw_noise(rng, B), a, b)``, see :mod:`lvmcore.models.base`) passes an array,
 and so takes the readable path with the same noise.
-
-Two threads in one step
------------------------
-A fused Bernoulli step on the CPU with at least ``lvmcore.backend.SPLIT_MIN_ROWS`` decoder rows
-and two engine workers (``lvmcore.backend.split_step``) decodes its samples in two halves of
-whole samples, rows [0, r) on the calling thread and [r, L*B) on the engine's helper thread
-(r = (L // 2) B), every GEMM on one BLAS thread: the decoder's GEMMs and the kernels between
-them then run on both cores, where a 2-thread OpenBLAS GEMM leaves the kernels to one core
-beside its spinning worker. The backward splits the same way, the helper accumulating its
-parameter gradients apart and the caller adding them after its own. The loss is the same bits;
-the gradients differ from the one-thread step by the order of two sums (float rounding).
 """
 
-import contextlib
 import math
 from typing import ClassVar, NamedTuple
 
@@ -62,7 +50,7 @@ import numpy as np
 
 from .. import noise
 from .._validation import check_float_dtype, check_param, check_sizes, get_xp
-from ..backend import get_backend, one_blas_thread, split_step, step_helper
+from ..backend import get_backend
 from ..cli._types import nonneg_float, positive_int
 from ..distributions.kl import (
     KLNormalStdCache,
@@ -107,15 +95,6 @@ class SampleForward(NamedTuple):
     dec: object  # decoder MLPCache
     lik: object  # likelihood cache over (K*B, D)
     log_px_z: object  # (K, B)
-
-
-class SplitDecode(NamedTuple):
-    """The decoder and likelihood caches of a step decoded in two halves of whole samples:
-    rows [0, split) on the calling thread, [split, L*B) on the step helper thread."""
-
-    split: int
-    decs: tuple  # (BufferedMLPCache, BufferedMLPCache), each of its own thread's buffers
-    liks: tuple  # (BernoulliNLLCache, BernoulliNLLCache)
 
 
 class VAECache(NamedTuple):
@@ -351,78 +330,11 @@ class VAE(Model):
         z, log_q, log_p = be.kernel("reparam_sample")(mu, logvar, K, key.seed, key.stream, 0, z)
         # (K*B, D), a buffer; a Bernoulli likelihood adds the output bias in its own pass
         bernoulli = self.likelihood == "bernoulli"
+        out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z), output_bias=not bernoulli)
         bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"] if bernoulli else None
-        if self._split and bernoulli and K >= 2:
-            dec, log_px_z = self._decode_split(z, x, bias, need_grad)
-            lik = dec
-        else:
-            out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z), output_bias=not bernoulli)
-            lik, log_px_z = self._likelihood(xp, out, x, K, need_grad, bias)
+        lik, log_px_z = self._likelihood(xp, out, x, K, need_grad, bias)
         rep = FusedReparam(key, log_q, log_p, be)
         return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
-
-    # True inside a training step that decodes on two threads (module docstring)
-    _split: bool = False
-
-    @contextlib.contextmanager
-    def _step_threads(self, batch_size):
-        """Inside the block, the step decodes on two threads with one BLAS thread each when
-        ``split_step`` says so for its L*B rows (fused Bernoulli steps on the CPU)."""
-        L = self.n_samples
-        W = self.decoder.params["W0"]
-        if not (
-            self.fused_step
-            and self._shard is None
-            and self.likelihood == "bernoulli"
-            and L >= 2
-            and isinstance(W, np.ndarray)
-            and split_step(L * batch_size)
-        ):
-            yield
-            return
-        self._split = True
-        try:
-            with one_blas_thread():
-                yield
-        finally:
-            del self._split
-
-    def _decode_split(self, z, x, bias, need_grad):
-        """Decoder and Bernoulli likelihood of the samples z (K, B, Z) in two halves of whole
-        samples, the second on the step helper thread: (SplitDecode, log p(x|z) (K, B))."""
-        K, B, Z = z.shape
-        r = (K // 2) * B
-        zz = z.reshape(K * B, Z)
-
-        def half(lo, hi):  # each thread decodes into its own buffers
-            out, dec = self.decoder.forward_buffered(zz[lo:hi], output_bias=False)
-            nll, lik = bernoulli_nll_forward(
-                out, x, bias=bias, need_grad=need_grad, overwrite_logits=True
-            )
-            return dec, lik, nll
-
-        second = step_helper().submit(half, r, K * B)
-        dec0, lik0, nll0 = half(0, r)
-        dec1, lik1, nll1 = second.result()
-        log_px_z = -np.concatenate([nll0, nll1]).reshape(K, B)
-        return SplitDecode(r, (dec0, dec1), (lik0, lik1)), log_px_z
-
-    def _decoder_backward_split(self, dnll, s):
-        """``_decoder_backward`` of a SplitDecode: each half on the thread that decoded it,
-        the helper's parameter gradients accumulated apart and added after the caller's."""
-
-        def second():
-            grads = {k: np.zeros_like(g) for k, g in self.decoder.grads.items()}
-            scale = -dnll[s.split :]
-            dz = self.decoder.backward_buffered(s.liks[1].grad, s.decs[1], scale, grads=grads)
-            return dz, grads
-
-        pending = step_helper().submit(second)
-        dz0 = self.decoder.backward_buffered(s.liks[0].grad, s.decs[0], -dnll[: s.split])
-        dz1, grads = pending.result()
-        for k, g in grads.items():
-            self.decoder.grads[k] += g
-        return np.concatenate([dz0, dz1])  # (K*B, Z)
 
     def _check_key(self, key, x):
         K_B_Z = key.shape
@@ -476,8 +388,6 @@ class VAE(Model):
         On the fused path (a buffered decoder), the Bernoulli likelihood's cached gradient
         x - sigmoid(l) goes to the decoder as it is, with -dnll as its row scale: the weights
         multiply the (K*B, H) arrays of the last layer instead of the (K*B, D) logits."""
-        if isinstance(p.dec, SplitDecode):
-            return self._decoder_backward_split(dnll, p.dec)
         if self.likelihood == "bernoulli":
             if isinstance(p.dec, BufferedMLPCache):
                 return self.decoder.backward_buffered(p.lik.grad, p.dec, row_scale=-dnll)

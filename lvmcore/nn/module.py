@@ -333,7 +333,7 @@ class MLP(Module):
             h = a
         return h, BufferedMLPCache(x, tuple(hidden), generation)
 
-    def backward_buffered(self, dy, cache, row_scale=None, need_dx=True, grads=None):
+    def backward_buffered(self, dy, cache, row_scale=None, need_dx=True):
         r"""``backward`` of a buffered forward: accumulate the parameter gradients of
         ``L = sum_n s_n sum_o dy_no y_no`` and return dx (N, sizes[0]) (None without
         ``need_dx``).
@@ -347,9 +347,6 @@ class MLP(Module):
         row_scale : ndarray of shape (N,), optional
             s, a factor per row of dy (1 when None).
         need_dx : bool
-        grads : dict, optional
-            Arrays shaped like ``self.grads`` to accumulate into instead (a thread working on
-            part of the rows beside another one that accumulates into ``self.grads``).
 
         Returns
         -------
@@ -389,7 +386,6 @@ class MLP(Module):
         if row_scale is not None:
             check_array(row_scale, "row_scale", f, shape=(n,), **kw)
         bwd = get_backend(dy).kernel("bias_act_backward")
-        grads = self.grads if grads is None else grads
         inputs = (x,) + tuple(cache.h)
         L = self.n_layers
         scale = row_scale
@@ -399,16 +395,16 @@ class MLP(Module):
             if i < L - 1:
                 d, db = bwd(d, cache.h[i], self.activation, scale, d)  # in place, (N, sizes[i+1])
                 scale = None
-                grads[f"b{i}"] += db
-                self._add_weight_grad(i, h_in, d, grads)
+                self.grads[f"b{i}"] += db
+                self._add_weight_grad(i, h_in, d)
             elif scale is not None:
                 hs = buf.rows("hs", n, self.sizes[i], dtype, xp)  # (N, sizes[i])
                 xp.multiply(h_in, scale[:, None], out=hs)
-                self._add_weight_grad(i, hs, d, grads)
-                grads[f"b{i}"] += xp.matmul(scale, d)  # (sizes[-1],), a GEMV
+                self._add_weight_grad(i, hs, d)
+                self.grads[f"b{i}"] += xp.matmul(scale, d)  # (sizes[-1],), a GEMV
             else:
-                self._add_weight_grad(i, h_in, d, grads)
-                grads[f"b{i}"] += d.sum(axis=0)
+                self._add_weight_grad(i, h_in, d)
+                self.grads[f"b{i}"] += d.sum(axis=0)
             if i == 0 and not need_dx:
                 return None
             nxt = buf.rows("dx" if i == 0 else f"d{i - 1}", n, self.sizes[i], dtype, xp)
@@ -418,9 +414,9 @@ class MLP(Module):
                 d *= scale[:, None]
         return d
 
-    def _add_weight_grad(self, i, h_in, d, grads):
+    def _add_weight_grad(self, i, h_in, d):
         """grads["W<i>"] += h_in^T d, the GEMM into a reused buffer."""
-        g = grads[f"W{i}"]
+        g = self.grads[f"W{i}"]
         tmp = self._buffers.fixed(f"gW{i}", g.shape, g.dtype, get_xp(g))
         get_xp(g).matmul(h_in.T, d, out=tmp)
         g += tmp
