@@ -240,3 +240,23 @@ def test_every_numba_kernel_releases_the_gil():
                 found += 1
                 assert obj.targetoptions.get("nogil"), f"kernels.{info.name}.{name}"
     assert found > 50
+
+
+def test_a_worker_threads_error_reaches_the_caller_as_on_one_thread(monkeypatch):
+    """A diverged encoder: the sampling kernel's ValueError, raised in a worker thread, is the
+    caller's error, as in the one-thread evaluation; a diverged decoder gives NaN in both."""
+    x = (np.random.default_rng(0).random((9, 12)) < 0.5).astype(np.float32)
+    model = VAE(12, 3, (5,))
+    model.init_output_bias(x)
+    model.decoder.params["W0"][0, 0] = np.nan
+    for workers in (1, 2):
+        _workers(monkeypatch, workers)
+        with np.errstate(invalid="ignore"):
+            got = model.log_likelihood(x, np.random.default_rng(0), k=20, chunk_size=3)
+        assert np.isnan(got).all()
+    model.decoder.params["W0"][0, 0] = 0.0
+    model.encoder.params["W0"][0, 0] = np.nan
+    for workers in (1, 2):
+        _workers(monkeypatch, workers)
+        with pytest.raises(ValueError, match="reparam_sample: expected mu to contain no NaN"):
+            model.log_likelihood(x, np.random.default_rng(0), k=20, chunk_size=3)
