@@ -339,6 +339,11 @@ def engine_worker_threads(n):
     on one core (their second Numba thread would meet OpenBLAS's spinning worker, see
     :func:`engine_kernel_threads`).
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidParameterError(
+            f"The 'n' parameter of engine_worker_threads must be an int in [1, inf). Got {n!r} "
+            f"instead."
+        )
     if n < 2 or not _numba_layer_takes_threads():
         yield None
         return

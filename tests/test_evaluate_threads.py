@@ -15,6 +15,7 @@ import kernels
 import lvmcore.backend
 import lvmcore.evaluate
 from lvmcore.distributed import SingleProcess, fold_logsumexp_grid
+from lvmcore.exceptions import InvalidParameterError
 from lvmcore.models import AAE, CVAE, IWAE, MODELS, MVAE, VAE
 from lvmcore.nn import MLP
 
@@ -168,6 +169,10 @@ def test_worker_threads_run_one_blas_and_one_numba_thread_and_restore_blas(monke
     assert set(inside) == {1} and numba_threads == {1}
     with lvmcore.backend.engine_worker_threads(1) as pool:
         assert pool is None
+    for bad in (0, 2.0, True, "2"):
+        with pytest.raises(InvalidParameterError, match="'n' parameter of engine_worker_threads"):
+            with lvmcore.backend.engine_worker_threads(bad):
+                pass
     # a threading layer that cannot take launches from several threads: no pool
     monkeypatch.setattr(lvmcore.backend, "_numba_layer_takes_threads", lambda: False)
     with lvmcore.backend.engine_worker_threads(4) as pool:
