@@ -37,27 +37,15 @@ __global__ void lvm_bernoulli_loglik_v1(const T* logits, const T* x, const T* bi
     }
 }
 
-template __global__ void lvm_bernoulli_loglik_v1<float, true, true>(
-    const float*, const float*, const float*, float*, float*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<float, true, false>(
-    const float*, const float*, const float*, float*, float*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<float, false, true>(
-    const float*, const float*, const float*, float*, float*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<float, false, false>(
-    const float*, const float*, const float*, float*, float*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, true, true>(
-    const double*, const double*, const double*, double*, double*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, true, false>(
-    const double*, const double*, const double*, double*, double*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, false, true>(
-    const double*, const double*, const double*, double*, double*, long long, long long,
-    long long, int);
-template __global__ void lvm_bernoulli_loglik_v1<double, false, false>(
-    const double*, const double*, const double*, double*, double*, long long, long long,
-    long long, int);
+#define LVM_BERNOULLI_INSTANTIATE(T, GRAD, BIAS)                                                \
+    template __global__ void lvm_bernoulli_loglik_v1<T, GRAD, BIAS>(                            \
+        const T*, const T*, const T*, T*, T*, long long, long long, long long, int);
+
+LVM_BERNOULLI_INSTANTIATE(float, true, true)
+LVM_BERNOULLI_INSTANTIATE(float, true, false)
+LVM_BERNOULLI_INSTANTIATE(float, false, true)
+LVM_BERNOULLI_INSTANTIATE(float, false, false)
+LVM_BERNOULLI_INSTANTIATE(double, true, true)
+LVM_BERNOULLI_INSTANTIATE(double, true, false)
+LVM_BERNOULLI_INSTANTIATE(double, false, true)
+LVM_BERNOULLI_INSTANTIATE(double, false, false)
