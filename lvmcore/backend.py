@@ -271,28 +271,38 @@ def engine_kernel_threads():
     Standalone kernel calls and GEMMs outside engine steps keep their threads.
     """
     blas = engine_blas_threads()
-    saved = []
-    if blas is not None:
-        for lib in _blas_libraries():
-            n = lib.num_threads
-            if n > blas:
-                lib.set_num_threads(blas)
-                saved.append((lib, n))
     try:
         import numba
     except ImportError:
         numba = None
-    if numba is not None:
-        want = int(os.environ.get("LVMCORE_KERNEL_THREADS", "1"))
-        old = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(want, numba.config.NUMBA_NUM_THREADS)))
+    with _blas_at_most(blas):
+        if numba is not None:
+            want = int(os.environ.get("LVMCORE_KERNEL_THREADS", "1"))
+            old = numba.get_num_threads()
+            numba.set_num_threads(max(1, min(want, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            if numba is not None:
+                numba.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _blas_at_most(n):
+    """Every BLAS library on at most ``n`` threads inside the block (None: unchanged), its own
+    count restored after. The count is process-wide, not per thread."""
+    saved = []
+    if n is not None:
+        for lib in _blas_libraries():
+            k = lib.num_threads
+            if k > n:
+                lib.set_num_threads(n)
+                saved.append((lib, k))
     try:
         yield
     finally:
-        if numba is not None:
-            numba.set_num_threads(old)
-        for lib, n in reversed(saved):
-            lib.set_num_threads(n)
+        for lib, k in reversed(saved):
+            lib.set_num_threads(k)
 
 
 def engine_worker_count():
@@ -349,19 +359,13 @@ def engine_worker_threads(n):
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    saved = []
-    for lib in _blas_libraries():
-        if lib.num_threads != 1:
-            saved.append((lib, lib.num_threads))
-            lib.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(
+    with (
+        _blas_at_most(1),
+        ThreadPoolExecutor(
             n, thread_name_prefix="lvmcore-worker", initializer=_one_numba_thread
-        ) as pool:
-            yield pool
-    finally:
-        for lib, k in reversed(saved):
-            lib.set_num_threads(k)
+        ) as pool,
+    ):
+        yield pool
 
 
 def _one_numba_thread():
