@@ -121,6 +121,12 @@ def test_degrees_follow_the_order_and_cover_every_hidden_degree():
     assert np.all(made_degrees(1, (2,), np.array([0]))[1] == 0)
 
 
+def test_output_bias_is_the_output_layers_bias_parameter(rng):
+    made = MADE(3, (4, 4), rng, dtype=np.float64)
+    assert made.output_bias is made.params[f"b{made.n_layers - 1}"]
+    assert made.output_bias.shape == (3,)
+
+
 def test_made_with_one_input_depends_on_the_context_only(rng):
     made = MADE(1, (3,), rng, context_dim=2, n_outputs_per_dim=2, dtype=np.float64)
     c = rng.standard_normal((4, 2))

@@ -41,6 +41,16 @@ def test_linear_module_matches_op(rng):
     np.testing.assert_allclose(lin.grads["b"], [4.0, 4.0])
 
 
+def test_output_bias_is_the_last_layers_bias_parameter(rng):
+    mlp = MLP([3, 5, 4], "tanh", rng, dtype=np.float64)
+    assert mlp.output_bias is mlp.params["b1"]
+    mlp.output_bias[...] = 2.0  # writing into it sets the parameter the forward adds
+    x = rng.standard_normal((2, 3))
+    y, _ = mlp.forward(x)
+    mlp.params["b1"][...] = 0.0
+    np.testing.assert_allclose(y - mlp.forward(x)[0], 2.0)
+
+
 def test_glorot_uniform_range_and_variance(rng):
     W = glorot_uniform(rng, 300, 200, np.float64)
     a = np.sqrt(6 / 500)
@@ -128,3 +138,6 @@ def test_buffered_mlp_gradient_and_reuse(rng):
     mlp.backward_buffered(G, c_nb, row_scale=s)
     for k in want:
         np.testing.assert_array_equal(mlp.grads[k], want[k], err_msg=k)
+    for bad in ({"fused": "no"}, {"output_bias": None}):
+        with pytest.raises(TypeError, match=f"expected {next(iter(bad))} to be True or False"):
+            mlp.forward_buffered(x, **bad)

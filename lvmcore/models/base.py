@@ -661,7 +661,7 @@ class Model:
         if self.likelihood == "bernoulli":
             p = xp.clip(mean, 1e-3, 1 - 1e-3)
             mean = xp.log(p) - xp.log1p(-p)
-        decoder.params[f"b{decoder.n_layers - 1}"][...] = mean.astype(self.dtype)
+        decoder.output_bias[...] = mean.astype(self.dtype)
 
     def sample(self, rng: np.random.Generator, n: int):
         """n samples from the model (decoder means), shape (n, D)."""

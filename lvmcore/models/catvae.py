@@ -730,7 +730,7 @@ class CatVAE(Model):
         bias = None
         if fused:  # a buffer; the likelihood kernel adds the output bias in its pass
             out, dec = self.decoder.forward_buffered(y.reshape(K * B, N * C), output_bias=False)
-            bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
+            bias = self.decoder.output_bias
         else:
             out, dec = self.decoder.forward(y.reshape(K * B, N * C))  # (K*B, D)
         # row r: x[r % B]

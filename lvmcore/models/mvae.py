@@ -237,7 +237,7 @@ class MVAE(Model):
         xp = get_xp(x_train)
         for part, dec in zip(self._parts(x_train), self.decoders):
             p = xp.clip(part.mean(axis=0).astype(np.float64), 1e-3, 1 - 1e-3)
-            dec.params[f"b{dec.n_layers - 1}"][...] = (xp.log(p) - xp.log1p(-p)).astype(self.dtype)
+            dec.output_bias[...] = (xp.log(p) - xp.log1p(-p)).astype(self.dtype)
 
     # ------------------------------------------------------------------ pieces
     def _parts(self, x):

@@ -634,14 +634,14 @@ class _PriorDecoder(LogWeightModel):
         xp = get_xp(x_train)
         if self.decoder_kind == "made":
             mean = xp.clip(x_train.mean(axis=0).astype(np.float64), 1e-3, 1 - 1e-3)
-            b = self.decoder.params[f"b{len(self.ar_hidden)}"]
+            b = self.decoder.output_bias
             b[...] = (xp.log(mean) - xp.log1p(-mean)).astype(self.dtype)
         elif self.decoder_kind == "categorical":
             L = self.levels
             lv = check_levels(x_train, L, "x_train", f"{type(self).__name__}.init_output_bias")
             counts = (lv[..., None] == xp.arange(L)).sum(axis=0) + 1.0  # (D, L)
             logp = xp.log(counts / counts.sum(axis=1, keepdims=True))
-            b = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
+            b = self.decoder.output_bias
             b[...] = logp.reshape(-1).astype(self.dtype)
         elif self.likelihood in ("gaussian", "logistic"):
             # the mean, and the scale of each dimension's marginal: of y = (x + u) / L for
@@ -650,7 +650,7 @@ class _PriorDecoder(LogWeightModel):
             if self.dequantize != "none":
                 x64 = (x64 + 0.5) / self.levels
             var = x64.var(axis=0) + (1 / (12 * self.levels**2) if self.levels else 0.0) + 1e-4
-            b = self.decoder.params[f"b{self.decoder.n_layers - 1}"]
+            b = self.decoder.output_bias
             b[...] = x64.mean(axis=0).astype(self.dtype)
             if self.likelihood == "gaussian":
                 self.decoder.params["logvar"][...] = xp.log(var).astype(self.dtype)

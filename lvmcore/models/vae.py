@@ -331,7 +331,7 @@ class VAE(Model):
         # (K*B, D), a buffer; a Bernoulli likelihood adds the output bias in its own pass
         bernoulli = self.likelihood == "bernoulli"
         out, dec = self.decoder.forward_buffered(z.reshape(K * B, Z), output_bias=not bernoulli)
-        bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"] if bernoulli else None
+        bias = self.decoder.output_bias if bernoulli else None
         lik, log_px_z = self._likelihood(xp, out, x, K, need_grad, bias)
         rep = FusedReparam(key, log_q, log_p, be)
         return SampleForward(enc, mu, logvar, z, rep, dec, lik, log_px_z)
@@ -437,7 +437,7 @@ class VAE(Model):
         B, Z = x.shape[0], self.latent_dim
         seed = int(rng.integers(0, 2**63))
         mu, logvar = (xp.ascontiguousarray(a) for a in self.encode(x))
-        bias = self.decoder.params[f"b{self.decoder.n_layers - 1}"]  # (D,)
+        bias = self.decoder.output_bias  # (D,)
 
         def draw(start, n):
             z = self.decoder.input_buffer(n * B).reshape(n, B, Z)

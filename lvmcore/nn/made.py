@@ -253,6 +253,11 @@ class MADE(Module):
         """Number of masked affine layers (hidden layers + output)."""
         return len(self.hidden) + 1
 
+    @property
+    def output_bias(self):
+        """The output layer's bias: the parameter array itself (as ``MLP.output_bias``)."""
+        return self.params[f"b{self.n_layers - 1}"]
+
     def to(self, xp):
         super().to(xp)
         asarray = xp.asarray if xp is not np else to_numpy

@@ -226,6 +226,12 @@ class MLP(Module):
     def n_layers(self):
         return len(self.sizes) - 1
 
+    @property
+    def output_bias(self):
+        """The last layer's bias (sizes[-1],): the parameter array itself, so writing into it
+        sets the parameter."""
+        return self.params[f"b{self.n_layers - 1}"]
+
     def forward(self, x):
         """x (N, sizes[0]) -> y (N, sizes[-1]) and an MLPCache."""
         _check_input(x, self.params["W0"], "MLP.forward")
@@ -309,6 +315,9 @@ class MLP(Module):
         f = "MLP.forward_buffered"
         W0 = self.params["W0"]
         _check_input(x, W0, f)
+        for name, flag in (("fused", fused), ("output_bias", output_bias)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{f}: expected {name} to be True or False, got {flag!r}.")
         xp, dtype, n = get_xp(W0), W0.dtype, x.shape[0]
         fwd = get_backend(x).kernel("bias_act")
         buf = self._buffers
