@@ -21,6 +21,7 @@ import contextvars
 import functools
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,7 +269,9 @@ def engine_kernel_threads():
     ``--threads 1``) is the setting for a busy machine. OpenBLAS's results depend on its
     thread count in the last digits: a step's depend on the chosen count, else on the
     process's.
-    Standalone kernel calls and GEMMs outside engine steps keep their threads.
+    Standalone kernel calls and GEMMs outside engine steps keep their threads. OpenBLAS 0.3.31
+    (NumPy's wheels) ignores a thread count set from any thread but the main one, so a step
+    run from another thread keeps the process's BLAS count whatever was chosen.
     """
     blas = engine_blas_threads()
     try:
@@ -287,22 +290,47 @@ def engine_kernel_threads():
                 numba.set_num_threads(old)
 
 
+# The BLAS thread count is process-wide, and engine blocks limiting it may overlap in time (a
+# user's threads each running an evaluation, a step inside an evaluation): every active limit is
+# registered here, the libraries run on the smallest of them, and the count they had before the
+# first one comes back only when the last one ends, whichever thread ends last.
+_blas_limit_lock = threading.Lock()
+_blas_limits = []  # the active limits, one entry per block
+_blas_before = {}  # library controller -> its count before the first active limit
+
+
+def _apply_blas_limits():
+    """Set every BLAS library to the smallest active limit (at most its count before), or back
+    to that count when none is active. Call with ``_blas_limit_lock`` held."""
+    for lib in _blas_libraries():
+        if _blas_limits:
+            before = _blas_before.setdefault(lib, lib.num_threads)
+            want = min(before, min(_blas_limits))
+        elif lib in _blas_before:
+            want = _blas_before.pop(lib)
+        else:
+            continue
+        if lib.num_threads != want:
+            lib.set_num_threads(want)
+
+
 @contextlib.contextmanager
 def _blas_at_most(n):
-    """Every BLAS library on at most ``n`` threads inside the block (None: unchanged), its own
-    count restored after. The count is process-wide, not per thread."""
-    saved = []
-    if n is not None:
-        for lib in _blas_libraries():
-            k = lib.num_threads
-            if k > n:
-                lib.set_num_threads(n)
-                saved.append((lib, k))
+    """Every BLAS library on at most ``n`` threads inside the block (None: unchanged). The count
+    is process-wide: overlapping blocks, from any threads, run on the smallest active limit,
+    and the count from before the first of them is restored when the last one ends."""
+    if n is None:
+        yield
+        return
+    with _blas_limit_lock:
+        _blas_limits.append(n)
+        _apply_blas_limits()
     try:
         yield
     finally:
-        for lib, k in reversed(saved):
-            lib.set_num_threads(k)
+        with _blas_limit_lock:
+            _blas_limits.remove(n)
+            _apply_blas_limits()
 
 
 def engine_worker_count():
@@ -339,10 +367,13 @@ def engine_worker_threads(n):
     GEMMs on one BLAS thread and its Numba kernels on one thread.
 
     Yields a ``concurrent.futures.ThreadPoolExecutor``, or None (run the pieces on the calling
-    thread as usual) when ``n`` < 2 or Numba's threading layer cannot take kernel launches
-    from several threads. The BLAS libraries' thread count is process-wide, so it is set to one
-    for the block and restored after; NumPy's GEMMs and the Numba kernels (compiled with
-    ``nogil``) release the GIL, so the pieces run on the cores at once.
+    thread as usual) when ``n`` < 2, when Numba's threading layer cannot take kernel launches
+    from several threads, or when the BLAS count cannot be lowered from the calling thread
+    (OpenBLAS 0.3.31 takes a thread count only from the main thread: an evaluation started
+    from another thread runs its chunks one at a time). The BLAS libraries' thread count is
+    process-wide, so it is set to one for the block and restored after; NumPy's GEMMs and the
+    Numba kernels (compiled with ``nogil``) release the GIL, so the pieces run on the cores at
+    once.
 
     Two whole chunks side by side keep both cores busy with GEMMs and the elementwise kernels
     alike, where one chunk at a time on two BLAS threads leaves the kernels between the GEMMs
@@ -359,13 +390,17 @@ def engine_worker_threads(n):
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with (
-        _blas_at_most(1),
-        ThreadPoolExecutor(
+    with _blas_at_most(1):
+        if any(lib.num_threads > 1 for lib in _blas_libraries()):
+            # the count did not go down: OpenBLAS 0.3.31 (pthreads) ignores a count set from
+            # any thread but the main one, and n workers of multi-threaded GEMMs would fight
+            # for the cores
+            yield None
+            return
+        with ThreadPoolExecutor(
             n, thread_name_prefix="lvmcore-worker", initializer=_one_numba_thread
-        ) as pool,
-    ):
-        yield pool
+        ) as pool:
+            yield pool
 
 
 def _one_numba_thread():

@@ -2,6 +2,8 @@
 LVMCORE_BLAS_THREADS or --threads when chosen, else the process's setting, restored after the
 step."""
 
+import threading
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -71,6 +73,107 @@ def test_a_step_restores_the_threads_when_it_fails(monkeypatch, two_blas_threads
     with pytest.raises(RuntimeError, match="inside the step"):
         model.loss_and_grads(x, np.random.default_rng(0))
     assert set(seen[0]) == {1} and _blas_threads() == before
+
+
+class _GlobalCountBLAS:
+    """A BLAS controller whose count is one process-wide value, settable from any thread (as
+    for OpenBLAS before 0.3.30 or BLIS; OpenBLAS 0.3.31 ignores a count set from a thread other
+    than the main one)."""
+
+    def __init__(self, n):
+        self.num_threads = n
+        self.history = [n]
+
+    def set_num_threads(self, n):
+        self.num_threads = n
+        self.history.append(n)
+
+
+def test_overlapping_limits_keep_the_smallest_until_the_last_one_ends(monkeypatch):
+    """A block that ends while another thread's block still runs must not restore the count
+    under it; the count from before the first block comes back when the last one ends."""
+    lib = _GlobalCountBLAS(4)
+    monkeypatch.setattr(backend, "_blas_libraries", lambda: (lib,))
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with backend._blas_at_most(2):
+            seen["first alone"] = lib.num_threads
+            a_inside.set()
+            b_inside.wait(10)
+        a_left.set()
+
+    def second():
+        a_inside.wait(10)
+        with backend._blas_at_most(1):
+            seen["both"] = lib.num_threads
+            b_inside.set()
+            a_left.wait(10)
+            seen["after the first left"] = lib.num_threads
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"first alone": 2, "both": 1, "after the first left": 1}
+    assert lib.num_threads == 4 and not backend._blas_limits and not backend._blas_before
+    # nested in one thread: the smallest active limit holds; a limit above the count is none
+    with backend._blas_at_most(1):
+        with backend._blas_at_most(8):
+            assert lib.num_threads == 1
+        assert lib.num_threads == 1
+    with backend._blas_at_most(8):
+        assert lib.num_threads == 4
+    with pytest.raises(RuntimeError, match="inside"):
+        with backend._blas_at_most(3):
+            raise RuntimeError("inside")
+    assert lib.num_threads == 4 and not backend._blas_limits
+    assert lib.history == [4, 2, 1, 4, 1, 4, 3, 4]
+
+
+class _MainThreadOnlyBLAS(_GlobalCountBLAS):
+    """A controller that ignores a count set from any thread but the main one (OpenBLAS
+    0.3.31 with pthreads, as measured)."""
+
+    def set_num_threads(self, n):
+        if threading.current_thread() is threading.main_thread():
+            super().set_num_threads(n)
+
+
+def test_workers_only_when_the_blas_count_goes_down(monkeypatch):
+    """engine_worker_threads runs no pool when the BLAS count cannot be lowered from the
+    calling thread: workers would each run multi-threaded GEMMs."""
+    monkeypatch.setattr(backend, "_numba_layer_takes_threads", lambda: True)
+    lib = _MainThreadOnlyBLAS(2)
+    monkeypatch.setattr(backend, "_blas_libraries", lambda: (lib,))
+    with backend.engine_worker_threads(2) as pool:
+        assert pool is not None and lib.num_threads == 1
+    assert lib.num_threads == 2
+    got = []
+
+    def from_another_thread():
+        with backend.engine_worker_threads(2) as pool:
+            got.append((pool, lib.num_threads))
+
+    t = threading.Thread(target=from_another_thread)
+    t.start()
+    t.join(20)
+    assert got == [(None, 2)] and lib.num_threads == 2 and not backend._blas_limits
+
+
+def test_a_real_blas_from_another_thread_gets_one_thread_or_no_pool(two_blas_threads):
+    got = []
+
+    def from_another_thread():
+        with backend.engine_worker_threads(2) as pool:
+            got.append(None if pool is None else set(pool.map(lambda _: max(_blas_threads()), [0])))
+
+    t = threading.Thread(target=from_another_thread)
+    t.start()
+    t.join(20)
+    assert got in ([None], [{1}])
 
 
 def test_an_explicit_thread_count_beats_the_default_and_is_recorded(monkeypatch):
