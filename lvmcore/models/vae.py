@@ -430,6 +430,10 @@ class VAE(Model):
         keyed by a seed drawn once per batch from ``rng`` and indexed by element: sample s of
         row b draws the elements from s*B*Z + b*Z on, so the estimate does not depend on the
         chunking. z, log q(z|x) and log p(z) are produced in one pass without storing eps.
+        To replay it: ``seed = int(rng.integers(0, 2**63))`` (one per evaluation batch, in
+        batch order), then the k samples' eps are ``kernels.philox.normal_ref(seed, 0,
+        k * B * Z, dtype).reshape(k, B, Z)`` to float rounding
+        (tests/test_oracle_evaluation.py recomputes the estimate from them in PyTorch).
         """
         be = get_backend(x)
         xp = be.xp
