@@ -187,3 +187,141 @@ def test_bad_parameters():
         IWAE(4, 2, k=0)
     with pytest.raises(ValueError, match="'objective' parameter of IWAE"):
         IWAE(4, 2, objective="vimco")
+
+
+def _far_group_case(dtype, scale, estimator):
+    """A PIWAE model whose parameters are spread by ``scale`` (log w spreads with it) and
+    float32 noise for 4 rows of 30 binary pixels."""
+    D, Z = 30, 3
+    base = IWAE(D, Z, (8,), k=6, objective="piwae", groups=3, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(5)
+    params = {n: v + scale * rng.standard_normal(v.shape) for n, v in base.parameters().items()}
+    model = IWAE(
+        D, Z, (8,), k=6, objective="piwae", groups=3, estimator=estimator, dtype=dtype, seed=1
+    )
+    model.load_parameters({n: v.astype(dtype) for n, v in params.items()})
+    x = (np.random.default_rng(0).random((4, D)) < 0.4).astype(dtype)
+    return model, x
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "stl", "dreg"])
+def test_piwae_group_far_below_its_column_keeps_its_encoder_gradient(estimator):
+    """A group 50-270 nats below the rest of its column: its decoder weights are flushed
+    (float32 step) or underflow, so the encoder-over-decoder rescale alone would lose its
+    encoder gradient (or make it NaN past 88 nats); the float32 fused step must agree with the
+    float64 readable one on the same noise, with no warning."""
+    for scale, least_gap in ((1.5, 45), (2.0, 95), (3.0, 250)):
+        m32, x32 = _far_group_case(np.float32, scale, estimator)
+        m64, x64 = _far_group_case(np.float64, scale, estimator)
+        eps = m32.draw_noise(np.random.default_rng(3), 4)  # float32 noise for both
+        log_w = m64.log_weights(x64, eps.astype(np.float64)).reshape(3, 6, 4)
+        lse = np.logaddexp.reduce(log_w, axis=1)  # (groups, B)
+        assert (lse.max(0) - lse.min(0)).max() > least_gap
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m32.zero_grad()
+            m32.backward(m32.forward(x32, m32.draw_key(np.random.default_rng(3), 4))[1])
+            want = _grads(m64, x64, eps.astype(np.float64))
+        for name, g in m32.gradients().items():
+            ref = want[name]
+            err = np.abs(g.astype(np.float64) - ref).max() / np.abs(ref).max()
+            assert err < 1e-3, (scale, name, err)
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "stl", "dreg"])
+def test_the_direct_way_equals_the_rescale_where_both_are_exact(monkeypatch, estimator):
+    """split_bound_weights' three passes add up to the one-pass gradient (float64, gaps of a
+    few nats, where the rescale is exact): forced on every sample with a ratio above 1/2."""
+    import lvmcore.losses.iwae as iwae_losses
+
+    model, x = _far_group_case(np.float64, 0.3, estimator)
+    eps = model.draw_noise(np.random.default_rng(3), 4)
+    want = _grads(model, x, eps)
+    monkeypatch.setattr(iwae_losses, "RESCALE_LIMIT", 0.5)
+    _, cache = model.forward(x, eps)
+    assert iwae_losses.split_bound_weights(cache[1], estimator) is not None
+    got = _grads(model, x, eps)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_split_bound_weights_is_none_below_the_limit_and_for_other_objectives(rng):
+    from lvmcore.losses.iwae import RESCALE_LIMIT, split_bound_weights
+
+    log_w = rng.standard_normal((6, 4))
+    for objective in ("iwae", "miwae", "ciwae", "piwae"):
+        _, bw = bound_forward(log_w, objective, groups=2)
+        for estimator in ("iwae", "stl", "dreg"):
+            assert split_bound_weights(bw, estimator) is None
+    log_w[:3, 1] -= 1000.0  # group 0 of column 1 far below group 1
+    _, bw = bound_forward(log_w, "piwae", groups=2)
+    assert np.isfinite(bw.encoder_over_decoder).all()  # capped, not inf
+    assert bw.encoder_over_decoder.max() > RESCALE_LIMIT
+    main, direct, generative = split_bound_weights(bw, "iwae")
+    far = np.zeros((6, 4), bool)
+    far[:3, 1] = True
+    np.testing.assert_array_equal(main.decoder, bw.decoder)
+    np.testing.assert_array_equal(main.encoder, np.where(far, 0, bw.encoder))
+    np.testing.assert_array_equal(direct.decoder, np.where(far, bw.encoder, 0))
+    np.testing.assert_array_equal(direct.encoder_over_decoder, far.astype(float))
+    np.testing.assert_array_equal(generative.decoder, direct.decoder)
+    assert not generative.encoder.any() and not generative.encoder_over_decoder.any()
+
+
+def _logweight_families():
+    from lvmcore.models import FlowIWAE, HierarchicalIWAE, PriorDecoderIWAE
+
+    common = dict(objective="piwae", groups=2, k=3, seed=2, dtype=np.float64)
+    return {
+        "hierarchy": lambda e: HierarchicalIWAE(8, estimator=e, **common),
+        "iaf": lambda e: FlowIWAE(8, 3, (6,), posterior="iaf", estimator=e, **common),
+        "vamp+made": lambda e: PriorDecoderIWAE(
+            8,
+            3,
+            (6,),
+            prior="vamp",
+            prior_components=3,
+            decoder="made",
+            ar_dropout=0.3,
+            estimator=e,
+            **common,
+        ),
+        "mog+levels": lambda e: PriorDecoderIWAE(
+            8,
+            3,
+            (6,),
+            prior="mog",
+            prior_components=2,
+            levels=4,
+            dequantize="variational",
+            likelihood="gaussian",
+            estimator=e,
+            **common,
+        ),
+    }
+
+
+@pytest.mark.parametrize("family", sorted(_logweight_families()))
+@pytest.mark.parametrize("estimator", ["iwae", "stl", "dreg"])
+def test_the_direct_way_over_a_copied_cache_for_every_bound_family(monkeypatch, family, estimator):
+    """The families trained through LogWeightModel take the direct way over copies of their
+    forward cache (copy_arrays): forced on every sample with a ratio above 1/2, the gradient
+    is the one-pass one."""
+    import lvmcore.losses.iwae as iwae_losses
+
+    model = _logweight_families()[family](estimator)
+    rng = np.random.default_rng(4)
+    model.load_parameters(
+        {n: v + 0.2 * rng.standard_normal(v.shape) for n, v in model.parameters().items()}
+    )
+    if family == "mog+levels":
+        x = rng.integers(0, 4, (4, 8)).astype(np.float64)
+    else:
+        x = (rng.random((4, 8)) < 0.4).astype(np.float64)
+    eps = model.draw_noise(np.random.default_rng(3), 4)
+    want = _grads(model, x, eps)
+    monkeypatch.setattr(iwae_losses, "RESCALE_LIMIT", 0.5)
+    assert iwae_losses.split_bound_weights(model.forward(x, eps)[1][1], estimator) is not None
+    got = _grads(model, x, eps)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-13, err_msg=name)

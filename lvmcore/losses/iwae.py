@@ -104,9 +104,11 @@ class BoundWeights(NamedTuple):
     ``decoder``: d bound / d log w_s for the generative network.
     ``encoder``: the same for the inference network (differs for PIWAE).
     ``encoder_dreg``: the DReG weights (w~ replaced by w~^2).
-    ``encoder_over_decoder``: encoder / decoder weight ratio, finite everywhere; it
-    rescales the decoder's backpropagated dz into the encoder's without a second pass.
-    ``dreg_over_decoder``: encoder_dreg / decoder likewise.
+    ``encoder_over_decoder``: encoder / decoder weight ratio, finite everywhere (at most
+    2^100); it rescales the decoder's backpropagated dz into the encoder's without a second
+    pass. ``dreg_over_decoder``: encoder_dreg / decoder likewise. Only PIWAE has ratios above
+    1; where one exceeds ``RESCALE_LIMIT`` the rescale cannot be trusted, and
+    :func:`split_bound_weights` says how to take those samples another way.
     """
 
     decoder: object
@@ -114,6 +116,65 @@ class BoundWeights(NamedTuple):
     encoder_dreg: object
     encoder_over_decoder: object
     dreg_over_decoder: object
+
+
+# The encoder-over-decoder rescale (BoundWeights) multiplies the decoder's sample gradient,
+# taken with the decoder's weight, by the ratio. A PIWAE group whose samples sit far below the
+# rest of their column has decoder weights exp(-gap) times its encoder weights: past about 41
+# nats in a float32 step they are flushed to 0 (models.iwae._TINY), past 88 (float32) or 709
+# (float64) nats the ratio would overflow, and 0 * ratio loses the group's whole encoder
+# gradient. Samples whose ratio exceeds RESCALE_LIMIT take the direct way instead
+# (split_bound_weights); below it the decoder's weight is at least 2^-30 of the encoder's.
+RESCALE_LIMIT = 2.0**30
+_LOG_RATIO_CAP = 100 * math.log(2.0)  # ratios are capped at 2^100: finite in float32 too
+
+
+def split_bound_weights(weights, estimator):
+    """How to backpropagate ``weights`` when some encoder-over-decoder ratios are too large.
+
+    Parameters
+    ----------
+    weights : BoundWeights
+    estimator : {"iwae", "stl", "dreg"}
+        Which encoder weights and ratio the backward uses (DReG's, else the plain ones).
+
+    Returns
+    -------
+    None when every ratio is at most ``RESCALE_LIMIT`` (the single backward with the rescale
+    is exact to rounding), else ``(main, direct, direct_generative)``, three BoundWeights whose
+    backward passes add up to the gradient: ``main`` keeps every decoder weight and drops the
+    encoder's weights and ratios of the samples past the limit; ``direct`` takes those samples
+    alone, with the encoder's weight on the generative terms too (ratio 1), so their sample
+    gradients reach the posterior without the rescale; ``direct_generative`` is ``direct``
+    without its encoder part, whose generative gradients ``direct`` added and which must be
+    taken back (gradient = main + direct - direct_generative).
+    """
+    ratio = weights.dreg_over_decoder if estimator == "dreg" else weights.encoder_over_decoder
+    xp = get_xp(ratio)
+    bad = ~(ratio <= ratio.dtype.type(RESCALE_LIMIT))  # NaN counts as past the limit
+    if not bool(bad.any()):
+        return None
+    zero = ratio.dtype.type(0)
+    enc = weights.encoder_dreg if estimator == "dreg" else weights.encoder
+    ones = xp.where(bad, ratio.dtype.type(1), zero)
+    zeros = xp.zeros_like(ratio)
+    main = BoundWeights(
+        weights.decoder,
+        xp.where(bad, zero, weights.encoder),
+        xp.where(bad, zero, weights.encoder_dreg),
+        xp.where(bad, zero, weights.encoder_over_decoder),
+        xp.where(bad, zero, weights.dreg_over_decoder),
+    )
+    on_generative = xp.where(bad, enc, zero)
+    direct = BoundWeights(
+        on_generative,
+        xp.where(bad, weights.encoder, zero),
+        xp.where(bad, weights.encoder_dreg, zero),
+        ones,
+        ones,
+    )
+    direct_generative = BoundWeights(on_generative, zeros, zeros, zeros, zeros)
+    return main, direct, direct_generative
 
 
 def _check_log_w(log_w, f):
@@ -191,7 +252,8 @@ def bound_forward(log_w, objective="iwae", groups=1, beta=0.5):
         lse_all = bound + dt(math.log(S))  # (B,)
         lse_grp = gbound + dt(math.log(K))  # (M, B)
         with _quiet(xp):
-            ratio = xp.where(xp.isfinite(lse_grp), xp.exp(lse_all[None] - lse_grp), dt(0))
+            gap = xp.minimum(lse_all[None] - lse_grp, dt(_LOG_RATIO_CAP))  # no overflow
+            ratio = xp.where(xp.isfinite(lse_grp), xp.exp(gap), dt(0))
         ratio = xp.repeat(ratio[:, None, :], K, axis=1).reshape(S, B) / dt(groups)
         return bound, BoundWeights(dec, enc, enc_dreg, ratio, ratio * wg)
     if objective == "ciwae":

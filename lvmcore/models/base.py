@@ -220,6 +220,22 @@ def add_flags(group, flags) -> None:
         group.add_argument(f.option, dest=f.dest, default=None, help=f.help + shown, **f.kwargs)
 
 
+def copy_arrays(obj):
+    """A copy of a forward cache for another backward pass over it: every array in it (in
+    tuples, named tuples, lists and dicts, at any depth) copied; any other object (a backend,
+    a noise key, a number) shared."""
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy"):
+        return obj.copy()
+    if isinstance(obj, tuple):
+        items = [copy_arrays(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [copy_arrays(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: copy_arrays(v) for k, v in obj.items()}
+    return obj
+
+
 class Model:
     """Base of the models: the contract in the module docstring, and its shared plumbing.
 
@@ -298,6 +314,20 @@ class Model:
             mod.zero_grad()
         for g in self.grads.values():
             g[...] = 0
+
+    def _gradient_of(self, run) -> dict:
+        """The gradients that ``run()`` accumulates, on their own (copies, by name): the
+        accumulated ones are set aside, zeroed for the run and put back after, in place
+        (optimizers hold the arrays)."""
+        grads = self.gradients()
+        saved = {name: g.copy() for name, g in grads.items()}
+        self.zero_grad()
+        try:
+            run()
+            return {name: g.copy() for name, g in grads.items()}
+        finally:
+            for name, g in grads.items():
+                g[...] = saved[name]
 
     def load_parameters(self, arrays: dict) -> None:
         """Copy arrays (e.g. from a checkpoint) into the parameters and state arrays.

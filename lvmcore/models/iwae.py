@@ -29,9 +29,9 @@ import numpy as np
 
 from .._validation import check_param, get_xp
 from ..cli._types import nonneg_float, positive_int
-from ..losses.iwae import OBJECTIVES, bound_forward
+from ..losses.iwae import OBJECTIVES, bound_forward, split_bound_weights
 from ..ops import reparam_backward
-from .base import Flag
+from .base import Flag, copy_arrays
 from .vae import VAE, FusedReparam
 
 ESTIMATORS = ("iwae", "stl", "dreg")
@@ -59,6 +59,30 @@ def _flush_tiny(w):
     xp = get_xp(w)
     m = xp.abs(w).max()
     return xp.where(xp.abs(w) < m * np.float32(_TINY), np.float32(0), w)
+
+
+def backward_bound_weights(model, weights, cache, run):
+    """Accumulate the gradient of the bound whose weights are ``weights`` (BoundWeights):
+    ``run(cache, w)`` is one backward pass of the model over its forward ``cache`` with the
+    weights w (a pass may overwrite what it reads in the cache).
+
+    One pass in general; where some samples' encoder-over-decoder ratio is too large for the
+    rescale (a PIWAE group far below the rest of its column), three, as
+    :func:`lvmcore.losses.iwae.split_bound_weights` prescribes: ``main`` accumulated as usual,
+    and the difference of the ``direct`` and ``direct_generative`` passes, each over its own
+    copy of the cache and taken on its own (``Model._gradient_of``), added.
+    """
+    parts = split_bound_weights(weights, model.estimator)
+    if parts is None:
+        run(cache, weights)
+        return
+    main, direct, direct_generative = parts
+    copies = copy_arrays(cache), copy_arrays(cache)
+    run(cache, main)
+    plus = model._gradient_of(lambda: run(copies[0], direct))
+    minus = model._gradient_of(lambda: run(copies[1], direct_generative))
+    for name, g in model.gradients().items():
+        g += plus[name] - minus[name]
 
 
 class IWAE(VAE):
@@ -214,6 +238,10 @@ class IWAE(VAE):
     def backward(self, cache, dloss=1.0):
         """Accumulate the gradient of ``dloss * loss`` with the chosen estimator."""
         p, bw, _ = cache
+        backward_bound_weights(self, bw, p, lambda c, w: self._backward_weights(c, w, dloss))
+
+    def _backward_weights(self, p, bw, dloss):
+        """One backward pass with the bound's weights ``bw`` (``backward_bound_weights``)."""
         xp = get_xp(p.mu)
         K, B, Z = p.z.shape
         dt = self.dtype.type

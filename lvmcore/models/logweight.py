@@ -45,7 +45,7 @@ from .._validation import check_array, check_param, get_xp, to_numpy
 from ..losses import kl_term_backward, kl_term_forward
 from ..losses.iwae import OBJECTIVES, bound_forward
 from .base import Model
-from .iwae import ESTIMATORS, IWAE
+from .iwae import ESTIMATORS, IWAE, backward_bound_weights
 from .vae import VAE
 
 __all__ = [
@@ -438,14 +438,19 @@ class IWAETraining(LogWeightModel):
         """
         tc, bw, _ = cache
         dt = self.dtype.type
-        if self.estimator == "dreg":
-            enc, ratio = bw.encoder_dreg, bw.dreg_over_decoder
-        else:
-            enc, ratio = bw.encoder, bw.encoder_over_decoder
-        dec = -dt(dloss) * bw.decoder
-        self._terms_backward(
-            tc, TermGrads(dec, dec, dt(dloss) * enc, ratio, self.estimator != "iwae")
-        )
+
+        def run(terms_cache, w):
+            if self.estimator == "dreg":
+                enc, ratio = w.encoder_dreg, w.dreg_over_decoder
+            else:
+                enc, ratio = w.encoder, w.encoder_over_decoder
+            dec = -dt(dloss) * w.decoder
+            self._terms_backward(
+                terms_cache,
+                TermGrads(dec, dec, dt(dloss) * enc, ratio, self.estimator != "iwae"),
+            )
+
+        backward_bound_weights(self, bw, tc, run)
 
     def _step_forward(self, x, noise, kl_weight):
         # KL annealing does not apply to an importance-weighted bound: a training step ignores
