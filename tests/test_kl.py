@@ -457,3 +457,24 @@ def test_kl_divergence_of_an_array_is_the_promised_type_error():
         kl_normal_std_per_dim_backward(np.ones(3), (np.zeros(3), np.zeros(3)))
     with pytest.raises(ValueError, match=r"kl_normal_std_per_dim_backward: expected dkl to have"):
         kl_normal_std_per_dim_backward(np.ones(4), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kl_gradient_of_a_saturated_categorical_keeps_its_top_entry(dtype):
+    """At p_top within eps of 1, p_top (log p_top + log C - KL) cancels to rounding noise if
+    formed as written; its true value, sum_k p_k (log p_top - log p_k), is what the gradient
+    carries (deviation_from_mean)."""
+    from lvmcore.distributions import Categorical, UniformCategorical
+    from lvmcore.distributions.kl import kl_divergence_backward
+
+    logits = np.array([[30.0, 2.0, -1.0, 0.5], [0.3, -0.2, 0.1, 0.0]], dtype=dtype)
+    grads, _ = kl_divergence_backward(
+        Categorical(logits), UniformCategorical(4, dtype), np.ones(2, dtype)
+    )
+    l64 = logits.astype(np.float64)
+    logp = l64 - np.logaddexp.reduce(l64, axis=-1, keepdims=True)
+    p = np.exp(logp)
+    # exact in float64: p_i sum_k p_k (log p_i - log p_k), every term without cancellation
+    want = p * (p[:, None, :] * (logp[:, :, None] - logp[:, None, :])).sum(-1)
+    np.testing.assert_allclose(grads["logits"], want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert grads["logits"][0, 0] > 0  # the top entry: about 2.8e-12, not 0 or noise

@@ -56,6 +56,7 @@ __all__ = [
     "kl_normal_std_per_dim",
     "kl_normal_std_per_dim_forward",
     "kl_normal_std_per_dim_backward",
+    "deviation_from_mean",
 ]
 
 _KL_FORWARD = {}
@@ -442,6 +443,23 @@ def _categorical_terms(logp, p, logq):
     return diff, (p * diff).sum(axis=-1, keepdims=True)
 
 
+def deviation_from_mean(p, v, mean):
+    """v - mean, where ``mean`` (..., 1) = sum_k p_k v_k, for probabilities p (..., C).
+
+    The entry of the most probable category is formed as sum_k p_k (v_top - v_k) instead: when
+    p_top is within the dtype's eps of 1, v_top - mean cancels to rounding noise, while its
+    true value, about (1 - p_top) times a difference of v, is what the gradients of a
+    saturated softmax carry (the KL's p (log p - log q - KL), a score function's weights). Equal
+    in exact arithmetic (sum_k p_k = 1); terms with p_k = 0 are left out.
+    """
+    xp = get_xp(p)
+    top = xp.argmax(p, axis=-1)[..., None]  # (..., 1)
+    v_top = xp.take_along_axis(v, top, axis=-1)
+    pairwise = xp.where(p > 0, p * (v_top - v), p.dtype.type(0)).sum(axis=-1, keepdims=True)
+    at_top = xp.arange(p.shape[-1]) == top  # (..., C)
+    return xp.where(at_top, pairwise, v - mean)
+
+
 @register_kl(Categorical, Categorical)
 def _kl_categorical_categorical(p, q):
     """:math:`\\sum_i p_i(\\log p_i - \\log q_i)`, in log space, 0 terms where p_i = 0."""
@@ -469,7 +487,7 @@ def _kl_categorical_categorical_backward(p, q, dkl):
     logq, qq = _log_softmax_and_probs(q.logits)
     diff, kl = _categorical_terms(logp, pp, logq)
     return (
-        {"logits": _sum_to(dk * pp * (diff - kl), p.logits.shape)},
+        {"logits": _sum_to(dk * pp * deviation_from_mean(pp, diff, kl), p.logits.shape)},
         {"logits": _sum_to(dk * (qq - pp), q.logits.shape)},
     )
 
@@ -491,4 +509,5 @@ def _kl_categorical_uniform_backward(p, q, dkl):
     _check_categories(p, q, "kl_divergence_backward")
     logp, pp = _log_softmax_and_probs(p.logits)
     diff, kl = _categorical_terms(logp, pp, q.log_probs)
-    return {"logits": _sum_to(dkl[..., None] * pp * (diff - kl), p.logits.shape)}, {}
+    dev = deviation_from_mean(pp, diff, kl)
+    return {"logits": _sum_to(dkl[..., None] * pp * dev, p.logits.shape)}, {}

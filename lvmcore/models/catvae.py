@@ -94,7 +94,7 @@ from .._validation import check_float_dtype, check_param, check_sizes, get_xp
 from ..backend import get_backend
 from ..cli._types import nonneg_float, positive_float, positive_int
 from ..distributions.categorical import Categorical, UniformCategorical
-from ..distributions.kl import kl_divergence, kl_divergence_backward
+from ..distributions.kl import deviation_from_mean, kl_divergence, kl_divergence_backward
 from ..distributions.relaxed import relaxed_softmax, relaxed_softmax_backward
 from ..exceptions import InvalidParameterError
 from ..losses import bernoulli_nll_backward, bernoulli_nll_forward
@@ -188,6 +188,15 @@ def categorical_kl_terms(logits, dtype):
     return CategoricalKLTerms(
         logp.reshape(shape), p.reshape(shape), diff.reshape(shape), kl.reshape(shape[:-1] + (1,))
     )
+
+
+def _onehot_minus(y, p):
+    """d log p_y / d logits = onehot(y) - p for one-hot samples y (K, B, N, C) and p (B, N, C),
+    with 1 - p_y formed as the sum of the other categories' p: at a saturated q (p_y within
+    eps of 1) the difference would cancel to rounding noise."""
+    xp = get_xp(p)
+    others = (p * (1 - y)).sum(axis=-1, keepdims=True)  # (K, B, N, 1)
+    return xp.where(y == 1, others, -p)
 
 
 def _row_reduce(ufunc, a):
@@ -841,11 +850,12 @@ class CatVAE(Model):
             terms = cache.kl_terms
             p = log_softmax_forward(cache.logits, axis=-1)[1][0] if terms is None else terms.p
             dlogq = -dt(dloss) * cache.w_score  # (K, B)
-            dlogits = (dlogq[..., None, None] * (cache.y - p)).sum(axis=0)  # (B, N, C)
+            dlogits = (dlogq[..., None, None] * _onehot_minus(cache.y, p)).sum(axis=0)
         if cache.kl_weight != 0 and cache.kl_terms is not None:
             # d KL_n / d logits = p (log p + log C - KL_n), as the registered KL backward
             t = cache.kl_terms
-            dlogits += dt(dloss * cache.kl_weight / B) * t.p * (t.diff - t.kl)
+            dev = deviation_from_mean(t.p, t.diff, t.kl)
+            dlogits += dt(dloss * cache.kl_weight / B) * t.p * dev
         elif cache.kl_weight != 0:
             dkl = xp.full((B, N), dt(dloss * cache.kl_weight / B), dtype=self.dtype)
             prior = UniformCategorical(C, self.dtype, xp=xp)
