@@ -231,3 +231,34 @@ def test_catvae_step_runs_the_fused_kernels_and_survives_a_nan_encoder(estimator
         np.testing.assert_allclose(step[k], want[k], rtol=2e-4, atol=2e-4 * scale, err_msg=k)
     model.encoder.params["W0"][0, 0] = np.nan
     assert np.isnan(model.loss_and_grads(x, rng)[0])
+
+
+@pytest.mark.parametrize("kind", ["stl", "dreg", "vae-sampled"])
+def test_fused_step_at_a_posterior_narrower_than_the_spacing_of_its_mean(kind):
+    """mu = 8, logvar = -30 (std 3e-7, below the float32 spacing of 8): z - mu is rounding
+    noise there, so the fused step must take eps from its key, not from (z - mu) / std; it
+    then agrees with the readable float32 path on the same noise."""
+    from lvmcore.models import IWAE, VAE
+
+    D, Z = 10, 2
+    if kind == "vae-sampled":
+        model = VAE(D, Z, (5,), kl="sampled", n_samples=2, seed=3)
+    else:
+        model = IWAE(D, Z, (5,), k=4, estimator=kind, seed=3)
+    model.encoder.params["W1"][...] = 0
+    model.encoder.params["b1"][...] = np.array([8.0] * Z + [-30.0] * Z, np.float32)
+    x = (np.random.default_rng(0).random((3, D)) < 0.4).astype(np.float32)
+    runs = []
+    for noise in (
+        model.draw_noise(np.random.default_rng(4), 3),
+        model.draw_key(np.random.default_rng(4), 3),
+    ):
+        model.zero_grad()
+        loss, cache = model.forward(x, noise)
+        model.backward(cache)
+        runs.append((loss, {k: v.copy() for k, v in model.gradients().items()}))
+    (loss_r, readable), (loss_f, fused) = runs
+    assert loss_f == pytest.approx(loss_r, rel=1e-5)
+    for name, want in readable.items():
+        scale = np.abs(want).max()
+        assert np.abs(fused[name] - want).max() <= 1e-4 * scale + 1e-30, name

@@ -308,3 +308,14 @@ def test_non_arrays_and_bad_shapes_name_the_argument():
         gaussian_nll_forward(np.zeros((2, 3)), np.zeros(2), np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"kl_term_forward: expected kl_per_dim to have at le"):
         kl_term_forward(np.zeros((0, 3)))
+
+
+def test_a_free_bits_floor_beyond_float32_meets_the_kl_in_float64():
+    """A floor of 1e300 on float32 KLs: the term is finite (Z times the floor), not inf, so a
+    KL weight of 0 gives a finite loss instead of 0 * inf = NaN."""
+    from lvmcore.losses import kl_term_forward
+
+    kl = np.full((3, 2), 0.5, np.float32)
+    term, cache = kl_term_forward(kl, 1e300)
+    assert term == 2e300 and 0.0 * term == 0.0
+    assert not cache.active.any()

@@ -2,6 +2,8 @@
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .._validation import check_array, check_cache, check_param, get_xp
 
 
@@ -45,8 +47,11 @@ def kl_term_forward(kl_per_dim, free_bits=0.0):
     xp = get_xp(kl_per_dim)
     mean_kl = kl_per_dim.mean(axis=0)  # (Z,)
     if free_bits > 0:
-        active = (mean_kl > free_bits).astype(kl_per_dim.dtype)
-        term = xp.maximum(mean_kl, kl_per_dim.dtype.type(free_bits)).sum()
+        # in float64: a floor beyond float32's range must not become inf (0 * inf = NaN at
+        # a KL weight of 0)
+        mean64 = mean_kl.astype(np.float64)
+        active = (mean64 > free_bits).astype(kl_per_dim.dtype)
+        term = xp.maximum(mean64, free_bits).sum()
     else:
         active = xp.ones_like(mean_kl)
         term = mean_kl.sum()

@@ -260,11 +260,12 @@ class IWAE(VAE):
         dz = ratio[..., None] * dz_dec  # (K, B, Z)
         if fused:
             # log p(z) and log q(z|x) go to the kernel's regenerating backward as their
-            # upstream gradients; STL and DReG keep only log q's path through z, eps / std =
-            # (z - mu) / var, and pass no dlog_q (its total derivative holds the score term)
+            # upstream gradients; STL and DReG keep only log q's path through z, eps / std
+            # (eps drawn again from the key), and pass no dlog_q (its total derivative holds
+            # the score term)
             dlog_q = None
             if self.estimator != "iwae":
-                dz += cs[..., None] * ((p.z - p.mu) * xp.exp(-p.logvar))
+                dz += cs[..., None] * (self._eps(p) * xp.exp(-0.5 * p.logvar))
             else:
                 dlog_q = -cs
             dmu, dlogvar = self._reparam_grads(p, dz, dlog_q, cs)

@@ -367,10 +367,13 @@ class VAE(Model):
 
     @staticmethod
     def _eps(p):
-        """eps (K, B, Z) of a sample path: held by the readable path, recovered as
-        (z - mu) exp(-logvar/2) from the fused one (to rounding)."""
+        """eps (K, B, Z) of a sample path: held by the readable path, drawn again from its key
+        on the fused one (``NoiseKey.fill``: the kernel's eps to its generator's few ulp). Not
+        (z - mu) exp(-logvar/2): where sigma eps is below the spacing of the floats near mu
+        (float32, a posterior standard deviation below about 1e-7 |mu|), z - mu is rounding
+        noise."""
         if isinstance(p.reparam, FusedReparam):
-            return (p.z - p.mu) * get_xp(p.z).exp(-0.5 * p.logvar)
+            return p.reparam.key.fill(p.z.dtype, p.z)
         return p.reparam.eps
 
     @staticmethod
