@@ -361,8 +361,8 @@ def gumbel_softmax_backward_ref(dy, y_soft, tau, logits_plus_g_over_tau=None):
         pos = y_soft > 0
         a = np.zeros_like(y_soft)
         a[pos] = np.log(y_soft[pos])  # (N, C)
-    else:
-        a = logits_plus_g_over_tau
+    else:  # only where y > 0: a masked category's a is -inf, and dlogits there is 0
+        a = np.where(y_soft > 0, logits_plus_g_over_tau, 0)
     dtau = -float(np.sum(dlogits.astype(np.float64) * a))
     return dlogits, dtau
 
@@ -635,12 +635,14 @@ def _backward_v1(dy, y, a, has_a, tau, zero, rows, dlogits, partial):
             sdot = _row_dot(dyr, yr)
             for j in range(c):
                 dl[j] = yr[j] * (dyr[j] - sdot) / tau
-            if has_a:
-                acc += np.float64(_row_dot(dl, a[r]))
+            if has_a:  # only where y > 0: a masked category's a is -inf (0 * -inf)
+                ar = a[r]
+                for j in range(c):
+                    w[j] = ar[j] if yr[j] > zero else zero
             else:
                 for j in range(c):
                     w[j] = log(yr[j]) if yr[j] > zero else zero
-                acc += np.float64(_row_dot(dl, w))
+            acc += np.float64(_row_dot(dl, w))
         partial[ch] = acc
 
 

@@ -126,7 +126,8 @@ __global__ void lvm_gumbel_softmax_backward_v1(const T* dy, const T* y, const T*
             const T yv = y[o + j];
             const T dl = yv * (dy[o + j] - sd) / tau;
             dlogits[o + j] = dl;
-            const T av = has_a ? a[o + j] : (yv > T(0) ? M::log(yv) : T(0));
+            // only where y > 0: a masked category's a is -inf, and 0 * -inf is NaN
+            const T av = yv > T(0) ? (has_a ? a[o + j] : M::log(yv)) : T(0);
             acc += (double)(dl * av);
         }
         acc = lvm_group_sum(acc, W);
