@@ -367,18 +367,14 @@ class VAE(Model):
 
     @staticmethod
     def _eps(p):
-        """eps (K, B, Z) of a sample path: held by the readable path, drawn again on the fused
-        one by the same kernel from the same key with mu = 0 and logvar = 0 (z = 0 + 1 eps:
-        the forward's eps bit for bit). Not (z - mu) exp(-logvar/2): where sigma eps is below
-        the spacing of the floats near mu (float32, a posterior standard deviation below about
-        1e-7 |mu|), z - mu is rounding noise."""
-        rep = p.reparam
-        if isinstance(rep, FusedReparam):
-            K, B, Z = p.z.shape
-            zeros = get_xp(p.z).zeros((B, Z), dtype=p.z.dtype)
-            key = rep.key
-            return rep.backend.kernel("reparam_sample")(zeros, zeros, K, key.seed, key.stream, 0)[0]
-        return rep.eps
+        """eps (K, B, Z) of a sample path: held by the readable path, drawn again from its key
+        on the fused one (``NoiseKey.fill`` runs the kernel's own generator: the forward's eps
+        bit for bit). Not (z - mu) exp(-logvar/2): where sigma eps is below the spacing of the
+        floats near mu (float32, a posterior standard deviation below about 1e-7 |mu|), z - mu
+        is rounding noise."""
+        if isinstance(p.reparam, FusedReparam):
+            return p.reparam.key.fill(p.z.dtype, p.z)
+        return p.reparam.eps
 
     @staticmethod
     def _log_w(p):
