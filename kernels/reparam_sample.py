@@ -33,7 +33,7 @@ except for -logvar/2: d/dmu [log N(mu + sigma eps; mu, sigma^2)] = eps/sigma - e
 is the *total* ("path + score") gradient; STL/DReG estimators that drop the score term pass their
 own dlog_q. Backward regenerates eps from (seed, stream, offset) and recomputes z = mu + sigma eps,
 so a forward call needs to keep nothing but its arguments. Any of dz, dlog_q, dlog_p may be None
-(read as zeros).
+(read as zeros), but not all three (a ValueError: there would be no gradient to take).
 
 Shapes and dtypes
 -----------------
