@@ -81,12 +81,10 @@ index ``i`` of a C-ordered (K, B, Z) array, use global element ``g = offset + i`
 
     z = _normal_f32_at(k0, k1, s0, s1, g)             # float32; or _normal_f64_at for float64
 
-The ``*_at`` helpers run one Philox block per element (4x, resp. 2x, the work of a fill). A kernel
-that walks elements in order should instead call ``_block(k0, k1, s0, s1, b)`` once per block and
-convert all its words with ``_uniform01_f32``, ``_normal_pair_f32``, ``_gumbel_f32`` (or their
-float64 versions), as ``_fill_f32`` / ``_fill_f64`` do for uniforms; for normals and Gumbels the
-values of the fills themselves come from ``_normals`` / ``_gumbels`` (below): the helpers agree
-with them to <= 3 ulp of max(|x|, 1).
+The ``*_at`` helpers run one Philox block per element (4x, resp. 2x, the work of a fill) and agree
+with the fills to <= 3 ulp of max(|x|, 1). A kernel that walks elements in order should instead
+generate whole blocks into a buffer with ``_normals`` / ``_gumbels`` / ``_uniforms`` (below), as
+the fills and the fused kernels do: their values are the fills' values bit for bit.
 
 The vectorized in-kernel noise (``_normals``, ``_gumbels``)
 ------------------------------------------------------------
@@ -109,7 +107,7 @@ normals and Gumbels agree with ``normal_ref`` / ``gumbel_ref`` to <= 3 ulp of ma
 them too, in fixed runs of ``_VECTOR_RUN`` blocks per parallel task, the partial blocks at
 either end through a one-block buffer (any window of the stream holds the same values): 250 K
 float32 normals in 0.40 ms on one thread, against 3.5 ms for the scalar fill they replaced;
-uniforms keep the scalar fill (no transcendental to vectorize). These generators are
+the uniform fill runs ``_uniforms`` the same way. These generators are
 compiled with ``fastmath=False`` *explicitly*: Numba compiles a callee that leaves fastmath
 unset with its caller's flags, so, called from a ``reassoc`` kernel, they came out with
 ``reassoc`` on every float op (seen in the IR), which licenses LLVM to rewrite the magic-number
@@ -573,144 +571,47 @@ def _normal_f64_at(k0, k1, s0, s1, g):
 _UNIFORM, _NORMAL, _GUMBEL = 0, 1, 2
 
 
-@njit(nogil=True, cache=True)
-def _values_f32(kind, w0, w1, w2, w3):
-    """The 4 float32 values of one block, in slot order."""
-    if kind == _UNIFORM:
-        return _uniform01_f32(w0), _uniform01_f32(w1), _uniform01_f32(w2), _uniform01_f32(w3)
-    if kind == _GUMBEL:
-        return _gumbel_f32(w0), _gumbel_f32(w1), _gumbel_f32(w2), _gumbel_f32(w3)
-    z0, z1 = _normal_pair_f32(w0, w1)
-    z2, z3 = _normal_pair_f32(w2, w3)
-    return z0, z1, z2, z3
-
-
-@njit(nogil=True, cache=True)
-def _values_f64(kind, w0, w1, w2, w3):
-    """The 2 float64 values of one block, in slot order."""
-    if kind == _UNIFORM:
-        return _uniform01_f64(w0, w1), _uniform01_f64(w2, w3)
-    if kind == _GUMBEL:
-        return _gumbel_f64(w0, w1), _gumbel_f64(w2, w3)
-    return _normal_pair_f64(w0, w1, w2, w3)
-
-
-@njit(nogil=True, cache=True)
-def _value_f32_at(kind, k0, k1, s0, s1, g):
-    if kind == _UNIFORM:
-        return _uniform_f32_at(k0, k1, s0, s1, g)
-    if kind == _GUMBEL:
-        return _gumbel_f32_at(k0, k1, s0, s1, g)
-    return _normal_f32_at(k0, k1, s0, s1, g)
-
-
-@njit(nogil=True, cache=True)
-def _value_f64_at(kind, k0, k1, s0, s1, g):
-    if kind == _UNIFORM:
-        return _uniform_f64_at(k0, k1, s0, s1, g)
-    if kind == _GUMBEL:
-        return _gumbel_f64_at(k0, k1, s0, s1, g)
-    return _normal_f64_at(k0, k1, s0, s1, g)
-
-
-# Blocks per parallel task of the normal and Gumbel fills: fixed, so the result does not depend
-# on the thread count (each task writes its own slice of out).
+# Blocks per parallel task of the fills: fixed, so the result does not depend on the thread
+# count (each task writes its own slice of out).
 _VECTOR_RUN = 1024
 
 
 @njit(nogil=True, cache=True)
-def _vector_block_f32(buf, k0, k1, s0, s1, first, kind):
-    """buf (4 m,) float32 <- the normals or Gumbels of blocks first .. (the fused kernels')."""
+def _whole_blocks(buf, k0, k1, s0, s1, first, kind):
+    """buf <- the values of whole blocks first .. of the given kind (the fused kernels')."""
     if kind == _NORMAL:
-        _normals_f32(buf, k0, k1, s0, s1, first)
+        _normals(buf, k0, k1, s0, s1, first)
+    elif kind == _GUMBEL:
+        _gumbels(buf, k0, k1, s0, s1, first)
     else:
-        _gumbels_f32(buf, k0, k1, s0, s1, first)
-
-
-@njit(nogil=True, cache=True)
-def _vector_block_f64(buf, k0, k1, s0, s1, first, kind):
-    """buf (2 m,) float64 <- as _vector_block_f32."""
-    if kind == _NORMAL:
-        _normals_f64(buf, k0, k1, s0, s1, first)
-    else:
-        _gumbels_f64(buf, k0, k1, s0, s1, first)
+        _uniforms(buf, k0, k1, s0, s1, first)
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _fill_f32(out, k0, k1, s0, s1, offset, kind):
-    # out: (n,) float32 = elements offset .. offset + n - 1. The partial blocks at either end
-    # (at most 3 elements each) go element by element; the whole blocks between them run in a
-    # prange with one Philox call per iteration and no bounds checks. Each iteration writes only
-    # its own 4 slots: no races, and the result is independent of the thread count. (Compiling
-    # `kind` as a literal, or inlining the helpers at IR level, measured no faster.)
+def _fill(out, k0, k1, s0, s1, offset, kind):
+    # out: (n,) float32 or float64 = elements offset .. offset + n - 1, per = 4 resp. 2 values per
+    # block. Whole blocks in fixed runs of _VECTOR_RUN blocks per prange task (each task writes
+    # only its own slice: no races, and the result is independent of the thread count); the
+    # partial blocks at either end (fewer than per elements each) through a one-block buffer, so
+    # that any window of the stream holds the same values.
+    per = 16 // out.itemsize
     n = out.size
-    head = min((-offset) % 4, n)  # elements before the first whole block
-    nfull = (n - head) // 4
-    first = (offset + head) // 4
-    if kind != _UNIFORM:
-        # by the vectorized generators (the fused kernels' values): whole blocks in fixed runs
-        # of blocks, the partial blocks at either end through a one-block buffer, so that any
-        # window of the stream holds the same values
-        one = np.empty(4, dtype=out.dtype)
-        for j in range(head):
-            g = offset + j
-            _vector_block_f32(one, k0, k1, s0, s1, g // 4, kind)
-            out[j] = one[g % 4]
-        for j in range(head + 4 * nfull, n):
-            g = offset + j
-            _vector_block_f32(one, k0, k1, s0, s1, g // 4, kind)
-            out[j] = one[g % 4]
-        for t in prange((nfull + _VECTOR_RUN - 1) // _VECTOR_RUN):
-            b0 = t * _VECTOR_RUN
-            seg = out[head + 4 * b0 : head + 4 * min(b0 + _VECTOR_RUN, nfull)]
-            _vector_block_f32(seg, k0, k1, s0, s1, first + b0, kind)
-        return
+    head = min((-offset) % per, n)  # elements before the first whole block
+    nfull = (n - head) // per
+    first = (offset + head) // per
+    one = np.empty(per, dtype=out.dtype)
     for j in range(head):
-        out[j] = _value_f32_at(kind, k0, k1, s0, s1, offset + j)
-    for j in range(head + 4 * nfull, n):
-        out[j] = _value_f32_at(kind, k0, k1, s0, s1, offset + j)
-    for jb in prange(nfull):
-        w0, w1, w2, w3 = _block(k0, k1, s0, s1, first + jb)
-        v0, v1, v2, v3 = _values_f32(kind, w0, w1, w2, w3)
-        j = head + 4 * jb
-        out[j] = v0
-        out[j + 1] = v1
-        out[j + 2] = v2
-        out[j + 3] = v3
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def _fill_f64(out, k0, k1, s0, s1, offset, kind):
-    # As _fill_f32 with 2 values per block.
-    n = out.size
-    head = min(offset % 2, n)
-    nfull = (n - head) // 2
-    first = (offset + head) // 2
-    if kind != _UNIFORM:
-        one = np.empty(2, dtype=out.dtype)
-        for j in range(head):
-            g = offset + j
-            _vector_block_f64(one, k0, k1, s0, s1, g // 2, kind)
-            out[j] = one[g % 2]
-        for j in range(head + 2 * nfull, n):
-            g = offset + j
-            _vector_block_f64(one, k0, k1, s0, s1, g // 2, kind)
-            out[j] = one[g % 2]
-        for t in prange((nfull + _VECTOR_RUN - 1) // _VECTOR_RUN):
-            b0 = t * _VECTOR_RUN
-            seg = out[head + 2 * b0 : head + 2 * min(b0 + _VECTOR_RUN, nfull)]
-            _vector_block_f64(seg, k0, k1, s0, s1, first + b0, kind)
-        return
-    for j in range(head):
-        out[j] = _value_f64_at(kind, k0, k1, s0, s1, offset + j)
-    for j in range(head + 2 * nfull, n):
-        out[j] = _value_f64_at(kind, k0, k1, s0, s1, offset + j)
-    for jb in prange(nfull):
-        w0, w1, w2, w3 = _block(k0, k1, s0, s1, first + jb)
-        v0, v1 = _values_f64(kind, w0, w1, w2, w3)
-        j = head + 2 * jb
-        out[j] = v0
-        out[j + 1] = v1
+        g = offset + j
+        _whole_blocks(one, k0, k1, s0, s1, g // per, kind)
+        out[j] = one[g % per]
+    for j in range(head + per * nfull, n):
+        g = offset + j
+        _whole_blocks(one, k0, k1, s0, s1, g // per, kind)
+        out[j] = one[g % per]
+    for t in prange((nfull + _VECTOR_RUN - 1) // _VECTOR_RUN):
+        b0 = t * _VECTOR_RUN
+        seg = out[head + per * b0 : head + per * min(b0 + _VECTOR_RUN, nfull)]
+        _whole_blocks(seg, k0, k1, s0, s1, first + b0, kind)
 
 
 def _fill_numba(kind, func, seed, stream, n, dtype, offset, out):
@@ -720,8 +621,7 @@ def _fill_numba(kind, func, seed, stream, n, dtype, offset, out):
     if n == 0:
         return out
     k0, k1, s0, s1 = key_words(seed, stream)
-    fill = _fill_f32 if dtype == np.float32 else _fill_f64
-    fill(out, k0, k1, s0, s1, np.int64(offset), kind)
+    _fill(out, k0, k1, s0, s1, np.int64(offset), kind)
     return out
 
 
@@ -878,6 +778,40 @@ _gumbels = _fill_by_dtype(
     _gumbels_f32,
     _gumbels_f64,
     "Fill ``buf`` with the Gumbels of whole blocks from ``first`` on (4 float32 or 2 float64 "
+    "per block).",
+)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
+def _uniforms_f32(buf, k0, k1, s0, s1, first):
+    """buf (4 m,) float32 <- the uniforms of the 4 words of blocks first .. first + m - 1."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 4):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        buf[4 * i] = _uniform01_f32(w0)
+        buf[4 * i + 1] = _uniform01_f32(w1)
+        buf[4 * i + 2] = _uniform01_f32(w2)
+        buf[4 * i + 3] = _uniform01_f32(w3)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=False)
+def _uniforms_f64(buf, k0, k1, s0, s1, first):
+    """buf (2 m,) float64 <- the uniforms of words (w0, w1), (w2, w3) of each block."""
+    kk0, kk1 = np.uint64(k0), np.uint64(k1)
+    ss0, ss1 = np.uint64(s0), np.uint64(s1)
+    b0 = np.uint64(first)
+    for i in range(buf.size // 2):
+        w0, w1, w2, w3 = _philox_words(b0 + np.uint64(i), ss0, ss1, kk0, kk1)
+        buf[2 * i] = _uniform01_f64(w0, w1)
+        buf[2 * i + 1] = _uniform01_f64(w2, w3)
+
+
+_uniforms = _fill_by_dtype(
+    _uniforms_f32,
+    _uniforms_f64,
+    "Fill ``buf`` with the uniforms of whole blocks from ``first`` on (4 float32 or 2 float64 "
     "per block).",
 )
 # --------------------------------------------------------------------------------------------
