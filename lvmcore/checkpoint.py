@@ -316,7 +316,8 @@ def runtime_info(like=None):
         library loaded (threadpoolctl's ``internal_api``, ``version``, ``architecture``,
         ``threading_layer``, ``process_threads`` (the library's own setting), ``num_threads``
         (the threads an engine step's GEMMs run on: ``process_threads`` lowered to
-        ``lvmcore.backend.engine_blas_threads()``) and the library's file name); ``numba``:
+        ``lvmcore.backend.engine_blas_threads()`` where the library takes the lower count from
+        the calling thread, read back from the library) and the library's file name); ``numba``:
         ``version``, ``threading_layer`` (None until a parallel kernel has run),
         ``num_threads`` and ``kernel_threads`` (``LVMCORE_KERNEL_THREADS``, the threads
         engine steps give their kernels).
@@ -331,9 +332,19 @@ def runtime_info(like=None):
     from threadpoolctl import threadpool_info
 
     from . import __version__
-    from .backend import engine_blas_threads
+    from .backend import _blas_at_most, engine_blas_threads
 
-    step = engine_blas_threads()
+    def blas_threads():
+        return {
+            d.get("filepath"): int(d.get("num_threads") or 0)
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        }
+
+    # The count a step's GEMMs run on, read back under the step's own limit rather than
+    # computed: OpenBLAS 0.3.31 ignores a count set from any thread but the main one.
+    with _blas_at_most(engine_blas_threads()):
+        in_step = blas_threads()
     blas = []
     for d in threadpool_info():
         if d.get("user_api") != "blas":
@@ -342,7 +353,7 @@ def runtime_info(like=None):
         entry["threading_layer"] = d.get("threading_layer")
         own = int(d.get("num_threads") or 0)
         entry["process_threads"] = own
-        entry["num_threads"] = min(own, step) if step is not None and own else own
+        entry["num_threads"] = in_step.get(d.get("filepath"), own)
         entry["library"] = os.path.basename(d.get("filepath") or "") or None
         blas.append(entry)
     blas.sort(key=lambda e: str(e["library"]))

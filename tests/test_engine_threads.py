@@ -193,3 +193,29 @@ def test_an_explicit_thread_count_beats_the_default_and_is_recorded(monkeypatch)
     with pytest.raises(InvalidParameterError, match="use_blas_threads"):
         with use_blas_threads(0):
             pass
+
+
+def test_the_runtime_record_holds_the_count_a_step_gets_from_another_thread(two_blas_threads):
+    """From a thread that is not the main one, OpenBLAS 0.3.31 keeps its own count whatever the
+    engine chose: the record holds the count the library took, read back, not the choice."""
+    from lvmcore.backend import use_blas_threads
+    from lvmcore.checkpoint import runtime_info
+
+    got = []
+
+    def record_and_measure():
+        with use_blas_threads(1):
+            entries = runtime_info()["blas"]
+            with backend.engine_kernel_threads():
+                in_step = _blas_threads()
+            got.append(([e["num_threads"] for e in entries], in_step, entries))
+
+    record_and_measure()  # main thread: the count goes down
+    t = threading.Thread(target=record_and_measure)
+    t.start()
+    t.join(20)
+    (main_rec, main_step, _), (other_rec, other_step, other_entries) = got
+    assert main_rec == main_step == [1] * len(main_rec)
+    assert sorted(other_rec) == sorted(other_step)
+    assert all(e["process_threads"] == 2 for e in other_entries)
+    assert max(_blas_threads()) == 2 and not backend._blas_limits
