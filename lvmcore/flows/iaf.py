@@ -22,9 +22,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_cache, check_grad, check_input, check_lead, check_param, get_xp
+from .._validation import check_cache, check_grad, check_param, get_xp
 from ..backend import get_backend
 from ..nn.made import MADE
+from .step import AutoregressiveStep
 
 __all__ = ["IAFStep", "IAFCache"]
 
@@ -50,7 +51,7 @@ def _rows(xp, a, width):
     return xp.ascontiguousarray(a).reshape(-1, width)
 
 
-class IAFStep(MADE):
+class IAFStep(AutoregressiveStep):
     """One IAF step: a MADE with two heads (m, s_raw) and the gated update.
 
     Parameters
@@ -116,42 +117,17 @@ class IAFStep(MADE):
         dtype=np.float32,
     ):
         self.forget_bias = check_param(forget_bias, "forget_bias", "IAFStep")
-        self.reverse = bool(reverse)
-        if order is None:
-            order = "reverse" if self.reverse else "natural"
         super().__init__(
             n_latent,
             hidden,
             rng,
-            n_outputs_per_dim=2,
             context_dim=context_dim,
+            reverse=reverse,
             order=order,
             direct=direct,
             activation=activation,
             dtype=dtype,
         )
-
-    @property
-    def n_latent(self):
-        return self.n_in
-
-    def _check(self, z, h, func, zname="z"):
-        W0 = self.params["W0"]
-        xp = get_xp(W0)
-        check_input(z, zname, func, dtype=W0.dtype, xp=xp, last=self.n_in)
-        if self.context_dim:
-            if h is None:
-                raise ValueError(
-                    f"{func}: expected h of shape (..., {self.context_dim}) (context_dim="
-                    f"{self.context_dim}), got None."
-                )
-            check_input(h, "h", func, dtype=W0.dtype, xp=xp, last=self.context_dim)
-            check_lead(h, "h", z, zname, func)
-        elif h is not None:
-            raise ValueError(
-                f"{func}: expected h None (this step has context_dim=0), got an array of shape "
-                f"{tuple(h.shape)}. Build the step with context_dim={h.shape[-1]}."
-            )
 
     def _gate(self, z, h):
         """MADE, then the fused gate: (z_new, logdet, cache) on checked input."""
@@ -224,16 +200,11 @@ class IAFStep(MADE):
         dz : ndarray of shape (*S, B, Z)
         dh : ndarray of h's shape, or None without a context
         """
-        self._check_grads(dz_new, dlogdet, cache, "IAFStep.backward")
-        dy, dz = self._dy(dz_new, dlogdet, cache)
-        dz_made, dh = self._backward(dy, cache.made, self.grads)
-        return dz + dz_made, dh
+        return self._step_backward(dz_new, dlogdet, cache, "IAFStep.backward")
 
     def input_vjp(self, dz_new, dlogdet, cache):
         """dz of :meth:`backward` without touching the parameter gradients."""
-        self._check_grads(dz_new, dlogdet, cache, "IAFStep.input_vjp")
-        dy, dz = self._dy(dz_new, dlogdet, cache)
-        return dz + MADE.input_vjp(self, dy, cache.made)
+        return self._step_input_vjp(dz_new, dlogdet, cache, "IAFStep.input_vjp")
 
     def solve_transpose(self, r, cache):
         """:math:`J^{-\\top} r`, J the step's Jacobian at the cached input.

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_cache, check_grad, check_input, check_lead, get_xp
-from ..nn.made import MADE
+from .._validation import check_cache, check_grad, get_xp
+from .step import AutoregressiveStep
 
 __all__ = ["MAFStep", "MAFCache"]
 
@@ -32,7 +32,7 @@ class MAFCache(NamedTuple):
     inv_scale: object
 
 
-class MAFStep(MADE):
+class MAFStep(AutoregressiveStep):
     """One MAF step: a MADE with two heads (m, a) and the affine autoregressive map.
 
     Parameters
@@ -90,15 +90,12 @@ class MAFStep(MADE):
         activation="tanh",
         dtype=np.float32,
     ):
-        self.reverse = bool(reverse)
-        if order is None:
-            order = "reverse" if self.reverse else "natural"
         super().__init__(
             n_latent,
             hidden,
             rng,
-            n_outputs_per_dim=2,
             context_dim=context_dim,
+            reverse=reverse,
             order=order,
             direct=direct,
             activation=activation,
@@ -109,28 +106,6 @@ class MAFStep(MADE):
             for name in (f"W{L}", f"b{L}", "Wd"):
                 if name in self.params:
                     self.params[name][...] = 0
-
-    @property
-    def n_latent(self):
-        return self.n_in
-
-    def _check(self, z, h, func, zname="z"):
-        W0 = self.params["W0"]
-        xp = get_xp(W0)
-        check_input(z, zname, func, dtype=W0.dtype, xp=xp, last=self.n_in)
-        if self.context_dim:
-            if h is None:
-                raise ValueError(
-                    f"{func}: expected h of shape (..., {self.context_dim}) (context_dim="
-                    f"{self.context_dim}), got None."
-                )
-            check_input(h, "h", func, dtype=W0.dtype, xp=xp, last=self.context_dim)
-            check_lead(h, "h", z, zname, func)
-        elif h is not None:
-            raise ValueError(
-                f"{func}: expected h None (this step has context_dim=0), got an array of shape "
-                f"{tuple(h.shape)}. Build the step with context_dim={h.shape[-1]}."
-            )
 
     def forward(self, z, h=None):
         """Map z to the base variable u (the density direction).
@@ -190,16 +165,11 @@ class MAFStep(MADE):
         dz : ndarray of shape (*S, Z)
         dh : ndarray of h's shape, or None without a context
         """
-        self._check_grads(du, dlogdet, cache, "MAFStep.backward")
-        dy, dz = self._dy(du, dlogdet, cache)
-        dz_made, dh = self._backward(dy, cache.made, self.grads)
-        return dz + dz_made, dh
+        return self._step_backward(du, dlogdet, cache, "MAFStep.backward")
 
     def input_vjp(self, du, dlogdet, cache):
         """dz of :meth:`backward` without touching the parameter gradients."""
-        self._check_grads(du, dlogdet, cache, "MAFStep.input_vjp")
-        dy, dz = self._dy(du, dlogdet, cache)
-        return dz + MADE.input_vjp(self, dy, cache.made)
+        return self._step_input_vjp(du, dlogdet, cache, "MAFStep.input_vjp")
 
     def inverse(self, u, h=None):
         """The z that the step maps to ``u`` (the sampling direction; no backward).

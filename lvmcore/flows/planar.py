@@ -35,6 +35,7 @@ from .._validation import (
 from ..nn.init import glorot_uniform
 from ..nn.module import Module
 from ..ops import sigmoid, softplus
+from .step import check_step_input
 
 __all__ = ["PlanarStep", "PlanarCache", "planar_forward", "planar_backward"]
 
@@ -289,22 +290,15 @@ class PlanarStep(Module):
             self._add_param("bp", bp)
 
     def _check(self, z, h, func, zname="z"):
-        p = next(iter(self.params.values()))
-        xp = get_xp(p)
-        check_input(z, zname, func, dtype=p.dtype, xp=xp, last=self.n_latent)
-        if self.context_dim:
-            if h is None:
-                raise ValueError(
-                    f"{func}: expected h of shape (..., {self.context_dim}) (context_dim="
-                    f"{self.context_dim}), got None."
-                )
-            check_input(h, "h", func, dtype=p.dtype, xp=xp, last=self.context_dim)
-            check_lead(h, "h", z, zname, func)
-        elif h is not None:
-            raise ValueError(
-                f"{func}: expected h None (this step has context_dim=0), got an array of shape "
-                f"{tuple(h.shape)}. Build the step with context_dim={h.shape[-1]}."
-            )
+        check_step_input(
+            z,
+            h,
+            func,
+            zname=zname,
+            like=next(iter(self.params.values())),
+            n_latent=self.n_latent,
+            context_dim=self.context_dim,
+        )
 
     def _uwb(self, h):
         """(u, w, b) and, amortized, h's rows for the backward GEMM."""
