@@ -241,27 +241,6 @@ class _RichPosterior(LogWeightModel):
             )
         self.decoder = MLP((Z, *H[::-1], D), self.activation, rng, self.dtype)
 
-    def config(self):
-        """The constructor arguments, JSON-serialisable (written into checkpoints)."""
-        return dict(
-            model=self.name,
-            **self._graph_config(),
-            **self._training_config(),
-            seed=self.seed,
-            dtype=self.dtype.name,
-        )
-
-    @classmethod
-    def from_args(cls, args, data_dim):
-        """The model of ``lvmcore train --model NAME`` with the flags that select it."""
-        return cls(
-            data_dim,
-            **cls._graph_args(args, data_dim),
-            **cls._training_args(args),
-            seed=args.seed,
-            dtype=args.dtype,
-        )
-
     def _graph_config(self):
         return dict(
             data_dim=self.data_dim,

@@ -133,7 +133,9 @@ class LogWeightModel(Model):
     ``_terms_forward(x, noise, need_grad) -> (LogTerms, cache)`` and
     ``_terms_backward(cache, TermGrads)`` (accumulating into its gradients); the training
     mixins :class:`ELBOTraining` and :class:`IWAETraining` do the rest of the contract's
-    computation.
+    computation. :meth:`config` and :meth:`from_args` join the graph's hooks
+    (``_graph_config``, ``_graph_args``) with the training mixin's (``_training_config``,
+    ``_training_args``).
     """
 
     has_log_likelihood = True
@@ -203,7 +205,37 @@ class LogWeightModel(Model):
             lambda xb, eps: self.log_weights(xb, eps).mean(axis=0),
         )
 
+    def config(self):
+        """The constructor arguments, JSON-serialisable (written into checkpoints)."""
+        return dict(
+            model=self.name,
+            **self._graph_config(),
+            **self._training_config(),
+            seed=self.seed,
+            dtype=self.dtype.name,
+        )
+
+    @classmethod
+    def from_args(cls, args, data_dim):
+        """The model of ``lvmcore train --model NAME`` with the flags that select it."""
+        return cls(
+            data_dim,
+            **cls._graph_args(args, data_dim),
+            **cls._training_args(args),
+            seed=args.seed,
+            dtype=args.dtype,
+        )
+
     # ------------------------------------------------------------------ hooks
+    def _graph_config(self):
+        """The constructor arguments of the model's graph (its networks), for :meth:`config`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _graph_config().")
+
+    @staticmethod
+    def _graph_args(args, data_dim):
+        """The graph's constructor arguments from ``lvmcore train``'s flags."""
+        raise NotImplementedError("a LogWeightModel subclass must define _graph_args().")
+
     def _terms_forward(self, x, eps, need_grad=True):
         raise NotImplementedError(f"{type(self).__name__} does not define _terms_forward().")
 

@@ -503,16 +503,6 @@ class _PriorDecoder(LogWeightModel):
                 (D, *self.dequantizer_hidden, D), self.levels, act, rng, dt
             )
 
-    def config(self):
-        """The constructor arguments, JSON-serialisable (written into checkpoints)."""
-        return dict(
-            model=self.name,
-            **self._graph_config(),
-            **self._training_config(),
-            seed=self.seed,
-            dtype=self.dtype.name,
-        )
-
     def _graph_config(self):
         def listed(v):
             return None if v is None else list(v)
@@ -536,19 +526,8 @@ class _PriorDecoder(LogWeightModel):
             dequantizer_hidden=listed(self.dequantizer_hidden),
         )
 
-    @classmethod
-    def from_args(cls, args, data_dim):
-        """The model of ``lvmcore train --model NAME`` with the flags that select it."""
-        return cls(
-            data_dim,
-            **cls._graph_args(args),
-            **cls._training_args(args),
-            seed=args.seed,
-            dtype=args.dtype,
-        )
-
     @staticmethod
-    def _graph_args(args):
+    def _graph_args(args, data_dim):
         """The prior, decoder and dequantizer of the flags; flags that do not apply to them are
         refused, as are the posteriors and hierarchies these models do not combine with."""
         given = args.given
