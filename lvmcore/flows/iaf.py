@@ -102,6 +102,8 @@ class IAFStep(AutoregressiveStep):
     Algorithm 1 (the LSTM-type update).
     """
 
+    _cache_type, _dout_name, _shape_of = IAFCache, "dz_new", "z"
+
     def __init__(
         self,
         n_latent,
@@ -178,13 +180,6 @@ class IAFStep(AutoregressiveStep):
             cache.oms.reshape(-1, Z),
         )  # (N, 2, Z), (N, Z)
         return dy.reshape(lead + (2, Z)), dz.reshape(lead + (Z,))
-
-    def _check_grads(self, dz_new, dlogdet, cache, func):
-        check_cache(cache, IAFCache, func)
-        if dz_new is not None:
-            check_grad(dz_new, "dz_new", cache.z.shape, func, dtype=cache.z.dtype)
-        if dlogdet is not None:
-            check_grad(dlogdet, "dlogdet", cache.z.shape[:-1], func, dtype=cache.z.dtype)
 
     def backward(self, dz_new, dlogdet, cache):
         """Accumulate the MADE's gradients; return (dz, dh).

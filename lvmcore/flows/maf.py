@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_cache, check_grad, get_xp
+from .._validation import get_xp
 from .step import AutoregressiveStep
 
 __all__ = ["MAFStep", "MAFCache"]
@@ -75,6 +75,8 @@ class MAFStep(AutoregressiveStep):
     G. Papamakarios, T. Pavlakou, I. Murray, "Masked Autoregressive Flow for Density
     Estimation", NeurIPS 2017, sec. 3.1, eqs. 2-4.
     """
+
+    _cache_type, _dout_name, _shape_of = MAFCache, "du", "u"
 
     def __init__(
         self,
@@ -143,13 +145,6 @@ class MAFStep(AutoregressiveStep):
         if dlogdet is not None:
             dy[..., 1, :] -= dlogdet[..., None]
         return dy, dz
-
-    def _check_grads(self, du, dlogdet, cache, func):
-        check_cache(cache, MAFCache, func)
-        if du is not None:
-            check_grad(du, "du", cache.u.shape, func, dtype=cache.u.dtype)
-        if dlogdet is not None:
-            check_grad(dlogdet, "dlogdet", cache.u.shape[:-1], func, dtype=cache.u.dtype)
 
     def backward(self, du, dlogdet, cache):
         """Accumulate the MADE's gradients; return (dz, dh).

@@ -5,7 +5,7 @@ backward after the step's own output map.
 Shape letters: S leading sample axes, Z latent, C context.
 """
 
-from .._validation import check_input, check_lead, get_xp
+from .._validation import check_cache, check_grad, check_input, check_lead, get_xp
 from ..nn.made import MADE
 
 __all__ = ["check_step_input", "AutoregressiveStep"]
@@ -38,8 +38,10 @@ class AutoregressiveStep(MADE):
     ``y[..., 1, :]`` (IAF: m, s_raw; MAF: m, a).
 
     A subclass supplies ``_dy(dout, dlogdet, cache) -> (dy, dz)``, the gradient of its output
-    map (the MADE output gradient and the direct path), and ``_check_grads``; ``cache.made``
-    is the MADE's cache.
+    map (the MADE output gradient and the direct path), and the class attributes
+    ``_cache_type`` (its cache, with the MADE's cache as ``made``), ``_dout_name`` (the name of
+    the output gradient in its signatures) and ``_shape_of`` (the cache field of the output's
+    shape).
 
     Parameters
     ----------
@@ -83,6 +85,14 @@ class AutoregressiveStep(MADE):
             n_latent=self.n_in,
             context_dim=self.context_dim,
         )
+
+    def _check_grads(self, dout, dlogdet, cache, func):
+        check_cache(cache, self._cache_type, func)
+        like = getattr(cache, self._shape_of)
+        if dout is not None:
+            check_grad(dout, self._dout_name, like.shape, func, dtype=like.dtype)
+        if dlogdet is not None:
+            check_grad(dlogdet, "dlogdet", like.shape[:-1], func, dtype=like.dtype)
 
     def _step_backward(self, dout, dlogdet, cache, func):
         """Accumulate the MADE's gradients; (dz, dh)."""
