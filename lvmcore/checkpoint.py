@@ -568,10 +568,20 @@ def save_checkpoint(path, model, optimizer=None, state=None):
         for k, v in optimizer.state_dict().items():
             arrays[_OPTIM + k] = to_numpy(v)
 
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomic(path, write):
+    """Write a file whole or not at all: ``write(f)`` fills a binary file object open on a new
+    temporary file beside ``path``, which is flushed, fsynced and moved over ``path`` with
+    ``os.replace`` (the rename then fsynced too). On any error (a full disk, an interrupt,
+    ``write`` raising) the temporary file is removed and ``path`` keeps its old content; a
+    reader never sees a half-written file. Returns ``path`` as a ``Path``."""
+    path = Path(os.fspath(path))
     fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

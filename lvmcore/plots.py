@@ -6,12 +6,11 @@ displayed, and neither pyplot's global figure list nor the session's backend is 
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
 from ._validation import to_numpy
-from .checkpoint import create_temp
+from .checkpoint import write_atomic
 
 __all__ = ["image_grid", "plot_samples", "plot_reconstructions", "plot_bounds", "plot_code_usage"]
 
@@ -85,14 +84,7 @@ def _save(fig, path):
     """
     path = os.fspath(path)
     fmt = os.path.splitext(path)[1][1:].lower() or "png"
-    fd, tmp = create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight"))
     return path
 
 

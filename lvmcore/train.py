@@ -45,7 +45,7 @@ it (an earlier run, the checkpoint to resume), sharing the outcome; the data are
 the start and the parameters after every epoch; the validation bound is computed on rank 0.
 
 Every file of the folder is written whole or not at all: through a temporary file beside it
-(``lvmcore.checkpoint.create_temp``) and ``os.replace``. ``metrics.jsonl`` is rewritten from
+(``lvmcore.checkpoint.write_atomic``) and ``os.replace``. ``metrics.jsonl`` is rewritten from
 the history each epoch rather than appended to: a few kilobytes per epoch, and the file is then
 always a prefix of the checkpoint's history, never a torn or interleaved line. Temporary files
 that a killed run left behind (its own name pattern, a process no longer running) are removed
@@ -76,7 +76,7 @@ import numpy as np
 
 from . import __version__
 from ._validation import check_array, check_binary, check_param, get_xp, to_numpy
-from .checkpoint import create_temp, load_checkpoint, save_checkpoint, warn_runtime_differences
+from .checkpoint import load_checkpoint, save_checkpoint, warn_runtime_differences, write_atomic
 from .distributed import (
     BatchShard,
     Communicator,
@@ -823,18 +823,7 @@ def write_text_atomic(path, text):
     """Write ``text`` (UTF-8) to ``path`` whole or not at all: into a temporary file beside
     it, flushed and fsynced, then moved over ``path`` with ``os.replace``. On any error (a full
     disk, an interrupt) the temporary file is removed and ``path`` keeps its old content."""
-    path = Path(os.fspath(path))
-    fd, tmp = create_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def json_safe(value):

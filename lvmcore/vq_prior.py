@@ -48,7 +48,6 @@ from .checkpoint import (
     _CheckpointError,
     _corrupt,
     _dict,
-    _fsync_dir,
     _int,
     _json_field,
     _list,
@@ -57,7 +56,7 @@ from .checkpoint import (
     _scalar,
     _SchemaError,
     _str,
-    create_temp,
+    write_atomic,
 )
 from .evaluate import standard_error
 from .nn.code_prior import CodePrior, fit_code_prior
@@ -253,18 +252,7 @@ def save_code_prior(path, prior, model, state=None):
     }
     for k, v in prior.params.items():
         arrays[_PARAM + k] = to_numpy(v)
-    fd, tmp = create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load_code_prior(path, model):

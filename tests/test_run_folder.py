@@ -220,11 +220,19 @@ def test_stale_temporary_files_are_removed_on_start_and_resume(digits, tmp_path)
 # --- atomic, strict files ----------------------------------------------------------------------
 
 
-def full_disk_temp(path):
-    """create_temp whose file descriptor writes to /dev/full (ENOSPC on flush)."""
-    fd, tmp = lvmcore.checkpoint.create_temp(path)
-    os.close(fd)
-    return os.open("/dev/full", os.O_WRONLY), tmp
+def full_disk_for(monkeypatch, name):
+    """Make every atomic write of a file called ``name`` meet a full disk: its temporary file's
+    descriptor writes to /dev/full (ENOSPC on flush); other files are written as usual."""
+    real = lvmcore.checkpoint.create_temp
+
+    def create_temp(path):
+        fd, tmp = real(path)
+        if os.path.basename(os.fspath(path)) != name:
+            return fd, tmp
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp
+
+    monkeypatch.setattr(lvmcore.checkpoint, "create_temp", create_temp)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
@@ -232,7 +240,7 @@ def test_a_full_disk_leaves_the_previous_metrics_whole(digits, tmp_path, monkeyp
     out = tmp_path / "run"
     tiny_fit(digits, out)
     before = (out / METRICS).read_text()
-    monkeypatch.setattr(lvmcore.train, "create_temp", full_disk_temp)
+    full_disk_for(monkeypatch, METRICS)
     with pytest.raises(OSError, match="No space left"):
         tiny_fit(digits, out, epochs=2, resume=True)
     assert (out / METRICS).read_text() == before and len(before.splitlines()) == 1
@@ -272,7 +280,7 @@ def test_eval_json_is_replaced_atomically(tmp_path, monkeypatch, capsys):
     assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
     assert main(["eval", str(out), "--k", "0"]) == 0
     before = (out / "eval.json").read_text()
-    monkeypatch.setattr(lvmcore.train, "create_temp", full_disk_temp)
+    full_disk_for(monkeypatch, "eval.json")
     with pytest.raises(SystemExit) as info:
         main(["eval", str(out), "--k", "0", "--seed", "3"])
     assert info.value.code == 2 and "No space left" in capsys.readouterr().err
