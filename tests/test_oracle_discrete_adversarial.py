@@ -39,78 +39,33 @@ import math
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
+from oracle_torch import (
+    GRAD_ATOL,
+    GRAD_RTOL,
+    LOSS_RTOL,
+    autograd_grads,
+    bernoulli_loglik,
+    check_grads,
+    decoder_logvar,
+    leaves,
+    log_normal,
+    mlp,
+    one_torch_thread,  # noqa: F401  (autouse)
+    perturb,
+    softplus,
+)
 
 from lvmcore.models import AAE, VQVAE, CatVAE
 
-LOSS_RTOL = 1e-10
-GRAD_RTOL, GRAD_ATOL = 1e-8, 1e-10
+torch = pytest.importorskip("torch")
+
 D_DATA = 10
-
-
-# ---------------------------------------------------------------------------------------------
-# shared helpers (torch side written from the documented math; no lvmcore calls)
 
 
 def _binary_x(rng, B, D=D_DATA):
     x = (rng.random((B, D)) < 0.5).astype(np.float64)
     x[0, 0], x[-1, -1] = 1.0, 0.0
     return x
-
-
-def _perturb(model, rng, skip, scale=0.4):
-    """Add seeded noise to every parameter array whose name does not start with ``skip``."""
-    for name, a in model.parameters().items():
-        if not name.startswith(skip):
-            a += scale * rng.standard_normal(a.shape)
-
-
-def _leaves(torch, model):
-    return {
-        k: torch.tensor(np.array(v), dtype=torch.float64, requires_grad=True)
-        for k, v in model.parameters().items()
-    }
-
-
-def _softplus(torch, h):
-    return torch.logaddexp(h, torch.zeros_like(h))
-
-
-def _act(torch, name):
-    return {
-        "tanh": torch.tanh,
-        "relu": torch.relu,
-        "softplus": lambda h: _softplus(torch, h),
-    }[name]
-
-
-def _mlp(torch, P, prefix, act, x):
-    """Linear, act, ..., Linear with weights ``<prefix>.W<i>`` (in, out), ``<prefix>.b<i>``."""
-    n = sum(1 for k in P if k.startswith(prefix + ".W"))
-    h = x
-    for i in range(n):
-        h = h @ P[f"{prefix}.W{i}"] + P[f"{prefix}.b{i}"]
-        if i < n - 1:
-            h = act(h)
-    return h
-
-
-def _bernoulli_loglik(torch, logits, x):
-    """sum_d x_d l_d - softplus(l_d) per row."""
-    return (x * logits - _softplus(torch, logits)).sum(-1)
-
-
-def _check_grads(torch, model, P, surrogate, zero=()):
-    """Every array of model.gradients() against autograd of ``surrogate`` w.r.t. the leaves P;
-    names starting with ``zero`` (state arrays, constants of this loss) must have zero grads."""
-    names = list(P)
-    got = model.gradients()
-    assert set(got) == set(names)
-    grads = torch.autograd.grad(surrogate, [P[k] for k in names], allow_unused=True)
-    for name, g in zip(names, grads):
-        want = np.zeros(P[name].shape) if g is None else g.detach().numpy()
-        if name.startswith(zero):
-            want = np.zeros_like(want)
-        assert_allclose(got[name], want, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,18 +85,17 @@ def _catvae(estimator, seed, activation="tanh", hidden=(6,), N=3, C=4, **kw):
         dtype=np.float64,
         **kw,
     )
-    _perturb(m, np.random.default_rng(seed + 100), skip=("state.",))
+    perturb(m, np.random.default_rng(seed + 100), 0.4, skip=("state.",))
     return m
 
 
-def _catvae_torch(torch, model, P, x, g, tau, w):
+def _catvae_torch(model, P, x, g, tau, w):
     """(loss, surrogate, parts) of the CatVAE for noise g (K, B, N, C), from the docstrings."""
     N, C = model.n_latents, model.n_categories
     K, B = g.shape[:2]
     D = x.shape[1]
-    act = _act(torch, model.activation)
     xt, gt = torch.from_numpy(x), torch.from_numpy(g)
-    logits = _mlp(torch, P, "encoder", act, xt).reshape(B, N, C)
+    logits = mlp(P, "encoder", xt, model.activation).reshape(B, N, C)
     logp = torch.log_softmax(logits, -1)  # (B, N, C) log q(z_n = c | x)
     # KL(q || uniform) = sum_n sum_c q (log q + log C)
     kl = (logp.exp() * (logp + math.log(C))).sum((-2, -1))  # (B,)
@@ -155,9 +109,9 @@ def _catvae_torch(torch, model, P, x, g, tau, w):
         y = hard + (soft - soft.detach())  # forward: one-hot; backward: the soft sample's
     else:
         y = hard
-    out = _mlp(torch, P, "decoder", act, y.reshape(K * B, N * C))
+    out = mlp(P, "decoder", y.reshape(K * B, N * C), model.activation)
     xs = xt.expand(K, B, D).reshape(K * B, D)
-    log_px = _bernoulli_loglik(torch, out, xs).reshape(K, B)  # (K, B)
+    log_px = bernoulli_loglik(out, xs).reshape(K, B)  # (K, B)
     log_q = (hard * logp[None]).sum((-2, -1))  # (K, B) log q(z_kb | x_b)
     parts = dict(log_px=log_px, kl=kl, hard=hard)
     if est == "vimco":
@@ -181,7 +135,7 @@ def _catvae_torch(torch, model, P, x, g, tau, w):
         return loss, loss, parts
     c = float(model.state.params["signal_mean"][0])
     if est == "nvil":
-        b = _mlp(torch, P, "baseline", torch.tanh, xt)[:, 0]  # (B,)
+        b = mlp(P, "baseline", xt, "tanh")[:, 0]  # (B,)
         scale = 1.0
         if model.normalize_signal:
             scale = 1.0 / max(1.0, math.sqrt(float(model.state.params["signal_var"][0])))
@@ -254,7 +208,6 @@ def _schedule_tau(model):
     "estimator, kw, fkw, state", [c[1:] for c in CATVAE_CASES], ids=[c[0] for c in CATVAE_CASES]
 )
 def test_catvae_forward_backward_matches_torch(estimator, kw, fkw, state):
-    torch = pytest.importorskip("torch")
     seed = 11 + len(kw) + 7 * len(fkw)
     model = _catvae(estimator, seed, **kw)
     _set_catvae_state(model, state)
@@ -270,10 +223,10 @@ def test_catvae_forward_backward_matches_torch(estimator, kw, fkw, state):
 
     tau = fkw.get("tau") or _schedule_tau(model)
     w = 1.0 if fkw.get("kl_weight") is None else fkw["kl_weight"]
-    P = _leaves(torch, model)
-    loss_t, surrogate, _ = _catvae_torch(torch, model, P, x, g, tau, w)
+    P = leaves(model)
+    loss_t, surrogate, _ = _catvae_torch(model, P, x, g, tau, w)
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
-    _check_grads(torch, model, P, surrogate, zero=("state.",))
+    check_grads(model.gradients(), autograd_grads(surrogate, P, zero=("state.",)))
 
 
 @pytest.mark.oracle
@@ -292,7 +245,6 @@ def test_catvae_training_step_matches_torch(estimator, kw, w, state):
     """loss_and_grads (the fused Gumbel kernels) against torch on the replayed noise, and the
     running state it updates afterwards: step + 1, and the moving averages
     c <- a c + (1 - a) mean(l - b(x)), v <- a v + (1 - a) var(l - b(x))."""
-    torch = pytest.importorskip("torch")
     seed = {"gumbel": 3, "st-gumbel": 4, "reinforce": 5, "nvil": 6, "vimco": 7}[estimator]
     model = _catvae(estimator, seed, **kw)
     _set_catvae_state(model, state)
@@ -303,14 +255,14 @@ def test_catvae_training_step_matches_torch(estimator, kw, w, state):
     c0 = float(model.state.params["signal_mean"][0])
     v0 = float(model.state.params["signal_var"][0])
     step0 = float(model.state.params["step"][0])
-    P = _leaves(torch, model)  # the parameters before the step
-    loss_t, surrogate, parts = _catvae_torch(torch, model, P, x, g, tau, 1.0 if w is None else w)
+    P = leaves(model)  # the parameters before the step
+    loss_t, surrogate, parts = _catvae_torch(model, P, x, g, tau, 1.0 if w is None else w)
 
     loss, stats = model.loss_and_grads(x, np.random.default_rng(seed + 2), kl_weight=w)
 
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
     assert_allclose(stats["tau"], tau, rtol=1e-15)
-    _check_grads(torch, model, P, surrogate, zero=("state.",))
+    check_grads(model.gradients(), autograd_grads(surrogate, P, zero=("state.",)))
     st = model.state.params
     assert st["step"][0] == step0 + 1
     if estimator in ("reinforce", "nvil"):
@@ -342,7 +294,7 @@ def _vqvae(seed, codebook_update, beta, activation, hidden=(6,), M=5, S=2, E=3):
         dtype=np.float64,
     )
     rng = np.random.default_rng(seed + 100)
-    _perturb(m, rng, skip=("code_age", "ema_"), scale=0.5)
+    perturb(m, rng, 0.5, skip=("code_age", "ema_"))
     if codebook_update == "ema":
         p = m.params
         p["ema_cluster_size"][...] = rng.uniform(0.5, 3.0, M)
@@ -350,20 +302,19 @@ def _vqvae(seed, codebook_update, beta, activation, hidden=(6,), M=5, S=2, E=3):
     return m
 
 
-def _vqvae_torch(torch, model, P, x):
+def _vqvae_torch(model, P, x):
     """(loss, z_e, index) of the VQ-VAE from the docstrings of vqvae.py and ops/vq.py."""
     B = x.shape[0]
     S, E = model.slots, model.code_dim
-    act = _act(torch, model.activation)
     xt = torch.from_numpy(x)
-    z_e = _mlp(torch, P, "encoder", act, xt).reshape(B * S, E)
+    z_e = mlp(P, "encoder", xt, model.activation).reshape(B * S, E)
     e = P["codebook"]  # (M, E)
     dist = ((z_e.detach()[:, None, :] - e.detach()[None]) ** 2).sum(-1)  # (B*S, M)
     k = dist.argmin(-1)  # nearest code, ties to the lowest index
     e_k = e[k]  # (B*S, E)
     z_q = e_k.detach() + (z_e - z_e.detach())  # value e_k, gradient copied onto z_e
-    out = _mlp(torch, P, "decoder", act, z_q.reshape(B, S * E))
-    nll = -_bernoulli_loglik(torch, out, xt)  # (B,)
+    out = mlp(P, "decoder", z_q.reshape(B, S * E), model.activation)
+    nll = -bernoulli_loglik(out, xt)  # (B,)
     codebook_loss = ((z_e.detach() - e_k) ** 2).sum() / B
     commitment = model.beta * ((z_e - e_k.detach()) ** 2).sum() / B
     loss = nll.mean() + commitment
@@ -385,7 +336,6 @@ VQ_CASES = [
     "update, beta, activation, hidden", [c[1:] for c in VQ_CASES], ids=[c[0] for c in VQ_CASES]
 )
 def test_vqvae_forward_backward_matches_torch(update, beta, activation, hidden):
-    torch = pytest.importorskip("torch")
     seed = 21 + len(hidden) + int(10 * beta)
     model = _vqvae(seed, update, beta, activation, hidden)
     assert model.draw_noise(np.random.default_rng(0), 4) is None
@@ -396,13 +346,13 @@ def test_vqvae_forward_backward_matches_torch(update, beta, activation, hidden):
     model.zero_grad()
     model.backward(cache)
 
-    P = _leaves(torch, model)
-    loss_t, _, k = _vqvae_torch(torch, model, P, x)
+    P = leaves(model)
+    loss_t, _, k = _vqvae_torch(model, P, x)
     np.testing.assert_array_equal(cache.vq.index, k.numpy())
     assert len(np.unique(k.numpy())) >= 2  # the assignment is not degenerate
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
     state = ("code_age", "ema_") + (("codebook",) if update == "ema" else ())
-    _check_grads(torch, model, P, loss_t, zero=state)
+    check_grads(model.gradients(), autograd_grads(loss_t, P, zero=state))
     for name, v in model.parameters().items():  # forward and backward leave state alone
         np.testing.assert_array_equal(v, before[name], err_msg=name)
 
@@ -413,18 +363,17 @@ def test_vqvae_training_step_matches_torch(update):
     """loss_and_grads: the gradients at the parameters before the step; with EMA, the
     codebook then moves by N <- g N + (1-g) n, S <- g S + (1-g) s, e = S / N~ (Laplace
     smoothed), and the code ages restart for used codes."""
-    torch = pytest.importorskip("torch")
     model = _vqvae(31, update, 0.4, "tanh")
     x = _binary_x(np.random.default_rng(32), 4)
-    P = _leaves(torch, model)
-    loss_t, z_e, k = _vqvae_torch(torch, model, P, x)
+    P = leaves(model)
+    loss_t, z_e, k = _vqvae_torch(model, P, x)
     age0 = model.params["code_age"].copy()
 
     loss, stats = model.loss_and_grads(x, np.random.default_rng(0))
 
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
     state = ("code_age", "ema_") + (("codebook",) if update == "ema" else ())
-    _check_grads(torch, model, P, loss_t, zero=state)
+    check_grads(model.gradients(), autograd_grads(loss_t, P, zero=state))
     M = model.codes
     counts = np.bincount(k.numpy(), minlength=M)
     assert_allclose(model.params["code_age"], np.where(counts > 0, 0.0, age0 + 1))
@@ -464,7 +413,7 @@ def _aae(seed, likelihood="bernoulli", decoder_variance="learned", n_samples=1, 
         **kw,
     )
     rng = np.random.default_rng(seed + 100)
-    _perturb(m, rng, skip=("disc_adam.",))
+    perturb(m, rng, 0.4, skip=("disc_adam.",))
     for name, a in m.parameters().items():  # a mid-training Adam state of D
         if name.startswith("disc_adam.m."):
             a[...] = 0.1 * rng.standard_normal(a.shape)
@@ -474,39 +423,34 @@ def _aae(seed, likelihood="bernoulli", decoder_variance="learned", n_samples=1, 
     return m
 
 
-def _aae_torch(torch, model, P, x, eps, w):
+def _aae_torch(model, P, x, eps, w):
     """(loss, z) of the autoencoder step: -mean log p(x|z) + w L_G(D(z)), D's weights constant."""
     L, B, Z = eps.shape
     D = x.shape[1]
-    act = _act(torch, model.activation)
     xt = torch.from_numpy(x)
-    h = _mlp(torch, P, "encoder", act, xt)
+    h = mlp(P, "encoder", xt, model.activation)
     mu, logvar = h[:, :Z], h[:, Z:]
     z = mu + torch.exp(logvar / 2) * torch.from_numpy(eps)  # (L, B, Z)
-    out = _mlp(torch, P, "decoder", act, z.reshape(L * B, Z))
+    out = mlp(P, "decoder", z.reshape(L * B, Z), model.activation)
     xs = xt.expand(L, B, D).reshape(L * B, D)
     if model.likelihood == "bernoulli":
-        log_px = _bernoulli_loglik(torch, out, xs)
+        log_px = bernoulli_loglik(out, xs)
     else:
-        if model.decoder_variance == "learned":
-            v = P["decoder.logvar"]
-        else:
-            v = torch.full((D,), math.log(model.decoder_variance), dtype=torch.float64)
-        log_px = -(0.5 * (math.log(2 * math.pi) + v + (xs - out) ** 2 * torch.exp(-v))).sum(-1)
+        log_px = log_normal(xs, out, decoder_logvar(P, model.decoder_variance, D))
     frozen = {k: t.detach() for k, t in P.items() if k.startswith("discriminator.")}
-    d = _mlp(torch, frozen, "discriminator", torch.relu, z.reshape(L * B, Z))[:, 0]
+    d = mlp(frozen, "discriminator", z.reshape(L * B, Z), "relu")[:, 0]
     if model.saturating:
-        gen = -_softplus(torch, d).mean()  # mean log(1 - sigma(d))
+        gen = -softplus(d).mean()  # mean log(1 - sigma(d))
     else:
-        gen = _softplus(torch, -d).mean()  # mean -log sigma(d)
+        gen = softplus(-d).mean()  # mean -log sigma(d)
     return -log_px.mean() + w * gen, z
 
 
-def _disc_loss_torch(torch, P, z_prior, z_post):
+def _disc_loss_torch(P, z_prior, z_post):
     """mean_P softplus(-D(z_prior)) + mean_Q softplus(D(z_post)): prior draws are class 1."""
-    d_p = _mlp(torch, P, "discriminator", torch.relu, z_prior)[:, 0]
-    d_q = _mlp(torch, P, "discriminator", torch.relu, z_post)[:, 0]
-    return _softplus(torch, -d_p).mean() + _softplus(torch, d_q).mean(), d_p, d_q
+    d_p = mlp(P, "discriminator", z_prior, "relu")[:, 0]
+    d_q = mlp(P, "discriminator", z_post, "relu")[:, 0]
+    return softplus(-d_p).mean() + softplus(d_q).mean(), d_p, d_q
 
 
 AAE_CASES = [
@@ -521,7 +465,6 @@ AAE_CASES = [
 @pytest.mark.oracle
 @pytest.mark.parametrize("kw, kl_weight", [c[1:] for c in AAE_CASES], ids=[c[0] for c in AAE_CASES])
 def test_aae_forward_backward_matches_torch(kw, kl_weight):
-    torch = pytest.importorskip("torch")
     seed = 41 + 3 * len(kw)
     model = _aae(seed, **dict(kw))
     B = 3
@@ -536,16 +479,15 @@ def test_aae_forward_backward_matches_torch(kw, kl_weight):
     model.backward(cache)
 
     w = model.adv_weight if kl_weight is None else kl_weight
-    P = _leaves(torch, model)
-    loss_t, _ = _aae_torch(torch, model, P, x, eps, w)
+    P = leaves(model)
+    loss_t, _ = _aae_torch(model, P, x, eps, w)
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
-    _check_grads(torch, model, P, loss_t, zero=("discriminator.", "disc_adam."))
+    check_grads(model.gradients(), autograd_grads(loss_t, P, zero=("discriminator.", "disc_adam.")))
 
 
 @pytest.mark.oracle
 def test_aae_discriminator_loss_matches_torch():
     """The discriminator's loss and its gradient (the codes and the target draws are inputs)."""
-    torch = pytest.importorskip("torch")
     model = _aae(51)
     rng = np.random.default_rng(52)
     z_prior, z_post = rng.standard_normal((5, 2)), 1.5 * rng.standard_normal((4, 2)) + 0.3
@@ -553,8 +495,8 @@ def test_aae_discriminator_loss_matches_torch():
     loss, cache = model.discriminator_loss(z_prior, z_post)
     model.discriminator_loss_backward(cache, dloss=1.7)
 
-    P = _leaves(torch, model)
-    loss_t, _, _ = _disc_loss_torch(torch, P, torch.from_numpy(z_prior), torch.from_numpy(z_post))
+    P = leaves(model)
+    loss_t, _, _ = _disc_loss_torch(P, torch.from_numpy(z_prior), torch.from_numpy(z_post))
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
     names = [k for k in P if k.startswith("discriminator.")]
     grads = torch.autograd.grad(1.7 * loss_t, [P[k] for k in names])
@@ -569,24 +511,23 @@ def test_aae_training_step_matches_torch(target):
     """loss_and_grads: the autoencoder gradients on the replayed eps, then one Adam step of D
     (betas (0.5, 0.999), eps 1e-8, the model's m, v, t) on the discriminator loss of the
     replayed target draws against the step's codes."""
-    torch = pytest.importorskip("torch")
     model = _aae(61, target=target, n_components=4, n_samples=2, disc_lr=0.01)
     B = 4
     x = _binary_x(np.random.default_rng(62), B)
     replay = np.random.default_rng(63)
     eps = model.draw_noise(replay, B)  # the step's noise ...
     z_prior = model.sample_target(replay, 2 * B)  # ... then the discriminator's target draws
-    P = _leaves(torch, model)  # before the step
-    loss_t, z = _aae_torch(torch, model, P, x, eps, 0.8)
+    P = leaves(model)  # before the step
+    loss_t, z = _aae_torch(model, P, x, eps, 0.8)
     z_post = z.detach().reshape(-1, 2)
-    disc_t, d_p, d_q = _disc_loss_torch(torch, P, torch.from_numpy(z_prior), z_post)
+    disc_t, d_p, d_q = _disc_loss_torch(P, torch.from_numpy(z_prior), z_post)
     names = [k for k in P if k.startswith("discriminator.")]
     dgrads = torch.autograd.grad(disc_t, [P[k] for k in names])
 
     loss, stats = model.loss_and_grads(x, np.random.default_rng(63), kl_weight=0.8)
 
     assert_allclose(loss, loss_t.item(), rtol=LOSS_RTOL)
-    _check_grads(torch, model, P, loss_t, zero=("discriminator.", "disc_adam."))
+    check_grads(model.gradients(), autograd_grads(loss_t, P, zero=("discriminator.", "disc_adam.")))
     assert_allclose(stats["disc_loss"], disc_t.item(), rtol=LOSS_RTOL)
     right = int((d_p > 0).sum()) + int((d_q <= 0).sum())
     assert stats["disc_accuracy"] == right / (d_p.numel() + d_q.numel())

@@ -60,6 +60,17 @@ import math
 
 import numpy as np
 import pytest
+from oracle_torch import (
+    LOG_2PI,
+    bounds,
+    decoder_logvar,
+    leaves,
+    log_mean_exp,
+    mlp,
+    one_torch_thread,  # noqa: F401  (autouse)
+    softplus,
+    tensor64,
+)
 
 from kernels.philox import normal_ref
 from lvmcore.models import (
@@ -78,27 +89,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle
 
 D, Z = 11, 3
-LOG_2PI = math.log(2 * math.pi)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _t(a):
-    return torch.as_tensor(np.asarray(a, dtype=np.float64))
-
-
-def _softplus(a):
-    return torch.logaddexp(a, torch.zeros_like(a))
-
-
-_ACT = {"tanh": torch.tanh, "relu": torch.relu, "softplus": _softplus}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,38 +96,25 @@ _ACT = {"tanh": torch.tanh, "relu": torch.relu, "softplus": _softplus}
 # ---------------------------------------------------------------------------------------------
 
 
-def _mlp(P, prefix, h, activation, context=None):
-    n = sum(1 for k in P if k.startswith(prefix + ".W"))
-    for i in range(n):
-        if i == 0 and context is not None:
-            h = torch.cat([h, context.expand(*h.shape[:-1], context.shape[-1])], -1)
-        h = h @ P[f"{prefix}.W{i}"] + P[f"{prefix}.b{i}"]
-        if i < n - 1:
-            h = _ACT[activation](h)
-    return h
-
-
 def _twin_terms(model, x, eps, labels=None):
     """Float64 torch: log p(x|z), log p(z), log q(z|x) (each (S, B)), mu, logvar, z, and the
     size of each sample's terms (the sum of the absolute values of its summands, (S, B))."""
-    P = {n: _t(v) for n, v in model.parameters().items()}
-    xb = _t(x)
-    eps = _t(eps)
+    P = leaves(model, requires_grad=False)
+    xb = tensor64(x)
+    eps = tensor64(eps)
     S, B, Zl = eps.shape
-    c = None
+    c = None  # the CVAE's one-hot label, appended to the input of each network
     if labels is not None:
         c = torch.nn.functional.one_hot(torch.as_tensor(labels), model.n_classes).double()
-    h = _mlp(P, "encoder", xb, model.activation, c)
+    h = mlp(P, "encoder", xb if c is None else torch.cat([xb, c], -1), model.activation)
     mu, logvar = h[:, :Zl], h[:, Zl:]
     z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, Z)
-    cz = None if c is None else c.expand(S, B, c.shape[-1])
-    y = _mlp(P, "decoder", z, model.activation, cz)  # (S, B, D)
+    z_in = z if c is None else torch.cat([z, c.expand(S, B, c.shape[-1])], -1)
+    y = mlp(P, "decoder", z_in, model.activation)  # (S, B, D)
     if model.likelihood == "bernoulli":
-        terms_px = xb * y - _softplus(y)
+        terms_px = xb * y - softplus(y)
     else:
-        v = P.get("decoder.logvar")
-        if v is None:
-            v = torch.full((xb.shape[1],), math.log(model.decoder_variance), dtype=torch.float64)
+        v = decoder_logvar(P, model.decoder_variance, xb.shape[1])
         terms_px = -0.5 * (LOG_2PI + v + (xb - y) ** 2 * torch.exp(-v))
     log_px = terms_px.sum(-1)
     log_pz = (-0.5 * (z**2 + LOG_2PI)).sum(-1)
@@ -162,21 +139,10 @@ def _scale(lw, size, objective):
     return top
 
 
-def _lme(a, dim=0):
-    return torch.logsumexp(a, dim) - math.log(a.shape[dim])
-
-
 def _twin_bound(model, lw):
-    """The objective of ``bound`` per row from log w (S, B), float64."""
-    S = lw.shape[0]
-    obj = getattr(model, "objective", "iwae")
-    if obj == "miwae":
-        M = model.groups
-        return _lme(lw.reshape(M, S // M, -1), 1).mean(0)
-    if obj == "ciwae":
-        b = model.ciwae_beta
-        return b * lw.mean(0) + (1 - b) * _lme(lw)
-    return _lme(lw)  # iwae; piwae reports its decoder target L_S
+    """The objective of ``bound`` per row from log w (S, B), float64: the generative
+    network's bound (PIWAE reports its decoder target L_S)."""
+    return bounds(lw, model.objective, model.groups, model.ciwae_beta)[0]
 
 
 def _key_eps(rng, shape, dtype):
@@ -229,7 +195,7 @@ def _twin_log_likelihood(model, x, seed, k, batch_size, labels=None):
         seed_i = int(rng.integers(0, 2**63))
         eps = normal_ref(seed_i, 0, k * B * model.latent_dim, model.dtype)
         lw, size = _twin_log_w(model, xb, eps.reshape(k, B, model.latent_dim))
-        out.append(_lme(lw))
+        out.append(log_mean_exp(lw))
         scales.append(_scale(lw, size, "iwae"))
     return torch.cat(out).numpy(), torch.cat(scales).numpy()
 
@@ -252,7 +218,7 @@ def _twin_log_likelihood_base(model, x, seed, k, batch_size, chunk_size, labels=
             lws.append(lw)
             sizes.append(size)
         lw = torch.cat(lws)
-        out.append(_lme(lw))
+        out.append(log_mean_exp(lw))
         scales.append(_scale(lw, torch.cat(sizes), "iwae"))
     return torch.cat(out).numpy(), torch.cat(scales).numpy()
 
@@ -465,7 +431,7 @@ def _noise_dim(model):
 
 def _ref_log_w(m64, x, eps):
     """log w (S, B) of the float64 model at the (float32 or float64) noise, as a tensor."""
-    return _t(m64.log_weights(x.astype(np.float64), eps.astype(np.float64)))
+    return tensor64(m64.log_weights(x.astype(np.float64), eps.astype(np.float64)))
 
 
 def _replay_base_log_likelihood(m64, x, seed, k, batch_size, chunk_size, dtype):
@@ -482,7 +448,7 @@ def _replay_base_log_likelihood(m64, x, seed, k, batch_size, chunk_size, dtype):
                 _ref_log_w(m64, xb, _key_eps(np.random.default_rng([seed_i, s]), shape, dtype))
             )
         lw = torch.cat(lws)
-        out.append(_lme(lw))
+        out.append(log_mean_exp(lw))
         scales.append(_scale(lw, lw.abs(), "iwae"))
     return torch.cat(out).numpy(), torch.cat(scales).numpy()
 
@@ -568,7 +534,7 @@ def test_importance_weights_extremes(dtype):
 
     lw = _lw_columns(dtype)
     bound, w = importance_weights(lw.copy())
-    t = _t(lw)
+    t = tensor64(lw)
     want_b = torch.logsumexp(t, 0) - math.log(lw.shape[0])
     want_w = torch.nan_to_num(torch.softmax(t, 0), nan=0.0)  # the all -inf column: 0
     u = ULP[dtype]
@@ -628,10 +594,10 @@ def test_bernoulli_loglik_extremes(dtype, with_bias):
     ll_only, none = bernoulli_loglik(logits, x, bias=bias)
     assert none is None
     np.testing.assert_array_equal(ll_only, ll)
-    lt = _t(logits if bias is None else logits + bias)  # the bias added in the data dtype
+    lt = tensor64(logits if bias is None else logits + bias)  # the bias added in the data dtype
     lt.requires_grad_(True)
-    xt = _t(np.tile(x, (S, 1)))
-    terms = xt * lt - _softplus(lt)
+    xt = tensor64(np.tile(x, (S, 1)))
+    terms = xt * lt - softplus(lt)
     want = terms.sum(1)
     (want_g,) = torch.autograd.grad(want.sum(), lt)
     u = ULP[dtype]
@@ -689,19 +655,19 @@ def test_gumbel_softmax_and_backward_extremes(dtype, tau):
     y = gumbel_softmax(logits, tau, seed, stream, offset)
     g = gumbel_ref(seed, stream, N * C, dtype, offset).reshape(N, C)
     s = (logits + g).astype(dtype)  # the kernel's s, in the dtype
-    a = _t(s) / tau
+    a = tensor64(s) / tau
     a.requires_grad_(True)
     want = _rows_softmax(a)
     u = ULP[dtype]
     # the shift (s - max s) / tau is rounded: relative u of |s - max s| / tau in the exponent
     # and the fused Gumbels are gumbel_ref's to a few ulp: u |s| / tau in the exponent too
-    size = (_t(np.abs(s)) + _t(np.abs(g))).amax(-1, keepdim=True) / tau
+    size = (tensor64(np.abs(s)) + tensor64(np.abs(g))).amax(-1, keepdim=True) / tau
     e = 8 * u * (1 + (a - a.max(-1, keepdim=True).values).abs().detach() + 2 * size)
     lim = torch.nan_to_num(want.detach() * torch.expm1(e), nan=0.0).numpy() + 4 * u + TINY[dtype]
     _within(y, want.detach().numpy(), lim, "y")
     assert np.all(y[np.isneginf(logits)] == 0)
     dy = np.random.default_rng(5).standard_normal((N, C)).astype(dtype)
-    (da,) = torch.autograd.grad((want * _t(dy)).sum(), a)
+    (da,) = torch.autograd.grad((want * tensor64(dy)).sum(), a)
     want_dl = da / tau  # d/dlogits = d/da / tau
     ad = a.detach()
     sup = torch.isfinite(ad)  # masked categories (y = 0, v = 0) contribute nothing
@@ -716,7 +682,7 @@ def test_gumbel_softmax_and_backward_extremes(dtype, tau):
         # y's relative error (the rounded shift, above) times the VJP's terms
         rel = torch.nan_to_num(torch.expm1(e), nan=0.0) + 16 * u
         yd = want.detach()
-        terms = yd * (_t(dy).abs() + (yd * _t(dy).abs()).sum(-1, keepdim=True))
+        terms = yd * (tensor64(dy).abs() + (yd * tensor64(dy).abs()).sum(-1, keepdim=True))
         _within(dl, want_dl.numpy(), (rel * terms / tau).numpy() + TINY[dtype] / tau, "dlogits")
         sizes = torch.where(sup, rel * terms * (ad.abs() + 1), 0)
         lim = 4 * C * float(sizes.sum()) / tau
@@ -733,8 +699,8 @@ def test_gumbel_softmax_backward_masked_category_with_softmax_argument(dtype, ba
     y = gumbel_softmax(logits, 1.0, 1, 0, 0)
     a = (logits + gumbel_ref(1, 0, 3, dtype)).astype(dtype)  # (logits + g) / tau, tau = 1
     dy = np.array([[2.0, 1.0, 0.5]], dtype)
-    at = _t(a).requires_grad_(True)
-    (da,) = torch.autograd.grad((torch.softmax(at, -1) * _t(dy)).sum(), at)
+    at = tensor64(a).requires_grad_(True)
+    (da,) = torch.autograd.grad((torch.softmax(at, -1) * tensor64(dy)).sum(), at)
     want = float(-torch.where(torch.isfinite(at), da * at.detach(), 0).sum())
     _, dtau = gumbel_softmax_backward(dy, y, 1.0, a, backend=backend)
     assert abs(dtau - want) <= 1e-5 * (1 + abs(want)), (dtau, want)
@@ -755,8 +721,8 @@ def test_reparam_sample_and_backward_extremes(dtype):
         dtype,
     )  # fmt: skip
     z, log_q, log_p = reparam_sample(mu, logvar, K, seed, stream, offset)
-    eps = _t(normal_ref(seed, stream, K * B * Zl, dtype, offset).reshape(K, B, Zl))
-    mt, lt = _t(mu).requires_grad_(True), _t(logvar).requires_grad_(True)
+    eps = tensor64(normal_ref(seed, stream, K * B * Zl, dtype, offset).reshape(K, B, Zl))
+    mt, lt = tensor64(mu).requires_grad_(True), tensor64(logvar).requires_grad_(True)
     zt = mt + torch.exp(0.5 * lt) * eps
     lq = (-0.5 * (LOG_2PI + lt + eps**2)).sum(-1)
     lp = (-0.5 * (LOG_2PI + zt**2)).sum(-1)
@@ -772,19 +738,19 @@ def test_reparam_sample_and_backward_extremes(dtype):
     dz = rng.standard_normal((K, B, Zl)).astype(dtype)
     dq = rng.standard_normal((K, B)).astype(dtype)
     dp = (1e-8 * rng.standard_normal((K, B))).astype(dtype)  # z^2 reaches 1e65: keep it finite
-    L = (_t(dz) * zt).sum() + (_t(dq) * lq).sum() + (_t(dp) * lp).sum()
+    L = (tensor64(dz) * zt).sum() + (tensor64(dq) * lq).sum() + (tensor64(dp) * lp).sum()
     gmu, glv = torch.autograd.grad(L, (mt, lt), retain_graph=True)
     dmu, dlogvar = reparam_sample_backward(dz, dq, dp, mu, logvar, seed, stream, offset)
     # the size of each sum's terms: |dz| + |dlog_p z|, times sigma eps / 2 for logvar
-    g_size = (_t(dz).abs() + _t(dp).abs()[..., None] * zt.detach().abs()).detach()
+    g_size = (tensor64(dz).abs() + tensor64(dp).abs()[..., None] * zt.detach().abs()).detach()
     _within(dmu, gmu.numpy(), (16 * u * g_size.sum(0)).numpy(), "dmu")
-    lv_size = (g_size * sig_eps).sum(0) + _t(dq).abs().sum(0)[:, None]
+    lv_size = (g_size * sig_eps).sum(0) + tensor64(dq).abs().sum(0)[:, None]
     _within(dlogvar, glv.numpy(), (16 * u * lv_size).numpy(), "dlogvar")
     # None upstream gradients read as zeros
-    (gmu, glv) = torch.autograd.grad((_t(dz) * zt).sum(), (mt, lt))
+    (gmu, glv) = torch.autograd.grad((tensor64(dz) * zt).sum(), (mt, lt))
     dmu, dlogvar = reparam_sample_backward(dz, None, None, mu, logvar, seed, stream, offset)
-    _within(dmu, gmu.numpy(), (16 * u * _t(dz).abs().sum(0)).numpy(), "dmu (dz only)")
-    lim = (16 * u * (_t(dz).abs() * sig_eps).sum(0)).numpy()
+    _within(dmu, gmu.numpy(), (16 * u * tensor64(dz).abs().sum(0)).numpy(), "dmu (dz only)")
+    lim = (16 * u * (tensor64(dz).abs() * sig_eps).sum(0)).numpy()
     _within(dlogvar, glv.numpy(), lim, "dlogvar (dz only)")
 
 
@@ -807,8 +773,8 @@ def test_mixture_logprob_and_backward_extremes(dtype):
     ):
         lw = lw.astype(dtype)
         log_p, resp = mixture_logprob(z, mu, logvar, lw)
-        zt, mt, vt = (_t(a).requires_grad_(True) for a in (z, mu, logvar))
-        wt = _t(lw).requires_grad_(True)
+        zt, mt, vt = (tensor64(a).requires_grad_(True) for a in (z, mu, logvar))
+        wt = tensor64(lw).requires_grad_(True)
         d = zt[:, None, :] - mt[None]
         q = d**2 * torch.exp(-vt) + vt + LOG_2PI  # (N, C, Z)
         a = wt - 0.5 * q.sum(-1)
@@ -822,10 +788,12 @@ def test_mixture_logprob_and_backward_extremes(dtype):
         _within(resp, want_r.numpy(), lim_r + TINY[dtype], "resp")
         assert np.all(resp[:, np.isneginf(lw)] == 0)
         dlp = rng.standard_normal(N).astype(dtype)
-        grads = torch.autograd.grad((_t(dlp) * want).sum(), (zt, mt, vt, wt), allow_unused=True)
+        grads = torch.autograd.grad(
+            (tensor64(dlp) * want).sum(), (zt, mt, vt, wt), allow_unused=True
+        )
         got = mixture_logprob_backward(dlp, z, mu, logvar, resp)
-        g = _t(dlp).abs()[:, None] * want_r  # (N, C)
-        iv = torch.exp(-_t(logvar))
+        g = tensor64(dlp).abs()[:, None] * want_r  # (N, C)
+        iv = torch.exp(-tensor64(logvar))
         dsz = (g[..., None] * (d.detach().abs() * iv)) * (1 + rel[..., None])
         limits = (
             (16 * u * dsz.sum(1) + dsz.sum(1) * rel.amax()).numpy(),
@@ -856,7 +824,7 @@ def test_iaf_gate_and_backward_extremes(dtype):
     z = rng.choice([0.0, 1e4, -3.0, 1e-30], (N, Zl)).astype(dtype)
     fb = 1.5
     z_new, s, oms, logdet = iaf_gate(y, z, fb)
-    yt, zt = _t(y).requires_grad_(True), _t(z).requires_grad_(True)
+    yt, zt = tensor64(y).requires_grad_(True), tensor64(z).requires_grad_(True)
     t = yt[:, 1] + fb
     # s and 1 - s through log-sigmoid: autograd's sigmoid backward, s (1 - s), loses 1 - s
     # where s rounds to 1
@@ -873,13 +841,15 @@ def test_iaf_gate_and_backward_extremes(dtype):
     _within(logdet, ld.detach().numpy(), (4 * Zl * u * (lsize + 1)).numpy(), "logdet")
     dzn = rng.standard_normal((N, Zl)).astype(dtype)
     dld = rng.standard_normal(N).astype(dtype)
-    gy, gz = torch.autograd.grad((_t(dzn) * zn).sum() + (_t(dld) * ld).sum(), (yt, zt))
+    gy, gz = torch.autograd.grad((tensor64(dzn) * zn).sum() + (tensor64(dld) * ld).sum(), (yt, zt))
     dy, dz = iaf_gate_backward(dzn, dld, y, z, s, oms)
-    gd = _t(dzn).abs()
+    gd = tensor64(dzn).abs()
     lim_m = 8 * u * (gd * omst).detach() + TINY[dtype]
     _within(dy[:, 0], gy[:, 0].numpy(), lim_m.numpy(), "dm")
     lim_s = (
-        8 * u * (gd * (zt - yt[:, 0]).abs() * st * omst + _t(dld).abs()[:, None] * omst).detach()
+        8
+        * u
+        * (gd * (zt - yt[:, 0]).abs() * st * omst + tensor64(dld).abs()[:, None] * omst).detach()
     )
     _within(
         dy[:, 1],
@@ -899,8 +869,8 @@ def test_bias_act_and_backward_extremes(dtype, act):
     a = _logits_grid(dtype, N, O, seed=4)
     b = np.random.default_rng(5).choice([0.0, 1e-30, -0.5, 3.0], O).astype(dtype)
     y = bias_act(a, b, act)
-    v = _t((a + b).astype(dtype)).requires_grad_(True)  # the add in the dtype
-    f = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "softplus": _softplus}
+    v = tensor64((a + b).astype(dtype)).requires_grad_(True)  # the add in the dtype
+    f = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "softplus": softplus}
     want = f[act](v)
     u = ULP[dtype]
     wd = want.detach().numpy()
@@ -911,23 +881,23 @@ def test_bias_act_and_backward_extremes(dtype, act):
     scale = rng.choice([1.0, 1e-20, 1e20, 0.0], N).astype(dtype)
     da, db = bias_act_backward(dy, y, act, scale)
     # the reference derivative at the kernel's own y, as documented (f' as a function of y)
-    yt = _t(y)
+    yt = tensor64(y)
     fp = {
         "tanh": 1 - yt**2,
         "relu": (yt > 0).double(),
         "sigmoid": yt * (1 - yt),
         "softplus": -torch.expm1(-yt),
     }[act]
-    want_da = _t(scale)[:, None] * _t(dy) * fp
+    want_da = tensor64(scale)[:, None] * tensor64(dy) * fp
     # f'(y) in the dtype: 1 - y^2 and y - y^2 round relative to 1 and to y
-    size = _t(scale).abs()[:, None] * _t(dy).abs() * {
+    size = tensor64(scale).abs()[:, None] * tensor64(dy).abs() * {
         "tanh": 1 + yt**2, "relu": fp, "sigmoid": yt.abs(), "softplus": fp,
     }[act]  # fmt: skip
     _within(da, want_da.numpy(), (8 * u * size).numpy() + TINY[dtype], "da")
     _within(db, want_da.sum(0).numpy(), 8 * u * size.sum(0).numpy() + TINY[dtype], "db")
     # and against the true derivative at the pre-activation, where y carries it
-    (g,) = torch.autograd.grad((want * _t(dy)).sum(), v)
-    g = _t(scale)[:, None] * g
+    (g,) = torch.autograd.grad((want * tensor64(dy)).sum(), v)
+    g = tensor64(scale)[:, None] * g
     ok = np.isfinite(g.numpy())
     vv = v.detach().numpy()
     if act == "softplus":

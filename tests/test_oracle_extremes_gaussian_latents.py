@@ -59,6 +59,29 @@ import warnings
 
 import numpy as np
 import pytest
+from oracle_torch import (
+    LOG_2PI,
+    act,
+    autograd_grads,
+    bernoulli_loglik,
+    cholesky,
+    decoder_logvar,
+    detached,
+    forward_backward,
+    iwae_reference,
+    iwae_settings,
+    jacobian_rows,
+    leaves,
+    log_mvn_tril,
+    log_normal,
+    log_std_normal,
+    mask_tensors,
+    mlp,
+    np_log_mean_exp,
+    one_torch_thread,  # noqa: F401  (autouse)
+    softplus,
+    tensor64,
+)
 
 from lvmcore.models import IWAE, VAE, FlowIWAE, FlowVAE, HierarchicalIWAE
 
@@ -67,18 +90,8 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle
 
 D, Z, B = 12, 3, 4
-LOG_2PI = math.log(2 * math.pi)
 F64 = dict(elementwise=True, loss_rtol=1e-10, rtol=1e-8, floor=1e-12)
 F32 = dict(elementwise=False, loss_rtol=1e-5, rtol=1e-3, floor=1e-5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- building the cases
@@ -115,14 +128,6 @@ def _data(likelihood, seed, n=B, d=D):
     if likelihood == "bernoulli":
         return (rng.random((n, d)) < 0.4).astype(np.float64)
     return rng.standard_normal((n, d))
-
-
-def _run(model, x, noise, **kw):
-    """lvmcore's loss and gradients (float64 copies) for the noise array or key."""
-    loss, cache = model.forward(x, noise, **kw)
-    model.zero_grad()
-    model.backward(cache)
-    return loss, {k: np.array(v, dtype=np.float64) for k, v in model.gradients().items()}
 
 
 def _check(got, ref, tol):
@@ -174,51 +179,24 @@ def _one_path(make, path, **kw):
 # ---------------------------------------------------------------- torch: VAE and IWAE
 
 
-def _softplus(a):
-    return torch.logaddexp(a, torch.zeros_like(a))
-
-
-_ACT = {"tanh": torch.tanh, "relu": torch.relu, "softplus": _softplus}
-
-
-def _leaves(model):
-    return {
-        k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
-        for k, v in model.parameters().items()
-    }
-
-
-def _mlp(P, prefix, h, activation):
-    n = sum(1 for k in P if k.startswith(prefix + ".W"))
-    for i in range(n):
-        h = h @ P[f"{prefix}.W{i}"] + P[f"{prefix}.b{i}"]
-        if i < n - 1:
-            h = _ACT[activation](h)
-    return h
-
-
 def _log_px(model, P, x, out):
     if model.likelihood == "bernoulli":
-        return (x * out - _softplus(out)).sum(-1)
-    if model.decoder_variance == "learned":
-        v = P["decoder.logvar"]
-    else:
-        v = torch.full((x.shape[-1],), math.log(model.decoder_variance), dtype=torch.float64)
-    return -0.5 * (LOG_2PI + v + (x - out) ** 2 * torch.exp(-v)).sum(-1)
+        return bernoulli_loglik(out, x)
+    return log_normal(x, out, decoder_logvar(P, model.decoder_variance, x.shape[-1]))
 
 
 def _terms(model, P, x, eps, detach_q=False):
     """Per-sample terms of the diagonal-Gaussian models: z = mu + exp(logvar/2) eps,
     log w = log p(x|z) + log N(z; 0, I) - log N(z; mu, exp(logvar)). ``detach_q``: log q with
     mu and logvar held fixed (z keeps its path to them)."""
-    x = torch.as_tensor(np.asarray(x, np.float64))
-    eps = torch.as_tensor(np.asarray(eps, np.float64))
+    x = tensor64(x)
+    eps = tensor64(eps)
     S, n, Zl = eps.shape
-    h = _mlp(P, "encoder", x, model.activation)
+    h = mlp(P, "encoder", x, model.activation)
     mu, logvar = h[:, :Zl], h[:, Zl:]
     sd_eps = torch.exp(0.5 * logvar) * eps
     z = mu + sd_eps
-    out = _mlp(P, "decoder", z.reshape(S * n, Zl), model.activation).reshape(S, n, -1)
+    out = mlp(P, "decoder", z.reshape(S * n, Zl), model.activation).reshape(S, n, -1)
     mq, lq = (mu.detach(), logvar.detach()) if detach_q else (mu, logvar)
     log_pz = -0.5 * (z**2 + LOG_2PI)  # (S, B, Z)
     # z - mq written as (mu - mq) + sigma eps: the same value and derivatives, without the
@@ -235,17 +213,9 @@ def _terms(model, P, x, eps, detach_q=False):
     )
 
 
-def _grads(out, P, names):
-    g = torch.autograd.grad(out, [P[n] for n in names], retain_graph=True, allow_unused=True)
-    return {
-        n: np.zeros(tuple(P[n].shape)) if gi is None else gi.detach().numpy()
-        for n, gi in zip(names, g)
-    }
-
-
 def _torch_vae(model, x, eps, kl_weight=None):
     """-mean log p(x|z) + w sum_j max(free_bits, mean_B KL_j)."""
-    P = _leaves(model)
+    P = leaves(model)
     t = _terms(model, P, x, eps)
     if model.kl == "analytic":
         kl = 0.5 * (t["mu"] ** 2 + torch.exp(t["logvar"]) - 1 - t["logvar"])
@@ -256,69 +226,17 @@ def _torch_vae(model, x, eps, kl_weight=None):
         mean_kl = torch.clamp(mean_kl, min=model.free_bits)
     w = model.beta if kl_weight is None else kl_weight
     loss = -t["log_px"].mean() + w * mean_kl.sum()
-    return loss.item(), _grads(loss, P, list(P))
-
-
-def _lse_bound(lw):
-    return torch.logsumexp(lw, 0) - math.log(lw.shape[0])
-
-
-def _grouped_bound(lw, M):
-    g = lw.reshape(M, lw.shape[0] // M, -1)
-    return (torch.logsumexp(g, 1) - math.log(g.shape[1])).mean(0)
-
-
-def _bounds(lw, model):
-    """(the generative network's bound, the inference network's bound), each (B,)."""
-    o = model.objective
-    if o == "iwae":
-        return _lse_bound(lw), _lse_bound(lw)
-    if o == "miwae":
-        return _grouped_bound(lw, model.groups), _grouped_bound(lw, model.groups)
-    if o == "ciwae":
-        c = model.ciwae_beta * lw.mean(0) + (1 - model.ciwae_beta) * _lse_bound(lw)
-        return c, c
-    return _lse_bound(lw), _grouped_bound(lw, model.groups)
-
-
-def _dreg_weights(lw, model):
-    """Tucker et al.'s weights: the objective's normalized weights, each squared."""
-    lw = lw.detach()
-    S = lw.shape[0]
-    if model.objective in ("miwae", "piwae"):
-        M = model.groups
-        wg = torch.softmax(lw.reshape(M, S // M, -1), dim=1)
-        return (wg * wg / M).reshape(lw.shape)
-    wt = torch.softmax(lw, dim=0)
-    if model.objective == "ciwae":
-        return model.ciwae_beta / S + (1 - model.ciwae_beta) * wt * wt
-    return wt * wt
+    return loss.item(), autograd_grads(loss, P)
 
 
 def _torch_bound(model, P, log_w, path_log_w, inference):
     """loss = -mean_B bound; the generative parameters' plain gradient, the inference ones'
-    by the model's estimator (STL: the objective's weights, DReG: the squared ones, on a
-    log w whose log q has q's parameters held fixed)."""
-    gen, enc = _bounds(log_w, model)
-    loss = -gen.mean()
-    n = log_w.shape[1]
-    gen_names = [k for k in P if not inference(k)]
-    inf_names = [k for k in P if inference(k)]
-    out = _grads(loss, P, gen_names)
-    if model.estimator == "iwae":
-        target = -enc.mean()
-    else:
-        if model.estimator == "stl":
-            a = torch.autograd.grad(enc.sum(), log_w, retain_graph=True)[0].detach()
-        else:
-            a = _dreg_weights(log_w, model)
-        target = -(a * path_log_w()).sum() / n
-    out.update(_grads(target, P, inf_names))
-    return loss.item(), out
+    by the model's estimator (``oracle_torch.iwae_reference``)."""
+    return iwae_reference(P, log_w, path_log_w, inference, **iwae_settings(model))
 
 
 def _torch_iwae(model, x, eps):
-    P = _leaves(model)
+    P = leaves(model)
     t = _terms(model, P, x, eps)
     return _torch_bound(
         model,
@@ -359,7 +277,7 @@ def test_vae_scaled_parameters(kw, scale, path):
         return _set_parameters(_vae(dtype, **kw), 5, scale)
 
     model, x, noise, eps, tol = _one_path(make, path, likelihood=kw["likelihood"])
-    _check(_run(model, x, noise), _torch_vae(model, x, eps), tol)
+    _check(forward_backward(model, x, noise), _torch_vae(model, x, eps), tol)
 
 
 IWAE_CASES = [
@@ -383,7 +301,7 @@ def test_iwae_scaled_parameters(kw, estimator, path):
     model, x, noise, eps, tol = _one_path(make, path)
     lw = model.log_weights(x, eps).astype(np.float64)
     assert np.ptp(lw, axis=0).max() > 1000
-    _check(_run(model, x, noise), _torch_iwae(model, x, eps), tol)
+    _check(forward_backward(model, x, noise), _torch_iwae(model, x, eps), tol)
 
 
 # ---------------------------------------------------------------- named regimes
@@ -426,7 +344,7 @@ def test_regimes(regime, kind, path):
     ref = (_torch_vae if kind.startswith("vae") else _torch_iwae)(model, x, eps)
     if regime == "logvar+20" and model.dtype == np.float64:
         tol = dict(F64, loss_rtol=1e-9)  # log w near -1e8 nats: its rounding alone is 1e-8
-    _check(_run(model, x, noise), ref, tol)
+    _check(forward_backward(model, x, noise), ref, tol)
 
 
 @pytest.mark.oracle
@@ -445,9 +363,9 @@ def test_fused_float32_eps_at_tiny_posterior_std(kind):
 
     model, x, _, eps, tol = _one_path(make, "f32-readable")
     ref = (_torch_iwae if kind == "stl" else _torch_vae)(model, x, eps)
-    _check(_run(model, x, eps), ref, tol)  # the readable float32 path is right
+    _check(forward_backward(model, x, eps), ref, tol)  # the readable float32 path is right
     key = model.draw_key(np.random.default_rng(4), B)
-    got = _run(model, x, key)
+    got = forward_backward(model, x, key)
     if kind == "stl":  # the fused encoder gradient
         for name in ("encoder.b1", "encoder.W0"):
             r = ref[1][name]
@@ -472,7 +390,7 @@ def test_gaussian_likelihood_tiny_learned_variance(model_kind, dec_logvar, path)
 
     model, x, noise, eps, tol = _one_path(make, path, likelihood="gaussian")
     ref = (_torch_vae if model_kind == "vae" else _torch_iwae)(model, x, eps)
-    _check(_run(model, x, noise), ref, tol)
+    _check(forward_backward(model, x, noise), ref, tol)
 
 
 # ---------------------------------------------------------------- sample counts
@@ -499,7 +417,7 @@ def test_iwae_sample_counts(kw, scale, n, estimator, path):
         return _set_parameters(_iwae(dtype, estimator=estimator, **kw), 5, scale)
 
     model, x, noise, eps, tol = _one_path(make, path, n=n)
-    _check(_run(model, x, noise), _torch_iwae(model, x, eps), tol)
+    _check(forward_backward(model, x, noise), _torch_iwae(model, x, eps), tol)
 
 
 def _group_gaps(model, x, eps):
@@ -507,11 +425,7 @@ def _group_gaps(model, x, eps):
     lw = model.log_weights(x, eps).astype(np.float64)
     M, (S, n) = model.groups, lw.shape
 
-    def lme(a, axis):
-        top = a.max(axis=axis, keepdims=True)
-        return np.log(np.exp(a - top).mean(axis=axis)) + top.squeeze(axis)
-
-    return lme(lw, 0)[None] - lme(lw.reshape(M, S // M, n), 1)
+    return np_log_mean_exp(lw, 0)[None] - np_log_mean_exp(lw.reshape(M, S // M, n), 1)
 
 
 @pytest.mark.oracle
@@ -529,7 +443,7 @@ def test_piwae_far_groups(estimator, path):
     model, x, noise, eps, tol = _one_path(make, path)
     limit = 709 if model.dtype == np.float64 else 88
     assert _group_gaps(model, x, eps).max() > limit
-    _check(_run(model, x, noise), _torch_iwae(model, x, eps), tol)
+    _check(forward_backward(model, x, noise), _torch_iwae(model, x, eps), tol)
 
 
 # ---------------------------------------------------------------- KL weights and free bits
@@ -558,7 +472,7 @@ def test_vae_kl_weight_and_free_bits_edges(free_bits, beta, kl_weight, kl, path)
 
     model, x, noise, eps, tol = _one_path(make, path)
     kw = {} if kl_weight is None else dict(kl_weight=kl_weight)
-    _check(_run(model, x, noise, **kw), _torch_vae(model, x, eps, kl_weight), tol)
+    _check(forward_backward(model, x, noise, **kw), _torch_vae(model, x, eps, kl_weight), tol)
 
 
 @pytest.mark.oracle
@@ -569,7 +483,7 @@ def test_vae_float32_free_bits_beyond_float32_range_at_kl_weight_zero():
     eps = model.draw_noise(np.random.default_rng(4), B)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        got = _run(model, x, eps, kl_weight=0.0)
+        got = forward_backward(model, x, eps, kl_weight=0.0)
     _check(got, _torch_vae(model, x, eps, 0.0), F32)
 
 
@@ -610,29 +524,20 @@ def test_float32_overflow_is_not_silent(kind, settings, path):
     assert math.isfinite(ref_loss) and abs(ref_loss) > float(np.finfo(np.float32).max)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        got = _run(model, x, noise)
+        got = forward_backward(model, x, noise)
     assert _guard_rejects(*got)
 
 
 # ---------------------------------------------------------------- flows and fullcov
 
 
-def _cholesky(l_raw, Zl):
-    """L from l_raw (row-major lower triangle, the diagonal exponentiated)."""
-    rows, cols = np.tril_indices(Zl)
-    L = torch.zeros(l_raw.shape[:-1] + (Zl, Zl), dtype=l_raw.dtype)
-    L[..., rows, cols] = l_raw
-    d = torch.diagonal(L, dim1=-2, dim2=-1)
-    return L - torch.diag_embed(d) + torch.diag_embed(torch.exp(d))
-
-
 def _iaf_step(step, P, pre, z, activation):
     """z' = s z + (1 - s) m, s = sigmoid(g), g = s_raw + forget_bias; logdet = sum log s."""
     Zl, n = step.n_latent, step.n_layers
-    M = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in step.masks.items()}
+    M = mask_tensors(step)
     a = z @ (P[pre + "W0"] * M["W0"]) + P[pre + "b0"]
     for i in range(1, n):
-        a = _ACT[activation](a) @ (P[pre + f"W{i}"] * M[f"W{i}"]) + P[pre + f"b{i}"]
+        a = act(activation)(a) @ (P[pre + f"W{i}"] * M[f"W{i}"]) + P[pre + f"b{i}"]
     m, g = a[..., :Zl], a[..., Zl:] + step.forget_bias
     log_s, log_oms = torch.nn.functional.logsigmoid(g), torch.nn.functional.logsigmoid(-g)
     # s and 1 - s as exp(log sigmoid): their derivatives s (1 - s) stay exact where s rounds
@@ -646,7 +551,7 @@ def _planar_step(P, pre, z):
     m(a) = softplus(a) - 1; det = 1 + (1 - t^2) m(w . u) = t^2 + (1 - t^2) softplus(w . u)."""
     u, w, b = P[pre + "u"], P[pre + "w"], P[pre + "b"][0]
     wu = (w * u).sum(-1)
-    sp = _softplus(wu)
+    sp = softplus(wu)
     u_hat = u + ((sp - 1 - wu) / (w * w).sum(-1)) * w
     t = torch.tanh((z * w).sum(-1) + b)
     return z + u_hat * t.unsqueeze(-1), torch.log(t * t + (1 - t * t) * sp)
@@ -656,15 +561,12 @@ def _flow_z_log_q(model, P, x, eps):
     """(z, log q(z|x)) of the flow posteriors: z_0 = mu + sigma eps, pushed through the
     steps, log q = log N(z_0; mu, sigma^2) - sum logdet; fullcov: z = mu + L eps."""
     Zl = model.latent_dim
-    head = _mlp(P, "encoder", x, model.activation)
+    head = mlp(P, "encoder", x, model.activation)
     mu = head[:, :Zl]
     if model.posterior == "fullcov":
-        L = _cholesky(head[:, Zl:], Zl)
+        L = cholesky(head[:, Zl:], Zl)
         z = mu + (L @ eps.unsqueeze(-1)).squeeze(-1)
-        diff = (z - mu).unsqueeze(-1)
-        sol = torch.linalg.solve_triangular(L.expand(diff.shape[:-1] + (Zl,)), diff, upper=False)
-        logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        return z, -0.5 * (sol.squeeze(-1) ** 2).sum(-1) - logdet - 0.5 * Zl * LOG_2PI
+        return z, log_mvn_tril(z, mu, L)
     logvar = head[:, Zl : 2 * Zl]
     sd_eps = torch.exp(0.5 * logvar) * eps
     z = mu + sd_eps
@@ -681,20 +583,19 @@ def _flow_z_log_q(model, P, x, eps):
 
 def _flow_terms(model, P, x, eps):
     z, log_q = _flow_z_log_q(model, P, x, eps)
-    logits = _mlp(P, "decoder", z, model.activation)
-    log_px = (x * logits - _softplus(logits)).sum(-1)
-    return log_px, (-0.5 * z * z - 0.5 * LOG_2PI).sum(-1), log_q, z
+    log_px = bernoulli_loglik(mlp(P, "decoder", z, model.activation), x)
+    return log_px, log_std_normal(z), log_q, z
 
 
 def _flow_held_score(model, P, x, eps):
     """grad_z log q(z|x) at the samples with q's parameters held fixed: J^-T grad_{z_0} of
     log N(z_0) - sum logdet, J = dz/dz_0 dense (Z = 3); fullcov directly."""
-    Pd = {k: v.detach() for k, v in P.items()}
+    Pd = detached(P)
     Zl = model.latent_dim
-    head = _mlp(Pd, "encoder", x, model.activation)
+    head = mlp(Pd, "encoder", x, model.activation)
     mu = head[:, :Zl]
     if model.posterior == "fullcov":
-        L = _cholesky(head[:, Zl:], Zl)
+        L = cholesky(head[:, Zl:], Zl)
         z = (mu + (L @ eps.unsqueeze(-1)).squeeze(-1)).requires_grad_(True)
         diff = (z - mu).unsqueeze(-1)
         sol = torch.linalg.solve_triangular(L.expand(diff.shape[:-1] + (Zl,)), diff, upper=False)
@@ -710,21 +611,19 @@ def _flow_held_score(model, P, x, eps):
         else:
             z, logdet = _planar_step(Pd, pre, z)
         ell = ell - logdet
-    J = torch.stack(
-        [torch.autograd.grad(z[..., i].sum(), z0, retain_graph=True)[0] for i in range(Zl)], -2
-    )
+    J = jacobian_rows(z, z0)  # d z_T / d z_0, (S, B, Z, Z)
     g0 = torch.autograd.grad(ell.sum(), z0)[0]
     return torch.linalg.solve(J.transpose(-1, -2), g0.unsqueeze(-1)).squeeze(-1)
 
 
 def _torch_flow(model, x, eps):
-    P = _leaves(model)
-    x = torch.as_tensor(np.asarray(x, np.float64))
-    eps = torch.as_tensor(np.asarray(eps, np.float64))
+    P = leaves(model)
+    x = tensor64(x)
+    eps = tensor64(eps)
     px, pz, qz, _ = _flow_terms(model, P, x, eps)
     if isinstance(model, FlowVAE):
         loss = -(px.mean() + model.beta * (pz - qz).mean())
-        return loss.item(), _grads(loss, P, list(P))
+        return loss.item(), autograd_grads(loss, P)
 
     def path_log_w():
         px, pz, _, z = _flow_terms(model, P, x, eps)
@@ -809,7 +708,7 @@ def test_flow_posteriors_extremes(regime, estimator, dtype):
     tol = F64 if dtype == np.float64 else F32
     if regime.startswith("planar") and dtype == np.float64:
         tol = dict(F64, floor=1e-6)
-    _check(_run(model, x, eps), _torch_flow(model, x, eps), tol)
+    _check(forward_backward(model, x, eps), _torch_flow(model, x, eps), tol)
 
 
 # ---------------------------------------------------------------- hierarchy
@@ -818,18 +717,18 @@ def test_flow_posteriors_extremes(regime, estimator, dtype):
 def _torch_hier(model, x, eps):
     """Two stochastic layers bottom-up: z_l = mu_l + sigma_l eps_l from q_l(z_l | z_{l-1}),
     log p = log N(z_top; 0, I) + log N(z_1; p1(z_2)), Bernoulli decoder on z_1."""
-    P = _leaves(model)
-    x = torch.as_tensor(np.asarray(x, np.float64))
-    eps = torch.as_tensor(np.asarray(eps, np.float64))
+    P = leaves(model)
+    x = tensor64(x)
+    eps = tensor64(eps)
 
     def terms(hold_q):
-        Q = {k: (v.detach() if hold_q and k.startswith("q") else v) for k, v in P.items()}
+        Q = detached(P, lambda k: k.startswith("q")) if hold_q else P
         zs, log_q, a, h = [], 0.0, 0, x
         for l, Zl in enumerate(model.latent_dims):
-            y = _mlp(P, f"q{l + 1}", h, model.activation)
+            y = mlp(P, f"q{l + 1}", h, model.activation)
             sd_eps = torch.exp(0.5 * y[..., Zl:]) * eps[..., a : a + Zl]
             z = y[..., :Zl] + sd_eps
-            yq = _mlp(Q, f"q{l + 1}", h, model.activation)
+            yq = mlp(Q, f"q{l + 1}", h, model.activation)
             diff = (y[..., :Zl] - yq[..., :Zl]) + sd_eps
             log_q = log_q + (-0.5 * diff**2 * torch.exp(-yq[..., Zl:]) - 0.5 * yq[..., Zl:]).sum(-1)
             zs.append(z)
@@ -837,11 +736,10 @@ def _torch_hier(model, x, eps):
         log_p = (-0.5 * zs[-1] ** 2).sum(-1)
         for l in reversed(range(len(zs) - 1)):
             Zl = model.latent_dims[l]
-            y = _mlp(P, f"p{l + 1}", zs[l + 1], model.activation)
+            y = mlp(P, f"p{l + 1}", zs[l + 1], model.activation)
             lv = y[..., Zl:]
             log_p = log_p + (-0.5 * (zs[l] - y[..., :Zl]) ** 2 * torch.exp(-lv) - 0.5 * lv).sum(-1)
-        logits = _mlp(P, "decoder", zs[0], model.activation)
-        log_px = (x * logits - _softplus(logits)).sum(-1)
+        log_px = bernoulli_loglik(mlp(P, "decoder", zs[0], model.activation), x)
         return log_px + log_p - log_q  # the 2 pi terms cancel in log w
 
     return _torch_bound(model, P, terms(False), lambda: terms(True), lambda k: k.startswith("q"))
@@ -874,4 +772,4 @@ def test_hierarchical_iwae_scaled_parameters(objective, k, groups, estimator, dt
     x = _data("bernoulli", 6, 3, 10).astype(dtype)
     eps = model.draw_noise(np.random.default_rng(8), 3)
     tol = F64 if dtype == np.float64 else F32
-    _check(_run(model, x, eps), _torch_hier(model, x, eps), tol)
+    _check(forward_backward(model, x, eps), _torch_hier(model, x, eps), tol)

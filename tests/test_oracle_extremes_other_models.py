@@ -53,42 +53,33 @@ import math
 
 import numpy as np
 import pytest
+from oracle_torch import (
+    LOG_2PI,
+    PriorDecoderTorch,
+    autograd_grads,
+    bernoulli_loglik,
+    gaussian_head,
+    leaves,
+    log_mean_exp,
+    mlp,
+    mvae_twin_loss,
+    one_torch_thread,  # noqa: F401  (autouse)
+    perturb,
+    softplus,
+)
 
 from lvmcore.models import AAE, CVAE, MVAE, VQVAE, CatVAE, PriorDecoderIWAE, PriorDecoderVAE
 
+torch = pytest.importorskip("torch")
+
 B = 4
-LOG_2PI = math.log(2.0 * math.pi)
 LOSS_RTOL64, GRAD_RTOL64, FLOOR64 = 1e-10, 1e-8, 1e-9
 LOSS_RTOL32, GRAD_TOL32 = 1e-4, 2e-3
 
 
 # ---------------------------------------------------------------------------------- plumbing
-def _perturb(model, seed, scale=0.35, skip=()):
-    rng = np.random.default_rng(seed)
-    for k, p in model.parameters().items():
-        if not (skip and k.startswith(skip)):
-            p += (scale * rng.standard_normal(p.shape)).astype(p.dtype)
-
-
-def _leaves(torch, params):
-    return {
-        k: torch.tensor(np.array(v, dtype=np.float64), dtype=torch.float64, requires_grad=True)
-        for k, v in params.items()
-    }
-
-
 def _to32(model64, model32):
     model32.load_parameters({k: v.astype(np.float32) for k, v in model64.parameters().items()})
-
-
-def _grads(torch, surrogate, P, zero=()):
-    names = list(P)
-    gs = torch.autograd.grad(surrogate, [P[k] for k in names], allow_unused=True)
-    out = {}
-    for k, g in zip(names, gs):
-        want = np.zeros(P[k].shape) if g is None or k.startswith(zero or ("\0",)) else g.numpy()
-        out[k] = want
-    return out
 
 
 def _compare(got, want, dtype, nonzero=()):
@@ -119,141 +110,7 @@ def _binary(rng, D, n=B):
     return x
 
 
-# ------------------------------------------------------------------------------ torch pieces
-def _act(torch, name):
-    return {
-        "tanh": torch.tanh,
-        "relu": torch.relu,
-        "softplus": lambda h: torch.logaddexp(h, torch.zeros_like(h)),
-    }[name]
-
-
-def _n_layers(P, prefix):
-    return sum(1 for k in P if k.startswith(prefix + "W") and k[len(prefix) + 1 :].isdigit())
-
-
-def _mlp(torch, P, prefix, h, act, masks=None):
-    n = _n_layers(P, prefix)
-    f = _act(torch, act)
-    for i in range(n):
-        W = P[f"{prefix}W{i}"]
-        if masks is not None:
-            W = W * masks[f"W{i}"]
-        h = h @ W + P[f"{prefix}b{i}"]
-        if i < n - 1:
-            h = f(h)
-    return h
-
-
-def _gaussian_head(torch, P, prefix, h, act):
-    out = _mlp(torch, P, prefix, h, act)
-    Z = out.shape[-1] // 2
-    return out[..., :Z], out[..., Z:]
-
-
-def _log_normal(torch, v, mu, logvar):
-    return -0.5 * ((v - mu) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
-
-
-def _bernoulli(torch, logits, x):
-    return (x * logits - torch.logaddexp(logits, torch.zeros_like(logits))).sum(-1)
-
-
-def _softplus(torch, h):
-    return torch.logaddexp(h, torch.zeros_like(h))
-
-
-def _masks(torch, module):
-    return {k: torch.tensor(np.array(v, dtype=np.float64)) for k, v in module.masks.items()}
-
-
 # ---------------------------------------------------------------- PriorDecoderVAE / IWAE
-class _PD:
-    """log p(x|z), log p(z), log q(z|x) of the prior/decoder models, from their docstrings."""
-
-    def __init__(self, torch, model, cfg):
-        self.t, self.cfg = torch, cfg
-        self.D, self.Z = cfg["data_dim"], cfg["latent_dim"]
-        self.act = cfg["activation"]
-        self.L = cfg.get("levels")
-        self.decoder = cfg.get("decoder", "factorized")
-        self.deq = cfg.get("dequantize", "none")
-        self.prior = cfg.get("prior", "standard")
-        self.extra = self.deq != "none"
-        if self.decoder == "made":
-            self.dec_masks = _masks(torch, model.decoder)
-        if self.prior == "flow":
-            self.flow_masks = [_masks(torch, s) for s in model.prior_block.steps]
-
-    def terms(self, P, x, noise):
-        t, Z = self.t, self.Z
-        e, extra = (noise[..., :Z], noise[..., Z:]) if self.extra else (noise, None)
-        x_in = x / (self.L - 1) if self.L is not None else x
-        mu, logvar = _gaussian_head(t, P, "encoder.", x_in, self.act)
-        z = mu + t.exp(0.5 * logvar) * e
-        log_q = _log_normal(t, z, mu, logvar)
-        return self.log_lik(P, x, z, extra), self.log_prior(P, z), log_q
-
-    def log_prior(self, P, z):
-        t, Z = self.t, self.Z
-        if self.prior == "standard":
-            return -0.5 * (z * z).sum(-1) - 0.5 * Z * LOG_2PI
-        if self.prior == "mog":
-            log_w = t.log_softmax(P["prior.logits"], 0)
-            comp = _log_normal(t, z[..., None, :], P["prior.mu"], P["prior.logvar"])
-            return t.logsumexp(log_w + comp, -1)
-        if self.prior == "vamp":
-            mu_c, lv_c = _gaussian_head(t, P, "encoder.", P["prior.u"], self.act)
-            comp = _log_normal(t, z[..., None, :], mu_c, lv_c)
-            return t.logsumexp(comp - math.log(mu_c.shape[0]), -1)
-        log_p = 0.0
-        for i, masks in enumerate(self.flow_masks):
-            y = _mlp(t, P, f"prior.step{i}.", z, self.act, masks).reshape(*z.shape[:-1], 2, Z)
-            m, a = y[..., 0, :], y[..., 1, :]
-            z = (z - m) * t.exp(-a)
-            log_p = log_p - a.sum(-1)
-        return log_p - 0.5 * (z * z).sum(-1) - 0.5 * Z * LOG_2PI
-
-    def log_lik(self, P, x, z, extra):
-        t, D = self.t, self.D
-        if self.decoder == "made":
-            x_in = (2 * x - 1).expand(*z.shape[:-1], D)
-            M = self.dec_masks
-            h = x_in @ (P["decoder.W0"] * M["W0"]) + P["decoder.b0"] + z @ P["decoder.Wc"]
-            f = _act(t, self.act)
-            for i in range(1, _n_layers(P, "decoder.")):
-                h = f(h) @ (P[f"decoder.W{i}"] * M[f"W{i}"]) + P[f"decoder.b{i}"]
-            return _bernoulli(t, h, x)
-        out = _mlp(t, P, "decoder.", z, self.act)
-        if self.decoder == "categorical":
-            logp = t.log_softmax(out.reshape(*z.shape[:-1], D, self.L), -1)
-            idx = x.long().expand(*z.shape[:-1], D)[..., None]
-            return t.gather(logp, -1, idx)[..., 0].sum(-1)
-        lik = self.cfg.get("likelihood") or "bernoulli"
-        if lik == "bernoulli":
-            return _bernoulli(t, out, x)
-        log_q_u = 0.0
-        if self.deq == "uniform":
-            y = (x + extra) / self.L
-        elif self.deq == "variational":
-            mu_u, lv_u = _gaussian_head(t, P, "dequantizer.", x / (self.L - 1), self.act)
-            s = mu_u + t.exp(0.5 * lv_u) * extra
-            ls = t.nn.functional.logsigmoid
-            log_q_u = _log_normal(t, s, mu_u, lv_u) - (ls(s) + ls(-s)).sum(-1)
-            y = (x + t.sigmoid(s)) / self.L
-        else:
-            y = x
-        if lik == "gaussian":
-            lv = P["decoder.logvar"]
-            log_py = -0.5 * (LOG_2PI + lv + (y - out) ** 2 * t.exp(-lv)).sum(-1)
-        else:
-            ls_ = P["decoder.log_scale"]
-            u = (y - out) * t.exp(-ls_)
-            log_py = -(u + ls_ + 2 * _softplus(t, -u)).sum(-1)
-        log_det = -D * math.log(self.L) if self.deq != "none" else 0.0
-        return log_py + log_det - log_q_u
-
-
 def _set(model, name, value, cols=None):
     a = model.parameters()[name]
     if cols is None:
@@ -380,19 +237,18 @@ def _pd_build(kind, cfg, dtype):
     return cls(**cfg, dtype=dtype)
 
 
-def _pd_loss_t(torch, tm, kind, P, x, noise, w):
-    log_px, log_pz, log_q = tm.terms(P, torch.tensor(x), torch.tensor(noise))
+def _pd_loss_t(tm, kind, P, x, noise, w):
+    log_px, log_pz, log_q, *_ = tm.terms(P, torch.tensor(x), torch.tensor(noise))
     if kind == "vae":
         return -log_px.mean() + w * (log_q - log_pz).mean()
     log_w = log_px + log_pz - log_q
-    return -(torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).mean()
+    return -log_mean_exp(log_w).mean()
 
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(PD_CASES))
 def test_prior_decoder_extremes_match_autograd(name, dtype):
-    torch = pytest.importorskip("torch")
     kind, case, setup = PD_CASES[name]
     i = list(PD_CASES).index(name)
     cfg = dict(BASE, **case)
@@ -402,14 +258,14 @@ def test_prior_decoder_extremes_match_autograd(name, dtype):
     x = _pd_data(cfg, np.random.default_rng(10 + i))
     w = 1.0 if kind == "iwae" else 0.8
     model = _pd_build(kind, cfg, np.float64)
-    _perturb(model, 20 + i, scale=1.0)
+    perturb(model, 20 + i, 1.0)
     setup(model)
     if dtype == np.float32:
         m32 = _pd_build(kind, cfg, np.float32)
         _to32(model, m32)
         model = m32
-    P = _leaves(torch, model.parameters())
-    tm = _PD(torch, model, cfg)
+    P = leaves(model)
+    tm = PriorDecoderTorch(model, cfg)
     seed = 30 + i
     noise = model.draw_noise(np.random.default_rng(seed), B)
     kw = {} if kind == "iwae" else dict(kl_weight=w)
@@ -419,9 +275,9 @@ def test_prior_decoder_extremes_match_autograd(name, dtype):
         model.backward(cache)
     else:
         loss, _ = model.loss_and_grads(x.astype(np.float32), np.random.default_rng(seed), **kw)
-    loss_t = _pd_loss_t(torch, tm, kind, P, x, noise.astype(np.float64), w)
+    loss_t = _pd_loss_t(tm, kind, P, x, noise.astype(np.float64), w)
     _loss_close(loss, loss_t.item(), dtype)
-    _compare(model.gradients(), _grads(torch, loss_t, P), dtype, nonzero=("encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P), dtype, nonzero=("encoder.",))
 
 
 @pytest.mark.oracle
@@ -435,25 +291,24 @@ def test_prior_decoder_kl_weight_and_free_bits_edges(kl_weight, free_bits):
     edges: w = 0 (the KL gives no gradient at all), w = 1e6 (it dominates), a floor above every
     unit's batch-mean KL (every unit floored: only the reconstruction's gradient remains, the
     loss carries Z times the floor) and a floor of 1e-300 (no unit floored)."""
-    torch = pytest.importorskip("torch")
     cfg = dict(BASE, data_dim=8, decoder="made", ar_hidden=(8,), n_samples=2)
     x = _binary(np.random.default_rng(1), 8)
     model = PriorDecoderVAE(**cfg, free_bits=free_bits, dtype=np.float64)
-    _perturb(model, 2, scale=0.8)
-    P = _leaves(torch, model.parameters())
-    tm = _PD(torch, model, cfg)
+    perturb(model, 2, 0.8)
+    P = leaves(model)
+    tm = PriorDecoderTorch(model, cfg)
     noise = model.draw_noise(np.random.default_rng(3), B)
     loss, cache = model.forward(x, noise, kl_weight=kl_weight)
     model.zero_grad()
     model.backward(cache)
-    log_px, _, _ = tm.terms(P, torch.tensor(x), torch.tensor(noise))
-    mu, logvar = _gaussian_head(torch, P, "encoder.", torch.tensor(x), "tanh")
+    log_px, *_ = tm.terms(P, torch.tensor(x), torch.tensor(noise))
+    mu, logvar = gaussian_head(P, "encoder", torch.tensor(x), "tanh")
     mean_kl = (0.5 * (torch.exp(logvar) - 1 - logvar + mu * mu)).mean(0)  # (Z,)
     floor = torch.full_like(mean_kl, free_bits)
     kl_term = torch.where(mean_kl > free_bits, mean_kl, floor).sum()
     loss_t = -log_px.mean() + kl_weight * kl_term
     _loss_close(loss, loss_t.item(), np.float64)
-    _compare(model.gradients(), _grads(torch, loss_t, P), np.float64, nonzero=("encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P), np.float64, nonzero=("encoder.",))
 
 
 # ------------------------------------------------------------------------------------ CVAE
@@ -486,7 +341,6 @@ def _cvae(kl, lik, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(CVAE_CASES))
 def test_cvae_extreme_experts_match_autograd(name, dtype):
-    torch = pytest.importorskip("torch")
     lv, kl, lik = CVAE_CASES[name]
     Z, C, D = 3, 3, 9
     rng = np.random.default_rng(40)
@@ -494,13 +348,13 @@ def test_cvae_extreme_experts_match_autograd(name, dtype):
     labels = np.array([2, 0, 1, 2], dtype=np.int64)
     w = 0.7
     model = _cvae(kl, lik, np.float64)
-    _perturb(model, 41, scale=1.0)
+    perturb(model, 41, 1.0)
     _expert_logvar(model, "encoder.", Z, lv)
     if dtype == np.float32:
         m32 = _cvae(kl, lik, np.float32)
         _to32(model, m32)
         model = m32
-    P = _leaves(torch, model.parameters())
+    P = leaves(model)
     noise = model.draw_noise(np.random.default_rng(42), B)
     if dtype == np.float64:
         loss, cache = model.forward(x, noise, kl_weight=w, labels=labels)
@@ -512,16 +366,16 @@ def test_cvae_extreme_experts_match_autograd(name, dtype):
         )
     xt, eps = torch.tensor(x), torch.tensor(noise.astype(np.float64))
     c = torch.nn.functional.one_hot(torch.tensor(labels), C).to(torch.float64)
-    h = _mlp(torch, P, "encoder.", torch.cat([xt, c], 1), "tanh")
+    h = mlp(P, "encoder", torch.cat([xt, c], 1), "tanh")
     mu, logvar = h[:, :Z], h[:, Z:]
     z = mu + torch.exp(0.5 * logvar) * eps
     L = eps.shape[0]
-    out = _mlp(torch, P, "decoder.", torch.cat([z, c.expand(L, B, C)], -1), "tanh")
+    out = mlp(P, "decoder", torch.cat([z, c.expand(L, B, C)], -1), "tanh")
     if lik == "gaussian":
         v = P["decoder.logvar"]
         log_px = -0.5 * (LOG_2PI + v + (xt - out) ** 2 * torch.exp(-v)).sum(-1)
     else:
-        log_px = _bernoulli(torch, out, xt)
+        log_px = bernoulli_loglik(out, xt)
     if kl == "analytic":
         kl_dim = 0.5 * (torch.exp(logvar) - 1 - logvar + mu * mu)
     else:
@@ -529,7 +383,7 @@ def test_cvae_extreme_experts_match_autograd(name, dtype):
         kl_dim = (log_q + 0.5 * (z * z + LOG_2PI)).mean(0)
     loss_t = -log_px.mean() + w * kl_dim.mean(0).sum()
     _loss_close(loss, loss_t.item(), dtype)
-    _compare(model.gradients(), _grads(torch, loss_t, P), dtype, nonzero=("encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P), dtype, nonzero=("encoder.",))
 
 
 # ------------------------------------------------------------------------------------ MVAE
@@ -545,13 +399,12 @@ MVAE_CASES = {
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(MVAE_CASES))
 def test_mvae_extreme_experts_match_autograd(name, dtype):
-    torch = pytest.importorskip("torch")
     case = MVAE_CASES[name]
     D, Z, split, w = 10, 2, 4, 0.9
     x = _binary(np.random.default_rng(50), D)
     kw = dict(data_dim=D, split=split, latent_dim=Z, n_samples=2, hidden=(6,))
     model = MVAE(**kw, dtype=np.float64)
-    _perturb(model, 51, scale=1.0)
+    perturb(model, 51, 1.0)
     for m in ("top", "bottom"):
         if case[m] is not None:
             _expert_logvar(model, f"{m}_encoder.", Z, case[m])
@@ -559,7 +412,7 @@ def test_mvae_extreme_experts_match_autograd(name, dtype):
         m32 = MVAE(**kw, dtype=np.float32)
         _to32(model, m32)
         model = m32
-    P = _leaves(torch, model.parameters())
+    P = leaves(model)
     noise = model.draw_noise(np.random.default_rng(52), B)
     if dtype == np.float64:
         loss, cache = model.forward(x, noise, kl_weight=w)
@@ -569,32 +422,16 @@ def test_mvae_extreme_experts_match_autograd(name, dtype):
         loss, _ = model.loss_and_grads(x.astype(np.float32), np.random.default_rng(52), kl_weight=w)
     eps, xt = torch.tensor(noise.astype(np.float64)), torch.tensor(x)
     parts = (xt[:, :split], xt[:, split:])
-    experts = []
-    for nm, part in zip(("top", "bottom"), parts):
-        h = _mlp(torch, P, f"{nm}_encoder.", part, "tanh")
-        experts.append((h[:, :Z], h[:, Z:]))
-    recon, kl = [], []
-    for t, present in enumerate(((0, 1), (0,), (1,))):
-        prec = 1.0 + sum(torch.exp(-experts[m][1]) for m in present)
-        mu = sum(experts[m][0] * torch.exp(-experts[m][1]) for m in present) / prec
-        logvar = -torch.log(prec)
-        z = mu + torch.exp(0.5 * logvar) * eps[:, :, t]
-        r = 0.0
-        for m in present:
-            nm = ("top", "bottom")[m]
-            r = r + _bernoulli(torch, _mlp(torch, P, f"{nm}_decoder.", z, "tanh"), parts[m]).mean(0)
-        recon.append(r)
-        kl.append((0.5 * (torch.exp(logvar) - 1 - logvar + mu * mu)).sum(-1))
-    loss_t = -torch.stack(recon).sum(0).mean() + w * torch.stack(kl).sum(0).mean()
+    loss_t = mvae_twin_loss(P, parts, eps, Z, "tanh", w)
     _loss_close(loss, loss_t.item(), dtype)
-    _compare(model.gradients(), _grads(torch, loss_t, P), dtype, nonzero=("top_encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P), dtype, nonzero=("top_encoder.",))
 
 
 # ---------------------------------------------------------------------------------- CatVAE
 D_CAT = 10
 
 
-def _stable_softmax_fns(torch):
+def _stable_softmax_fns():
     """softmax and log-softmax over the last axis whose backward is written without the
     cancellation of autograd's ``y (dy - sum y dy)`` / ``g - p sum g``: pairwise differences
     ``v_j = sum_k y_j y_k (dy_j - dy_k)`` and ``sum_{k != j} (g_j p_k - p_j g_k)``, exact to a
@@ -629,13 +466,13 @@ def _stable_softmax_fns(torch):
     return Softmax.apply, LogSoftmax.apply
 
 
-def _catvae_torch(torch, model, P, x, g, tau, w):
+def _catvae_torch(model, P, x, g, tau, w):
     """(loss, surrogate, y) of the CatVAE for Gumbels g (K, B, N, C), from its docstrings."""
     N, C = model.n_latents, model.n_categories
     K, Bx = g.shape[:2]
     xt, gt = torch.tensor(x), torch.tensor(g)
-    softmax, log_softmax = _stable_softmax_fns(torch)
-    logits = _mlp(torch, P, "encoder.", xt, model.activation).reshape(Bx, N, C)
+    softmax, log_softmax = _stable_softmax_fns()
+    logits = mlp(P, "encoder", xt, model.activation).reshape(Bx, N, C)
     logp = log_softmax(logits)
     kl = (logp.exp() * (logp + math.log(C))).sum((-2, -1))
     scores = logits + gt
@@ -648,8 +485,8 @@ def _catvae_torch(torch, model, P, x, g, tau, w):
         y = hard + (soft - soft.detach())
     else:
         y = hard
-    out = _mlp(torch, P, "decoder.", y.reshape(K * Bx, N * C), model.activation)
-    log_px = _bernoulli(torch, out, xt.expand(K, Bx, x.shape[1]).reshape(K * Bx, -1))
+    out = mlp(P, "decoder", y.reshape(K * Bx, N * C), model.activation)
+    log_px = bernoulli_loglik(out, xt.expand(K, Bx, x.shape[1]).reshape(K * Bx, -1))
     log_px = log_px.reshape(K, Bx)
     log_q = (hard * logp[None]).sum((-2, -1))
     if est == "vimco":
@@ -670,7 +507,7 @@ def _catvae_torch(torch, model, P, x, g, tau, w):
         return loss, loss, y
     c = float(model.state.params["signal_mean"][0])
     if est == "nvil":
-        b = _mlp(torch, P, "baseline.", xt, "tanh")[:, 0]
+        b = mlp(P, "baseline", xt, "tanh")[:, 0]
         scale = 1.0 / max(1.0, math.sqrt(float(model.state.params["signal_var"][0])))
         if scale != 1.0:
             logits.register_hook(lambda grad: grad * scale)
@@ -716,10 +553,9 @@ def test_catvae_extremes_match_autograd(name, dtype):
     """Tiny temperatures and huge logits for every estimator; float32 runs the training step
     (the fused Gumbel kernels). At tau = 1e-6 the relaxed sample is the one-hot of
     argmax(l + g) exactly (the Gumbel-Softmax's argmax limit) and its gradient is exactly 0."""
-    torch = pytest.importorskip("torch")
     est, kw, enc_scale, dec_scale, state = CAT_CASES[name]
     model = _catvae(est, np.float64, **kw)
-    _perturb(model, 60, scale=0.8, skip=("state.",))
+    perturb(model, 60, 0.8, skip=("state.",))
     _scale(model, "encoder.W1", enc_scale)
     _scale(model, "encoder.b1", enc_scale)
     _scale(model, "decoder.", dec_scale)
@@ -731,9 +567,9 @@ def test_catvae_extremes_match_autograd(name, dtype):
         model = m32
     x = _binary(np.random.default_rng(61), D_CAT)
     g = model.draw_noise(np.random.default_rng(62), B)
-    P = _leaves(torch, model.parameters())
+    P = leaves(model)
     # before the step: a training step updates the baselines' running statistics it read
-    loss_t, sur, y_t = _catvae_torch(torch, model, P, x, g.astype(np.float64), model.tau, 1.0)
+    loss_t, sur, y_t = _catvae_torch(model, P, x, g.astype(np.float64), model.tau, 1.0)
     if dtype == np.float64:
         loss, cache = model.forward(x, g)
         model.zero_grad()
@@ -743,7 +579,7 @@ def test_catvae_extremes_match_autograd(name, dtype):
         loss, _ = model.loss_and_grads(x.astype(np.float32), np.random.default_rng(62))
         y = None
     _loss_close(loss, loss_t.item(), dtype)
-    want = _grads(torch, sur, P, zero=("state.",))
+    want = autograd_grads(sur, P, zero=("state.",))
     _compare(model.gradients(), want, dtype, nonzero=("decoder.",))
     if kw.get("tau") == 1e-6:
         assert np.array_equal(y_t.detach().numpy(), np.round(y_t.detach().numpy()))
@@ -759,18 +595,18 @@ def _vqvae(update, dtype):
     )  # fmt: skip
 
 
-def _vq_torch(torch, model, P, x):
+def _vq_torch(model, P, x):
     Bx = x.shape[0]
     S, E = model.slots, model.code_dim
     xt = torch.tensor(x)
-    z_e = _mlp(torch, P, "encoder.", xt, "tanh").reshape(Bx * S, E)
+    z_e = mlp(P, "encoder", xt, "tanh").reshape(Bx * S, E)
     e = P["codebook"]
     dist = ((z_e.detach()[:, None, :] - e.detach()[None]) ** 2).sum(-1)
     k = torch.tensor(np.argmin(dist.numpy(), -1))  # ties to the lowest index
     e_k = e[k]
     z_q = e_k.detach() + (z_e - z_e.detach())
-    out = _mlp(torch, P, "decoder.", z_q.reshape(Bx, S * E), "tanh")
-    loss = -_bernoulli(torch, out, xt).mean() + model.beta * ((z_e - e_k.detach()) ** 2).sum() / Bx
+    out = mlp(P, "decoder", z_q.reshape(Bx, S * E), "tanh")
+    loss = -bernoulli_loglik(out, xt).mean() + model.beta * ((z_e - e_k.detach()) ** 2).sum() / Bx
     if model.codebook_update == "loss":
         loss = loss + ((z_e.detach() - e_k) ** 2).sum() / Bx
     return loss, z_e.detach().numpy(), k.numpy()
@@ -801,11 +637,10 @@ def test_vqvae_extremes_training_step(name, dtype):
     """Codes far from every encoding, exact duplicate codes (the lowest index of a tie wins)
     and, with EMA, unused codes whose cluster sizes are 0 or 1e-30: the step's gradients and
     the EMA update N <- g N + (1-g) n, S <- g S + (1-g) s, e = S / N~ (Laplace smoothed)."""
-    torch = pytest.importorskip("torch")
     update, setup = VQ_CASES[name]
     model = _vqvae(update, np.float64)
     rng = np.random.default_rng(70)
-    _perturb(model, 71, scale=0.8, skip=("code_age", "ema_", "codebook"))
+    perturb(model, 71, 0.8, skip=("code_age", "ema_", "codebook"))
     setup(model, rng)
     if update == "ema":
         p = model.params
@@ -816,14 +651,14 @@ def test_vqvae_extremes_training_step(name, dtype):
         _to32(model, m32)
         model = m32
     x = _binary(np.random.default_rng(72), D_CAT)
-    P = _leaves(torch, model.parameters())
-    loss_t, z_e, k = _vq_torch(torch, model, P, x)
+    P = leaves(model)
+    loss_t, z_e, k = _vq_torch(model, P, x)
     if "tied" in name:
         assert set(k.tolist()) == {1}
     loss, _ = model.loss_and_grads(x.astype(dtype), np.random.default_rng(0))
     _loss_close(loss, loss_t.item(), dtype)
     state = ("code_age", "ema_") + (("codebook",) if update == "ema" else ())
-    _compare(model.gradients(), _grads(torch, loss_t, P, zero=state), dtype, ("encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P, zero=state), dtype, ("encoder.",))
     if update == "ema":
         M, gam, eps = 5, model.ema_decay, model.ema_eps
         counts = np.bincount(k, minlength=M)
@@ -854,9 +689,8 @@ def test_aae_saturated_discriminator(saturating, dtype):
     """Discriminator weights scaled so that its logits reach |d| ~ 1e3: the generator loss
     softplus(-d) (or -softplus(d)) and its sigmoid gradient stay exact, and the step's
     discriminator loss on the replayed target draws matches."""
-    torch = pytest.importorskip("torch")
     model = _aae(saturating, np.float64)
-    _perturb(model, 80, scale=0.8, skip=("disc_adam.",))
+    perturb(model, 80, 0.8, skip=("disc_adam.",))
     _scale(model, "discriminator.", 40.0)
     if dtype == np.float32:
         m32 = _aae(saturating, np.float32)
@@ -866,21 +700,21 @@ def test_aae_saturated_discriminator(saturating, dtype):
     replay = np.random.default_rng(82)
     eps = model.draw_noise(replay, B).astype(np.float64)
     z_prior = model.sample_target(replay, 2 * B).astype(np.float64)
-    P = _leaves(torch, model.parameters())
+    P = leaves(model)
     xt = torch.tensor(x)
-    h = _mlp(torch, P, "encoder.", xt, "tanh")
+    h = mlp(P, "encoder", xt, "tanh")
     z = h[:, :2] + torch.exp(h[:, 2:] / 2) * torch.tensor(eps)  # (L, B, Z)
-    out = _mlp(torch, P, "decoder.", z.reshape(2 * B, 2), "tanh")
-    log_px = _bernoulli(torch, out, xt.expand(2, B, D_CAT).reshape(2 * B, D_CAT))
+    out = mlp(P, "decoder", z.reshape(2 * B, 2), "tanh")
+    log_px = bernoulli_loglik(out, xt.expand(2, B, D_CAT).reshape(2 * B, D_CAT))
     frozen = {k: v.detach() for k, v in P.items() if k.startswith("discriminator.")}
     relu = "relu"
-    d = _mlp(torch, frozen, "discriminator.", z.reshape(2 * B, 2), relu)[:, 0]
-    gen = -_softplus(torch, d).mean() if saturating else _softplus(torch, -d).mean()
+    d = mlp(frozen, "discriminator", z.reshape(2 * B, 2), relu)[:, 0]
+    gen = -softplus(d).mean() if saturating else softplus(-d).mean()
     loss_t = -log_px.mean() + model.adv_weight * gen
     assert d.abs().max().item() > 100  # saturated
-    d_p = _mlp(torch, P, "discriminator.", torch.tensor(z_prior), relu)[:, 0]
-    d_q = _mlp(torch, P, "discriminator.", z.detach().reshape(2 * B, 2), relu)[:, 0]
-    disc_t = _softplus(torch, -d_p).mean() + _softplus(torch, d_q).mean()
+    d_p = mlp(P, "discriminator", torch.tensor(z_prior), relu)[:, 0]
+    d_q = mlp(P, "discriminator", z.detach().reshape(2 * B, 2), relu)[:, 0]
+    disc_t = softplus(-d_p).mean() + softplus(d_q).mean()
     if dtype == np.float64:
         loss, cache = model.forward(x, eps)
         model.zero_grad()
@@ -891,4 +725,4 @@ def test_aae_saturated_discriminator(saturating, dtype):
         np.testing.assert_allclose(stats["disc_loss"], disc_t.item(), rtol=LOSS_RTOL32)
     _loss_close(loss, loss_t.item(), dtype)
     zero = ("discriminator.", "disc_adam.")
-    _compare(model.gradients(), _grads(torch, loss_t, P, zero=zero), dtype, ("encoder.",))
+    _compare(model.gradients(), autograd_grads(loss_t, P, zero=zero), dtype, ("encoder.",))

@@ -29,169 +29,106 @@ weights a_s of the objective for STL, their squared-weight form for DReG); the g
 network's gradient is the plain one.
 """
 
-import math
-
 import numpy as np
 import pytest
+from oracle_torch import (
+    act,
+    autograd_grads,
+    bernoulli_loglik,
+    check_loss_and_grads,
+    cholesky,
+    detached,
+    forward_backward,
+    iwae_reference,
+    iwae_settings,
+    jacobian_rows,
+    leaves,
+    log_mvn_tril,
+    log_normal,
+    log_std_normal,
+    mask_tensors,
+    mlp,
+    np_log_mean_exp,
+    one_torch_thread,  # noqa: F401  (autouse)
+    perturb,
+    softplus,
+)
 
 from lvmcore.models import FlowIWAE, FlowVAE, HierarchicalIWAE, HierarchicalVAE
 
+torch = pytest.importorskip("torch")
+
 D, B = 10, 3
-LOSS_RTOL = 1e-10
-GRAD_TOL = dict(rtol=1e-8, atol=1e-10)
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 # ---------------------------------------------------------------------------- lvmcore side
-def _perturbed(model, seed, scale=0.3):
-    """The model with seeded noise added to every parameter array (in place)."""
-    rng = np.random.default_rng(seed)
-    for name in sorted(model.parameters()):
-        p = model.parameters()[name]
-        p += scale * rng.standard_normal(p.shape)
-    return model
-
-
 def _data(seed, d=D):
     rng = np.random.default_rng(seed)
     return (rng.random((B, d)) < 0.5).astype(np.float64)
 
 
-def _lvmcore_run(model, x, eps, kl_weight=None):
-    kw = {} if kl_weight is None else dict(kl_weight=kl_weight)
-    loss, cache = model.forward(x, eps, **kw)
-    model.zero_grad()
-    model.backward(cache)
-    return loss, {k: np.array(v, copy=True) for k, v in model.gradients().items()}
-
-
 def _compare(model, loss, grads, t_loss, t_grads):
-    np.testing.assert_allclose(loss, t_loss, rtol=LOSS_RTOL)
-    assert set(grads) == set(model.parameters()) == set(t_grads)
-    for name, want in t_grads.items():
-        np.testing.assert_allclose(grads[name], want, err_msg=name, **GRAD_TOL)
-
-
-# ---------------------------------------------------------------------------- torch pieces
-def _act(torch, name):
-    return {
-        "tanh": torch.tanh,
-        "relu": torch.relu,
-        "softplus": lambda a: torch.logaddexp(a, torch.zeros_like(a)),
-    }[name]
-
-
-def _mlp(torch, h, P, prefix, act):
-    """Affine layers ``<prefix>.W<i>, b<i>`` with ``act`` between them (none at the end)."""
-    n = sum(1 for k in P if k.startswith(prefix + ".W"))
-    for i in range(n):
-        h = h @ P[f"{prefix}.W{i}"] + P[f"{prefix}.b{i}"]
-        if i < n - 1:
-            h = _act(torch, act)(h)
-    return h
-
-
-def _log_normal(z, mu, logvar):
-    """log N(z; mu, diag exp(logvar)) summed over the last axis."""
-    return (-0.5 * (z - mu) ** 2 / logvar.exp() - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
-
-
-def _log_std_normal(z):
-    return (-0.5 * z * z - 0.5 * LOG_2PI).sum(-1)
-
-
-def _bernoulli(torch, x, logits):
-    """log Bernoulli(x; sigmoid(logits)) summed over the last axis."""
-    return (x * logits - torch.logaddexp(logits, torch.zeros_like(logits))).sum(-1)
-
-
-def _leaves(torch, model):
-    return {
-        k: torch.tensor(np.array(v), dtype=torch.float64, requires_grad=True)
-        for k, v in model.parameters().items()
-    }
-
-
-def _detached(P, keep):
-    """P with the parameters whose name passes ``keep`` detached (held fixed)."""
-    return {k: v.detach() if keep(k) else v for k, v in P.items()}
+    assert set(grads) == set(model.parameters())
+    check_loss_and_grads(loss, grads, t_loss, t_grads)
 
 
 # ---------------------------------------------------------------------------- hierarchy
-def _hier_terms(torch, model, P, x, eps, hold_q=False):
+def _hier_terms(model, P, x, eps, hold_q=False):
     """(log p(x|z_1), sum_l log p_l, sum_l log q_l), each (S, B), from the module docstring of
     lvmcore.models.hvae. ``hold_q``: log q_l is evaluated with Q_l's weights detached (at the
     live samples z_l and z_{l-1})."""
-    Q = _detached(P, lambda k: k.startswith("q")) if hold_q else P
-    act = model.activation
+    Q = detached(P, lambda k: k.startswith("q")) if hold_q else P
+    activation = model.activation
     zs, log_q, a, h = [], 0.0, 0, x
     for l, Zl in enumerate(model.latent_dims):
-        y = _mlp(torch, h, P, f"q{l + 1}", act)
+        y = mlp(P, f"q{l + 1}", h, activation)
         mu, logvar = y[..., :Zl], y[..., Zl:]
         z = mu + torch.exp(0.5 * logvar) * eps[..., a : a + Zl]  # (S, B, Z_l)
         if hold_q:
-            y = _mlp(torch, h, Q, f"q{l + 1}", act)
+            y = mlp(Q, f"q{l + 1}", h, activation)
             mu, logvar = y[..., :Zl], y[..., Zl:]
-        log_q = log_q + _log_normal(z, mu, logvar)
+        log_q = log_q + log_normal(z, mu, logvar)
         zs.append(z)
         h, a = z, a + Zl
-    log_p = _log_std_normal(zs[-1])
+    log_p = log_std_normal(zs[-1])
     for l in reversed(range(len(zs) - 1)):
         Zl = model.latent_dims[l]
-        y = _mlp(torch, zs[l + 1], P, f"p{l + 1}", act)
-        log_p = log_p + _log_normal(zs[l], y[..., :Zl], y[..., Zl:])
-    logits = _mlp(torch, zs[0], P, "decoder", act)
-    return _bernoulli(torch, x, logits), log_p, log_q
+        y = mlp(P, f"p{l + 1}", zs[l + 1], activation)
+        log_p = log_p + log_normal(zs[l], y[..., :Zl], y[..., Zl:])
+    logits = mlp(P, "decoder", zs[0], activation)
+    return bernoulli_loglik(logits, x), log_p, log_q
 
 
 def _hier_inference(name):
     return name.startswith("q")
 
 
-def _hier_path_log_w(torch, model, P, x, eps):
+def _hier_path_log_w(model, P, x, eps):
     """log w with q's parameters held fixed in log q: its gradient with respect to the
     inference network is the path derivative of STL and DReG."""
-    px, pz, qz = _hier_terms(torch, model, P, x, eps, hold_q=True)
+    px, pz, qz = _hier_terms(model, P, x, eps, hold_q=True)
     return px + pz - qz
 
 
 # ---------------------------------------------------------------------------- flows
-def _cholesky(torch, l_raw, Z):
-    """L (B, Z, Z) from l_raw (B, T): row-major lower triangle, the diagonal exponentiated."""
-    rows, cols = np.tril_indices(Z)
-    L = torch.zeros(l_raw.shape[:-1] + (Z, Z), dtype=l_raw.dtype)
-    L[..., rows, cols] = l_raw
-    d = torch.diagonal(L, dim1=-2, dim2=-1)
-    return L - torch.diag_embed(d) + torch.diag_embed(torch.exp(d))
-
-
-def _log_mvn_tril(torch, z, mu, L):
-    """log N(z; mu, L L^T) for z (S, B, Z), mu (B, Z), L (B, Z, Z) lower triangular."""
-    Z = z.shape[-1]
-    diff = (z - mu).unsqueeze(-1)  # (S, B, Z, 1)
-    sol = torch.linalg.solve_triangular(L.expand(diff.shape[:-1] + (Z,)), diff, upper=False)
-    logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (B,)
-    return -0.5 * (sol.squeeze(-1) ** 2).sum(-1) - logdet - 0.5 * Z * LOG_2PI
-
-
-def _iaf_step(torch, step, P, pre, z, h, act):
+def _iaf_step(step, P, pre, z, h, activation):
     """z' = s z + (1 - s) m, (m, s_raw) = MADE(z, h), s = sigmoid(s_raw + forget_bias);
     logdet = sum log s."""
     Z = step.n_latent
     n = step.n_layers
-    M = {k: torch.tensor(np.array(v), dtype=torch.float64) for k, v in step.masks.items()}
+    M = mask_tensors(step)
     a = z @ (P[pre + "W0"] * M["W0"]) + P[pre + "b0"]
     if step.context_dim:
         a = a + h @ P[pre + "Wc"]  # h (B, C) broadcast over the samples
     for i in range(1, n):
-        a = _act(torch, act)(a) @ (P[pre + f"W{i}"] * M[f"W{i}"]) + P[pre + f"b{i}"]
+        a = act(activation)(a) @ (P[pre + f"W{i}"] * M[f"W{i}"]) + P[pre + f"b{i}"]
     m, s_raw = a[..., :Z], a[..., Z:]
     g = s_raw + step.forget_bias
     s = torch.sigmoid(g)
     return s * z + (1 - s) * m, torch.nn.functional.logsigmoid(g).sum(-1)
 
 
-def _planar_step(torch, step, P, pre, z, h):
+def _planar_step(step, P, pre, z, h):
     """Rezende and Mohamed's planar step with the constraint u_hat = u + (m(wu) - wu) w/|w|^2,
     m(a) = -1 + softplus(a); logdet = log |1 + (1 - t^2) w . u_hat|."""
     Z = step.n_latent
@@ -201,7 +138,7 @@ def _planar_step(torch, step, P, pre, z, h):
     else:
         u, w, b = P[pre + "u"], P[pre + "w"], P[pre + "b"][0]
     wu = (w * u).sum(-1)
-    m = -1 + torch.logaddexp(wu, torch.zeros_like(wu))
+    m = -1 + softplus(wu)
     u_hat = u + ((m - wu) / (w * w).sum(-1)).unsqueeze(-1) * w
     t = torch.tanh((z * w).sum(-1) + b)  # (S, B)
     z_new = z + u_hat * t.unsqueeze(-1)
@@ -209,160 +146,101 @@ def _planar_step(torch, step, P, pre, z, h):
     return z_new, torch.log(torch.abs(1 + (psi * u_hat).sum(-1)))
 
 
-def _flow_steps(torch, model, P, h):
+def _flow_steps(model, P, h):
     """The flow's steps as functions z -> (z', logdet) with the parameters of P."""
     out = []
     for t, step in enumerate(model.flow.steps):
         pre = f"flow.step{t}."
         if model.posterior == "iaf":
             out.append(
-                lambda z, step=step, pre=pre: _iaf_step(torch, step, P, pre, z, h, model.activation)
+                lambda z, step=step, pre=pre: _iaf_step(step, P, pre, z, h, model.activation)
             )
         else:
-            out.append(lambda z, step=step, pre=pre: _planar_step(torch, step, P, pre, z, h))
+            out.append(lambda z, step=step, pre=pre: _planar_step(step, P, pre, z, h))
     return out
 
 
-def _flow_head(torch, model, P, x):
+def _flow_head(model, P, x):
     Z = model.latent_dim
-    head = _mlp(torch, x, P, "encoder", model.activation)
+    head = mlp(P, "encoder", x, model.activation)
     if model.posterior == "fullcov":
         return head[:, :Z], head[:, Z:], None
     h = head[:, 2 * Z :] if model.context_dim else None
     return head[:, :Z], head[:, Z : 2 * Z], h
 
 
-def _flow_terms(torch, model, P, x, eps):
+def _flow_terms(model, P, x, eps):
     """(log p(x|z), log p(z), log q(z|x), z), each (S, B) but z (S, B, Z), from the module
     docstring of lvmcore.models.flowvae."""
     Z = model.latent_dim
-    mu, second, h = _flow_head(torch, model, P, x)
+    mu, second, h = _flow_head(model, P, x)
     if model.posterior == "fullcov":
-        L = _cholesky(torch, second, Z)
+        L = cholesky(second, Z)
         z = mu + (L @ eps.unsqueeze(-1)).squeeze(-1)  # (S, B, Z)
-        log_q = _log_mvn_tril(torch, z, mu, L)
+        log_q = log_mvn_tril(z, mu, L)
     else:
         z = mu + torch.exp(0.5 * second) * eps
-        log_q = _log_normal(z, mu, second)
-        for f in _flow_steps(torch, model, P, h):
+        log_q = log_normal(z, mu, second)
+        for f in _flow_steps(model, P, h):
             z, logdet = f(z)
             log_q = log_q - logdet
-    logits = _mlp(torch, z, P, "decoder", model.activation)
-    return _bernoulli(torch, x, logits), _log_std_normal(z), log_q, z
+    logits = mlp(P, "decoder", z, model.activation)
+    return bernoulli_loglik(logits, x), log_std_normal(z), log_q, z
 
 
-def _flow_log_terms(torch, model, P, x, eps):
-    return _flow_terms(torch, model, P, x, eps)[:3]
+def _flow_log_terms(model, P, x, eps):
+    return _flow_terms(model, P, x, eps)[:3]
 
 
 def _flow_inference(name):
     return name.startswith(("encoder.", "flow."))
 
 
-def _jacobian_rows(torch, out, z):
-    """d out_i / d z_j (S, B, Z, Z) for maps that act row by row."""
-    rows = [
-        torch.autograd.grad(out[..., i].sum(), z, retain_graph=True, create_graph=False)[0]
-        for i in range(out.shape[-1])
-    ]
-    return torch.stack(rows, dim=-2)
-
-
-def _flow_held_score(torch, model, P, x, eps):
+def _flow_held_score(model, P, x, eps):
     """grad_z log q(z|x) at the posterior's samples with every parameter of q held fixed
     (S, B, Z); also checks each step's closed-form log-determinant against its dense
     Jacobian."""
-    Pd = {k: v.detach() for k, v in P.items()}
-    mu, second, h = _flow_head(torch, model, Pd, x)
+    Pd = detached(P)
+    mu, second, h = _flow_head(model, Pd, x)
     if model.posterior == "fullcov":
-        L = _cholesky(torch, second, model.latent_dim)
+        L = cholesky(second, model.latent_dim)
         z = (mu + (L @ eps.unsqueeze(-1)).squeeze(-1)).requires_grad_(True)
-        return torch.autograd.grad(_log_mvn_tril(torch, z, mu, L).sum(), z)[0]
+        return torch.autograd.grad(log_mvn_tril(z, mu, L).sum(), z)[0]
     z0 = (mu + torch.exp(0.5 * second) * eps).requires_grad_(True)
-    ell, z = _log_normal(z0, mu, second), z0
-    for f in _flow_steps(torch, model, Pd, h):
+    ell, z = log_normal(z0, mu, second), z0
+    for f in _flow_steps(model, Pd, h):
         zin = z.detach().requires_grad_(True)
         zout, logdet = f(zin)
-        dense = torch.linalg.slogdet(_jacobian_rows(torch, zout, zin))
+        dense = torch.linalg.slogdet(jacobian_rows(zout, zin))
         assert bool((dense.sign > 0).all())
         np.testing.assert_allclose(logdet.detach().numpy(), dense.logabsdet.numpy(), rtol=1e-10)
         z, logdet = f(z)
         ell = ell - logdet
-    J = _jacobian_rows(torch, z, z0)  # d z_T / d z_0, (S, B, Z, Z)
+    J = jacobian_rows(z, z0)  # d z_T / d z_0, (S, B, Z, Z)
     g0 = torch.autograd.grad(ell.sum(), z0)[0]
     return torch.linalg.solve(J.transpose(-1, -2), g0.unsqueeze(-1)).squeeze(-1)
 
 
-def _flow_path_log_w(torch, model, P, x, eps):
+def _flow_path_log_w(model, P, x, eps):
     """A surrogate of log w whose inference-network gradient is the path derivative
     (grad_z log p(x, z) - g) . dz/dphi, g the held-fixed score of log q."""
-    px, pz, _, z = _flow_terms(torch, model, P, x, eps)
-    g = _flow_held_score(torch, model, P, x, eps)
+    px, pz, _, z = _flow_terms(model, P, x, eps)
+    g = _flow_held_score(model, P, x, eps)
     return px + pz - (g * z).sum(-1)
 
 
 # ---------------------------------------------------------------------------- objectives
-def _torch_elbo(torch, P, terms, w):
+def _torch_elbo(P, terms, w):
     px, pz, qz = terms
     loss = -(px.mean() + w * (pz - qz).mean())
-    names = sorted(P)
-    grads = torch.autograd.grad(loss, [P[k] for k in names])
-    return loss.item(), {k: g.numpy() for k, g in zip(names, grads)}
+    return loss.item(), autograd_grads(loss, P)
 
 
-def _bounds(torch, lw, model):
-    """(the generative network's bound, the inference network's bound), each (B,)."""
-    S = lw.shape[0]
-    lse = torch.logsumexp(lw, 0) - math.log(S)
-    if model.objective in ("miwae", "piwae"):
-        M = model.groups
-        g = lw.reshape(M, S // M, -1)
-        grouped = (torch.logsumexp(g, 1) - math.log(S // M)).mean(0)
-        return (lse if model.objective == "piwae" else grouped), grouped
-    if model.objective == "ciwae":
-        c = model.ciwae_beta * lw.mean(0) + (1 - model.ciwae_beta) * lse
-        return c, c
-    return lse, lse
-
-
-def _dreg_weights(torch, lw, model):
-    """Tucker et al.'s weights: each normalised importance weight squared, with the
-    objective's outer coefficients (the ELBO part of CIWAE keeps its 1/S)."""
-    lw = lw.detach()
-    S = lw.shape[0]
-    if model.objective in ("miwae", "piwae"):
-        M = model.groups
-        wg = torch.softmax(lw.reshape(M, S // M, -1), dim=1)
-        return (wg * wg / M).reshape(lw.shape)
-    wt = torch.softmax(lw, dim=0)
-    if model.objective == "ciwae":
-        return model.ciwae_beta / S + (1 - model.ciwae_beta) * wt * wt
-    return wt * wt
-
-
-def _torch_iwae(torch, model, P, terms, path_log_w, inference):
+def _torch_iwae(model, P, terms, path_log_w, inference):
     """loss = -mean_B bound and its gradients: the generative parameters by the plain
     gradient of the generative bound; the inference ones by the model's estimator."""
     px, pz, qz = terms
-    lw = px + pz - qz
-    gen, enc = _bounds(torch, lw, model)
-    loss = -gen.mean()
-    nb = lw.shape[1]
-    gen_names = sorted(k for k in P if not inference(k))
-    inf_names = sorted(k for k in P if inference(k))
-    out = dict(
-        zip(gen_names, torch.autograd.grad(loss, [P[k] for k in gen_names], retain_graph=True))
-    )
-    if model.estimator == "iwae":
-        target = -enc.mean()
-    else:
-        if model.estimator == "stl":
-            a = torch.autograd.grad(enc.sum(), lw, retain_graph=True)[0].detach()
-        else:
-            a = _dreg_weights(torch, lw, model)
-        target = -(a * path_log_w()).sum() / nb
-    out.update(zip(inf_names, torch.autograd.grad(target, [P[k] for k in inf_names])))
-    return loss.item(), {k: g.numpy() for k, g in out.items()}
+    return iwae_reference(P, px + pz - qz, path_log_w, inference, **iwae_settings(model))
 
 
 # ---------------------------------------------------------------------------- configurations
@@ -414,17 +292,6 @@ def _ids(cases):
 
 
 # ---------------------------------------------------------------------------- tests
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: torch's intra-op threads only wait on each other (ten times slower on a
-    busy machine). The setting is restored afterwards."""
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.oracle
 @pytest.mark.parametrize(
     "layers, activation, n_samples, beta, kl_weight",
@@ -436,7 +303,6 @@ def _one_torch_thread():
     ],
 )
 def test_hierarchical_vae_matches_torch(layers, activation, n_samples, beta, kl_weight):
-    torch = pytest.importorskip("torch")
     model = HierarchicalVAE(
         D,
         layers=layers,
@@ -446,15 +312,15 @@ def test_hierarchical_vae_matches_torch(layers, activation, n_samples, beta, kl_
         seed=3,
         dtype=np.float64,
     )
-    _perturbed(model, 11, _scale(layers))
+    perturb(model, 11, _scale(layers), sort=True)
     x = _data(5)
     eps = model.draw_noise(np.random.default_rng(7), B)
     assert eps.shape == (n_samples, B, sum(s[-1] for s in layers))
-    loss, grads = _lvmcore_run(model, x, eps, kl_weight)
-    P = _leaves(torch, model)
+    loss, grads = forward_backward(model, x, eps, kl_weight=kl_weight)
+    P = leaves(model)
     xt, et = torch.from_numpy(x), torch.from_numpy(eps)
     w = beta if kl_weight is None else kl_weight
-    t_loss, t_grads = _torch_elbo(torch, P, _hier_terms(torch, model, P, xt, et), w)
+    t_loss, t_grads = _torch_elbo(P, _hier_terms(model, P, xt, et), w)
     _compare(model, loss, grads, t_loss, t_grads)
 
 
@@ -463,7 +329,6 @@ def test_hierarchical_vae_matches_torch(layers, activation, n_samples, beta, kl_
     "layers, activation, estimator, objective, k, groups", HIER_IWAE, ids=_ids(HIER_IWAE)
 )
 def test_hierarchical_iwae_matches_torch(layers, activation, estimator, objective, k, groups):
-    torch = pytest.importorskip("torch")
     model = HierarchicalIWAE(
         D,
         layers=layers,
@@ -476,19 +341,18 @@ def test_hierarchical_iwae_matches_torch(layers, activation, estimator, objectiv
         seed=4,
         dtype=np.float64,
     )
-    _perturbed(model, 12, _scale(layers))
+    perturb(model, 12, _scale(layers), sort=True)
     x = _data(6)
     eps = model.draw_noise(np.random.default_rng(8), B)
     assert eps.shape == (k * groups, B, sum(s[-1] for s in layers))
-    loss, grads = _lvmcore_run(model, x, eps)
-    P = _leaves(torch, model)
+    loss, grads = forward_backward(model, x, eps)
+    P = leaves(model)
     xt, et = torch.from_numpy(x), torch.from_numpy(eps)
     t_loss, t_grads = _torch_iwae(
-        torch,
         model,
         P,
-        _hier_terms(torch, model, P, xt, et),
-        lambda: _hier_path_log_w(torch, model, P, xt, et),
+        _hier_terms(model, P, xt, et),
+        lambda: _hier_path_log_w(model, P, xt, et),
         _hier_inference,
     )
     _compare(model, loss, grads, t_loss, t_grads)
@@ -498,7 +362,7 @@ def _flow_model(cls, posterior, extra, **kw):
     Z = 3
     args = dict(latent_dim=Z, hidden=(6,), posterior=posterior, seed=5, dtype=np.float64)
     model = cls(D, **args, **extra, **kw)
-    return _perturbed(model, 13)
+    return perturb(model, 13, 0.3, sort=True)
 
 
 @pytest.mark.oracle
@@ -513,18 +377,17 @@ def _flow_model(cls, posterior, extra, **kw):
     ],
 )
 def test_flow_vae_matches_torch(posterior, extra, n_samples, beta, kl_weight):
-    torch = pytest.importorskip("torch")
     model = _flow_model(FlowVAE, posterior, extra, n_samples=n_samples, beta=beta)
     x = _data(9)
     eps = model.draw_noise(np.random.default_rng(10), B)
     assert eps.shape == (n_samples, B, model.latent_dim)
-    loss, grads = _lvmcore_run(model, x, eps, kl_weight)
-    P = _leaves(torch, model)
+    loss, grads = forward_backward(model, x, eps, kl_weight=kl_weight)
+    P = leaves(model)
     xt, et = torch.from_numpy(x), torch.from_numpy(eps)
     if posterior != "fullcov":
-        _flow_held_score(torch, model, P, xt, et)  # the log-determinants against dense ones
+        _flow_held_score(model, P, xt, et)  # the log-determinants against dense ones
     w = beta if kl_weight is None else kl_weight
-    t_loss, t_grads = _torch_elbo(torch, P, _flow_terms(torch, model, P, xt, et)[:3], w)
+    t_loss, t_grads = _torch_elbo(P, _flow_terms(model, P, xt, et)[:3], w)
     _compare(model, loss, grads, t_loss, t_grads)
 
 
@@ -533,7 +396,6 @@ def test_flow_vae_matches_torch(posterior, extra, n_samples, beta, kl_weight):
     "posterior, extra, estimator, objective, k, groups", FLOW_IWAE, ids=_ids(FLOW_IWAE)
 )
 def test_flow_iwae_matches_torch(posterior, extra, estimator, objective, k, groups):
-    torch = pytest.importorskip("torch")
     model = _flow_model(
         FlowIWAE,
         posterior,
@@ -547,23 +409,17 @@ def test_flow_iwae_matches_torch(posterior, extra, estimator, objective, k, grou
     x = _data(14)
     eps = model.draw_noise(np.random.default_rng(15), B)
     assert eps.shape == (k * groups, B, model.latent_dim)
-    loss, grads = _lvmcore_run(model, x, eps)
-    P = _leaves(torch, model)
+    loss, grads = forward_backward(model, x, eps)
+    P = leaves(model)
     xt, et = torch.from_numpy(x), torch.from_numpy(eps)
     t_loss, t_grads = _torch_iwae(
-        torch,
         model,
         P,
-        _flow_log_terms(torch, model, P, xt, et),
-        lambda: _flow_path_log_w(torch, model, P, xt, et),
+        _flow_log_terms(model, P, xt, et),
+        lambda: _flow_path_log_w(model, P, xt, et),
         _flow_inference,
     )
     _compare(model, loss, grads, t_loss, t_grads)
-
-
-def _log_mean_exp(a, axis):
-    top = a.max(axis=axis, keepdims=True)
-    return np.log(np.exp(a - top).mean(axis=axis)) + top.squeeze(axis)
 
 
 @pytest.mark.oracle
@@ -575,7 +431,6 @@ def test_piwae_with_a_group_far_below_the_others_matches_torch(family, estimator
     """A PIWAE group more than 709 nats below the rest of its column: its decoder weights
     underflow and the encoder-over-decoder rescale cannot carry its encoder gradient, which
     lvmcore.losses.iwae.split_bound_weights then takes directly (no overflow, no NaN)."""
-    torch = pytest.importorskip("torch")
     if family == "hierarchy":
         model = HierarchicalIWAE(
             D,
@@ -588,7 +443,7 @@ def test_piwae_with_a_group_far_below_the_others_matches_torch(family, estimator
             seed=4,
             dtype=np.float64,
         )
-        _perturbed(model, 12, 0.3)
+        perturb(model, 12, 0.3, sort=True)
         x, eps = _data(6), model.draw_noise(np.random.default_rng(8), B)
         terms, path, inference = _hier_terms, _hier_path_log_w, _hier_inference
     else:
@@ -601,18 +456,17 @@ def test_piwae_with_a_group_far_below_the_others_matches_torch(family, estimator
         x, eps = _data(14), model.draw_noise(np.random.default_rng(15), B)
         terms, path, inference = _flow_log_terms, _flow_path_log_w, _flow_inference
     lw = model.log_weights(x, eps)
-    gap = _log_mean_exp(lw, 0) - _log_mean_exp(lw.reshape(2, 2, B), 1)  # (groups, B)
+    gap = np_log_mean_exp(lw, 0) - np_log_mean_exp(lw.reshape(2, 2, B), 1)  # (groups, B)
     if not gap.max() > 720:
         pytest.fail(f"expected a group more than 720 nats below its column, got {gap.max()}")
-    loss, grads = _lvmcore_run(model, x, eps)
-    P = _leaves(torch, model)
+    loss, grads = forward_backward(model, x, eps)
+    P = leaves(model)
     xt, et = torch.from_numpy(x), torch.from_numpy(eps)
     t_loss, t_grads = _torch_iwae(
-        torch,
         model,
         P,
-        terms(torch, model, P, xt, et),
-        lambda: path(torch, model, P, xt, et),
+        terms(model, P, xt, et),
+        lambda: path(model, P, xt, et),
         inference,
     )
     assert all(np.isfinite(g).all() for g in t_grads.values())

@@ -29,10 +29,24 @@ draw per evaluation batch; per-row values). The tests replay that noise with ``d
 on a fresh generator of the same seed. ``log_weights`` takes the array directly.
 """
 
-import math
-
 import numpy as np
 import pytest
+from oracle_torch import (
+    LOG_2PI,
+    LOSS_RTOL,
+    autograd_grads,
+    bernoulli_loglik,
+    bounds,
+    check_loss_and_grads,
+    decoder_logvar,
+    forward_backward,
+    iwae_reference,
+    leaves,
+    log_normal,
+    mlp,
+    one_torch_thread,  # noqa: F401  (autouse)
+    perturb,
+)
 
 from lvmcore.models import IWAE, VAE
 
@@ -41,30 +55,9 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle
 
 D, Z, B = 12, 3, 4
-LOSS_RTOL = 1e-10
-GRAD_RTOL, GRAD_ATOL = 1e-8, 1e-10
-LOG_2PI = math.log(2 * math.pi)
 
 
 # ---------------------------------------------------------------- setup
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (and contends with other work)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _perturb(model, seed, scale=0.3):
-    """Move every parameter array of the model away from its initialisation."""
-    rng = np.random.default_rng(seed)
-    model.load_parameters(
-        {k: v + scale * rng.standard_normal(v.shape) for k, v in model.parameters().items()}
-    )
-    return model
 
 
 def _data(likelihood, seed, n=B):
@@ -74,42 +67,7 @@ def _data(likelihood, seed, n=B):
     return rng.standard_normal((n, D))
 
 
-def _run_lvmcore(model, x, eps, dloss=1.0, **kw):
-    loss, cache = model.forward(x, eps, **kw)
-    model.zero_grad()
-    model.backward(cache, dloss=dloss)
-    return loss, {k: v.copy() for k, v in model.gradients().items()}
-
-
-def _check(loss, grads, ref_loss, ref_grads):
-    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
-    assert set(grads) == set(ref_grads)
-    for name, ref in ref_grads.items():
-        np.testing.assert_allclose(
-            grads[name], ref, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"gradient of {name}"
-        )
-
-
 # ---------------------------------------------------------------- the torch side
-
-
-def _softplus(a):
-    return torch.logaddexp(a, torch.zeros_like(a))
-
-
-_ACT = {"tanh": torch.tanh, "relu": torch.relu, "softplus": _softplus}
-
-
-def _leaves(model):
-    return {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
-
-
-def _mlp(P, prefix, n_layers, h, activation):
-    for i in range(n_layers):
-        h = h @ P[f"{prefix}.W{i}"] + P[f"{prefix}.b{i}"]
-        if i < n_layers - 1:
-            h = _ACT[activation](h)
-    return h
 
 
 def _terms(P, x, eps, spec, detach_q=False):
@@ -120,22 +78,16 @@ def _terms(P, x, eps, spec, detach_q=False):
     x = torch.as_tensor(x)
     eps = torch.as_tensor(eps)
     S = eps.shape[0]
-    n_layers = len(spec["hidden"]) + 1
-    h = _mlp(P, "encoder", n_layers, x, spec["activation"])
+    h = mlp(P, "encoder", x, spec["activation"])
     mu, logvar = h[:, :Z], h[:, Z:]
     z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, Z)
-    out = _mlp(P, "decoder", n_layers, z.reshape(S * x.shape[0], Z), spec["activation"])
+    out = mlp(P, "decoder", z.reshape(S * x.shape[0], Z), spec["activation"])
     out = out.reshape(S, x.shape[0], D)
     if spec["likelihood"] == "bernoulli":
-        log_px = (x * out - _softplus(out)).sum(-1)
+        log_px = bernoulli_loglik(out, x)
     else:
-        var = spec.get("decoder_variance", "learned")
-        v = (
-            P["decoder.logvar"]
-            if var == "learned"
-            else torch.full((D,), math.log(var), dtype=torch.float64)
-        )
-        log_px = -0.5 * (LOG_2PI + v + (x - out) ** 2 * torch.exp(-v)).sum(-1)
+        v = decoder_logvar(P, spec.get("decoder_variance", "learned"), D)
+        log_px = log_normal(x, out, v)
     mq, lq = (mu.detach(), logvar.detach()) if detach_q else (mu, logvar)
     log_pz_dim = -0.5 * (z**2 + LOG_2PI)  # (S, B, Z)
     log_qz_dim = -0.5 * ((z - mq) ** 2 * torch.exp(-lq) + lq + LOG_2PI)
@@ -149,14 +101,6 @@ def _terms(P, x, eps, spec, detach_q=False):
     )
 
 
-def _grads(out, P, names):
-    g = torch.autograd.grad(out, [P[n] for n in names], retain_graph=True, allow_unused=True)
-    return {
-        n: np.zeros(tuple(P[n].shape)) if gi is None else gi.detach().numpy()
-        for n, gi in zip(names, g)
-    }
-
-
 def _vae_kl_per_dim(t, kl):
     """(B, Z): the analytic KL to N(0, I), or the mean over L of log q - log p per unit."""
     mu, logvar = t["mu"], t["logvar"]
@@ -166,7 +110,7 @@ def _vae_kl_per_dim(t, kl):
 
 
 def _torch_vae(model, spec, x, eps, kl_weight=None, dloss=1.0):
-    P = _leaves(model)
+    P = leaves(model)
     t = _terms(P, x, eps, spec)
     mean_kl = _vae_kl_per_dim(t, spec["kl"]).mean(0)  # (Z,)
     fb = spec.get("free_bits", 0.0)
@@ -174,69 +118,26 @@ def _torch_vae(model, spec, x, eps, kl_weight=None, dloss=1.0):
         mean_kl = torch.where(mean_kl > fb, mean_kl, torch.full_like(mean_kl, fb))
     w = spec.get("beta", 1.0) if kl_weight is None else kl_weight
     loss = -t["log_px"].mean() + w * mean_kl.sum()
-    return loss.item(), _grads(dloss * loss, P, list(P))
+    return loss.item(), autograd_grads(dloss * loss, P)
 
 
-def _iwae_bound(log_w):
-    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
-
-def _miwae_bound(log_w, M):
-    g = log_w.reshape(M, log_w.shape[0] // M, -1)  # group m: samples m K ... m K + K - 1
-    return (torch.logsumexp(g, 1) - math.log(g.shape[1])).mean(0)
-
-
-def _objective(log_w, spec):
-    """(decoder bound, encoder bound), each (B,)."""
-    obj = spec["objective"]
-    if obj == "iwae":
-        b = _iwae_bound(log_w)
-        return b, b
-    if obj == "miwae":
-        b = _miwae_bound(log_w, spec["groups"])
-        return b, b
-    if obj == "ciwae":
-        beta = spec["ciwae_beta"]
-        b = beta * log_w.mean(0) + (1 - beta) * _iwae_bound(log_w)
-        return b, b
-    return _iwae_bound(log_w), _miwae_bound(log_w, spec["groups"])  # piwae
-
-
-def _dreg_surrogate(log_w, log_w_det, spec):
-    """Per row (B,): sum_s b_s log w_s with b_s the objective's weights, w~ -> w~^2, held
-    fixed; ``log_w_det`` has log q's parameters detached."""
-    obj = spec["objective"]
-    if obj in ("miwae", "piwae"):
-        M = spec["groups"]
-        g = log_w.detach().reshape(M, -1, log_w.shape[1])
-        w2 = (torch.softmax(g, 1) ** 2).reshape(log_w.shape)
-        return (w2 * log_w_det).sum(0) / M
-    w2 = torch.softmax(log_w.detach(), 0) ** 2
-    if obj == "iwae":
-        return (w2 * log_w_det).sum(0)
-    beta = spec["ciwae_beta"]
-    return beta * log_w_det.mean(0) + (1 - beta) * (w2 * log_w_det).sum(0)
+def _settings(spec):
+    """The objective and estimator settings of an IWAE spec, as oracle_torch takes them."""
+    return {k: spec[k] for k in ("estimator", "objective", "groups", "ciwae_beta")}
 
 
 def _torch_iwae(model, spec, x, eps, dloss=1.0):
-    P = _leaves(model)
-    t = _terms(P, x, eps, spec)
-    dec_bound, enc_bound = _objective(t["log_w"], spec)
-    loss = -dec_bound.mean()
-    dec_names = [n for n in P if n.startswith("decoder.")]
-    enc_names = [n for n in P if n.startswith("encoder.")]
-    grads = _grads(dloss * loss, P, dec_names)
-    est = spec["estimator"]
-    if est == "iwae":
-        enc_loss = -enc_bound.mean()
-    else:
-        log_w_det = _terms(P, x, eps, spec, detach_q=True)["log_w"]
-        if est == "stl":
-            enc_loss = -_objective(log_w_det, spec)[1].mean()
-        else:
-            enc_loss = -_dreg_surrogate(t["log_w"], log_w_det, spec).mean()
-    grads.update(_grads(dloss * enc_loss, P, enc_names))
-    return loss.item(), grads
+    """The decoder's plain gradient of -mean_B of its bound; the encoder's by the estimator
+    on log w with log q's parameters detached (``oracle_torch.iwae_reference``)."""
+    P = leaves(model)
+    return iwae_reference(
+        P,
+        _terms(P, x, eps, spec)["log_w"],
+        lambda: _terms(P, x, eps, spec, detach_q=True)["log_w"],
+        lambda k: k.startswith("encoder."),
+        dloss=dloss,
+        **_settings(spec),
+    )
 
 
 # ---------------------------------------------------------------- VAE
@@ -283,7 +184,7 @@ def _vae_spec(kw):
 def _vae(spec, seed=1):
     kw = {k: v for k, v in spec.items()}
     model = VAE(D, Z, dtype=np.float64, seed=seed, **kw)
-    return _perturb(model, 100 + seed)
+    return perturb(model, 100 + seed, 0.3)
 
 
 @pytest.mark.oracle
@@ -294,7 +195,7 @@ def test_vae_loss_and_gradients(case):
     x = _data(spec["likelihood"], 7)
     eps = model.draw_noise(np.random.default_rng(11), B)
     assert eps.shape == (spec["n_samples"], B, Z)
-    _check(*_run_lvmcore(model, x, eps), *_torch_vae(model, spec, x, eps))
+    check_loss_and_grads(*forward_backward(model, x, eps), *_torch_vae(model, spec, x, eps))
 
 
 @pytest.mark.oracle
@@ -305,8 +206,8 @@ def test_vae_kl_weight_overrides_beta(kl, kl_weight):
     model = _vae(spec, seed=2)
     x = _data("bernoulli", 8)
     eps = model.draw_noise(np.random.default_rng(12), B)
-    got = _run_lvmcore(model, x, eps, kl_weight=kl_weight)
-    _check(*got, *_torch_vae(model, spec, x, eps, kl_weight=kl_weight))
+    got = forward_backward(model, x, eps, kl_weight=kl_weight)
+    check_loss_and_grads(*got, *_torch_vae(model, spec, x, eps, kl_weight=kl_weight))
 
 
 @pytest.mark.oracle
@@ -319,13 +220,13 @@ def test_vae_free_bits(kl, likelihood):
     model = _vae(spec, seed=3)
     x = _data(likelihood, 9)
     eps = model.draw_noise(np.random.default_rng(13), B)
-    t = _terms(_leaves(model), x, eps, spec)
+    t = _terms(leaves(model), x, eps, spec)
     mean_kl = np.sort(_vae_kl_per_dim(t, kl).mean(0).detach().numpy())
     floor = float(0.5 * (mean_kl[0] + mean_kl[1]))  # the smallest unit below it, two above
     assert mean_kl[1] - mean_kl[0] > 1e-3 and floor > 0
     spec["free_bits"] = floor
     model = _vae(spec, seed=3)
-    _check(*_run_lvmcore(model, x, eps), *_torch_vae(model, spec, x, eps))
+    check_loss_and_grads(*forward_backward(model, x, eps), *_torch_vae(model, spec, x, eps))
 
 
 @pytest.mark.oracle
@@ -334,13 +235,13 @@ def test_vae_dloss_scales_the_gradient():
     model = _vae(spec, seed=4)
     x = _data("gaussian", 10)
     eps = model.draw_noise(np.random.default_rng(14), B)
-    got = _run_lvmcore(model, x, eps, dloss=-0.7)
-    _check(*got, *_torch_vae(model, spec, x, eps, dloss=-0.7))
+    got = forward_backward(model, x, eps, dloss=-0.7)
+    check_loss_and_grads(*got, *_torch_vae(model, spec, x, eps, dloss=-0.7))
 
 
 def _vae_elbo_rows(model, spec, x, eps):
     """Per-row ELBO with beta = 1 and no free bits: mean_L log p(x|z) - KL (B,)."""
-    t = _terms(_leaves(model), x, eps, spec)
+    t = _terms(leaves(model), x, eps, spec)
     kl = _vae_kl_per_dim(t, spec["kl"]).sum(1)
     return (t["log_px"].mean(0) - kl).detach().numpy()
 
@@ -384,7 +285,7 @@ def test_vae_training_step_replayed(case, kl_weight):
     loss, _ = model.loss_and_grads(x, np.random.default_rng(22), kl_weight=kl_weight)
     grads = {k: v.copy() for k, v in model.gradients().items()}
     eps = model.draw_noise(np.random.default_rng(22), B)
-    _check(loss, grads, *_torch_vae(model, spec, x, eps, kl_weight=kl_weight))
+    check_loss_and_grads(loss, grads, *_torch_vae(model, spec, x, eps, kl_weight=kl_weight))
 
 
 # ---------------------------------------------------------------- IWAE
@@ -415,7 +316,7 @@ def _iwae_spec(kw):
 
 def _iwae(spec, seed=1):
     model = IWAE(D, Z, dtype=np.float64, seed=seed, **spec)
-    return _perturb(model, 200 + seed)
+    return perturb(model, 200 + seed, 0.3)
 
 
 def _iwae_case(spec, seed, data_seed, noise_seed, dloss=1.0):
@@ -423,8 +324,8 @@ def _iwae_case(spec, seed, data_seed, noise_seed, dloss=1.0):
     x = _data(spec["likelihood"], data_seed)
     eps = model.draw_noise(np.random.default_rng(noise_seed), B)
     assert eps.shape == (spec["k"] * spec["groups"], B, Z)
-    got = _run_lvmcore(model, x, eps, dloss=dloss)
-    _check(*got, *_torch_iwae(model, spec, x, eps, dloss=dloss))
+    got = forward_backward(model, x, eps, dloss=dloss)
+    check_loss_and_grads(*got, *_torch_iwae(model, spec, x, eps, dloss=dloss))
 
 
 @pytest.mark.oracle
@@ -488,7 +389,7 @@ def test_iwae_bound_elbo_and_log_weights_replayed(objective, likelihood):
     spec = _iwae_spec(dict(OBJECTIVE_CASES[objective], likelihood=likelihood))
     model = _iwae(spec, seed=5)
     x = _data(likelihood, 40)
-    P = _leaves(model)
+    P = leaves(model)
     batch_size = 3
     for method in ("bound", "elbo"):
         got = getattr(model, method)(x, np.random.default_rng(41), batch_size=batch_size)
@@ -497,7 +398,10 @@ def test_iwae_bound_elbo_and_log_weights_replayed(objective, likelihood):
         for i in range(0, B, batch_size):
             xb = x[i : i + batch_size]
             log_w = _terms(P, xb, model.draw_noise(rng, xb.shape[0]), spec)["log_w"]
-            row = _objective(log_w, spec)[0] if method == "bound" else log_w.mean(0)
+            if method == "bound":
+                row = bounds(log_w, spec["objective"], spec["groups"], spec["ciwae_beta"])[0]
+            else:
+                row = log_w.mean(0)
             ref.append(row.detach().numpy())
         np.testing.assert_allclose(got, np.concatenate(ref), rtol=LOSS_RTOL, atol=0)
     eps = model.draw_noise(np.random.default_rng(42), B)
@@ -519,5 +423,5 @@ def test_iwae_training_step_replayed(likelihood, objective, estimator):
     grads = {k: v.copy() for k, v in model.gradients().items()}
     eps = model.draw_noise(np.random.default_rng(44), B)
     ref_loss, ref_grads = _torch_iwae(model, spec, x, eps)
-    _check(loss, grads, ref_loss, ref_grads)
+    check_loss_and_grads(loss, grads, ref_loss, ref_grads)
     np.testing.assert_allclose(stats["bound"], -ref_loss, rtol=LOSS_RTOL, atol=0)
