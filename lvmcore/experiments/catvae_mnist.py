@@ -29,13 +29,10 @@ training than the budget here).
 """
 
 import argparse
-import json
-import time
 
 from ..data import Dataset, load_dataset
-from ..evaluate import evaluate
 from ..models import CatVAE
-from ..train import fit
+from .common import fit_and_evaluate, write_json
 
 __all__ = ["run_estimator", "main"]
 
@@ -80,13 +77,16 @@ def run_estimator(
         tau_every=tau_every,
         seed=seed,
     )
-    t0 = time.perf_counter()
-    history = fit(
-        model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False
+    history, ev, train_seconds, eval_seconds = fit_and_evaluate(
+        model,
+        dataset,
+        epochs=epochs,
+        seed=seed,
+        nll_k=k,
+        nll_subset=nll_subset,
+        batch_size=batch_size,
+        lr=lr,
     )
-    train_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ev = evaluate(model, dataset.test, k=k, seed=seed, subset=nll_subset)
     row = dict(
         estimator=estimator,
         steps=history[-1]["step"],
@@ -98,7 +98,7 @@ def run_estimator(
     )
     if k > 0:
         row.update(test_nll=ev["nll"], test_nll_sem=ev["nll_sem"], nll_k=k, nll_n=ev["nll_n"])
-    row["eval_seconds"] = time.perf_counter() - t0
+    row["eval_seconds"] = eval_seconds
     return row
 
 
@@ -193,8 +193,7 @@ def main(argv=None):
     )
     print(_table(rows, args.k))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2)
+        write_json(args.json, rows, indent=2)
     return 0
 
 

@@ -38,11 +38,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..data import load_dataset
 from ..models import PriorDecoderVAE
+from .common import write_json
 from .priors import DEFAULT_DATA, HIDDEN, LATENT, _subset, train_and_evaluate
 
 DEFAULT_MODELS = "factorized,made,made-warmup,made-freebits,made-context"
@@ -154,7 +154,7 @@ def main(argv=None):
                 **fit_kw,
             )
         )
-        (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(out / "results.json", rows)
         print(f"{key}: done ({rows[-1]['train_seconds']:.0f} s)", flush=True)
     print("\n".join(table(rows)))
     return 0

@@ -46,9 +46,9 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..data import load_dataset
-from ..evaluate import evaluate
 from ..models import IWAE, VAE
 from ..train import CHECKPOINT, fit
+from .common import fit_and_evaluate, timed_evaluate, write_json
 
 MODELS = {
     "vae": ("VAE", lambda d, seed: VAE(d, 50, (200, 200), seed=seed)),
@@ -96,9 +96,7 @@ def _finished_epochs(run_dir):
     return int(load_checkpoint(path)[3]["epoch"])
 
 
-def _eval_row(key, label, model, data, epochs, seed, nll_k, nll_subset, train_s):
-    t1 = time.perf_counter()
-    ev = evaluate(model, data.test, k=nll_k, seed=seed, subset=nll_subset)
+def _row(key, label, epochs, ev, eval_s, nll_k, train_s):
     return dict(
         model=key,
         label=label,
@@ -111,7 +109,7 @@ def _eval_row(key, label, model, data, epochs, seed, nll_k, nll_subset, train_s)
         active_units=ev["active_units"],
         train_seconds=train_s,
         seconds_per_epoch=train_s / max(epochs, 1),
-        eval_seconds=time.perf_counter() - t1,
+        eval_seconds=eval_s,
     )
 
 
@@ -119,21 +117,18 @@ def run_one(key, data, epochs, out, seed, nll_k, nll_subset, progress):
     """The short schedule: ``epochs`` epochs at lr 1e-3, batch 100."""
     label, build = MODELS[key]
     model = build(data.train.shape[1], seed)
-    t0 = time.perf_counter()
-    fit(
+    history, ev, train_s, eval_s = fit_and_evaluate(
         model,
         data,
         epochs=epochs,
-        batch_size=100,
-        lr=1e-3,
-        adam_eps=ADAM_EPS,
         seed=seed,
+        nll_k=nll_k,
+        nll_subset=nll_subset,
         out_dir=out / key,
-        overwrite=True,
         progress=progress,
+        adam_eps=ADAM_EPS,
     )
-    train_s = time.perf_counter() - t0
-    return _eval_row(key, label, model, data, epochs, seed, nll_k, nll_subset, train_s)
+    return _row(key, label, epochs, ev, eval_s, nll_k, train_s)
 
 
 def run_paper(key, data, out, *, stages, seed, nll_k, nll_subset, curve_subset, resume, progress):
@@ -182,16 +177,17 @@ def run_paper(key, data, out, *, stages, seed, nll_k, nll_subset, curve_subset, 
         if not in_memory:
             load_latest()
             in_memory = True
-        ev = evaluate(model, data.test, k=nll_k, seed=seed, subset=curve_subset)
+        ev, _ = timed_evaluate(model, data, k=nll_k, seed=seed, subset=curve_subset)
         curve.append(
             dict(stage=i, epoch=end, lr=lr, test_nll=ev["nll"], sem=ev["nll_sem"], n=ev["nll_n"])
         )
-        curve_path.write_text(json.dumps(curve, indent=1) + "\n")
+        write_json(curve_path, curve)
         plot_curve(curve, run_dir / "curve.png", f"{label}: test NLL (K={nll_k})")
     if not in_memory:
         load_latest()
     train_s = time.perf_counter() - t0
-    row = _eval_row(key, label, model, data, ends[-1], seed, nll_k, nll_subset, train_s)
+    ev, eval_s = timed_evaluate(model, data, k=nll_k, seed=seed, subset=nll_subset)
+    row = _row(key, label, ends[-1], ev, eval_s, nll_k, train_s)
     row["curve"] = curve
     return row
 
@@ -264,7 +260,7 @@ def main(argv=None):
             )
         else:
             rows.append(run_one(key, data, a.epochs, out, a.seed, a.nll_k, nll_subset, a.progress))
-        (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(out / "results.json", rows)
     print(
         f"| model | epochs | test NLL (K={a.nll_k}, n={rows[0]['nll_n']}) | test ELBO | "
         f"active units | s/epoch | eval s |"

@@ -33,14 +33,11 @@ Without the data file it prints why and exits with status 0.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 from ..data import load_dataset
-from ..evaluate import evaluate
 from ..models import IWAE, VAE, FlowVAE, HierarchicalIWAE, HierarchicalVAE
-from ..train import fit
+from .common import fit_and_evaluate, write_json
 
 DEFAULT_DATA = "../shared/data/binarized_mnist.npz"
 TWO = ((784, 200, 200, 100), (100, 100, 100, 50))
@@ -85,23 +82,17 @@ def run_one(key, data, epochs, out, seed, nll_k, nll_subset, progress):
     """Train one model for ``epochs`` and evaluate it; returns its row of the tables."""
     table, label, build = MODELS[key]
     model = build(seed)
-    t0 = time.perf_counter()
-    fit(
+    _, ev, train_s, eval_s = fit_and_evaluate(
         model,
         data,
         epochs=epochs,
-        batch_size=100,
-        lr=1e-3,
-        adam_eps=1e-4,
         seed=seed,
+        nll_k=nll_k,
+        nll_subset=nll_subset,
         out_dir=out / key,
-        overwrite=True,
         progress=progress,
+        adam_eps=1e-4,
     )
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    ev = evaluate(model, data.test, k=nll_k, seed=seed, subset=nll_subset)
-    eval_s = time.perf_counter() - t1
     per_layer = ev.get("active_units_per_layer", [ev["active_units"]])
     return dict(
         model=key,
@@ -182,7 +173,7 @@ def main(argv=None):
     rows = []
     for key in keys:
         rows.append(run_one(key, data, a.epochs, out, a.seed, a.nll_k, a.nll_subset, a.progress))
-        (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(out / "results.json", rows)
         print(f"{key}: done ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     print("\n".join(tables(rows)))
     return 0

@@ -36,15 +36,12 @@ Without the MNIST file the ``priors`` table is skipped with a message.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from pathlib import Path
 
 from ..data import load_dataset
-from ..evaluate import evaluate
 from ..models import PriorDecoderVAE
-from ..train import fit
+from .common import fit_and_evaluate, write_json
 
 DEFAULT_DATA = "../shared/data/binarized_mnist.npz"
 LATENT, HIDDEN = 32, (200, 200)
@@ -99,23 +96,18 @@ def train_and_evaluate(
     """Fit ``model`` on ``data`` for ``epochs`` and evaluate it on the test split; returns its
     row: the evaluation's numbers, timings, and bits per dimension where the model reports
     them."""
-    t0 = time.perf_counter()
-    fit(
+    _, ev, train_s, eval_s = fit_and_evaluate(
         model,
         data,
         epochs=epochs,
-        batch_size=100,
-        lr=1e-3,
-        adam_eps=1e-4,
         seed=seed,
+        nll_k=nll_k,
+        nll_subset=nll_subset,
         out_dir=out / key,
-        overwrite=True,
         progress=progress,
+        adam_eps=1e-4,
         **fit_kw,
     )
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    ev = evaluate(model, data.test, k=nll_k, seed=seed, subset=nll_subset)
     row = dict(
         model=key,
         label=label,
@@ -132,7 +124,7 @@ def train_and_evaluate(
         mutual_information=ev.get("mutual_information"),
         mutual_information_rows=ev.get("mutual_information_rows"),
         train_seconds=train_s,
-        eval_seconds=time.perf_counter() - t1,
+        eval_seconds=eval_s,
     )
     if "kl_per_dim" in ev:  # the standard prior's closed-form KL of each unit
         row["units_kl_above_0.1"] = sum(v > 0.1 for v in ev["kl_per_dim"])
@@ -217,7 +209,7 @@ def main(argv=None):
     rows = {"priors": [], "levels": []}
 
     def save():
-        (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(out / "results.json", rows)
 
     if "priors" in tables:
         models = prior_models(a.components, a.pseudo_inputs)

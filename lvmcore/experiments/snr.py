@@ -16,14 +16,16 @@ model that has started learning, then the gradient of one fixed minibatch is dra
 """
 
 import argparse
-import json
+import os
 
 import numpy as np
 
+from ..checkpoint import write_atomic
 from ..data import load_dataset
 from ..diagnostics import gradient_statistics
 from ..models import ESTIMATORS, IWAE
 from ..optim import Adam
+from .common import write_json
 
 
 def snr_table(x_train, ks, draws, train_steps, batch=10, seed=0, latent=8, hidden=(64,)):
@@ -76,7 +78,8 @@ def plot_snr(rows, path):
         ax.set_title(f"{'inference' if part == 'encoder' else 'generative'} network")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format=fmt))
     plt.close(fig)
 
 
@@ -100,8 +103,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r['estimator']:<10}{r['k']:>6}{r['encoder_snr']:>14.4f}{r['decoder_snr']:>14.4f}")
     plot_snr(rows, a.out)
-    with open(a.out.rsplit(".", 1)[0] + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(a.out.rsplit(".", 1)[0] + ".json", rows)
     print(f"wrote {a.out}")
 
 

@@ -25,15 +25,12 @@ Usage::
 
 import argparse
 import contextlib
-import json
 import math
-import time
 from pathlib import Path
 
 from ..data import load_dataset
-from ..evaluate import evaluate
 from ..models import VQVAE
-from ..train import fit
+from .common import fit_and_evaluate, write_json
 
 CONFIGS = {
     "loss": ("loss", dict(codebook_update="loss")),
@@ -59,20 +56,15 @@ def run_one(key, data, a, out):
         seed=a.seed,
         **kw,
     )
-    t0 = time.perf_counter()
-    history = fit(
+    history, info, train_s, _ = fit_and_evaluate(
         model,
         data,
         epochs=a.epochs,
-        batch_size=100,
-        lr=1e-3,
         seed=a.seed,
+        nll_k=0,
         out_dir=out / key,
-        overwrite=True,
         progress=a.progress,
     )
-    train_s = time.perf_counter() - t0
-    info = evaluate(model, data.test, k=0, seed=a.seed)
     last = history[-1]
     return dict(
         config=key,
@@ -131,7 +123,7 @@ def main(argv=None):
     with limit:
         for key in keys:
             rows.append(run_one(key, data, a, out))
-            (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+            write_json(out / "results.json", rows)
     print(
         f"M={a.codes} codes, S={a.slots} slots, E={a.code_dim}, hidden {a.hidden}, "
         f"{a.epochs} epochs, dead after {a.dead_code_steps} steps; test split, n="
