@@ -70,6 +70,9 @@ def test_resumed_schedule_continues_bit_for_bit(tmp_path, capsys):
     assert "vae stage 1 epoch 4" in out and "published, one-layer VAE: 88.71" in out
     results = json.loads((parts / "results.json").read_text())
     assert results[0]["epochs"] == 4 and results[0]["nll_n"] == 20
+    # the training time is every epoch's, over the three sittings
+    assert results[0]["train_seconds"] == pytest.approx(sum(h["seconds"] for h in state["history"]))
+    assert results[0]["seconds_per_epoch"] == pytest.approx(results[0]["train_seconds"] / 4)
     # resuming a finished run trains nothing and reports the same
     E.main([*ARGS, "--stages", "2", "--resume", "--out", str(parts)])
     again = json.loads((parts / "results.json").read_text())

@@ -41,7 +41,6 @@ Usage::
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
@@ -154,7 +153,6 @@ def run_paper(key, data, out, *, stages, seed, nll_k, nll_subset, curve_subset, 
     def load_latest():
         model.load_parameters(load_checkpoint(run_dir / CHECKPOINT)[1])
 
-    t0 = time.perf_counter()
     for i, ((_, lr), end) in enumerate(zip(schedule, ends)):
         if end > done:
             going_on = in_memory or done > 0
@@ -185,7 +183,10 @@ def run_paper(key, data, out, *, stages, seed, nll_k, nll_subset, curve_subset, 
         plot_curve(curve, run_dir / "curve.png", f"{label}: test NLL (K={nll_k})")
     if not in_memory:
         load_latest()
-    train_s = time.perf_counter() - t0
+    # the training time of every epoch of the run, resumed sittings included (the history a
+    # checkpoint carries), not only this process's
+    history = load_checkpoint(run_dir / CHECKPOINT)[3].get("history", [])
+    train_s = sum(float(h.get("seconds", 0.0)) for h in history)
     ev, eval_s = timed_evaluate(model, data, k=nll_k, seed=seed, subset=nll_subset)
     row = _row(key, label, ends[-1], ev, eval_s, nll_k, train_s)
     row["curve"] = curve
