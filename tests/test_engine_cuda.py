@@ -21,6 +21,7 @@ from lvmcore import noise
 from lvmcore.backend import _availability
 from lvmcore.cli import main
 from lvmcore.data import load_dataset
+from lvmcore.exceptions import RuntimeDifferenceWarning
 from lvmcore.models import IWAE, VAE, VQVAE, CatVAE
 from lvmcore.train import fit
 
@@ -132,9 +133,11 @@ def test_train_and_eval_on_the_device_match_the_cpu(cupy, name, tmp_path, capsys
     ev = ["eval", "--k", "20", "--subset", "30", "--batch-size", "90"]
     _run([*ev, str(gpu), "--device", "cuda"], capsys)
     on_device = _eval(gpu)
-    _run([*ev, str(gpu)], capsys)  # the device run, evaluated on the CPU
+    with pytest.warns(RuntimeDifferenceWarning, match="device: cuda.* when saved, cpu now"):
+        _run([*ev, str(gpu)], capsys)  # the device run, evaluated on the CPU
     on_cpu = _eval(gpu)
-    _run([*ev, str(cpu), "--device", "cuda"], capsys)  # the CPU run, evaluated on the device
+    with pytest.warns(RuntimeDifferenceWarning, match="device: cpu when saved, cuda"):
+        _run([*ev, str(cpu), "--device", "cuda"], capsys)  # the CPU run, on the device
     cpu_on_device = _eval(cpu)
     _run([*ev, str(cpu)], capsys)
     cpu_on_cpu = _eval(cpu)
@@ -152,21 +155,11 @@ def test_resume_moves_between_devices(cupy, tmp_path, capsys):
     straight, moved = tmp_path / "straight", tmp_path / "moved"
     _run([*common, "--epochs", "3", "--out", str(straight)], capsys)
     _run([*common, "--epochs", "1", "--out", str(moved)], capsys)
-    _run(
-        [
-            "train",
-            "--resume",
-            "--epochs",
-            "2",
-            "--out",
-            str(moved),
-            "--device",
-            "cuda",
-            "--no-progress",
-        ],
-        capsys,
-    )
-    _run(["train", "--resume", "--epochs", "3", "--out", str(moved), "--no-progress"], capsys)
+    resume = ["train", "--resume", "--out", str(moved), "--no-progress"]
+    with pytest.warns(RuntimeDifferenceWarning, match="device: cpu when saved, cuda"):
+        _run([*resume, "--epochs", "2", "--device", "cuda"], capsys)
+    with pytest.warns(RuntimeDifferenceWarning, match="device: cuda.* when saved, cpu now"):
+        _run([*resume, "--epochs", "3"], capsys)
     for a, b in zip(_metrics(moved), _metrics(straight), strict=True):
         assert a["valid_bound"] == pytest.approx(b["valid_bound"], rel=RTOL)
 
