@@ -377,6 +377,10 @@ def runtime_info(like=None):
     )
 
 
+# The note of the differences that cannot change a result (Numba's thread settings).
+SAME_RESULTS_NOTE = " (the Numba kernels give the same results for any thread count)"
+
+
 def compare_runtime(saved, current=None):
     """Human-readable differences between a recorded runtime and the current one.
 
@@ -433,7 +437,7 @@ def compare_runtime(saved, current=None):
         )
     old_nb, new_nb = saved.get("numba") or {}, now.get("numba") or {}
     differ("Numba version", old_nb.get("version"), new_nb.get("version"))
-    same = " (the Numba kernels give the same results for any thread count)"
+    same = SAME_RESULTS_NOTE
     if old_nb.get("threading_layer") and new_nb.get("threading_layer"):
         differ(
             "Numba threading layer",
@@ -478,10 +482,12 @@ def warn_runtime_differences(checkpoint, context="resume", like=None):
     """Warn once (``RuntimeDifferenceWarning``) when the runtime differs from the recorded one.
 
     For the training loop on ``resume`` and for evaluation: ``context`` names what is being
-    done ("resume", "evaluation"). Returns the list of differences (empty: no warning).
+    done ("resume", "evaluation"). Returns the list of differences; the warning is given only
+    when one of them can change a result (differences in Numba's thread settings alone cannot:
+    the Numba kernels give the same bits for any thread count).
     """
     lines = runtime_differences(checkpoint, like)
-    if lines:
+    if any(not line.endswith(SAME_RESULTS_NOTE) for line in lines):
         warnings.warn(
             RuntimeDifferenceWarning(
                 f"{context}: this checkpoint was written under another runtime, so results may "

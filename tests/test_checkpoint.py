@@ -460,3 +460,22 @@ def test_runtime_is_recorded_and_compared(tmp_path, vae_adam):
     ):
         assert len(warn_runtime_differences(dict(runtime=other), "resume")) == len(lines)
     assert "none recorded" in compare_runtime(None)[0]
+
+
+def test_numba_thread_settings_alone_are_listed_but_not_warned_about(tmp_path, vae_adam):
+    """The Numba kernels give the same bits for any thread count: a resume under other Numba
+    thread settings is reported by compare_runtime but warns only beside a difference that can
+    change a result."""
+    model, opt = vae_adam
+    rt = load_checkpoint(save_checkpoint(tmp_path / "ck.npz", model, opt, dict(epoch=1))).state
+    other = json.loads(json.dumps(rt["runtime"]))
+    other["numba"]["num_threads"] += 1
+    other["numba"]["kernel_threads"] = "7"
+    lines = compare_runtime(other, runtime_info())
+    assert [line.split(":")[0] for line in lines] == ["Numba threads", "LVMCORE_KERNEL_THREADS"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_runtime_differences(dict(runtime=other), "resume") == lines
+    other["numpy"] = "1.0.0"
+    with pytest.warns(RuntimeDifferenceWarning, match=r"NumPy version.*\n  Numba threads"):
+        assert len(warn_runtime_differences(dict(runtime=other), "resume")) == 3
