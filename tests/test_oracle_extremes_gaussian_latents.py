@@ -571,14 +571,21 @@ def _flow_z_log_q(model, P, x, eps):
     sd_eps = torch.exp(0.5 * logvar) * eps
     z = mu + sd_eps
     log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+    z, logdet = _flow_steps(model, P, z)
+    return z, log_q - logdet
+
+
+def _flow_steps(model, P, z):
+    """The posterior's IAF or planar steps applied to z: (z_T, the sum of their log-dets)."""
+    total = 0
     for t, step in enumerate(model.flow.steps):
         pre = f"flow.step{t}."
         if model.posterior == "iaf":
             z, logdet = _iaf_step(step, P, pre, z, model.activation)
         else:
             z, logdet = _planar_step(P, pre, z)
-        log_q = log_q - logdet
-    return z, log_q
+        total = total + logdet
+    return z, total
 
 
 def _flow_terms(model, P, x, eps):
@@ -603,14 +610,8 @@ def _flow_held_score(model, P, x, eps):
     logvar = head[:, Zl : 2 * Zl]
     z0 = (mu + torch.exp(0.5 * logvar) * eps).requires_grad_(True)
     ell = (-0.5 * (z0 - mu) ** 2 * torch.exp(-logvar)).sum(-1)
-    z = z0
-    for t, step in enumerate(model.flow.steps):
-        pre = f"flow.step{t}."
-        if model.posterior == "iaf":
-            z, logdet = _iaf_step(step, Pd, pre, z, model.activation)
-        else:
-            z, logdet = _planar_step(Pd, pre, z)
-        ell = ell - logdet
+    z, logdet = _flow_steps(model, Pd, z0)
+    ell = ell - logdet
     J = jacobian_rows(z, z0)  # d z_T / d z_0, (S, B, Z, Z)
     g0 = torch.autograd.grad(ell.sum(), z0)[0]
     return torch.linalg.solve(J.transpose(-1, -2), g0.unsqueeze(-1)).squeeze(-1)
